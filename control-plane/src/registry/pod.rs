@@ -1,0 +1,794 @@
+//! Pods and pod templates: defaults, validation and the `kubectl get pods` columns.
+
+use std::collections::{BTreeMap, HashSet};
+
+use k8s_openapi::api::core::v1::{
+    Container, Pod, PodSpec, PodStatus, PodTemplateSpec, ResourceRequirements, Toleration,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
+use serde_json::Value;
+
+use super::table::{self, Column};
+use super::validation::{
+    check_env_var_name, check_port, check_port_name, is_dns1123_label, validate_labels, Errors,
+    DNS1123_LABEL_MSG,
+};
+use super::{Kind, Operation};
+use crate::quantity;
+
+const RESTART_POLICIES: &[&str] = &["Always", "OnFailure", "Never"];
+const PULL_POLICIES: &[&str] = &["Always", "IfNotPresent", "Never"];
+const PROTOCOLS: &[&str] = &["TCP", "UDP", "SCTP"];
+const DNS_POLICIES: &[&str] = &["ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"];
+
+fn default_container(c: &mut Container, host_network: bool) {
+    c.termination_message_path
+        .get_or_insert_with(|| "/dev/termination-log".into());
+    c.termination_message_policy
+        .get_or_insert_with(|| "File".into());
+    if c.image_pull_policy.is_none() {
+        let image = c.image.as_deref().unwrap_or_default();
+        // The tag is after the last ':' that follows the last '/'; digests pin the image.
+        let last = image.rsplit('/').next().unwrap_or(image);
+        let latest =
+            !image.contains('@') && last.split_once(':').is_none_or(|(_, tag)| tag == "latest");
+        c.image_pull_policy = Some(if latest { "Always" } else { "IfNotPresent" }.into());
+    }
+    for p in c.ports.iter_mut().flatten() {
+        p.protocol.get_or_insert_with(|| "TCP".into());
+        if host_network && p.host_port.is_none() {
+            p.host_port = Some(p.container_port);
+        }
+    }
+    c.resources.get_or_insert_with(Default::default);
+    for e in c.env.iter_mut().flatten() {
+        if let Some(f) = e.value_from.as_mut().and_then(|v| v.field_ref.as_mut()) {
+            f.api_version.get_or_insert_with(|| "v1".into());
+        }
+    }
+    for probe in [
+        &mut c.liveness_probe,
+        &mut c.readiness_probe,
+        &mut c.startup_probe,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        probe.timeout_seconds.get_or_insert(1);
+        probe.period_seconds.get_or_insert(10);
+        probe.success_threshold.get_or_insert(1);
+        probe.failure_threshold.get_or_insert(3);
+        if let Some(h) = probe.http_get.as_mut() {
+            h.scheme.get_or_insert_with(|| "HTTP".into());
+            h.path.get_or_insert_with(|| "/".into());
+        }
+    }
+}
+
+/// Kubernetes' `SetDefaults_PodSpec` and friends.
+pub fn default_pod_spec(spec: &mut PodSpec) {
+    spec.restart_policy.get_or_insert_with(|| "Always".into());
+    spec.dns_policy.get_or_insert_with(|| "ClusterFirst".into());
+    spec.termination_grace_period_seconds.get_or_insert(30);
+    spec.security_context.get_or_insert_with(Default::default);
+    spec.scheduler_name
+        .get_or_insert_with(|| "default-scheduler".into());
+    spec.enable_service_links.get_or_insert(true);
+    let host_network = spec.host_network.unwrap_or(false);
+    for c in spec
+        .containers
+        .iter_mut()
+        .chain(spec.init_containers.iter_mut().flatten())
+    {
+        default_container(c, host_network);
+    }
+    for v in spec.volumes.iter_mut().flatten() {
+        if let Some(s) = v.secret.as_mut() {
+            s.default_mode.get_or_insert(0o644);
+        }
+        if let Some(c) = v.config_map.as_mut() {
+            c.default_mode.get_or_insert(0o644);
+        }
+        if let Some(h) = v.host_path.as_mut() {
+            h.type_.get_or_insert_with(String::new);
+        }
+        if let Some(d) = v.downward_api.as_mut() {
+            d.default_mode.get_or_insert(0o644);
+        }
+        if let Some(p) = v.projected.as_mut() {
+            p.default_mode.get_or_insert(0o644);
+        }
+    }
+}
+
+fn validate_resources(r: Option<&ResourceRequirements>, path: &str, errs: &mut Errors) {
+    let Some(r) = r else { return };
+    let mut parsed: [BTreeMap<&str, quantity::Milli>; 2] = Default::default();
+    for (i, (field, map)) in [("limits", &r.limits), ("requests", &r.requests)]
+        .into_iter()
+        .enumerate()
+    {
+        for (name, q) in map.iter().flatten() {
+            let p = format!("{path}.{field}[{name}]");
+            match quantity::parse(&q.0) {
+                Ok(v) if v.0 < 0 => errs.invalid_str(p, &q.0, "must be greater than or equal to 0"),
+                Ok(v) => {
+                    parsed[i].insert(name.as_str(), v);
+                }
+                Err(e) => errs.invalid_str(p, &q.0, e.to_string()),
+            }
+        }
+    }
+    for (name, req) in &parsed[1] {
+        if let Some(lim) = parsed[0].get(name) {
+            if req > lim {
+                let q = &r.requests.as_ref().expect("parsed")[*name].0;
+                errs.invalid_str(
+                    format!("{path}.requests"),
+                    q,
+                    format!(
+                        "must be less than or equal to {name} limit of {}",
+                        r.limits.as_ref().expect("parsed")[*name].0
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn validate_container(c: &Container, path: &str, volumes: &HashSet<&str>, errs: &mut Errors) {
+    if c.name.is_empty() {
+        errs.required(format!("{path}.name"));
+    } else if !is_dns1123_label(&c.name) {
+        errs.invalid_str(format!("{path}.name"), &c.name, DNS1123_LABEL_MSG);
+    }
+    match c.image.as_deref() {
+        None | Some("") => errs.required(format!("{path}.image")),
+        Some(i) if i.trim() != i => errs.invalid_str(
+            format!("{path}.image"),
+            i,
+            "must not have leading or trailing whitespace",
+        ),
+        _ => {}
+    }
+    errs.one_of(
+        format!("{path}.imagePullPolicy"),
+        c.image_pull_policy.as_deref(),
+        PULL_POLICIES,
+        true,
+    );
+    errs.one_of(
+        format!("{path}.terminationMessagePolicy"),
+        c.termination_message_policy.as_deref(),
+        &["File", "FallbackToLogsOnError"],
+        false,
+    );
+    let mut port_names = HashSet::new();
+    for (i, p) in c.ports.iter().flatten().enumerate() {
+        let pp = format!("{path}.ports[{i}]");
+        if let Some(msg) = check_port(p.container_port) {
+            errs.invalid(format!("{pp}.containerPort"), p.container_port, msg);
+        }
+        if let Some(h) = p.host_port.filter(|h| *h != 0) {
+            if let Some(msg) = check_port(h) {
+                errs.invalid(format!("{pp}.hostPort"), h, msg);
+            }
+        }
+        errs.one_of(
+            format!("{pp}.protocol"),
+            p.protocol.as_deref(),
+            PROTOCOLS,
+            true,
+        );
+        if let Some(name) = p.name.as_deref().filter(|n| !n.is_empty()) {
+            if let Some(msg) = check_port_name(name) {
+                errs.invalid_str(format!("{pp}.name"), name, msg);
+            } else if !port_names.insert(name) {
+                errs.duplicate(format!("{pp}.name"), name);
+            }
+        }
+    }
+    for (i, e) in c.env.iter().flatten().enumerate() {
+        let ep = format!("{path}.env[{i}]");
+        if e.name.is_empty() {
+            errs.required(format!("{ep}.name"));
+        } else if let Some(msg) = check_env_var_name(&e.name) {
+            errs.invalid_str(format!("{ep}.name"), &e.name, msg);
+        }
+        if let Some(from) = &e.value_from {
+            let sources = [
+                from.field_ref.is_some(),
+                from.resource_field_ref.is_some(),
+                from.config_map_key_ref.is_some(),
+                from.secret_key_ref.is_some(),
+            ]
+            .iter()
+            .filter(|b| **b)
+            .count();
+            if e.value.as_deref().is_some_and(|v| !v.is_empty()) {
+                errs.invalid(
+                    format!("{ep}.valueFrom"),
+                    "",
+                    "may not be specified when `value` is not empty",
+                );
+            } else if sources == 0 {
+                errs.invalid(format!("{ep}.valueFrom"), "", "must specify one of: `fieldRef`, `resourceFieldRef`, `configMapKeyRef` or `secretKeyRef`");
+            } else if sources > 1 {
+                errs.invalid(
+                    format!("{ep}.valueFrom"),
+                    "",
+                    "may not have more than one field specified at a time",
+                );
+            }
+            if let Some(k) = &from.config_map_key_ref {
+                if k.key.is_empty() {
+                    errs.required(format!("{ep}.valueFrom.configMapKeyRef.key"));
+                }
+            }
+            if let Some(k) = &from.secret_key_ref {
+                if k.key.is_empty() {
+                    errs.required(format!("{ep}.valueFrom.secretKeyRef.key"));
+                }
+            }
+        }
+    }
+    let mut mount_paths = HashSet::new();
+    for (i, m) in c.volume_mounts.iter().flatten().enumerate() {
+        let mp = format!("{path}.volumeMounts[{i}]");
+        if m.name.is_empty() {
+            errs.required(format!("{mp}.name"));
+        } else if !volumes.contains(m.name.as_str()) {
+            errs.not_found(format!("{mp}.name"), &m.name);
+        }
+        if m.mount_path.is_empty() {
+            errs.required(format!("{mp}.mountPath"));
+        } else if !mount_paths.insert(m.mount_path.as_str()) {
+            errs.invalid_str(format!("{mp}.mountPath"), &m.mount_path, "must be unique");
+        }
+    }
+    validate_resources(c.resources.as_ref(), &format!("{path}.resources"), errs);
+}
+
+/// Validates a pod spec at `path` (`spec`, or `spec.template.spec` in a template).
+pub fn validate_pod_spec(spec: &PodSpec, path: &str, errs: &mut Errors) {
+    let mut volumes = HashSet::new();
+    for (i, v) in spec.volumes.iter().flatten().enumerate() {
+        let vp = format!("{path}.volumes[{i}]");
+        if v.name.is_empty() {
+            errs.required(format!("{vp}.name"));
+        } else if !is_dns1123_label(&v.name) {
+            errs.invalid_str(format!("{vp}.name"), &v.name, DNS1123_LABEL_MSG);
+        } else if !volumes.insert(v.name.as_str()) {
+            errs.duplicate(format!("{vp}.name"), &v.name);
+        }
+        let sources = serde_json::to_value(v)
+            .ok()
+            .and_then(|v| {
+                v.as_object()
+                    .map(|o| o.keys().filter(|k| *k != "name").count())
+            })
+            .unwrap_or(0);
+        if sources == 0 {
+            errs.required_msg(vp.clone(), "must specify a volume type");
+        } else if sources > 1 {
+            errs.forbidden(vp.clone(), "may not specify more than 1 volume type");
+        }
+        if let Some(h) = &v.host_path {
+            if h.path.is_empty() {
+                errs.required(format!("{vp}.hostPath.path"));
+            }
+        }
+    }
+    if spec.containers.is_empty() {
+        errs.required(format!("{path}.containers"));
+    }
+    let mut names = HashSet::new();
+    for (field, list) in [
+        (
+            "initContainers",
+            spec.init_containers.as_deref().unwrap_or_default(),
+        ),
+        ("containers", &spec.containers[..]),
+    ] {
+        for (i, c) in list.iter().enumerate() {
+            let cp = format!("{path}.{field}[{i}]");
+            validate_container(c, &cp, &volumes, errs);
+            if !c.name.is_empty() && !names.insert(c.name.as_str()) {
+                errs.duplicate(format!("{cp}.name"), &c.name);
+            }
+        }
+    }
+    errs.one_of(
+        format!("{path}.restartPolicy"),
+        spec.restart_policy.as_deref(),
+        RESTART_POLICIES,
+        true,
+    );
+    errs.one_of(
+        format!("{path}.dnsPolicy"),
+        spec.dns_policy.as_deref(),
+        DNS_POLICIES,
+        true,
+    );
+    if let Some(t) = spec.termination_grace_period_seconds.filter(|t| *t < 0) {
+        errs.invalid(
+            format!("{path}.terminationGracePeriodSeconds"),
+            t,
+            "must be greater than or equal to 0",
+        );
+    }
+    if let Some(d) = spec.active_deadline_seconds.filter(|d| *d <= 0) {
+        errs.invalid(
+            format!("{path}.activeDeadlineSeconds"),
+            d,
+            "must be between 1 and 2147483647, inclusive",
+        );
+    }
+    validate_labels(
+        spec.node_selector.as_ref(),
+        &format!("{path}.nodeSelector"),
+        errs,
+    );
+    for (i, t) in spec.tolerations.iter().flatten().enumerate() {
+        errs.one_of(
+            format!("{path}.tolerations[{i}].operator"),
+            t.operator.as_deref(),
+            &["Equal", "Exists"],
+            false,
+        );
+        errs.one_of(
+            format!("{path}.tolerations[{i}].effect"),
+            t.effect.as_deref(),
+            &["NoSchedule", "PreferNoSchedule", "NoExecute"],
+            false,
+        );
+    }
+}
+
+/// Checks a controller's selector and template: labels must match, the selector must not be empty.
+pub fn validate_template(
+    selector: Option<&LabelSelector>,
+    template: Option<&PodTemplateSpec>,
+    path: &str,
+    restart: &[&str],
+    errs: &mut Errors,
+) {
+    let sel_labels = selector.and_then(|s| s.match_labels.as_ref());
+    let has_exprs =
+        selector.is_some_and(|s| s.match_expressions.as_ref().is_some_and(|e| !e.is_empty()));
+    match selector {
+        None => errs.required(format!("{path}.selector")),
+        Some(_) if sel_labels.is_none_or(|m| m.is_empty()) && !has_exprs => errs.invalid(
+            format!("{path}.selector"),
+            "null",
+            "empty selector is invalid for deployment",
+        ),
+        _ => {}
+    }
+    validate_labels(sel_labels, &format!("{path}.selector.matchLabels"), errs);
+    let Some(t) = template else {
+        errs.required(format!("{path}.template"));
+        return;
+    };
+    let labels = t.metadata.as_ref().and_then(|m| m.labels.as_ref());
+    validate_labels(labels, &format!("{path}.template.metadata.labels"), errs);
+    if let Some(sel) = selector {
+        if !crate::selectors::label_selector_matches(sel, labels) {
+            let shown = table::format_labels(labels);
+            errs.invalid(
+                format!("{path}.template.metadata.labels"),
+                format!("map[{}]", shown.replace(',', " ").replace('=', ":")),
+                "`selector` does not match template `labels`",
+            );
+        }
+    }
+    match &t.spec {
+        Some(spec) => {
+            validate_pod_spec(spec, &format!("{path}.template.spec"), errs);
+            if let Some(p) = spec
+                .restart_policy
+                .as_deref()
+                .filter(|p| !restart.contains(p))
+            {
+                errs.not_supported(format!("{path}.template.spec.restartPolicy"), p, restart);
+            }
+        }
+        None => errs.required(format!("{path}.template.spec")),
+    }
+}
+
+pub fn default_template(t: Option<&mut PodTemplateSpec>) {
+    if let Some(spec) = t.and_then(|t| t.spec.as_mut()) {
+        default_pod_spec(spec);
+    }
+}
+
+/// Guaranteed, Burstable or BestEffort, as the kubelet computes it.
+fn qos_class(spec: &PodSpec) -> &'static str {
+    let mut any = false;
+    let mut guaranteed = true;
+    for c in &spec.containers {
+        let r = c.resources.as_ref();
+        let limits = r.and_then(|r| r.limits.as_ref());
+        let requests = r.and_then(|r| r.requests.as_ref());
+        any |= limits.is_some_and(|l| !l.is_empty()) || requests.is_some_and(|q| !q.is_empty());
+        for res in ["cpu", "memory"] {
+            let l = limits.and_then(|l| l.get(res));
+            let q = requests.and_then(|q| q.get(res)).or(l);
+            if l.is_none()
+                || q.map(|q| quantity::parse(&q.0).ok()) != l.map(|l| quantity::parse(&l.0).ok())
+            {
+                guaranteed = false;
+            }
+        }
+    }
+    match (any, guaranteed) {
+        (false, _) => "BestEffort",
+        (true, true) => "Guaranteed",
+        (true, false) => "Burstable",
+    }
+}
+
+/// The tolerations the DefaultTolerationSeconds admission plugin adds.
+fn default_tolerations(spec: &mut PodSpec) {
+    let tolerations = spec.tolerations.get_or_insert_with(Vec::new);
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
+        if !tolerations.iter().any(|t| t.key.as_deref() == Some(key)) {
+            tolerations.push(Toleration {
+                key: Some(key.into()),
+                operator: Some("Exists".into()),
+                effect: Some("NoExecute".into()),
+                toleration_seconds: Some(300),
+                value: None,
+            });
+        }
+    }
+}
+
+const POD_COLUMNS: &[Column] = &[
+    table::NAME,
+    Column::new("Ready", "string", "The aggregate readiness state of this pod for accepting traffic."),
+    Column::new("Status", "string", "The aggregate status of the containers in this pod."),
+    Column::new("Restarts", "string", "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted."),
+    table::AGE,
+    Column::wide("IP", "string", "IP address allocated to the pod. Routable at least within the cluster. Empty if not yet allocated."),
+    Column::wide("Node", "string", "NodeName is a request to schedule this pod onto a specific node. If it is non-empty, the scheduler simply schedules this pod onto that node, assuming that it fits resource requirements."),
+    Column::wide("Nominated Node", "string", "nominatedNodeName is set only when this pod preempts other pods on the node, but it cannot be scheduled right away as preemption victims receive their graceful termination periods."),
+    Column::wide("Readiness Gates", "string", "If specified, all readiness gates will be evaluated for pod readiness."),
+];
+
+fn condition_true(status: &PodStatus, kind: &str) -> bool {
+    status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == kind && c.status == "True")
+}
+
+/// The STATUS and RESTARTS cells, computed as kubectl's pod printer does.
+fn pod_status_cells(pod: &Pod, now: jiff::Timestamp) -> (String, String, usize) {
+    let default_status = PodStatus::default();
+    let status = pod.status.as_ref().unwrap_or(&default_status);
+    let spec = pod.spec.as_ref();
+    let mut reason = status
+        .reason
+        .clone()
+        .filter(|r| !r.is_empty())
+        .or_else(|| status.phase.clone())
+        .unwrap_or_default();
+    if status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "PodScheduled" && c.reason.as_deref() == Some("SchedulingGated"))
+    {
+        reason = "SchedulingGated".into();
+    }
+    let mut restarts = 0;
+    let mut ready = 0;
+    let mut last_restart: Option<Time> = None;
+    let mut note_restart = |cs: &k8s_openapi::api::core::v1::ContainerStatus| {
+        if let Some(f) = cs
+            .last_state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .and_then(|t| t.finished_at.clone())
+        {
+            if last_restart.as_ref().is_none_or(|l| l.0 < f.0) {
+                last_restart = Some(f);
+            }
+        }
+    };
+    let mut initializing = false;
+    let n_init = spec
+        .and_then(|s| s.init_containers.as_ref())
+        .map_or(0, Vec::len);
+    for (i, c) in status.init_container_statuses.iter().flatten().enumerate() {
+        restarts += c.restart_count;
+        note_restart(c);
+        let state = c.state.as_ref();
+        let term = state.and_then(|s| s.terminated.as_ref());
+        let waiting = state.and_then(|s| s.waiting.as_ref());
+        if term.is_some_and(|t| t.exit_code == 0) {
+            continue;
+        }
+        if let Some(t) = term {
+            reason = match t.reason.as_deref().filter(|r| !r.is_empty()) {
+                Some(r) => format!("Init:{r}"),
+                None if t.signal.unwrap_or(0) != 0 => {
+                    format!("Init:Signal:{}", t.signal.unwrap_or(0))
+                }
+                None => format!("Init:ExitCode:{}", t.exit_code),
+            };
+        } else if let Some(r) = waiting
+            .and_then(|w| w.reason.as_deref())
+            .filter(|r| !r.is_empty() && *r != "PodInitializing")
+        {
+            reason = format!("Init:{r}");
+        } else {
+            reason = format!("Init:{i}/{n_init}");
+        }
+        initializing = true;
+        break;
+    }
+    if !initializing || condition_true(status, "Initialized") {
+        restarts = 0;
+        let mut has_running = false;
+        for c in status.container_statuses.iter().flatten().rev() {
+            restarts += c.restart_count;
+            note_restart(c);
+            let state = c.state.as_ref();
+            let term = state.and_then(|s| s.terminated.as_ref());
+            if let Some(r) = state
+                .and_then(|s| s.waiting.as_ref())
+                .and_then(|w| w.reason.clone())
+                .filter(|r| !r.is_empty())
+            {
+                reason = r;
+            } else if let Some(t) = term {
+                reason = match t.reason.as_deref().filter(|r| !r.is_empty()) {
+                    Some(r) => r.to_string(),
+                    None if t.signal.unwrap_or(0) != 0 => {
+                        format!("Signal:{}", t.signal.unwrap_or(0))
+                    }
+                    None => format!("ExitCode:{}", t.exit_code),
+                };
+            } else if c.ready && state.is_some_and(|s| s.running.is_some()) {
+                has_running = true;
+                ready += 1;
+            }
+        }
+        if reason == "Completed" && has_running {
+            reason = if condition_true(status, "Ready") {
+                "Running"
+            } else {
+                "NotReady"
+            }
+            .into();
+        }
+    }
+    let terminal = matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"));
+    if pod.metadata.deletion_timestamp.is_some() {
+        if status.reason.as_deref() == Some("NodeLost") {
+            reason = "Unknown".into();
+        } else if !terminal {
+            reason = "Terminating".into();
+        }
+    }
+    let restarts_str = match last_restart {
+        Some(t) if restarts != 0 => format!("{restarts} ({} ago)", table::since(Some(t.0), now)),
+        _ => restarts.to_string(),
+    };
+    (reason, restarts_str, ready)
+}
+
+impl Kind for Pod {
+    fn default_fields(&mut self, op: Operation) {
+        let spec = self.spec.get_or_insert_with(Default::default);
+        default_pod_spec(spec);
+        if op == Operation::Create {
+            if spec
+                .service_account_name
+                .as_deref()
+                .unwrap_or_default()
+                .is_empty()
+            {
+                spec.service_account_name = Some("default".into());
+            }
+            spec.service_account = spec.service_account_name.clone();
+            spec.priority.get_or_insert(0);
+            spec.preemption_policy
+                .get_or_insert_with(|| "PreemptLowerPriority".into());
+            default_tolerations(spec);
+            // Requests default to limits for pods (not for templates).
+            for c in spec
+                .containers
+                .iter_mut()
+                .chain(spec.init_containers.iter_mut().flatten())
+            {
+                if let Some(r) = c.resources.as_mut() {
+                    if let Some(limits) = r.limits.clone() {
+                        let req = r.requests.get_or_insert_with(BTreeMap::new);
+                        for (k, v) in limits {
+                            req.entry(k).or_insert(v);
+                        }
+                    }
+                }
+            }
+            let qos = qos_class(spec).to_string();
+            let status = self.status.get_or_insert_with(Default::default);
+            status.phase.get_or_insert_with(|| "Pending".into());
+            status.qos_class = Some(qos);
+        }
+    }
+
+    fn validate(&self, errs: &mut Errors) {
+        match &self.spec {
+            Some(spec) => validate_pod_spec(spec, "spec", errs),
+            None => errs.required("spec"),
+        }
+    }
+
+    fn validate_update(&self, old: &Self, errs: &mut Errors) {
+        let (Some(new), Some(old)) = (&self.spec, &old.spec) else {
+            return;
+        };
+        // Only images, activeDeadlineSeconds and tolerations may change.
+        let mut comparable = new.clone();
+        for (c, o) in comparable.containers.iter_mut().zip(&old.containers) {
+            c.image = o.image.clone();
+        }
+        for (c, o) in comparable
+            .init_containers
+            .iter_mut()
+            .flatten()
+            .zip(old.init_containers.iter().flatten())
+        {
+            c.image = o.image.clone();
+        }
+        comparable.active_deadline_seconds = old.active_deadline_seconds;
+        comparable.tolerations = old.tolerations.clone();
+        comparable.termination_grace_period_seconds = old.termination_grace_period_seconds;
+        if comparable != *old {
+            errs.forbidden("spec", "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)");
+        }
+    }
+
+    fn columns() -> &'static [Column] {
+        POD_COLUMNS
+    }
+
+    fn cells(&self, now: jiff::Timestamp) -> Vec<Value> {
+        let (reason, restarts, ready) = pod_status_cells(self, now);
+        let total = self.spec.as_ref().map_or(0, |s| s.containers.len());
+        let status = self.status.as_ref();
+        let ip = status
+            .and_then(|s| s.pod_ips.as_ref())
+            .and_then(|ips| ips.first())
+            .map(|i| i.ip.clone())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "<none>".into());
+        let node = self
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "<none>".into());
+        let nominated = status
+            .and_then(|s| s.nominated_node_name.clone())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "<none>".into());
+        let gates = match self
+            .spec
+            .as_ref()
+            .and_then(|s| s.readiness_gates.as_ref())
+            .filter(|g| !g.is_empty())
+        {
+            Some(gates) => {
+                let ok = gates
+                    .iter()
+                    .filter(|g| status.is_some_and(|s| condition_true(s, &g.condition_type)))
+                    .count();
+                format!("{ok}/{}", gates.len())
+            }
+            None => "<none>".into(),
+        };
+        vec![
+            table::name(&self.metadata),
+            format!("{ready}/{total}").into(),
+            reason.into(),
+            restarts.into(),
+            table::age(self.meta_created(), now),
+            ip.into(),
+            node.into(),
+            nominated.into(),
+            gates.into(),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(v: Value) -> Pod {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn defaults_follow_kubernetes() {
+        let mut p = pod(
+            json!({"metadata": {"name": "a"}, "spec": {"containers": [{"name": "c", "image": "nginx", "ports": [{"containerPort": 80}]}]}}),
+        );
+        p.default_fields(Operation::Create);
+        let spec = p.spec.as_ref().unwrap();
+        assert_eq!(spec.restart_policy.as_deref(), Some("Always"));
+        assert_eq!(
+            spec.containers[0].image_pull_policy.as_deref(),
+            Some("Always")
+        );
+        assert_eq!(
+            spec.containers[0].ports.as_ref().unwrap()[0]
+                .protocol
+                .as_deref(),
+            Some("TCP")
+        );
+        assert_eq!(p.status.as_ref().unwrap().phase.as_deref(), Some("Pending"));
+        assert_eq!(
+            p.status.as_ref().unwrap().qos_class.as_deref(),
+            Some("BestEffort")
+        );
+        let mut p =
+            pod(json!({"spec": {"containers": [{"name": "c", "image": "reg:5000/nginx:1.2"}]}}));
+        p.default_fields(Operation::Create);
+        assert_eq!(
+            p.spec.unwrap().containers[0].image_pull_policy.as_deref(),
+            Some("IfNotPresent")
+        );
+    }
+
+    #[test]
+    fn validation_reports_each_bad_field() {
+        let p = pod(
+            json!({"spec": {"restartPolicy": "Sometimes", "containers": [
+            {"name": "a", "image": "x", "ports": [{"containerPort": 70000, "protocol": "TCP"}], "imagePullPolicy": "Always"},
+            {"name": "a", "imagePullPolicy": "Always"}]}}),
+        );
+        let mut errs = Errors::default();
+        p.validate(&mut errs);
+        let msgs: Vec<String> = errs.0.iter().map(|e| e.to_string()).collect();
+        assert!(msgs.contains(&"spec.containers[0].ports[0].containerPort: Invalid value: 70000: must be between 1 and 65535, inclusive".to_string()), "{msgs:?}");
+        assert!(
+            msgs.contains(&"spec.containers[1].image: Required value".to_string()),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.contains(&"spec.containers[1].name: Duplicate value: \"a\"".to_string()),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.starts_with("spec.restartPolicy: Unsupported value: \"Sometimes\"")),
+            "{msgs:?}"
+        );
+    }
+
+    #[test]
+    fn status_column_follows_kubectl() {
+        let now = jiff::Timestamp::now();
+        let p = pod(
+            json!({"spec": {"containers": [{"name": "a"}, {"name": "b"}]}, "status": {"phase": "Running", "containerStatuses": [
+            {"name": "a", "ready": true, "restartCount": 0, "image": "", "imageID": "", "state": {"running": {}}},
+            {"name": "b", "ready": false, "restartCount": 3, "image": "", "imageID": "", "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}}),
+        );
+        let (reason, restarts, ready) = pod_status_cells(&p, now);
+        assert_eq!(
+            (reason.as_str(), restarts.as_str(), ready),
+            ("CrashLoopBackOff", "3", 1)
+        );
+    }
+}

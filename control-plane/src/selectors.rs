@@ -1,0 +1,357 @@
+//! Label and field selectors, parsed from query strings as Kubernetes does.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SelectorError {
+    #[error("unable to parse requirement: {0}")]
+    Parse(String),
+    #[error("\"{0}\" is not a known field selector: only \"{1}\"")]
+    UnknownField(String, String),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Op {
+    Eq(String),
+    NotEq(String),
+    In(Vec<String>),
+    NotIn(Vec<String>),
+    Exists,
+    NotExists,
+    Gt(i64),
+    Lt(i64),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct Requirement {
+    key: String,
+    op: Op,
+}
+
+/// A parsed label selector (`app=web,tier in (a,b),!legacy`). Empty matches everything.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Selector(Vec<Requirement>);
+
+/// Splits on commas that are not inside parentheses.
+fn split_top(s: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut depth, mut start) = (0, 0);
+    for (i, c) in s.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&s[start..]);
+    out
+}
+
+fn set_values(rest: &str, whole: &str) -> Result<Vec<String>, SelectorError> {
+    let rest = rest.trim();
+    let inner = rest
+        .strip_prefix('(')
+        .and_then(|r| r.strip_suffix(')'))
+        .ok_or_else(|| SelectorError::Parse(format!("{whole}: found '{rest}', expected: '('")))?;
+    Ok(inner
+        .split(',')
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect())
+}
+
+impl Selector {
+    pub fn parse(s: &str) -> Result<Selector, SelectorError> {
+        let mut reqs = Vec::new();
+        if s.trim().is_empty() {
+            return Ok(Selector(reqs));
+        }
+        for part in split_top(s) {
+            let p = part.trim();
+            if p.is_empty() {
+                return Err(SelectorError::Parse(format!(
+                    "{s}: found '', expected: identifier"
+                )));
+            }
+            let req = if let Some(k) = p.strip_prefix('!') {
+                Requirement {
+                    key: k.trim().to_string(),
+                    op: Op::NotExists,
+                }
+            } else if let Some((k, v)) = p.split_once("!=") {
+                Requirement {
+                    key: k.trim().into(),
+                    op: Op::NotEq(v.trim().into()),
+                }
+            } else if let Some((k, v)) = p.split_once("==") {
+                Requirement {
+                    key: k.trim().into(),
+                    op: Op::Eq(v.trim().into()),
+                }
+            } else if let Some((k, v)) = p.split_once('=') {
+                Requirement {
+                    key: k.trim().into(),
+                    op: Op::Eq(v.trim().into()),
+                }
+            } else if let Some((k, v)) = p.split_once(" notin ") {
+                Requirement {
+                    key: k.trim().into(),
+                    op: Op::NotIn(set_values(v, p)?),
+                }
+            } else if let Some((k, v)) = p.split_once(" in ") {
+                Requirement {
+                    key: k.trim().into(),
+                    op: Op::In(set_values(v, p)?),
+                }
+            } else if let Some((k, v)) = p.split_once('>') {
+                let n = v.trim().parse().map_err(|_| {
+                    SelectorError::Parse(format!(
+                        "{p}: for 'Gt', 'Lt' operators, the value must be an integer"
+                    ))
+                })?;
+                Requirement {
+                    key: k.trim().into(),
+                    op: Op::Gt(n),
+                }
+            } else if let Some((k, v)) = p.split_once('<') {
+                let n = v.trim().parse().map_err(|_| {
+                    SelectorError::Parse(format!(
+                        "{p}: for 'Gt', 'Lt' operators, the value must be an integer"
+                    ))
+                })?;
+                Requirement {
+                    key: k.trim().into(),
+                    op: Op::Lt(n),
+                }
+            } else if p.contains(' ') || p.contains('(') {
+                return Err(SelectorError::Parse(format!(
+                    "{p}: found '{}', expected: in, notin, =, ==, !=, gt, lt",
+                    p.split_whitespace().nth(1).unwrap_or("")
+                )));
+            } else {
+                Requirement {
+                    key: p.into(),
+                    op: Op::Exists,
+                }
+            };
+            if req.key.is_empty() || req.key.contains(char::is_whitespace) {
+                return Err(SelectorError::Parse(format!(
+                    "{p}: invalid label key {:?}",
+                    req.key
+                )));
+            }
+            if let Some(msg) = crate::registry::validation::check_qualified_name(&req.key) {
+                return Err(SelectorError::Parse(format!(
+                    "key: Invalid value: {:?}: {msg}",
+                    req.key
+                )));
+            }
+            reqs.push(req);
+        }
+        Ok(Selector(reqs))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Matches against a value looked up by key (label map or object field).
+    fn matches_with(&self, get: impl Fn(&str) -> Option<String>) -> bool {
+        self.0.iter().all(|r| {
+            let v = get(&r.key);
+            match &r.op {
+                Op::Eq(x) => v.as_deref() == Some(x.as_str()),
+                Op::NotEq(x) => v.as_deref() != Some(x.as_str()),
+                Op::In(xs) => v.is_some_and(|v| xs.contains(&v)),
+                Op::NotIn(xs) => v.is_none_or(|v| !xs.contains(&v)),
+                Op::Exists => v.is_some(),
+                Op::NotExists => v.is_none(),
+                Op::Gt(n) => v
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .is_some_and(|v| v > *n),
+                Op::Lt(n) => v
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .is_some_and(|v| v < *n),
+            }
+        })
+    }
+
+    pub fn matches_labels(&self, labels: Option<&serde_json::Map<String, Value>>) -> bool {
+        self.matches_with(|k| {
+            labels
+                .and_then(|l| l.get(k))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+    }
+}
+
+/// A parsed field selector (`spec.nodeName=n1,status.phase!=Running`).
+#[derive(Clone, Debug, Default)]
+pub struct FieldSelector(Selector);
+
+impl FieldSelector {
+    /// Parses and checks each field against those the resource supports.
+    pub fn parse(
+        s: &str,
+        supported: impl Fn(&str) -> bool,
+    ) -> Result<FieldSelector, SelectorError> {
+        let mut reqs = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, op) = if let Some((k, v)) = part.split_once("!=") {
+                (k, Op::NotEq(v.into()))
+            } else if let Some((k, v)) = part.split_once("==") {
+                (k, Op::Eq(v.into()))
+            } else if let Some((k, v)) = part.split_once('=') {
+                (k, Op::Eq(v.into()))
+            } else {
+                return Err(SelectorError::Parse(format!(
+                    "invalid selector: '{s}'; can't understand '{part}'"
+                )));
+            };
+            let key = key.trim().to_string();
+            if !supported(&key) {
+                return Err(SelectorError::Parse(format!(
+                    "field label not supported: {key}"
+                )));
+            }
+            reqs.push(Requirement { key, op });
+        }
+        Ok(FieldSelector(Selector(reqs)))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// A missing field counts as the empty string, as in Kubernetes.
+    pub fn matches(&self, obj: &Value) -> bool {
+        self.0.matches_with(|path| {
+            let mut v = obj;
+            for seg in path.split('.') {
+                match v.get(seg) {
+                    Some(x) => v = x,
+                    None => return Some(String::new()),
+                }
+            }
+            Some(match v {
+                Value::String(s) => s.clone(),
+                Value::Null => String::new(),
+                other => other.to_string(),
+            })
+        })
+    }
+
+    /// The value required for `field` by an equality term, if any (used to narrow a scan).
+    pub fn required_value(&self, field: &str) -> Option<&str> {
+        self.0 .0.iter().find_map(|r| match &r.op {
+            Op::Eq(v) if r.key == field => Some(v.as_str()),
+            _ => None,
+        })
+    }
+}
+
+/// Whether a typed `LabelSelector` (matchLabels + matchExpressions) matches a label map.
+pub fn label_selector_matches(
+    sel: &LabelSelector,
+    labels: Option<&BTreeMap<String, String>>,
+) -> bool {
+    let get = |k: &str| labels.and_then(|l| l.get(k));
+    sel.match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| get(k) == Some(v))
+        && sel.match_expressions.iter().flatten().all(|e| {
+            let vals = e.values.as_deref().unwrap_or_default();
+            match e.operator.as_str() {
+                "In" => get(&e.key).is_some_and(|v| vals.contains(v)),
+                "NotIn" => get(&e.key).is_none_or(|v| !vals.contains(v)),
+                "Exists" => get(&e.key).is_some(),
+                "DoesNotExist" => get(&e.key).is_none(),
+                _ => false,
+            }
+        })
+}
+
+/// A typed `LabelSelector` rendered in query-string form (`a=b,c in (x,y)`).
+pub fn label_selector_string(sel: &LabelSelector) -> String {
+    let mut parts: Vec<String> = sel
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    for e in sel.match_expressions.iter().flatten() {
+        let vals = e.values.as_deref().unwrap_or_default().join(",");
+        parts.push(match e.operator.as_str() {
+            "In" => format!("{} in ({vals})", e.key),
+            "NotIn" => format!("{} notin ({vals})", e.key),
+            "Exists" => e.key.clone(),
+            _ => format!("!{}", e.key),
+        });
+    }
+    parts.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn labels(v: Value) -> serde_json::Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn label_selector_operators() {
+        let l = labels(json!({"app": "web", "tier": "front", "track": "stable"}));
+        for (sel, want) in [
+            ("app=web", true),
+            ("app==web", true),
+            ("app!=web", false),
+            ("tier in (front,back)", true),
+            ("tier notin (front)", false),
+            ("track", true),
+            ("!track", false),
+            ("!missing,app=web", true),
+            ("app=web,tier in (back)", false),
+            ("", true),
+        ] {
+            assert_eq!(
+                Selector::parse(sel).unwrap().matches_labels(Some(&l)),
+                want,
+                "{sel}"
+            );
+        }
+        assert!(Selector::parse("a in x").is_err());
+        assert!(Selector::parse("a b").is_err());
+    }
+
+    #[test]
+    fn field_selectors() {
+        let pod = json!({"metadata": {"name": "p"}, "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}});
+        let ok = |f: &str| ["metadata.name", "spec.nodeName", "status.phase"].contains(&f);
+        assert!(
+            FieldSelector::parse("spec.nodeName=n1,status.phase!=Failed", ok)
+                .unwrap()
+                .matches(&pod)
+        );
+        assert!(!FieldSelector::parse("spec.nodeName=", ok)
+            .unwrap()
+            .matches(&pod));
+        assert!(FieldSelector::parse("spec.nodeName=", ok)
+            .unwrap()
+            .matches(&json!({"spec": {}})));
+        assert_eq!(
+            FieldSelector::parse("spec.bogus=1", ok).unwrap_err(),
+            SelectorError::Parse("field label not supported: spec.bogus".into())
+        );
+    }
+}
