@@ -55,7 +55,7 @@ pub struct Event {
     pub key: String,
     pub object: Bytes,
     /// The value before this change (absent for `Added`).
-    pub prev: Option<Bytes>,
+    pub prev: Option<Stored>,
 }
 
 /// A consistent list: the items under a prefix as of `rev`.

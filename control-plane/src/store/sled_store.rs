@@ -113,7 +113,10 @@ fn encode_event(ev: &Event) -> Vec<u8> {
     });
     put_chunk(&mut out, ev.key.as_bytes());
     put_chunk(&mut out, &ev.object);
-    put_chunk(&mut out, ev.prev.as_deref().unwrap_or_default());
+    put_chunk(
+        &mut out,
+        &ev.prev.as_ref().map(encode_value).unwrap_or_default(),
+    );
     out
 }
 
@@ -131,7 +134,11 @@ fn decode_event(rev: Revision, raw: &[u8]) -> Result<Event, StoreError> {
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let object = Bytes::copy_from_slice(take_chunk(&mut rest)?);
     let prev = take_chunk(&mut rest)?;
-    let prev = (!prev.is_empty()).then(|| Bytes::copy_from_slice(prev));
+    let prev = if prev.is_empty() {
+        None
+    } else {
+        Some(decode_value(prev)?)
+    };
     Ok(Event {
         rev,
         kind,
@@ -217,7 +224,7 @@ impl SledStore {
             kind,
             key: key.to_string(),
             object,
-            prev: current.as_ref().map(|c| Bytes::from(encode_value(c))),
+            prev: current.clone(),
         };
         let mut batch = sled::Batch::default();
         batch.insert(&log_key(rev), encode_event(&ev));
@@ -452,10 +459,7 @@ impl Store for SledStore {
         let last_applied = *inner.write.lock().expect("write lock");
         for ev in inner.read_log(rev, last_applied)? {
             if in_range(&ev.key) && !overlay.contains_key(&ev.key) {
-                overlay.insert(
-                    ev.key.clone(),
-                    ev.prev.as_deref().map(decode_value).transpose()?,
-                );
+                overlay.insert(ev.key.clone(), ev.prev.clone());
             }
         }
         // Merge the scan with the overlay, both sorted by key.

@@ -1,0 +1,620 @@
+//! Field ownership (`metadata.managedFields`, `FieldsV1`) and server-side apply.
+//!
+//! A field set is a set of paths; a path element is `f:<field>`, `k:<merge key JSON>` for
+//! an item of a keyed list, `v:<value JSON>` for an item of a set, and `.` for an item or
+//! map itself. Updates give their manager the fields they changed; an apply gives its
+//! manager exactly the fields in its configuration, reports conflicts with other
+//! managers, and removes fields it applied before but no longer does.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{json, Map, Value};
+
+use super::patch::{list_strategy, strategic_merge, ListStrategy};
+use super::{meta, meta_mut, now_string};
+
+type Path = Vec<String>;
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FieldSet(BTreeSet<Path>);
+
+/// Metadata fields the server owns; they are never tracked.
+const SYSTEM_META: &[&str] = &[
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "managedFields",
+    "selfLink",
+    "generateName",
+];
+
+/// Maps whose entries are tracked one by one and which mark themselves with `.`.
+const GRANULAR_MAPS: &[&str] = &[
+    "labels",
+    "annotations",
+    "matchLabels",
+    "nodeSelector",
+    "data",
+    "binaryData",
+    "stringData",
+    "limits",
+    "requests",
+    "capacity",
+    "allocatable",
+];
+
+impl FieldSet {
+    /// The fields set in `obj` (system metadata, apiVersion and kind excluded).
+    pub fn of(kind: &str, obj: &Value, with_status: bool) -> FieldSet {
+        let mut set = FieldSet::default();
+        if let Some(o) = obj.as_object() {
+            for (k, v) in o {
+                match k.as_str() {
+                    "apiVersion" | "kind" => {}
+                    "status" if !with_status => {}
+                    "metadata" => {
+                        if let Some(m) = v.as_object() {
+                            for (mk, mv) in m
+                                .iter()
+                                .filter(|(mk, _)| !SYSTEM_META.contains(&mk.as_str()))
+                            {
+                                set.walk(
+                                    kind,
+                                    &mut vec!["metadata"],
+                                    vec!["f:metadata".into(), format!("f:{mk}")],
+                                    mk,
+                                    mv,
+                                );
+                            }
+                        }
+                    }
+                    _ => set.walk(kind, &mut vec![], vec![format!("f:{k}")], k, v),
+                }
+            }
+        }
+        set
+    }
+
+    fn walk<'a>(
+        &mut self,
+        kind: &str,
+        names: &mut Vec<&'a str>,
+        path: Path,
+        field: &'a str,
+        v: &'a Value,
+    ) {
+        match v {
+            Value::Object(m) if !m.is_empty() => {
+                if GRANULAR_MAPS.contains(&field) {
+                    self.0.insert([path.clone(), vec![".".into()]].concat());
+                }
+                names.push(field);
+                for (k, child) in m {
+                    let mut p = path.clone();
+                    p.push(format!("f:{k}"));
+                    self.walk(kind, names, p, k, child);
+                }
+                names.pop();
+            }
+            Value::Array(items) if !items.is_empty() => match list_strategy(kind, names, field) {
+                ListStrategy::Atomic => {
+                    self.0.insert(path);
+                }
+                ListStrategy::Set => {
+                    for item in items {
+                        let mut p = path.clone();
+                        p.push(format!("v:{item}"));
+                        self.0.insert(p);
+                    }
+                }
+                ListStrategy::Keyed(key) => {
+                    names.push(field);
+                    names.push("[]");
+                    for item in items {
+                        let Some(m) = item.as_object() else { continue };
+                        let mut ip = path.clone();
+                        ip.push(format!(
+                            "k:{}",
+                            json!({ key: m.get(key).cloned().unwrap_or(Value::Null) })
+                        ));
+                        self.0.insert([ip.clone(), vec![".".into()]].concat());
+                        for (k, child) in m {
+                            let mut p = ip.clone();
+                            p.push(format!("f:{k}"));
+                            self.walk(kind, names, p, k, child);
+                        }
+                    }
+                    names.truncate(names.len() - 2);
+                }
+            },
+            _ => {
+                self.0.insert(path);
+            }
+        }
+    }
+
+    pub fn to_fields_v1(&self) -> Value {
+        let mut root = Map::new();
+        for path in &self.0 {
+            let mut node = &mut root;
+            for el in path {
+                node = node
+                    .entry(el.clone())
+                    .or_insert_with(|| json!({}))
+                    .as_object_mut()
+                    .expect("fields are objects");
+            }
+        }
+        Value::Object(root)
+    }
+
+    pub fn from_fields_v1(v: &Value) -> FieldSet {
+        fn go(v: &Value, path: &mut Path, out: &mut BTreeSet<Path>) {
+            match v.as_object() {
+                Some(m) if !m.is_empty() => {
+                    for (k, child) in m {
+                        path.push(k.clone());
+                        go(child, path, out);
+                        path.pop();
+                    }
+                }
+                _ => {
+                    out.insert(path.clone());
+                }
+            }
+        }
+        let mut out = BTreeSet::new();
+        go(v, &mut Vec::new(), &mut out);
+        FieldSet(out)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn remove_all(&mut self, other: &FieldSet) {
+        self.0.retain(|p| !other.0.contains(p));
+    }
+}
+
+/// The value at a field path, if present.
+fn value_at<'a>(obj: &'a Value, path: &[String]) -> Option<&'a Value> {
+    let mut cur = obj;
+    for el in path {
+        if el == "." {
+            continue;
+        }
+        cur = if let Some(f) = el.strip_prefix("f:") {
+            cur.get(f)?
+        } else if let Some(k) = el.strip_prefix("k:") {
+            let key: Map<String, Value> = serde_json::from_str(k).ok()?;
+            cur.as_array()?
+                .iter()
+                .find(|item| key.iter().all(|(kk, kv)| item.get(kk) == Some(kv)))?
+        } else if let Some(v) = el.strip_prefix("v:") {
+            let want: Value = serde_json::from_str(v).ok()?;
+            cur.as_array()?.iter().find(|item| **item == want)?
+        } else {
+            return None;
+        };
+    }
+    Some(cur)
+}
+
+/// Removes the field at `path` from `obj`.
+fn remove_at(obj: &mut Value, path: &[String]) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    if last == "." {
+        return remove_at(obj, parents);
+    }
+    let mut cur = obj;
+    for el in parents {
+        if el == "." {
+            continue;
+        }
+        let next = if let Some(f) = el.strip_prefix("f:") {
+            cur.get_mut(f)
+        } else if let Some(k) = el.strip_prefix("k:") {
+            let Ok(key) = serde_json::from_str::<Map<String, Value>>(k) else {
+                return;
+            };
+            cur.as_array_mut().and_then(|a| {
+                a.iter_mut()
+                    .find(|item| key.iter().all(|(kk, kv)| item.get(kk) == Some(kv)))
+            })
+        } else {
+            None
+        };
+        match next {
+            Some(n) => cur = n,
+            None => return,
+        }
+    }
+    if let Some(f) = last.strip_prefix("f:") {
+        if let Some(m) = cur.as_object_mut() {
+            m.remove(f);
+        }
+    } else if let Some(k) = last.strip_prefix("k:") {
+        if let (Ok(key), Some(a)) = (
+            serde_json::from_str::<Map<String, Value>>(k),
+            cur.as_array_mut(),
+        ) {
+            a.retain(|item| !key.iter().all(|(kk, kv)| item.get(kk) == Some(kv)));
+        }
+    } else if let Some(v) = last.strip_prefix("v:") {
+        if let (Ok(want), Some(a)) = (serde_json::from_str::<Value>(v), cur.as_array_mut()) {
+            a.retain(|item| *item != want);
+        }
+    }
+}
+
+/// One `managedFields` entry.
+#[derive(Clone, Debug)]
+struct Entry {
+    manager: String,
+    operation: String,
+    api_version: String,
+    subresource: Option<String>,
+    time: Option<String>,
+    fields: FieldSet,
+}
+
+fn entries(obj: &Value) -> Vec<Entry> {
+    meta(obj)
+        .and_then(|m| m.get("managedFields"))
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|e| Entry {
+                    manager: e["manager"].as_str().unwrap_or_default().into(),
+                    operation: e["operation"].as_str().unwrap_or("Update").into(),
+                    api_version: e["apiVersion"].as_str().unwrap_or_default().into(),
+                    subresource: e["subresource"].as_str().map(str::to_string),
+                    time: e["time"].as_str().map(str::to_string),
+                    fields: FieldSet::from_fields_v1(&e["fieldsV1"]),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn set_entries(obj: &mut Value, entries: Vec<Entry>) {
+    let list: Vec<Value> = entries
+        .into_iter()
+        .filter(|e| !e.fields.is_empty())
+        .map(|e| {
+            let mut v = json!({
+                "manager": e.manager, "operation": e.operation, "apiVersion": e.api_version,
+                "time": e.time.unwrap_or_else(now_string), "fieldsType": "FieldsV1", "fieldsV1": e.fields.to_fields_v1(),
+            });
+            if let Some(s) = e.subresource {
+                v["subresource"] = json!(s);
+            }
+            v
+        })
+        .collect();
+    let m = meta_mut(obj);
+    if list.is_empty() {
+        m.remove("managedFields");
+    } else {
+        m.insert("managedFields".into(), Value::Array(list));
+    }
+}
+
+fn kind_of(obj: &Value) -> &str {
+    obj.get("kind").and_then(Value::as_str).unwrap_or_default()
+}
+
+/// Records an Update by `manager`: it takes ownership of every field it changed.
+pub fn record_update(
+    new: &mut Value,
+    old: Option<&Value>,
+    manager: &str,
+    api_version: &str,
+    operation: &str,
+) {
+    let kind = kind_of(new).to_string();
+    let status_write = false;
+    let new_set = FieldSet::of(&kind, new, status_write);
+    let changed = match old {
+        None => new_set,
+        Some(old) => FieldSet(
+            new_set
+                .0
+                .into_iter()
+                .filter(|p| value_at(old, p) != value_at(new, p))
+                .collect(),
+        ),
+    };
+    // Fields the update removed are no longer anybody's.
+    let mut list = entries(old.unwrap_or(new));
+    let removed: Vec<Path> = list
+        .iter()
+        .flat_map(|e| e.fields.0.iter())
+        .filter(|p| value_at(new, p).is_none())
+        .cloned()
+        .collect();
+    for e in list.iter_mut() {
+        e.fields.remove_all(&changed);
+        e.fields.0.retain(|p| !removed.contains(p));
+    }
+    if changed.is_empty() && old.is_some() {
+        set_entries(new, list);
+        return;
+    }
+    match list
+        .iter_mut()
+        .find(|e| e.manager == manager && e.operation == operation && e.subresource.is_none())
+    {
+        Some(e) => {
+            e.fields.0.extend(changed.0);
+            e.time = Some(now_string());
+            e.api_version = api_version.into();
+        }
+        None => list.push(Entry {
+            manager: manager.into(),
+            operation: operation.into(),
+            api_version: api_version.into(),
+            subresource: None,
+            time: None,
+            fields: changed,
+        }),
+    }
+    set_entries(new, list);
+}
+
+/// A field another manager owns with a different value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApplyConflict {
+    pub manager: String,
+    pub api_version: String,
+    /// The field path as Kubernetes prints it, e.g. `.spec.replicas`.
+    pub field: String,
+}
+
+fn display_path(path: &[String]) -> String {
+    let mut s = String::new();
+    for el in path {
+        if let Some(f) = el.strip_prefix("f:") {
+            s.push('.');
+            s.push_str(f);
+        } else if let Some(k) = el.strip_prefix("k:") {
+            s.push_str(&format!(
+                "[{}]",
+                k.trim_start_matches('{')
+                    .trim_end_matches('}')
+                    .replace('"', "")
+                    .replace(':', "=")
+            ));
+        } else if let Some(v) = el.strip_prefix("v:") {
+            s.push_str(&format!("[{v}]"));
+        }
+    }
+    s
+}
+
+/// Server-side apply of `applied` by `manager` over `current` (absent for a create).
+pub fn apply(
+    current: Option<&Value>,
+    applied: &Value,
+    manager: &str,
+    api_version: &str,
+    force: bool,
+) -> Result<Value, Vec<ApplyConflict>> {
+    let kind = kind_of(applied).to_string();
+    let applied_set = FieldSet::of(&kind, applied, false);
+    let Some(current) = current else {
+        let mut obj = applied.clone();
+        set_entries(
+            &mut obj,
+            vec![Entry {
+                manager: manager.into(),
+                operation: "Apply".into(),
+                api_version: api_version.into(),
+                subresource: None,
+                time: None,
+                fields: applied_set,
+            }],
+        );
+        return Ok(obj);
+    };
+    let mut list = entries(current);
+    let mut conflicts = Vec::new();
+    for e in list
+        .iter_mut()
+        .filter(|e| !(e.manager == manager && e.operation == "Apply"))
+    {
+        if e.subresource.is_some() {
+            continue;
+        }
+        let clashing: Vec<Path> = e
+            .fields
+            .0
+            .iter()
+            .filter(|p| {
+                applied_set.0.contains(*p)
+                    && value_at(current, p) != value_at(applied, p)
+                    && p.last().is_some_and(|l| l != ".")
+            })
+            .cloned()
+            .collect();
+        if force {
+            e.fields.0.retain(|p| !clashing.contains(p));
+        } else {
+            conflicts.extend(clashing.iter().map(|p| ApplyConflict {
+                manager: e.manager.clone(),
+                api_version: e.api_version.clone(),
+                field: display_path(p),
+            }));
+        }
+    }
+    if !conflicts.is_empty() {
+        return Err(conflicts);
+    }
+    // Merge the configuration in, then drop what this manager applied before but no longer
+    // does, unless someone else also owns it.
+    let mut obj =
+        strategic_merge(&kind, current, &strip_nulls(applied)).unwrap_or_else(|_| current.clone());
+    let previous = list
+        .iter()
+        .find(|e| e.manager == manager && e.operation == "Apply")
+        .map(|e| e.fields.clone())
+        .unwrap_or_default();
+    let others: BTreeSet<&Path> = list
+        .iter()
+        .filter(|e| !(e.manager == manager && e.operation == "Apply"))
+        .flat_map(|e| e.fields.0.iter())
+        .collect();
+    let mut dropped: Vec<&Path> = previous
+        .0
+        .iter()
+        .filter(|p| !applied_set.0.contains(*p) && !others.contains(p))
+        .collect();
+    // Remove deeper paths first so list items go after their fields.
+    dropped.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in dropped {
+        remove_at(&mut obj, p);
+    }
+    list.retain(|e| !(e.manager == manager && e.operation == "Apply"));
+    list.push(Entry {
+        manager: manager.into(),
+        operation: "Apply".into(),
+        api_version: api_version.into(),
+        subresource: None,
+        time: None,
+        fields: applied_set,
+    });
+    set_entries(&mut obj, list);
+    Ok(obj)
+}
+
+fn strip_nulls(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), strip_nulls(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(strip_nulls).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Equality that ignores the `time` of managedFields entries (so no-op writes stay no-ops).
+pub fn equal_ignoring_times(a: &Value, b: &Value) -> bool {
+    fn scrub(v: &Value) -> Value {
+        let mut v = v.clone();
+        if let Some(list) = v
+            .pointer_mut("/metadata/managedFields")
+            .and_then(Value::as_array_mut)
+        {
+            for e in list {
+                if let Some(o) = e.as_object_mut() {
+                    o.remove("time");
+                }
+            }
+        }
+        v
+    }
+    scrub(a) == scrub(b)
+}
+
+/// Conflicts grouped per manager, for the error message.
+pub fn describe_conflicts(conflicts: &[ApplyConflict]) -> String {
+    let mut by: BTreeMap<(String, String), Vec<&str>> = BTreeMap::new();
+    for c in conflicts {
+        by.entry((c.manager.clone(), c.api_version.clone()))
+            .or_default()
+            .push(&c.field);
+    }
+    let n = conflicts.len();
+    let mut parts = Vec::new();
+    for ((m, v), fields) in by {
+        parts.push(format!(
+            "conflict{} with \"{m}\" using {v}:{}",
+            if fields.len() > 1 { "s" } else { "" },
+            if fields.len() == 1 {
+                format!(" {}", fields[0])
+            } else {
+                fields
+                    .iter()
+                    .map(|f| format!("\n- {f}"))
+                    .collect::<String>()
+            }
+        ));
+    }
+    format!(
+        "Apply failed with {n} conflict{}: {}",
+        if n > 1 { "s" } else { "" },
+        parts.join("\n")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deploy(replicas: i64, image: &str) -> Value {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "labels": {"app": "x"}},
+            "spec": {"replicas": replicas, "template": {"spec": {"containers": [{"name": "c", "image": image}]}}}})
+    }
+
+    #[test]
+    fn fieldsv1_round_trips() {
+        let set = FieldSet::of("Deployment", &deploy(1, "a"), false);
+        let v = set.to_fields_v1();
+        assert!(
+            v["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"c\"}"]["f:image"]
+                .is_object()
+        );
+        assert!(v["f:metadata"]["f:labels"]["."].is_object());
+        assert_eq!(FieldSet::from_fields_v1(&v), set);
+    }
+
+    #[test]
+    fn apply_conflicts_with_another_manager_unless_forced() {
+        let mut obj = apply(None, &deploy(1, "a"), "alice", "apps/v1", false).unwrap();
+        let mut changed = obj.clone();
+        changed["spec"]["replicas"] = json!(5);
+        record_update(&mut changed, Some(&obj), "bob", "apps/v1", "Update");
+        obj = changed;
+        let err = apply(Some(&obj), &deploy(1, "a"), "alice", "apps/v1", false).unwrap_err();
+        assert_eq!(
+            err,
+            vec![ApplyConflict {
+                manager: "bob".into(),
+                api_version: "apps/v1".into(),
+                field: ".spec.replicas".into()
+            }]
+        );
+        assert_eq!(
+            describe_conflicts(&err),
+            "Apply failed with 1 conflict: conflict with \"bob\" using apps/v1: .spec.replicas"
+        );
+        let forced = apply(Some(&obj), &deploy(1, "a"), "alice", "apps/v1", true).unwrap();
+        assert_eq!(forced["spec"]["replicas"], 1);
+        // Same value: shared ownership, no conflict.
+        assert!(apply(Some(&obj), &deploy(5, "a"), "alice", "apps/v1", false).is_ok());
+    }
+
+    #[test]
+    fn apply_removes_fields_it_no_longer_sets() {
+        let mut cfg = deploy(1, "a");
+        cfg["metadata"]["labels"]["extra"] = json!("y");
+        let obj = apply(None, &cfg, "alice", "apps/v1", false).unwrap();
+        let next = apply(Some(&obj), &deploy(1, "b"), "alice", "apps/v1", false).unwrap();
+        assert_eq!(next["metadata"]["labels"], json!({"app": "x"}));
+        assert_eq!(
+            next["spec"]["template"]["spec"]["containers"][0]["image"],
+            "b"
+        );
+    }
+}

@@ -1,0 +1,1254 @@
+//! The one write path: every create, update, patch and delete — from HTTP handlers,
+//! controllers or the scheduler — goes through [`Objects`], which fills in system
+//! metadata, runs the resource's defaulting and validation, enforces status and
+//! finalizer semantics, and talks to the [`Store`].
+
+mod error;
+pub mod managed;
+pub mod patch;
+mod watch;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::{json, Map, Value};
+
+pub use error::ObjectError;
+pub use patch::PatchType;
+pub use watch::{WatchFilter, WatchItem};
+
+use crate::registry::validation::{Errors, FieldError};
+use crate::registry::{
+    validate_object_meta, AdmitError, ObjectMetaRules, Operation, Registry, ResourceType,
+    StatusPolicy,
+};
+use crate::selectors::{FieldSelector, Selector};
+use crate::store::{Precondition, Revision, Store, StoreError, Stored};
+
+/// How unknown fields in a request body are treated (`fieldValidation`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FieldValidation {
+    Ignore,
+    #[default]
+    Warn,
+    Strict,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct WriteOptions {
+    pub dry_run: bool,
+    pub field_manager: Option<String>,
+    pub validation: FieldValidation,
+    /// Server-side apply: take fields owned by other managers.
+    pub force: bool,
+}
+
+/// The outcome of a write.
+#[derive(Debug)]
+pub struct Written {
+    pub object: Bytes,
+    pub created: bool,
+    /// `Warning` headers for the client (unknown fields under `Warn`).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ListOptions {
+    pub labels: Selector,
+    pub fields: FieldSelector,
+    pub limit: Option<usize>,
+    pub continue_token: Option<String>,
+    pub resource_version: Option<Revision>,
+}
+
+#[derive(Debug)]
+pub struct ListPage {
+    pub items: Vec<Bytes>,
+    pub rev: Revision,
+    pub continue_token: Option<String>,
+    pub remaining: Option<i64>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct DeleteOptions {
+    pub grace_period_seconds: Option<i64>,
+    pub propagation_policy: Option<String>,
+    pub precondition_uid: Option<String>,
+    pub precondition_rv: Option<Revision>,
+    pub dry_run: bool,
+}
+
+/// What to write to: the object itself, or one of its subresources.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    Main,
+    Status,
+}
+
+/// Alphabet Kubernetes uses for `generateName` suffixes (no vowels, no look-alikes).
+const NAME_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+const MAX_UPDATE_RETRIES: usize = 8;
+
+pub fn now() -> jiff::Timestamp {
+    jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).expect("now is in range")
+}
+
+pub fn now_string() -> String {
+    now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+pub(crate) fn meta(obj: &Value) -> Option<&Map<String, Value>> {
+    obj.get("metadata").and_then(Value::as_object)
+}
+
+pub(crate) fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
+    if !obj.get("metadata").is_some_and(Value::is_object) {
+        obj["metadata"] = json!({});
+    }
+    obj["metadata"]
+        .as_object_mut()
+        .expect("metadata is an object")
+}
+
+pub(crate) fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
+    meta(obj).and_then(|m| m.get(field)).and_then(Value::as_str)
+}
+
+fn parse_rv(s: &str) -> Result<Revision, ObjectError> {
+    s.parse()
+        .map_err(|_| ObjectError::BadRequest(format!("invalid resource version: {s:?}")))
+}
+
+/// Fields present in the request but dropped by decoding into the typed object.
+pub fn unknown_fields(input: &Value, output: &Value, path: &str, out: &mut Vec<String>) {
+    match (input, output) {
+        (Value::Object(i), Value::Object(o)) => {
+            for (k, v) in i {
+                if v.is_null() {
+                    continue;
+                }
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                match o.get(k) {
+                    Some(ov) => unknown_fields(v, ov, &p, out),
+                    None => out.push(p),
+                }
+            }
+        }
+        (Value::Array(i), Value::Array(o)) => {
+            for (n, (iv, ov)) in i.iter().zip(o).enumerate() {
+                unknown_fields(iv, ov, &format!("{path}[{n}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn random_suffix() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..5)
+        .map(|_| NAME_ALPHABET[rng.random_range(0..NAME_ALPHABET.len())] as char)
+        .collect()
+}
+
+/// The continue token: the snapshot revision and the last key returned.
+fn encode_continue(rev: Revision, key: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(json!({"v": "meta.k8s.io/v1", "rv": rev, "start": key}).to_string())
+}
+
+fn decode_continue(token: &str) -> Result<(Revision, String), ObjectError> {
+    use base64::Engine;
+    let bad = || {
+        ObjectError::BadRequest("continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)".into())
+    };
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.trim_end_matches('='))
+        .map_err(|_| bad())?;
+    let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    match (v["rv"].as_u64(), v["start"].as_str()) {
+        (Some(rv), Some(start)) => Ok((rv, start.to_string())),
+        _ => Err(bad()),
+    }
+}
+
+pub struct Objects {
+    store: Arc<dyn Store>,
+    registry: Arc<Registry>,
+}
+
+impl Objects {
+    pub fn new(store: Arc<dyn Store>, registry: Arc<Registry>) -> Self {
+        Objects { store, registry }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn key(rt: &ResourceType, ns: Option<&str>, name: &str) -> String {
+        rt.key(ns, name)
+    }
+
+    pub async fn get(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<Stored, ObjectError> {
+        self.store
+            .get(&Self::key(rt, ns, name))
+            .await?
+            .ok_or_else(|| ObjectError::not_found(rt, name))
+    }
+
+    pub async fn get_value(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<(Value, Revision), ObjectError> {
+        let s = self.get(rt, ns, name).await?;
+        Ok((s.to_value()?, s.rev))
+    }
+
+    pub async fn list(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        opts: &ListOptions,
+    ) -> Result<ListPage, ObjectError> {
+        let (at, after) = match &opts.continue_token {
+            Some(t) => {
+                let (rev, key) = decode_continue(t)?;
+                (Some(rev), Some(key))
+            }
+            None => (opts.resource_version.filter(|r| *r > 0), None),
+        };
+        let prefix = rt.prefix(ns);
+        // A name selector narrows the scan to one key.
+        let result = self.store.list(&prefix, after.as_deref(), opts.limit, at).await.map_err(|e| match e {
+            StoreError::Compacted { .. } if opts.continue_token.is_some() => ObjectError::Gone(
+                "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.".into(),
+            ),
+            e => e.into(),
+        })?;
+        let filtering = !opts.labels.is_empty() || !opts.fields.is_empty();
+        let mut items = Vec::with_capacity(result.items.len());
+        for (_, s) in result.items {
+            if filtering {
+                let v = s.to_value()?;
+                if !self.matches(&v, &opts.labels, &opts.fields) {
+                    continue;
+                }
+            }
+            items.push(s.data);
+        }
+        Ok(ListPage {
+            items,
+            rev: result.rev,
+            continue_token: result
+                .continue_after
+                .map(|k| encode_continue(result.rev, &k)),
+            remaining: None,
+        })
+    }
+
+    pub fn matches(&self, obj: &Value, labels: &Selector, fields: &FieldSelector) -> bool {
+        labels.matches_labels(
+            meta(obj)
+                .and_then(|m| m.get("labels"))
+                .and_then(Value::as_object),
+        ) && fields.matches(obj)
+    }
+
+    /// Runs the kind's defaulting and validation (metadata included).
+    fn admit(
+        &self,
+        rt: &ResourceType,
+        obj: &Value,
+        old: Option<&Value>,
+        op: Operation,
+    ) -> Result<Value, ObjectError> {
+        let name = meta_str(obj, "name").unwrap_or_default().to_string();
+        let out = rt.strategy.admit(obj, old, op).map_err(|e| match e {
+            AdmitError::Decode(msg) => ObjectError::BadRequest(format!(
+                "{} in version \"{}\" cannot be handled as a {}: {msg}",
+                rt.kind, rt.version, rt.kind
+            )),
+            AdmitError::Invalid(errs) => ObjectError::invalid(rt, &name, errs),
+        })?;
+        let mut errs = Errors::default();
+        let decode_meta = |v: &Value| {
+            serde_json::from_value::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>(
+                v.get("metadata").cloned().unwrap_or(json!({})),
+            )
+        };
+        let new_meta =
+            decode_meta(&out).map_err(|e| ObjectError::BadRequest(format!("metadata: {e}")))?;
+        let old_meta = old
+            .map(decode_meta)
+            .transpose()
+            .map_err(|e| ObjectError::BadRequest(e.to_string()))?;
+        validate_object_meta(
+            &new_meta,
+            old_meta.as_ref(),
+            &ObjectMetaRules {
+                namespaced: rt.namespaced,
+                name_rule: rt.name_rule,
+            },
+            &mut errs,
+        );
+        if !errs.is_empty() {
+            return Err(ObjectError::invalid(rt, &name, errs));
+        }
+        Ok(out)
+    }
+
+    /// Checks unknown fields under the request's field validation mode.
+    fn check_unknown(
+        rt: &ResourceType,
+        input: &Value,
+        output: &Value,
+        skip: &[&str],
+        mode: FieldValidation,
+    ) -> Result<Vec<String>, ObjectError> {
+        if mode == FieldValidation::Ignore {
+            return Ok(Vec::new());
+        }
+        let mut unknown = Vec::new();
+        if let (Some(i), Some(o)) = (input.as_object(), output.as_object()) {
+            for (k, v) in i {
+                if skip.contains(&k.as_str()) || v.is_null() || k == "apiVersion" || k == "kind" {
+                    continue;
+                }
+                match o.get(k) {
+                    Some(ov) => unknown_fields(v, ov, k, &mut unknown),
+                    None => unknown.push(k.clone()),
+                }
+            }
+        }
+        // Secrets' stringData is folded into data by design.
+        unknown.retain(|f| !(rt.kind == "Secret" && f.starts_with("stringData")));
+        let msgs: Vec<String> = unknown
+            .iter()
+            .map(|f| format!("unknown field {f:?}"))
+            .collect();
+        match mode {
+            FieldValidation::Strict if !msgs.is_empty() => Err(ObjectError::BadRequest(format!(
+                "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
+                rt.kind,
+                rt.version,
+                rt.kind,
+                msgs.join(", ")
+            ))),
+            _ => Ok(msgs),
+        }
+    }
+
+    /// Namespaced writes need a live namespace (the NamespaceLifecycle admission plugin).
+    async fn check_namespace(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        creating: bool,
+    ) -> Result<(), ObjectError> {
+        let Some(ns) = ns.filter(|_| rt.namespaced) else {
+            return Ok(());
+        };
+        let nsrt = self
+            .registry
+            .find("", "v1", "namespaces")
+            .expect("namespaces are served");
+        let (nsobj, _) = self.get_value(nsrt, None, ns).await?;
+        if creating
+            && nsobj
+                .pointer("/metadata/deletionTimestamp")
+                .is_some_and(|v| !v.is_null())
+        {
+            return Err(ObjectError::Forbidden {
+                resource: rt.qualified(),
+                name: String::new(),
+                message: format!(
+                    "unable to create new content in namespace {ns} because it is being terminated"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    pub async fn create(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        input: Value,
+        opts: &WriteOptions,
+    ) -> Result<Written, ObjectError> {
+        let mut obj = input.clone();
+        if !obj.is_object() {
+            return Err(ObjectError::BadRequest(
+                "the body of the request was in an unknown format".into(),
+            ));
+        }
+        obj["apiVersion"] = json!(rt.api_version());
+        obj["kind"] = json!(rt.kind);
+        let m = meta_mut(&mut obj);
+        match (rt.namespaced, ns, m.get("namespace").and_then(Value::as_str)) {
+            (true, Some(req), Some(body)) if !body.is_empty() && body != req => {
+                return Err(ObjectError::BadRequest("the namespace of the provided object does not match the namespace sent on the request".into()))
+            }
+            (true, Some(req), _) => {
+                m.insert("namespace".into(), json!(req));
+            }
+            (false, _, _) => {
+                m.remove("namespace");
+            }
+            _ => {}
+        }
+        if m.get("name")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            if let Some(g) = m
+                .get("generateName")
+                .and_then(Value::as_str)
+                .filter(|g| !g.is_empty())
+            {
+                let name = format!("{g}{}", random_suffix());
+                m.insert("name".into(), json!(name));
+            }
+        }
+        if m.get("resourceVersion")
+            .and_then(Value::as_str)
+            .is_some_and(|s| !s.is_empty())
+        {
+            return Err(ObjectError::BadRequest(
+                "resourceVersion should not be set on objects to be created".into(),
+            ));
+        }
+        m.remove("resourceVersion");
+        m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+        m.insert("creationTimestamp".into(), json!(now_string()));
+        m.remove("deletionTimestamp");
+        m.remove("deletionGracePeriodSeconds");
+        m.remove("selfLink");
+        if rt.has_spec {
+            m.insert("generation".into(), json!(1));
+        } else {
+            m.remove("generation");
+        }
+        if rt.status == StatusPolicy::Subresource {
+            if let Some(o) = obj.as_object_mut() {
+                o.remove("status");
+            }
+        }
+        let name = meta_str(&obj, "name").unwrap_or_default().to_string();
+        self.check_namespace(rt, ns, true).await?;
+        let mut admitted = self.admit(rt, &obj, None, Operation::Create)?;
+        let warnings = Self::check_unknown(rt, &input, &admitted, &["status"], opts.validation)?;
+        if let Some(manager) = &opts.field_manager {
+            managed::record_update(&mut admitted, None, manager, &rt.api_version(), "Update");
+        }
+        if opts.dry_run {
+            let data = serde_json::to_vec(&admitted)
+                .map_err(|e| ObjectError::BadRequest(e.to_string()))?;
+            return Ok(Written {
+                object: data.into(),
+                created: true,
+                warnings,
+            });
+        }
+        let stored = self
+            .store
+            .put(&Self::key(rt, ns, &name), Precondition::Absent, admitted)
+            .await
+            .map_err(|e| match e {
+                StoreError::AlreadyExists(_) => ObjectError::AlreadyExists {
+                    resource: rt.qualified(),
+                    group: rt.group.into(),
+                    name: name.clone(),
+                },
+                e => e.into(),
+            })?;
+        Ok(Written {
+            object: stored.data,
+            created: true,
+            warnings,
+        })
+    }
+
+    /// Builds the object to store for an update of `target` from `input` over `old`.
+    fn merge_for_update(rt: &ResourceType, input: &Value, old: &Value, target: Target) -> Value {
+        let mut new = match target {
+            Target::Main => {
+                let mut n = input.clone();
+                if rt.status != StatusPolicy::None {
+                    match old.get("status") {
+                        Some(s) => n["status"] = s.clone(),
+                        None => {
+                            n.as_object_mut().map(|o| o.remove("status"));
+                        }
+                    }
+                }
+                n
+            }
+            Target::Status => {
+                // Only status changes; metadata stays as it was (resourceVersion aside).
+                let mut n = old.clone();
+                match input.get("status") {
+                    Some(s) => n["status"] = s.clone(),
+                    None => {
+                        n.as_object_mut().map(|o| o.remove("status"));
+                    }
+                }
+                if let Some(rv) = meta_str(input, "resourceVersion") {
+                    meta_mut(&mut n).insert("resourceVersion".into(), json!(rv));
+                } else {
+                    meta_mut(&mut n).remove("resourceVersion");
+                }
+                n
+            }
+        };
+        new["apiVersion"] = json!(rt.api_version());
+        new["kind"] = json!(rt.kind);
+        // System fields cannot be changed by clients.
+        let om = meta(old).cloned().unwrap_or_default();
+        let m = meta_mut(&mut new);
+        for f in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+            "namespace",
+        ] {
+            match om.get(f) {
+                Some(v) if f != "namespace" || m.get(f).is_none_or(|n| n.as_str() == Some("")) => {
+                    m.insert(f.into(), v.clone());
+                }
+                Some(_) => {}
+                None => {
+                    m.remove(f);
+                }
+            }
+        }
+        if m.get("name")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            if let Some(n) = om.get("name") {
+                m.insert("name".into(), n.clone());
+            }
+        }
+        new
+    }
+
+    /// Replaces an object (PUT). Creates it when the resource allows create-on-update.
+    pub async fn update(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        input: Value,
+        target: Target,
+        opts: &WriteOptions,
+    ) -> Result<Written, ObjectError> {
+        if !input.is_object() {
+            return Err(ObjectError::BadRequest(
+                "the body of the request was in an unknown format".into(),
+            ));
+        }
+        match self
+            .update_with(rt, ns, name, target, opts, |_| Ok(input.clone()))
+            .await
+        {
+            Err(ObjectError::NotFound { .. })
+                if target == Target::Main
+                    && matches!(rt.plural, "events" | "leases" | "endpoints") =>
+            {
+                let mut obj = input;
+                meta_mut(&mut obj).insert("name".into(), json!(name));
+                meta_mut(&mut obj).remove("resourceVersion");
+                self.create(rt, ns, obj, opts).await
+            }
+            other => other,
+        }
+    }
+
+    /// Applies a patch of any Kubernetes patch type (server-side apply included).
+    pub async fn patch(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        ptype: PatchType,
+        patch: Value,
+        target: Target,
+        opts: &WriteOptions,
+    ) -> Result<Written, ObjectError> {
+        if ptype != PatchType::Apply {
+            return self
+                .update_with(rt, ns, name, target, opts, |old| {
+                    let out = match ptype {
+                        PatchType::Json => patch::json_patch(old, &patch),
+                        PatchType::Merge => patch::merge_patch(old, &patch),
+                        _ => patch::strategic_merge(rt.kind, old, &patch),
+                    };
+                    out.map_err(|e| ObjectError::PatchFailed(e.to_string()))
+                })
+                .await;
+        }
+        let Some(manager) = opts.field_manager.clone().filter(|m| !m.is_empty()) else {
+            return Err(ObjectError::Invalid {
+                kind: "PatchOptions".into(),
+                group: "meta.k8s.io".into(),
+                name: String::new(),
+                errors: vec![FieldError {
+                    field: "fieldManager".into(),
+                    kind: crate::registry::validation::ErrorType::Required,
+                    detail: "is required for apply patch".into(),
+                }],
+            });
+        };
+        if !patch.is_object() {
+            return Err(ObjectError::BadRequest(
+                "error decoding YAML: the applied configuration must be an object".into(),
+            ));
+        }
+        for (field, want) in [
+            ("apiVersion", rt.api_version()),
+            ("kind", rt.kind.to_string()),
+        ] {
+            if patch.get(field).and_then(Value::as_str) != Some(want.as_str()) {
+                return Err(ObjectError::BadRequest(format!(
+                    "{field} must be {want:?} in an applied configuration of {}",
+                    rt.qualified()
+                )));
+            }
+        }
+        let av = rt.api_version();
+        // The entries apply() writes are final: the inner write must not add its own.
+        let inner = WriteOptions {
+            field_manager: None,
+            ..opts.clone()
+        };
+        let conflict = |c: Vec<managed::ApplyConflict>| ObjectError::ApplyConflict {
+            message: managed::describe_conflicts(&c),
+            causes: c
+                .iter()
+                .map(|c| {
+                    (
+                        format!("conflict with \"{}\" using {}", c.manager, c.api_version),
+                        c.field.clone(),
+                    )
+                })
+                .collect(),
+        };
+        match self
+            .update_with(rt, ns, name, target, &inner, |old| {
+                managed::apply(Some(old), &patch, &manager, &av, opts.force).map_err(conflict)
+            })
+            .await
+        {
+            Err(ObjectError::NotFound { .. }) if target == Target::Main => {
+                let mut obj =
+                    managed::apply(None, &patch, &manager, &av, opts.force).map_err(conflict)?;
+                meta_mut(&mut obj).insert("name".into(), json!(name));
+                self.create(rt, ns, obj, &inner).await
+            }
+            other => other,
+        }
+    }
+
+    /// Admits `new` over `old` and stores it if anything changed.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_update(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        input: &Value,
+        mut new: Value,
+        old: &Value,
+        old_rev: Revision,
+        target: Target,
+        opts: &WriteOptions,
+        skip: &[&str],
+    ) -> Result<Written, ObjectError> {
+        meta_mut(&mut new).remove("resourceVersion");
+        let op = if target == Target::Status {
+            Operation::UpdateStatus
+        } else {
+            Operation::Update
+        };
+        let mut admitted = self.admit(rt, &new, Some(old), op)?;
+        let warnings = Self::check_unknown(rt, input, &admitted, skip, opts.validation)?;
+        if rt.has_spec && admitted.get("spec") != old.get("spec") {
+            let g = meta(old)
+                .and_then(|m| m.get("generation"))
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            meta_mut(&mut admitted).insert("generation".into(), json!(g + 1));
+        }
+        if let Some(manager) = &opts.field_manager {
+            managed::record_update(
+                &mut admitted,
+                Some(old),
+                manager,
+                &rt.api_version(),
+                "Update",
+            );
+        }
+        let mut old_cmp = old.clone();
+        meta_mut(&mut old_cmp).remove("resourceVersion");
+        if managed::equal_ignoring_times(&admitted, &old_cmp) {
+            // A no-op update is not written (and bumps nothing), as in Kubernetes.
+            let data =
+                serde_json::to_vec(old).map_err(|e| ObjectError::BadRequest(e.to_string()))?;
+            return Ok(Written {
+                object: data.into(),
+                created: false,
+                warnings,
+            });
+        }
+        if opts.dry_run {
+            let data = serde_json::to_vec(&admitted)
+                .map_err(|e| ObjectError::BadRequest(e.to_string()))?;
+            return Ok(Written {
+                object: data.into(),
+                created: false,
+                warnings,
+            });
+        }
+        let key = Self::key(rt, ns, name);
+        // An object being deleted goes away once its last finalizer is removed.
+        let deleting = meta(&admitted)
+            .and_then(|m| m.get("deletionTimestamp"))
+            .is_some_and(|v| !v.is_null());
+        let finalizers_left = meta(&admitted)
+            .and_then(|m| m.get("finalizers"))
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty());
+        if deleting && !finalizers_left && !self.blocked_by_kind_finalizers(rt, &admitted) {
+            let put = self
+                .store
+                .put(&key, Precondition::Exists(Some(old_rev)), admitted)
+                .await
+                .map_err(|e| self.map_write_err(rt, name, e))?;
+            let gone = self
+                .store
+                .delete(&key, Some(put.rev))
+                .await
+                .map_err(|e| self.map_write_err(rt, name, e))?;
+            return Ok(Written {
+                object: gone.data,
+                created: false,
+                warnings,
+            });
+        }
+        let stored = self
+            .store
+            .put(&key, Precondition::Exists(Some(old_rev)), admitted)
+            .await
+            .map_err(|e| self.map_write_err(rt, name, e))?;
+        Ok(Written {
+            object: stored.data,
+            created: false,
+            warnings,
+        })
+    }
+
+    /// Namespaces also wait for `spec.finalizers` (emptied by the namespace controller).
+    fn blocked_by_kind_finalizers(&self, rt: &ResourceType, obj: &Value) -> bool {
+        rt.kind == "Namespace"
+            && obj
+                .pointer("/spec/finalizers")
+                .and_then(Value::as_array)
+                .is_some_and(|f| !f.is_empty())
+    }
+
+    fn map_write_err(&self, rt: &ResourceType, name: &str, e: StoreError) -> ObjectError {
+        match e {
+            StoreError::Conflict { .. } => ObjectError::conflict(rt, name),
+            StoreError::NotFound(_) => ObjectError::not_found(rt, name),
+            e => e.into(),
+        }
+    }
+
+    /// Read-modify-write with retries on conflict, as Kubernetes' GuaranteedUpdate: `change`
+    /// turns the current object into the requested one (or fails).
+    pub async fn update_with<F>(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        target: Target,
+        opts: &WriteOptions,
+        mut change: F,
+    ) -> Result<Written, ObjectError>
+    where
+        F: FnMut(&Value) -> Result<Value, ObjectError>,
+    {
+        for _ in 0..MAX_UPDATE_RETRIES {
+            let current = self.get(rt, ns, name).await?;
+            let old = current.to_value()?;
+            let input = change(&old)?;
+            // A client-supplied resourceVersion is a precondition; otherwise retry on races.
+            let pinned = match meta_str(&input, "resourceVersion").filter(|s| !s.is_empty()) {
+                Some(rv) => Some(parse_rv(rv)?),
+                None => None,
+            };
+            if pinned.is_some_and(|p| p != current.rev) {
+                return Err(ObjectError::conflict(rt, name));
+            }
+            if let Some(n) = meta_str(&input, "name").filter(|n| *n != name) {
+                return Err(ObjectError::BadRequest(format!(
+                    "the name of the object ({n}) does not match the name on the URL ({name})"
+                )));
+            }
+            let new = Self::merge_for_update(rt, &input, &old, target);
+            let skip: &[&str] = if target == Target::Status {
+                &["spec", "metadata"]
+            } else {
+                &["status"]
+            };
+            match self
+                .write_update(
+                    rt,
+                    ns,
+                    name,
+                    &input,
+                    new,
+                    &old,
+                    current.rev,
+                    target,
+                    opts,
+                    skip,
+                )
+                .await
+            {
+                Err(ObjectError::Conflict { .. }) if pinned.is_none() => continue,
+                other => return other,
+            }
+        }
+        Err(ObjectError::conflict(rt, name))
+    }
+
+    /// Deletes an object, or marks it for deletion when finalizers or a grace period apply.
+    pub async fn delete(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> Result<Written, ObjectError> {
+        let key = Self::key(rt, ns, name);
+        for _ in 0..MAX_UPDATE_RETRIES {
+            let current = self.get(rt, ns, name).await?;
+            let mut obj = current.to_value()?;
+            if let Some(uid) = &opts.precondition_uid {
+                if meta_str(&obj, "uid") != Some(uid.as_str()) {
+                    return Err(ObjectError::Conflict {
+                        resource: rt.qualified(),
+                        name: name.into(),
+                        message: format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", meta_str(&obj, "uid").unwrap_or_default()),
+                    });
+                }
+            }
+            if let Some(rv) = opts.precondition_rv.filter(|rv| *rv != current.rev) {
+                return Err(ObjectError::Conflict {
+                    resource: rt.qualified(),
+                    name: name.into(),
+                    message: format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}", current.rev),
+                });
+            }
+            let already = meta(&obj)
+                .and_then(|m| m.get("deletionTimestamp"))
+                .is_some_and(|v| !v.is_null());
+            let mut finalizers: Vec<Value> = meta(&obj)
+                .and_then(|m| m.get("finalizers"))
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            match opts.propagation_policy.as_deref() {
+                Some("Foreground") if !finalizers.contains(&json!("foregroundDeletion")) => {
+                    finalizers.push(json!("foregroundDeletion"))
+                }
+                Some("Orphan") if !finalizers.contains(&json!("orphan")) => {
+                    finalizers.push(json!("orphan"))
+                }
+                _ => {}
+            }
+            let graceful = self.grace_period(rt, &obj, opts);
+            let must_wait = !finalizers.is_empty()
+                || graceful.is_some()
+                || self.blocked_by_kind_finalizers(rt, &obj);
+            if !must_wait {
+                if opts.dry_run {
+                    return Ok(Written {
+                        object: current.data,
+                        created: false,
+                        warnings: vec![],
+                    });
+                }
+                match self.store.delete(&key, Some(current.rev)).await {
+                    Ok(gone) => {
+                        return Ok(Written {
+                            object: gone.data,
+                            created: false,
+                            warnings: vec![],
+                        })
+                    }
+                    Err(StoreError::Conflict { .. }) => continue,
+                    Err(e) => return Err(self.map_write_err(rt, name, e)),
+                }
+            }
+            if already && graceful.is_none() {
+                // Already being deleted: nothing more to mark.
+                return Ok(Written {
+                    object: current.data,
+                    created: false,
+                    warnings: vec![],
+                });
+            }
+            let m = meta_mut(&mut obj);
+            if !already {
+                let when = match graceful {
+                    Some(g) => jiff::Timestamp::from_second(now().as_second() + g)
+                        .unwrap_or_else(|_| now()),
+                    None => now(),
+                };
+                m.insert(
+                    "deletionTimestamp".into(),
+                    json!(when.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
+                );
+                m.insert(
+                    "deletionGracePeriodSeconds".into(),
+                    json!(graceful.unwrap_or(0)),
+                );
+                let g = m.get("generation").and_then(Value::as_i64);
+                if let Some(g) = g {
+                    m.insert("generation".into(), json!(g + 1));
+                }
+            } else if let Some(g) = graceful {
+                // A shorter grace period may replace a longer one.
+                let cur = m
+                    .get("deletionGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(i64::MAX);
+                if g >= cur {
+                    return Ok(Written {
+                        object: current.data,
+                        created: false,
+                        warnings: vec![],
+                    });
+                }
+                m.insert("deletionGracePeriodSeconds".into(), json!(g));
+            }
+            if !finalizers.is_empty() {
+                m.insert("finalizers".into(), Value::Array(finalizers));
+            }
+            if rt.kind == "Namespace" {
+                obj["status"]["phase"] = json!("Terminating");
+            }
+            m_remove_rv(&mut obj);
+            if opts.dry_run {
+                let data =
+                    serde_json::to_vec(&obj).map_err(|e| ObjectError::BadRequest(e.to_string()))?;
+                return Ok(Written {
+                    object: data.into(),
+                    created: false,
+                    warnings: vec![],
+                });
+            }
+            match self
+                .store
+                .put(&key, Precondition::Exists(Some(current.rev)), obj)
+                .await
+            {
+                Ok(s) => {
+                    return Ok(Written {
+                        object: s.data,
+                        created: false,
+                        warnings: vec![],
+                    })
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(self.map_write_err(rt, name, e)),
+            }
+        }
+        Err(ObjectError::conflict(rt, name))
+    }
+
+    /// The grace period a delete must wait for: pods bound to a node are stopped by
+    /// their node agent first, which then deletes them with a zero grace period.
+    fn grace_period(&self, rt: &ResourceType, obj: &Value, opts: &DeleteOptions) -> Option<i64> {
+        if rt.kind != "Pod" {
+            return None;
+        }
+        let bound = obj
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty());
+        let terminal = matches!(
+            obj.pointer("/status/phase").and_then(Value::as_str),
+            Some("Succeeded" | "Failed")
+        );
+        let grace = opts
+            .grace_period_seconds
+            .or_else(|| {
+                obj.pointer("/spec/terminationGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+            })
+            .unwrap_or(30);
+        (bound && !terminal && grace > 0).then_some(grace)
+    }
+
+    pub async fn delete_collection(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        list: &ListOptions,
+        opts: &DeleteOptions,
+    ) -> Result<Vec<Bytes>, ObjectError> {
+        let page = self
+            .list(
+                rt,
+                ns,
+                &ListOptions {
+                    limit: None,
+                    continue_token: None,
+                    ..list.clone()
+                },
+            )
+            .await?;
+        let mut out = Vec::new();
+        for item in page.items {
+            let v: Value = serde_json::from_slice(&item)
+                .map_err(|e| ObjectError::BadRequest(e.to_string()))?;
+            let name = meta_str(&v, "name").unwrap_or_default().to_string();
+            let item_ns = meta_str(&v, "namespace").map(str::to_string);
+            match self.delete(rt, item_ns.as_deref(), &name, opts).await {
+                Ok(w) => out.push(w.object),
+                Err(ObjectError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// A watch on one resource (optionally one namespace) from `from`.
+    pub fn watch(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        from: Revision,
+        filter: WatchFilter,
+    ) -> Result<watch::WatchStream, ObjectError> {
+        let rx = self
+            .store
+            .watch(&rt.prefix(ns), from)
+            .map_err(|e| match e {
+                StoreError::Compacted { requested, oldest } => {
+                    ObjectError::Gone(format!("too old resource version: {requested} ({oldest})"))
+                }
+                e => e.into(),
+            })?;
+        Ok(watch::WatchStream::new(rx, filter))
+    }
+
+    /// Field-level errors as an `Invalid` error, for writers outside the registry.
+    pub fn invalid(rt: &ResourceType, name: &str, errs: Vec<FieldError>) -> ObjectError {
+        ObjectError::invalid(rt, name, Errors(errs))
+    }
+}
+
+impl Objects {
+    /// Binds a pod to a node (the `pods/binding` subresource).
+    pub async fn bind_pod(&self, ns: &str, name: &str, node: &str) -> Result<Written, ObjectError> {
+        let rt = self
+            .registry
+            .find("", "v1", "pods")
+            .expect("pods are served");
+        let key = rt.key(Some(ns), name);
+        for _ in 0..MAX_UPDATE_RETRIES {
+            let current = self.get(rt, Some(ns), name).await?;
+            let mut pod = current.to_value()?;
+            if let Some(n) = pod
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty())
+            {
+                return Err(ObjectError::Conflict {
+                    resource: rt.qualified(),
+                    name: name.into(),
+                    message: format!("pod {name} is already assigned to node {n:?}"),
+                });
+            }
+            if meta(&pod)
+                .and_then(|m| m.get("deletionTimestamp"))
+                .is_some_and(|v| !v.is_null())
+            {
+                return Err(ObjectError::Conflict {
+                    resource: rt.qualified(),
+                    name: name.into(),
+                    message: format!("pod {name} is being deleted, cannot be assigned to a host"),
+                });
+            }
+            pod["spec"]["nodeName"] = json!(node);
+            let conditions = pod["status"]["conditions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let mut conditions: Vec<Value> = conditions
+                .into_iter()
+                .filter(|c| c["type"] != "PodScheduled")
+                .collect();
+            conditions.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now_string()}));
+            pod["status"]["conditions"] = Value::Array(conditions);
+            m_remove_rv(&mut pod);
+            match self
+                .store
+                .put(&key, Precondition::Exists(Some(current.rev)), pod)
+                .await
+            {
+                Ok(s) => {
+                    return Ok(Written {
+                        object: s.data,
+                        created: true,
+                        warnings: vec![],
+                    })
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(self.map_write_err(rt, name, e)),
+            }
+        }
+        Err(ObjectError::conflict(rt, name))
+    }
+
+    /// Sets a namespace's `spec.finalizers` (the `namespaces/finalize` subresource).
+    pub async fn finalize_namespace(
+        &self,
+        name: &str,
+        finalizers: Vec<Value>,
+    ) -> Result<Written, ObjectError> {
+        let rt = self
+            .registry
+            .find("", "v1", "namespaces")
+            .expect("namespaces are served");
+        self.update_with(
+            rt,
+            None,
+            name,
+            Target::Main,
+            &WriteOptions::default(),
+            |old| {
+                let mut new = old.clone();
+                new["spec"]["finalizers"] = Value::Array(finalizers.clone());
+                Ok(new)
+            },
+        )
+        .await
+    }
+
+    /// The `autoscaling/v1 Scale` view of a scalable object.
+    pub fn scale_of(rt: &ResourceType, obj: &Value) -> Value {
+        let m = meta(obj).cloned().unwrap_or_default();
+        let selector = match obj.pointer("/spec/selector") {
+            Some(Value::Object(sel))
+                if sel.contains_key("matchLabels") || sel.contains_key("matchExpressions") =>
+            {
+                serde_json::from_value::<
+                    k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+                >(Value::Object(sel.clone()))
+                .map(|s| crate::selectors::label_selector_string(&s))
+                .unwrap_or_default()
+            }
+            Some(Value::Object(map)) => map
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(","),
+            _ => String::new(),
+        };
+        let mut scale = json!({
+            "kind": "Scale", "apiVersion": "autoscaling/v1",
+            "metadata": {"name": m.get("name"), "uid": m.get("uid"), "resourceVersion": m.get("resourceVersion"), "creationTimestamp": m.get("creationTimestamp")},
+            "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
+            "status": {"replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)), "selector": selector},
+        });
+        if rt.namespaced {
+            scale["metadata"]["namespace"] = m.get("namespace").cloned().unwrap_or(Value::Null);
+        }
+        scale
+    }
+
+    /// Changes a scalable object's replicas through its Scale view; returns the new Scale.
+    pub async fn update_scale<F>(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        mut change: F,
+    ) -> Result<Value, ObjectError>
+    where
+        F: FnMut(&Value) -> Result<Value, ObjectError>,
+    {
+        let written = self
+            .update_with(
+                rt,
+                ns,
+                name,
+                Target::Main,
+                &WriteOptions::default(),
+                |old| {
+                    let scale = change(&Self::scale_of(rt, old))?;
+                    let replicas = scale
+                        .pointer("/spec/replicas")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0);
+                    if replicas < 0 {
+                        return Err(ObjectError::Invalid {
+                            kind: "Scale".into(),
+                            group: "autoscaling".into(),
+                            name: name.into(),
+                            errors: vec![FieldError {
+                                field: "spec.replicas".into(),
+                                kind: crate::registry::validation::ErrorType::Invalid(
+                                    replicas.to_string(),
+                                ),
+                                detail: "must be greater than or equal to 0".into(),
+                            }],
+                        });
+                    }
+                    let mut new = old.clone();
+                    new["spec"]["replicas"] = json!(replicas);
+                    if let Some(rv) = meta_str(&scale, "resourceVersion").filter(|s| !s.is_empty())
+                    {
+                        meta_mut(&mut new).insert("resourceVersion".into(), json!(rv));
+                    }
+                    Ok(new)
+                },
+            )
+            .await?;
+        let obj: Value = serde_json::from_slice(&written.object)
+            .map_err(|e| ObjectError::BadRequest(e.to_string()))?;
+        Ok(Self::scale_of(rt, &obj))
+    }
+}
+
+fn m_remove_rv(obj: &mut Value) {
+    meta_mut(obj).remove("resourceVersion");
+}
+
+#[cfg(test)]
+mod tests;

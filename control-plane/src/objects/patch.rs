@@ -1,0 +1,425 @@
+//! The patch formats Kubernetes accepts: JSON patch (RFC 6902), JSON merge patch
+//! (RFC 7386) and strategic merge patch with its directives, using the merge keys the
+//! built-in kinds declare (`x-kubernetes-patch-merge-key`).
+
+use serde_json::{Map, Value};
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum PatchError {
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PatchType {
+    Json,
+    Merge,
+    Strategic,
+    Apply,
+}
+
+impl PatchType {
+    pub fn from_content_type(ct: &str) -> Option<PatchType> {
+        let base = ct.split(';').next().unwrap_or("").trim();
+        Some(match base {
+            "application/json-patch+json" => PatchType::Json,
+            "application/merge-patch+json" => PatchType::Merge,
+            "application/strategic-merge-patch+json" => PatchType::Strategic,
+            "application/apply-patch+yaml"
+            | "application/apply-patch+json"
+            | "application/apply-patch+cbor" => PatchType::Apply,
+            _ => return None,
+        })
+    }
+}
+
+/// How a list field is merged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListStrategy {
+    /// Replaced whole (Kubernetes' atomic lists).
+    Atomic,
+    /// A set of primitives (e.g. `finalizers`).
+    Set,
+    /// Maps merged by a key field (e.g. containers by `name`).
+    Keyed(&'static str),
+}
+
+/// The merge strategy of list field `field` whose parent is at `path` (field names only,
+/// list items as `[]`), for an object of `kind`.
+pub fn list_strategy(kind: &str, path: &[&str], field: &str) -> ListStrategy {
+    let in_container = matches!(path.last(), Some(&"[]"))
+        && path.len() >= 2
+        && matches!(
+            path[path.len() - 2],
+            "containers" | "initContainers" | "ephemeralContainers"
+        );
+    match field {
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets"
+        | "resourceClaims"
+        | "schedulingGates" => ListStrategy::Keyed("name"),
+        "volumeMounts" => ListStrategy::Keyed("mountPath"),
+        "volumeDevices" => ListStrategy::Keyed("devicePath"),
+        "ports" if in_container => ListStrategy::Keyed("containerPort"),
+        "ports" if kind == "Service" && path == ["spec"] => ListStrategy::Keyed("port"),
+        "hostAliases" | "podIPs" | "hostIPs" => ListStrategy::Keyed("ip"),
+        "conditions" => ListStrategy::Keyed("type"),
+        "ownerReferences" => ListStrategy::Keyed("uid"),
+        "finalizers" if path == ["metadata"] => ListStrategy::Set,
+        "topologySpreadConstraints" => ListStrategy::Keyed("topologyKey"),
+        "taints" if kind == "Node" => ListStrategy::Keyed("key"),
+        "addresses" if kind == "Node" => ListStrategy::Keyed("type"),
+        "secrets" if kind == "ServiceAccount" => ListStrategy::Keyed("name"),
+        _ => ListStrategy::Atomic,
+    }
+}
+
+pub fn json_patch(target: &Value, patch: &Value) -> Result<Value, PatchError> {
+    let ops: json_patch::Patch = serde_json::from_value(patch.clone())
+        .map_err(|e| PatchError::Invalid(format!("invalid JSON patch: {e}")))?;
+    let mut out = target.clone();
+    json_patch::patch(&mut out, &ops).map_err(|e| PatchError::Invalid(e.to_string()))?;
+    Ok(out)
+}
+
+pub fn merge_patch(target: &Value, patch: &Value) -> Result<Value, PatchError> {
+    if !patch.is_object() {
+        return Err(PatchError::Invalid(
+            "a merge patch must be a JSON object".into(),
+        ));
+    }
+    let mut out = target.clone();
+    json_patch::merge(&mut out, patch);
+    Ok(out)
+}
+
+const DIRECTIVE: &str = "$patch";
+const RETAIN_KEYS: &str = "$retainKeys";
+const SET_ORDER: &str = "$setElementOrder/";
+const DELETE_FROM_PRIMITIVE: &str = "$deleteFromPrimitiveList/";
+
+/// Applies a strategic merge patch to `original`.
+pub fn strategic_merge(kind: &str, original: &Value, patch: &Value) -> Result<Value, PatchError> {
+    let p = patch.as_object().ok_or_else(|| {
+        PatchError::Invalid("a strategic merge patch must be a JSON object".into())
+    })?;
+    let o = original.as_object().cloned().unwrap_or_default();
+    let mut path = Vec::new();
+    Ok(merge_map(kind, &mut path, o, p)?
+        .map(Value::Object)
+        .unwrap_or(Value::Object(Map::new())))
+}
+
+/// Merges patch map `p` into `o`; `None` means the map is deleted (`$patch: delete`).
+fn merge_map<'a>(
+    kind: &str,
+    path: &mut Vec<&'a str>,
+    mut o: Map<String, Value>,
+    p: &'a Map<String, Value>,
+) -> Result<Option<Map<String, Value>>, PatchError> {
+    match p.get(DIRECTIVE).and_then(Value::as_str) {
+        Some("replace") => return Ok(Some(strip_directives(p))),
+        Some("delete") => return Ok(None),
+        Some("merge") | None => {}
+        Some(other) => {
+            return Err(PatchError::Invalid(format!(
+                "Unknown patch type: {other:?}"
+            )))
+        }
+    }
+    if let Some(retain) = p.get(RETAIN_KEYS) {
+        let keep: Vec<&str> = retain
+            .as_array()
+            .ok_or_else(|| PatchError::Invalid("$retainKeys must be a list".into()))?
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        o.retain(|k, _| keep.contains(&k.as_str()));
+    }
+    for (k, v) in p {
+        if let Some(field) = k.strip_prefix(DELETE_FROM_PRIMITIVE) {
+            let remove = v.as_array().cloned().unwrap_or_default();
+            if let Some(Value::Array(list)) = o.get_mut(field) {
+                list.retain(|x| !remove.contains(x));
+            }
+            continue;
+        }
+        if k.starts_with('$') {
+            continue;
+        }
+        if v.is_null() {
+            o.remove(k);
+            continue;
+        }
+        let merged = match (o.remove(k), v) {
+            (Some(Value::Object(ov)), Value::Object(pv)) => {
+                path.push(k);
+                let r = merge_map(kind, path, ov, pv)?;
+                path.pop();
+                r.map(Value::Object)
+            }
+            (orig, Value::Array(pl)) => {
+                let strategy = list_strategy(kind, path, k);
+                let orig_list = match orig {
+                    Some(Value::Array(a)) => a,
+                    _ => Vec::new(),
+                };
+                path.push(k);
+                path.push("[]");
+                let r = merge_list(
+                    kind,
+                    path,
+                    strategy,
+                    orig_list,
+                    pl,
+                    p.get(&format!("{SET_ORDER}{k}")),
+                );
+                path.truncate(path.len() - 2);
+                Some(Value::Array(r?))
+            }
+            (_, Value::Object(pv)) => {
+                // Nothing to merge into: the patch value, minus directives.
+                match pv.get(DIRECTIVE).and_then(Value::as_str) {
+                    Some("delete") => None,
+                    _ => Some(Value::Object(strip_directives(pv))),
+                }
+            }
+            (_, v) => Some(v.clone()),
+        };
+        if let Some(m) = merged {
+            o.insert(k.clone(), m);
+        }
+    }
+    // A `$setElementOrder` for a list the patch does not touch still reorders it.
+    for (k, order) in p {
+        if let Some(field) = k.strip_prefix(SET_ORDER) {
+            if !p.contains_key(field) {
+                if let Some(Value::Array(list)) = o.remove(field) {
+                    let strategy = list_strategy(kind, path, field);
+                    o.insert(
+                        field.to_string(),
+                        Value::Array(reorder(list, order, strategy)),
+                    );
+                }
+            }
+        }
+    }
+    Ok(Some(o))
+}
+
+fn strip_directives(m: &Map<String, Value>) -> Map<String, Value> {
+    m.iter()
+        .filter(|(k, _)| !k.starts_with('$'))
+        .map(|(k, v)| {
+            let v = match v {
+                Value::Object(inner) => Value::Object(strip_directives(inner)),
+                Value::Array(items) => Value::Array(
+                    items
+                        .iter()
+                        .filter(|i| i.get(DIRECTIVE).is_none())
+                        .map(|i| {
+                            i.as_object()
+                                .map_or_else(|| i.clone(), |m| Value::Object(strip_directives(m)))
+                        })
+                        .collect(),
+                ),
+                other => other.clone(),
+            };
+            (k.clone(), v)
+        })
+        .collect()
+}
+
+fn merge_list<'a>(
+    kind: &str,
+    path: &mut Vec<&'a str>,
+    strategy: ListStrategy,
+    orig: Vec<Value>,
+    patch: &'a [Value],
+    order: Option<&Value>,
+) -> Result<Vec<Value>, PatchError> {
+    let merged = match strategy {
+        ListStrategy::Atomic => patch
+            .iter()
+            .map(|v| {
+                v.as_object()
+                    .map_or_else(|| v.clone(), |m| Value::Object(strip_directives(m)))
+            })
+            .collect(),
+        ListStrategy::Set => {
+            if patch
+                .iter()
+                .any(|v| v.get(DIRECTIVE).and_then(Value::as_str) == Some("replace"))
+            {
+                patch
+                    .iter()
+                    .filter(|v| v.get(DIRECTIVE).is_none())
+                    .cloned()
+                    .collect()
+            } else {
+                let mut out = orig;
+                for v in patch {
+                    if !out.contains(v) {
+                        out.push(v.clone());
+                    }
+                }
+                out
+            }
+        }
+        ListStrategy::Keyed(key) => {
+            if patch
+                .iter()
+                .any(|v| v.get(DIRECTIVE).and_then(Value::as_str) == Some("replace"))
+            {
+                return Ok(patch
+                    .iter()
+                    .filter(|v| v.get(DIRECTIVE).is_none())
+                    .map(|v| {
+                        v.as_object()
+                            .map_or_else(|| v.clone(), |m| Value::Object(strip_directives(m)))
+                    })
+                    .collect());
+            }
+            let mut out = orig;
+            for item in patch {
+                let Some(pm) = item.as_object() else {
+                    return Err(PatchError::Invalid(format!(
+                        "expected a map in list with merge key {key:?}, found {item}"
+                    )));
+                };
+                let Some(kv) = pm.get(key) else {
+                    return Err(PatchError::Invalid(format!(
+                        "map: {item} does not contain declared merge key: {key}"
+                    )));
+                };
+                let pos = out.iter().position(|o| o.get(key) == Some(kv));
+                if pm.get(DIRECTIVE).and_then(Value::as_str) == Some("delete") {
+                    if let Some(i) = pos {
+                        out.remove(i);
+                    }
+                    continue;
+                }
+                match pos {
+                    Some(i) => {
+                        let base = match out[i].take() {
+                            Value::Object(m) => m,
+                            _ => Map::new(),
+                        };
+                        match merge_map(kind, path, base, pm)? {
+                            Some(m) => out[i] = Value::Object(m),
+                            None => {
+                                out.remove(i);
+                            }
+                        }
+                    }
+                    None => out.push(Value::Object(strip_directives(pm))),
+                }
+            }
+            out
+        }
+    };
+    Ok(match order {
+        Some(order) => reorder(merged, order, strategy),
+        None => merged,
+    })
+}
+
+/// Orders `list` as `$setElementOrder` says; items it does not name keep their place after.
+fn reorder(list: Vec<Value>, order: &Value, strategy: ListStrategy) -> Vec<Value> {
+    let Some(order) = order.as_array() else {
+        return list;
+    };
+    let id = |v: &Value| -> Value {
+        match strategy {
+            ListStrategy::Keyed(k) => v.get(k).cloned().unwrap_or(Value::Null),
+            _ => v.clone(),
+        }
+    };
+    let mut indexed: Vec<(usize, usize, Value)> = list
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let rank = order
+                .iter()
+                .position(|o| id(o) == id(&v))
+                .unwrap_or(order.len());
+            (rank, i, v)
+        })
+        .collect();
+    indexed.sort_by_key(|(rank, i, _)| (*rank, *i));
+    indexed.into_iter().map(|(_, _, v)| v).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn containers_merge_by_name_and_keep_other_fields() {
+        let orig = json!({"metadata": {"labels": {"app": "web", "tier": "a"}}, "spec": {"template": {"spec": {"containers": [
+            {"name": "web", "image": "nginx:1", "ports": [{"containerPort": 80, "protocol": "TCP"}]},
+            {"name": "side", "image": "busybox"}]}}}});
+        let patch = json!({"metadata": {"labels": {"tier": null, "new": "x"}}, "spec": {"template": {"spec": {
+            "$setElementOrder/containers": [{"name": "web"}, {"name": "side"}],
+            "containers": [{"name": "web", "image": "nginx:2"}]}}}});
+        let out = strategic_merge("Deployment", &orig, &patch).unwrap();
+        assert_eq!(out["metadata"]["labels"], json!({"app": "web", "new": "x"}));
+        let cs = &out["spec"]["template"]["spec"]["containers"];
+        assert_eq!(cs[0]["image"], "nginx:2");
+        assert_eq!(cs[0]["ports"][0]["containerPort"], 80);
+        assert_eq!(cs[1]["name"], "side");
+    }
+
+    #[test]
+    fn directives() {
+        let orig = json!({"spec": {"containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "y"}],
+            "volumes": [{"name": "v", "emptyDir": {}}]}, "metadata": {"finalizers": ["f1", "f2"]}});
+        let patch = json!({"spec": {"containers": [{"name": "a", "$patch": "delete"}],
+            "volumes": [{"name": "v", "$retainKeys": ["name", "hostPath"], "hostPath": {"path": "/d"}}]},
+            "metadata": {"$deleteFromPrimitiveList/finalizers": ["f1"], "finalizers": ["f3"]}});
+        let out = strategic_merge("Pod", &orig, &patch).unwrap();
+        assert_eq!(
+            out["spec"]["containers"],
+            json!([{"name": "b", "image": "y"}])
+        );
+        assert_eq!(
+            out["spec"]["volumes"],
+            json!([{"name": "v", "hostPath": {"path": "/d"}}])
+        );
+        assert_eq!(out["metadata"]["finalizers"], json!(["f2", "f3"]));
+        let replace = json!({"spec": {"$patch": "replace", "containers": [{"name": "z"}]}});
+        let out = strategic_merge("Pod", &orig, &replace).unwrap();
+        assert_eq!(out["spec"], json!({"containers": [{"name": "z"}]}));
+    }
+
+    #[test]
+    fn atomic_lists_are_replaced_and_ports_merge_by_key() {
+        let orig = json!({"spec": {"ports": [{"port": 80, "name": "http"}, {"port": 443, "name": "https"}], "externalIPs": ["1.1.1.1"]}});
+        let patch = json!({"spec": {"ports": [{"port": 80, "targetPort": 8080}], "externalIPs": ["2.2.2.2"]}});
+        let out = strategic_merge("Service", &orig, &patch).unwrap();
+        assert_eq!(out["spec"]["ports"].as_array().unwrap().len(), 2);
+        assert_eq!(out["spec"]["ports"][0]["targetPort"], 8080);
+        assert_eq!(out["spec"]["externalIPs"], json!(["2.2.2.2"]));
+    }
+
+    #[test]
+    fn json_and_merge_patches() {
+        let orig = json!({"spec": {"replicas": 1, "paused": true}});
+        assert_eq!(
+            merge_patch(&orig, &json!({"spec": {"replicas": 3, "paused": null}})).unwrap(),
+            json!({"spec": {"replicas": 3}})
+        );
+        let p = json!([{"op": "replace", "path": "/spec/replicas", "value": 5}]);
+        assert_eq!(json_patch(&orig, &p).unwrap()["spec"]["replicas"], 5);
+        assert!(json_patch(
+            &orig,
+            &json!([{"op": "test", "path": "/spec/replicas", "value": 9}])
+        )
+        .is_err());
+    }
+}

@@ -1,0 +1,365 @@
+use super::*;
+use crate::store::SledStore;
+use serde_json::json;
+
+async fn setup() -> (Objects, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledStore::open(dir.path(), 1000).unwrap());
+    let objects = Objects::new(store, Arc::new(Registry::new()));
+    let ns = objects.registry().find("", "v1", "namespaces").unwrap();
+    objects
+        .create(
+            ns,
+            None,
+            json!({"metadata": {"name": "default"}}),
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    (objects, dir)
+}
+
+fn rt<'a>(o: &'a Objects, group: &str, plural: &str) -> &'a ResourceType {
+    o.registry()
+        .resources
+        .iter()
+        .find(|r| r.group == group && r.plural == plural)
+        .unwrap()
+}
+
+fn v(b: &Bytes) -> Value {
+    serde_json::from_slice(b).unwrap()
+}
+
+fn deployment(image: &str) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "labels": {"app": "web"}},
+        "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": {"metadata": {"labels": {"app": "web"}},
+        "spec": {"containers": [{"name": "web", "image": image}]}}}})
+}
+
+#[tokio::test]
+async fn create_fills_system_metadata_and_defaults() {
+    let (o, _d) = setup().await;
+    let d = rt(&o, "apps", "deployments");
+    let w = o
+        .create(
+            d,
+            Some("default"),
+            deployment("nginx:1"),
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    let obj = v(&w.object);
+    assert_eq!(obj["metadata"]["generation"], 1);
+    assert_eq!(obj["metadata"]["namespace"], "default");
+    assert!(obj["metadata"]["uid"].as_str().unwrap().len() == 36);
+    assert_eq!(obj["spec"]["replicas"], 1);
+    assert_eq!(obj["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
+    let err = o
+        .create(
+            d,
+            Some("default"),
+            deployment("nginx:1"),
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "deployments.apps \"web\" already exists");
+    let err = o
+        .create(
+            d,
+            Some("nope"),
+            deployment("nginx:1"),
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "namespaces \"nope\" not found");
+}
+
+#[tokio::test]
+async fn invalid_and_unknown_fields() {
+    let (o, _d) = setup().await;
+    let p = rt(&o, "", "pods");
+    let bad = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c"}]}});
+    let err = o
+        .create(p, Some("default"), bad, &WriteOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "Pod \"p\" is invalid: spec.containers[0].image: Required value"
+    );
+    let unknown = json!({"metadata": {"name": "p"}, "spec": {"bogus": 1, "containers": [{"name": "c", "image": "x", "imagex": 2}]}});
+    let strict = WriteOptions {
+        validation: FieldValidation::Strict,
+        ..Default::default()
+    };
+    let err = o
+        .create(p, Some("default"), unknown.clone(), &strict)
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "Pod in version \"v1\" cannot be handled as a Pod: strict decoding error: unknown field \"spec.bogus\", unknown field \"spec.containers[0].imagex\"");
+    let w = o
+        .create(p, Some("default"), unknown, &WriteOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(w.warnings.len(), 2);
+}
+
+#[tokio::test]
+async fn generation_tracks_spec_only_and_stale_updates_conflict() {
+    let (o, _d) = setup().await;
+    let d = rt(&o, "apps", "deployments");
+    let first = v(&o
+        .create(
+            d,
+            Some("default"),
+            deployment("nginx:1"),
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap()
+        .object);
+    let mut labels = first.clone();
+    labels["metadata"]["labels"]["x"] = json!("y");
+    let second = v(&o
+        .update(
+            d,
+            Some("default"),
+            "web",
+            labels,
+            Target::Main,
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap()
+        .object);
+    assert_eq!(second["metadata"]["generation"], 1);
+    let mut image = first.clone();
+    image["spec"]["template"]["spec"]["containers"][0]["image"] = json!("nginx:2");
+    let err = o
+        .update(
+            d,
+            Some("default"),
+            "web",
+            image.clone(),
+            Target::Main,
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ObjectError::Conflict { .. }), "{err}");
+    image["metadata"]["resourceVersion"] = second["metadata"]["resourceVersion"].clone();
+    let third = v(&o
+        .update(
+            d,
+            Some("default"),
+            "web",
+            image,
+            Target::Main,
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap()
+        .object);
+    assert_eq!(third["metadata"]["generation"], 2);
+    // Status writes go through /status only, and do not bump generation.
+    let mut st = third.clone();
+    st["status"] = json!({"replicas": 3});
+    let fourth = v(&o
+        .update(
+            d,
+            Some("default"),
+            "web",
+            st.clone(),
+            Target::Main,
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap()
+        .object);
+    assert!(fourth.get("status").is_none());
+    st["metadata"]["resourceVersion"] = fourth["metadata"]["resourceVersion"].clone();
+    let fifth = v(&o
+        .update(
+            d,
+            Some("default"),
+            "web",
+            st,
+            Target::Status,
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap()
+        .object);
+    assert_eq!(fifth["status"]["replicas"], 3);
+    assert_eq!(fifth["metadata"]["generation"], 2);
+}
+
+#[tokio::test]
+async fn finalizers_hold_deletion_until_removed() {
+    let (o, _d) = setup().await;
+    let cm = rt(&o, "", "configmaps");
+    o.create(
+        cm,
+        Some("default"),
+        json!({"metadata": {"name": "c", "finalizers": ["example.com/hold"]}}),
+        &WriteOptions::default(),
+    )
+    .await
+    .unwrap();
+    let marked = v(&o
+        .delete(cm, Some("default"), "c", &DeleteOptions::default())
+        .await
+        .unwrap()
+        .object);
+    assert!(marked["metadata"]["deletionTimestamp"].is_string());
+    assert!(o.get(cm, Some("default"), "c").await.is_ok());
+    o.patch(
+        cm,
+        Some("default"),
+        "c",
+        PatchType::Merge,
+        json!({"metadata": {"finalizers": null}}),
+        Target::Main,
+        &WriteOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        o.get(cm, Some("default"), "c").await,
+        Err(ObjectError::NotFound { .. })
+    ));
+}
+
+#[tokio::test]
+async fn server_side_apply_creates_then_conflicts() {
+    let (o, _d) = setup().await;
+    let d = rt(&o, "apps", "deployments");
+    let apply = |m: &str, force| WriteOptions {
+        field_manager: Some(m.into()),
+        force,
+        ..Default::default()
+    };
+    let w = o
+        .patch(
+            d,
+            Some("default"),
+            "web",
+            PatchType::Apply,
+            deployment("nginx:1"),
+            Target::Main,
+            &apply("kubectl", false),
+        )
+        .await
+        .unwrap();
+    assert!(w.created);
+    o.update_scale(d, Some("default"), "web", |s| {
+        let mut s = s.clone();
+        s["spec"]["replicas"] = json!(4);
+        Ok(s)
+    })
+    .await
+    .unwrap();
+    let mut cfg = deployment("nginx:1");
+    cfg["spec"]["replicas"] = json!(2);
+    o.patch(
+        d,
+        Some("default"),
+        "web",
+        PatchType::Apply,
+        cfg.clone(),
+        Target::Main,
+        &apply("other", false),
+    )
+    .await
+    .unwrap();
+    // Changing the shared image and other's replicas: two conflicts.
+    let mut cfg = deployment("nginx:2");
+    cfg["spec"]["replicas"] = json!(7);
+    let err = o
+        .patch(
+            d,
+            Some("default"),
+            "web",
+            PatchType::Apply,
+            cfg.clone(),
+            Target::Main,
+            &apply("kubectl", false),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().starts_with("Apply failed with 2 conflicts"),
+        "{err}"
+    );
+    let ok = v(&o
+        .patch(
+            d,
+            Some("default"),
+            "web",
+            PatchType::Apply,
+            cfg,
+            Target::Main,
+            &apply("kubectl", true),
+        )
+        .await
+        .unwrap()
+        .object);
+    assert_eq!(ok["spec"]["replicas"], 7);
+}
+
+#[tokio::test]
+async fn lists_filter_and_page() {
+    let (o, _d) = setup().await;
+    let cm = rt(&o, "", "configmaps");
+    for i in 0..5 {
+        o.create(
+            cm,
+            Some("default"),
+            json!({"metadata": {"name": format!("c{i}"), "labels": {"n": i.to_string()}}}),
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    }
+    let opts = ListOptions {
+        labels: Selector::parse("n in (1,3)").unwrap(),
+        ..Default::default()
+    };
+    assert_eq!(
+        o.list(cm, Some("default"), &opts)
+            .await
+            .unwrap()
+            .items
+            .len(),
+        2
+    );
+    let first = o
+        .list(
+            cm,
+            None,
+            &ListOptions {
+                limit: Some(3),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.items.len(), 3);
+    let rest = o
+        .list(
+            cm,
+            None,
+            &ListOptions {
+                continue_token: first.continue_token,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(rest.items.len(), 2);
+    assert!(rest.continue_token.is_none());
+}
