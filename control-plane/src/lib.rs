@@ -1,8 +1,13 @@
 //! Skiff's control plane.
 //!
-//! - [`store`]: the cluster state (a `Store` trait; sled embedded by default).
+//! - [`apiserver`]: the Kubernetes-compatible HTTPS API (discovery, OpenAPI, resources).
+//! - [`objects`]: the single write path every writer uses (admission, patches, apply).
 //! - [`registry`]: every served resource with its defaulting, validation and table printing.
+//! - [`store`]: the cluster state (a `Store` trait; sled embedded by default).
+//! - [`controllers`]: reconcile loops (namespace deletion so far).
 //! - [`selectors`], [`quantity`]: label/field selectors and resource quantities.
+pub mod apiserver;
+pub mod controllers;
 pub mod objects;
 pub mod quantity;
 pub mod registry;

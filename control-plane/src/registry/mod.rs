@@ -221,7 +221,8 @@ const fn typed<K: Kind>() -> &'static dyn Strategy {
 
 /// All served resources.
 pub struct Registry {
-    pub resources: Vec<ResourceType>,
+    /// Leaked once per registry so handlers and watch tasks can hold `&'static` types.
+    pub resources: &'static [ResourceType],
 }
 
 impl Registry {
@@ -231,16 +232,18 @@ impl Registry {
         apps::register(&mut resources);
         batch::register(&mut resources);
         other::register(&mut resources);
-        Registry { resources }
+        Registry {
+            resources: Box::leak(resources.into_boxed_slice()),
+        }
     }
 
-    pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<&ResourceType> {
+    pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<&'static ResourceType> {
         self.resources
             .iter()
             .find(|r| r.group == group && r.version == version && r.plural == plural)
     }
 
-    pub fn by_kind(&self, api_version: &str, kind: &str) -> Option<&ResourceType> {
+    pub fn by_kind(&self, api_version: &str, kind: &str) -> Option<&'static ResourceType> {
         self.resources
             .iter()
             .find(|r| r.kind == kind && r.api_version() == api_version)
@@ -249,7 +252,7 @@ impl Registry {
     /// Served group-versions in discovery order (core first).
     pub fn group_versions(&self) -> Vec<(&'static str, &'static str)> {
         let mut out: Vec<(&str, &str)> = Vec::new();
-        for r in &self.resources {
+        for r in self.resources {
             if !out.contains(&(r.group, r.version)) {
                 out.push((r.group, r.version));
             }

@@ -1,0 +1,371 @@
+//! The Kubernetes-compatible API server: HTTPS with bearer-token authentication in front of
+//! one dispatcher that serves discovery, OpenAPI and every registered resource.
+//!
+//! - [`pki`]: CA, serving certificate, admin token and kubeconfig.
+//! - [`request`]: request paths and query parameters.
+//! - [`resource`]: resource handlers (CRUD, subresources, watch, tables).
+//! - [`discovery`], [`openapi`]: what kubectl reads before anything else.
+//! - [`error`]: the single mapping from errors to `Status` responses.
+
+pub mod discovery;
+pub mod error;
+pub mod openapi;
+pub mod pki;
+mod protobuf;
+pub mod request;
+mod resource;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tracing::Instrument;
+
+use crate::objects::{ObjectError, Objects, WriteOptions};
+use crate::registry::Registry;
+use crate::store::{SledStore, Store, StoreError};
+use error::ApiError;
+use request::{parse_path, ApiPath, Query};
+
+/// The Kubernetes version Skiff's API corresponds to.
+pub const KUBERNETES_VERSION: &str = "v1.33.0";
+/// The largest request body accepted (Kubernetes' limit is 3 MiB).
+const MAX_BODY: usize = 3 * 1024 * 1024 + 4096;
+/// Events kept for watches that resume from an older resourceVersion.
+pub const DEFAULT_HISTORY: u64 = 20_000;
+
+/// Namespaces that exist from the start, as in Kubernetes.
+const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub history: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("bootstrap: {0}")]
+    Bootstrap(#[from] ObjectError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// What every handler shares.
+pub struct AppState {
+    pub objects: Arc<Objects>,
+    token: String,
+    server_address: String,
+    openapi_index: Value,
+}
+
+/// A started API server.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub kubeconfig: PathBuf,
+    pub objects: Arc<Objects>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// Waits until the server stops (after its shutdown future resolves).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Opens the store, creates credentials and system objects, binds, and serves until
+/// `shutdown` resolves.
+pub async fn start(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<RunningServer, ServerError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::Io {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let pki = pki::Pki::load_or_create(&config.data_dir)?;
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(
+        &config.data_dir.join("store"),
+        config.history,
+    )?);
+    let registry = Arc::new(Registry::new());
+    let objects = Arc::new(Objects::new(store, registry.clone()));
+    bootstrap(&objects).await?;
+
+    let listener =
+        TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServerError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        addr.ip().to_string()
+    };
+    let server_url = if addr.is_ipv6() {
+        format!("https://[{host}]:{}", addr.port())
+    } else {
+        format!("https://{host}:{}", addr.port())
+    };
+    let kubeconfig = pki.write_kubeconfig(&server_url)?;
+    let tls = Arc::new(pki.server_tls(addr)?);
+
+    let state = Arc::new(AppState {
+        objects: objects.clone(),
+        token: pki.token.clone(),
+        server_address: format!("{host}:{}", addr.port()),
+        openapi_index: openapi::index(&registry),
+    });
+    let app = Router::new().fallback(dispatch).with_state(state);
+    crate::controllers::spawn_all(objects.clone());
+    tracing::info!(listen = %addr, kubeconfig = %kubeconfig.display(), "skiff API server listening on {server_url}; kubeconfig at {}", kubeconfig.display());
+    let task = tokio::spawn(serve(listener, tls, app, shutdown));
+    Ok(RunningServer {
+        addr,
+        kubeconfig,
+        objects,
+        task,
+    })
+}
+
+/// Runs the server until `shutdown` resolves.
+pub async fn run(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    start(config, shutdown).await?.wait().await;
+    Ok(())
+}
+
+async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let tls = match acceptor.accept(tcp).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            let svc = hyper_util::service::TowerToHyperService::new(app);
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), svc)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Creates the system namespaces and the `wasmtime` RuntimeClass if missing.
+async fn bootstrap(objects: &Objects) -> Result<(), ObjectError> {
+    let registry = objects.registry();
+    let ns = registry
+        .find("", "v1", "namespaces")
+        .expect("namespaces are served");
+    let rc = registry
+        .find("node.k8s.io", "v1", "runtimeclasses")
+        .expect("runtimeclasses are served");
+    let wanted = SYSTEM_NAMESPACES
+        .iter()
+        .map(|n| (ns, json!({"metadata": {"name": n}})))
+        .chain(std::iter::once((
+            rc,
+            json!({"metadata": {"name": "wasmtime"}, "handler": "wasmtime"}),
+        )));
+    for (rt, obj) in wanted {
+        match objects
+            .create(rt, None, obj, &WriteOptions::default())
+            .await
+        {
+            Ok(_) | Err(ObjectError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn json_ok(v: Value, content_type: &str) -> Response {
+    (
+        [(header::CONTENT_TYPE, content_type.to_string())],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+fn version() -> Value {
+    json!({
+        "major": "1", "minor": "33", "gitVersion": format!("{KUBERNETES_VERSION}+skiff"), "gitCommit": env!("CARGO_PKG_VERSION"),
+        "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "rustc", "compiler": "rustc",
+        "platform": format!("{}/{}", std::env::consts::OS, if std::env::consts::ARCH == "x86_64" { "amd64" } else { std::env::consts::ARCH }),
+    })
+}
+
+fn authorized(state: &AppState, req: &Request) -> bool {
+    let Some(v) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some(token) = v.strip_prefix("Bearer ").map(str::trim) else {
+        return false;
+    };
+    // Constant-time comparison.
+    token.len() == state.token.len()
+        && token
+            .bytes()
+            .zip(state.token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let span = tracing::debug_span!("request", %method, %path);
+    async move {
+        let resp = match route(state, req).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        };
+        tracing::debug!(status = resp.status().as_u16(), "handled");
+        resp
+    }
+    .instrument(span)
+    .await
+}
+
+async fn route(state: Arc<AppState>, req: Request) -> Result<Response, ApiError> {
+    let path = req.uri().path().to_string();
+    match path.as_str() {
+        "/livez" | "/readyz" | "/healthz" => return Ok((StatusCode::OK, "ok").into_response()),
+        "/version" => return Ok(json_ok(version(), "application/json")),
+        _ => {}
+    }
+    if !authorized(&state, &req) {
+        return Err(ApiError::Unauthorized);
+    }
+    let (parts, body) = req.into_parts();
+    let query = Query::parse(parts.uri.query())?;
+    let accept = parts
+        .headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let registry = state.objects.registry();
+    if let Some(rest) = path.strip_prefix("/openapi/") {
+        return match rest.trim_end_matches('/') {
+            "v3" => Ok(json_ok(state.openapi_index.clone(), "application/json")),
+            p => {
+                let gv = p.strip_prefix("v3/").ok_or(ApiError::NoSuchPath)?;
+                let doc = match gv.split('/').collect::<Vec<_>>().as_slice() {
+                    ["api", v] => openapi::document(registry, "", v),
+                    ["apis", g, v] => openapi::document(registry, g, v),
+                    _ => None,
+                };
+                doc.map(|d| json_ok(d, "application/json"))
+                    .ok_or(ApiError::NoSuchPath)
+            }
+        };
+    }
+    let api_path = parse_path(&path).ok_or(ApiError::NoSuchPath)?;
+    let get_only = |m: &Method| {
+        if *m == Method::GET {
+            Ok(())
+        } else {
+            Err(ApiError::MethodNotAllowed)
+        }
+    };
+    match api_path {
+        ApiPath::Root { legacy } => {
+            get_only(&parts.method)?;
+            if accept.contains("as=APIGroupDiscoveryList") && accept.contains("v=v2") {
+                Ok(json_ok(
+                    discovery::aggregated(registry, legacy),
+                    discovery::AGGREGATED_CONTENT_TYPE,
+                ))
+            } else if legacy {
+                Ok(json_ok(
+                    discovery::api_versions(&state.server_address),
+                    "application/json",
+                ))
+            } else {
+                Ok(json_ok(discovery::group_list(registry), "application/json"))
+            }
+        }
+        ApiPath::Group(g) => {
+            get_only(&parts.method)?;
+            discovery::group(registry, &g)
+                .map(|v| json_ok(v, "application/json"))
+                .ok_or(ApiError::NoSuchPath)
+        }
+        ApiPath::GroupVersion { group, version } => {
+            get_only(&parts.method)?;
+            discovery::resource_list(registry, &group, &version)
+                .map(|v| json_ok(v, "application/json"))
+                .ok_or(ApiError::NoSuchPath)
+        }
+        ApiPath::Resource(rp) => {
+            let body = axum::body::to_bytes(Body::new(body), MAX_BODY)
+                .await
+                .map_err(|_| ApiError::BadRequest("request body too large or unreadable".into()))?;
+            resource::handle(state.clone(), parts.method, rp, query, parts.headers, body).await
+        }
+    }
+}

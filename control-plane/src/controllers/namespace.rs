@@ -1,0 +1,64 @@
+//! Namespace deletion: once a namespace is marked for deletion, delete everything in it,
+//! then remove the `kubernetes` finalizer so the namespace itself goes away.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::Action;
+use crate::objects::{DeleteOptions, ListOptions, ObjectError, Objects};
+
+const FINALIZER: &str = "kubernetes";
+
+pub async fn reconcile(objects: Arc<Objects>, ns: Value) -> Result<Action, ObjectError> {
+    if ns
+        .pointer("/metadata/deletionTimestamp")
+        .is_none_or(Value::is_null)
+    {
+        return Ok(Action::Done);
+    }
+    let finalizers: Vec<Value> = ns
+        .pointer("/spec/finalizers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if !finalizers.contains(&json!(FINALIZER)) {
+        return Ok(Action::Done);
+    }
+    let name = ns
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let mut remaining = 0;
+    for rt in objects.registry().resources.iter().filter(|r| r.namespaced) {
+        let opts = DeleteOptions {
+            propagation_policy: Some("Background".into()),
+            ..Default::default()
+        };
+        objects
+            .delete_collection(rt, Some(&name), &ListOptions::default(), &opts)
+            .await?;
+        remaining += objects
+            .list(
+                rt,
+                Some(&name),
+                &ListOptions {
+                    limit: Some(1),
+                    ..Default::default()
+                },
+            )
+            .await?
+            .items
+            .len();
+    }
+    if remaining > 0 {
+        // Pods wait for their node agents; finalizers for their controllers.
+        return Ok(Action::RequeueAfter(Duration::from_secs(1)));
+    }
+    let rest: Vec<Value> = finalizers.into_iter().filter(|f| f != FINALIZER).collect();
+    objects.finalize_namespace(&name, rest).await?;
+    tracing::info!(namespace = %name, "namespace deleted");
+    Ok(Action::Done)
+}
