@@ -10,6 +10,10 @@ use super::Action;
 use crate::objects::{DeleteOptions, ListOptions, ObjectError, Objects};
 
 const FINALIZER: &str = "kubernetes";
+/// Content removal starts (at second granularity) about this long after the namespace is marked, as with Kubernetes'
+/// controller (which first rediscovers the API): a client deleting a namespace together
+/// with its contents (`kubectl delete -f`) still finds them.
+const START_DELAY: Duration = Duration::from_millis(300);
 
 pub async fn reconcile(objects: Arc<Objects>, ns: Value) -> Result<Action, ObjectError> {
     if ns
@@ -31,6 +35,13 @@ pub async fn reconcile(objects: Arc<Objects>, ns: Value) -> Result<Action, Objec
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
+    let marked = ns.pointer("/metadata/deletionTimestamp").and_then(Value::as_str).and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    if let Some(t) = marked {
+        let age = crate::objects::now().duration_since(t);
+        if age < jiff::SignedDuration::from_secs(1) {
+            return Ok(Action::RequeueAfter(START_DELAY));
+        }
+    }
     let mut remaining = 0;
     for rt in objects.registry().resources.iter().filter(|r| r.namespaced) {
         let opts = DeleteOptions {
