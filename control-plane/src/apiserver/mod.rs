@@ -12,6 +12,8 @@ pub mod error;
 pub mod openapi;
 pub mod pki;
 mod protobuf;
+#[rustfmt::skip]
+mod protobuf_schema;
 pub mod request;
 mod resource;
 

@@ -35,7 +35,10 @@ pub async fn reconcile(objects: Arc<Objects>, ns: Value) -> Result<Action, Objec
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    let marked = ns.pointer("/metadata/deletionTimestamp").and_then(Value::as_str).and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    let marked = ns
+        .pointer("/metadata/deletionTimestamp")
+        .and_then(Value::as_str)
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok());
     if let Some(t) = marked {
         let age = crate::objects::now().duration_since(t);
         if age < jiff::SignedDuration::from_secs(1) {

@@ -273,20 +273,44 @@ impl Objects {
 
     /// Runs the kind's defaulting and validation (metadata included). Metadata errors come
     /// first, then the kind's own, all in one `Invalid` error.
-    fn admit(&self, rt: &ResourceType, obj: &Value, old: Option<&Value>, op: Operation) -> Result<Value, ObjectError> {
+    fn admit(
+        &self,
+        rt: &ResourceType,
+        obj: &Value,
+        old: Option<&Value>,
+        op: Operation,
+    ) -> Result<Value, ObjectError> {
         let name = meta_str(obj, "name").unwrap_or_default().to_string();
         let decode_meta = |v: &Value| {
-            serde_json::from_value::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>(v.get("metadata").cloned().unwrap_or(json!({})))
-                .map_err(|e| ObjectError::BadRequest(format!("{} in version \"{}\" cannot be handled as a {}: metadata: {e}", rt.kind, rt.version, rt.kind)))
+            serde_json::from_value::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>(
+                v.get("metadata").cloned().unwrap_or(json!({})),
+            )
+            .map_err(|e| {
+                ObjectError::BadRequest(format!(
+                    "{} in version \"{}\" cannot be handled as a {}: metadata: {e}",
+                    rt.kind, rt.version, rt.kind
+                ))
+            })
         };
         let new_meta = decode_meta(obj)?;
         let old_meta = old.map(decode_meta).transpose()?;
         let mut errs = Errors::default();
-        validate_object_meta(&new_meta, old_meta.as_ref(), &ObjectMetaRules { namespaced: rt.namespaced, name_rule: rt.name_rule }, &mut errs);
+        validate_object_meta(
+            &new_meta,
+            old_meta.as_ref(),
+            &ObjectMetaRules {
+                namespaced: rt.namespaced,
+                name_rule: rt.name_rule,
+            },
+            &mut errs,
+        );
         match rt.strategy.admit(obj, old, op) {
             Ok(out) if errs.is_empty() => Ok(out),
             Ok(_) => Err(ObjectError::invalid(rt, &name, errs)),
-            Err(AdmitError::Decode(msg)) => Err(ObjectError::BadRequest(format!("{} in version \"{}\" cannot be handled as a {}: {msg}", rt.kind, rt.version, rt.kind))),
+            Err(AdmitError::Decode(msg)) => Err(ObjectError::BadRequest(format!(
+                "{} in version \"{}\" cannot be handled as a {}: {msg}",
+                rt.kind, rt.version, rt.kind
+            ))),
             Err(AdmitError::Invalid(more)) => {
                 errs.0.extend(more.0);
                 Err(ObjectError::invalid(rt, &name, errs))
@@ -317,8 +341,21 @@ impl Objects {
                 }
             }
         }
-        // Secrets' stringData is folded into data by design; the server sets resourceVersion.
-        unknown.retain(|f| !(rt.kind == "Secret" && f.starts_with("stringData")) && f != "metadata.resourceVersion" && f != "metadata.selfLink");
+        // Known fields the server owns are dropped by design, not unknown; so is Secrets'
+        // stringData (folded into data).
+        const SERVER_OWNED: &[&str] = &[
+            "metadata.resourceVersion",
+            "metadata.selfLink",
+            "metadata.generation",
+            "metadata.uid",
+            "metadata.creationTimestamp",
+            "metadata.deletionTimestamp",
+            "metadata.deletionGracePeriodSeconds",
+        ];
+        unknown.retain(|f| {
+            !(rt.kind == "Secret" && f.starts_with("stringData"))
+                && !SERVER_OWNED.contains(&f.as_str())
+        });
         let msgs: Vec<String> = unknown
             .iter()
             .map(|f| format!("unknown field {f:?}"))

@@ -10,9 +10,7 @@ use serde_json::Value;
 
 use super::pod::{default_template, validate_pod_spec};
 use super::table::{self, Column, AGE, NAME};
-use super::validation::{
-    check_port, check_port_name, is_dns1123_subdomain, validate_labels, Errors, NameRule,
-};
+use super::validation::{check_port, is_dns1123_subdomain, validate_labels, Errors, NameRule};
 use super::{typed, Base, Kind, Operation, ResourceType, StatusPolicy};
 
 pub(super) fn register(out: &mut Vec<ResourceType>) {
@@ -417,8 +415,12 @@ impl Kind for Service {
                 None if ports.len() > 1 => errs.required(format!("{pp}.name")),
                 None => {}
                 Some(n) => {
-                    if let Some(msg) = check_port_name(n) {
-                        errs.invalid_str(format!("{pp}.name"), n, msg);
+                    if !super::validation::is_dns1123_label(n) {
+                        errs.invalid_str(
+                            format!("{pp}.name"),
+                            n,
+                            super::validation::DNS1123_LABEL_MSG,
+                        );
                     } else if !names.insert(n) {
                         errs.duplicate(format!("{pp}.name"), n);
                     }
