@@ -6,6 +6,7 @@
 mod error;
 pub mod managed;
 pub mod patch;
+mod service_ips;
 mod watch;
 
 use std::sync::Arc;
@@ -180,11 +181,17 @@ fn decode_continue(token: &str) -> Result<(Revision, String), ObjectError> {
 pub struct Objects {
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
+    /// Serializes Service creates so two cannot take the same IP or node port.
+    service_alloc: tokio::sync::Mutex<()>,
 }
 
 impl Objects {
     pub fn new(store: Arc<dyn Store>, registry: Arc<Registry>) -> Self {
-        Objects { store, registry }
+        Objects {
+            store,
+            registry,
+            service_alloc: tokio::sync::Mutex::new(()),
+        }
     }
 
     pub fn registry(&self) -> &Registry {
@@ -475,6 +482,21 @@ impl Objects {
         if let Some(manager) = &opts.field_manager {
             managed::record_update(&mut admitted, None, manager, &rt.api_version(), "Update");
         }
+        let _alloc = if rt.kind == "Service" {
+            Some(self.service_alloc.lock().await)
+        } else {
+            None
+        };
+        if rt.kind == "Service" {
+            let existing = self.list(rt, None, &ListOptions::default()).await?;
+            let existing: Vec<Value> = existing
+                .items
+                .iter()
+                .filter_map(|b| serde_json::from_slice(b).ok())
+                .collect();
+            service_ips::allocate(&existing, &mut admitted)
+                .map_err(|errs| ObjectError::invalid(rt, &name, Errors(errs)))?;
+        }
         if opts.dry_run {
             let data = serde_json::to_vec(&admitted)
                 .map_err(|e| ObjectError::BadRequest(e.to_string()))?;
@@ -702,6 +724,9 @@ impl Objects {
         skip: &[&str],
     ) -> Result<Written, ObjectError> {
         meta_mut(&mut new).remove("resourceVersion");
+        if rt.kind == "Service" {
+            service_ips::carry_over(old, &mut new);
+        }
         let op = if target == Target::Status {
             Operation::UpdateStatus
         } else {

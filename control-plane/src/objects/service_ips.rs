@@ -1,0 +1,212 @@
+//! Service IP and node-port allocation, as Kubernetes' service registry does on create:
+//! a free cluster IP from the service CIDR (10.96.0.0/12) and free node ports from
+//! 30000-32767, unless the object asks for specific (and free) ones.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+use rand::Rng;
+use serde_json::{json, Value};
+
+use crate::registry::validation::{ErrorType, FieldError};
+
+const CIDR_BASE: u32 = u32::from_be_bytes([10, 96, 0, 0]);
+const CIDR_SIZE: u32 = 1 << 20;
+/// The first address is the `kubernetes` service's by convention.
+const RESERVED: u32 = 1;
+const NODE_PORTS: std::ops::RangeInclusive<i64> = 30000..=32767;
+
+fn used(existing: &[Value]) -> (HashSet<String>, HashSet<i64>) {
+    let mut ips = HashSet::new();
+    let mut ports = HashSet::new();
+    for s in existing {
+        for ip in s
+            .pointer("/spec/clusterIPs")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
+            ips.insert(ip.to_string());
+        }
+        for p in s
+            .pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(n) = p.get("nodePort").and_then(Value::as_i64) {
+                ports.insert(n);
+            }
+        }
+    }
+    (ips, ports)
+}
+
+fn invalid(field: &str, value: String, detail: String) -> FieldError {
+    FieldError {
+        field: field.into(),
+        kind: ErrorType::Invalid(value),
+        detail,
+    }
+}
+
+/// Fills `spec.clusterIP(s)`, IP families and node ports of a new Service.
+pub fn allocate(existing: &[Value], svc: &mut Value) -> Result<(), Vec<FieldError>> {
+    let ty = svc
+        .pointer("/spec/type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP")
+        .to_string();
+    if ty == "ExternalName" {
+        return Ok(());
+    }
+    let (used_ips, used_ports) = used(existing);
+    let mut errs = Vec::new();
+    let requested = svc
+        .pointer("/spec/clusterIP")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let ip = match requested.as_str() {
+        "None" => "None".to_string(),
+        "" => {
+            let mut rng = rand::rng();
+            let free = (0..64)
+                .map(|_| rng.random_range(RESERVED + 1..CIDR_SIZE - 1))
+                .map(|o| Ipv4Addr::from(CIDR_BASE + o).to_string())
+                .find(|ip| !used_ips.contains(ip));
+            match free.or_else(|| {
+                (RESERVED + 1..CIDR_SIZE - 1)
+                    .map(|o| Ipv4Addr::from(CIDR_BASE + o).to_string())
+                    .find(|ip| !used_ips.contains(ip))
+            }) {
+                Some(ip) => ip,
+                None => {
+                    return Err(vec![invalid(
+                        "spec.clusterIPs",
+                        "[]".into(),
+                        "failed to allocate IP: range is full".into(),
+                    )])
+                }
+            }
+        }
+        req => {
+            let in_range = req
+                .parse::<Ipv4Addr>()
+                .map(|a| u32::from(a).wrapping_sub(CIDR_BASE) < CIDR_SIZE)
+                .unwrap_or(false);
+            if !in_range {
+                errs.push(invalid("spec.clusterIPs", format!("[\"{req}\"]"), format!("failed to allocate IP {req}: the provided IP ({req}) is not in the valid range. The range of valid IPs is 10.96.0.0/12")));
+            } else if used_ips.contains(req) {
+                errs.push(invalid(
+                    "spec.clusterIPs",
+                    format!("[\"{req}\"]"),
+                    format!("failed to allocate IP {req}: provided IP is already allocated"),
+                ));
+            }
+            req.to_string()
+        }
+    };
+    let spec = &mut svc["spec"];
+    spec["clusterIP"] = json!(ip);
+    spec["clusterIPs"] = json!([ip]);
+    if ip != "None" || spec.get("ipFamilies").is_none() {
+        spec["ipFamilies"] = json!(["IPv4"]);
+    }
+    if spec.get("ipFamilyPolicy").is_none() {
+        spec["ipFamilyPolicy"] = json!("SingleStack");
+    }
+    if matches!(ty.as_str(), "NodePort" | "LoadBalancer") {
+        let mut taken = used_ports;
+        let mut rng = rand::rng();
+        for (i, p) in spec["ports"]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            match p.get("nodePort").and_then(Value::as_i64).filter(|n| *n != 0) {
+                Some(n) if taken.contains(&n) => errs.push(invalid(&format!("spec.ports[{i}].nodePort"), n.to_string(), format!("provided port is already allocated"))),
+                Some(n) if !NODE_PORTS.contains(&n) => errs.push(invalid(&format!("spec.ports[{i}].nodePort"), n.to_string(), "provided port is not in the valid range. The range of valid ports is 30000-32767".into())),
+                Some(n) => {
+                    taken.insert(n);
+                }
+                None => {
+                    let free = (0..64).map(|_| rng.random_range(NODE_PORTS)).find(|n| !taken.contains(n)).or_else(|| NODE_PORTS.clone().find(|n| !taken.contains(n)));
+                    match free {
+                        Some(n) => {
+                            taken.insert(n);
+                            p["nodePort"] = json!(n);
+                        }
+                        None => errs.push(invalid(&format!("spec.ports[{i}].nodePort"), "0".into(), "range is full".into())),
+                    }
+                }
+            }
+        }
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(errs)
+    }
+}
+
+/// An update may leave out what was allocated; it keeps the old allocation.
+pub fn carry_over(old: &Value, new: &mut Value) {
+    for f in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
+        if new
+            .pointer(&format!("/spec/{f}"))
+            .is_none_or(|v| v.is_null() || v == "")
+        {
+            if let Some(v) = old.pointer(&format!("/spec/{f}")) {
+                new["spec"][f] = v.clone();
+            }
+        }
+    }
+    let old_ports: Vec<Value> = old
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for p in new
+        .pointer_mut("/spec/ports")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        if p.get("nodePort").is_none_or(|n| n.is_null() || n == 0) {
+            if let Some(n) = old_ports
+                .iter()
+                .find(|o| o.get("port") == p.get("port") && o.get("protocol") == p.get("protocol"))
+                .and_then(|o| o.get("nodePort"))
+            {
+                p["nodePort"] = n.clone();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocates_free_ips_and_node_ports() {
+        let existing =
+            vec![json!({"spec": {"clusterIPs": ["10.96.0.10"], "ports": [{"nodePort": 30080}]}})];
+        let mut svc = json!({"spec": {"type": "NodePort", "ports": [{"port": 80}, {"port": 81, "nodePort": 30081}]}});
+        allocate(&existing, &mut svc).unwrap();
+        let ip: Ipv4Addr = svc["spec"]["clusterIP"].as_str().unwrap().parse().unwrap();
+        assert!(u32::from(ip) - CIDR_BASE < CIDR_SIZE && ip.to_string() != "10.96.0.10");
+        assert!(NODE_PORTS.contains(&svc["spec"]["ports"][0]["nodePort"].as_i64().unwrap()));
+        let mut clash = json!({"spec": {"clusterIP": "10.96.0.10", "ports": [{"port": 1}]}});
+        let errs = allocate(&existing, &mut clash).unwrap_err();
+        assert!(errs[0]
+            .to_string()
+            .contains("provided IP is already allocated"));
+        let mut headless = json!({"spec": {"clusterIP": "None"}});
+        allocate(&existing, &mut headless).unwrap();
+        assert_eq!(headless["spec"]["clusterIPs"], json!(["None"]));
+    }
+}
