@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs everything the tests and examples need on a fresh Debian machine (idempotent):
+# Debian packages, the pinned kubectl and helm, and the Python Kubernetes client.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+tools="$root/.tools"
+mkdir -p "$tools"
+
+need_pkgs=()
+for p in unzip python3-venv curl; do
+  dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
+done
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q "${need_pkgs[@]}" >/dev/null 2>&1 || { apt-get update -q >/dev/null; apt-get install -y -q "${need_pkgs[@]}" >/dev/null; }
+fi
+
+"$root/scripts/install-kubectl.sh"
+
+# The official Python client, pinned, in its own virtualenv.
+if [ ! -x "$tools/venv/bin/python" ] || ! "$tools/venv/bin/python" -c 'import kubernetes' 2>/dev/null; then
+  python3 -m venv "$tools/venv"
+  "$tools/venv/bin/pip" install -q kubernetes==33.1.0
+fi

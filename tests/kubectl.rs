@@ -1,0 +1,474 @@
+//! The API server driven by the real kubectl (v1.33), end to end.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{eventually, Server};
+
+const APP: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: demo
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: settings
+  namespace: demo
+data:
+  greeting: hello
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: creds
+  namespace: demo
+stringData:
+  password: s3cret
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: demo
+  labels:
+    app: web
+spec:
+  replicas: 2
+  selector:
+    matchLabels:
+      app: web
+  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+      containers:
+      - name: web
+        image: registry.example/web:1.0
+        ports:
+        - containerPort: 8080
+        env:
+        - name: MODE
+          value: prod
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: demo
+spec:
+  selector:
+    app: web
+  ports:
+  - port: 80
+    targetPort: 8080
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: hello
+  namespace: demo
+  labels:
+    app: hello
+spec:
+  containers:
+  - name: hello
+    image: registry.example/hello:1.0
+"#;
+
+fn step(name: &str) {
+    eprintln!("--- {name}");
+}
+
+#[test]
+fn kubectl_end_to_end() {
+    let s = Server::start();
+
+    step("apply a multi-document manifest with default (strict) validation");
+    let out = s.apply_stdin(&[], APP);
+    for obj in [
+        "namespace/demo",
+        "configmap/settings",
+        "secret/creds",
+        "deployment.apps/web",
+        "service/web",
+        "pod/hello",
+    ] {
+        assert!(out.contains(&format!("{obj} created")), "{out}");
+    }
+
+    step("re-apply a changed manifest: strategic merge patch updates and keeps");
+    let changed = APP
+        .replace("registry.example/web:1.0", "registry.example/web:2.0")
+        .replace(
+            "  labels:\n    app: web\nspec:\n  replicas",
+            "  labels:\n    app: web\n    tier: frontend\nspec:\n  replicas",
+        );
+    let out = s.apply_stdin(&[], &changed);
+    assert!(out.contains("deployment.apps/web configured"), "{out}");
+    assert!(out.contains("pod/hello unchanged"), "{out}");
+    let d = s.json(&["get", "deployment", "web", "-n", "demo"]);
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "registry.example/web:2.0"
+    );
+    assert_eq!(d["metadata"]["labels"]["tier"], "frontend");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"],
+        8080
+    );
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"],
+        "prod"
+    );
+    assert_eq!(d["spec"]["replicas"], 2);
+    assert_eq!(d["metadata"]["generation"], 2);
+    assert_eq!(
+        d["spec"]["strategy"]["type"], "RollingUpdate",
+        "defaults are applied"
+    );
+
+    step("apply --server-side");
+    let out = s.apply_stdin(&["--server-side", "--force-conflicts"], &changed);
+    assert!(
+        out.contains("deployment.apps/web serverside-applied"),
+        "{out}"
+    );
+    let d = s.json(&[
+        "get",
+        "deployment",
+        "web",
+        "-n",
+        "demo",
+        "--show-managed-fields",
+    ]);
+    let managers: Vec<(String, String)> = d["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["manager"].as_str().unwrap().to_string(),
+                m["operation"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        managers.contains(&("kubectl".into(), "Apply".into())),
+        "{managers:?}"
+    );
+    let conflicting = changed.replace("replicas: 2", "replicas: 5");
+    let o = s.kubectl_stdin(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager",
+            "other",
+            "-f",
+            "-",
+        ],
+        &conflicting,
+    );
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("conflict with \"kubectl\""),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    step("get: plain, wide, yaml, json, all namespaces, labels, selectors");
+    let plain = s.ok(&["get", "pods", "-n", "demo"]);
+    assert!(
+        plain
+            .lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .eq(["NAME", "READY", "STATUS", "RESTARTS", "AGE"]),
+        "{plain}"
+    );
+    assert!(
+        plain.contains("hello") && plain.contains("0/1") && plain.contains("Pending"),
+        "{plain}"
+    );
+    let wide = s.ok(&["get", "pods", "-n", "demo", "-o", "wide"]);
+    assert!(
+        wide.lines().next().unwrap().split_whitespace().eq([
+            "NAME",
+            "READY",
+            "STATUS",
+            "RESTARTS",
+            "AGE",
+            "IP",
+            "NODE",
+            "NOMINATED",
+            "NODE",
+            "READINESS",
+            "GATES"
+        ]),
+        "{wide}"
+    );
+    let yaml = s.ok(&["get", "pod", "hello", "-n", "demo", "-o", "yaml"]);
+    assert!(
+        yaml.contains("kind: Pod")
+            && yaml.contains("restartPolicy: Always")
+            && yaml.contains("phase: Pending"),
+        "{yaml}"
+    );
+    let list = s.json(&["get", "configmaps", "-n", "demo"]);
+    assert_eq!(list["kind"], "List");
+    assert!(list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|i| i["metadata"]["name"] == "settings"));
+    let all = s.ok(&["get", "pods", "-A"]);
+    assert!(
+        all.starts_with("NAMESPACE") && all.contains("demo ") && all.contains("hello"),
+        "{all}"
+    );
+    let labels = s.ok(&["get", "pods", "-n", "demo", "--show-labels"]);
+    assert!(
+        labels.contains("LABELS") && labels.contains("app=hello"),
+        "{labels}"
+    );
+    assert!(s
+        .ok(&["get", "pods", "-n", "demo", "-l", "app=hello", "-o", "name"])
+        .contains("pod/hello"));
+    assert!(s
+        .ok(&[
+            "get",
+            "pods",
+            "-n",
+            "demo",
+            "-l",
+            "app notin (hello)",
+            "-o",
+            "name"
+        ])
+        .trim()
+        .is_empty());
+    let svc = s.ok(&["get", "svc", "web", "-n", "demo", "-o", "wide"]);
+    assert!(
+        svc.contains("ClusterIP") && svc.contains("80/TCP") && svc.contains("app=web"),
+        "{svc}"
+    );
+    let deploy = s.ok(&["get", "deploy", "-n", "demo", "-o", "wide"]);
+    assert!(
+        deploy.lines().next().unwrap().split_whitespace().eq([
+            "NAME",
+            "READY",
+            "UP-TO-DATE",
+            "AVAILABLE",
+            "AGE",
+            "CONTAINERS",
+            "IMAGES",
+            "SELECTOR"
+        ]),
+        "{deploy}"
+    );
+    assert!(
+        deploy.contains("0/2") && deploy.contains("registry.example/web:2.0"),
+        "{deploy}"
+    );
+
+    step("get -w sees a change made by another client");
+    let mut watch = s
+        .kubectl_cmd(&["get", "pods", "-n", "demo", "-w"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    assert!(lines.next().unwrap().unwrap().starts_with("NAME"));
+    assert!(lines.next().unwrap().unwrap().starts_with("hello"));
+    s.ok(&["label", "pod", "hello", "-n", "demo", "watched=yes"]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(lines.next());
+    });
+    let seen = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("watch saw the change")
+        .unwrap()
+        .unwrap();
+    assert!(seen.starts_with("hello"), "{seen}");
+    let _ = watch.kill();
+
+    step("label --overwrite and annotate");
+    assert!(s
+        .fails(&["label", "pod", "hello", "-n", "demo", "watched=again"])
+        .contains("already has a value"));
+    s.ok(&[
+        "label",
+        "pod",
+        "hello",
+        "-n",
+        "demo",
+        "watched=again",
+        "--overwrite",
+    ]);
+    s.ok(&["annotate", "pod", "hello", "-n", "demo", "owner=team-a"]);
+    let p = s.json(&["get", "pod", "hello", "-n", "demo"]);
+    assert_eq!(p["metadata"]["labels"]["watched"], "again");
+    assert_eq!(p["metadata"]["annotations"]["owner"], "team-a");
+
+    step("describe shows the object and its events");
+    let event = format!(
+        r#"{{"apiVersion":"v1","kind":"Event","metadata":{{"name":"hello.1","namespace":"demo"}},"involvedObject":{{"kind":"Pod","name":"hello","namespace":"demo","uid":"{}"}},"reason":"Scheduled","message":"Successfully assigned demo/hello to node-1","type":"Normal","source":{{"component":"default-scheduler"}},"count":1}}"#,
+        p["metadata"]["uid"].as_str().unwrap()
+    );
+    let o = s.kubectl_stdin(&["create", "-f", "-"], &event);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let d = s.ok(&["describe", "pod", "hello", "-n", "demo"]);
+    for want in [
+        "Name:",
+        "hello",
+        "Namespace:",
+        "demo",
+        "watched=again",
+        "owner: team-a",
+        "registry.example/hello:1.0",
+        "Scheduled",
+        "Successfully assigned demo/hello to node-1",
+    ] {
+        assert!(d.contains(want), "describe lacks {want}:\n{d}");
+    }
+
+    step("create namespace / configmap / secret / deployment (protobuf bodies)");
+    assert!(s
+        .ok(&["create", "namespace", "team"])
+        .contains("namespace/team created"));
+    s.ok(&[
+        "create",
+        "configmap",
+        "c1",
+        "-n",
+        "team",
+        "--from-literal=a=b",
+    ]);
+    s.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "s1",
+        "-n",
+        "team",
+        "--from-literal=password=pw",
+    ]);
+    s.ok(&[
+        "create",
+        "deployment",
+        "api",
+        "-n",
+        "team",
+        "--image=registry.example/api:1",
+        "--port=8080",
+    ]);
+    assert_eq!(
+        s.ok(&["get", "cm", "c1", "-n", "team", "-o", "jsonpath={.data.a}"]),
+        "b"
+    );
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "secret",
+            "s1",
+            "-n",
+            "team",
+            "-o",
+            "jsonpath={.data.password}"
+        ]),
+        "cHc="
+    );
+    let api = s.json(&["get", "deploy", "api", "-n", "team"]);
+    assert_eq!(
+        api["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"],
+        8080
+    );
+    assert_eq!(api["spec"]["selector"]["matchLabels"]["app"], "api");
+
+    step("scale deployment");
+    assert!(s
+        .ok(&["scale", "deployment", "api", "-n", "team", "--replicas=3"])
+        .contains("scaled"));
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "deploy",
+            "api",
+            "-n",
+            "team",
+            "-o",
+            "jsonpath={.spec.replicas}"
+        ]),
+        "3"
+    );
+
+    step("api-resources");
+    let res = s.ok(&["api-resources"]);
+    for want in [
+        "deployments",
+        "deploy",
+        "apps/v1",
+        "pods",
+        "po",
+        "cronjobs",
+        "batch/v1",
+        "leases",
+        "runtimeclasses",
+        "replicationcontrollers",
+    ] {
+        assert!(res.contains(want), "api-resources lacks {want}:\n{res}");
+    }
+
+    step("invalid and duplicate objects give kubectl's usual messages");
+    let bad =
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: bad\nspec:\n  containers:\n  - name: c\n";
+    let o = s.kubectl_stdin(&["apply", "-f", "-"], bad);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("The Pod \"bad\" is invalid: spec.containers[0].image: Required value"),
+        "{err}"
+    );
+    let o = s.kubectl_stdin(&["create", "-f", "-"], APP);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("namespaces \"demo\" already exists")
+            && err.contains("deployments.apps \"web\" already exists"),
+        "{err}"
+    );
+    let o = s.kubectl_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\nbogus: 1\n",
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("unknown field \"bogus\""),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(s
+        .fails(&["get", "pod", "nope", "-n", "demo"])
+        .contains("pods \"nope\" not found"));
+
+    step("delete -f returns at once and removes everything");
+    let t = Instant::now();
+    let o = s.kubectl_stdin(&["delete", "-f", "-"], &changed);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "delete took {:?}",
+        t.elapsed()
+    );
+    eventually(10, "namespace demo to go away", || {
+        (!s.kubectl(&["get", "ns", "demo"]).status.success()).then_some(())
+    });
+    assert!(s
+        .fails(&["get", "deploy", "web", "-n", "demo"])
+        .contains("not found"));
+}
