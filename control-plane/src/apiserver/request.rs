@@ -101,7 +101,11 @@ impl Query {
     }
 
     pub fn flag(&self, k: &str) -> bool {
-        matches!(self.get(k), Some("true" | "1"))
+        // Go's strconv.ParseBool, which Kubernetes uses (clients send "True" too).
+        matches!(
+            self.get(k),
+            Some("1" | "t" | "T" | "true" | "TRUE" | "True")
+        )
     }
 
     pub fn int(&self, k: &str) -> Result<Option<i64>, ApiError> {

@@ -594,7 +594,9 @@ async fn watch(
         .int("timeoutSeconds")?
         .filter(|t| *t > 0)
         .map(|t| Duration::from_secs(t as u64));
-    let send_initial = query.get("sendInitialEvents").map(|v| v == "true");
+    let send_initial = query
+        .get("sendInitialEvents")
+        .map(|_| query.flag("sendInitialEvents"));
     // Without a resourceVersion (or with "0"), a watch starts with the current state.
     let (initial, from) = match (opts.resource_version, send_initial) {
         (Some(rv), Some(false) | None) if rv > 0 => (Vec::new(), rv),

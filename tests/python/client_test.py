@@ -1,0 +1,70 @@
+"""The official Python client against a Skiff API server: list, create, patch, watch."""
+import sys
+import threading
+import time
+
+from kubernetes import client, config, watch
+
+config.load_kube_config(config_file=sys.argv[1])
+v1 = client.CoreV1Api()
+apps = client.AppsV1Api()
+ns = "pyclient"
+
+v1.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+assert ns in [n.metadata.name for n in v1.list_namespace().items]
+
+pod = client.V1Pod(
+    metadata=client.V1ObjectMeta(name="p1", labels={"app": "py"}),
+    spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="registry.example/app:1")]),
+)
+created = v1.create_namespaced_pod(ns, pod)
+assert created.metadata.uid and created.metadata.resource_version, created.metadata
+assert created.spec.restart_policy == "Always"
+assert created.status.phase == "Pending"
+
+pods = v1.list_namespaced_pod(ns, label_selector="app=py")
+assert [p.metadata.name for p in pods.items] == ["p1"], pods
+start_rv = pods.metadata.resource_version
+
+# Watch from the list's resourceVersion while another thread makes changes.
+events = []
+def changes():
+    time.sleep(0.5)
+    v1.patch_namespaced_pod("p1", ns, {"metadata": {"labels": {"stage": "patched"}}})
+    v1.create_namespaced_pod(ns, client.V1Pod(
+        metadata=client.V1ObjectMeta(name="p2", labels={"app": "py"}),
+        spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="registry.example/app:1")])))
+    v1.delete_namespaced_pod("p2", ns)
+t = threading.Thread(target=changes)
+t.start()
+w = watch.Watch()
+for ev in w.stream(v1.list_namespaced_pod, ns, resource_version=start_rv, timeout_seconds=10):
+    events.append((ev["type"], ev["object"].metadata.name))
+    if ev["type"] == "DELETED":
+        w.stop()
+t.join()
+assert events == [("MODIFIED", "p1"), ("ADDED", "p2"), ("DELETED", "p2")], events
+
+patched = v1.read_namespaced_pod("p1", ns)
+assert patched.metadata.labels == {"app": "py", "stage": "patched"}, patched.metadata.labels
+
+# JSON merge patch on a Deployment through the apps API, and the scale subresource.
+dep = client.V1Deployment(
+    metadata=client.V1ObjectMeta(name="d1"),
+    spec=client.V1DeploymentSpec(
+        selector=client.V1LabelSelector(match_labels={"app": "d1"}),
+        template=client.V1PodTemplateSpec(
+            metadata=client.V1ObjectMeta(labels={"app": "d1"}),
+            spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="registry.example/d1:1")]))))
+apps.create_namespaced_deployment(ns, dep)
+apps.patch_namespaced_deployment_scale("d1", ns, {"spec": {"replicas": 4}})
+assert apps.read_namespaced_deployment("d1", ns).spec.replicas == 4
+
+# Errors come back as Status objects the client understands.
+try:
+    v1.read_namespaced_pod("missing", ns)
+    raise AssertionError("expected 404")
+except client.exceptions.ApiException as e:
+    assert e.status == 404 and "not found" in e.body, e
+
+print("python client: ok")
