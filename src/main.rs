@@ -5,6 +5,10 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+// Many small allocations per request; mimalloc is faster than glibc's malloc here.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "skiff",
@@ -30,6 +34,17 @@ enum Command {
         #[arg(long, default_value_t = skiff_control_plane::apiserver::DEFAULT_HISTORY)]
         history: u64,
     },
+    /// Benchmarks against a running server (or one the bench starts).
+    Bench {
+        #[command(subcommand)]
+        what: Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// API server throughput and latency: create, update, get, list, watch fan-out.
+    Api(skiff_control_plane::bench::ApiBenchArgs),
 }
 
 fn init_tracing() {
@@ -66,6 +81,9 @@ async fn main() -> anyhow::Result<()> {
             };
             skiff_control_plane::apiserver::run(config, shutdown_signal()).await?;
         }
+        Command::Bench {
+            what: Bench::Api(args),
+        } => skiff_control_plane::bench::run_api(args).await?,
     }
     Ok(())
 }

@@ -5,8 +5,10 @@
 //! - [`registry`]: every served resource with its defaulting, validation and table printing.
 //! - [`store`]: the cluster state (a `Store` trait; sled embedded by default).
 //! - [`controllers`]: reconcile loops (namespace deletion so far).
+//! - [`bench`]: `skiff bench api`, load and latency against a server.
 //! - [`selectors`], [`quantity`]: label/field selectors and resource quantities.
 pub mod apiserver;
+pub mod bench;
 pub mod controllers;
 pub mod objects;
 pub mod quantity;

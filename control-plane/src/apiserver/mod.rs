@@ -41,6 +41,8 @@ use request::{parse_path, ApiPath, Query};
 pub const KUBERNETES_VERSION: &str = "v1.33.0";
 /// The largest request body accepted (Kubernetes' limit is 3 MiB).
 const MAX_BODY: usize = 3 * 1024 * 1024 + 4096;
+/// HTTP/2 streams one connection may have open at once.
+const MAX_STREAMS_PER_CONNECTION: u32 = 1000;
 /// Events kept for watches that resume from an older resourceVersion.
 pub const DEFAULT_HISTORY: u64 = 20_000;
 
@@ -200,8 +202,12 @@ async fn serve(
                 }
             };
             let svc = hyper_util::service::TowerToHyperService::new(app);
-            let builder =
+            let mut builder =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            // Informers multiplex many watches on one connection (Kubernetes allows 250).
+            builder
+                .http2()
+                .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
             if let Err(e) = builder
                 .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), svc)
                 .await

@@ -3,18 +3,23 @@
 //! One sled tree holds three key spaces: `o/<key>` the current objects (8-byte revision +
 //! JSON), `l/<revision>` the event log (the watch history, compacted to a bounded length)
 //! and `m/…` metadata. An object and its log entry are written in one atomic batch.
-//! Durability is a group commit: a writer returns once a flush that started after its
-//! write has finished, and events are published to watchers only after that flush.
+//! Durability comes from the write-ahead log ([`super::wal`]) with group commit: one
+//! flusher thread appends and fdatasyncs whatever has been applied since its last sync; a
+//! writer returns once a sync covering its write has finished, and events are published to
+//! watchers only after that sync. sled flushes in the background; the log is replayed
+//! into it after a crash.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc};
 
+use super::wal::{self, Wal};
 use super::{
     encode_with_rev, Event, EventType, ListResult, Precondition, Revision, Store, StoreError,
     Stored, WatchReceiver,
@@ -35,19 +40,145 @@ pub struct SledStore {
 
 struct Inner {
     db: sled::Db,
-    /// Last revision assigned and applied to sled; held while writing.
-    write: Mutex<Revision>,
+    /// Held while writing: the last revision applied, and log records not yet synced.
+    write: Mutex<WriteState>,
     /// Writes applied but not yet durable, published in order after a flush.
     pending: Mutex<BTreeMap<Revision, Arc<Event>>>,
-    /// Serializes flushes so that concurrent writers share one.
-    flush: tokio::sync::Mutex<()>,
-    durable: AtomicU64,
+    /// Wakes the flusher thread.
+    kick: Arc<Kick>,
+    /// The newest durable revision (or the error that stopped flushing), for writers.
+    durable: tokio::sync::watch::Receiver<Durable>,
     /// Newest revision visible to readers and watchers.
     published: AtomicU64,
     oldest: AtomicU64,
     recent: Mutex<VecDeque<Arc<Event>>>,
     events: broadcast::Sender<Arc<Event>>,
     history: u64,
+}
+
+struct WriteState {
+    last: Revision,
+    wal: Vec<u8>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Durable {
+    rev: Revision,
+    error: Option<Arc<str>>,
+}
+
+/// A flag and condvar to wake the flusher.
+#[derive(Default)]
+struct Kick {
+    wanted: Mutex<bool>,
+    cv: std::sync::Condvar,
+}
+
+impl Kick {
+    fn notify(&self) {
+        let mut w = self.wanted.lock().expect("kick");
+        if !*w {
+            *w = true;
+            self.cv.notify_one();
+        }
+    }
+
+    /// Waits for a kick (or a timeout, so the thread can notice the store is gone).
+    fn wait(&self) -> bool {
+        let w = self.wanted.lock().expect("kick");
+        let (mut w, _) = self
+            .cv
+            .wait_timeout_while(w, Duration::from_millis(200), |w| !*w)
+            .expect("kick");
+        std::mem::take(&mut *w)
+    }
+}
+
+/// The flusher thread: syncs the log on demand, then publishes what became durable. It
+/// holds the store weakly and ends when the store is dropped.
+fn flusher(
+    inner: std::sync::Weak<Inner>,
+    kick: Arc<Kick>,
+    mut wal: Wal,
+    tx: tokio::sync::watch::Sender<Durable>,
+) {
+    loop {
+        let kicked = kick.wait();
+        let Some(inner) = inner.upgrade() else { return };
+        if !kicked {
+            continue;
+        }
+        let (covered, records) = {
+            let mut w = inner.write.lock().expect("write lock");
+            (w.last, std::mem::take(&mut w.wal))
+        };
+        if covered <= tx.borrow().rev {
+            continue;
+        }
+        if let Err(e) = wal.write_durable(&records) {
+            tracing::error!(error = %e, "write-ahead log sync failed; writes are no longer acknowledged");
+            tx.send_replace(Durable {
+                rev: tx.borrow().rev,
+                error: Some(e.to_string().into()),
+            });
+            return;
+        }
+        inner.publish(covered);
+        tx.send_replace(Durable {
+            rev: covered,
+            error: None,
+        });
+        if wal.segment_full() {
+            if let Err(e) = wal.rotate(covered + 1) {
+                tracing::error!(error = %e, "write-ahead log rotation failed");
+                tx.send_replace(Durable {
+                    rev: covered,
+                    error: Some(e.to_string().into()),
+                });
+                return;
+            }
+            // Once sled has flushed everything up to `covered`, older segments can go.
+            let (db, dir) = (inner.db.clone(), wal.dir().to_path_buf());
+            std::thread::spawn(move || match db.flush() {
+                Ok(_) => {
+                    if let Err(e) = wal::remove_through(&dir, covered) {
+                        tracing::warn!(error = %e, "removing old log segments failed");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "checkpoint flush failed"),
+            });
+        }
+        if covered.saturating_sub(inner.oldest.load(Ordering::Relaxed))
+            > inner.history + inner.history / 4
+        {
+            let weak = Arc::downgrade(&inner);
+            std::thread::spawn(move || {
+                if let Some(inner) = weak.upgrade() {
+                    if let Err(e) = inner.compact() {
+                        tracing::warn!(error = %e, "store compaction failed");
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// The sled batch that applies `ev`.
+fn batch_for(ev: &Event) -> sled::Batch {
+    let mut batch = sled::Batch::default();
+    batch.insert(&log_key(ev.rev), encode_event(ev));
+    let okey = obj_key(&ev.key);
+    match ev.kind {
+        EventType::Deleted => batch.remove(okey),
+        _ => batch.insert(
+            okey,
+            encode_value(&Stored {
+                rev: ev.rev,
+                data: ev.object.clone(),
+            }),
+        ),
+    }
+    batch
 }
 
 fn err(e: sled::Error) -> StoreError {
@@ -152,12 +283,12 @@ impl SledStore {
     /// Opens (or creates) the store in `dir`, keeping about `history` revisions of events.
     pub fn open(dir: &Path, history: u64) -> Result<Self, StoreError> {
         let db = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::LowSpace)
+            .path(dir.join("sled"))
+            .mode(sled::Mode::HighThroughput)
             .cache_capacity(64 * 1024 * 1024)
             .open()
             .map_err(err)?;
-        let last = match db.scan_prefix(LOG).next_back() {
+        let mut last = match db.scan_prefix(LOG).next_back() {
             Some(kv) => {
                 let (k, _) = kv.map_err(err)?;
                 u64::from_be_bytes(
@@ -168,6 +299,31 @@ impl SledStore {
             }
             None => 0,
         };
+        // Replay acknowledged writes that sled had not flushed when the process stopped.
+        let wal_dir = dir.join("wal");
+        let records = wal::read_all(&wal_dir)
+            .map_err(|e| StoreError::Backend(format!("reading the write-ahead log: {e}")))?;
+        let mut replayed = 0;
+        for (rev, payload) in records {
+            if rev <= last {
+                continue;
+            }
+            if rev != last + 1 {
+                return Err(StoreError::Corrupt(format!(
+                    "write-ahead log jumps from revision {last} to {rev}"
+                )));
+            }
+            db.apply_batch(batch_for(&decode_event(rev, &payload)?))
+                .map_err(err)?;
+            last = rev;
+            replayed += 1;
+        }
+        if replayed > 0 {
+            db.flush().map_err(err)?;
+            tracing::info!(replayed, revision = last, "replayed the write-ahead log");
+        }
+        let wal = Wal::create(&wal_dir, last + 1)
+            .map_err(|e| StoreError::Backend(format!("creating the write-ahead log: {e}")))?;
         let compacted = match db.get(META_COMPACTED).map_err(err)? {
             Some(v) => u64::from_be_bytes(
                 v.as_ref()
@@ -177,13 +333,21 @@ impl SledStore {
             None => 0,
         };
         let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
+        let kick = Arc::new(Kick::default());
+        let (durable_tx, durable_rx) = tokio::sync::watch::channel(Durable {
+            rev: last,
+            error: None,
+        });
         let store = SledStore {
             inner: Arc::new(Inner {
                 db,
-                write: Mutex::new(last),
+                write: Mutex::new(WriteState {
+                    last,
+                    wal: Vec::new(),
+                }),
                 pending: Mutex::new(BTreeMap::new()),
-                flush: tokio::sync::Mutex::new(()),
-                durable: AtomicU64::new(last),
+                kick: kick.clone(),
+                durable: durable_rx,
                 published: AtomicU64::new(last),
                 oldest: AtomicU64::new(compacted),
                 recent: Mutex::new(VecDeque::with_capacity(RECENT_EVENTS)),
@@ -199,6 +363,11 @@ impl SledStore {
             .map(Arc::new)
             .collect();
         store.inner.recent.lock().expect("recent").extend(tail);
+        let weak = Arc::downgrade(&store.inner);
+        std::thread::Builder::new()
+            .name("skiff-store-flush".into())
+            .spawn(move || flusher(weak, kick, wal, durable_tx))
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
         Ok(store)
     }
 
@@ -210,8 +379,8 @@ impl SledStore {
     ) -> Result<Arc<Event>, StoreError> {
         let inner = &self.inner;
         let okey = obj_key(key);
-        let mut last = inner.write.lock().expect("write lock");
-        let rev = *last + 1;
+        let mut w = inner.write.lock().expect("write lock");
+        let rev = w.last + 1;
         let current = inner
             .db
             .get(&okey)
@@ -224,22 +393,12 @@ impl SledStore {
             kind,
             key: key.to_string(),
             object,
-            prev: current.clone(),
+            prev: current,
         };
-        let mut batch = sled::Batch::default();
-        batch.insert(&log_key(rev), encode_event(&ev));
-        match kind {
-            EventType::Deleted => batch.remove(okey),
-            _ => batch.insert(
-                okey,
-                encode_value(&Stored {
-                    rev,
-                    data: ev.object.clone(),
-                }),
-            ),
-        }
-        inner.db.apply_batch(batch).map_err(err)?;
-        *last = rev;
+        let encoded = encode_event(&ev);
+        inner.db.apply_batch(batch_for(&ev)).map_err(err)?;
+        wal::encode(&mut w.wal, rev, &encoded);
+        w.last = rev;
         let ev = Arc::new(ev);
         inner
             .pending
@@ -249,40 +408,28 @@ impl SledStore {
         Ok(ev)
     }
 
-    /// Returns once `rev` is on disk, flushing if no concurrent flush covered it.
+    /// Returns once `rev` is on disk.
     async fn make_durable(&self, rev: Revision) -> Result<(), StoreError> {
-        let inner = &self.inner;
-        if inner.durable.load(Ordering::Acquire) >= rev {
+        let mut rx = self.inner.durable.clone();
+        if rx.borrow().rev >= rev {
             return Ok(());
         }
-        let _guard = inner.flush.lock().await;
-        if inner.durable.load(Ordering::Acquire) >= rev {
-            return Ok(());
-        }
-        let covered = *inner.write.lock().expect("write lock");
-        let db = inner.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
+        self.inner.kick.notify();
+        let state = rx
+            .wait_for(|d| d.rev >= rev || d.error.is_some())
             .await
-            .map_err(|e| StoreError::Backend(e.to_string()))?
-            .map_err(err)?;
-        inner.durable.store(covered, Ordering::Release);
-        self.publish(covered);
-        if covered.saturating_sub(inner.oldest.load(Ordering::Relaxed))
-            > inner.history + inner.history / 4
-        {
-            let this = self.clone();
-            tokio::task::spawn_blocking(move || {
-                if let Err(e) = this.compact() {
-                    tracing::warn!(error = %e, "store compaction failed");
-                }
-            });
+            .map_err(|_| StoreError::Backend("the store flusher stopped".into()))?;
+        match &state.error {
+            Some(e) => Err(StoreError::Backend(e.to_string())),
+            None => Ok(()),
         }
-        Ok(())
     }
+}
 
+impl Inner {
     /// Makes every pending event up to `upto` visible, in revision order.
     fn publish(&self, upto: Revision) {
-        let inner = &self.inner;
+        let inner = self;
         let ready: Vec<Arc<Event>> = {
             let mut pending = inner.pending.lock().expect("pending");
             let rest = pending.split_off(&(upto + 1));
@@ -311,7 +458,7 @@ impl SledStore {
 
     /// Drops log entries older than the kept history.
     fn compact(&self) -> Result<(), StoreError> {
-        let inner = &self.inner;
+        let inner = self;
         let published = inner.published.load(Ordering::Acquire);
         let new_oldest = published.saturating_sub(inner.history);
         if new_oldest <= inner.oldest.load(Ordering::Acquire) {
@@ -456,7 +603,7 @@ impl Store for SledStore {
                 }
             }
         }
-        let last_applied = *inner.write.lock().expect("write lock");
+        let last_applied = inner.write.lock().expect("write lock").last;
         for ev in inner.read_log(rev, last_applied)? {
             if in_range(&ev.key) && !overlay.contains_key(&ev.key) {
                 overlay.insert(ev.key.clone(), ev.prev.clone());
