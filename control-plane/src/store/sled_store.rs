@@ -1,16 +1,15 @@
-//! The embedded store on sled.
+//! The embedded store: sled holds the current objects (`o/<key>` → 8-byte revision +
+//! JSON); the write-ahead log ([`super::wal`]) is both what makes writes durable and the
+//! event history that watches and paged lists resume from.
 //!
-//! One sled tree holds three key spaces: `o/<key>` the current objects (8-byte revision +
-//! JSON), `l/<revision>` the event log (the watch history, compacted to a bounded length)
-//! and `m/…` metadata. An object and its log entry are written in one atomic batch.
-//! Durability comes from the write-ahead log ([`super::wal`]) with group commit: one
-//! flusher thread appends and fdatasyncs whatever has been applied since its last sync; a
-//! writer returns once a sync covering its write has finished, and events are published to
-//! watchers only after that sync. sled flushes in the background; the log is replayed
-//! into it after a crash.
+//! A write is decided under one lock (the next revision, preconditions against the newest
+//! state, including writes not yet on disk) and appended to the log buffer. One flusher
+//! thread appends and fdatasyncs the buffer (group commit), then applies the batch to sled,
+//! publishes the events to watchers and acknowledges the writers. So sled only ever holds
+//! acknowledged state; after a crash the log is replayed into it.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,14 +19,9 @@ use serde_json::Value;
 use tokio::sync::{broadcast, mpsc};
 
 use super::wal::{self, Wal};
-use super::{
-    encode_with_rev, Event, EventType, ListResult, Precondition, Revision, Store, StoreError,
-    Stored, WatchReceiver,
-};
+use super::{encode_with_rev, Event, EventType, ListResult, Precondition, Revision, Store, StoreError, Stored, WatchReceiver};
 
 const OBJ: &[u8] = b"o/";
-const LOG: &[u8] = b"l/";
-const META_COMPACTED: &[u8] = b"m/compacted";
 /// Events kept in memory for cheap watch replays; older ones are read from the log.
 const RECENT_EVENTS: usize = 4096;
 const BROADCAST_CAPACITY: usize = 8192;
@@ -40,25 +34,32 @@ pub struct SledStore {
 
 struct Inner {
     db: sled::Db,
-    /// Held while writing: the last revision applied, and log records not yet synced.
+    wal_dir: PathBuf,
     write: Mutex<WriteState>,
-    /// Writes applied but not yet durable, published in order after a flush.
+    /// Events decided but not yet published, by revision (synced or not).
     pending: Mutex<BTreeMap<Revision, Arc<Event>>>,
-    /// Wakes the flusher thread.
     kick: Arc<Kick>,
-    /// The newest durable revision (or the error that stopped flushing), for writers.
+    /// The newest acknowledged revision (or the error that stopped the flusher).
     durable: tokio::sync::watch::Receiver<Durable>,
     /// Newest revision visible to readers and watchers.
     published: AtomicU64,
+    /// Watches and lists may start from any revision after this one.
     oldest: AtomicU64,
     recent: Mutex<VecDeque<Arc<Event>>>,
+    recent_events: usize,
     events: broadcast::Sender<Arc<Event>>,
     history: u64,
 }
 
+/// Held while deciding a write.
 struct WriteState {
     last: Revision,
+    /// Log records not yet handed to the flusher.
     wal: Vec<u8>,
+    /// Events not yet handed to the flusher, in order.
+    queue: Vec<Arc<Event>>,
+    /// The newest value of keys whose writes are not yet in sled (`None`: deleted).
+    unapplied: HashMap<String, (Revision, Option<Stored>)>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -86,114 +87,21 @@ impl Kick {
     /// Waits for a kick (or a timeout, so the thread can notice the store is gone).
     fn wait(&self) -> bool {
         let w = self.wanted.lock().expect("kick");
-        let (mut w, _) = self
-            .cv
-            .wait_timeout_while(w, Duration::from_millis(200), |w| !*w)
-            .expect("kick");
+        let (mut w, _) = self.cv.wait_timeout_while(w, Duration::from_millis(200), |w| !*w).expect("kick");
         std::mem::take(&mut *w)
     }
-}
-
-/// The flusher thread: syncs the log on demand, then publishes what became durable. It
-/// holds the store weakly and ends when the store is dropped.
-fn flusher(
-    inner: std::sync::Weak<Inner>,
-    kick: Arc<Kick>,
-    mut wal: Wal,
-    tx: tokio::sync::watch::Sender<Durable>,
-) {
-    loop {
-        let kicked = kick.wait();
-        let Some(inner) = inner.upgrade() else { return };
-        if !kicked {
-            continue;
-        }
-        let (covered, records) = {
-            let mut w = inner.write.lock().expect("write lock");
-            (w.last, std::mem::take(&mut w.wal))
-        };
-        if covered <= tx.borrow().rev {
-            continue;
-        }
-        if let Err(e) = wal.write_durable(&records) {
-            tracing::error!(error = %e, "write-ahead log sync failed; writes are no longer acknowledged");
-            tx.send_replace(Durable {
-                rev: tx.borrow().rev,
-                error: Some(e.to_string().into()),
-            });
-            return;
-        }
-        inner.publish(covered);
-        tx.send_replace(Durable {
-            rev: covered,
-            error: None,
-        });
-        if wal.segment_full() {
-            if let Err(e) = wal.rotate(covered + 1) {
-                tracing::error!(error = %e, "write-ahead log rotation failed");
-                tx.send_replace(Durable {
-                    rev: covered,
-                    error: Some(e.to_string().into()),
-                });
-                return;
-            }
-            // Once sled has flushed everything up to `covered`, older segments can go.
-            let (db, dir) = (inner.db.clone(), wal.dir().to_path_buf());
-            std::thread::spawn(move || match db.flush() {
-                Ok(_) => {
-                    if let Err(e) = wal::remove_through(&dir, covered) {
-                        tracing::warn!(error = %e, "removing old log segments failed");
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "checkpoint flush failed"),
-            });
-        }
-        if covered.saturating_sub(inner.oldest.load(Ordering::Relaxed))
-            > inner.history + inner.history / 4
-        {
-            let weak = Arc::downgrade(&inner);
-            std::thread::spawn(move || {
-                if let Some(inner) = weak.upgrade() {
-                    if let Err(e) = inner.compact() {
-                        tracing::warn!(error = %e, "store compaction failed");
-                    }
-                }
-            });
-        }
-    }
-}
-
-/// The sled batch that applies `ev`.
-fn batch_for(ev: &Event) -> sled::Batch {
-    let mut batch = sled::Batch::default();
-    batch.insert(&log_key(ev.rev), encode_event(ev));
-    let okey = obj_key(&ev.key);
-    match ev.kind {
-        EventType::Deleted => batch.remove(okey),
-        _ => batch.insert(
-            okey,
-            encode_value(&Stored {
-                rev: ev.rev,
-                data: ev.object.clone(),
-            }),
-        ),
-    }
-    batch
 }
 
 fn err(e: sled::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
-fn obj_key(key: &str) -> Vec<u8> {
-    [OBJ, key.as_bytes()].concat()
+fn io_err(what: &str) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |e| StoreError::Backend(format!("{what}: {e}"))
 }
 
-fn log_key(rev: Revision) -> [u8; 10] {
-    let mut k = [0u8; 10];
-    k[..2].copy_from_slice(LOG);
-    k[2..].copy_from_slice(&rev.to_be_bytes());
-    k
+fn obj_key(key: &str) -> Vec<u8> {
+    [OBJ, key.as_bytes()].concat()
 }
 
 /// `o/` values: the 8-byte big-endian revision, then the JSON.
@@ -202,10 +110,7 @@ fn decode_value(raw: &[u8]) -> Result<Stored, StoreError> {
         return Err(StoreError::Corrupt("short value".into()));
     }
     let rev = u64::from_be_bytes(raw[..8].try_into().expect("8 bytes"));
-    Ok(Stored {
-        rev,
-        data: Bytes::copy_from_slice(&raw[8..]),
-    })
+    Ok(Stored { rev, data: Bytes::copy_from_slice(&raw[8..]) })
 }
 
 fn encode_value(s: &Stored) -> Vec<u8> {
@@ -234,7 +139,7 @@ fn take_chunk<'a>(raw: &mut &'a [u8]) -> Result<&'a [u8], StoreError> {
     Ok(chunk)
 }
 
-/// `l/` values: kind, key, object JSON, previous value (empty when none).
+/// A log record's payload: kind, key, object JSON, previous value (empty when none).
 fn encode_event(ev: &Event) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 + ev.key.len() + ev.object.len());
     out.push(match ev.kind {
@@ -244,171 +149,181 @@ fn encode_event(ev: &Event) -> Vec<u8> {
     });
     put_chunk(&mut out, ev.key.as_bytes());
     put_chunk(&mut out, &ev.object);
-    put_chunk(
-        &mut out,
-        &ev.prev.as_ref().map(encode_value).unwrap_or_default(),
-    );
+    put_chunk(&mut out, &ev.prev.as_ref().map(encode_value).unwrap_or_default());
     out
 }
 
 fn decode_event(rev: Revision, raw: &[u8]) -> Result<Event, StoreError> {
-    let (&kind, mut rest) = raw
-        .split_first()
-        .ok_or_else(|| StoreError::Corrupt("empty log entry".into()))?;
+    let (&kind, mut rest) = raw.split_first().ok_or_else(|| StoreError::Corrupt("empty log entry".into()))?;
     let kind = match kind {
         0 => EventType::Added,
         1 => EventType::Modified,
         2 => EventType::Deleted,
         k => return Err(StoreError::Corrupt(format!("unknown event kind {k}"))),
     };
-    let key = String::from_utf8(take_chunk(&mut rest)?.to_vec())
-        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let key = String::from_utf8(take_chunk(&mut rest)?.to_vec()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let object = Bytes::copy_from_slice(take_chunk(&mut rest)?);
     let prev = take_chunk(&mut rest)?;
-    let prev = if prev.is_empty() {
-        None
-    } else {
-        Some(decode_value(prev)?)
+    let prev = if prev.is_empty() { None } else { Some(decode_value(prev)?) };
+    Ok(Event { rev, kind, key, object, prev })
+}
+
+/// Applies one event to sled (idempotent when replayed in order).
+fn apply_to_sled(db: &sled::Db, ev: &Event) -> Result<(), StoreError> {
+    let key = obj_key(&ev.key);
+    match ev.kind {
+        EventType::Deleted => db.remove(key).map(|_| ()),
+        _ => db.insert(key, encode_value(&Stored { rev: ev.rev, data: ev.object.clone() })).map(|_| ()),
+    }
+    .map_err(err)
+}
+
+/// The flusher thread: syncs the log, applies the batch to sled, publishes, acknowledges.
+/// It holds the store weakly and ends when the store is dropped.
+fn flusher(inner: std::sync::Weak<Inner>, kick: Arc<Kick>, mut wal: Wal, tx: tokio::sync::watch::Sender<Durable>) {
+    let fail = |tx: &tokio::sync::watch::Sender<Durable>, what: &str, e: &dyn std::fmt::Display| {
+        tracing::error!(error = %e, "{what}; writes are no longer acknowledged");
+        let rev = tx.borrow().rev;
+        tx.send_replace(Durable { rev, error: Some(format!("{what}: {e}").into()) });
     };
-    Ok(Event {
-        rev,
-        kind,
-        key,
-        object,
-        prev,
-    })
+    loop {
+        let kicked = kick.wait();
+        let Some(inner) = inner.upgrade() else { return };
+        if !kicked {
+            continue;
+        }
+        let (records, batch) = {
+            let mut w = inner.write.lock().expect("write lock");
+            (std::mem::take(&mut w.wal), std::mem::take(&mut w.queue))
+        };
+        let Some(covered) = batch.last().map(|e| e.rev) else { continue };
+        if let Err(e) = wal.write_durable(&records) {
+            return fail(&tx, "write-ahead log sync failed", &e);
+        }
+        for ev in &batch {
+            if let Err(e) = apply_to_sled(&inner.db, ev) {
+                return fail(&tx, "applying to sled failed", &e);
+            }
+        }
+        {
+            // sled has these now; later readers of the newest state may use it.
+            let mut w = inner.write.lock().expect("write lock");
+            w.unapplied.retain(|_, (rev, _)| *rev > covered);
+        }
+        inner.publish(covered);
+        tx.send_replace(Durable { rev: covered, error: None });
+        if wal.segment_full() {
+            if let Err(e) = wal.rotate(covered + 1) {
+                return fail(&tx, "write-ahead log rotation failed", &e);
+            }
+            let weak = Arc::downgrade(&inner);
+            std::thread::spawn(move || {
+                if let Some(inner) = weak.upgrade() {
+                    if let Err(e) = inner.checkpoint(covered) {
+                        tracing::warn!(error = %e, "store checkpoint failed");
+                    }
+                }
+            });
+        }
+    }
 }
 
 impl SledStore {
     /// Opens (or creates) the store in `dir`, keeping about `history` revisions of events.
     pub fn open(dir: &Path, history: u64) -> Result<Self, StoreError> {
+        Self::open_tuned(dir, history, wal::SEGMENT_BYTES, RECENT_EVENTS)
+    }
+
+    /// Like [`open`](Self::open), with log segments of `segment_bytes` and `recent_events`
+    /// kept in memory (tests use small ones to exercise the on-disk paths).
+    pub fn open_tuned(dir: &Path, history: u64, segment_bytes: u64, recent_events: usize) -> Result<Self, StoreError> {
+        let recent_events = recent_events.max(1);
         let db = sled::Config::new()
             .path(dir.join("sled"))
             .mode(sled::Mode::HighThroughput)
+            // The write-ahead log makes writes durable; sled is flushed at checkpoints.
+            .flush_every_ms(None)
             .cache_capacity(64 * 1024 * 1024)
             .open()
             .map_err(err)?;
-        let mut last = match db.scan_prefix(LOG).next_back() {
-            Some(kv) => {
-                let (k, _) = kv.map_err(err)?;
-                u64::from_be_bytes(
-                    k[2..]
-                        .try_into()
-                        .map_err(|_| StoreError::Corrupt("log key".into()))?,
-                )
-            }
-            None => 0,
-        };
-        // Replay acknowledged writes that sled had not flushed when the process stopped.
+        // Replay the whole retained log in order: sled holds a prefix of it, and replaying
+        // writes it already has is harmless because every key ends at its last write.
         let wal_dir = dir.join("wal");
-        let records = wal::read_all(&wal_dir)
-            .map_err(|e| StoreError::Backend(format!("reading the write-ahead log: {e}")))?;
-        let mut replayed = 0;
-        for (rev, payload) in records {
-            if rev <= last {
-                continue;
+        let records = wal::read_all(&wal_dir).map_err(io_err("reading the write-ahead log"))?;
+        let mut last = 0;
+        let mut tail: VecDeque<Arc<Event>> = VecDeque::with_capacity(recent_events);
+        let replayed = records.len();
+        for (i, (rev, payload)) in records.into_iter().enumerate() {
+            if i > 0 && rev != last + 1 {
+                return Err(StoreError::Corrupt(format!("write-ahead log jumps from revision {last} to {rev}")));
             }
-            if rev != last + 1 {
-                return Err(StoreError::Corrupt(format!(
-                    "write-ahead log jumps from revision {last} to {rev}"
-                )));
-            }
-            db.apply_batch(batch_for(&decode_event(rev, &payload)?))
-                .map_err(err)?;
+            let ev = decode_event(rev, &payload)?;
+            apply_to_sled(&db, &ev)?;
             last = rev;
-            replayed += 1;
+            if tail.len() == recent_events {
+                tail.pop_front();
+            }
+            tail.push_back(Arc::new(ev));
         }
         if replayed > 0 {
             db.flush().map_err(err)?;
             tracing::info!(replayed, revision = last, "replayed the write-ahead log");
+        } else {
+            // No records: the newest segment's name still says where revisions continue.
+            last = wal::segment_floor(&wal_dir).map_err(io_err("reading the write-ahead log"))?;
         }
-        let wal = Wal::create(&wal_dir, last + 1)
-            .map_err(|e| StoreError::Backend(format!("creating the write-ahead log: {e}")))?;
-        let compacted = match db.get(META_COMPACTED).map_err(err)? {
-            Some(v) => u64::from_be_bytes(
-                v.as_ref()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("meta".into()))?,
-            ),
-            None => 0,
-        };
+        // The replayed segments stay as history; new writes go to a fresh segment.
+        let oldest = wal::oldest(&wal_dir).map_err(io_err("reading the write-ahead log"))?.unwrap_or(last);
+        let mut wal = Wal::open_next(&wal_dir, last + 1).map_err(io_err("creating the write-ahead log"))?;
+        wal.limit = segment_bytes;
         let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
         let kick = Arc::new(Kick::default());
-        let (durable_tx, durable_rx) = tokio::sync::watch::channel(Durable {
-            rev: last,
-            error: None,
-        });
+        let (durable_tx, durable_rx) = tokio::sync::watch::channel(Durable { rev: last, error: None });
         let store = SledStore {
             inner: Arc::new(Inner {
                 db,
-                write: Mutex::new(WriteState {
-                    last,
-                    wal: Vec::new(),
-                }),
+                wal_dir,
+                write: Mutex::new(WriteState { last, wal: Vec::new(), queue: Vec::new(), unapplied: HashMap::new() }),
                 pending: Mutex::new(BTreeMap::new()),
                 kick: kick.clone(),
                 durable: durable_rx,
                 published: AtomicU64::new(last),
-                oldest: AtomicU64::new(compacted),
-                recent: Mutex::new(VecDeque::with_capacity(RECENT_EVENTS)),
+                oldest: AtomicU64::new(oldest.min(last)),
+                recent: Mutex::new(tail),
+                recent_events,
                 events,
                 history: history.max(1),
             }),
         };
-        // Warm the replay cache with the tail of the log.
-        let tail: Vec<Arc<Event>> = store
-            .inner
-            .read_log(last.saturating_sub(RECENT_EVENTS as u64), last)?
-            .into_iter()
-            .map(Arc::new)
-            .collect();
-        store.inner.recent.lock().expect("recent").extend(tail);
         let weak = Arc::downgrade(&store.inner);
         std::thread::Builder::new()
             .name("skiff-store-flush".into())
             .spawn(move || flusher(weak, kick, wal, durable_tx))
-            .map_err(|e| StoreError::Backend(e.to_string()))?;
+            .map_err(io_err("starting the flusher"))?;
         Ok(store)
     }
 
-    /// Applies one write under the write lock and returns its event (not yet durable).
-    fn apply(
-        &self,
-        key: &str,
-        build: impl FnOnce(Option<&Stored>, Revision) -> Result<(EventType, Bytes), StoreError>,
-    ) -> Result<Arc<Event>, StoreError> {
+    /// Decides one write under the write lock and queues it for the flusher.
+    fn apply(&self, key: &str, build: impl FnOnce(Option<&Stored>, Revision) -> Result<(EventType, Bytes), StoreError>) -> Result<Arc<Event>, StoreError> {
         let inner = &self.inner;
-        let okey = obj_key(key);
         let mut w = inner.write.lock().expect("write lock");
         let rev = w.last + 1;
-        let current = inner
-            .db
-            .get(&okey)
-            .map_err(err)?
-            .map(|raw| decode_value(&raw))
-            .transpose()?;
-        let (kind, object) = build(current.as_ref(), rev)?;
-        let ev = Event {
-            rev,
-            kind,
-            key: key.to_string(),
-            object,
-            prev: current,
+        let current = match w.unapplied.get(key) {
+            Some((_, v)) => v.clone(),
+            None => inner.db.get(obj_key(key)).map_err(err)?.map(|raw| decode_value(&raw)).transpose()?,
         };
-        let encoded = encode_event(&ev);
-        inner.db.apply_batch(batch_for(&ev)).map_err(err)?;
-        wal::encode(&mut w.wal, rev, &encoded);
+        let (kind, object) = build(current.as_ref(), rev)?;
+        let ev = Arc::new(Event { rev, kind, key: key.to_string(), object, prev: current });
+        wal::encode(&mut w.wal, rev, &encode_event(&ev));
+        let newest = (kind != EventType::Deleted).then(|| Stored { rev, data: ev.object.clone() });
+        w.unapplied.insert(key.to_string(), (rev, newest));
+        w.queue.push(ev.clone());
         w.last = rev;
-        let ev = Arc::new(ev);
-        inner
-            .pending
-            .lock()
-            .expect("pending")
-            .insert(rev, ev.clone());
+        inner.pending.lock().expect("pending").insert(rev, ev.clone());
         Ok(ev)
     }
 
-    /// Returns once `rev` is on disk.
+    /// Returns once `rev` is acknowledged (on disk and applied).
     async fn make_durable(&self, rev: Revision) -> Result<(), StoreError> {
         let mut rx = self.inner.durable.clone();
         if rx.borrow().rev >= rev {
@@ -429,103 +344,78 @@ impl SledStore {
 impl Inner {
     /// Makes every pending event up to `upto` visible, in revision order.
     fn publish(&self, upto: Revision) {
-        let inner = self;
         let ready: Vec<Arc<Event>> = {
-            let mut pending = inner.pending.lock().expect("pending");
+            let mut pending = self.pending.lock().expect("pending");
             let rest = pending.split_off(&(upto + 1));
-            std::mem::replace(&mut *pending, rest)
-                .into_values()
-                .collect()
+            std::mem::replace(&mut *pending, rest).into_values().collect()
         };
-        if ready.is_empty() {
-            return;
-        }
         {
-            let mut recent = inner.recent.lock().expect("recent");
+            let mut recent = self.recent.lock().expect("recent");
             for ev in &ready {
-                if recent.len() == RECENT_EVENTS {
+                if recent.len() == self.recent_events {
                     recent.pop_front();
                 }
                 recent.push_back(ev.clone());
             }
         }
-        inner.published.store(upto, Ordering::Release);
+        self.published.store(upto, Ordering::Release);
         for ev in ready {
             // No receivers is fine: nobody is watching.
-            let _ = inner.events.send(ev);
+            let _ = self.events.send(ev);
         }
     }
 
-    /// Drops log entries older than the kept history.
-    fn compact(&self) -> Result<(), StoreError> {
-        let inner = self;
-        let published = inner.published.load(Ordering::Acquire);
-        let new_oldest = published.saturating_sub(inner.history);
-        if new_oldest <= inner.oldest.load(Ordering::Acquire) {
-            return Ok(());
-        }
+    /// Makes sled durable up to `covered`, then drops log segments that are neither needed
+    /// for recovery nor within the kept history.
+    fn checkpoint(&self, covered: Revision) -> Result<(), StoreError> {
+        self.db.flush().map_err(err)?;
+        let keep_from = covered.min(self.published.load(Ordering::Acquire).saturating_sub(self.history));
         // Readers check `oldest` before they read the log, so raise it first.
-        inner.oldest.store(new_oldest, Ordering::Release);
-        inner
-            .db
-            .insert(META_COMPACTED, &new_oldest.to_be_bytes())
-            .map_err(err)?;
-        let mut batch = sled::Batch::default();
-        for kv in inner.db.range(log_key(0)..log_key(new_oldest + 1)) {
-            batch.remove(kv.map_err(err)?.0);
+        if let Some(new_oldest) = wal::first_kept_after_removing(&self.wal_dir, keep_from, |o| self.oldest.fetch_max(o, Ordering::AcqRel)).map_err(io_err("removing log segments"))? {
+            tracing::debug!(oldest = new_oldest, "compacted store history");
         }
-        inner.db.apply_batch(batch).map_err(err)?;
-        tracing::debug!(oldest = new_oldest, "compacted store history");
         Ok(())
     }
-}
 
-impl Inner {
-    /// Log events with revisions in `(from, to]`.
-    fn read_log(&self, from: Revision, to: Revision) -> Result<Vec<Event>, StoreError> {
-        let mut out = Vec::new();
-        if to <= from {
-            return Ok(out);
+    /// Every change after `from` (published or not), from memory and, for older ones, the
+    /// log on disk; `Compacted` when the log no longer reaches back that far.
+    fn changes_since(&self, from: Revision) -> Result<Vec<Arc<Event>>, StoreError> {
+        let oldest = self.oldest.load(Ordering::Acquire);
+        if from < oldest {
+            return Err(StoreError::Compacted { requested: from, oldest });
         }
-        for kv in self.db.range(log_key(from + 1)..=log_key(to)) {
-            let (k, v) = kv.map_err(err)?;
-            let rev = u64::from_be_bytes(
-                k[2..]
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("log key".into()))?,
-            );
-            out.push(decode_event(rev, &v)?);
+        // Pending first: an event moving to `recent` meanwhile is then seen twice, not never.
+        let pending: Vec<Arc<Event>> = self.pending.lock().expect("pending").values().cloned().collect();
+        let recent: Vec<Arc<Event>> = self.recent.lock().expect("recent").iter().filter(|e| e.rev > from).cloned().collect();
+        let first_in_memory = recent.first().or(pending.first()).map(|e| e.rev);
+        let mut out: Vec<Arc<Event>> = Vec::new();
+        match first_in_memory {
+            Some(first) if first > from + 1 => {
+                let older = wal::read_range(&self.wal_dir, from, first - 1).map_err(io_err("reading the write-ahead log"))?;
+                if older.first().is_none_or(|(rev, _)| *rev != from + 1) {
+                    return Err(StoreError::Compacted { requested: from, oldest: self.oldest.load(Ordering::Acquire) });
+                }
+                for (rev, payload) in older {
+                    out.push(Arc::new(decode_event(rev, &payload)?));
+                }
+            }
+            _ => {}
+        }
+        let mut seen = out.last().map_or(from, |e| e.rev);
+        for ev in recent.into_iter().chain(pending) {
+            if ev.rev > seen {
+                seen = ev.rev;
+                out.push(ev);
+            }
         }
         Ok(out)
     }
 
-    /// Published events after `from` (up to `to`), from memory when it still holds them.
+    /// Published events in `(from, to]`.
     fn events_between(&self, from: Revision, to: Revision) -> Result<Vec<Arc<Event>>, StoreError> {
-        let oldest = self.oldest.load(Ordering::Acquire);
-        if from < oldest {
-            return Err(StoreError::Compacted {
-                requested: from,
-                oldest,
-            });
-        }
-        {
-            let recent = self.recent.lock().expect("recent");
-            if recent.front().is_some_and(|e| e.rev <= from + 1) || from >= to {
-                return Ok(recent
-                    .iter()
-                    .filter(|e| e.rev > from && e.rev <= to)
-                    .cloned()
-                    .collect());
-            }
-        }
-        let events = self.read_log(from, to)?;
-        if events.first().is_some_and(|e| e.rev != from + 1) {
-            return Err(StoreError::Compacted {
-                requested: from,
-                oldest: self.oldest.load(Ordering::Acquire),
-            });
-        }
-        Ok(events.into_iter().map(Arc::new).collect())
+        let mut evs = self.changes_since(from)?;
+        evs.retain(|e| e.rev <= to);
+        Ok(evs)
     }
 }
 
@@ -540,35 +430,21 @@ impl Store for SledStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Stored>, StoreError> {
-        self.inner
-            .db
-            .get(obj_key(key))
-            .map_err(err)?
-            .map(|raw| decode_value(&raw))
-            .transpose()
+        self.inner.db.get(obj_key(key)).map_err(err)?.map(|raw| decode_value(&raw)).transpose()
     }
 
-    async fn list(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: Option<usize>,
-        at: Option<Revision>,
-    ) -> Result<ListResult, StoreError> {
+    async fn list(&self, prefix: &str, after: Option<&str>, limit: Option<usize>, at: Option<Revision>) -> Result<ListResult, StoreError> {
         let inner = &self.inner;
         let published = self.revision();
         let rev = at.unwrap_or(published).min(published);
         let oldest = self.oldest_revision();
         if rev < oldest {
-            return Err(StoreError::Compacted {
-                requested: rev,
-                oldest,
-            });
+            return Err(StoreError::Compacted { requested: rev, oldest });
         }
         let in_range = |k: &str| k.starts_with(prefix) && after.is_none_or(|a| k > a);
-        // Scan the live objects, then undo every change made after `rev`: the log entry
-        // of a change is written before (in the same batch as) the object itself, so
-        // reading the log after the scan covers every change the scan may have seen.
+        // Scan the objects, then undo every change made after `rev`. A change's event is
+        // pending before sled has it, so reading the changes after the scan covers every
+        // change the scan may have seen.
         let start = match after {
             Some(a) => {
                 let mut k = obj_key(a);
@@ -582,29 +458,24 @@ impl Store for SledStore {
             e.push(0xff);
             e
         };
-        let scan = inner.db.range(start..end);
-        let mut overlay: BTreeMap<String, Option<Stored>> = BTreeMap::new();
         let mut newest = rev;
         let mut scanned = Vec::new();
-        for kv in scan {
+        for kv in inner.db.range(start..end) {
             let (k, v) = kv.map_err(err)?;
-            let key = String::from_utf8(k[OBJ.len()..].to_vec())
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let key = String::from_utf8(k[OBJ.len()..].to_vec()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             if !in_range(&key) {
                 continue;
             }
             let s = decode_value(&v)?;
             newest = newest.max(s.rev);
             scanned.push((key, s));
-            if let Some(l) = limit {
-                // Read a margin beyond the limit to know whether more remain.
-                if scanned.len() > l + 64 && newest == rev {
-                    break;
-                }
+            // Read a margin beyond the limit to know whether more remain.
+            if limit.is_some_and(|l| scanned.len() > l + 64) && newest == rev {
+                break;
             }
         }
-        let last_applied = inner.write.lock().expect("write lock").last;
-        for ev in inner.read_log(rev, last_applied)? {
+        let mut overlay: BTreeMap<String, Option<Stored>> = BTreeMap::new();
+        for ev in inner.changes_since(rev)? {
             if in_range(&ev.key) && !overlay.contains_key(&ev.key) {
                 overlay.insert(ev.key.clone(), ev.prev.clone());
             }
@@ -772,7 +643,26 @@ mod tests {
     use serde_json::json;
 
     fn open(dir: &Path) -> SledStore {
-        SledStore::open(dir, 100).unwrap()
+        SledStore::open_tuned(dir, 100, 4096, 8).unwrap()
+    }
+
+    #[tokio::test]
+    async fn old_history_is_read_from_the_log_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open_tuned(dir.path(), 10_000, 1 << 20, 8).unwrap();
+        let first = s.put("p/a", Precondition::Absent, obj("a", 0)).await.unwrap().rev;
+        for i in 1..50 {
+            s.put("p/a", Precondition::Exists(None), obj("a", i)).await.unwrap();
+        }
+        let mut w = s.watch("p/", first).unwrap();
+        for i in 1..50 {
+            let e = w.recv().await.unwrap().unwrap();
+            assert_eq!(e.rev, first + i);
+            assert_eq!(serde_json::from_slice::<Value>(&e.object).unwrap()["v"], i as i64);
+        }
+        // A snapshot list from before most changes reads them back from disk too.
+        let old = s.list("p/", None, None, Some(first + 3)).await.unwrap();
+        assert_eq!(old.items[0].1.to_value().unwrap()["v"], 3);
     }
 
     fn obj(name: &str, v: i64) -> Value {

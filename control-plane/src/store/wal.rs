@@ -1,7 +1,7 @@
-//! The write-ahead log that makes sled writes durable: every applied write is appended
-//! here, and a write is acknowledged once its record is on disk (append + fdatasync, in
-//! groups). sled itself flushes in the background; after a crash, records newer than
-//! what sled kept are replayed. Segments are deleted once sled has flushed past them.
+//! The write-ahead log: every write is appended here and acknowledged once its record is
+//! on disk (append + fdatasync, in groups). It is also the store's event history. Segments
+//! are named by the first revision they hold; one is deleted once sled has been flushed
+//! past it and it is older than the kept history.
 //!
 //! A record is `rev (u64) | len (u32) | crc32 of rev and payload (u32) | payload`; a torn
 //! record at the tail (a write that was never acknowledged) ends the log.
@@ -14,12 +14,14 @@ use super::Revision;
 
 const HEADER: usize = 16;
 /// A new segment is started past this size, so old ones can be deleted.
-pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+pub const SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
 
 pub struct Wal {
     dir: PathBuf,
     file: File,
     segment_bytes: u64,
+    /// Segment size at which `segment_full` says to rotate.
+    pub limit: u64,
 }
 
 fn segment_path(dir: &Path, first: Revision) -> PathBuf {
@@ -57,13 +59,59 @@ pub fn encode(buf: &mut Vec<u8>, rev: Revision, payload: &[u8]) {
 
 /// Every intact record in `dir`, in order.
 pub fn read_all(dir: &Path) -> io::Result<Vec<(Revision, Vec<u8>)>> {
+    read_range(dir, 0, Revision::MAX)
+}
+
+/// The revision before the newest segment's first (where revisions continue when the
+/// log holds no record), or 0 for an empty log.
+pub fn segment_floor(dir: &Path) -> io::Result<Revision> {
+    if !dir.exists() {
+        return Ok(0);
+    }
+    Ok(segments(dir)?.last().map_or(0, |(first, _)| first.saturating_sub(1)))
+}
+
+/// The revision before the oldest retained record: history reaches back to just after it.
+pub fn oldest(dir: &Path) -> io::Result<Option<Revision>> {
+    if !dir.exists() {
+        return Ok(None);
+    }
+    Ok(segments(dir)?.first().map(|(first, _)| first.saturating_sub(1)))
+}
+
+/// Removes the segments whose records all lie at or below `through`, never the newest.
+/// `raise_oldest` is told the new oldest revision before any file goes.
+pub fn first_kept_after_removing(dir: &Path, through: Revision, raise_oldest: impl Fn(Revision) -> Revision) -> io::Result<Option<Revision>> {
+    let segs = segments(dir)?;
+    let doomed: Vec<&PathBuf> = segs.windows(2).filter(|p| p[1].0 <= through + 1).map(|p| &p[0].1).collect();
+    let Some(last_doomed) = doomed.len().checked_sub(1) else { return Ok(None) };
+    let new_oldest = segs[last_doomed + 1].0 - 1;
+    raise_oldest(new_oldest);
+    for p in doomed {
+        std::fs::remove_file(p)?;
+    }
+    Ok(Some(new_oldest))
+}
+
+/// Intact records with `from < rev <= to`, in order.
+pub fn read_range(dir: &Path, from: Revision, to: Revision) -> io::Result<Vec<(Revision, Vec<u8>)>> {
     let mut out = Vec::new();
     if !dir.exists() {
         return Ok(out);
     }
-    for (_, path) in segments(dir)? {
+    let segs = segments(dir)?;
+    for (i, (first, path)) in segs.iter().enumerate() {
+        let end = segs.get(i + 1).map_or(Revision::MAX, |(next, _)| next - 1);
+        if end <= from || *first > to {
+            continue;
+        }
         let mut data = Vec::new();
-        File::open(&path)?.read_to_end(&mut data)?;
+        match File::open(path) {
+            Ok(mut f) => f.read_to_end(&mut data)?,
+            // Removed by a checkpoint meanwhile: the caller sees a gap.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
         let mut at = 0;
         while data.len() - at >= HEADER {
             let rev = u64::from_be_bytes(data[at..at + 8].try_into().expect("8 bytes"));
@@ -79,7 +127,9 @@ pub fn read_all(dir: &Path) -> io::Result<Vec<(Revision, Vec<u8>)>> {
             if h.finalize() != crc {
                 break;
             }
-            out.push((rev, payload.to_vec()));
+            if rev > from && rev <= to {
+                out.push((rev, payload.to_vec()));
+            }
             at += HEADER + len;
         }
     }
@@ -87,22 +137,13 @@ pub fn read_all(dir: &Path) -> io::Result<Vec<(Revision, Vec<u8>)>> {
 }
 
 impl Wal {
-    /// Starts a fresh log in `dir` (after any replay), with records from `next` on.
-    pub fn create(dir: &Path, next: Revision) -> io::Result<Wal> {
+    /// Starts a new segment in `dir` for records from `next` on (older segments stay as
+    /// history). A segment already named so holds no intact record and is replaced.
+    pub fn open_next(dir: &Path, next: Revision) -> io::Result<Wal> {
         std::fs::create_dir_all(dir)?;
-        for (_, p) in segments(dir)? {
-            std::fs::remove_file(p)?;
-        }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(segment_path(dir, next))?;
+        let file = OpenOptions::new().create(true).write(true).truncate(true).open(segment_path(dir, next))?;
         File::open(dir)?.sync_all()?;
-        Ok(Wal {
-            dir: dir.to_path_buf(),
-            file,
-            segment_bytes: 0,
-        })
+        Ok(Wal { dir: dir.to_path_buf(), file, segment_bytes: 0, limit: SEGMENT_BYTES })
     }
 
     /// Writes `records` (already encoded) and waits until they are on disk.
@@ -114,7 +155,7 @@ impl Wal {
     }
 
     pub fn segment_full(&self) -> bool {
-        self.segment_bytes >= SEGMENT_BYTES
+        self.segment_bytes >= self.limit
     }
 
     /// Starts a new segment for records from `next` on.
@@ -127,22 +168,6 @@ impl Wal {
         self.segment_bytes = 0;
         Ok(())
     }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-}
-
-/// Deletes the segments whose records are all at or below `through` (now in sled).
-pub fn remove_through(dir: &Path, through: Revision) -> io::Result<()> {
-    let segs = segments(dir)?;
-    for pair in segs.windows(2) {
-        // A segment ends where the next one starts.
-        if pair[1].0 <= through + 1 {
-            std::fs::remove_file(&pair[0].1)?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -152,7 +177,7 @@ mod tests {
     #[test]
     fn records_survive_and_a_torn_tail_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let mut wal = Wal::create(dir.path(), 1).unwrap();
+        let mut wal = Wal::open_next(dir.path(), 1).unwrap();
         let mut buf = Vec::new();
         encode(&mut buf, 1, b"one");
         encode(&mut buf, 2, b"two");
@@ -163,7 +188,10 @@ mod tests {
         wal.write_durable(&torn[..torn.len() - 2]).unwrap();
         let got = read_all(dir.path()).unwrap();
         assert_eq!(got, vec![(1, b"one".to_vec()), (2, b"two".to_vec())]);
-        remove_through(dir.path(), 2).unwrap();
+        assert_eq!(read_range(dir.path(), 1, 2).unwrap(), vec![(2, b"two".to_vec())]);
+        assert_eq!(first_kept_after_removing(dir.path(), 2, |o| o).unwrap(), Some(2));
         assert_eq!(segments(dir.path()).unwrap().len(), 1);
+        assert_eq!(oldest(dir.path()).unwrap(), Some(2));
+        assert_eq!(segment_floor(dir.path()).unwrap(), 2);
     }
 }
