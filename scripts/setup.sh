@@ -17,6 +17,12 @@ fi
 
 "$root/scripts/install-kubectl.sh"
 
+# kubectl 1.32 (an older client the tests also drive) comes with google-cloud-cli's kubectl
+# package on this machine image; install it if the image lacks it.
+if [ ! -x /usr/lib/google-cloud-sdk/bin/kubectl.1.32 ]; then
+  apt-get install -y -q kubectl >/dev/null 2>&1 || { apt-get update -q >/dev/null; apt-get install -y -q kubectl >/dev/null; }
+fi
+
 # The official Python client, pinned, in its own virtualenv.
 if [ ! -x "$tools/venv/bin/python" ] || ! "$tools/venv/bin/python" -c 'import kubernetes' 2>/dev/null; then
   python3 -m venv "$tools/venv"

@@ -16,7 +16,11 @@ const WRITERS: usize = 8;
 
 fn rv_of(body: &[u8]) -> u64 {
     let v: Value = serde_json::from_slice(body).unwrap();
-    v["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap()
+    v["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,11 +34,17 @@ async fn acknowledged_writes_survive_kill_9_and_watches_resume() {
     let start_rv = rv_of(&start.body);
     let last_seen = Arc::new(Mutex::new(start_rv));
     let seen = last_seen.clone();
-    let watch = c.stream(&format!("{base}?watch=true&resourceVersion={start_rv}")).await.unwrap();
+    let watch = c
+        .stream(&format!("{base}?watch=true&resourceVersion={start_rv}"))
+        .await
+        .unwrap();
     let watcher = tokio::spawn(async move {
         let mut lines = Lines::new(watch);
         while let Some(ev) = lines.next().await {
-            if let Some(rv) = ev["object"]["metadata"]["resourceVersion"].as_str().and_then(|s| s.parse().ok()) {
+            if let Some(rv) = ev["object"]["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+            {
                 *seen.lock().unwrap() = rv;
             }
         }
@@ -71,17 +81,27 @@ async fn acknowledged_writes_survive_kill_9_and_watches_resume() {
     watcher.abort();
     let acked = acked.lock().unwrap().clone();
     let resume_from = *last_seen.lock().unwrap();
-    assert!(acked.len() > 50, "too few writes were acknowledged ({}) to test anything", acked.len());
+    assert!(
+        acked.len() > 50,
+        "too few writes were acknowledged ({}) to test anything",
+        acked.len()
+    );
 
     s.restart();
     let c = Client::connect(&s.kubeconfig(), 1).await.unwrap();
     for (name, rv) in &acked {
         let r = c.get(&format!("{base}/{name}")).await.unwrap();
-        assert_eq!(r.status, 200, "acknowledged object {name} lost after kill -9");
+        assert_eq!(
+            r.status, 200,
+            "acknowledged object {name} lost after kill -9"
+        );
         let got = rv_of(&r.body);
         let v: Value = serde_json::from_slice(&r.body).unwrap();
         // The last acknowledged write is there (a later unacknowledged one may be too).
-        assert!(got >= *rv, "{name}: resourceVersion {got} older than the acknowledged {rv}");
+        assert!(
+            got >= *rv,
+            "{name}: resourceVersion {got} older than the acknowledged {rv}"
+        );
         if got == *rv && v["data"]["v"] == "2" {
             continue;
         }
@@ -90,16 +110,30 @@ async fn acknowledged_writes_survive_kill_9_and_watches_resume() {
 
     // The watch resumes from the last resourceVersion the client saw, replaying every
     // later acknowledged write in order.
-    let mut want: Vec<u64> = acked.values().copied().filter(|rv| *rv > resume_from).collect();
+    let mut want: Vec<u64> = acked
+        .values()
+        .copied()
+        .filter(|rv| *rv > resume_from)
+        .collect();
     want.sort();
-    let watch = c.stream(&format!("{base}?watch=true&resourceVersion={resume_from}")).await.unwrap();
+    let watch = c
+        .stream(&format!("{base}?watch=true&resourceVersion={resume_from}"))
+        .await
+        .unwrap();
     let mut lines = Lines::new(watch);
     let mut last = resume_from;
     let mut missing: std::collections::BTreeSet<u64> = want.iter().copied().collect();
     while !missing.is_empty() {
-        let ev = tokio::time::timeout(Duration::from_secs(10), lines.next()).await.expect("resumed watch stalled").expect("watch ended");
+        let ev = tokio::time::timeout(Duration::from_secs(10), lines.next())
+            .await
+            .expect("resumed watch stalled")
+            .expect("watch ended");
         assert_ne!(ev["type"], "ERROR", "resume failed: {ev}");
-        let rv: u64 = ev["object"]["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
+        let rv: u64 = ev["object"]["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!(rv > last, "events out of order: {rv} after {last}");
         last = rv;
         missing.remove(&rv);

@@ -472,3 +472,93 @@ fn kubectl_end_to_end() {
         .fails(&["get", "deploy", "web", "-n", "demo"])
         .contains("not found"));
 }
+
+#[test]
+fn kubectl_1_32_works_too() {
+    let s = Server::start();
+    let bin = common::kubectl_132_bin();
+    let run = |args: &[&str]| {
+        let o = s.kubectl_cmd_with(&bin, args).output().unwrap();
+        assert!(
+            o.status.success(),
+            "kubectl 1.32 {args:?} failed:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    };
+    assert!(run(&["version"]).contains("Server Version: v1.33.0+skiff"));
+    let mut apply = s
+        .kubectl_cmd_with(&bin, &["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut apply.stdin.take().unwrap(), APP.as_bytes()).unwrap();
+    let out = apply.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("deployment.apps/web created"));
+    let wide = run(&["get", "pods", "-n", "demo", "-o", "wide"]);
+    assert!(wide.starts_with("NAME") && wide.contains("hello"), "{wide}");
+    assert!(run(&["create", "namespace", "old-client"]).contains("created"));
+    run(&[
+        "create",
+        "deployment",
+        "api",
+        "-n",
+        "old-client",
+        "--image=registry.example/api:1",
+    ]);
+    assert!(run(&[
+        "scale",
+        "deployment",
+        "api",
+        "-n",
+        "old-client",
+        "--replicas=2"
+    ])
+    .contains("scaled"));
+    assert!(run(&["delete", "namespace", "old-client"]).contains("deleted"));
+}
+
+#[test]
+fn credentials_are_required_except_for_health_checks() {
+    let s = Server::start();
+    let o = s.kubectl(&["--token", "not-the-token", "get", "pods"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("You must be logged in to the server") || err.contains("provide credentials"),
+        "{err}"
+    );
+    let ca = s.data_dir().join("pki/ca.crt");
+    let curl = |path: &str, auth: Option<&str>| {
+        let mut c = std::process::Command::new("curl");
+        c.args(["-sS", "--cacert"])
+            .arg(&ca)
+            .arg(format!("{}{path}", s.url()));
+        if let Some(t) = auth {
+            c.args(["-H", &format!("Authorization: Bearer {t}")]);
+        }
+        String::from_utf8(c.output().expect("curl").stdout).unwrap()
+    };
+    for health in ["/livez", "/readyz", "/healthz"] {
+        assert_eq!(curl(health, None), "ok");
+    }
+    let denied: serde_json::Value = serde_json::from_str(&curl("/api/v1/pods", None)).unwrap();
+    assert_eq!(
+        (
+            denied["kind"].as_str(),
+            denied["code"].as_i64(),
+            denied["reason"].as_str()
+        ),
+        (Some("Status"), Some(401), Some("Unauthorized"))
+    );
+    let ok: serde_json::Value =
+        serde_json::from_str(&curl("/api/v1/namespaces", Some(&s.token()))).unwrap();
+    assert_eq!(ok["kind"], "NamespaceList");
+}

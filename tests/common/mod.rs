@@ -24,6 +24,17 @@ pub fn kubectl_bin() -> PathBuf {
     p
 }
 
+/// kubectl v1.32, from the google-cloud-cli `kubectl` package (`scripts/setup.sh`).
+pub fn kubectl_132_bin() -> PathBuf {
+    let p = PathBuf::from("/usr/lib/google-cloud-sdk/bin/kubectl.1.32");
+    assert!(
+        p.exists(),
+        "kubectl 1.32 not found at {}: run scripts/setup.sh",
+        p.display()
+    );
+    p
+}
+
 pub fn python_bin() -> PathBuf {
     let p = root().join(".tools/venv/bin/python");
     assert!(
@@ -126,7 +137,12 @@ impl Server {
     }
 
     pub fn kubectl_cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(kubectl_bin());
+        self.kubectl_cmd_with(&kubectl_bin(), args)
+    }
+
+    /// A kubectl command with another kubectl binary (another client version).
+    pub fn kubectl_cmd_with(&self, bin: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new(bin);
         c.env("KUBECONFIG", self.kubeconfig())
             .arg("--cache-dir")
             .arg(self.cache.path())

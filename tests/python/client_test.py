@@ -60,6 +60,12 @@ apps.create_namespaced_deployment(ns, dep)
 apps.patch_namespaced_deployment_scale("d1", ns, {"spec": {"replicas": 4}})
 assert apps.read_namespaced_deployment("d1", ns).spec.replicas == 4
 
+# deletecollection with a label selector.
+for i in range(3):
+    v1.create_namespaced_config_map(ns, client.V1ConfigMap(metadata=client.V1ObjectMeta(name=f"c{i}", labels={"batch": "x" if i < 2 else "y"})))
+v1.delete_collection_namespaced_config_map(ns, label_selector="batch=x")
+assert [c.metadata.name for c in v1.list_namespaced_config_map(ns).items] == ["c2"]
+
 # Errors come back as Status objects the client understands.
 try:
     v1.read_namespaced_pod("missing", ns)

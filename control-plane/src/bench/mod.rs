@@ -22,9 +22,9 @@ pub struct ApiBenchArgs {
     /// Objects to create and update.
     #[arg(long, default_value_t = 2000)]
     pub objects: usize,
-    /// Requests in flight at once.
-    #[arg(long, default_value_t = 16)]
-    pub concurrency: usize,
+    /// Requests in flight at once, for each run of creates and updates (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1, 4, 16])]
+    pub concurrency: Vec<usize>,
     /// GET requests to time.
     #[arg(long, default_value_t = 100_000)]
     pub gets: usize,
@@ -216,7 +216,7 @@ pub async fn run_api(args: ApiBenchArgs) -> Result<(), BenchError> {
         }
     };
     println!(
-        "skiff bench api: {} objects, concurrency {}, {} GETs, {} watchers x {} events",
+        "skiff bench api: {} objects per run, concurrency {:?}, {} GETs, {} watchers x {} events",
         args.objects, args.concurrency, args.gets, args.watchers, args.watch_events
     );
     let peer = fdatasync_peer(&data_dir, 2000)?;
@@ -238,47 +238,52 @@ pub async fn run_api(args: ApiBenchArgs) -> Result<(), BenchError> {
     expect(&r, 201, "create namespace")?;
     let base: Arc<str> = format!("/api/v1/namespaces/{ns}/configmaps").into();
 
-    let (cl, b) = (c.clone(), base.clone());
-    let create = timed("create (durable)", args.objects, args.concurrency, move |i| {
-        let (c, base) = (cl.clone(), b.clone());
-        async move {
-            let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("cm-{i}"), "labels": {"bench": "api"}}, "data": {"key": "value", "n": i.to_string()}});
-            let r = c.send(Method::POST, &base, "application/json", body.to_string().into()).await?;
-            expect(&r, 201, "create")
-        }
-    })
-    .await?;
-    create.print(Some(peer_p99));
-
-    let (cl, b) = (c.clone(), base.clone());
-    let update = timed(
-        "update (durable)",
-        args.objects,
-        args.concurrency,
-        move |i| {
+    let levels: Vec<usize> = if args.concurrency.is_empty() {
+        vec![1]
+    } else {
+        args.concurrency.clone()
+    };
+    for &conc in &levels {
+        println!("-- {conc} concurrent client(s)");
+        let (cl, b) = (c.clone(), base.clone());
+        let create = timed("create (durable)", args.objects, conc, move |i| {
+            let (c, base) = (cl.clone(), b.clone());
+            async move {
+                let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("cm-c{conc}-{i}"), "labels": {"bench": "api"}}, "data": {"key": "value", "n": i.to_string()}});
+                let r = c.send(Method::POST, &base, "application/json", body.to_string().into()).await?;
+                expect(&r, 201, "create")
+            }
+        })
+        .await?;
+        create.print(Some(peer_p99));
+        let (cl, b) = (c.clone(), base.clone());
+        let update = timed("update (durable)", args.objects, conc, move |i| {
             let (c, base) = (cl.clone(), b.clone());
             async move {
                 let patch = json!({"data": {"n": format!("updated-{i}")}});
                 let r = c
                     .send(
                         Method::PATCH,
-                        &format!("{base}/cm-{i}"),
+                        &format!("{base}/cm-c{conc}-{i}"),
                         "application/merge-patch+json",
                         patch.to_string().into(),
                     )
                     .await?;
                 expect(&r, 200, "update")
             }
-        },
-    )
-    .await?;
-    update.print(Some(peer_p99));
-
+        })
+        .await?;
+        update.print(Some(peer_p99));
+    }
+    let top = *levels.iter().max().unwrap_or(&1);
+    println!("-- reads ({} objects stored)", args.objects * levels.len());
     let (cl, b, n) = (c.clone(), base.clone(), args.objects);
-    let get = timed("get", args.gets, args.concurrency * 4, move |i| {
+    let get = timed("get", args.gets, top * 4, move |i| {
         let (c, base) = (cl.clone(), b.clone());
         async move {
-            let r = c.get(&format!("{base}/cm-{}", (i * 7919) % n)).await?;
+            let r = c
+                .get(&format!("{base}/cm-c{top}-{}", (i * 7919) % n))
+                .await?;
             expect(&r, 200, "get")
         }
     })
@@ -286,7 +291,7 @@ pub async fn run_api(args: ApiBenchArgs) -> Result<(), BenchError> {
     get.print(None);
 
     let (cl, b) = (c.clone(), base.clone());
-    let list = timed("list (all objects)", 50, 2, move |_| {
+    let list = timed("list (all objects)", 20, 2, move |_| {
         let (c, base) = (cl.clone(), b.clone());
         async move {
             let r = c.get(&base).await?;
@@ -309,6 +314,9 @@ pub async fn run_api(args: ApiBenchArgs) -> Result<(), BenchError> {
     expect(&r, 200, "delete namespace")?;
     Ok(())
 }
+
+/// The object the fan-out test changes.
+const WATCHED: &str = "cm-c1-0";
 
 /// Opens `watchers` watches, makes `watch_events` changes, and checks every watcher gets
 /// every change; reports how long delivery to all watchers took per change.
@@ -335,7 +343,7 @@ async fn watch_fan_out(
     for w in 0..args.watchers {
         let body = wc
             .stream(&format!(
-                "{base}?watch=true&resourceVersion={rv}&fieldSelector=metadata.name%3Dcm-0"
+                "{base}?watch=true&resourceVersion={rv}&fieldSelector=metadata.name%3D{WATCHED}"
             ))
             .await?;
         let tx = tx.clone();
@@ -367,7 +375,7 @@ async fn watch_fan_out(
         let r = c
             .send(
                 Method::PATCH,
-                &format!("{base}/cm-0"),
+                &format!("{base}/{WATCHED}"),
                 "application/merge-patch+json",
                 patch.to_string().into(),
             )

@@ -19,7 +19,10 @@ use serde_json::Value;
 use tokio::sync::{broadcast, mpsc};
 
 use super::wal::{self, Wal};
-use super::{encode_with_rev, Event, EventType, ListResult, Precondition, Revision, Store, StoreError, Stored, WatchReceiver};
+use super::{
+    encode_with_rev, Event, EventType, ListResult, Precondition, Revision, Store, StoreError,
+    Stored, WatchReceiver,
+};
 
 const OBJ: &[u8] = b"o/";
 /// Events kept in memory for cheap watch replays; older ones are read from the log.
@@ -87,7 +90,10 @@ impl Kick {
     /// Waits for a kick (or a timeout, so the thread can notice the store is gone).
     fn wait(&self) -> bool {
         let w = self.wanted.lock().expect("kick");
-        let (mut w, _) = self.cv.wait_timeout_while(w, Duration::from_millis(200), |w| !*w).expect("kick");
+        let (mut w, _) = self
+            .cv
+            .wait_timeout_while(w, Duration::from_millis(200), |w| !*w)
+            .expect("kick");
         std::mem::take(&mut *w)
     }
 }
@@ -110,7 +116,10 @@ fn decode_value(raw: &[u8]) -> Result<Stored, StoreError> {
         return Err(StoreError::Corrupt("short value".into()));
     }
     let rev = u64::from_be_bytes(raw[..8].try_into().expect("8 bytes"));
-    Ok(Stored { rev, data: Bytes::copy_from_slice(&raw[8..]) })
+    Ok(Stored {
+        rev,
+        data: Bytes::copy_from_slice(&raw[8..]),
+    })
 }
 
 fn encode_value(s: &Stored) -> Vec<u8> {
@@ -149,23 +158,39 @@ fn encode_event(ev: &Event) -> Vec<u8> {
     });
     put_chunk(&mut out, ev.key.as_bytes());
     put_chunk(&mut out, &ev.object);
-    put_chunk(&mut out, &ev.prev.as_ref().map(encode_value).unwrap_or_default());
+    put_chunk(
+        &mut out,
+        &ev.prev.as_ref().map(encode_value).unwrap_or_default(),
+    );
     out
 }
 
 fn decode_event(rev: Revision, raw: &[u8]) -> Result<Event, StoreError> {
-    let (&kind, mut rest) = raw.split_first().ok_or_else(|| StoreError::Corrupt("empty log entry".into()))?;
+    let (&kind, mut rest) = raw
+        .split_first()
+        .ok_or_else(|| StoreError::Corrupt("empty log entry".into()))?;
     let kind = match kind {
         0 => EventType::Added,
         1 => EventType::Modified,
         2 => EventType::Deleted,
         k => return Err(StoreError::Corrupt(format!("unknown event kind {k}"))),
     };
-    let key = String::from_utf8(take_chunk(&mut rest)?.to_vec()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let key = String::from_utf8(take_chunk(&mut rest)?.to_vec())
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let object = Bytes::copy_from_slice(take_chunk(&mut rest)?);
     let prev = take_chunk(&mut rest)?;
-    let prev = if prev.is_empty() { None } else { Some(decode_value(prev)?) };
-    Ok(Event { rev, kind, key, object, prev })
+    let prev = if prev.is_empty() {
+        None
+    } else {
+        Some(decode_value(prev)?)
+    };
+    Ok(Event {
+        rev,
+        kind,
+        key,
+        object,
+        prev,
+    })
 }
 
 /// Applies one event to sled (idempotent when replayed in order).
@@ -173,18 +198,34 @@ fn apply_to_sled(db: &sled::Db, ev: &Event) -> Result<(), StoreError> {
     let key = obj_key(&ev.key);
     match ev.kind {
         EventType::Deleted => db.remove(key).map(|_| ()),
-        _ => db.insert(key, encode_value(&Stored { rev: ev.rev, data: ev.object.clone() })).map(|_| ()),
+        _ => db
+            .insert(
+                key,
+                encode_value(&Stored {
+                    rev: ev.rev,
+                    data: ev.object.clone(),
+                }),
+            )
+            .map(|_| ()),
     }
     .map_err(err)
 }
 
 /// The flusher thread: syncs the log, applies the batch to sled, publishes, acknowledges.
 /// It holds the store weakly and ends when the store is dropped.
-fn flusher(inner: std::sync::Weak<Inner>, kick: Arc<Kick>, mut wal: Wal, tx: tokio::sync::watch::Sender<Durable>) {
+fn flusher(
+    inner: std::sync::Weak<Inner>,
+    kick: Arc<Kick>,
+    mut wal: Wal,
+    tx: tokio::sync::watch::Sender<Durable>,
+) {
     let fail = |tx: &tokio::sync::watch::Sender<Durable>, what: &str, e: &dyn std::fmt::Display| {
         tracing::error!(error = %e, "{what}; writes are no longer acknowledged");
         let rev = tx.borrow().rev;
-        tx.send_replace(Durable { rev, error: Some(format!("{what}: {e}").into()) });
+        tx.send_replace(Durable {
+            rev,
+            error: Some(format!("{what}: {e}").into()),
+        });
     };
     loop {
         let kicked = kick.wait();
@@ -196,7 +237,9 @@ fn flusher(inner: std::sync::Weak<Inner>, kick: Arc<Kick>, mut wal: Wal, tx: tok
             let mut w = inner.write.lock().expect("write lock");
             (std::mem::take(&mut w.wal), std::mem::take(&mut w.queue))
         };
-        let Some(covered) = batch.last().map(|e| e.rev) else { continue };
+        let Some(covered) = batch.last().map(|e| e.rev) else {
+            continue;
+        };
         if let Err(e) = wal.write_durable(&records) {
             return fail(&tx, "write-ahead log sync failed", &e);
         }
@@ -211,7 +254,10 @@ fn flusher(inner: std::sync::Weak<Inner>, kick: Arc<Kick>, mut wal: Wal, tx: tok
             w.unapplied.retain(|_, (rev, _)| *rev > covered);
         }
         inner.publish(covered);
-        tx.send_replace(Durable { rev: covered, error: None });
+        tx.send_replace(Durable {
+            rev: covered,
+            error: None,
+        });
         if wal.segment_full() {
             if let Err(e) = wal.rotate(covered + 1) {
                 return fail(&tx, "write-ahead log rotation failed", &e);
@@ -236,7 +282,12 @@ impl SledStore {
 
     /// Like [`open`](Self::open), with log segments of `segment_bytes` and `recent_events`
     /// kept in memory (tests use small ones to exercise the on-disk paths).
-    pub fn open_tuned(dir: &Path, history: u64, segment_bytes: u64, recent_events: usize) -> Result<Self, StoreError> {
+    pub fn open_tuned(
+        dir: &Path,
+        history: u64,
+        segment_bytes: u64,
+        recent_events: usize,
+    ) -> Result<Self, StoreError> {
         let recent_events = recent_events.max(1);
         let db = sled::Config::new()
             .path(dir.join("sled"))
@@ -255,7 +306,9 @@ impl SledStore {
         let replayed = records.len();
         for (i, (rev, payload)) in records.into_iter().enumerate() {
             if i > 0 && rev != last + 1 {
-                return Err(StoreError::Corrupt(format!("write-ahead log jumps from revision {last} to {rev}")));
+                return Err(StoreError::Corrupt(format!(
+                    "write-ahead log jumps from revision {last} to {rev}"
+                )));
             }
             let ev = decode_event(rev, &payload)?;
             apply_to_sled(&db, &ev)?;
@@ -273,17 +326,28 @@ impl SledStore {
             last = wal::segment_floor(&wal_dir).map_err(io_err("reading the write-ahead log"))?;
         }
         // The replayed segments stay as history; new writes go to a fresh segment.
-        let oldest = wal::oldest(&wal_dir).map_err(io_err("reading the write-ahead log"))?.unwrap_or(last);
-        let mut wal = Wal::open_next(&wal_dir, last + 1).map_err(io_err("creating the write-ahead log"))?;
+        let oldest = wal::oldest(&wal_dir)
+            .map_err(io_err("reading the write-ahead log"))?
+            .unwrap_or(last);
+        let mut wal =
+            Wal::open_next(&wal_dir, last + 1).map_err(io_err("creating the write-ahead log"))?;
         wal.limit = segment_bytes;
         let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
         let kick = Arc::new(Kick::default());
-        let (durable_tx, durable_rx) = tokio::sync::watch::channel(Durable { rev: last, error: None });
+        let (durable_tx, durable_rx) = tokio::sync::watch::channel(Durable {
+            rev: last,
+            error: None,
+        });
         let store = SledStore {
             inner: Arc::new(Inner {
                 db,
                 wal_dir,
-                write: Mutex::new(WriteState { last, wal: Vec::new(), queue: Vec::new(), unapplied: HashMap::new() }),
+                write: Mutex::new(WriteState {
+                    last,
+                    wal: Vec::new(),
+                    queue: Vec::new(),
+                    unapplied: HashMap::new(),
+                }),
                 pending: Mutex::new(BTreeMap::new()),
                 kick: kick.clone(),
                 durable: durable_rx,
@@ -304,22 +368,44 @@ impl SledStore {
     }
 
     /// Decides one write under the write lock and queues it for the flusher.
-    fn apply(&self, key: &str, build: impl FnOnce(Option<&Stored>, Revision) -> Result<(EventType, Bytes), StoreError>) -> Result<Arc<Event>, StoreError> {
+    fn apply(
+        &self,
+        key: &str,
+        build: impl FnOnce(Option<&Stored>, Revision) -> Result<(EventType, Bytes), StoreError>,
+    ) -> Result<Arc<Event>, StoreError> {
         let inner = &self.inner;
         let mut w = inner.write.lock().expect("write lock");
         let rev = w.last + 1;
         let current = match w.unapplied.get(key) {
             Some((_, v)) => v.clone(),
-            None => inner.db.get(obj_key(key)).map_err(err)?.map(|raw| decode_value(&raw)).transpose()?,
+            None => inner
+                .db
+                .get(obj_key(key))
+                .map_err(err)?
+                .map(|raw| decode_value(&raw))
+                .transpose()?,
         };
         let (kind, object) = build(current.as_ref(), rev)?;
-        let ev = Arc::new(Event { rev, kind, key: key.to_string(), object, prev: current });
+        let ev = Arc::new(Event {
+            rev,
+            kind,
+            key: key.to_string(),
+            object,
+            prev: current,
+        });
         wal::encode(&mut w.wal, rev, &encode_event(&ev));
-        let newest = (kind != EventType::Deleted).then(|| Stored { rev, data: ev.object.clone() });
+        let newest = (kind != EventType::Deleted).then(|| Stored {
+            rev,
+            data: ev.object.clone(),
+        });
         w.unapplied.insert(key.to_string(), (rev, newest));
         w.queue.push(ev.clone());
         w.last = rev;
-        inner.pending.lock().expect("pending").insert(rev, ev.clone());
+        inner
+            .pending
+            .lock()
+            .expect("pending")
+            .insert(rev, ev.clone());
         Ok(ev)
     }
 
@@ -347,7 +433,9 @@ impl Inner {
         let ready: Vec<Arc<Event>> = {
             let mut pending = self.pending.lock().expect("pending");
             let rest = pending.split_off(&(upto + 1));
-            std::mem::replace(&mut *pending, rest).into_values().collect()
+            std::mem::replace(&mut *pending, rest)
+                .into_values()
+                .collect()
         };
         {
             let mut recent = self.recent.lock().expect("recent");
@@ -369,9 +457,17 @@ impl Inner {
     /// for recovery nor within the kept history.
     fn checkpoint(&self, covered: Revision) -> Result<(), StoreError> {
         self.db.flush().map_err(err)?;
-        let keep_from = covered.min(self.published.load(Ordering::Acquire).saturating_sub(self.history));
+        let keep_from = covered.min(
+            self.published
+                .load(Ordering::Acquire)
+                .saturating_sub(self.history),
+        );
         // Readers check `oldest` before they read the log, so raise it first.
-        if let Some(new_oldest) = wal::first_kept_after_removing(&self.wal_dir, keep_from, |o| self.oldest.fetch_max(o, Ordering::AcqRel)).map_err(io_err("removing log segments"))? {
+        if let Some(new_oldest) = wal::first_kept_after_removing(&self.wal_dir, keep_from, |o| {
+            self.oldest.fetch_max(o, Ordering::AcqRel)
+        })
+        .map_err(io_err("removing log segments"))?
+        {
             tracing::debug!(oldest = new_oldest, "compacted store history");
         }
         Ok(())
@@ -382,18 +478,38 @@ impl Inner {
     fn changes_since(&self, from: Revision) -> Result<Vec<Arc<Event>>, StoreError> {
         let oldest = self.oldest.load(Ordering::Acquire);
         if from < oldest {
-            return Err(StoreError::Compacted { requested: from, oldest });
+            return Err(StoreError::Compacted {
+                requested: from,
+                oldest,
+            });
         }
         // Pending first: an event moving to `recent` meanwhile is then seen twice, not never.
-        let pending: Vec<Arc<Event>> = self.pending.lock().expect("pending").values().cloned().collect();
-        let recent: Vec<Arc<Event>> = self.recent.lock().expect("recent").iter().filter(|e| e.rev > from).cloned().collect();
+        let pending: Vec<Arc<Event>> = self
+            .pending
+            .lock()
+            .expect("pending")
+            .values()
+            .cloned()
+            .collect();
+        let recent: Vec<Arc<Event>> = self
+            .recent
+            .lock()
+            .expect("recent")
+            .iter()
+            .filter(|e| e.rev > from)
+            .cloned()
+            .collect();
         let first_in_memory = recent.first().or(pending.first()).map(|e| e.rev);
         let mut out: Vec<Arc<Event>> = Vec::new();
         match first_in_memory {
             Some(first) if first > from + 1 => {
-                let older = wal::read_range(&self.wal_dir, from, first - 1).map_err(io_err("reading the write-ahead log"))?;
+                let older = wal::read_range(&self.wal_dir, from, first - 1)
+                    .map_err(io_err("reading the write-ahead log"))?;
                 if older.first().is_none_or(|(rev, _)| *rev != from + 1) {
-                    return Err(StoreError::Compacted { requested: from, oldest: self.oldest.load(Ordering::Acquire) });
+                    return Err(StoreError::Compacted {
+                        requested: from,
+                        oldest: self.oldest.load(Ordering::Acquire),
+                    });
                 }
                 for (rev, payload) in older {
                     out.push(Arc::new(decode_event(rev, &payload)?));
@@ -430,16 +546,30 @@ impl Store for SledStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Stored>, StoreError> {
-        self.inner.db.get(obj_key(key)).map_err(err)?.map(|raw| decode_value(&raw)).transpose()
+        self.inner
+            .db
+            .get(obj_key(key))
+            .map_err(err)?
+            .map(|raw| decode_value(&raw))
+            .transpose()
     }
 
-    async fn list(&self, prefix: &str, after: Option<&str>, limit: Option<usize>, at: Option<Revision>) -> Result<ListResult, StoreError> {
+    async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: Option<usize>,
+        at: Option<Revision>,
+    ) -> Result<ListResult, StoreError> {
         let inner = &self.inner;
         let published = self.revision();
         let rev = at.unwrap_or(published).min(published);
         let oldest = self.oldest_revision();
         if rev < oldest {
-            return Err(StoreError::Compacted { requested: rev, oldest });
+            return Err(StoreError::Compacted {
+                requested: rev,
+                oldest,
+            });
         }
         let in_range = |k: &str| k.starts_with(prefix) && after.is_none_or(|a| k > a);
         // Scan the objects, then undo every change made after `rev`. A change's event is
@@ -462,7 +592,8 @@ impl Store for SledStore {
         let mut scanned = Vec::new();
         for kv in inner.db.range(start..end) {
             let (k, v) = kv.map_err(err)?;
-            let key = String::from_utf8(k[OBJ.len()..].to_vec()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let key = String::from_utf8(k[OBJ.len()..].to_vec())
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
             if !in_range(&key) {
                 continue;
             }
@@ -650,15 +781,24 @@ mod tests {
     async fn old_history_is_read_from_the_log_on_disk() {
         let dir = tempfile::tempdir().unwrap();
         let s = SledStore::open_tuned(dir.path(), 10_000, 1 << 20, 8).unwrap();
-        let first = s.put("p/a", Precondition::Absent, obj("a", 0)).await.unwrap().rev;
+        let first = s
+            .put("p/a", Precondition::Absent, obj("a", 0))
+            .await
+            .unwrap()
+            .rev;
         for i in 1..50 {
-            s.put("p/a", Precondition::Exists(None), obj("a", i)).await.unwrap();
+            s.put("p/a", Precondition::Exists(None), obj("a", i))
+                .await
+                .unwrap();
         }
         let mut w = s.watch("p/", first).unwrap();
         for i in 1..50 {
             let e = w.recv().await.unwrap().unwrap();
             assert_eq!(e.rev, first + i);
-            assert_eq!(serde_json::from_slice::<Value>(&e.object).unwrap()["v"], i as i64);
+            assert_eq!(
+                serde_json::from_slice::<Value>(&e.object).unwrap()["v"],
+                i as i64
+            );
         }
         // A snapshot list from before most changes reads them back from disk too.
         let old = s.list("p/", None, None, Some(first + 3)).await.unwrap();

@@ -68,7 +68,9 @@ pub fn segment_floor(dir: &Path) -> io::Result<Revision> {
     if !dir.exists() {
         return Ok(0);
     }
-    Ok(segments(dir)?.last().map_or(0, |(first, _)| first.saturating_sub(1)))
+    Ok(segments(dir)?
+        .last()
+        .map_or(0, |(first, _)| first.saturating_sub(1)))
 }
 
 /// The revision before the oldest retained record: history reaches back to just after it.
@@ -76,15 +78,27 @@ pub fn oldest(dir: &Path) -> io::Result<Option<Revision>> {
     if !dir.exists() {
         return Ok(None);
     }
-    Ok(segments(dir)?.first().map(|(first, _)| first.saturating_sub(1)))
+    Ok(segments(dir)?
+        .first()
+        .map(|(first, _)| first.saturating_sub(1)))
 }
 
 /// Removes the segments whose records all lie at or below `through`, never the newest.
 /// `raise_oldest` is told the new oldest revision before any file goes.
-pub fn first_kept_after_removing(dir: &Path, through: Revision, raise_oldest: impl Fn(Revision) -> Revision) -> io::Result<Option<Revision>> {
+pub fn first_kept_after_removing(
+    dir: &Path,
+    through: Revision,
+    raise_oldest: impl Fn(Revision) -> Revision,
+) -> io::Result<Option<Revision>> {
     let segs = segments(dir)?;
-    let doomed: Vec<&PathBuf> = segs.windows(2).filter(|p| p[1].0 <= through + 1).map(|p| &p[0].1).collect();
-    let Some(last_doomed) = doomed.len().checked_sub(1) else { return Ok(None) };
+    let doomed: Vec<&PathBuf> = segs
+        .windows(2)
+        .filter(|p| p[1].0 <= through + 1)
+        .map(|p| &p[0].1)
+        .collect();
+    let Some(last_doomed) = doomed.len().checked_sub(1) else {
+        return Ok(None);
+    };
     let new_oldest = segs[last_doomed + 1].0 - 1;
     raise_oldest(new_oldest);
     for p in doomed {
@@ -94,7 +108,11 @@ pub fn first_kept_after_removing(dir: &Path, through: Revision, raise_oldest: im
 }
 
 /// Intact records with `from < rev <= to`, in order.
-pub fn read_range(dir: &Path, from: Revision, to: Revision) -> io::Result<Vec<(Revision, Vec<u8>)>> {
+pub fn read_range(
+    dir: &Path,
+    from: Revision,
+    to: Revision,
+) -> io::Result<Vec<(Revision, Vec<u8>)>> {
     let mut out = Vec::new();
     if !dir.exists() {
         return Ok(out);
@@ -141,9 +159,18 @@ impl Wal {
     /// history). A segment already named so holds no intact record and is replaced.
     pub fn open_next(dir: &Path, next: Revision) -> io::Result<Wal> {
         std::fs::create_dir_all(dir)?;
-        let file = OpenOptions::new().create(true).write(true).truncate(true).open(segment_path(dir, next))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(segment_path(dir, next))?;
         File::open(dir)?.sync_all()?;
-        Ok(Wal { dir: dir.to_path_buf(), file, segment_bytes: 0, limit: SEGMENT_BYTES })
+        Ok(Wal {
+            dir: dir.to_path_buf(),
+            file,
+            segment_bytes: 0,
+            limit: SEGMENT_BYTES,
+        })
     }
 
     /// Writes `records` (already encoded) and waits until they are on disk.
@@ -188,8 +215,14 @@ mod tests {
         wal.write_durable(&torn[..torn.len() - 2]).unwrap();
         let got = read_all(dir.path()).unwrap();
         assert_eq!(got, vec![(1, b"one".to_vec()), (2, b"two".to_vec())]);
-        assert_eq!(read_range(dir.path(), 1, 2).unwrap(), vec![(2, b"two".to_vec())]);
-        assert_eq!(first_kept_after_removing(dir.path(), 2, |o| o).unwrap(), Some(2));
+        assert_eq!(
+            read_range(dir.path(), 1, 2).unwrap(),
+            vec![(2, b"two".to_vec())]
+        );
+        assert_eq!(
+            first_kept_after_removing(dir.path(), 2, |o| o).unwrap(),
+            Some(2)
+        );
         assert_eq!(segments(dir.path()).unwrap().len(), 1);
         assert_eq!(oldest(dir.path()).unwrap(), Some(2));
         assert_eq!(segment_floor(dir.path()).unwrap(), 2);
