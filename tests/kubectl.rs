@@ -410,6 +410,9 @@ fn kubectl_end_to_end() {
         "3"
     );
 
+    step("every namespace gets its default service account");
+    eventually(10, "default service account", || s.kubectl(&["get", "sa", "default", "-n", "team"]).status.success().then_some(()));
+
     step("api-resources");
     let res = s.ok(&["api-resources"]);
     for want in [

@@ -202,6 +202,12 @@ fn single(
     }
 }
 
+/// The response to a write: 201 when it created the object, 200 otherwise.
+fn written(rt: &ResourceType, w: Written, out: Output) -> Result<Response, ApiError> {
+    let code = if w.created { StatusCode::CREATED } else { StatusCode::OK };
+    single(rt, w.object, out, code, &w.warnings)
+}
+
 fn write_options(q: &Query) -> Result<WriteOptions, ApiError> {
     let validation = match q.get("fieldValidation") {
         None | Some("Warn") => FieldValidation::Warn,
@@ -245,10 +251,17 @@ fn list_options(rt: &ResourceType, q: &Query) -> Result<ListOptions, ApiError> {
                 .map_err(|_| ApiError::BadRequest(format!("invalid resource version: {rv:?}")))?,
         ),
     };
+    let exact = match q.get("resourceVersionMatch") {
+        None | Some("NotOlderThan") => false,
+        Some("Exact") if resource_version.is_some_and(|r| r > 0) => true,
+        Some("Exact") => return Err(ApiError::BadRequest("resourceVersionMatch: Forbidden: resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"".into())),
+        Some(other) => return Err(ApiError::BadRequest(format!("resourceVersionMatch: Unsupported value: {other:?}: supported values: \"Exact\", \"NotOlderThan\""))),
+    };
     Ok(ListOptions {
         labels,
         fields,
         limit,
+        exact,
         continue_token: q.get("continue").map(str::to_string),
         resource_version,
     })
@@ -357,31 +370,11 @@ pub async fn handle(
             let w = objects
                 .update(rt, ns, name, input, Target::Main, &write_options(&query)?)
                 .await?;
-            single(
-                rt,
-                w.object,
-                out,
-                if w.created {
-                    StatusCode::CREATED
-                } else {
-                    StatusCode::OK
-                },
-                &w.warnings,
-            )
+            written(rt, w, out)
         }
         (Method::PATCH, Some(name)) => {
             let w = patch(objects, rt, ns, name, Target::Main, &query, &headers, &body).await?;
-            single(
-                rt,
-                w.object,
-                out,
-                if w.created {
-                    StatusCode::CREATED
-                } else {
-                    StatusCode::OK
-                },
-                &w.warnings,
-            )
+            written(rt, w, out)
         }
         (Method::DELETE, Some(name)) => {
             let opts = delete_options(&query, &body)?;

@@ -1,5 +1,6 @@
-//! Namespace deletion: once a namespace is marked for deletion, delete everything in it,
-//! then remove the `kubernetes` finalizer so the namespace itself goes away.
+//! Namespaces: a live one gets its `default` ServiceAccount (as Kubernetes' service account
+//! controller does); once one is marked for deletion, everything in it is deleted, then
+//! the `kubernetes` finalizer is removed so the namespace itself goes away.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,7 +8,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::Action;
-use crate::objects::{DeleteOptions, ListOptions, ObjectError, Objects};
+use crate::objects::{DeleteOptions, ListOptions, ObjectError, Objects, WriteOptions};
 
 const FINALIZER: &str = "kubernetes";
 /// Content removal starts (at second granularity) about this long after the namespace is marked, as with Kubernetes'
@@ -20,7 +21,7 @@ pub async fn reconcile(objects: Arc<Objects>, ns: Value) -> Result<Action, Objec
         .pointer("/metadata/deletionTimestamp")
         .is_none_or(Value::is_null)
     {
-        return Ok(Action::Done);
+        return ensure_default_service_account(&objects, &ns).await;
     }
     let finalizers: Vec<Value> = ns
         .pointer("/spec/finalizers")
@@ -75,4 +76,20 @@ pub async fn reconcile(objects: Arc<Objects>, ns: Value) -> Result<Action, Objec
     objects.finalize_namespace(&name, rest).await?;
     tracing::info!(namespace = %name, "namespace deleted");
     Ok(Action::Done)
+}
+
+async fn ensure_default_service_account(objects: &Objects, ns: &Value) -> Result<Action, ObjectError> {
+    let name = ns.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+    let sa = objects.registry().find("", "v1", "serviceaccounts").expect("serviceaccounts are served");
+    match objects.get(sa, Some(name), "default").await {
+        Ok(_) => return Ok(Action::Done),
+        Err(ObjectError::NotFound { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    let body = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}});
+    match objects.create(sa, Some(name), body, &WriteOptions::default()).await {
+        // A namespace being deleted meanwhile refuses new content; that is fine.
+        Ok(_) | Err(ObjectError::AlreadyExists { .. }) | Err(ObjectError::Forbidden { .. }) => Ok(Action::Done),
+        Err(e) => Err(e),
+    }
 }

@@ -59,7 +59,10 @@ pub struct ListOptions {
     pub fields: FieldSelector,
     pub limit: Option<usize>,
     pub continue_token: Option<String>,
+    /// Where a watch starts; for a list, the snapshot to read when `exact`.
     pub resource_version: Option<Revision>,
+    /// `resourceVersionMatch=Exact`: list as of `resource_version` (otherwise the newest).
+    pub exact: bool,
 }
 
 #[derive(Debug)]
@@ -239,7 +242,7 @@ impl Objects {
                 let (rev, key) = decode_continue(t)?;
                 (Some(rev), Some(key))
             }
-            None => (opts.resource_version.filter(|r| *r > 0), None),
+            None => (opts.resource_version.filter(|r| opts.exact && *r > 0), None),
         };
         let prefix = rt.prefix(ns);
         // A name selector narrows the scan to one key.
