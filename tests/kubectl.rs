@@ -411,7 +411,12 @@ fn kubectl_end_to_end() {
     );
 
     step("every namespace gets its default service account");
-    eventually(10, "default service account", || s.kubectl(&["get", "sa", "default", "-n", "team"]).status.success().then_some(()));
+    eventually(10, "default service account", || {
+        s.kubectl(&["get", "sa", "default", "-n", "team"])
+            .status
+            .success()
+            .then_some(())
+    });
 
     step("api-resources");
     let res = s.ok(&["api-resources"]);

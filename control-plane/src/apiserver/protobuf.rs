@@ -299,7 +299,8 @@ pub fn decode(body: &[u8], _rt: Option<&ResourceType>) -> Result<Value, ApiError
     }
     let (_, _, msg) = ROOTS
         .iter()
-        .find(|(av, k, _)| *av == api_version && *k == kind)
+        // DeleteOptions travel under whichever group-version the request is for.
+        .find(|(av, k, _)| *k == kind && (*av == api_version || *av == "meta.k8s.io/v1"))
         .ok_or_else(|| {
             ApiError::UnsupportedMediaType(format!(
                 "application/vnd.kubernetes.protobuf for {api_version} {kind}"

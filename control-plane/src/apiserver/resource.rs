@@ -204,7 +204,11 @@ fn single(
 
 /// The response to a write: 201 when it created the object, 200 otherwise.
 fn written(rt: &ResourceType, w: Written, out: Output) -> Result<Response, ApiError> {
-    let code = if w.created { StatusCode::CREATED } else { StatusCode::OK };
+    let code = if w.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     single(rt, w.object, out, code, &w.warnings)
 }
 
@@ -267,12 +271,12 @@ fn list_options(rt: &ResourceType, q: &Query) -> Result<ListOptions, ApiError> {
     })
 }
 
-fn delete_options(q: &Query, body: &[u8]) -> Result<DeleteOptions, ApiError> {
+/// DeleteOptions from the body (JSON, YAML or protobuf, as clients send) and the query.
+fn delete_options(q: &Query, headers: &HeaderMap, body: &[u8]) -> Result<DeleteOptions, ApiError> {
     let b: Value = if body.is_empty() {
         json!({})
     } else {
-        serde_json::from_slice(body)
-            .map_err(|e| ApiError::BadRequest(format!("DeleteOptions: {e}")))?
+        decode_body(headers, body, None)?
     };
     let grace = match b.get("gracePeriodSeconds").and_then(Value::as_i64) {
         Some(g) => Some(g),
@@ -377,7 +381,7 @@ pub async fn handle(
             written(rt, w, out)
         }
         (Method::DELETE, Some(name)) => {
-            let opts = delete_options(&query, &body)?;
+            let opts = delete_options(&query, &headers, &body)?;
             let w = objects.delete(rt, ns, name, &opts).await?;
             let v: Value = serde_json::from_slice(&w.object)
                 .map_err(|e| ApiError::BadRequest(e.to_string()))?;
@@ -392,7 +396,7 @@ pub async fn handle(
             Ok(json_response(StatusCode::OK, JSON, status.to_string(), &[]))
         }
         (Method::DELETE, None) => {
-            let opts = delete_options(&query, &body)?;
+            let opts = delete_options(&query, &headers, &body)?;
             let items = objects
                 .delete_collection(rt, ns, &list_options(rt, &query)?, &opts)
                 .await?;

@@ -78,18 +78,33 @@ pub async fn reconcile(objects: Arc<Objects>, ns: Value) -> Result<Action, Objec
     Ok(Action::Done)
 }
 
-async fn ensure_default_service_account(objects: &Objects, ns: &Value) -> Result<Action, ObjectError> {
-    let name = ns.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
-    let sa = objects.registry().find("", "v1", "serviceaccounts").expect("serviceaccounts are served");
+async fn ensure_default_service_account(
+    objects: &Objects,
+    ns: &Value,
+) -> Result<Action, ObjectError> {
+    let name = ns
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let sa = objects
+        .registry()
+        .find("", "v1", "serviceaccounts")
+        .expect("serviceaccounts are served");
     match objects.get(sa, Some(name), "default").await {
         Ok(_) => return Ok(Action::Done),
         Err(ObjectError::NotFound { .. }) => {}
         Err(e) => return Err(e),
     }
-    let body = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}});
-    match objects.create(sa, Some(name), body, &WriteOptions::default()).await {
+    let body =
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}});
+    match objects
+        .create(sa, Some(name), body, &WriteOptions::default())
+        .await
+    {
         // A namespace being deleted meanwhile refuses new content; that is fine.
-        Ok(_) | Err(ObjectError::AlreadyExists { .. }) | Err(ObjectError::Forbidden { .. }) => Ok(Action::Done),
+        Ok(_) | Err(ObjectError::AlreadyExists { .. }) | Err(ObjectError::Forbidden { .. }) => {
+            Ok(Action::Done)
+        }
         Err(e) => Err(e),
     }
 }
