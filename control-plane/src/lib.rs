@@ -4,14 +4,17 @@
 //! - [`objects`]: the single write path every writer uses (admission, patches, apply).
 //! - [`registry`]: every served resource with its defaulting, validation and table printing.
 //! - [`store`]: the cluster state (a `Store` trait; sled embedded by default).
-//! - [`controllers`]: reconcile loops (namespace deletion so far).
+//! - [`controllers`]: reconcile loops (namespaces); [`scheduler`] binds pods to nodes.
+//! - [`events`]: recording Events about objects.
 //! - [`bench`]: `skiff bench api`, load and latency against a server.
 //! - [`selectors`], [`quantity`]: label/field selectors and resource quantities.
 pub mod apiserver;
 pub mod bench;
 pub mod controllers;
+pub mod events;
 pub mod objects;
 pub mod quantity;
 pub mod registry;
+pub mod scheduler;
 pub mod selectors;
 pub mod store;

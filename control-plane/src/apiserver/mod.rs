@@ -46,6 +46,9 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 1000;
 /// Events kept for watches that resume from an older resourceVersion.
 pub const DEFAULT_HISTORY: u64 = 20_000;
 
+/// The node label of nodes that run Wasm containers.
+pub const WASM_RUNTIME_LABEL: &str = "runtime.skiff.dev/wasm";
+
 /// Namespaces that exist from the start, as in Kubernetes.
 const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
 
@@ -232,7 +235,7 @@ async fn bootstrap(objects: &Objects) -> Result<(), ObjectError> {
         .map(|n| (ns, json!({"metadata": {"name": n}})))
         .chain(std::iter::once((
             rc,
-            json!({"metadata": {"name": "wasmtime"}, "handler": "wasmtime"}),
+            json!({"metadata": {"name": "wasmtime"}, "handler": "wasmtime", "scheduling": {"nodeSelector": {WASM_RUNTIME_LABEL: "true"}}}),
         )));
     for (rt, obj) in wanted {
         match objects

@@ -25,7 +25,12 @@ pub fn spawn_all(objects: Arc<Objects>) {
         .registry()
         .find("", "v1", "namespaces")
         .expect("namespaces are served");
-    tokio::spawn(run(objects, ns, "namespace", namespace::reconcile));
+    let pods = objects
+        .registry()
+        .find("", "v1", "pods")
+        .expect("pods are served");
+    tokio::spawn(run(objects.clone(), ns, "namespace", namespace::reconcile));
+    tokio::spawn(run(objects, pods, "scheduler", crate::scheduler::reconcile));
 }
 
 /// Lists and watches `rt`, calling `reconcile` for each changed object (by namespace/name),

@@ -382,6 +382,61 @@ impl Objects {
         }
     }
 
+    /// The RuntimeClass admission plugin: the class must exist, and its scheduling
+    /// constraints join the pod's `nodeSelector`.
+    async fn admit_runtime_class(&self, pod: &mut Value) -> Result<(), ObjectError> {
+        let Some(class) = pod
+            .pointer("/spec/runtimeClassName")
+            .and_then(Value::as_str)
+            .filter(|c| !c.is_empty())
+            .map(str::to_string)
+        else {
+            return Ok(());
+        };
+        let rc = self
+            .registry
+            .find("node.k8s.io", "v1", "runtimeclasses")
+            .expect("runtimeclasses are served");
+        let pod_name = meta_str(pod, "name").unwrap_or_default().to_string();
+        let forbidden = |message: String| ObjectError::Forbidden {
+            resource: "pods".into(),
+            name: pod_name.clone(),
+            message,
+        };
+        let (class_obj, _) = match self.get_value(rc, None, &class).await {
+            Ok(c) => c,
+            Err(ObjectError::NotFound { .. }) => {
+                return Err(forbidden(format!(
+                    "pod rejected: RuntimeClass {class:?} not found"
+                )))
+            }
+            Err(e) => return Err(e),
+        };
+        let wanted = class_obj
+            .pointer("/scheduling/nodeSelector")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        if !pod["spec"]["nodeSelector"].is_object() {
+            pod["spec"]["nodeSelector"] = json!({});
+        }
+        let sel = pod["spec"]["nodeSelector"].as_object_mut().expect("object");
+        for (k, v) in wanted {
+            match sel.get(&k) {
+                Some(existing) if *existing != v => {
+                    return Err(forbidden(format!("pod rejected: conflict: runtimeClass.scheduling.nodeSelector[{k}] = {v}; pod.spec.nodeSelector[{k}] = {existing}")))
+                }
+                _ => {
+                    sel.insert(k, v);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Namespaced writes need a live namespace (the NamespaceLifecycle admission plugin).
     async fn check_namespace(
         &self,
@@ -480,6 +535,9 @@ impl Objects {
         }
         let name = meta_str(&obj, "name").unwrap_or_default().to_string();
         self.check_namespace(rt, ns, true).await?;
+        if rt.kind == "Pod" {
+            self.admit_runtime_class(&mut obj).await?;
+        }
         let mut admitted = self.admit(rt, &obj, None, Operation::Create)?;
         let warnings = Self::check_unknown(rt, &input, &admitted, &["status"], opts.validation)?;
         if let Some(manager) = &opts.field_manager {

@@ -1,0 +1,474 @@
+//! The first scheduler: binds each pod without a node to a Ready node that fits it — its
+//! resource requests, its `nodeSelector` (including its RuntimeClass's), the node's taints —
+//! preferring the least allocated node. A pod that fits nowhere stays Pending with a
+//! `FailedScheduling` event and `PodScheduled=False` in kube-scheduler's words. It is a
+//! plain reconcile function, so a fuller scheduler can replace it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, Pod, Taint};
+use serde_json::{json, Value};
+
+use crate::controllers::Action;
+use crate::objects::{now_string, ListOptions, ObjectError, Objects, Target, WriteOptions};
+use crate::quantity;
+use crate::registry::decode;
+
+pub const SCHEDULER_NAME: &str = "default-scheduler";
+/// How soon an unschedulable pod is tried again (nodes may have come or freed up).
+const RETRY: Duration = Duration::from_secs(2);
+
+/// Requests of one pod (or capacity of a node) in milli-units.
+#[derive(Default, Clone, Debug)]
+struct Resources {
+    cpu: i128,
+    memory: i128,
+    pods: i128,
+}
+
+fn requests(pod: &Pod) -> Resources {
+    let mut r = Resources {
+        pods: 1000,
+        ..Default::default()
+    };
+    let Some(spec) = &pod.spec else { return r };
+    let get = |c: &k8s_openapi::api::core::v1::Container, res: &str| {
+        c.resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|m| m.get(res))
+            .and_then(|q| quantity::parse(&q.0).ok())
+            .map_or(0, |m| m.0)
+    };
+    for c in &spec.containers {
+        r.cpu += get(c, "cpu");
+        r.memory += get(c, "memory");
+    }
+    // Init containers run one at a time: the pod needs the largest of them.
+    for c in spec.init_containers.iter().flatten() {
+        r.cpu = r.cpu.max(get(c, "cpu"));
+        r.memory = r.memory.max(get(c, "memory"));
+    }
+    r
+}
+
+fn allocatable(node: &Node) -> Resources {
+    let a = node.status.as_ref().and_then(|s| s.allocatable.as_ref());
+    let get = |k: &str| {
+        a.and_then(|m| m.get(k))
+            .and_then(|q| quantity::parse(&q.0).ok())
+            .map_or(0, |m| m.0)
+    };
+    Resources {
+        cpu: get("cpu"),
+        memory: get("memory"),
+        pods: get("pods"),
+    }
+}
+
+fn is_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn tolerates(pod: &Pod, taint: &Taint) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.tolerations.as_ref())
+        .is_some_and(|ts| {
+            ts.iter().any(|t| {
+                let key_ok = t
+                    .key
+                    .as_deref()
+                    .is_none_or(|k| k.is_empty() || k == taint.key);
+                let effect_ok = t
+                    .effect
+                    .as_deref()
+                    .is_none_or(|e| e.is_empty() || e == taint.effect);
+                let value_ok = t.operator.as_deref() == Some("Exists")
+                    || t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("");
+                key_ok && effect_ok && value_ok
+            })
+        })
+}
+
+/// Why a node does not fit, as kube-scheduler words it.
+fn misfit(pod: &Pod, need: &Resources, node: &Node, used: &Resources) -> Option<String> {
+    let mut taints: Vec<Taint> = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default();
+    if !is_ready(node) {
+        taints.push(Taint {
+            key: "node.kubernetes.io/not-ready".into(),
+            effect: "NoSchedule".into(),
+            ..Default::default()
+        });
+    }
+    if node
+        .spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false)
+    {
+        return Some("node(s) were unschedulable".into());
+    }
+    if let Some(t) = taints
+        .iter()
+        .find(|t| matches!(t.effect.as_str(), "NoSchedule" | "NoExecute") && !tolerates(pod, t))
+    {
+        return Some(format!(
+            "node(s) had untolerated taint {{{}: {}}}",
+            t.key,
+            t.value.clone().unwrap_or_default()
+        ));
+    }
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    let selector = pod.spec.as_ref().and_then(|s| s.node_selector.as_ref());
+    if selector.is_some_and(|sel| sel.iter().any(|(k, v)| labels.get(k) != Some(v))) {
+        return Some("node(s) didn't match Pod's node affinity/selector".into());
+    }
+    let cap = allocatable(node);
+    if used.pods + need.pods > cap.pods {
+        return Some("Too many pods".into());
+    }
+    if need.cpu > 0 && used.cpu + need.cpu > cap.cpu {
+        return Some("Insufficient cpu".into());
+    }
+    if need.memory > 0 && used.memory + need.memory > cap.memory {
+        return Some("Insufficient memory".into());
+    }
+    None
+}
+
+/// kube-scheduler's summary: `0/3 nodes are available: 1 Insufficient cpu, 2 node(s) ...`.
+fn failure_message(total: usize, reasons: &BTreeMap<String, usize>) -> String {
+    if total == 0 {
+        return "no nodes available to schedule pods".into();
+    }
+    let parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+    format!(
+        "0/{total} nodes are available: {}. preemption: 0/{total} nodes are available: {total} Preemption is not helpful for scheduling.",
+        parts.join(", ")
+    )
+}
+
+/// Schedules one pod; the controller runner calls this for every pod change.
+pub async fn reconcile(objects: Arc<Objects>, pod_value: Value) -> Result<Action, ObjectError> {
+    let pod: Pod = decode(&pod_value).map_err(ObjectError::BadRequest)?;
+    let spec = pod.spec.clone().unwrap_or_default();
+    let terminal = matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    );
+    if spec.node_name.as_deref().is_some_and(|n| !n.is_empty())
+        || pod.metadata.deletion_timestamp.is_some()
+        || terminal
+        || spec.scheduler_name.as_deref().unwrap_or(SCHEDULER_NAME) != SCHEDULER_NAME
+    {
+        return Ok(Action::Done);
+    }
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let registry = objects.registry();
+    let nodes_rt = registry.find("", "v1", "nodes").expect("nodes are served");
+    let pods_rt = registry.find("", "v1", "pods").expect("pods are served");
+    let nodes: Vec<Node> = objects
+        .list(nodes_rt, None, &ListOptions::default())
+        .await?
+        .items
+        .iter()
+        .filter_map(|b| serde_json::from_slice(b).ok())
+        .collect();
+    let mut used: HashMap<String, Resources> = HashMap::new();
+    for p in objects
+        .list(pods_rt, None, &ListOptions::default())
+        .await?
+        .items
+        .iter()
+        .filter_map(|b| serde_json::from_slice::<Pod>(b).ok())
+    {
+        let Some(node) = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .filter(|n| !n.is_empty())
+        else {
+            continue;
+        };
+        if matches!(
+            p.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        ) {
+            continue;
+        }
+        let r = requests(&p);
+        let u = used.entry(node).or_default();
+        u.cpu += r.cpu;
+        u.memory += r.memory;
+        u.pods += r.pods;
+    }
+    let need = requests(&pod);
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    let mut best: Option<(f64, &Node)> = None;
+    for node in &nodes {
+        let node_name = node.metadata.name.clone().unwrap_or_default();
+        let u = used.get(&node_name).cloned().unwrap_or_default();
+        match misfit(&pod, &need, node, &u) {
+            Some(why) => *reasons.entry(why).or_default() += 1,
+            None => {
+                // Least allocated: the mean free fraction of cpu, memory and pod slots.
+                let cap = allocatable(node);
+                let free = |used: i128, cap: i128| {
+                    if cap > 0 {
+                        1.0 - used as f64 / cap as f64
+                    } else {
+                        0.0
+                    }
+                };
+                let score = (free(u.cpu + need.cpu, cap.cpu)
+                    + free(u.memory + need.memory, cap.memory)
+                    + free(u.pods + need.pods, cap.pods))
+                    / 3.0;
+                if best.is_none_or(|(s, b)| {
+                    score > s || (score == s && node.metadata.name < b.metadata.name)
+                }) {
+                    best = Some((score, node));
+                }
+            }
+        }
+    }
+    match best {
+        Some((_, node)) => {
+            let node_name = node.metadata.name.clone().unwrap_or_default();
+            match objects.bind_pod(&ns, &name, &node_name).await {
+                Ok(_) => {}
+                // Bound or deleted meanwhile: nothing to do.
+                Err(ObjectError::Conflict { .. }) | Err(ObjectError::NotFound { .. }) => {
+                    return Ok(Action::Done)
+                }
+                Err(e) => return Err(e),
+            }
+            let msg = format!("Successfully assigned {ns}/{name} to {node_name}");
+            crate::events::record(
+                &objects,
+                &pod_value,
+                "Pod",
+                "Normal",
+                "Scheduled",
+                &msg,
+                SCHEDULER_NAME,
+            )
+            .await?;
+            tracing::debug!(pod = %format!("{ns}/{name}"), node = %node_name, "scheduled");
+            Ok(Action::Done)
+        }
+        None => {
+            let msg = failure_message(nodes.len(), &reasons);
+            crate::events::record(
+                &objects,
+                &pod_value,
+                "Pod",
+                "Warning",
+                "FailedScheduling",
+                &msg,
+                SCHEDULER_NAME,
+            )
+            .await?;
+            mark_unschedulable(&objects, &ns, &name, &msg).await?;
+            Ok(Action::RequeueAfter(RETRY))
+        }
+    }
+}
+
+/// Sets `PodScheduled=False` with reason `Unschedulable` (once per message).
+async fn mark_unschedulable(
+    objects: &Objects,
+    ns: &str,
+    name: &str,
+    msg: &str,
+) -> Result<(), ObjectError> {
+    let rt = objects
+        .registry()
+        .find("", "v1", "pods")
+        .expect("pods are served");
+    let result = objects
+        .update_with(rt, Some(ns), name, Target::Status, &WriteOptions::default(), |old| {
+            let mut pod = old.clone();
+            let mut conditions: Vec<Value> = pod["status"]["conditions"].as_array().cloned().unwrap_or_default();
+            if conditions.iter().any(|c| c["type"] == "PodScheduled" && c["message"] == msg) {
+                return Ok(pod);
+            }
+            conditions.retain(|c| c["type"] != "PodScheduled");
+            conditions.push(json!({"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": msg, "lastProbeTime": null, "lastTransitionTime": now_string()}));
+            pod["status"]["conditions"] = Value::Array(conditions);
+            Ok(pod)
+        })
+        .await;
+    match result {
+        Ok(_) | Err(ObjectError::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Registry;
+    use crate::store::SledStore;
+
+    async fn cluster() -> (Arc<Objects>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(dir.path(), 1000).unwrap());
+        let objects = Arc::new(Objects::new(store, Arc::new(Registry::new())));
+        let reg = objects.registry();
+        let w = WriteOptions::default();
+        objects
+            .create(
+                reg.find("", "v1", "namespaces").unwrap(),
+                None,
+                json!({"metadata": {"name": "default"}}),
+                &w,
+            )
+            .await
+            .unwrap();
+        objects.create(reg.find("node.k8s.io", "v1", "runtimeclasses").unwrap(), None, json!({"metadata": {"name": "wasmtime"}, "handler": "wasmtime", "scheduling": {"nodeSelector": {"runtime.skiff.dev/wasm": "true"}}}), &w).await.unwrap();
+        for (name, wasm, ready) in [
+            ("plain", false, true),
+            ("edge", true, true),
+            ("down", true, false),
+        ] {
+            let mut labels = json!({"kubernetes.io/hostname": name});
+            if wasm {
+                labels["runtime.skiff.dev/wasm"] = json!("true");
+            }
+            let node = json!({"metadata": {"name": name, "labels": labels}, "status": {
+                "allocatable": {"cpu": "2", "memory": "1Gi", "pods": "110"},
+                "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}});
+            objects
+                .create(reg.find("", "v1", "nodes").unwrap(), None, node, &w)
+                .await
+                .unwrap();
+        }
+        (objects, dir)
+    }
+
+    async fn schedule(objects: &Arc<Objects>, pod: Value) -> (Value, Action) {
+        let rt = objects.registry().find("", "v1", "pods").unwrap();
+        let name = pod["metadata"]["name"].as_str().unwrap().to_string();
+        let created = objects
+            .create(rt, Some("default"), pod, &WriteOptions::default())
+            .await
+            .unwrap();
+        let action = reconcile(
+            objects.clone(),
+            serde_json::from_slice(&created.object).unwrap(),
+        )
+        .await
+        .unwrap();
+        (
+            objects
+                .get_value(rt, Some("default"), &name)
+                .await
+                .unwrap()
+                .0,
+            action,
+        )
+    }
+
+    async fn events_for(objects: &Objects, name: &str) -> Vec<Value> {
+        let rt = objects.registry().find("", "v1", "events").unwrap();
+        let all = objects
+            .list(rt, Some("default"), &ListOptions::default())
+            .await
+            .unwrap();
+        all.items
+            .iter()
+            .map(|b| serde_json::from_slice::<Value>(b).unwrap())
+            .filter(|e| e["involvedObject"]["name"] == name)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn wasm_pods_go_to_ready_wasm_nodes() {
+        let (objects, _d) = cluster().await;
+        let pod = json!({"metadata": {"name": "w"}, "spec": {"runtimeClassName": "wasmtime", "containers": [{"name": "c", "image": "x"}]}});
+        let (pod, action) = schedule(&objects, pod).await;
+        assert_eq!(action, Action::Done);
+        assert_eq!(pod["spec"]["nodeName"], "edge");
+        assert_eq!(
+            pod["spec"]["nodeSelector"]["runtime.skiff.dev/wasm"], "true",
+            "RuntimeClass scheduling joins the selector"
+        );
+        let evs = events_for(&objects, "w").await;
+        assert_eq!(evs[0]["reason"], "Scheduled");
+        assert_eq!(evs[0]["message"], "Successfully assigned default/w to edge");
+    }
+
+    #[tokio::test]
+    async fn unschedulable_pods_stay_pending_with_the_reason() {
+        let (objects, _d) = cluster().await;
+        let pod = json!({"metadata": {"name": "big"}, "spec": {"containers": [{"name": "c", "image": "x", "resources": {"requests": {"cpu": "3"}}}]}});
+        let (pod, action) = schedule(&objects, pod).await;
+        assert_eq!(action, Action::RequeueAfter(RETRY));
+        assert!(pod["spec"].get("nodeName").is_none());
+        let msg = "0/3 nodes are available: 2 Insufficient cpu, 1 node(s) had untolerated taint {node.kubernetes.io/not-ready: }. preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling.";
+        let cond = pod["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "PodScheduled")
+            .unwrap()
+            .clone();
+        assert_eq!(
+            (
+                cond["status"].as_str(),
+                cond["reason"].as_str(),
+                cond["message"].as_str()
+            ),
+            (Some("False"), Some("Unschedulable"), Some(msg))
+        );
+        let evs = events_for(&objects, "big").await;
+        assert_eq!(
+            (
+                evs[0]["reason"].as_str(),
+                evs[0]["type"].as_str(),
+                evs[0]["message"].as_str()
+            ),
+            (Some("FailedScheduling"), Some("Warning"), Some(msg))
+        );
+        let unknown = json!({"metadata": {"name": "nope"}, "spec": {"runtimeClassName": "missing", "containers": [{"name": "c", "image": "x"}]}});
+        let rt = objects.registry().find("", "v1", "pods").unwrap();
+        let err = objects
+            .create(rt, Some("default"), unknown, &WriteOptions::default())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "pod rejected: RuntimeClass \"missing\" not found"
+        );
+    }
+
+    #[test]
+    fn failure_messages_read_like_kube_scheduler() {
+        let mut r = BTreeMap::new();
+        r.insert("Insufficient cpu".to_string(), 1);
+        r.insert(
+            "node(s) didn't match Pod's node affinity/selector".to_string(),
+            2,
+        );
+        assert_eq!(
+            failure_message(3, &r),
+            "0/3 nodes are available: 1 Insufficient cpu, 2 node(s) didn't match Pod's node affinity/selector. preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling."
+        );
+        assert_eq!(
+            failure_message(0, &BTreeMap::new()),
+            "no nodes available to schedule pods"
+        );
+    }
+}
