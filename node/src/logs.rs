@@ -1,0 +1,225 @@
+//! Container logs in the CRI format (`<RFC3339Nano> <stream> <F|P> <text>`), one file per
+//! container run, rotated by size; and reading them back for `kubectl logs`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+/// A log file is rotated past this size; one rotated file is kept.
+const MAX_LOG_BYTES: u64 = 10 * 1024 * 1024;
+/// A line longer than this is written as partial (`P`) pieces.
+const MAX_LINE: usize = 16 * 1024;
+
+struct Inner {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    /// Unfinished line per stream (stdout, stderr).
+    partial: [Vec<u8>; 2],
+}
+
+/// The writer both of a container's streams share.
+#[derive(Clone)]
+pub struct LogFile(Arc<Mutex<Inner>>);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout = 0,
+    Stderr = 1,
+}
+
+impl Stream {
+    fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+fn timestamp() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        .to_string()
+}
+
+impl LogFile {
+    pub fn create(path: &Path) -> io::Result<LogFile> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let size = file.metadata()?.len();
+        Ok(LogFile(Arc::new(Mutex::new(Inner {
+            path: path.to_path_buf(),
+            file,
+            size,
+            partial: [Vec::new(), Vec::new()],
+        }))))
+    }
+
+    fn line(inner: &mut Inner, stream: Stream, tag: char, text: &[u8]) -> io::Result<()> {
+        let mut out = Vec::with_capacity(text.len() + 48);
+        out.extend_from_slice(timestamp().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(stream.name().as_bytes());
+        out.push(b' ');
+        out.push(tag as u8);
+        out.push(b' ');
+        out.extend_from_slice(text);
+        out.push(b'\n');
+        if inner.size + out.len() as u64 > MAX_LOG_BYTES {
+            let rotated = inner.path.with_extension("log.1");
+            std::fs::rename(&inner.path, rotated)?;
+            inner.file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&inner.path)?;
+            inner.size = 0;
+        }
+        inner.file.write_all(&out)?;
+        inner.size += out.len() as u64;
+        Ok(())
+    }
+
+    /// Appends output of `stream`, one log line per complete line.
+    pub fn write(&self, stream: Stream, mut data: &[u8]) -> io::Result<()> {
+        let mut inner = self.0.lock().expect("log lock");
+        let s = stream as usize;
+        while let Some(i) = data.iter().position(|b| *b == b'\n') {
+            let mut line = std::mem::take(&mut inner.partial[s]);
+            line.extend_from_slice(&data[..i]);
+            Self::line(&mut inner, stream, 'F', &line)?;
+            data = &data[i + 1..];
+        }
+        inner.partial[s].extend_from_slice(data);
+        while inner.partial[s].len() >= MAX_LINE {
+            let rest = inner.partial[s].split_off(MAX_LINE);
+            let piece = std::mem::replace(&mut inner.partial[s], rest);
+            Self::line(&mut inner, stream, 'P', &piece)?;
+        }
+        Ok(())
+    }
+
+    /// Writes out unfinished lines (at container exit).
+    pub fn finish(&self) -> io::Result<()> {
+        let mut inner = self.0.lock().expect("log lock");
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            let rest = std::mem::take(&mut inner.partial[stream as usize]);
+            if !rest.is_empty() {
+                Self::line(&mut inner, stream, 'F', &rest)?;
+            }
+        }
+        inner.file.flush()
+    }
+
+    /// An `AsyncWrite` for one of the streams (what WASI stdout/stderr write to).
+    pub fn writer(&self, stream: Stream) -> LogWriter {
+        LogWriter {
+            log: self.clone(),
+            stream,
+        }
+    }
+}
+
+pub struct LogWriter {
+    log: LogFile,
+    stream: Stream,
+}
+
+impl tokio::io::AsyncWrite for LogWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        // Local appends are short; doing them inline avoids a thread hop per write.
+        Poll::Ready(self.log.write(self.stream, buf).map(|_| buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// One parsed CRI log line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub time: jiff::Timestamp,
+    pub stream: String,
+    pub partial: bool,
+    pub text: String,
+}
+
+pub fn parse_line(line: &str) -> Option<Entry> {
+    let mut parts = line.splitn(4, ' ');
+    let time = parts.next()?.parse().ok()?;
+    let stream = parts.next()?.to_string();
+    let partial = parts.next()? == "P";
+    let text = parts.next().unwrap_or("").to_string();
+    Some(Entry {
+        time,
+        stream,
+        partial,
+        text,
+    })
+}
+
+/// Every entry of a container run's log (rotated file first).
+pub fn read(path: &Path) -> io::Result<Vec<Entry>> {
+    let mut out = Vec::new();
+    for p in [path.with_extension("log.1"), path.to_path_buf()] {
+        match File::open(&p) {
+            Ok(f) => {
+                for line in BufReader::new(f).lines() {
+                    if let Some(e) = parse_line(&line?) {
+                        out.push(e);
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_written_in_cri_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c/0.log");
+        let log = LogFile::create(&path).unwrap();
+        log.write(Stream::Stdout, b"hello\nwor").unwrap();
+        log.write(Stream::Stderr, b"oops\n").unwrap();
+        log.write(Stream::Stdout, b"ld\ntail").unwrap();
+        log.finish().unwrap();
+        let entries = read(&path).unwrap();
+        let got: Vec<(&str, &str)> = entries
+            .iter()
+            .map(|e| (e.stream.as_str(), e.text.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("stdout", "hello"),
+                ("stderr", "oops"),
+                ("stdout", "world"),
+                ("stdout", "tail")
+            ]
+        );
+        let raw = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            raw.lines().next().unwrap().ends_with(" stdout F hello"),
+            "{raw}"
+        );
+    }
+}

@@ -1,0 +1,81 @@
+//! Container runtimes behind one narrow trait: a runtime sees an image, arguments,
+//! environment, mounts, limits and where output goes — never the whole pod spec. The pod
+//! sandbox (volumes, and later the network namespace) is prepared outside and shared.
+
+pub mod wasm;
+
+use std::path::PathBuf;
+
+use crate::logs::LogFile;
+
+/// A directory of the pod sandbox, visible to a container at `guest_path`.
+#[derive(Clone, Debug)]
+pub struct Mount {
+    pub host_path: PathBuf,
+    pub guest_path: String,
+    pub read_only: bool,
+}
+
+/// What a runtime needs to start one container.
+pub struct ContainerSpec {
+    /// `<namespace>/<pod>/<container>`, for logs and errors.
+    pub id: String,
+    /// The image's content (a Wasm module or component) and its digest.
+    pub image_path: PathBuf,
+    pub image_digest: String,
+    /// `command` followed by `args`; the first is the program name.
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<String>,
+    pub mounts: Vec<Mount>,
+    pub log: LogFile,
+    /// Bytes of memory (linear memories and tables) the container may use.
+    pub memory_limit: Option<u64>,
+    /// Thousandths of a CPU the container may use.
+    pub cpu_limit_millis: Option<u64>,
+}
+
+/// How a container ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exit {
+    pub code: i32,
+    /// Kubernetes' reason: `Completed`, `Error`, `OOMKilled`.
+    pub reason: &'static str,
+    pub message: Option<String>,
+}
+
+impl Exit {
+    pub fn code(code: i32) -> Exit {
+        Exit {
+            code,
+            reason: if code == 0 { "Completed" } else { "Error" },
+            message: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("invalid image {image}: {reason}")]
+    InvalidImage { image: String, reason: String },
+    #[error("cannot start container {id}: {reason}")]
+    Start { id: String, reason: String },
+}
+
+/// A started container.
+#[async_trait::async_trait]
+pub trait Running: Send {
+    /// Waits for the container to end.
+    async fn wait(&mut self) -> Exit;
+    /// Stops the container now (it then ends with exit code 137).
+    fn kill(&self);
+}
+
+#[async_trait::async_trait]
+pub trait Runtime: Send + Sync {
+    /// The runtime's name, as node labels and container IDs show it.
+    fn name(&self) -> &'static str;
+    /// Prepares the image (compiling it, once per digest).
+    async fn prepare(&self, spec: &ContainerSpec) -> Result<(), RuntimeError>;
+    async fn start(&self, spec: ContainerSpec) -> Result<Box<dyn Running>, RuntimeError>;
+}

@@ -1,0 +1,453 @@
+//! Wasm containers on wasmtime: one `Engine` per agent, modules compiled once per image
+//! digest (and cached on disk, so a restarted agent skips compilation), one `Store` per
+//! container with deny-by-default WASI (only the container's args, env and mounts), memory
+//! limits through a `ResourceLimiter`, and CPU limits and kills through epoch
+//! interruption, so a spinning guest yields, gets only its share, and can be stopped.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wasmtime::{Config, Engine, Linker, Module, ResourceLimiter, Store, UpdateDeadline};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+
+use super::{ContainerSpec, Exit, Running, Runtime, RuntimeError};
+use crate::logs::{LogFile, Stream};
+
+/// The epoch ticks this often: the granularity of yields, CPU accounting and kills.
+const TICK: Duration = Duration::from_millis(5);
+/// CPU limits are enforced over windows of this length.
+const CPU_WINDOW: Duration = Duration::from_millis(100);
+
+struct Host {
+    wasi: WasiP1Ctx,
+    limits: Limits,
+}
+
+/// The memory limit: growth past it traps (the container is then `OOMKilled`).
+struct Limits {
+    memory: Option<usize>,
+    exceeded: bool,
+}
+
+impl ResourceLimiter for Limits {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if self.memory.is_some_and(|limit| desired > limit) {
+            self.exceeded = true;
+            return Err(wasmtime::Error::msg("memory limit exceeded"));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // A table element costs at least a pointer; bound tables by the same budget.
+        if self
+            .memory
+            .is_some_and(|limit| desired.saturating_mul(8) > limit)
+        {
+            self.exceeded = true;
+            return Err(wasmtime::Error::msg("table limit exceeded"));
+        }
+        Ok(true)
+    }
+}
+
+pub struct WasmRuntime {
+    engine: Engine,
+    linker: Linker<Host>,
+    modules: Mutex<HashMap<String, Module>>,
+    cache_dir: PathBuf,
+}
+
+impl WasmRuntime {
+    /// One engine for the agent; compiled modules are cached under `cache_dir`.
+    pub fn new(cache_dir: &Path) -> Result<WasmRuntime, RuntimeError> {
+        let fail = |e: wasmtime::Error| RuntimeError::Start {
+            id: "engine".into(),
+            reason: e.to_string(),
+        };
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(fail)?;
+        let mut linker: Linker<Host> = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |h| &mut h.wasi).map_err(fail)?;
+        // The epoch ticker lives as long as the engine.
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("skiff-wasm-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(TICK);
+                }
+            })
+            .map_err(|e| RuntimeError::Start {
+                id: "engine".into(),
+                reason: e.to_string(),
+            })?;
+        std::fs::create_dir_all(cache_dir).map_err(|e| RuntimeError::Start {
+            id: "engine".into(),
+            reason: e.to_string(),
+        })?;
+        Ok(WasmRuntime {
+            engine,
+            linker,
+            modules: Mutex::new(HashMap::new()),
+            cache_dir: cache_dir.to_path_buf(),
+        })
+    }
+
+    /// The compiled module for an image: from memory, the disk cache, or compiled now.
+    fn module(&self, spec: &ContainerSpec) -> Result<Module, RuntimeError> {
+        if let Some(m) = self
+            .modules
+            .lock()
+            .expect("modules")
+            .get(&spec.image_digest)
+        {
+            return Ok(m.clone());
+        }
+        let invalid = |reason: String| RuntimeError::InvalidImage {
+            image: spec.image_digest.clone(),
+            reason,
+        };
+        let cached = self
+            .cache_dir
+            .join(format!("{}.cwasm", spec.image_digest.replace(':', "-")));
+        // Safety: the cache is written only by this agent with this engine's settings;
+        // wasmtime checks the version and configuration and refuses anything else.
+        let module = match unsafe { Module::deserialize_file(&self.engine, &cached) } {
+            Ok(m) => m,
+            Err(_) => {
+                let bytes = std::fs::read(&spec.image_path).map_err(|e| invalid(e.to_string()))?;
+                let m = Module::new(&self.engine, &bytes).map_err(|e| invalid(format!("{e:#}")))?;
+                if let Ok(serialized) = m.serialize() {
+                    let tmp = cached.with_extension("tmp");
+                    if std::fs::write(&tmp, serialized).is_ok() {
+                        let _ = std::fs::rename(&tmp, &cached);
+                    }
+                }
+                m
+            }
+        };
+        self.modules
+            .lock()
+            .expect("modules")
+            .insert(spec.image_digest.clone(), module.clone());
+        Ok(module)
+    }
+
+    fn wasi(spec: &ContainerSpec) -> Result<WasiP1Ctx, RuntimeError> {
+        let mut b = WasiCtxBuilder::new();
+        b.args(&spec.argv);
+        b.envs(&spec.env);
+        b.stdout(LogStream(spec.log.clone(), Stream::Stdout));
+        b.stderr(LogStream(spec.log.clone(), Stream::Stderr));
+        for m in &spec.mounts {
+            let perms = if m.read_only {
+                FsPerms::ReadOnly
+            } else {
+                FsPerms::ReadWrite
+            };
+            b.preopened_dir(&m.host_path, &m.guest_path, perms)
+                .map_err(|e| RuntimeError::Start {
+                    id: spec.id.clone(),
+                    reason: format!("mount {}: {e}", m.guest_path),
+                })?;
+        }
+        Ok(b.build_p1())
+    }
+}
+
+/// A container's stdout or stderr, writing CRI log lines.
+struct LogStream(LogFile, Stream);
+
+impl wasmtime_wasi::cli::IsTerminal for LogStream {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for LogStream {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.0.writer(self.1))
+    }
+}
+
+struct WasmContainer {
+    task: tokio::task::JoinHandle<Exit>,
+    killed: Arc<AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl Running for WasmContainer {
+    async fn wait(&mut self) -> Exit {
+        match (&mut self.task).await {
+            Ok(exit) => exit,
+            Err(e) => Exit {
+                code: 128,
+                reason: "Error",
+                message: Some(format!("the container task failed: {e}")),
+            },
+        }
+    }
+
+    fn kill(&self) {
+        self.killed.store(true, Ordering::Release);
+    }
+}
+
+/// Turns a guest's end (return, `proc_exit`, trap) into an exit status.
+fn exit_of(result: wasmtime::Result<()>, killed: bool, out_of_memory: bool) -> Exit {
+    match result {
+        Ok(()) => Exit::code(0),
+        Err(e) => {
+            if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                return Exit::code(exit.0);
+            }
+            if killed {
+                return Exit {
+                    code: 137,
+                    reason: "Error",
+                    message: Some("killed".into()),
+                };
+            }
+            if out_of_memory {
+                return Exit {
+                    code: 137,
+                    reason: "OOMKilled",
+                    message: Some("the container exceeded its memory limit".into()),
+                };
+            }
+            Exit {
+                code: 128 + 6,
+                reason: "Error",
+                message: Some(format!("{e:#}")),
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for WasmRuntime {
+    fn name(&self) -> &'static str {
+        "wasm"
+    }
+
+    async fn prepare(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
+        self.module(spec).map(|_| ())
+    }
+
+    async fn start(&self, spec: ContainerSpec) -> Result<Box<dyn Running>, RuntimeError> {
+        let module = self.module(&spec)?;
+        let wasi = Self::wasi(&spec)?;
+        let limits = Limits {
+            memory: spec.memory_limit.map(|b| b as usize),
+            exceeded: false,
+        };
+        let mut store = Store::new(&self.engine, Host { wasi, limits });
+        store.limiter(|h| &mut h.limits);
+        let killed = Arc::new(AtomicBool::new(false));
+        // Each tick: stop if killed; otherwise yield, sleeping off any CPU used beyond the
+        // limit in the current window.
+        let k = killed.clone();
+        let share = spec.cpu_limit_millis.map(|m| m as f64 / 1000.0);
+        let mut window_start = Instant::now();
+        let mut ran_since = Instant::now();
+        let mut used = Duration::ZERO;
+        store.epoch_deadline_callback(move |_| {
+            if k.load(Ordering::Acquire) {
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            let now = Instant::now();
+            used += now - ran_since;
+            if now - window_start >= CPU_WINDOW {
+                window_start = now;
+                used = Duration::ZERO;
+            }
+            let pause = match share {
+                Some(share) if used.as_secs_f64() > share * CPU_WINDOW.as_secs_f64() => {
+                    let allowed_wall = used.as_secs_f64() / share;
+                    Duration::from_secs_f64(allowed_wall).saturating_sub(now - window_start)
+                }
+                _ => Duration::ZERO,
+            };
+            ran_since = now + pause;
+            if pause.is_zero() {
+                Ok(UpdateDeadline::Yield(1))
+            } else {
+                Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(tokio::time::sleep(pause)),
+                ))
+            }
+        });
+        store.set_epoch_deadline(1);
+        let instance_pre =
+            self.linker
+                .instantiate_pre(&module)
+                .map_err(|e| RuntimeError::Start {
+                    id: spec.id.clone(),
+                    reason: format!("{e:#}"),
+                })?;
+        let log = spec.log.clone();
+        let k = killed.clone();
+        let task = tokio::spawn(async move {
+            let result = async {
+                let instance = instance_pre.instantiate_async(&mut store).await?;
+                let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+                start.call_async(&mut store, ()).await
+            }
+            .await;
+            let oom = store.data().limits.exceeded;
+            let exit = exit_of(result, k.load(Ordering::Acquire), oom);
+            let _ = log.finish();
+            exit
+        });
+        Ok(Box::new(WasmContainer { task, killed }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HELLO: &str = r#"(module
+      (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+      (memory (export "memory") 1)
+      (data (i32.const 8) "hello\n")
+      (func (export "_start")
+        (i32.store (i32.const 0) (i32.const 8))
+        (i32.store (i32.const 4) (i32.const 6))
+        (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 20)))
+        (call $exit (i32.const 3))))"#;
+    const SPIN: &str =
+        r#"(module (memory (export "memory") 1) (func (export "_start") (loop $l (br $l))))"#;
+    const GROW: &str = r#"(module (memory (export "memory") 1) (func (export "_start") (drop (memory.grow (i32.const 64)))))"#;
+
+    /// These tests measure CPU use, so they run one at a time.
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+    struct Fixture {
+        rt: WasmRuntime,
+        dir: tempfile::TempDir,
+        _serial: tokio::sync::MutexGuard<'static, ()>,
+    }
+
+    impl Fixture {
+        async fn new() -> Fixture {
+            let serial = SERIAL.lock().await;
+            let dir = tempfile::tempdir().unwrap();
+            Fixture {
+                rt: WasmRuntime::new(&dir.path().join("cache")).unwrap(),
+                dir,
+                _serial: serial,
+            }
+        }
+
+        fn spec(&self, name: &str, wat: &str) -> ContainerSpec {
+            let image = self.dir.path().join(format!("{name}.wat"));
+            std::fs::write(&image, wat).unwrap();
+            ContainerSpec {
+                id: name.into(),
+                image_path: image,
+                image_digest: format!("sha256:{name}"),
+                argv: vec![name.into()],
+                env: vec![],
+                working_dir: None,
+                mounts: vec![],
+                log: LogFile::create(&self.dir.path().join(format!("{name}.log"))).unwrap(),
+                memory_limit: None,
+                cpu_limit_millis: None,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn output_goes_to_the_log_and_exit_codes_are_kept() {
+        let f = Fixture::new().await;
+        let mut c = f.rt.start(f.spec("hello", HELLO)).await.unwrap();
+        assert_eq!(
+            c.wait().await,
+            Exit {
+                code: 3,
+                reason: "Error",
+                message: None
+            }
+        );
+        let log = crate::logs::read(&f.dir.path().join("hello.log")).unwrap();
+        assert_eq!(
+            log.iter().map(|e| e.text.as_str()).collect::<Vec<_>>(),
+            ["hello"]
+        );
+        // The compiled module is cached on disk for the next agent.
+        assert!(f.dir.path().join("cache/sha256-hello.cwasm").exists());
+    }
+
+    #[tokio::test]
+    async fn a_spinning_guest_yields_and_can_be_killed() {
+        let f = Fixture::new().await;
+        let mut c = f.rt.start(f.spec("spin", SPIN)).await.unwrap();
+        // The runtime thread is not starved: a timer still fires.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        c.kill();
+        let exit = tokio::time::timeout(Duration::from_secs(2), c.wait())
+            .await
+            .expect("killed promptly");
+        assert_eq!(exit.code, 137);
+    }
+
+    #[tokio::test]
+    async fn growing_past_the_memory_limit_is_oom_killed() {
+        let f = Fixture::new().await;
+        let mut spec = f.spec("grow", GROW);
+        spec.memory_limit = Some(1 << 20);
+        let mut c = f.rt.start(spec).await.unwrap();
+        let exit = c.wait().await;
+        assert_eq!((exit.code, exit.reason), (137, "OOMKilled"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cpu_limits_throttle_a_busy_loop() {
+        let f = Fixture::new().await;
+        let mut spec = f.spec("busy", SPIN);
+        spec.cpu_limit_millis = Some(100);
+        let c = f.rt.start(spec).await.unwrap();
+        // Measure the thread CPU time the guest gets over half a second: about 10% of it.
+        let before = process_cpu();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let used = process_cpu() - before;
+        c.kill();
+        assert!(
+            used < Duration::from_millis(150),
+            "a 100m container used {used:?} of CPU in 500ms"
+        );
+    }
+
+    fn process_cpu() -> Duration {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        Duration::from_millis(ticks * 10)
+    }
+}
