@@ -34,10 +34,63 @@ enum Command {
         #[arg(long, default_value_t = skiff_control_plane::apiserver::DEFAULT_HISTORY)]
         history: u64,
     },
+    /// Run a node agent: register the node and run the pods bound to it.
+    Agent {
+        #[arg(long)]
+        kubeconfig: PathBuf,
+        #[arg(long)]
+        node_name: Option<String>,
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Pods this node accepts.
+        #[arg(long, default_value_t = 1000)]
+        max_pods: u32,
+        /// The node's address (default: the local address that reaches the API server).
+        #[arg(long)]
+        node_ip: Option<String>,
+    },
+    /// An all-in-one cluster: the API server and an agent on this machine, the agent
+    /// connecting over loopback as a remote one would. Needs no root for Wasm pods.
+    Dev {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:6443")]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = skiff_control_plane::apiserver::DEFAULT_HISTORY)]
+        history: u64,
+        #[arg(long)]
+        node_name: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        max_pods: u32,
+    },
+    /// The node's image store.
+    Images {
+        #[command(subcommand)]
+        what: Images,
+    },
     /// Benchmarks against a running server (or one the bench starts).
     Bench {
         #[command(subcommand)]
         what: Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum Images {
+    /// Load a Wasm module or component into a node's image store (for air-gapped nodes).
+    Import {
+        file: PathBuf,
+        /// The image reference pods will use, e.g. registry.example/hello:1.0.
+        #[arg(long)]
+        name: String,
+        /// The agent's data directory (for `skiff dev`, DIR/agent).
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// List the images in a node's store.
+    List {
+        #[arg(long)]
+        data_dir: PathBuf,
     },
 }
 
@@ -54,6 +107,14 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_lowercase())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "skiff-node".into())
 }
 
 async fn shutdown_signal() {
@@ -80,6 +141,76 @@ async fn main() -> anyhow::Result<()> {
                 history,
             };
             skiff_control_plane::apiserver::run(config, shutdown_signal()).await?;
+        }
+        Command::Agent {
+            kubeconfig,
+            node_name,
+            data_dir,
+            max_pods,
+            node_ip,
+        } => {
+            let node_name = node_name.unwrap_or_else(hostname);
+            let config = skiff_node::agent::AgentConfig {
+                kubeconfig,
+                node_name,
+                data_dir,
+                max_pods,
+                node_ip,
+            };
+            skiff_node::agent::run(config, shutdown_signal()).await?;
+        }
+        Command::Dev {
+            data_dir,
+            listen,
+            history,
+            node_name,
+            max_pods,
+        } => {
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            let server_config = skiff_control_plane::apiserver::ServerConfig {
+                data_dir: data_dir.clone(),
+                listen,
+                history,
+            };
+            let server =
+                skiff_control_plane::apiserver::start(server_config, stopped(stop_rx.clone()))
+                    .await?;
+            let agent_config = skiff_node::agent::AgentConfig {
+                kubeconfig: server.kubeconfig.clone(),
+                node_name: node_name.unwrap_or_else(hostname),
+                data_dir: data_dir.join("agent"),
+                max_pods,
+                node_ip: None,
+            };
+            let agent = tokio::spawn(skiff_node::agent::run(agent_config, stopped(stop_rx)));
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+            agent.await??;
+            server.wait().await;
+        }
+        Command::Images {
+            what:
+                Images::Import {
+                    file,
+                    name,
+                    data_dir,
+                },
+        } => {
+            let store = skiff_node::images::ImageStore::open(&data_dir.join("images"))?;
+            let img = store.import(&file, &name)?;
+            println!("imported {} ({})", img.reference, img.digest);
+        }
+        Command::Images {
+            what: Images::List { data_dir },
+        } => {
+            for (reference, digest) in
+                skiff_node::images::ImageStore::open(&data_dir.join("images"))?.list()
+            {
+                println!("{reference}\t{digest}");
+            }
         }
         Command::Bench {
             what: Bench::Api(args),

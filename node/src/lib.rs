@@ -1,6 +1,10 @@
 //! Skiff's node agent (the kubelet of Skiff).
 //!
+//! - [`agent`]: node registration, heartbeats, pod workers and status reporting.
 //! - [`runtime`]: the `Runtime` trait and its Wasm implementation on wasmtime.
+//! - [`images`]: the node's content-addressed image store.
 //! - [`logs`]: container logs in the CRI format.
+pub mod agent;
+pub mod images;
 pub mod logs;
 pub mod runtime;

@@ -62,13 +62,31 @@ pub enum RuntimeError {
     Start { id: String, reason: String },
 }
 
+/// Stops a container (it then ends with exit code 137); cheap to clone and keep.
+#[derive(Clone)]
+pub struct KillSwitch(std::sync::Arc<dyn Fn() + Send + Sync>);
+
+impl KillSwitch {
+    pub fn new(f: impl Fn() + Send + Sync + 'static) -> Self {
+        KillSwitch(std::sync::Arc::new(f))
+    }
+
+    pub fn kill(&self) {
+        (self.0)()
+    }
+}
+
 /// A started container.
 #[async_trait::async_trait]
 pub trait Running: Send {
     /// Waits for the container to end.
     async fn wait(&mut self) -> Exit;
-    /// Stops the container now (it then ends with exit code 137).
-    fn kill(&self);
+    fn kill_switch(&self) -> KillSwitch;
+
+    /// Stops the container now.
+    fn kill(&self) {
+        self.kill_switch().kill()
+    }
 }
 
 #[async_trait::async_trait]

@@ -14,7 +14,7 @@ use wasmtime::{Config, Engine, Linker, Module, ResourceLimiter, Store, UpdateDea
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
-use super::{ContainerSpec, Exit, Running, Runtime, RuntimeError};
+use super::{ContainerSpec, Exit, KillSwitch, Running, Runtime, RuntimeError};
 use crate::logs::{LogFile, Stream};
 
 /// The epoch ticks this often: the granularity of yields, CPU accounting and kills.
@@ -206,8 +206,9 @@ impl Running for WasmContainer {
         }
     }
 
-    fn kill(&self) {
-        self.killed.store(true, Ordering::Release);
+    fn kill_switch(&self) -> KillSwitch {
+        let killed = self.killed.clone();
+        KillSwitch::new(move || killed.store(true, Ordering::Release))
     }
 }
 

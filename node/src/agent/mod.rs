@@ -1,0 +1,326 @@
+//! The agent: registers its Node, keeps it Ready with a Lease heartbeat, and runs the pods
+//! bound to it (one worker per pod, see [`pod`]), talking to the API server only through
+//! the Kubernetes API (`kube`).
+
+mod events;
+mod node_info;
+mod pod;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{
+    DaemonEndpoint, Node, NodeCondition, NodeDaemonEndpoints, NodeStatus, Pod,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use kube::Client;
+
+pub use node_info::WASM_RUNTIME_LABEL;
+
+use crate::images::ImageStore;
+use crate::runtime::wasm::WasmRuntime;
+
+/// How often the agent renews its Lease and reports Ready.
+const HEARTBEAT: Duration = Duration::from_secs(10);
+const LEASE_SECONDS: i32 = 40;
+const FIELD_MANAGER: &str = "skiff-agent";
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub kubeconfig: PathBuf,
+    pub node_name: String,
+    pub data_dir: PathBuf,
+    pub max_pods: u32,
+    /// The address other nodes and the API server reach this node at.
+    pub node_ip: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("kubeconfig {path}: {reason}")]
+    Kubeconfig { path: PathBuf, reason: String },
+    #[error("API: {0}")]
+    Api(#[from] kube::Error),
+    #[error(transparent)]
+    Images(#[from] crate::images::ImageError),
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::RuntimeError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Everything pod workers share.
+pub(crate) struct Ctx {
+    pub client: Client,
+    pub node_ip: String,
+    pub data_dir: PathBuf,
+    pub images: ImageStore,
+    pub wasm: WasmRuntime,
+    pub events: events::Recorder,
+}
+
+pub async fn client_from(kubeconfig: &std::path::Path) -> Result<Client, AgentError> {
+    let bad = |reason: String| AgentError::Kubeconfig {
+        path: kubeconfig.to_path_buf(),
+        reason,
+    };
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).map_err(|e| bad(e.to_string()))?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await
+            .map_err(|e| bad(e.to_string()))?;
+    Client::try_from(config).map_err(AgentError::Api)
+}
+
+/// The local address used to reach the API server: the node's IP.
+fn local_ip_towards(url: &str) -> String {
+    let host = url
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap_or("127.0.0.1")
+        .to_string();
+    let target = if host.contains(':') {
+        host
+    } else {
+        format!("{host}:443")
+    };
+    std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| {
+            s.connect(target.as_str())?;
+            s.local_addr()
+        })
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|_| "127.0.0.1".into())
+}
+
+fn ready_condition(now: &Time) -> Vec<NodeCondition> {
+    let cond = |type_: &str, status: &str, reason: &str, message: &str| NodeCondition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        last_heartbeat_time: Some(now.clone()),
+        last_transition_time: Some(now.clone()),
+    };
+    vec![
+        cond(
+            "MemoryPressure",
+            "False",
+            "KubeletHasSufficientMemory",
+            "kubelet has sufficient memory available",
+        ),
+        cond(
+            "DiskPressure",
+            "False",
+            "KubeletHasNoDiskPressure",
+            "kubelet has no disk pressure",
+        ),
+        cond(
+            "PIDPressure",
+            "False",
+            "KubeletHasSufficientPID",
+            "kubelet has sufficient PID available",
+        ),
+        cond(
+            "Ready",
+            "True",
+            "KubeletReady",
+            "kubelet is posting ready status",
+        ),
+    ]
+}
+
+fn node_status(cfg: &AgentConfig, ip: &str) -> NodeStatus {
+    let now = Time(jiff::Timestamp::now());
+    let capacity = node_info::capacity(&cfg.data_dir, cfg.max_pods);
+    NodeStatus {
+        capacity: Some(capacity.clone()),
+        allocatable: Some(capacity),
+        conditions: Some(ready_condition(&now)),
+        addresses: Some(node_info::addresses(&cfg.node_name, ip)),
+        node_info: Some(node_info::system_info()),
+        daemon_endpoints: Some(NodeDaemonEndpoints {
+            kubelet_endpoint: Some(DaemonEndpoint { port: 10250 }),
+        }),
+        ..Default::default()
+    }
+}
+
+/// Creates the Node (or takes over an existing one) and reports its status.
+async fn register(client: &Client, cfg: &AgentConfig, ip: &str) -> Result<(), AgentError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let status = node_status(cfg, ip);
+    let node = Node {
+        metadata: ObjectMeta {
+            name: Some(cfg.node_name.clone()),
+            labels: Some(node_info::labels(&cfg.node_name)),
+            ..Default::default()
+        },
+        spec: None,
+        status: Some(status.clone()),
+    };
+    match nodes
+        .create(
+            &PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..Default::default()
+            },
+            &node,
+        )
+        .await
+    {
+        Ok(_) => tracing::info!(node = %cfg.node_name, "registered node"),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let labels =
+                serde_json::json!({"metadata": {"labels": node_info::labels(&cfg.node_name)}});
+            nodes
+                .patch(
+                    &cfg.node_name,
+                    &PatchParams::default(),
+                    &Patch::Merge(labels),
+                )
+                .await?;
+            tracing::info!(node = %cfg.node_name, "node already registered; taking it over");
+        }
+        Err(e) => return Err(e.into()),
+    }
+    nodes
+        .patch_status(
+            &cfg.node_name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"status": status})),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Renews the node's Lease and Ready condition every [`HEARTBEAT`].
+async fn heartbeat(client: Client, cfg: AgentConfig, ip: String) {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let nodes: Api<Node> = Api::all(client);
+    loop {
+        let now = MicroTime(jiff::Timestamp::now());
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(cfg.node_name.clone()),
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(cfg.node_name.clone()),
+                lease_duration_seconds: Some(LEASE_SECONDS),
+                renew_time: Some(now),
+                ..Default::default()
+            }),
+        };
+        let apply = PatchParams::apply(FIELD_MANAGER).force();
+        if let Err(e) = leases
+            .patch(&cfg.node_name, &apply, &Patch::Apply(&lease))
+            .await
+        {
+            tracing::warn!(error = %e, "renewing the node lease failed");
+        }
+        let conditions = ready_condition(&Time(jiff::Timestamp::now()));
+        if let Err(e) = nodes
+            .patch_status(
+                &cfg.node_name,
+                &PatchParams::default(),
+                &Patch::Strategic(serde_json::json!({"status": {"conditions": conditions}})),
+            )
+            .await
+        {
+            tracing::warn!(error = %e, "reporting node status failed");
+        }
+        let _ = ip.len();
+        tokio::time::sleep(HEARTBEAT).await;
+    }
+}
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(
+    cfg: AgentConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), AgentError> {
+    let client = client_from(&cfg.kubeconfig).await?;
+    let kc = kube::config::Kubeconfig::read_from(&cfg.kubeconfig).map_err(|e| {
+        AgentError::Kubeconfig {
+            path: cfg.kubeconfig.clone(),
+            reason: e.to_string(),
+        }
+    })?;
+    let server = kc
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.as_ref())
+        .and_then(|c| c.server.clone())
+        .unwrap_or_default();
+    let ip = cfg
+        .node_ip
+        .clone()
+        .unwrap_or_else(|| local_ip_towards(&server));
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| AgentError::Io {
+        path: cfg.data_dir.clone(),
+        source,
+    })?;
+    register(&client, &cfg, &ip).await?;
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        node_ip: ip.clone(),
+        data_dir: cfg.data_dir.clone(),
+        images: ImageStore::open(&cfg.data_dir.join("images"))?,
+        wasm: WasmRuntime::new(&cfg.data_dir.join("compiled"))?,
+        events: events::Recorder::new(client.clone(), &cfg.node_name),
+    });
+    let beat = tokio::spawn(heartbeat(client.clone(), cfg.clone(), ip));
+    let pods: Api<Pod> = Api::all(client);
+    let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.node_name));
+    let mut stream = watcher(pods, wc).boxed();
+    let mut workers: HashMap<String, pod::Worker> = HashMap::new();
+    tokio::pin!(shutdown);
+    tracing::info!(node = %cfg.node_name, "agent running");
+    loop {
+        let ev = tokio::select! {
+            ev = stream.next() => ev,
+            _ = &mut shutdown => break,
+        };
+        match ev {
+            Some(Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p))) => {
+                let uid = p.metadata.uid.clone().unwrap_or_default();
+                workers.retain(|_, w| !w.finished());
+                match workers.get(&uid) {
+                    Some(w) => w.update(p),
+                    None => {
+                        workers.insert(uid, pod::Worker::spawn(ctx.clone(), p));
+                    }
+                }
+            }
+            Some(Ok(watcher::Event::Delete(p))) => {
+                if let Some(w) = workers.remove(p.metadata.uid.as_deref().unwrap_or_default()) {
+                    w.stop();
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "pod watch failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            None => break,
+        }
+    }
+    beat.abort();
+    for (_, w) in workers {
+        w.stop();
+    }
+    Ok(())
+}

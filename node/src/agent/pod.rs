@@ -1,0 +1,910 @@
+//! One worker per pod: prepares the pod sandbox (volumes), runs init containers in order,
+//! then the containers, restarting them per `restartPolicy` with Kubernetes' back-off, and
+//! reports status the Kubernetes way. When the pod is deleted it stops the containers and
+//! finishes the deletion (as the kubelet does, with a zero grace period).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
+    ContainerStateWaiting, ContainerStatus, Pod, PodCondition, PodStatus, Secret,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+
+use super::Ctx;
+use crate::logs::LogFile;
+use crate::runtime::{ContainerSpec, Exit, Mount, Running, Runtime};
+
+const BACKOFF_START: Duration = Duration::from_secs(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// A container that ran this long gets its back-off reset.
+const BACKOFF_RESET: Duration = Duration::from_secs(600);
+
+pub struct Worker {
+    pod: watch::Sender<Pod>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Worker {
+    pub fn spawn(ctx: Arc<Ctx>, pod: Pod) -> Worker {
+        let (tx, rx) = watch::channel(pod);
+        let task = tokio::spawn(run(ctx, rx));
+        Worker { pod: tx, task }
+    }
+
+    pub fn update(&self, pod: Pod) {
+        self.pod.send_replace(pod);
+    }
+
+    /// The pod object is gone: stop everything (the worker's drop kills its containers).
+    pub fn stop(self) {
+        self.task.abort();
+    }
+
+    pub fn finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+fn now() -> Time {
+    Time(jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).expect("now"))
+}
+
+/// What a container supervisor reports.
+enum Update {
+    Status(usize, ContainerStatus),
+}
+
+fn waiting(reason: &str, message: Option<String>) -> ContainerState {
+    ContainerState {
+        waiting: Some(ContainerStateWaiting {
+            reason: Some(reason.into()),
+            message,
+        }),
+        ..Default::default()
+    }
+}
+
+fn terminated(exit: &Exit, started: Option<Time>, container_id: &str) -> ContainerState {
+    ContainerState {
+        terminated: Some(ContainerStateTerminated {
+            exit_code: exit.code,
+            reason: Some(exit.reason.into()),
+            message: exit.message.clone(),
+            started_at: started,
+            finished_at: Some(now()),
+            container_id: Some(container_id.into()),
+            signal: None,
+        }),
+        ..Default::default()
+    }
+}
+
+struct PodCtx {
+    ctx: Arc<Ctx>,
+    pod: Pod,
+    ns: String,
+    name: String,
+    uid: String,
+    dir: PathBuf,
+    mounts: BTreeMap<String, (PathBuf, bool)>,
+}
+
+impl PodCtx {
+    fn pod_id(&self) -> String {
+        format!("{}_{}({})", self.name, self.ns, self.uid)
+    }
+
+    /// Environment for a container: `envFrom`, then `env` (values, and configMap, secret
+    /// and field references).
+    async fn env(&self, c: &Container) -> Result<Vec<(String, String)>, String> {
+        let mut env: Vec<(String, String)> = Vec::new();
+        let set = |env: &mut Vec<(String, String)>, k: String, v: String| {
+            env.retain(|(ek, _)| *ek != k);
+            env.push((k, v));
+        };
+        for from in c.env_from.iter().flatten() {
+            let prefix = from.prefix.clone().unwrap_or_default();
+            if let Some(r) = &from.config_map_ref {
+                match self.config_map(&r.name).await {
+                    Ok(cm) => {
+                        for (k, v) in cm.data.unwrap_or_default() {
+                            set(&mut env, format!("{prefix}{k}"), v);
+                        }
+                    }
+                    Err(e) if r.optional == Some(true) => {
+                        tracing::debug!(error = %e, "optional configMap missing")
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if let Some(r) = &from.secret_ref {
+                match self.secret(&r.name).await {
+                    Ok(s) => {
+                        for (k, v) in s.data.unwrap_or_default() {
+                            set(
+                                &mut env,
+                                format!("{prefix}{k}"),
+                                String::from_utf8_lossy(&v.0).into_owned(),
+                            );
+                        }
+                    }
+                    Err(e) if r.optional == Some(true) => {
+                        tracing::debug!(error = %e, "optional secret missing")
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        for e in c.env.iter().flatten() {
+            let value = match &e.value_from {
+                None => e.value.clone().unwrap_or_default(),
+                Some(src) => {
+                    if let Some(r) = &src.config_map_key_ref {
+                        match self
+                            .config_map(&r.name)
+                            .await
+                            .map(|cm| cm.data.unwrap_or_default().get(&r.key).cloned())
+                        {
+                            Ok(Some(v)) => v,
+                            _ if r.optional == Some(true) => continue,
+                            Ok(None) => {
+                                return Err(format!(
+                                    "couldn't find key {} in ConfigMap {}/{}",
+                                    r.key, self.ns, r.name
+                                ))
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    } else if let Some(r) = &src.secret_key_ref {
+                        match self
+                            .secret(&r.name)
+                            .await
+                            .map(|s| s.data.unwrap_or_default().get(&r.key).cloned())
+                        {
+                            Ok(Some(v)) => String::from_utf8_lossy(&v.0).into_owned(),
+                            _ if r.optional == Some(true) => continue,
+                            Ok(None) => {
+                                return Err(format!(
+                                    "couldn't find key {} in Secret {}/{}",
+                                    r.key, self.ns, r.name
+                                ))
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    } else if let Some(f) = &src.field_ref {
+                        self.field(&f.field_path)
+                    } else {
+                        String::new()
+                    }
+                }
+            };
+            set(&mut env, e.name.clone(), value);
+        }
+        Ok(env)
+    }
+
+    fn field(&self, path: &str) -> String {
+        let m = &self.pod.metadata;
+        let spec = self.pod.spec.clone().unwrap_or_default();
+        let keyed = |map: &Option<BTreeMap<String, String>>, prefix: &str| {
+            path.strip_prefix(prefix)
+                .and_then(|k| k.strip_prefix("['"))
+                .and_then(|k| k.strip_suffix("']"))
+                .and_then(|k| map.as_ref()?.get(k).cloned())
+        };
+        match path {
+            "metadata.name" => self.name.clone(),
+            "metadata.namespace" => self.ns.clone(),
+            "metadata.uid" => self.uid.clone(),
+            "spec.nodeName" => spec.node_name.unwrap_or_default(),
+            "spec.serviceAccountName" => spec.service_account_name.unwrap_or_default(),
+            "status.hostIP" | "status.podIP" => self.ctx.node_ip.clone(),
+            p if p.starts_with("metadata.labels") => {
+                keyed(&m.labels, "metadata.labels").unwrap_or_default()
+            }
+            p if p.starts_with("metadata.annotations") => {
+                keyed(&m.annotations, "metadata.annotations").unwrap_or_default()
+            }
+            _ => String::new(),
+        }
+    }
+
+    async fn config_map(&self, name: &str) -> Result<ConfigMap, String> {
+        Api::<ConfigMap>::namespaced(self.ctx.client.clone(), &self.ns)
+            .get(name)
+            .await
+            .map_err(|e| format!("configmap {name:?} not found: {e}"))
+    }
+
+    async fn secret(&self, name: &str) -> Result<Secret, String> {
+        Api::<Secret>::namespaced(self.ctx.client.clone(), &self.ns)
+            .get(name)
+            .await
+            .map_err(|e| format!("secret {name:?} not found: {e}"))
+    }
+
+    /// Creates the pod's volumes under its directory.
+    async fn prepare_volumes(&mut self) -> Result<(), String> {
+        for v in self
+            .pod
+            .spec
+            .clone()
+            .unwrap_or_default()
+            .volumes
+            .unwrap_or_default()
+        {
+            let dir = self.dir.join("volumes").join(&v.name);
+            let host = if let Some(h) = &v.host_path {
+                PathBuf::from(&h.path)
+            } else if v.empty_dir.is_some() {
+                dir
+            } else if let Some(c) = &v.config_map {
+                let cm = match self.config_map(&c.name).await {
+                    Ok(cm) => cm,
+                    Err(_) if c.optional == Some(true) => ConfigMap::default(),
+                    Err(e) => return Err(e),
+                };
+                let data: BTreeMap<String, Vec<u8>> = cm
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_bytes()))
+                    .chain(
+                        cm.binary_data
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(k, v)| (k, v.0)),
+                    )
+                    .collect();
+                project(&dir, &data, c.items.as_deref(), c.default_mode)?;
+                dir
+            } else if let Some(s) = &v.secret {
+                let name = s.secret_name.clone().unwrap_or_default();
+                let secret = match self.secret(&name).await {
+                    Ok(s) => s,
+                    Err(_) if s.optional == Some(true) => Secret::default(),
+                    Err(e) => return Err(e),
+                };
+                let data: BTreeMap<String, Vec<u8>> = secret
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0))
+                    .collect();
+                project(&dir, &data, s.items.as_deref(), s.default_mode)?;
+                dir
+            } else {
+                return Err(format!(
+                    "volume {:?}: this volume type is not supported on Skiff nodes",
+                    v.name
+                ));
+            };
+            std::fs::create_dir_all(&host).map_err(|e| format!("volume {:?}: {e}", v.name))?;
+            let read_only_source = v.config_map.is_some() || v.secret.is_some();
+            self.mounts.insert(v.name.clone(), (host, read_only_source));
+        }
+        Ok(())
+    }
+
+    fn mounts(&self, c: &Container) -> Vec<Mount> {
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .filter_map(|m| {
+                let (host, ro) = self.mounts.get(&m.name)?;
+                let host = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+                    Some(sub) => host.join(sub),
+                    None => host.clone(),
+                };
+                Some(Mount {
+                    host_path: host,
+                    guest_path: m.mount_path.clone(),
+                    read_only: *ro || m.read_only == Some(true),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Writes configMap/secret keys (or the chosen items) as files with their modes.
+fn project(
+    dir: &std::path::Path,
+    data: &BTreeMap<String, Vec<u8>>,
+    items: Option<&[k8s_openapi::api::core::v1::KeyToPath]>,
+    default_mode: Option<i32>,
+) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let files: Vec<(String, &Vec<u8>, Option<i32>)> = match items {
+        Some(items) => items
+            .iter()
+            .filter_map(|i| data.get(&i.key).map(|v| (i.path.clone(), v, i.mode)))
+            .collect(),
+        None => data.iter().map(|(k, v)| (k.clone(), v, None)).collect(),
+    };
+    for (path, bytes, mode) in files {
+        let p = dir.join(&path);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+        }
+        std::fs::write(&p, bytes).map_err(|e| e.to_string())?;
+        let mode = mode.or(default_mode).unwrap_or(0o644) as u32;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+fn limit(c: &Container, res: &str) -> Option<i128> {
+    c.resources
+        .as_ref()
+        .and_then(|r| r.limits.as_ref())
+        .and_then(|l| l.get(res))
+        .and_then(|q| parse_quantity(&q.0))
+}
+
+/// Milli-units of a quantity (enough of Kubernetes' syntax for limits).
+fn parse_quantity(s: &str) -> Option<i128> {
+    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
+    let (num, suffix) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let mul: f64 = match suffix {
+        "" => 1.0,
+        "m" => 0.001,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    Some((n * mul * 1000.0).round() as i128)
+}
+
+/// Runs one container's lifecycle until it will not restart; reports every change.
+#[allow(clippy::too_many_arguments)]
+async fn supervise(
+    pc: Arc<PodCtx>,
+    idx: usize,
+    c: Container,
+    restart_policy: String,
+    mut status: ContainerStatus,
+    updates: mpsc::Sender<Update>,
+    init: bool,
+) -> bool {
+    let ctx = pc.ctx.clone();
+    let mut backoff = BACKOFF_START;
+    loop {
+        let image = c.image.clone().unwrap_or_default();
+        let policy = c
+            .image_pull_policy
+            .clone()
+            .unwrap_or_else(|| "IfNotPresent".into());
+        let resolved = match ctx.images.resolve(&image) {
+            Some(img) if policy != "Always" => Ok(img),
+            Some(_) | None if policy == "Never" => Err(("ErrImageNeverPull", format!("Container image \"{image}\" is not present with pull policy of Never"))),
+            _ => Err(("ErrImagePull", format!("failed to pull image \"{image}\": pulling from registries is not available on this node yet; import the image with `skiff images import`"))),
+        };
+        let img = match resolved {
+            Ok(img) => {
+                ctx.events
+                    .pod(
+                        &pc.pod,
+                        Some(&c.name),
+                        "Normal",
+                        "Pulled",
+                        format!("Container image \"{image}\" already present on machine"),
+                    )
+                    .await;
+                img
+            }
+            Err((reason, msg)) => {
+                ctx.events
+                    .pod(&pc.pod, Some(&c.name), "Warning", "Failed", msg.clone())
+                    .await;
+                status.state = Some(waiting(reason, Some(msg)));
+                let _ = updates.send(Update::Status(idx, status.clone())).await;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        status.image = image.clone();
+        status.image_id = format!(
+            "{}@{}",
+            image.split('@').next().unwrap_or(&image),
+            img.digest
+        );
+        let env = match pc.env(&c).await {
+            Ok(env) => env,
+            Err(msg) => {
+                status.state = Some(waiting("CreateContainerConfigError", Some(msg.clone())));
+                ctx.events
+                    .pod(
+                        &pc.pod,
+                        Some(&c.name),
+                        "Warning",
+                        "Failed",
+                        format!("Error: {msg}"),
+                    )
+                    .await;
+                let _ = updates.send(Update::Status(idx, status.clone())).await;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+        };
+        let run_id = format!("{}-{}-{}", pc.uid, c.name, status.restart_count);
+        let log_path = pc
+            .ctx
+            .data_dir
+            .join("logs")
+            .join(format!("{}_{}_{}", pc.ns, pc.name, pc.uid))
+            .join(&c.name)
+            .join(format!("{}.log", status.restart_count));
+        let log = match LogFile::create(&log_path) {
+            Ok(l) => l,
+            Err(e) => {
+                status.state = Some(waiting("CreateContainerError", Some(e.to_string())));
+                let _ = updates.send(Update::Status(idx, status.clone())).await;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+        };
+        let mut argv: Vec<String> = c.command.clone().unwrap_or_default();
+        if argv.is_empty() {
+            argv.push(c.name.clone());
+        }
+        argv.extend(c.args.clone().unwrap_or_default());
+        let spec = ContainerSpec {
+            id: format!("{}/{}/{}", pc.ns, pc.name, c.name),
+            image_path: img.path.clone(),
+            image_digest: img.digest.clone(),
+            argv,
+            env,
+            working_dir: c.working_dir.clone(),
+            mounts: pc.mounts(&c),
+            log,
+            memory_limit: limit(&c, "memory").map(|m| (m / 1000) as u64),
+            cpu_limit_millis: limit(&c, "cpu").map(|m| m as u64),
+        };
+        let container_id = format!("wasm://{run_id}");
+        let started = now();
+        let mut running: Box<dyn Running> = match ctx.wasm.start(spec).await {
+            Ok(r) => r,
+            Err(e) => {
+                let msg = e.to_string();
+                ctx.events
+                    .pod(
+                        &pc.pod,
+                        Some(&c.name),
+                        "Warning",
+                        "Failed",
+                        format!("Error: {msg}"),
+                    )
+                    .await;
+                status.state = Some(waiting("CreateContainerError", Some(msg)));
+                let _ = updates.send(Update::Status(idx, status.clone())).await;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        ctx.events
+            .pod(
+                &pc.pod,
+                Some(&c.name),
+                "Normal",
+                "Created",
+                format!("Created container: {}", c.name),
+            )
+            .await;
+        ctx.events
+            .pod(
+                &pc.pod,
+                Some(&c.name),
+                "Normal",
+                "Started",
+                format!("Started container {}", c.name),
+            )
+            .await;
+        status.container_id = Some(container_id.clone());
+        status.started = Some(true);
+        status.ready = !init;
+        status.state = Some(ContainerState {
+            running: Some(ContainerStateRunning {
+                started_at: Some(started.clone()),
+            }),
+            ..Default::default()
+        });
+        let _ = updates.send(Update::Status(idx, status.clone())).await;
+        let began = Instant::now();
+        // An aborted worker takes its containers with it.
+        let guard = KillOnDrop(running.kill_switch());
+        let exit = running.wait().await;
+        std::mem::forget(guard);
+        let term = terminated(&exit, Some(started), &container_id);
+        status.ready = false;
+        status.started = Some(false);
+        let restart = match restart_policy.as_str() {
+            "Always" => !init || exit.code != 0,
+            "OnFailure" => exit.code != 0,
+            _ => false,
+        };
+        if !restart {
+            status.state = Some(term);
+            let _ = updates.send(Update::Status(idx, status.clone())).await;
+            return exit.code == 0;
+        }
+        if began.elapsed() >= BACKOFF_RESET {
+            backoff = BACKOFF_START;
+        }
+        status.last_state = Some(term);
+        status.restart_count += 1;
+        let msg = format!(
+            "back-off {}s restarting failed container={} pod={}",
+            backoff.as_secs(),
+            c.name,
+            pc.pod_id()
+        );
+        status.state = Some(waiting("CrashLoopBackOff", Some(msg)));
+        let _ = updates.send(Update::Status(idx, status.clone())).await;
+        ctx.events
+            .pod(
+                &pc.pod,
+                Some(&c.name),
+                "Warning",
+                "BackOff",
+                format!(
+                    "Back-off restarting failed container {} in pod {}",
+                    c.name,
+                    pc.pod_id()
+                ),
+            )
+            .await;
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Kills a running container if its supervisor is dropped (the worker was aborted).
+struct KillOnDrop(crate::runtime::KillSwitch);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.0.kill()
+    }
+}
+
+fn initial_status(c: &Container, previous: Option<&ContainerStatus>) -> ContainerStatus {
+    ContainerStatus {
+        name: c.name.clone(),
+        image: c.image.clone().unwrap_or_default(),
+        image_id: String::new(),
+        ready: false,
+        restart_count: previous.map_or(0, |p| p.restart_count),
+        last_state: previous.and_then(|p| p.last_state.clone()),
+        state: Some(waiting("ContainerCreating", None)),
+        started: Some(false),
+        ..Default::default()
+    }
+}
+
+fn condition(type_: &str, ok: bool, reason: Option<&str>) -> PodCondition {
+    PodCondition {
+        type_: type_.into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: reason.map(str::to_string),
+        last_transition_time: Some(now()),
+        ..Default::default()
+    }
+}
+
+/// The pod's phase and conditions from its containers' states.
+fn pod_status(
+    pod: &Pod,
+    host_ip: &str,
+    start: &Time,
+    init: &[ContainerStatus],
+    main: &[ContainerStatus],
+    init_done: bool,
+    restart_policy: &str,
+) -> PodStatus {
+    let term = |s: &ContainerStatus| {
+        s.state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .map(|t| t.exit_code)
+    };
+    let all_terminated = !main.is_empty() && main.iter().all(|s| term(s).is_some());
+    let init_failed =
+        init.iter().any(|s| term(s).is_some_and(|c| c != 0)) && restart_policy == "Never";
+    let phase = if init_failed {
+        "Failed"
+    } else if all_terminated {
+        if main.iter().all(|s| term(s) == Some(0)) {
+            "Succeeded"
+        } else {
+            "Failed"
+        }
+    } else if init_done
+        && main
+            .iter()
+            .any(|s| s.state.as_ref().is_some_and(|st| st.running.is_some()) || s.restart_count > 0)
+    {
+        "Running"
+    } else {
+        "Pending"
+    };
+    let ready = phase == "Running" && main.iter().all(|s| s.ready);
+    let not_ready = (!ready).then_some(if phase == "Succeeded" || phase == "Failed" {
+        "PodCompleted"
+    } else {
+        "ContainersNotReady"
+    });
+    let mut conditions = vec![
+        condition("PodReadyToStartContainers", true, None),
+        condition(
+            "Initialized",
+            init_done,
+            (!init_done).then_some("ContainersNotInitialized"),
+        ),
+        condition("Ready", ready, not_ready),
+        condition("ContainersReady", ready, not_ready),
+        condition("PodScheduled", true, None),
+    ];
+    // Keep transition times of conditions whose status did not change.
+    for c in conditions.iter_mut() {
+        if let Some(old) = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|o| o.type_ == c.type_))
+        {
+            if old.status == c.status {
+                c.last_transition_time = old.last_transition_time.clone();
+            }
+        }
+    }
+    PodStatus {
+        phase: Some(phase.into()),
+        conditions: Some(conditions),
+        host_ip: Some(host_ip.into()),
+        host_ips: Some(vec![k8s_openapi::api::core::v1::HostIP {
+            ip: host_ip.into(),
+        }]),
+        start_time: Some(start.clone()),
+        init_container_statuses: (!init.is_empty()).then(|| init.to_vec()),
+        container_statuses: Some(main.to_vec()),
+        qos_class: pod.status.as_ref().and_then(|s| s.qos_class.clone()),
+        ..Default::default()
+    }
+}
+
+async fn run(ctx: Arc<Ctx>, rx: watch::Receiver<Pod>) {
+    let pod = rx.borrow().clone();
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let span = tracing::info_span!("pod", pod = %format!("{ns}/{name}"));
+    run_pod(ctx, rx, pod, ns, name, uid).instrument(span).await
+}
+
+async fn run_pod(
+    ctx: Arc<Ctx>,
+    mut rx: watch::Receiver<Pod>,
+    pod: Pod,
+    ns: String,
+    name: String,
+    uid: String,
+) {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let spec = pod.spec.clone().unwrap_or_default();
+    let restart_policy = spec
+        .restart_policy
+        .clone()
+        .unwrap_or_else(|| "Always".into());
+    let prev_status = pod.status.clone().unwrap_or_default();
+    let finished = matches!(prev_status.phase.as_deref(), Some("Succeeded" | "Failed"));
+    let start = prev_status.start_time.clone().unwrap_or_else(now);
+    let find = |list: &Option<Vec<ContainerStatus>>, n: &str| {
+        list.as_ref()
+            .and_then(|l| l.iter().find(|s| s.name == n))
+            .cloned()
+    };
+    let mut init: Vec<ContainerStatus> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| {
+            initial_status(
+                c,
+                find(&prev_status.init_container_statuses, &c.name).as_ref(),
+            )
+        })
+        .collect();
+    let mut main: Vec<ContainerStatus> = spec
+        .containers
+        .iter()
+        .map(|c| initial_status(c, find(&prev_status.container_statuses, &c.name).as_ref()))
+        .collect();
+    let dir = ctx.data_dir.join("pods").join(&uid);
+    let mut pc = PodCtx {
+        ctx: ctx.clone(),
+        pod: pod.clone(),
+        ns: ns.clone(),
+        name: name.clone(),
+        uid: uid.clone(),
+        dir,
+        mounts: BTreeMap::new(),
+    };
+    let (tx, mut updates) = mpsc::channel::<Update>(64);
+    let mut init_done = spec.init_containers.as_ref().is_none_or(|v| v.is_empty());
+    let mut tasks: Vec<tokio::task::JoinHandle<bool>> = Vec::new();
+    let sync = |init: &[ContainerStatus], main: &[ContainerStatus], init_done: bool| {
+        let status = pod_status(
+            &pod,
+            &ctx.node_ip,
+            &start,
+            init,
+            main,
+            init_done,
+            &restart_policy,
+        );
+        let api = api.clone();
+        let name = name.clone();
+        async move {
+            if let Err(e) = api
+                .patch_status(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({"status": status})),
+                )
+                .await
+            {
+                tracing::debug!(error = %e, "status update failed");
+            }
+        }
+    };
+    if !finished {
+        if let Err(msg) = pc.prepare_volumes().await {
+            ctx.events
+                .pod(&pod, None, "Warning", "FailedMount", msg.clone())
+                .await;
+            for s in main.iter_mut() {
+                s.state = Some(waiting("ContainerCreating", Some(msg.clone())));
+            }
+            sync(&init, &main, false).await;
+        } else {
+            let pc = Arc::new(pc);
+            sync(&init, &main, init_done).await;
+            // Init containers, in order, each to completion.
+            let mut init_ok = true;
+            for (i, c) in spec.init_containers.iter().flatten().enumerate() {
+                let t = tokio::spawn(supervise(
+                    pc.clone(),
+                    i,
+                    c.clone(),
+                    restart_policy.clone(),
+                    init[i].clone(),
+                    tx.clone(),
+                    true,
+                ));
+                let mut t = t;
+                loop {
+                    tokio::select! {
+                        ok = &mut t => { init_ok = ok.unwrap_or(false); break; }
+                        Some(Update::Status(idx, st)) = updates.recv() => { init[idx] = st; sync(&init, &main, false).await; }
+                        changed = rx.changed() => {
+                            if changed.is_err() || rx.borrow().metadata.deletion_timestamp.is_some() {
+                                t.abort();
+                                {
+                                let p = rx.borrow().clone();
+                                return finish_deletion(&ctx, &api, &p, &uid).await;
+                            }
+                            }
+                        }
+                    }
+                }
+                while let Ok(Update::Status(idx, st)) = updates.try_recv() {
+                    init[idx] = st;
+                }
+                if !init_ok {
+                    break;
+                }
+            }
+            init_done = init_ok;
+            sync(&init, &main, init_done).await;
+            if init_ok {
+                for (i, c) in spec.containers.iter().enumerate() {
+                    tasks.push(tokio::spawn(supervise(
+                        pc.clone(),
+                        i,
+                        c.clone(),
+                        restart_policy.clone(),
+                        main[i].clone(),
+                        tx.clone(),
+                        false,
+                    )));
+                }
+            }
+        }
+    }
+    drop(tx);
+    let deadline = spec
+        .active_deadline_seconds
+        .map(|s| tokio::time::Instant::now() + Duration::from_secs(s.max(0) as u64));
+    loop {
+        let until = deadline
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86400 * 365));
+        tokio::select! {
+            Some(Update::Status(idx, st)) = updates.recv() => {
+                main[idx] = st;
+                while let Ok(Update::Status(idx, st)) = updates.try_recv() {
+                    main[idx] = st;
+                }
+                sync(&init, &main, init_done).await;
+            }
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                if rx.borrow().metadata.deletion_timestamp.is_some() {
+                    for t in &tasks {
+                        t.abort();
+                    }
+                    for c in &spec.containers {
+                        ctx.events.pod(&pod, Some(&c.name), "Normal", "Killing", format!("Stopping container {}", c.name)).await;
+                    }
+                    {
+                                let p = rx.borrow().clone();
+                                return finish_deletion(&ctx, &api, &p, &uid).await;
+                            }
+                }
+            }
+            _ = tokio::time::sleep_until(until), if deadline.is_some() => {
+                for t in &tasks {
+                    t.abort();
+                }
+                let msg = format!("Pod was active on the node longer than the specified deadline");
+                let status = serde_json::json!({"status": {"phase": "Failed", "reason": "DeadlineExceeded", "message": msg}});
+                let _ = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(status)).await;
+                ctx.events.pod(&pod, None, "Normal", "DeadlineExceeded", msg).await;
+                // Wait for the deletion (or the pod's end) now.
+                while rx.changed().await.is_ok() {
+                    if rx.borrow().metadata.deletion_timestamp.is_some() {
+                        {
+                                let p = rx.borrow().clone();
+                                return finish_deletion(&ctx, &api, &p, &uid).await;
+                            }
+                    }
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// The containers are stopped: delete the pod object for good (grace period 0), and its files.
+async fn finish_deletion(ctx: &Ctx, api: &Api<Pod>, pod: &Pod, uid: &str) {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let dp = DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(Preconditions {
+            uid: Some(uid.into()),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    if let Err(e) = api.delete(&name, &dp).await {
+        tracing::debug!(error = %e, "final pod deletion failed");
+    }
+    let _ = std::fs::remove_dir_all(ctx.data_dir.join("pods").join(uid));
+}
