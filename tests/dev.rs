@@ -1,0 +1,265 @@
+//! `skiff dev` (server + agent in one process, the agent connecting over loopback) runs
+//! Wasm pods: the node registers and heartbeats, pods run to completion, crash-loop with
+//! back-off, are OOM-killed past their memory limit, and spinning ones are deleted promptly.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::eventually;
+use serde_json::Value;
+
+const HELLO: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 8) "hello from wasm\n")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 8))
+    (i32.store (i32.const 4) (i32.const 16))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 40)))))"#;
+const FAIL: &str = r#"(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (func (export "_start") (call $exit (i32.const 1))))"#;
+const GROW: &str = r#"(module (memory (export "memory") 1) (func (export "_start") (drop (memory.grow (i32.const 256)))))"#;
+const SPIN: &str =
+    r#"(module (memory (export "memory") 1) (func (export "_start") (loop $l (br $l))))"#;
+
+struct Dev {
+    dir: tempfile::TempDir,
+    child: Child,
+    cache: tempfile::TempDir,
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Dev {
+    fn start() -> Dev {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = std::fs::File::create(dir.path().join("dev.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .args([
+                "dev",
+                "--node-name",
+                "edge-1",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(dir.path().join("data"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let dev = Dev {
+            dir,
+            child,
+            cache: tempfile::tempdir().unwrap(),
+        };
+        eventually(30, "the dev cluster to start", || {
+            dev.kubeconfig().exists().then_some(())
+        });
+        dev
+    }
+
+    fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("data/kubeconfig")
+    }
+
+    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+        let mut c = Command::new(common::kubectl_bin());
+        c.env("KUBECONFIG", self.kubeconfig())
+            .arg("--cache-dir")
+            .arg(self.cache.path())
+            .args(args);
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        let mut input = child.stdin.take().unwrap();
+        if let Some(s) = stdin {
+            std::io::Write::write_all(&mut input, s.as_bytes()).unwrap();
+        }
+        drop(input);
+        let o = child.wait_with_output().unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    }
+
+    #[track_caller]
+    fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.kubectl(args, None);
+        assert!(ok, "kubectl {args:?}: {err}\n{}", self.log());
+        out
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("dev.log")).unwrap_or_default()
+    }
+
+    /// Imports a module (WAT text) into the node's image store as `reference`.
+    fn import(&self, name: &str, wat: &str, reference: &str) {
+        let file = self.dir.path().join(format!("{name}.wat"));
+        std::fs::write(&file, wat).unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .args(["images", "import"])
+            .arg(&file)
+            .args(["--name", reference, "--data-dir"])
+            .arg(self.dir.path().join("data/agent"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+
+    fn pod(&self, name: &str, image: &str, restart: &str, extra: &str) {
+        let manifest = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  runtimeClassName: wasmtime\n  restartPolicy: {restart}\n  containers:\n  - name: main\n    image: {image}\n    imagePullPolicy: IfNotPresent\n{extra}"
+        );
+        let (ok, _, err) = self.kubectl(&["apply", "-f", "-"], Some(&manifest));
+        assert!(ok, "{err}");
+    }
+
+    fn container_status(&self, pod: &str) -> Value {
+        self.json(&["get", "pod", pod])["status"]["containerStatuses"][0].clone()
+    }
+}
+
+fn step(s: &str) {
+    eprintln!("--- {s}");
+}
+
+#[test]
+fn dev_cluster_runs_wasm_pods() {
+    let d = Dev::start();
+
+    step("the node registers, is Ready and heartbeats");
+    let node = eventually(30, "node edge-1 Ready", || {
+        let (ok, out, _) = d.kubectl(&["get", "node", "edge-1", "-o", "json"], None);
+        let n: Value = serde_json::from_str(&out).ok()?;
+        let ready = n["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        (ok && ready).then_some(n)
+    });
+    let labels = &node["metadata"]["labels"];
+    assert_eq!(labels["kubernetes.io/hostname"], "edge-1");
+    assert_eq!(labels["kubernetes.io/os"], "linux");
+    assert_eq!(labels["runtime.skiff.dev/wasm"], "true");
+    for r in ["cpu", "memory", "pods", "ephemeral-storage"] {
+        assert!(
+            node["status"]["allocatable"][r].is_string(),
+            "allocatable {r} missing: {node}"
+        );
+    }
+    assert_eq!(
+        node["status"]["nodeInfo"]["kubeletVersion"],
+        "v1.33.0-skiff"
+    );
+    let lease = d.json(&["get", "lease", "edge-1", "-n", "kube-node-lease"]);
+    assert_eq!(lease["spec"]["holderIdentity"], "edge-1");
+    let wide = d.ok(&["get", "nodes", "-o", "wide"]);
+    assert!(
+        wide.contains("edge-1") && wide.contains("Ready") && wide.contains("skiff://"),
+        "{wide}"
+    );
+
+    d.import("hello", HELLO, "registry.example/hello:1.0");
+    d.import("fail", FAIL, "registry.example/fail:1.0");
+    d.import("grow", GROW, "registry.example/grow:1.0");
+    d.import("spin", SPIN, "registry.example/spin:1.0");
+
+    step("a Wasm pod runs to completion");
+    d.pod("hello", "registry.example/hello:1.0", "Never", "");
+    let st = eventually(30, "hello to complete", || {
+        let s = d.container_status("hello");
+        s["state"]["terminated"].is_object().then_some(s)
+    });
+    assert_eq!(st["state"]["terminated"]["exitCode"], 0);
+    assert_eq!(st["state"]["terminated"]["reason"], "Completed");
+    assert!(st["imageID"].as_str().unwrap().contains("@sha256:"), "{st}");
+    let pod = d.json(&["get", "pod", "hello"]);
+    assert_eq!(pod["status"]["phase"], "Succeeded");
+    assert_eq!(pod["spec"]["nodeName"], "edge-1");
+    assert_eq!(pod["status"]["hostIP"], "127.0.0.1");
+    let get = d.ok(&["get", "pod", "hello"]);
+    assert!(get.contains("Completed"), "{get}");
+    let describe = d.ok(&["describe", "pod", "hello"]);
+    for ev in ["Scheduled", "Pulled", "Created", "Started"] {
+        assert!(describe.contains(ev), "describe lacks {ev}:\n{describe}");
+    }
+
+    step("a failing container crash-loops with back-off");
+    d.pod("crash", "registry.example/fail:1.0", "Always", "");
+    let st = eventually(30, "crash to back off", || {
+        let s = d.container_status("crash");
+        (s["state"]["waiting"]["reason"] == "CrashLoopBackOff").then_some(s)
+    });
+    assert!(st["restartCount"].as_i64().unwrap() >= 1);
+    assert_eq!(st["lastState"]["terminated"]["exitCode"], 1);
+    assert!(
+        st["state"]["waiting"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("back-off 10s restarting failed container=main pod=crash_default("),
+        "{st}"
+    );
+    let get = d.ok(&["get", "pod", "crash"]);
+    assert!(get.contains("CrashLoopBackOff"), "{get}");
+    assert!(d.ok(&["describe", "pod", "crash"]).contains("BackOff"));
+
+    step("growing past the memory limit is OOMKilled");
+    d.pod(
+        "oom",
+        "registry.example/grow:1.0",
+        "Never",
+        "    resources:\n      limits:\n        memory: 4Mi\n",
+    );
+    let st = eventually(30, "oom to be killed", || {
+        let s = d.container_status("oom");
+        s["state"]["terminated"].is_object().then_some(s)
+    });
+    assert_eq!(st["state"]["terminated"]["reason"], "OOMKilled", "{st}");
+    assert_eq!(d.json(&["get", "pod", "oom"])["status"]["phase"], "Failed");
+
+    step("a spinning container is deleted promptly");
+    d.pod(
+        "spin",
+        "registry.example/spin:1.0",
+        "Always",
+        "    resources:\n      limits:\n        cpu: 200m\n",
+    );
+    eventually(30, "spin to run", || {
+        (d.container_status("spin")["state"]["running"].is_object()).then_some(())
+    });
+    let t = Instant::now();
+    d.ok(&["delete", "pod", "spin"]);
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "deleting a spinning pod took {:?}",
+        t.elapsed()
+    );
+    let (exists, _, _) = d.kubectl(&["get", "pod", "spin"], None);
+    assert!(!exists);
+}
