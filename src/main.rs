@@ -48,6 +48,9 @@ enum Command {
         /// The node's address (default: the local address that reaches the API server).
         #[arg(long)]
         node_ip: Option<String>,
+        /// Port of the agent's HTTPS endpoint (container logs).
+        #[arg(long, default_value_t = 10250)]
+        port: u16,
     },
     /// An all-in-one cluster: the API server and an agent on this machine, the agent
     /// connecting over loopback as a remote one would. Needs no root for Wasm pods.
@@ -148,6 +151,7 @@ async fn main() -> anyhow::Result<()> {
             data_dir,
             max_pods,
             node_ip,
+            port,
         } => {
             let node_name = node_name.unwrap_or_else(hostname);
             let config = skiff_node::agent::AgentConfig {
@@ -156,6 +160,7 @@ async fn main() -> anyhow::Result<()> {
                 data_dir,
                 max_pods,
                 node_ip,
+                port,
             };
             skiff_node::agent::run(config, shutdown_signal()).await?;
         }
@@ -184,6 +189,8 @@ async fn main() -> anyhow::Result<()> {
                 data_dir: data_dir.join("agent"),
                 max_pods,
                 node_ip: None,
+                // Any free port, so several dev clusters can share a machine.
+                port: 0,
             };
             let agent = tokio::spawn(skiff_node::agent::run(agent_config, stopped(stop_rx)));
             shutdown_signal().await;

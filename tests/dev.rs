@@ -210,6 +210,19 @@ fn dev_cluster_runs_wasm_pods() {
         assert!(describe.contains(ev), "describe lacks {ev}:\n{describe}");
     }
 
+    step("kubectl logs reads the container's output through the agent");
+    assert_eq!(d.ok(&["logs", "hello"]), "hello from wasm\n");
+    let ts = d.ok(&["logs", "hello", "--timestamps"]);
+    assert!(
+        ts.starts_with("20") && ts.trim_end().ends_with("Z hello from wasm"),
+        "{ts}"
+    );
+    let (ok, _, err) = d.kubectl(&["logs", "hello", "-c", "nope"], None);
+    assert!(
+        !ok && err.contains("container nope is not valid for pod hello"),
+        "{err}"
+    );
+
     step("a failing container crash-loops with back-off");
     d.pod("crash", "registry.example/fail:1.0", "Always", "");
     let st = eventually(30, "crash to back off", || {

@@ -4,7 +4,9 @@
 //! - [`runtime`]: the `Runtime` trait and its Wasm implementation on wasmtime.
 //! - [`images`]: the node's content-addressed image store.
 //! - [`logs`]: container logs in the CRI format.
+//! - [`server`]: the agent's HTTPS endpoint (container logs for `kubectl logs`).
 pub mod agent;
 pub mod images;
 pub mod logs;
 pub mod runtime;
+pub mod server;

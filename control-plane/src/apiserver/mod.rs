@@ -9,6 +9,7 @@
 
 pub mod discovery;
 pub mod error;
+mod node_proxy;
 pub mod openapi;
 pub mod pki;
 mod protobuf;
@@ -84,6 +85,8 @@ pub struct AppState {
     pub objects: Arc<Objects>,
     token: String,
     server_address: String,
+    /// TLS towards node agents (for `pods/log`).
+    pub(crate) node_tls: Arc<rustls::ClientConfig>,
     openapi_index: Value,
 }
 
@@ -150,6 +153,7 @@ pub async fn start(
     let state = Arc::new(AppState {
         objects: objects.clone(),
         token: pki.token.clone(),
+        node_tls: Arc::new(pki.node_client_tls()?),
         server_address: format!("{host}:{}", addr.port()),
         openapi_index: openapi::index(&registry),
     });

@@ -169,6 +169,31 @@ impl Pki {
         tls_config(&cert_pem, &key_pem)
     }
 
+    /// The TLS client config the API server uses towards node agents: it presents a
+    /// CA-signed client certificate (agents admit only that); like Kubernetes without
+    /// `--kubelet-certificate-authority`, it does not verify the agents' self-signed
+    /// serving certificates.
+    pub fn node_client_tls(&self) -> Result<rustls::ClientConfig, PkiError> {
+        let (cert_pem, key_pem) = self.issue_serving(
+            "skiff-apiserver-node-client",
+            &["skiff-apiserver".to_string()],
+        )?;
+        let certs = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| PkiError::Tls(e.to_string()))?;
+        let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+            .map_err(|e| PkiError::Tls(e.to_string()))?
+            .ok_or_else(|| PkiError::Tls("no private key".into()))?;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| PkiError::Tls(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(std::sync::Arc::new(AnyServerCert(provider)))
+            .with_client_auth_cert(certs, key)
+            .map_err(|e| PkiError::Tls(e.to_string()))
+    }
+
     /// Writes `dir/kubeconfig` for the admin, pointing at `server`.
     pub fn write_kubeconfig(&self, server: &str) -> Result<PathBuf, PkiError> {
         let path = self.dir.join("kubeconfig");
@@ -179,6 +204,53 @@ impl Pki {
         );
         write_private(&path, body.as_bytes())?;
         Ok(path)
+    }
+}
+
+/// Accepts any server certificate (agents' serving certificates are self-signed); the
+/// signature over the handshake is still checked.
+#[derive(Debug)]
+struct AnyServerCert(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 

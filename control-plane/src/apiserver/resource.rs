@@ -807,6 +807,16 @@ async fn subresource(
             let w = objects.finalize_namespace(name, finalizers).await?;
             single(rt, w.object, out, StatusCode::OK, &[])
         }
+        ("log", Method::GET) => {
+            super::node_proxy::pod_log(
+                objects,
+                state.node_tls.clone(),
+                ns.unwrap_or("default"),
+                name,
+                query,
+            )
+            .await
+        }
         ("log" | "exec" | "attach" | "portforward" | "proxy", _) if rt.kind == "Pod" => {
             let (pod, _) = objects.get_value(rt, ns, name).await?;
             if pod

@@ -40,6 +40,8 @@ pub struct AgentConfig {
     pub max_pods: u32,
     /// The address other nodes and the API server reach this node at.
     pub node_ip: Option<String>,
+    /// The agent endpoint's port (`kubectl logs` goes through it); 0 picks a free one.
+    pub port: u16,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +59,8 @@ pub enum AgentError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Server(#[from] crate::server::ServerError),
 }
 
 /// Everything pod workers share.
@@ -67,6 +71,8 @@ pub(crate) struct Ctx {
     pub images: ImageStore,
     pub wasm: WasmRuntime,
     pub events: events::Recorder,
+    /// Log files of container runs still writing (followers wait for more).
+    pub active_logs: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
 }
 
 pub async fn client_from(kubeconfig: &std::path::Path) -> Result<Client, AgentError> {
@@ -142,7 +148,7 @@ fn ready_condition(now: &Time) -> Vec<NodeCondition> {
     ]
 }
 
-fn node_status(cfg: &AgentConfig, ip: &str) -> NodeStatus {
+fn node_status(cfg: &AgentConfig, ip: &str, port: u16) -> NodeStatus {
     let now = Time(jiff::Timestamp::now());
     let capacity = node_info::capacity(&cfg.data_dir, cfg.max_pods);
     NodeStatus {
@@ -152,16 +158,21 @@ fn node_status(cfg: &AgentConfig, ip: &str) -> NodeStatus {
         addresses: Some(node_info::addresses(&cfg.node_name, ip)),
         node_info: Some(node_info::system_info()),
         daemon_endpoints: Some(NodeDaemonEndpoints {
-            kubelet_endpoint: Some(DaemonEndpoint { port: 10250 }),
+            kubelet_endpoint: Some(DaemonEndpoint { port: port as i32 }),
         }),
         ..Default::default()
     }
 }
 
 /// Creates the Node (or takes over an existing one) and reports its status.
-async fn register(client: &Client, cfg: &AgentConfig, ip: &str) -> Result<(), AgentError> {
+async fn register(
+    client: &Client,
+    cfg: &AgentConfig,
+    ip: &str,
+    port: u16,
+) -> Result<(), AgentError> {
     let nodes: Api<Node> = Api::all(client.clone());
-    let status = node_status(cfg, ip);
+    let status = node_status(cfg, ip, port);
     let node = Node {
         metadata: ObjectMeta {
             name: Some(cfg.node_name.clone()),
@@ -259,12 +270,25 @@ pub async fn run(
             reason: e.to_string(),
         }
     })?;
-    let server = kc
+    let cluster = kc
         .clusters
         .first()
-        .and_then(|c| c.cluster.as_ref())
-        .and_then(|c| c.server.clone())
+        .and_then(|c| c.cluster.clone())
         .unwrap_or_default();
+    let server = cluster.server.clone().unwrap_or_default();
+    let ca_pem = {
+        use base64::Engine;
+        let data = cluster
+            .certificate_authority_data
+            .clone()
+            .unwrap_or_default();
+        base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .map_err(|e| AgentError::Kubeconfig {
+                path: cfg.kubeconfig.clone(),
+                reason: format!("certificate-authority-data: {e}"),
+            })?
+    };
     let ip = cfg
         .node_ip
         .clone()
@@ -273,7 +297,6 @@ pub async fn run(
         path: cfg.data_dir.clone(),
         source,
     })?;
-    register(&client, &cfg, &ip).await?;
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         node_ip: ip.clone(),
@@ -281,7 +304,17 @@ pub async fn run(
         images: ImageStore::open(&cfg.data_dir.join("images"))?,
         wasm: WasmRuntime::new(&cfg.data_dir.join("compiled"))?,
         events: events::Recorder::new(client.clone(), &cfg.node_name),
+        active_logs: Default::default(),
     });
+    let listen = std::net::SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), cfg.port);
+    let endpoint = crate::server::start(
+        ctx.clone(),
+        listen,
+        &ca_pem,
+        vec![ip.clone(), cfg.node_name.clone()],
+    )
+    .await?;
+    register(&client, &cfg, &ip, endpoint.port()).await?;
     let beat = tokio::spawn(heartbeat(client.clone(), cfg.clone(), ip));
     let pods: Api<Pod> = Api::all(client);
     let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.node_name));

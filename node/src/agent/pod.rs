@@ -477,9 +477,17 @@ async fn supervise(
         };
         let container_id = format!("wasm://{run_id}");
         let started = now();
+        ctx.active_logs
+            .lock()
+            .expect("active logs")
+            .insert(log_path.clone());
         let mut running: Box<dyn Running> = match ctx.wasm.start(spec).await {
             Ok(r) => r,
             Err(e) => {
+                ctx.active_logs
+                    .lock()
+                    .expect("active logs")
+                    .remove(&log_path);
                 let msg = e.to_string();
                 ctx.events
                     .pod(
@@ -530,6 +538,10 @@ async fn supervise(
         let guard = KillOnDrop(running.kill_switch());
         let exit = running.wait().await;
         std::mem::forget(guard);
+        ctx.active_logs
+            .lock()
+            .expect("active logs")
+            .remove(&log_path);
         let term = terminated(&exit, Some(started), &container_id);
         status.ready = false;
         status.started = Some(false);
