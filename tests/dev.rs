@@ -276,3 +276,94 @@ fn dev_cluster_runs_wasm_pods() {
     let (exists, _, _) = d.kubectl(&["get", "pod", "spin"], None);
     assert!(!exists);
 }
+
+/// A separate `skiff agent` process, killed and restarted: it finds its pods again,
+/// restarts what was running (once), and leaves completed pods alone.
+#[test]
+fn agent_restart_adopts_its_pods() {
+    let s = common::Server::start();
+    let data = s.dir.path().join("agent");
+    let spawn_agent = || {
+        Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .args(["agent", "--node-name", "n1", "--port", "0", "--kubeconfig"])
+            .arg(s.kubeconfig())
+            .arg("--data-dir")
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::File::create(
+                    s.dir.path().join(format!(
+                        "agent-{}.log",
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap()
+                            .as_nanos()
+                    )),
+                )
+                .unwrap(),
+            )
+            .spawn()
+            .unwrap()
+    };
+    let mut agent = spawn_agent();
+    eventually(30, "node n1", || {
+        s.kubectl(&["get", "node", "n1"])
+            .status
+            .success()
+            .then_some(())
+    });
+    for (name, wat) in [("spin", SPIN), ("hello", HELLO)] {
+        let file = s.dir.path().join(format!("{name}.wat"));
+        std::fs::write(&file, wat).unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .args(["images", "import"])
+            .arg(&file)
+            .args(["--name", &format!("registry.example/{name}:1")])
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+    }
+    let pod = |name: &str, image: &str, restart: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  runtimeClassName: wasmtime\n  restartPolicy: {restart}\n  containers:\n  - name: main\n    image: {image}\n    imagePullPolicy: IfNotPresent\n    resources:\n      limits:\n        cpu: 100m\n---\n")
+    };
+    let manifest = pod("long", "registry.example/spin:1", "Always")
+        + &pod("done", "registry.example/hello:1", "Never");
+    let o = s.kubectl_stdin(&["apply", "-f", "-"], &manifest);
+    assert!(o.status.success());
+    let status = |name: &str| s.json(&["get", "pod", name])["status"].clone();
+    eventually(30, "long running and done completed", || {
+        let long = status("long");
+        let done = status("done");
+        (long["containerStatuses"][0]["state"]["running"].is_object()
+            && done["phase"] == "Succeeded")
+            .then_some(())
+    });
+    let done_before = status("done")["containerStatuses"][0].clone();
+
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    let mut agent = spawn_agent();
+    let long = eventually(30, "long running again", || {
+        let st = status("long")["containerStatuses"][0].clone();
+        (st["state"]["running"].is_object() && st["restartCount"] == 1).then_some(st)
+    });
+    assert_eq!(
+        long["lastState"]["terminated"]["message"],
+        "the node agent restarted"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let again = status("long")["containerStatuses"][0].clone();
+    assert_eq!(
+        again["restartCount"], 1,
+        "restarted once, not again: {again}"
+    );
+    assert_eq!(
+        status("done")["containerStatuses"][0],
+        done_before,
+        "a completed pod is left alone"
+    );
+    let _ = agent.kill();
+    let _ = agent.wait();
+}

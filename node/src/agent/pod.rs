@@ -595,14 +595,38 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// A container's status when a worker (re)starts: after an agent restart, a container the
+/// status still shows running died with the old agent; it counts as a restart.
 fn initial_status(c: &Container, previous: Option<&ContainerStatus>) -> ContainerStatus {
+    let running = previous
+        .and_then(|p| p.state.as_ref())
+        .and_then(|s| s.running.as_ref());
+    let (restart_count, last_state) = match (previous, running) {
+        (Some(p), Some(r)) => {
+            let exit = Exit {
+                code: 137,
+                reason: "Error",
+                message: Some("the node agent restarted".into()),
+            };
+            (
+                p.restart_count + 1,
+                Some(terminated(
+                    &exit,
+                    r.started_at.clone(),
+                    p.container_id.as_deref().unwrap_or_default(),
+                )),
+            )
+        }
+        (Some(p), None) => (p.restart_count, p.last_state.clone()),
+        (None, _) => (0, None),
+    };
     ContainerStatus {
         name: c.name.clone(),
         image: c.image.clone().unwrap_or_default(),
         image_id: String::new(),
         ready: false,
-        restart_count: previous.map_or(0, |p| p.restart_count),
-        last_state: previous.and_then(|p| p.last_state.clone()),
+        restart_count,
+        last_state,
         state: Some(waiting("ContainerCreating", None)),
         started: Some(false),
         ..Default::default()
