@@ -7,7 +7,7 @@ tools="$root/.tools"
 mkdir -p "$tools"
 
 need_pkgs=()
-for p in unzip python3-venv curl; do
+for p in unzip python3-venv curl clang lld wasi-libc libclang-rt-14-dev-wasm32; do
   dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -22,6 +22,9 @@ fi
 if [ ! -x /usr/lib/google-cloud-sdk/bin/kubectl.1.32 ]; then
   apt-get install -y -q kubectl >/dev/null 2>&1 || { apt-get update -q >/dev/null; apt-get install -y -q kubectl >/dev/null; }
 fi
+
+# The Wasm examples, built from source.
+"$root/wasm-examples/build.sh" >/dev/null
 
 # The official Python client, pinned, in its own virtualenv.
 if [ ! -x "$tools/venv/bin/python" ] || ! "$tools/venv/bin/python" -c 'import kubernetes' 2>/dev/null; then

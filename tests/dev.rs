@@ -122,9 +122,13 @@ impl Dev {
     fn import(&self, name: &str, wat: &str, reference: &str) {
         let file = self.dir.path().join(format!("{name}.wat"));
         std::fs::write(&file, wat).unwrap();
+        self.import_file(&file, reference);
+    }
+
+    fn import_file(&self, file: &std::path::Path, reference: &str) {
         let o = Command::new(env!("CARGO_BIN_EXE_skiff"))
             .args(["images", "import"])
-            .arg(&file)
+            .arg(file)
             .args(["--name", reference, "--data-dir"])
             .arg(self.dir.path().join("data/agent"))
             .output()
@@ -291,15 +295,13 @@ fn agent_restart_adopts_its_pods() {
             .arg(&data)
             .stdout(Stdio::null())
             .stderr(
-                std::fs::File::create(
-                    s.dir.path().join(format!(
+                std::fs::File::create(s.dir.path().join(format!(
                         "agent-{}.log",
                         std::time::SystemTime::now()
                             .duration_since(std::time::UNIX_EPOCH)
                             .unwrap()
                             .as_nanos()
-                    )),
-                )
+                    )))
                 .unwrap(),
             )
             .spawn()
@@ -366,4 +368,71 @@ fn agent_restart_adopts_its_pods() {
     );
     let _ = agent.kill();
     let _ = agent.wait();
+}
+
+/// The examples in wasm-examples/ (built by scripts/setup.sh), applied from their manifests.
+#[test]
+fn wasm_examples_run() {
+    let d = Dev::start();
+    let out = common::root().join("wasm-examples/out");
+    for ex in ["hello", "config-reader", "shared-volume"] {
+        let wasm = out.join(format!("{ex}.wasm"));
+        assert!(
+            wasm.exists(),
+            "{} missing: run scripts/setup.sh",
+            wasm.display()
+        );
+        d.import_file(&wasm, &format!("skiff.local/examples/{ex}:1.0"));
+    }
+    eventually(30, "node Ready", || {
+        d.kubectl(&["get", "node", "edge-1"], None).0.then_some(())
+    });
+    for ex in ["hello", "config-reader", "shared-volume"] {
+        let manifest = common::root().join(format!("wasm-examples/{ex}/pod.yaml"));
+        d.ok(&["apply", "-f", manifest.to_str().unwrap()]);
+    }
+    let done = |pod: &str| {
+        eventually(30, &format!("{pod} to succeed"), || {
+            (d.json(&["get", "pod", pod])["status"]["phase"] == "Succeeded").then_some(())
+        })
+    };
+
+    step("hello: arguments and output");
+    done("hello-wasm");
+    assert_eq!(
+        d.ok(&["logs", "hello-wasm"]),
+        "Hello from a Wasm pod on Skiff!\narg 1: from\narg 2: kubectl\n"
+    );
+
+    step("config-reader: env from a ConfigMap and the downward API, a read-only configMap volume, a writable volume");
+    done("config-reader");
+    let logs = d.ok(&["logs", "config-reader"]);
+    assert!(
+        logs.contains("greeting=Hello pod=config-reader message=configuration from a ConfigMap"),
+        "{logs}"
+    );
+    assert!(logs.contains("config volume writable: no"), "{logs}");
+    let uid = d.json(&["get", "pod", "config-reader"])["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let report = d
+        .dir
+        .path()
+        .join(format!("data/agent/pods/{uid}/volumes/data/report.txt"));
+    assert_eq!(
+        std::fs::read_to_string(&report).unwrap(),
+        "Hello, configuration from a ConfigMap\n"
+    );
+
+    step("shared-volume: two containers share an emptyDir");
+    done("shared-volume");
+    assert_eq!(
+        d.ok(&["logs", "shared-volume", "-c", "writer"]),
+        "note written\n"
+    );
+    assert_eq!(
+        d.ok(&["logs", "shared-volume", "-c", "reader"]),
+        "read: written by the writer container\n"
+    );
 }
