@@ -51,6 +51,9 @@ enum Command {
         /// Port of the agent's HTTPS endpoint (container logs).
         #[arg(long, default_value_t = 10250)]
         port: u16,
+        /// A registry (host:port) to pull from over plain HTTP (loopback ones always are).
+        #[arg(long = "insecure-registry")]
+        insecure_registries: Vec<String>,
     },
     /// An all-in-one cluster: the API server and an agent on this machine, the agent
     /// connecting over loopback as a remote one would. Needs no root for Wasm pods.
@@ -65,6 +68,19 @@ enum Command {
         node_name: Option<String>,
         #[arg(long, default_value_t = 1000)]
         max_pods: u32,
+    },
+    /// Publish a Wasm module or component to an OCI registry as a CNCF Wasm artifact.
+    Push {
+        file: PathBuf,
+        /// Where to push, e.g. 127.0.0.1:5000/examples/hello:1.0.
+        image: String,
+        #[arg(long)]
+        username: Option<String>,
+        #[arg(long)]
+        password: Option<String>,
+        /// Speak plain HTTP to this (non-loopback) registry.
+        #[arg(long)]
+        insecure: bool,
     },
     /// The node's image store.
     Images {
@@ -132,6 +148,8 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_tracing();
+    // One TLS crypto provider for the whole process (clients and servers alike).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match Cli::parse().command {
         Command::Server {
             data_dir,
@@ -152,6 +170,7 @@ async fn main() -> anyhow::Result<()> {
             max_pods,
             node_ip,
             port,
+            insecure_registries,
         } => {
             let node_name = node_name.unwrap_or_else(hostname);
             let config = skiff_node::agent::AgentConfig {
@@ -161,6 +180,7 @@ async fn main() -> anyhow::Result<()> {
                 max_pods,
                 node_ip,
                 port,
+                insecure_registries,
             };
             skiff_node::agent::run(config, shutdown_signal()).await?;
         }
@@ -191,12 +211,30 @@ async fn main() -> anyhow::Result<()> {
                 node_ip: None,
                 // Any free port, so several dev clusters can share a machine.
                 port: 0,
+                insecure_registries: Vec::new(),
             };
             let agent = tokio::spawn(skiff_node::agent::run(agent_config, stopped(stop_rx)));
             shutdown_signal().await;
             let _ = stop_tx.send(true);
             agent.await??;
             server.wait().await;
+        }
+        Command::Push {
+            file,
+            image,
+            username,
+            password,
+            insecure,
+        } => {
+            let wasm = std::fs::read(&file)?;
+            let auth = match (username, password) {
+                (Some(u), Some(p)) => skiff_node::registry::Auth::Basic(u, p),
+                _ => skiff_node::registry::Auth::Anonymous,
+            };
+            let registry = image.split('/').next().unwrap_or_default().to_string();
+            let insecure = if insecure { vec![registry] } else { vec![] };
+            let url = skiff_node::registry::push(wasm, &image, &auth, &insecure).await?;
+            println!("pushed {image} ({url})");
         }
         Command::Images {
             what:

@@ -436,3 +436,151 @@ fn wasm_examples_run() {
         "read: written by the writer container\n"
     );
 }
+
+/// A real registry (CNCF distribution) on loopback, with basic auth.
+struct Registry {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Registry {
+    fn start(htpasswd: Option<(&str, &str)>) -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut config = format!("version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n", dir.path().join("data").display());
+        if let Some((user, pass)) = htpasswd {
+            let o = Command::new("htpasswd")
+                .args(["-Bbn", user, pass])
+                .output()
+                .expect("htpasswd (apache2-utils)");
+            std::fs::write(dir.path().join("htpasswd"), o.stdout).unwrap();
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: skiff-test\n    path: {}\n",
+                dir.path().join("htpasswd").display()
+            ));
+        }
+        std::fs::write(dir.path().join("config.yml"), config).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.path().join("config.yml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry (Debian package; run scripts/setup.sh)");
+        eventually(20, "the registry", || {
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .is_ok()
+                .then_some(())
+        });
+        Registry {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+fn push(file: &std::path::Path, image: &str, creds: Option<(&str, &str)>) -> (bool, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_skiff"));
+    c.arg("push").arg(file).arg(image);
+    if let Some((u, p)) = creds {
+        c.args(["--username", u, "--password", p]);
+    }
+    let o = c.output().unwrap();
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
+
+#[test]
+fn wasm_images_are_pulled_from_a_registry() {
+    let reg = Registry::start(None);
+    let secured = Registry::start(Some(("skiff", "s3cret")));
+    let hello = common::root().join("wasm-examples/out/hello.wasm");
+    let image = format!("127.0.0.1:{}/examples/hello:1.0", reg.port);
+    let (ok, out) = push(&hello, &image, None);
+    assert!(ok, "{out}");
+    let private = format!("127.0.0.1:{}/private/hello:1.0", secured.port);
+    let (ok, _) = push(&hello, &private, None);
+    assert!(!ok, "pushing without credentials must fail");
+    let (ok, out) = push(&hello, &private, Some(("skiff", "s3cret")));
+    assert!(ok, "{out}");
+
+    let d = Dev::start();
+    eventually(30, "node Ready", || {
+        d.kubectl(&["get", "node", "edge-1"], None).0.then_some(())
+    });
+
+    step("an anonymous pull (imagePullPolicy Always)");
+    let pod = |name: &str, image: &str, secret: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  runtimeClassName: wasmtime\n  restartPolicy: Never\n{secret}  containers:\n  - name: main\n    image: {image}\n    imagePullPolicy: Always\n")
+    };
+    let (ok, _, err) = d.kubectl(&["apply", "-f", "-"], Some(&pod("pulled", &image, "")));
+    assert!(ok, "{err}");
+    let done = |p: &str| {
+        eventually(60, &format!("{p} to finish"), || {
+            let v = d.json(&["get", "pod", p]);
+            matches!(v["status"]["phase"].as_str(), Some("Succeeded" | "Failed")).then_some(v)
+        })
+    };
+    let v = done("pulled");
+    assert_eq!(v["status"]["phase"], "Succeeded", "{v}");
+    assert!(v["status"]["containerStatuses"][0]["imageID"]
+        .as_str()
+        .unwrap()
+        .contains("@sha256:"));
+    assert!(d
+        .ok(&["logs", "pulled"])
+        .starts_with("Hello from a Wasm pod on Skiff!"));
+    let describe = d.ok(&["describe", "pod", "pulled"]);
+    assert!(
+        describe.contains("Pulling") && describe.contains("Successfully pulled image"),
+        "{describe}"
+    );
+
+    step("a private registry needs the pod's imagePullSecrets");
+    let (ok, _, err) = d.kubectl(&["apply", "-f", "-"], Some(&pod("denied", &private, "")));
+    assert!(ok, "{err}");
+    eventually(30, "denied to fail pulling", || {
+        let s = d.json(&["get", "pod", "denied"])["status"]["containerStatuses"][0]["state"]
+            ["waiting"]["reason"]
+            .clone();
+        matches!(s.as_str(), Some("ErrImagePull" | "ImagePullBackOff")).then_some(())
+    });
+    d.ok(&[
+        "create",
+        "secret",
+        "docker-registry",
+        "regcred",
+        &format!("--docker-server=127.0.0.1:{}", secured.port),
+        "--docker-username=skiff",
+        "--docker-password=s3cret",
+    ]);
+    let (ok, _, err) = d.kubectl(
+        &["apply", "-f", "-"],
+        Some(&pod(
+            "allowed",
+            &private,
+            "  imagePullSecrets:\n  - name: regcred\n",
+        )),
+    );
+    assert!(ok, "{err}");
+    assert_eq!(done("allowed")["status"]["phase"], "Succeeded");
+}

@@ -2,11 +2,12 @@
 //!
 //! - [`agent`]: node registration, heartbeats, pod workers and status reporting.
 //! - [`runtime`]: the `Runtime` trait and its Wasm implementation on wasmtime.
-//! - [`images`]: the node's content-addressed image store.
+//! - [`images`]: the node's content-addressed image store; [`registry`]: OCI pulls and pushes.
 //! - [`logs`]: container logs in the CRI format.
 //! - [`server`]: the agent's HTTPS endpoint (container logs for `kubectl logs`).
 pub mod agent;
 pub mod images;
 pub mod logs;
+pub mod registry;
 pub mod runtime;
 pub mod server;

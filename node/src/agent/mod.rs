@@ -42,6 +42,8 @@ pub struct AgentConfig {
     pub node_ip: Option<String>,
     /// The agent endpoint's port (`kubectl logs` goes through it); 0 picks a free one.
     pub port: u16,
+    /// Registries (`host:port`) to pull from over plain HTTP besides loopback ones.
+    pub insecure_registries: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +73,7 @@ pub(crate) struct Ctx {
     pub images: ImageStore,
     pub wasm: WasmRuntime,
     pub events: events::Recorder,
+    pub insecure_registries: Vec<String>,
     /// Log files of container runs still writing (followers wait for more).
     pub active_logs: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
 }
@@ -305,6 +308,7 @@ pub async fn run(
         wasm: WasmRuntime::new(&cfg.data_dir.join("compiled"))?,
         events: events::Recorder::new(client.clone(), &cfg.node_name),
         active_logs: Default::default(),
+        insecure_registries: cfg.insecure_registries.clone(),
     });
     let listen = std::net::SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), cfg.port);
     let endpoint = crate::server::start(

@@ -216,6 +216,35 @@ impl PodCtx {
         }
     }
 
+    /// Registry credentials from the pod's `imagePullSecrets` (docker config JSON).
+    async fn registry_auth(&self, image: &str) -> oci_client::secrets::RegistryAuth {
+        let registry = oci_client::Reference::try_from(image)
+            .map(|r| r.registry().to_string())
+            .unwrap_or_default();
+        for s in self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.image_pull_secrets.as_ref())
+            .into_iter()
+            .flatten()
+        {
+            let Ok(secret) = self.secret(&s.name).await else {
+                continue;
+            };
+            let data = secret.data.unwrap_or_default();
+            if let Some(cfg) = data
+                .get(".dockerconfigjson")
+                .or_else(|| data.get(".dockercfg"))
+            {
+                if let Some(auth) = crate::registry::auth_from_dockerconfig(&cfg.0, &registry) {
+                    return auth;
+                }
+            }
+        }
+        oci_client::secrets::RegistryAuth::Anonymous
+    }
+
     async fn config_map(&self, name: &str) -> Result<ConfigMap, String> {
         Api::<ConfigMap>::namespaced(self.ctx.client.clone(), &self.ns)
             .get(name)
@@ -388,32 +417,21 @@ async fn supervise(
             .image_pull_policy
             .clone()
             .unwrap_or_else(|| "IfNotPresent".into());
-        let resolved = match ctx.images.resolve(&image) {
-            Some(img) if policy != "Always" => Ok(img),
-            Some(_) | None if policy == "Never" => Err(("ErrImageNeverPull", format!("Container image \"{image}\" is not present with pull policy of Never"))),
-            _ => Err(("ErrImagePull", format!("failed to pull image \"{image}\": pulling from registries is not available on this node yet; import the image with `skiff images import`"))),
-        };
-        let img = match resolved {
-            Ok(img) => {
-                ctx.events
-                    .pod(
-                        &pc.pod,
-                        Some(&c.name),
-                        "Normal",
-                        "Pulled",
-                        format!("Container image \"{image}\" already present on machine"),
-                    )
-                    .await;
-                img
-            }
+        let img = match obtain_image(&pc, &c.name, &image, &policy).await {
+            Ok(img) => img,
             Err((reason, msg)) => {
-                ctx.events
-                    .pod(&pc.pod, Some(&c.name), "Warning", "Failed", msg.clone())
-                    .await;
                 status.state = Some(waiting(reason, Some(msg)));
                 let _ = updates.send(Update::Status(idx, status.clone())).await;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
+                // Later attempts wait in ImagePullBackOff, as the kubelet's do.
+                if reason == "ErrImagePull" {
+                    status.state = Some(waiting(
+                        "ImagePullBackOff",
+                        Some(format!("Back-off pulling image \"{image}\"")),
+                    ));
+                    let _ = updates.send(Update::Status(idx, status.clone())).await;
+                }
                 continue;
             }
         };
@@ -583,6 +601,73 @@ async fn supervise(
             .await;
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// The image for a container, per its pull policy: from the node's store, or pulled.
+async fn obtain_image(
+    pc: &PodCtx,
+    container: &str,
+    image: &str,
+    policy: &str,
+) -> Result<crate::images::Image, (&'static str, String)> {
+    let ctx = &pc.ctx;
+    let local = ctx.images.resolve(image);
+    match (policy, local) {
+        ("Never" | "IfNotPresent", Some(img)) => {
+            ctx.events
+                .pod(
+                    &pc.pod,
+                    Some(container),
+                    "Normal",
+                    "Pulled",
+                    format!("Container image \"{image}\" already present on machine"),
+                )
+                .await;
+            Ok(img)
+        }
+        ("Never", None) => {
+            let msg =
+                format!("Container image \"{image}\" is not present with pull policy of Never");
+            ctx.events
+                .pod(
+                    &pc.pod,
+                    Some(container),
+                    "Warning",
+                    "ErrImageNeverPull",
+                    msg.clone(),
+                )
+                .await;
+            Err(("ErrImageNeverPull", msg))
+        }
+        _ => {
+            ctx.events
+                .pod(
+                    &pc.pod,
+                    Some(container),
+                    "Normal",
+                    "Pulling",
+                    format!("Pulling image \"{image}\""),
+                )
+                .await;
+            let started = Instant::now();
+            let auth = pc.registry_auth(image).await;
+            match crate::registry::pull(&ctx.images, image, &auth, &ctx.insecure_registries).await {
+                Ok(img) => {
+                    let size = std::fs::metadata(&img.path).map_or(0, |m| m.len());
+                    let took = started.elapsed().as_secs_f64();
+                    ctx.events.pod(&pc.pod, Some(container), "Normal", "Pulled", format!("Successfully pulled image \"{image}\" in {took:.3}s. Image size: {size} bytes.")).await;
+                    Ok(img)
+                }
+                Err(e) => {
+                    let msg = format!("Failed to pull image \"{image}\": {e}");
+                    ctx.events
+                        .pod(&pc.pod, Some(container), "Warning", "Failed", msg.clone())
+                        .await;
+                    Err(("ErrImagePull", msg))
+                }
+            }
+        }
     }
 }
 
