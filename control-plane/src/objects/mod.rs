@@ -939,7 +939,9 @@ impl Objects {
                 )
                 .await
             {
-                Err(ObjectError::Conflict { .. }) if pinned.is_none() => continue,
+                Err(ObjectError::Conflict { .. }) if pinned.is_none() => {
+                    self.store.settle().await?
+                }
                 other => return other,
             }
         }
@@ -1011,7 +1013,7 @@ impl Objects {
                             warnings: vec![],
                         })
                     }
-                    Err(StoreError::Conflict { .. }) => continue,
+                    Err(StoreError::Conflict { .. }) => self.store.settle().await?,
                     Err(e) => return Err(self.map_write_err(rt, name, e)),
                 }
             }
@@ -1085,7 +1087,7 @@ impl Objects {
                         warnings: vec![],
                     })
                 }
-                Err(StoreError::Conflict { .. }) => continue,
+                Err(StoreError::Conflict { .. }) => self.store.settle().await?,
                 Err(e) => return Err(self.map_write_err(rt, name, e)),
             }
         }
@@ -1231,7 +1233,7 @@ impl Objects {
                         warnings: vec![],
                     })
                 }
-                Err(StoreError::Conflict { .. }) => continue,
+                Err(StoreError::Conflict { .. }) => self.store.settle().await?,
                 Err(e) => return Err(self.map_write_err(rt, name, e)),
             }
         }

@@ -363,3 +363,56 @@ async fn lists_filter_and_page() {
     assert_eq!(rest.items.len(), 2);
     assert!(rest.continue_token.is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_and_updates_racing_other_writers_do_not_conflict() {
+    let (o, _d) = setup().await;
+    let o = Arc::new(o);
+    let cm = o.registry().find("", "v1", "configmaps").unwrap();
+    o.create(
+        cm,
+        Some("default"),
+        json!({"metadata": {"name": "busy"}}),
+        &WriteOptions::default(),
+    )
+    .await
+    .unwrap();
+    let writer = {
+        let o = o.clone();
+        tokio::spawn(async move {
+            for i in 0..200 {
+                let patch = json!({"metadata": {"labels": {"i": i.to_string()}}});
+                if o.patch(
+                    cm,
+                    Some("default"),
+                    "busy",
+                    PatchType::Merge,
+                    patch,
+                    Target::Main,
+                    &WriteOptions::default(),
+                )
+                .await
+                .is_err()
+                {
+                    return;
+                }
+            }
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    // Unconditional writes retry until they win; they never surface a conflict.
+    o.update(
+        cm,
+        Some("default"),
+        "busy",
+        json!({"metadata": {"name": "busy"}, "data": {"k": "v"}}),
+        Target::Main,
+        &WriteOptions::default(),
+    )
+    .await
+    .unwrap();
+    o.delete(cm, Some("default"), "busy", &DeleteOptions::default())
+        .await
+        .unwrap();
+    writer.await.unwrap();
+}

@@ -130,6 +130,10 @@ pub trait Store: Send + Sync + 'static {
     /// Removes `key`; returns its last state stamped with the deletion revision.
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<Stored, StoreError>;
 
+    /// Waits until every write decided so far is readable (after a conflict, a retry
+    /// must see the write it lost to).
+    async fn settle(&self) -> Result<(), StoreError>;
+
     /// Every event under `prefix` after revision `from`, then new ones as they happen.
     fn watch(&self, prefix: &str, from: Revision) -> Result<WatchReceiver, StoreError>;
 }

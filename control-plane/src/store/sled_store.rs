@@ -545,6 +545,11 @@ impl Store for SledStore {
         self.inner.oldest.load(Ordering::Acquire)
     }
 
+    async fn settle(&self) -> Result<(), StoreError> {
+        let last = self.inner.write.lock().expect("write lock").last;
+        self.make_durable(last).await
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Stored>, StoreError> {
         self.inner
             .db
