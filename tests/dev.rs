@@ -260,6 +260,60 @@ fn dev_cluster_runs_wasm_pods() {
     assert_eq!(st["state"]["terminated"]["reason"], "OOMKilled", "{st}");
     assert_eq!(d.json(&["get", "pod", "oom"])["status"]["phase"], "Failed");
 
+    step("init containers run first, in order; activeDeadlineSeconds ends a pod");
+    let manifest = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: with-init\nspec:\n  runtimeClassName: wasmtime\n  restartPolicy: Never\n  initContainers:\n  - name: first\n    image: registry.example/hello:1.0\n    imagePullPolicy: IfNotPresent\n  - name: second\n    image: registry.example/hello:1.0\n    imagePullPolicy: IfNotPresent\n  containers:\n  - name: main\n    image: registry.example/hello:1.0\n    imagePullPolicy: IfNotPresent\n";
+    let (ok, _, err) = d.kubectl(&["apply", "-f", "-"], Some(manifest));
+    assert!(ok, "{err}");
+    let pod = eventually(30, "with-init to succeed", || {
+        let p = d.json(&["get", "pod", "with-init"]);
+        (p["status"]["phase"] == "Succeeded").then_some(p)
+    });
+    let inits = pod["status"]["initContainerStatuses"].as_array().unwrap();
+    assert_eq!(inits.len(), 2);
+    let finished = |s: &Value| {
+        s["state"]["terminated"]["finishedAt"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let started = |s: &Value| {
+        s["state"]["terminated"]["startedAt"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        finished(&inits[0]) <= started(&inits[1])
+            && finished(&inits[1]) <= started(&pod["status"]["containerStatuses"][0]),
+        "{pod}"
+    );
+    assert_eq!(
+        d.ok(&["logs", "with-init", "-c", "second"]),
+        "hello from wasm\n"
+    );
+    d.pod(
+        "deadline",
+        "registry.example/spin:1.0",
+        "Never",
+        "    resources:\n      limits:\n        cpu: 100m\n",
+    );
+    let (ok, _, err) = d.kubectl(
+        &[
+            "patch",
+            "pod",
+            "deadline",
+            "-p",
+            "{\"spec\":{\"activeDeadlineSeconds\":1}}",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let p = eventually(30, "deadline to be exceeded", || {
+        let p = d.json(&["get", "pod", "deadline"]);
+        (p["status"]["reason"] == "DeadlineExceeded").then_some(p)
+    });
+    assert_eq!(p["status"]["phase"], "Failed");
+
     step("a spinning container is deleted promptly");
     d.pod(
         "spin",

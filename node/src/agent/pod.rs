@@ -959,9 +959,21 @@ async fn run_pod(
         }
     }
     drop(tx);
-    let deadline = spec
-        .active_deadline_seconds
-        .map(|s| tokio::time::Instant::now() + Duration::from_secs(s.max(0) as u64));
+    // activeDeadlineSeconds counts from the pod's start and may be changed while it runs.
+    let deadline_of = |p: &Pod| {
+        p.spec
+            .as_ref()
+            .and_then(|s| s.active_deadline_seconds)
+            .map(|secs| {
+                let elapsed = jiff::Timestamp::now()
+                    .duration_since(start.0)
+                    .as_secs()
+                    .max(0) as u64;
+                tokio::time::Instant::now()
+                    + Duration::from_secs((secs.max(0) as u64).saturating_sub(elapsed))
+            })
+    };
+    let mut deadline = deadline_of(&pod);
     loop {
         let until = deadline
             .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86400 * 365));
@@ -977,6 +989,7 @@ async fn run_pod(
                 if changed.is_err() {
                     return;
                 }
+                deadline = deadline_of(&rx.borrow());
                 if rx.borrow().metadata.deletion_timestamp.is_some() {
                     for t in &tasks {
                         t.abort();
