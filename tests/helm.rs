@@ -7,6 +7,18 @@ use std::process::Command;
 
 use common::{root, Server};
 
+fn replicas(s: &Server) -> String {
+    s.ok(&[
+        "get",
+        "deploy",
+        "web",
+        "-n",
+        "apps",
+        "-o",
+        "jsonpath={.spec.replicas}",
+    ])
+}
+
 fn helm(s: &Server, args: &[&str]) -> String {
     let bin = root().join(".tools/bin/helm");
     assert!(bin.exists(), "helm not found: run scripts/setup.sh");
@@ -46,18 +58,7 @@ fn helm_chart_lifecycle() {
     );
     let list = helm(&s, &["list", "-n", "apps"]);
     assert!(list.contains("web") && list.contains("deployed"), "{list}");
-    assert_eq!(
-        s.ok(&[
-            "get",
-            "deploy",
-            "web",
-            "-n",
-            "apps",
-            "-o",
-            "jsonpath={.spec.replicas}"
-        ]),
-        "1"
-    );
+    assert_eq!(replicas(&s), "1");
     assert!(s
         .ok(&["get", "svc", "web", "-n", "apps"])
         .contains("ClusterIP"));
@@ -74,31 +75,9 @@ fn helm_chart_lifecycle() {
             "replicaCount=3",
         ],
     );
-    assert_eq!(
-        s.ok(&[
-            "get",
-            "deploy",
-            "web",
-            "-n",
-            "apps",
-            "-o",
-            "jsonpath={.spec.replicas}"
-        ]),
-        "3"
-    );
+    assert_eq!(replicas(&s), "3");
     helm(&s, &["rollback", "web", "1", "-n", "apps"]);
-    assert_eq!(
-        s.ok(&[
-            "get",
-            "deploy",
-            "web",
-            "-n",
-            "apps",
-            "-o",
-            "jsonpath={.spec.replicas}"
-        ]),
-        "1"
-    );
+    assert_eq!(replicas(&s), "1");
     assert!(helm(&s, &["history", "web", "-n", "apps"]).contains("Rollback to 1"));
 
     helm(&s, &["uninstall", "web", "-n", "apps"]);

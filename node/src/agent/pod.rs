@@ -147,36 +147,25 @@ impl PodCtx {
                 None => e.value.clone().unwrap_or_default(),
                 Some(src) => {
                     if let Some(r) = &src.config_map_key_ref {
-                        match self
+                        let found = self
                             .config_map(&r.name)
                             .await
-                            .map(|cm| cm.data.unwrap_or_default().get(&r.key).cloned())
+                            .map(|cm| cm.data.unwrap_or_default().get(&r.key).cloned());
+                        match referenced("ConfigMap", &self.ns, &r.name, &r.key, r.optional, found)?
                         {
-                            Ok(Some(v)) => v,
-                            _ if r.optional == Some(true) => continue,
-                            Ok(None) => {
-                                return Err(format!(
-                                    "couldn't find key {} in ConfigMap {}/{}",
-                                    r.key, self.ns, r.name
-                                ))
-                            }
-                            Err(e) => return Err(e),
+                            Some(v) => v,
+                            None => continue,
                         }
                     } else if let Some(r) = &src.secret_key_ref {
-                        match self
-                            .secret(&r.name)
-                            .await
-                            .map(|s| s.data.unwrap_or_default().get(&r.key).cloned())
-                        {
-                            Ok(Some(v)) => String::from_utf8_lossy(&v.0).into_owned(),
-                            _ if r.optional == Some(true) => continue,
-                            Ok(None) => {
-                                return Err(format!(
-                                    "couldn't find key {} in Secret {}/{}",
-                                    r.key, self.ns, r.name
-                                ))
-                            }
-                            Err(e) => return Err(e),
+                        let found = self.secret(&r.name).await.map(|s| {
+                            s.data
+                                .unwrap_or_default()
+                                .get(&r.key)
+                                .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+                        });
+                        match referenced("Secret", &self.ns, &r.name, &r.key, r.optional, found)? {
+                            Some(v) => v,
+                            None => continue,
                         }
                     } else if let Some(f) = &src.field_ref {
                         self.field(&f.field_path)
@@ -339,6 +328,23 @@ impl PodCtx {
                 })
             })
             .collect()
+    }
+}
+
+/// A key a container's env refers to: `None` when the reference is optional and missing.
+fn referenced(
+    kind: &str,
+    ns: &str,
+    name: &str,
+    key: &str,
+    optional: Option<bool>,
+    found: Result<Option<String>, String>,
+) -> Result<Option<String>, String> {
+    match found {
+        Ok(Some(v)) => Ok(Some(v)),
+        _ if optional == Some(true) => Ok(None),
+        Ok(None) => Err(format!("couldn't find key {key} in {kind} {ns}/{name}")),
+        Err(e) => Err(e),
     }
 }
 
