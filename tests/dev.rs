@@ -429,7 +429,7 @@ fn agent_restart_adopts_its_pods() {
 fn wasm_examples_run() {
     let d = Dev::start();
     let out = common::root().join("wasm-examples/out");
-    for ex in ["hello", "config-reader", "shared-volume"] {
+    for ex in ["hello", "config-reader", "shared-volume", "hello-component"] {
         let wasm = out.join(format!("{ex}.wasm"));
         assert!(
             wasm.exists(),
@@ -441,7 +441,7 @@ fn wasm_examples_run() {
     eventually(30, "node Ready", || {
         d.kubectl(&["get", "node", "edge-1"], None).0.then_some(())
     });
-    for ex in ["hello", "config-reader", "shared-volume"] {
+    for ex in ["hello", "config-reader", "shared-volume", "hello-component"] {
         let manifest = common::root().join(format!("wasm-examples/{ex}/pod.yaml"));
         d.ok(&["apply", "-f", manifest.to_str().unwrap()]);
     }
@@ -456,6 +456,13 @@ fn wasm_examples_run() {
     assert_eq!(
         d.ok(&["logs", "hello-wasm"]),
         "Hello from a Wasm pod on Skiff!\narg 1: from\narg 2: kubectl\n"
+    );
+
+    step("hello-component: a preview 2 command component (wasi:cli/run)");
+    done("hello-component");
+    assert_eq!(
+        d.ok(&["logs", "hello-component"]),
+        "Hello from a Wasm pod on Skiff!\narg 1: as\narg 2: a\narg 3: component\n"
     );
 
     step("config-reader: env from a ConfigMap and the downward API, a read-only configMap volume, a writable volume");

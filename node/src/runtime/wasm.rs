@@ -1,8 +1,9 @@
-//! Wasm containers on wasmtime: one `Engine` per agent, modules compiled once per image
-//! digest (and cached on disk, so a restarted agent skips compilation), one `Store` per
-//! container with deny-by-default WASI (only the container's args, env and mounts), memory
-//! limits through a `ResourceLimiter`, and CPU limits and kills through epoch
-//! interruption, so a spinning guest yields, gets only its share, and can be stopped.
+//! Wasm containers on wasmtime: one `Engine` per agent; preview 1 command modules and
+//! preview 2 command components (`wasi:cli/run`), compiled once per image digest (and
+//! cached on disk, so a restarted agent skips compilation); one `Store` per container with
+//! deny-by-default WASI (only the container's args, env and mounts); memory limits through
+//! a `ResourceLimiter`; CPU limits and kills through epoch interruption, so a spinning
+//! guest yields, gets only its share, and can be stopped.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -10,9 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use wasmtime::component::{Component, ResourceTable};
 use wasmtime::{Config, Engine, Linker, Module, ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::p1::WasiP1Ctx;
-use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::{ContainerSpec, Exit, KillSwitch, Running, Runtime, RuntimeError};
 use crate::logs::{LogFile, Stream};
@@ -22,9 +24,42 @@ const TICK: Duration = Duration::from_millis(5);
 /// CPU limits are enforced over windows of this length.
 const CPU_WINDOW: Duration = Duration::from_millis(100);
 
-struct Host {
+/// Store data of a preview 1 module.
+struct P1Host {
     wasi: WasiP1Ctx,
     limits: Limits,
+}
+
+/// Store data of a preview 2 component.
+struct P2Host {
+    ctx: WasiCtx,
+    table: ResourceTable,
+    limits: Limits,
+}
+
+impl WasiView for P2Host {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.ctx,
+            table: &mut self.table,
+        }
+    }
+}
+
+trait HasLimits: Send + 'static {
+    fn limits(&mut self) -> &mut Limits;
+}
+
+impl HasLimits for P1Host {
+    fn limits(&mut self) -> &mut Limits {
+        &mut self.limits
+    }
+}
+
+impl HasLimits for P2Host {
+    fn limits(&mut self) -> &mut Limits {
+        &mut self.limits
+    }
 }
 
 /// The memory limit: growth past it traps (the container is then `OOMKilled`).
@@ -65,25 +100,43 @@ impl ResourceLimiter for Limits {
     }
 }
 
+#[derive(Clone)]
+enum Compiled {
+    Module(Module),
+    Component(Component),
+}
+
 pub struct WasmRuntime {
     engine: Engine,
-    linker: Linker<Host>,
-    modules: Mutex<HashMap<String, Module>>,
+    p1: Linker<P1Host>,
+    p2: wasmtime::component::Linker<P2Host>,
+    compiled: Mutex<HashMap<String, Compiled>>,
     cache_dir: PathBuf,
 }
 
+fn start_error(id: &str) -> impl Fn(&dyn std::fmt::Display) -> RuntimeError + '_ {
+    move |e| RuntimeError::Start {
+        id: id.into(),
+        reason: format!("{e:#}"),
+    }
+}
+
+/// Whether a Wasm binary is a component (layer 1) rather than a core module.
+fn is_component(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[6..8] == [1, 0]
+}
+
 impl WasmRuntime {
-    /// One engine for the agent; compiled modules are cached under `cache_dir`.
+    /// One engine for the agent; compiled images are cached under `cache_dir`.
     pub fn new(cache_dir: &Path) -> Result<WasmRuntime, RuntimeError> {
-        let fail = |e: wasmtime::Error| RuntimeError::Start {
-            id: "engine".into(),
-            reason: e.to_string(),
-        };
+        let fail = start_error("engine");
         let mut config = Config::new();
         config.epoch_interruption(true);
-        let engine = Engine::new(&config).map_err(fail)?;
-        let mut linker: Linker<Host> = Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |h| &mut h.wasi).map_err(fail)?;
+        let engine = Engine::new(&config).map_err(|e| fail(&e))?;
+        let mut p1: Linker<P1Host> = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut p1, |h| &mut h.wasi).map_err(|e| fail(&e))?;
+        let mut p2 = wasmtime::component::Linker::<P2Host>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut p2).map_err(|e| fail(&e))?;
         // The epoch ticker lives as long as the engine.
         let weak = engine.weak();
         std::thread::Builder::new()
@@ -95,63 +148,81 @@ impl WasmRuntime {
                     std::thread::sleep(TICK);
                 }
             })
-            .map_err(|e| RuntimeError::Start {
-                id: "engine".into(),
-                reason: e.to_string(),
-            })?;
-        std::fs::create_dir_all(cache_dir).map_err(|e| RuntimeError::Start {
-            id: "engine".into(),
-            reason: e.to_string(),
-        })?;
+            .map_err(|e| fail(&e))?;
+        std::fs::create_dir_all(cache_dir).map_err(|e| fail(&e))?;
         Ok(WasmRuntime {
             engine,
-            linker,
-            modules: Mutex::new(HashMap::new()),
+            p1,
+            p2,
+            compiled: Mutex::new(HashMap::new()),
             cache_dir: cache_dir.to_path_buf(),
         })
     }
 
-    /// The compiled module for an image: from memory, the disk cache, or compiled now.
-    fn module(&self, spec: &ContainerSpec) -> Result<Module, RuntimeError> {
-        if let Some(m) = self
-            .modules
+    /// The compiled image: from memory, the disk cache, or compiled now.
+    fn compiled(&self, spec: &ContainerSpec) -> Result<Compiled, RuntimeError> {
+        if let Some(c) = self
+            .compiled
             .lock()
-            .expect("modules")
+            .expect("compiled")
             .get(&spec.image_digest)
         {
-            return Ok(m.clone());
+            return Ok(c.clone());
         }
         let invalid = |reason: String| RuntimeError::InvalidImage {
             image: spec.image_digest.clone(),
             reason,
         };
-        let cached = self
-            .cache_dir
-            .join(format!("{}.cwasm", spec.image_digest.replace(':', "-")));
+        let bytes = std::fs::read(&spec.image_path).map_err(|e| invalid(e.to_string()))?;
+        let component = is_component(&bytes);
+        let cached = self.cache_dir.join(format!(
+            "{}.{}",
+            spec.image_digest.replace(':', "-"),
+            if component {
+                "cwasm-component"
+            } else {
+                "cwasm"
+            }
+        ));
         // Safety: the cache is written only by this agent with this engine's settings;
         // wasmtime checks the version and configuration and refuses anything else.
-        let module = match unsafe { Module::deserialize_file(&self.engine, &cached) } {
-            Ok(m) => m,
+        let from_cache = if component {
+            unsafe { Component::deserialize_file(&self.engine, &cached) }.map(Compiled::Component)
+        } else {
+            unsafe { Module::deserialize_file(&self.engine, &cached) }.map(Compiled::Module)
+        };
+        let compiled = match from_cache {
+            Ok(c) => c,
             Err(_) => {
-                let bytes = std::fs::read(&spec.image_path).map_err(|e| invalid(e.to_string()))?;
-                let m = Module::new(&self.engine, &bytes).map_err(|e| invalid(format!("{e:#}")))?;
-                if let Ok(serialized) = m.serialize() {
+                let (c, serialized) = if component {
+                    let c = Component::new(&self.engine, &bytes)
+                        .map_err(|e| invalid(format!("{e:#}")))?;
+                    let s = c.serialize();
+                    (Compiled::Component(c), s)
+                } else {
+                    let m =
+                        Module::new(&self.engine, &bytes).map_err(|e| invalid(format!("{e:#}")))?;
+                    let s = m.serialize();
+                    (Compiled::Module(m), s)
+                };
+                if let Ok(serialized) = serialized {
                     let tmp = cached.with_extension("tmp");
                     if std::fs::write(&tmp, serialized).is_ok() {
                         let _ = std::fs::rename(&tmp, &cached);
                     }
                 }
-                m
+                c
             }
         };
-        self.modules
+        self.compiled
             .lock()
-            .expect("modules")
-            .insert(spec.image_digest.clone(), module.clone());
-        Ok(module)
+            .expect("compiled")
+            .insert(spec.image_digest.clone(), compiled.clone());
+        Ok(compiled)
     }
 
-    fn wasi(spec: &ContainerSpec) -> Result<WasiP1Ctx, RuntimeError> {
+    /// WASI for a container: nothing but its args, env, output and mounts.
+    fn wasi(spec: &ContainerSpec) -> Result<WasiCtxBuilder, RuntimeError> {
         let mut b = WasiCtxBuilder::new();
         b.args(&spec.argv);
         b.envs(&spec.env);
@@ -169,8 +240,50 @@ impl WasmRuntime {
                     reason: format!("mount {}: {e}", m.guest_path),
                 })?;
         }
-        Ok(b.build_p1())
+        Ok(b)
     }
+}
+
+/// Limits, kills and CPU shares for a container's store: each epoch tick, stop if killed;
+/// otherwise yield, sleeping off any CPU used beyond the limit in the current window.
+fn govern<T: HasLimits>(
+    store: &mut Store<T>,
+    killed: Arc<AtomicBool>,
+    cpu_limit_millis: Option<u64>,
+) {
+    store.limiter(|h| h.limits());
+    let share = cpu_limit_millis.map(|m| m as f64 / 1000.0);
+    let mut window_start = Instant::now();
+    let mut ran_since = Instant::now();
+    let mut used = Duration::ZERO;
+    store.epoch_deadline_callback(move |_| {
+        if killed.load(Ordering::Acquire) {
+            return Ok(UpdateDeadline::Interrupt);
+        }
+        let now = Instant::now();
+        used += now - ran_since;
+        if now - window_start >= CPU_WINDOW {
+            window_start = now;
+            used = Duration::ZERO;
+        }
+        let pause = match share {
+            Some(share) if used.as_secs_f64() > share * CPU_WINDOW.as_secs_f64() => {
+                Duration::from_secs_f64(used.as_secs_f64() / share)
+                    .saturating_sub(now - window_start)
+            }
+            _ => Duration::ZERO,
+        };
+        ran_since = now + pause;
+        if pause.is_zero() {
+            Ok(UpdateDeadline::Yield(1))
+        } else {
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::time::sleep(pause)),
+            ))
+        }
+    });
+    store.set_epoch_deadline(1);
 }
 
 /// A container's stdout or stderr, writing CRI log lines.
@@ -250,75 +363,82 @@ impl Runtime for WasmRuntime {
     }
 
     async fn prepare(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
-        self.module(spec).map(|_| ())
+        self.compiled(spec).map(|_| ())
     }
 
     async fn start(&self, spec: ContainerSpec) -> Result<Box<dyn Running>, RuntimeError> {
-        let module = self.module(&spec)?;
+        let compiled = self.compiled(&spec)?;
         let wasi = Self::wasi(&spec)?;
         let limits = Limits {
             memory: spec.memory_limit.map(|b| b as usize),
             exceeded: false,
         };
-        let mut store = Store::new(&self.engine, Host { wasi, limits });
-        store.limiter(|h| &mut h.limits);
         let killed = Arc::new(AtomicBool::new(false));
-        // Each tick: stop if killed; otherwise yield, sleeping off any CPU used beyond the
-        // limit in the current window.
-        let k = killed.clone();
-        let share = spec.cpu_limit_millis.map(|m| m as f64 / 1000.0);
-        let mut window_start = Instant::now();
-        let mut ran_since = Instant::now();
-        let mut used = Duration::ZERO;
-        store.epoch_deadline_callback(move |_| {
-            if k.load(Ordering::Acquire) {
-                return Ok(UpdateDeadline::Interrupt);
-            }
-            let now = Instant::now();
-            used += now - ran_since;
-            if now - window_start >= CPU_WINDOW {
-                window_start = now;
-                used = Duration::ZERO;
-            }
-            let pause = match share {
-                Some(share) if used.as_secs_f64() > share * CPU_WINDOW.as_secs_f64() => {
-                    let allowed_wall = used.as_secs_f64() / share;
-                    Duration::from_secs_f64(allowed_wall).saturating_sub(now - window_start)
-                }
-                _ => Duration::ZERO,
-            };
-            ran_since = now + pause;
-            if pause.is_zero() {
-                Ok(UpdateDeadline::Yield(1))
-            } else {
-                Ok(UpdateDeadline::YieldCustom(
-                    1,
-                    Box::pin(tokio::time::sleep(pause)),
-                ))
-            }
-        });
-        store.set_epoch_deadline(1);
-        let instance_pre =
-            self.linker
-                .instantiate_pre(&module)
-                .map_err(|e| RuntimeError::Start {
-                    id: spec.id.clone(),
-                    reason: format!("{e:#}"),
-                })?;
+        let fail = start_error(&spec.id);
         let log = spec.log.clone();
         let k = killed.clone();
-        let task = tokio::spawn(async move {
-            let result = async {
-                let instance = instance_pre.instantiate_async(&mut store).await?;
-                let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
-                start.call_async(&mut store, ()).await
+        let task = match compiled {
+            Compiled::Module(module) => {
+                let mut wasi = wasi;
+                let mut store = Store::new(
+                    &self.engine,
+                    P1Host {
+                        wasi: wasi.build_p1(),
+                        limits,
+                    },
+                );
+                govern(&mut store, killed.clone(), spec.cpu_limit_millis);
+                let pre = self.p1.instantiate_pre(&module).map_err(|e| fail(&e))?;
+                tokio::spawn(async move {
+                    let result = async {
+                        let instance = pre.instantiate_async(&mut store).await?;
+                        let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+                        start.call_async(&mut store, ()).await
+                    }
+                    .await;
+                    let exit = exit_of(
+                        result,
+                        k.load(Ordering::Acquire),
+                        store.data().limits.exceeded,
+                    );
+                    let _ = log.finish();
+                    exit
+                })
             }
-            .await;
-            let oom = store.data().limits.exceeded;
-            let exit = exit_of(result, k.load(Ordering::Acquire), oom);
-            let _ = log.finish();
-            exit
-        });
+            Compiled::Component(component) => {
+                let mut wasi = wasi;
+                let mut store = Store::new(
+                    &self.engine,
+                    P2Host {
+                        ctx: wasi.build(),
+                        table: ResourceTable::new(),
+                        limits,
+                    },
+                );
+                govern(&mut store, killed.clone(), spec.cpu_limit_millis);
+                let pre = self.p2.instantiate_pre(&component).map_err(|e| fail(&e))?;
+                let command =
+                    wasmtime_wasi::p2::bindings::CommandPre::new(pre).map_err(|e| fail(&e))?;
+                tokio::spawn(async move {
+                    let result = async {
+                        let command = command.instantiate_async(&mut store).await?;
+                        // `wasi:cli/run` returns Err(()) for a non-zero exit without a code.
+                        match command.wasi_cli_run().call_run(&mut store).await? {
+                            Ok(()) => Ok(()),
+                            Err(()) => Err(wasmtime::Error::new(wasmtime_wasi::I32Exit(1))),
+                        }
+                    }
+                    .await;
+                    let exit = exit_of(
+                        result,
+                        k.load(Ordering::Acquire),
+                        store.data().limits.exceeded,
+                    );
+                    let _ = log.finish();
+                    exit
+                })
+            }
+        };
         Ok(Box::new(WasmContainer { task, killed }))
     }
 }
