@@ -117,6 +117,8 @@ enum Images {
 enum Bench {
     /// API server throughput and latency: create, update, get, list, watch fan-out.
     Api(skiff_control_plane::bench::ApiBenchArgs),
+    /// Wasm pod start latency and idle-pod density on one node.
+    Pods(skiff_node::bench::PodBenchArgs),
 }
 
 fn init_tracing() {
@@ -260,6 +262,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench {
             what: Bench::Api(args),
         } => skiff_control_plane::bench::run_api(args).await?,
+        Command::Bench {
+            what: Bench::Pods(args),
+        } => skiff_node::bench::run_pods(args).await?,
     }
     Ok(())
 }

@@ -4,8 +4,10 @@
 //! - [`runtime`]: the `Runtime` trait and its Wasm implementation on wasmtime.
 //! - [`images`]: the node's content-addressed image store; [`registry`]: OCI pulls and pushes.
 //! - [`logs`]: container logs in the CRI format.
+//! - [`bench`]: `skiff bench pods`.
 //! - [`server`]: the agent's HTTPS endpoint (container logs for `kubectl logs`).
 pub mod agent;
+pub mod bench;
 pub mod images;
 pub mod logs;
 pub mod registry;

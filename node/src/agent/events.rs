@@ -62,11 +62,13 @@ impl Recorder {
             reporting_instance: Some(self.node.clone()),
             ..Default::default()
         };
-        if let Err(e) = Api::<Event>::namespaced(self.client.clone(), &ns)
-            .create(&PostParams::default(), &ev)
-            .await
-        {
-            tracing::debug!(error = %e, reason, "recording an event failed");
-        }
+        // Recorded in the background: a pod's start does not wait for its events.
+        let api = Api::<Event>::namespaced(self.client.clone(), &ns);
+        let reason = reason.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = api.create(&PostParams::default(), &ev).await {
+                tracing::debug!(error = %e, reason, "recording an event failed");
+            }
+        });
     }
 }

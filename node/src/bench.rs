@@ -1,0 +1,349 @@
+//! `skiff bench pods`: Wasm pod start latency (create → Running seen by a watch, module
+//! cached) and idle-pod density (agent RSS per pod), next to the peer measured in the same
+//! run: a bare wasmtime host keeping the same idle guests, one async task and Store each.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::api::{Api, PostParams, WatchEvent, WatchParams};
+
+/// A guest that sleeps forever in `poll_oneoff` (an hour at a time): an idle pod.
+pub const IDLE_WAT: &str = r#"(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (i64.store (i32.const 0) (i64.const 1))
+    (i32.store8 (i32.const 8) (i32.const 0))
+    (i32.store (i32.const 16) (i32.const 1))
+    (i64.store (i32.const 24) (i64.const 3600000000000))
+    (i64.store (i32.const 32) (i64.const 0))
+    (i32.store16 (i32.const 40) (i32.const 0))
+    (loop $forever
+      (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))
+      (br $forever))))"#;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct PodBenchArgs {
+    /// Pods whose start latency is measured.
+    #[arg(long, default_value_t = 500)]
+    pub pods: usize,
+    /// Idle pods one node is filled with for the density measurement.
+    #[arg(long, default_value_t = 2000)]
+    pub idle: usize,
+    /// Pods created at once.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("{0}")]
+    Failed(String),
+    #[error(transparent)]
+    Agent(#[from] crate::agent::AgentError),
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Images(#[from] crate::images::ImageError),
+}
+
+struct Procs(Vec<std::process::Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmRSS:")
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+        })
+        .unwrap_or(0)
+}
+
+fn pct(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort();
+    samples
+        .get(((samples.len() as f64 * p).ceil() as usize).saturating_sub(1))
+        .copied()
+        .unwrap_or_default()
+}
+
+fn pod(name: &str, image: &str) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {"runtimeClassName": "wasmtime", "containers": [{"name": "idle", "image": image, "imagePullPolicy": "IfNotPresent"}]},
+    }))
+    .expect("valid pod")
+}
+
+fn is_running(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .is_some_and(|cs| {
+            !cs.is_empty()
+                && cs
+                    .iter()
+                    .all(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+        })
+}
+
+/// Creates `names` pods `concurrency` at a time; returns when each creation was sent.
+async fn create_all(
+    api: &Api<Pod>,
+    names: Vec<String>,
+    image: &str,
+    concurrency: usize,
+) -> Result<HashMap<String, Instant>, BenchError> {
+    let sent = Arc::new(Mutex::new(HashMap::new()));
+    futures::stream::iter(names)
+        .map(|n| {
+            let (api, sent, image) = (api.clone(), sent.clone(), image.to_string());
+            async move {
+                sent.lock().expect("sent").insert(n.clone(), Instant::now());
+                api.create(&PostParams::default(), &pod(&n, &image))
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(Arc::try_unwrap(sent)
+        .map(|m| m.into_inner().expect("sent"))
+        .unwrap_or_default())
+}
+
+/// Waits until all of `expected` are seen Running; returns when each was first seen so.
+async fn running_times(
+    mut events: impl futures::Stream<Item = kube::Result<WatchEvent<Pod>>> + Unpin,
+    expected: usize,
+) -> Result<HashMap<String, Instant>, BenchError> {
+    let mut seen = HashMap::new();
+    while seen.len() < expected {
+        let ev = tokio::time::timeout(Duration::from_secs(120), events.next())
+            .await
+            .map_err(|_| {
+                BenchError::Failed(format!(
+                    "only {} of {expected} pods ran within 2 minutes",
+                    seen.len()
+                ))
+            })?
+            .ok_or_else(|| BenchError::Failed("the watch ended".into()))??;
+        if let WatchEvent::Added(p) | WatchEvent::Modified(p) = ev {
+            if is_running(&p) {
+                seen.entry(p.metadata.name.clone().unwrap_or_default())
+                    .or_insert_with(Instant::now);
+            }
+        }
+    }
+    Ok(seen)
+}
+
+/// The peer: a bare wasmtime host keeping `n` idle guests (one Engine and InstancePre,
+/// an async task and Store per guest); returns the RSS it added, in KiB.
+async fn bare_wasmtime_peer(n: usize) -> Result<u64, BenchError> {
+    let fail = |e: wasmtime::Error| BenchError::Failed(format!("peer: {e:#}"));
+    let mut config = wasmtime::Config::new();
+    config.epoch_interruption(true);
+    let engine = wasmtime::Engine::new(&config).map_err(fail)?;
+    let module = wasmtime::Module::new(&engine, IDLE_WAT).map_err(fail)?;
+    let mut linker: wasmtime::Linker<wasmtime_wasi::p1::WasiP1Ctx> = wasmtime::Linker::new(&engine);
+    wasmtime_wasi::p1::add_to_linker_async(&mut linker, |c| c).map_err(fail)?;
+    let pre = linker.instantiate_pre(&module).map_err(fail)?;
+    let before = rss_kib(std::process::id());
+    let mut tasks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut store =
+            wasmtime::Store::new(&engine, wasmtime_wasi::WasiCtxBuilder::new().build_p1());
+        store.epoch_deadline_async_yield_and_update(1);
+        let pre = pre.clone();
+        tasks.push(tokio::spawn(async move {
+            let instance = pre.instantiate_async(&mut store).await?;
+            instance
+                .get_typed_func::<(), ()>(&mut store, "_start")?
+                .call_async(&mut store, ())
+                .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let grown = rss_kib(std::process::id()).saturating_sub(before);
+    for t in tasks {
+        t.abort();
+    }
+    Ok(grown)
+}
+
+pub async fn run_pods(args: PodBenchArgs) -> Result<(), BenchError> {
+    let dir = tempfile::Builder::new()
+        .prefix("skiff-bench-pods")
+        .tempdir_in(std::env::current_dir()?)?;
+    let exe = std::env::current_exe()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let data = dir.path().join("server");
+    let server = std::process::Command::new(&exe)
+        .args([
+            "server",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(&data)
+        .env("SKIFF_LOG", "warn")
+        .spawn()?;
+    let mut procs = Procs(vec![server]);
+    let kubeconfig = data.join("kubeconfig");
+    wait_for(
+        || kubeconfig.exists() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        "the server",
+    )
+    .await?;
+    let agent_dir = dir.path().join("agent");
+    let image = "bench.local/idle:1";
+    crate::images::ImageStore::open(&agent_dir.join("images"))?
+        .import(&write(dir.path(), "idle.wat", IDLE_WAT)?, image)?;
+    let agent = std::process::Command::new(&exe)
+        .args([
+            "agent",
+            "--node-name",
+            "bench-node",
+            "--port",
+            "0",
+            "--max-pods",
+            &(args.pods + args.idle + 10).to_string(),
+            "--kubeconfig",
+        ])
+        .arg(&kubeconfig)
+        .arg("--data-dir")
+        .arg(&agent_dir)
+        .env("SKIFF_LOG", "warn")
+        .spawn()?;
+    let agent_pid = agent.id();
+    procs.0.push(agent);
+    let client = crate::agent::client_from(&kubeconfig).await?;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let ready = || async {
+        nodes.get("bench-node").await.ok().is_some_and(|n| {
+            n.status
+                .and_then(|s| s.conditions)
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready().await {
+        if Instant::now() > deadline {
+            return Err(BenchError::Failed("the node did not become Ready".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": "bench"}}))
+                .expect("namespace"),
+        )
+        .await?;
+    let pods: Api<Pod> = Api::namespaced(client, "bench");
+    println!(
+        "skiff bench pods: {} pods timed ({} at a time), {} idle pods for density",
+        args.pods, args.concurrency, args.idle
+    );
+
+    // Warm up: the first start compiles the module; the measured ones use the cache.
+    let events = pods.watch(&WatchParams::default(), "0").await?.boxed();
+    create_all(&pods, vec!["warm".into()], image, 1).await?;
+    running_times(events, 1).await?;
+    let rss_base = rss_kib(agent_pid);
+
+    let names: Vec<String> = (0..args.pods).map(|i| format!("p-{i}")).collect();
+    let rv = pods
+        .list_metadata(&Default::default())
+        .await?
+        .metadata
+        .resource_version
+        .unwrap_or_default();
+    let events = pods.watch(&WatchParams::default(), &rv).await?.boxed();
+    let watcher = tokio::spawn(running_times(events, args.pods));
+    let started = Instant::now();
+    let sent = create_all(&pods, names, image, args.concurrency).await?;
+    let running = watcher
+        .await
+        .map_err(|e| BenchError::Failed(e.to_string()))??;
+    let elapsed = started.elapsed();
+    let mut lat: Vec<Duration> = sent
+        .iter()
+        .filter_map(|(n, t)| running.get(n).map(|r| r.saturating_duration_since(*t)))
+        .collect();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "start latency (create -> Running seen by a watch): {} pods in {:.2} s; p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        lat.len(),
+        elapsed.as_secs_f64(),
+        ms(pct(&mut lat, 0.5)),
+        ms(pct(&mut lat, 0.99)),
+        ms(pct(&mut lat, 1.0))
+    );
+
+    let extra = args.idle.saturating_sub(args.pods);
+    let names: Vec<String> = (0..extra).map(|i| format!("idle-{i}")).collect();
+    let rv = pods
+        .list_metadata(&Default::default())
+        .await?
+        .metadata
+        .resource_version
+        .unwrap_or_default();
+    let events = pods.watch(&WatchParams::default(), &rv).await?.boxed();
+    let watcher = tokio::spawn(running_times(events, extra));
+    create_all(&pods, names, image, args.concurrency.max(16)).await?;
+    watcher
+        .await
+        .map_err(|e| BenchError::Failed(e.to_string()))??;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let total = args.pods.max(args.idle);
+    let rss = rss_kib(agent_pid);
+    let per_pod = rss.saturating_sub(rss_base) as f64 / total as f64;
+    let peer = bare_wasmtime_peer(total).await? as f64 / total as f64;
+    println!("idle pods: {total} running; agent RSS {} MiB ({} MiB before the pods): {per_pod:.1} KiB per pod", rss / 1024, rss_base / 1024);
+    println!(
+        "peer (bare wasmtime host, same guest): {peer:.1} KiB per guest; agent/peer = {:.1}x",
+        per_pod / peer.max(0.001)
+    );
+    drop(procs);
+    Ok(())
+}
+
+fn write(dir: &Path, name: &str, body: &str) -> Result<PathBuf, BenchError> {
+    let p = dir.join(name);
+    std::fs::write(&p, body)?;
+    Ok(p)
+}
+
+async fn wait_for(mut ok: impl FnMut() -> bool, what: &str) -> Result<(), BenchError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ok() {
+        if Instant::now() > deadline {
+            return Err(BenchError::Failed(format!("{what} did not start")));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
