@@ -24,6 +24,24 @@ const FAIL: &str = r#"(module
   (memory (export "memory") 1)
   (func (export "_start") (call $exit (i32.const 1))))"#;
 const GROW: &str = r#"(module (memory (export "memory") 1) (func (export "_start") (drop (memory.grow (i32.const 256)))))"#;
+/// Prints "tick" five times, 300 ms apart.
+const TICKER: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 200) "tick\n")
+  (func (export "_start") (local $i i32)
+    (i32.store (i32.const 100) (i32.const 200))
+    (i32.store (i32.const 104) (i32.const 5))
+    (i64.store (i32.const 0) (i64.const 1))
+    (i32.store8 (i32.const 8) (i32.const 0))
+    (i32.store (i32.const 16) (i32.const 1))
+    (i64.store (i32.const 24) (i64.const 300000000))
+    (loop $l
+      (drop (call $fd_write (i32.const 1) (i32.const 100) (i32.const 1) (i32.const 120)))
+      (drop (call $poll (i32.const 0) (i32.const 48) (i32.const 1) (i32.const 160)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $l (i32.lt_u (local.get $i) (i32.const 5))))))"#;
 const SPIN: &str =
     r#"(module (memory (export "memory") 1) (func (export "_start") (loop $l (br $l))))"#;
 
@@ -226,6 +244,19 @@ fn dev_cluster_runs_wasm_pods() {
         !ok && err.contains("container nope is not valid for pod hello"),
         "{err}"
     );
+
+    step("kubectl logs -f streams a running container's output until it ends");
+    d.import("ticker", TICKER, "registry.example/ticker:1.0");
+    d.pod("ticker", "registry.example/ticker:1.0", "Never", "");
+    eventually(30, "ticker to run", || {
+        d.container_status("ticker")["state"]["running"]
+            .is_object()
+            .then_some(())
+    });
+    let t = Instant::now();
+    let followed = d.ok(&["logs", "-f", "ticker"]);
+    assert_eq!(followed, "tick\ntick\ntick\ntick\ntick\n");
+    assert!(t.elapsed() < Duration::from_secs(10));
 
     step("a failing container crash-loops with back-off");
     d.pod("crash", "registry.example/fail:1.0", "Always", "");
