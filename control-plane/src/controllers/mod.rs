@@ -25,12 +25,8 @@ pub fn spawn_all(objects: Arc<Objects>) {
         .registry()
         .find("", "v1", "namespaces")
         .expect("namespaces are served");
-    let pods = objects
-        .registry()
-        .find("", "v1", "pods")
-        .expect("pods are served");
     tokio::spawn(run(objects.clone(), ns, "namespace", namespace::reconcile));
-    tokio::spawn(run(objects, pods, "scheduler", crate::scheduler::reconcile));
+    crate::scheduler::spawn(objects);
 }
 
 /// Lists and watches `rt`, calling `reconcile` for each changed object (by namespace/name),

@@ -158,8 +158,155 @@ fn failure_message(total: usize, reasons: &BTreeMap<String, usize>) -> String {
     )
 }
 
+/// Where bound, unfinished pods run and what they request, kept from a watch so that a
+/// scheduling decision does not re-read every pod.
+#[derive(Default)]
+pub struct Placements {
+    pods: std::sync::Mutex<HashMap<String, (String, Resources)>>,
+    loaded: tokio::sync::Notify,
+    is_loaded: std::sync::atomic::AtomicBool,
+}
+
+impl Placements {
+    fn key(p: &Pod) -> String {
+        format!(
+            "{}/{}",
+            p.metadata.namespace.as_deref().unwrap_or_default(),
+            p.metadata.name.as_deref().unwrap_or_default()
+        )
+    }
+
+    fn observe(&self, p: &Pod) {
+        let node = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .filter(|n| !n.is_empty());
+        let terminal = matches!(
+            p.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        );
+        let mut pods = self.pods.lock().expect("placements");
+        match node {
+            Some(node) if !terminal => {
+                pods.insert(Self::key(p), (node, requests(p)));
+            }
+            _ => {
+                pods.remove(&Self::key(p));
+            }
+        }
+    }
+
+    fn place(&self, key: &str, node: &str, need: Resources) {
+        self.pods
+            .lock()
+            .expect("placements")
+            .insert(key.to_string(), (node.to_string(), need));
+    }
+
+    /// Requests per node.
+    fn usage(&self) -> HashMap<String, Resources> {
+        let mut used: HashMap<String, Resources> = HashMap::new();
+        for (node, r) in self.pods.lock().expect("placements").values() {
+            let u = used.entry(node.clone()).or_default();
+            u.cpu += r.cpu;
+            u.memory += r.memory;
+            u.pods += r.pods;
+        }
+        used
+    }
+
+    async fn wait_loaded(&self) {
+        while !self.is_loaded.load(std::sync::atomic::Ordering::Acquire) {
+            let waiting = self.loaded.notified();
+            if self.is_loaded.load(std::sync::atomic::Ordering::Acquire) {
+                break;
+            }
+            waiting.await;
+        }
+    }
+
+    /// Reads every pod once; returns the revision to watch from.
+    pub async fn load(&self, objects: &Objects) -> Result<crate::store::Revision, ObjectError> {
+        let rt = objects
+            .registry()
+            .find("", "v1", "pods")
+            .expect("pods are served");
+        let page = objects.list(rt, None, &ListOptions::default()).await?;
+        let mut fresh = Placements::default();
+        for p in page
+            .items
+            .iter()
+            .filter_map(|b| serde_json::from_slice::<Pod>(b).ok())
+        {
+            fresh.observe(&p);
+        }
+        *self.pods.lock().expect("placements") =
+            std::mem::take(fresh.pods.get_mut().expect("placements"));
+        self.is_loaded
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.loaded.notify_waiters();
+        Ok(page.rev)
+    }
+
+    /// Keeps the placements current from a pod watch (re-listing when the watch ends).
+    pub async fn track(self: Arc<Self>, objects: Arc<Objects>) {
+        let rt = objects
+            .registry()
+            .find("", "v1", "pods")
+            .expect("pods are served");
+        loop {
+            let rev = match self.load(&objects).await {
+                Ok(rev) => rev,
+                Err(e) => {
+                    tracing::warn!(error = %e, "scheduler: listing pods failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let Ok(mut stream) =
+                objects.watch(rt, None, rev, crate::objects::WatchFilter::default())
+            else {
+                continue;
+            };
+            while let Some(crate::objects::WatchItem::Event { kind, object, .. }) =
+                stream.next().await
+            {
+                let Ok(p) = serde_json::from_slice::<Pod>(&object) else {
+                    continue;
+                };
+                if kind == "DELETED" {
+                    self.pods.lock().expect("placements").remove(&Self::key(&p));
+                } else {
+                    self.observe(&p);
+                }
+            }
+        }
+    }
+}
+
+/// Starts the scheduler: its placement tracker and its reconcile loop over pods.
+pub fn spawn(objects: Arc<Objects>) {
+    let placements = Arc::new(Placements::default());
+    tokio::spawn(placements.clone().track(objects.clone()));
+    let pods = objects
+        .registry()
+        .find("", "v1", "pods")
+        .expect("pods are served");
+    tokio::spawn(crate::controllers::run(
+        objects,
+        pods,
+        "scheduler",
+        move |o, v| reconcile(o, placements.clone(), v),
+    ));
+}
+
 /// Schedules one pod; the controller runner calls this for every pod change.
-pub async fn reconcile(objects: Arc<Objects>, pod_value: Value) -> Result<Action, ObjectError> {
+pub async fn reconcile(
+    objects: Arc<Objects>,
+    placements: Arc<Placements>,
+    pod_value: Value,
+) -> Result<Action, ObjectError> {
     let pod: Pod = decode(&pod_value).map_err(ObjectError::BadRequest)?;
     let spec = pod.spec.clone().unwrap_or_default();
     let terminal = matches!(
@@ -177,7 +324,6 @@ pub async fn reconcile(objects: Arc<Objects>, pod_value: Value) -> Result<Action
     let name = pod.metadata.name.clone().unwrap_or_default();
     let registry = objects.registry();
     let nodes_rt = registry.find("", "v1", "nodes").expect("nodes are served");
-    let pods_rt = registry.find("", "v1", "pods").expect("pods are served");
     let nodes: Vec<Node> = objects
         .list(nodes_rt, None, &ListOptions::default())
         .await?
@@ -185,34 +331,8 @@ pub async fn reconcile(objects: Arc<Objects>, pod_value: Value) -> Result<Action
         .iter()
         .filter_map(|b| serde_json::from_slice(b).ok())
         .collect();
-    let mut used: HashMap<String, Resources> = HashMap::new();
-    for p in objects
-        .list(pods_rt, None, &ListOptions::default())
-        .await?
-        .items
-        .iter()
-        .filter_map(|b| serde_json::from_slice::<Pod>(b).ok())
-    {
-        let Some(node) = p
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.clone())
-            .filter(|n| !n.is_empty())
-        else {
-            continue;
-        };
-        if matches!(
-            p.status.as_ref().and_then(|s| s.phase.as_deref()),
-            Some("Succeeded" | "Failed")
-        ) {
-            continue;
-        }
-        let r = requests(&p);
-        let u = used.entry(node).or_default();
-        u.cpu += r.cpu;
-        u.memory += r.memory;
-        u.pods += r.pods;
-    }
+    placements.wait_loaded().await;
+    let used = placements.usage();
     let need = requests(&pod);
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     let mut best: Option<(f64, &Node)> = None;
@@ -254,6 +374,8 @@ pub async fn reconcile(objects: Arc<Objects>, pod_value: Value) -> Result<Action
                 }
                 Err(e) => return Err(e),
             }
+            // Count it now, before the binding's own event reaches the tracker.
+            placements.place(&format!("{ns}/{name}"), &node_name, need);
             let msg = format!("Successfully assigned {ns}/{name} to {node_name}");
             crate::events::record(
                 &objects,
@@ -365,8 +487,11 @@ mod tests {
             .create(rt, Some("default"), pod, &WriteOptions::default())
             .await
             .unwrap();
+        let placements = Arc::new(Placements::default());
+        placements.load(objects).await.unwrap();
         let action = reconcile(
             objects.clone(),
+            placements,
             serde_json::from_slice(&created.object).unwrap(),
         )
         .await
