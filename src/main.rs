@@ -215,11 +215,19 @@ async fn main() -> anyhow::Result<()> {
                 port: 0,
                 insecure_registries: Vec::new(),
             };
-            let agent = tokio::spawn(skiff_node::agent::run(agent_config, stopped(stop_rx)));
-            shutdown_signal().await;
+            let mut agent = tokio::spawn(skiff_node::agent::run(agent_config, stopped(stop_rx)));
+            // Stop on a signal, or when the agent fails (the whole cluster goes down with it).
+            let early = tokio::select! {
+                _ = shutdown_signal() => None,
+                r = &mut agent => Some(r),
+            };
             let _ = stop_tx.send(true);
-            agent.await??;
+            let result = match early {
+                Some(r) => r,
+                None => agent.await,
+            };
             server.wait().await;
+            result??;
         }
         Command::Push {
             file,
