@@ -140,9 +140,7 @@ fn table(
             let mut row = json!({"cells": rt.strategy.cells(o, now)});
             match include {
                 IncludeObject::None => {}
-                IncludeObject::Metadata => {
-                    row["object"] = json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata").cloned().unwrap_or(json!({}))})
-                }
+                IncludeObject::Metadata => row["object"] = partial(o),
                 IncludeObject::Object => row["object"] = o.clone(),
             }
             row
@@ -160,8 +158,8 @@ fn table(
     json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": list_meta, "columnDefinitions": columns, "rows": rows})
 }
 
-fn partial(rt: &ResourceType, o: &Value) -> Value {
-    let _ = rt;
+/// An object's `PartialObjectMetadata` form.
+fn partial(o: &Value) -> Value {
     json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata").cloned().unwrap_or(json!({}))})
 }
 
@@ -192,12 +190,7 @@ fn single(
         Output::Metadata => {
             let v: Value =
                 serde_json::from_slice(&raw).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-            Ok(json_response(
-                code,
-                JSON,
-                partial(rt, &v).to_string(),
-                warnings,
-            ))
+            Ok(json_response(code, JSON, partial(&v).to_string(), warnings))
         }
     }
 }
@@ -522,7 +515,7 @@ async fn list(
                     &[],
                 ))
             } else {
-                let items: Vec<Value> = values.iter().map(|v| partial(rt, v)).collect();
+                let items: Vec<Value> = values.iter().map(|v| partial(v)).collect();
                 let body = json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "items": items});
                 Ok(json_response(StatusCode::OK, JSON, body.to_string(), &[]))
             }
@@ -556,7 +549,7 @@ fn event_line(
         }
         Output::Metadata => {
             let v: Value = serde_json::from_slice(object).ok()?;
-            line.extend_from_slice(partial(rt, &v).to_string().as_bytes());
+            line.extend_from_slice(partial(&v).to_string().as_bytes());
         }
     }
     line.extend_from_slice(b"}\n");
@@ -785,10 +778,9 @@ async fn subresource(
             ))
         }
         ("eviction", Method::POST) => {
-            let w = objects
+            objects
                 .delete(rt, ns, name, &DeleteOptions::default())
                 .await?;
-            let _ = w;
             let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201});
             Ok(json_response(
                 StatusCode::CREATED,

@@ -221,7 +221,7 @@ async fn register(
 }
 
 /// Renews the node's Lease and Ready condition every [`HEARTBEAT`].
-async fn heartbeat(client: Client, cfg: AgentConfig, ip: String) {
+async fn heartbeat(client: Client, cfg: AgentConfig) {
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     let nodes: Api<Node> = Api::all(client);
     loop {
@@ -256,7 +256,6 @@ async fn heartbeat(client: Client, cfg: AgentConfig, ip: String) {
         {
             tracing::warn!(error = %e, "reporting node status failed");
         }
-        let _ = ip.len();
         tokio::time::sleep(HEARTBEAT).await;
     }
 }
@@ -319,7 +318,7 @@ pub async fn run(
     )
     .await?;
     register(&client, &cfg, &ip, endpoint.port()).await?;
-    let beat = tokio::spawn(heartbeat(client.clone(), cfg.clone(), ip));
+    let beat = tokio::spawn(heartbeat(client.clone(), cfg.clone()));
     let pods: Api<Pod> = Api::all(client);
     let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.node_name));
     let mut stream = watcher(pods, wc).boxed();
