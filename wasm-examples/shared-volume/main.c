@@ -7,10 +7,12 @@
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "";
     if (strcmp(mode, "write") == 0) {
-        FILE *f = fopen("/shared/note.txt", "w");
-        if (!f) { fprintf(stderr, "cannot write /shared/note.txt\n"); return 1; }
+        // Write then rename, so the reader never sees a half-written note.
+        FILE *f = fopen("/shared/note.tmp", "w");
+        if (!f) { fprintf(stderr, "cannot write /shared/note.tmp\n"); return 1; }
         fprintf(f, "written by the writer container\n");
         fclose(f);
+        if (rename("/shared/note.tmp", "/shared/note.txt") != 0) { fprintf(stderr, "cannot rename the note\n"); return 1; }
         printf("note written\n");
         return 0;
     }
@@ -20,9 +22,12 @@ int main(int argc, char **argv) {
             FILE *f = fopen("/shared/note.txt", "r");
             if (f) {
                 char line[128] = "";
-                if (fgets(line, sizeof line, f)) printf("read: %s", line);
+                int got = fgets(line, sizeof line, f) != NULL;
                 fclose(f);
-                return 0;
+                if (got) {
+                    printf("read: %s", line);
+                    return 0;
+                }
             }
             nanosleep(&pause, NULL);
         }
