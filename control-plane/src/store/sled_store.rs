@@ -289,14 +289,27 @@ impl SledStore {
         recent_events: usize,
     ) -> Result<Self, StoreError> {
         let recent_events = recent_events.max(1);
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir.join("sled"))
             .mode(sled::Mode::HighThroughput)
             // The write-ahead log makes writes durable; sled is flushed at checkpoints.
             .flush_every_ms(None)
-            .cache_capacity(64 * 1024 * 1024)
-            .open()
-            .map_err(err)?;
+            .cache_capacity(64 * 1024 * 1024);
+        // A store dropped a moment ago in this process may still be finishing a flush on
+        // its background threads, holding sled's directory lock; wait for it briefly.
+        let mut attempts = 0;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock") && attempts < 100 =>
+                {
+                    attempts += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(err(e)),
+            }
+        };
         // Replay the whole retained log in order: sled holds a prefix of it, and replaying
         // writes it already has is harmless because every key ends at its last write.
         let wal_dir = dir.join("wal");
