@@ -382,26 +382,8 @@ fn limit(c: &Container, res: &str) -> Option<i128> {
         .as_ref()
         .and_then(|r| r.limits.as_ref())
         .and_then(|l| l.get(res))
-        .and_then(|q| parse_quantity(&q.0))
-}
-
-/// Milli-units of a quantity (enough of Kubernetes' syntax for limits).
-fn parse_quantity(s: &str) -> Option<i128> {
-    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
-    let (num, suffix) = s.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let mul: f64 = match suffix {
-        "" => 1.0,
-        "m" => 0.001,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "Ki" => 1024.0,
-        "Mi" => 1024.0 * 1024.0,
-        "Gi" => 1024.0 * 1024.0 * 1024.0,
-        _ => return None,
-    };
-    Some((n * mul * 1000.0).round() as i128)
+        .and_then(|q| skiff_control_plane::quantity::parse(&q.0).ok())
+        .map(|m| m.0)
 }
 
 /// Runs one container's lifecycle until it will not restart; reports every change.
@@ -450,18 +432,17 @@ async fn supervise(
         let env = match pc.env(&c).await {
             Ok(env) => env,
             Err(msg) => {
-                status.state = Some(waiting("CreateContainerConfigError", Some(msg.clone())));
-                ctx.events
-                    .pod(
-                        &pc.pod,
-                        Some(&c.name),
-                        "Warning",
-                        "Failed",
-                        format!("Error: {msg}"),
-                    )
-                    .await;
-                let _ = updates.send(Update::Status(idx, status.clone())).await;
-                tokio::time::sleep(Duration::from_secs(2)).await;
+                create_failed(
+                    &pc,
+                    &c.name,
+                    idx,
+                    &mut status,
+                    &updates,
+                    "CreateContainerConfigError",
+                    msg,
+                    &mut backoff,
+                )
+                .await;
                 continue;
             }
         };
@@ -476,9 +457,17 @@ async fn supervise(
         let log = match LogFile::create(&log_path) {
             Ok(l) => l,
             Err(e) => {
-                status.state = Some(waiting("CreateContainerError", Some(e.to_string())));
-                let _ = updates.send(Update::Status(idx, status.clone())).await;
-                tokio::time::sleep(Duration::from_secs(2)).await;
+                create_failed(
+                    &pc,
+                    &c.name,
+                    idx,
+                    &mut status,
+                    &updates,
+                    "CreateContainerError",
+                    e.to_string(),
+                    &mut backoff,
+                )
+                .await;
                 continue;
             }
         };
@@ -512,20 +501,17 @@ async fn supervise(
                     .lock()
                     .expect("active logs")
                     .remove(&log_path);
-                let msg = e.to_string();
-                ctx.events
-                    .pod(
-                        &pc.pod,
-                        Some(&c.name),
-                        "Warning",
-                        "Failed",
-                        format!("Error: {msg}"),
-                    )
-                    .await;
-                status.state = Some(waiting("CreateContainerError", Some(msg)));
-                let _ = updates.send(Update::Status(idx, status.clone())).await;
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                create_failed(
+                    &pc,
+                    &c.name,
+                    idx,
+                    &mut status,
+                    &updates,
+                    "CreateContainerError",
+                    e.to_string(),
+                    &mut backoff,
+                )
+                .await;
                 continue;
             }
         };
@@ -608,6 +594,35 @@ async fn supervise(
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
+}
+
+/// A container that could not be created: it waits with `reason`, a Failed event says
+/// why, and the next attempt comes after the back-off.
+#[allow(clippy::too_many_arguments)]
+async fn create_failed(
+    pc: &PodCtx,
+    container: &str,
+    idx: usize,
+    status: &mut ContainerStatus,
+    updates: &mpsc::Sender<Update>,
+    reason: &str,
+    msg: String,
+    backoff: &mut Duration,
+) {
+    pc.ctx
+        .events
+        .pod(
+            &pc.pod,
+            Some(container),
+            "Warning",
+            "Failed",
+            format!("Error: {msg}"),
+        )
+        .await;
+    status.state = Some(waiting(reason, Some(msg)));
+    let _ = updates.send(Update::Status(idx, status.clone())).await;
+    tokio::time::sleep(*backoff).await;
+    *backoff = (*backoff * 2).min(BACKOFF_MAX);
 }
 
 /// The image for a container, per its pull policy: from the node's store, or pulled.
