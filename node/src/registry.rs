@@ -118,11 +118,6 @@ pub async fn pull(
     Ok(store.tag(image, &digest)?)
 }
 
-/// Whether a Wasm binary is a component (layer 1) rather than a core module.
-pub fn is_component(wasm: &[u8]) -> bool {
-    wasm.len() >= 8 && wasm[..4] == *b"\0asm" && wasm[6..8] == [1, 0]
-}
-
 /// Publishes `wasm` as a CNCF Wasm artifact at `image`; returns the manifest URL.
 pub async fn push(
     wasm: Vec<u8>,
@@ -133,7 +128,7 @@ pub async fn push(
     let reference = parse(image)?;
     let client = client_for(reference.registry(), insecure);
     let digest = format!("sha256:{:x}", Sha256::digest(&wasm));
-    let component = is_component(&wasm);
+    let component = crate::runtime::wasm::is_component(&wasm);
     let config = serde_json::json!({
         "created": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
         "architecture": "wasm",
@@ -208,7 +203,7 @@ mod tests {
 
     #[test]
     fn components_are_told_from_modules() {
-        assert!(is_component(b"\0asm\x0d\0\x01\0"));
-        assert!(!is_component(b"\0asm\x01\0\0\0"));
+        assert!(crate::runtime::wasm::is_component(b"\0asm\x0d\0\x01\0"));
+        assert!(!crate::runtime::wasm::is_component(b"\0asm\x01\0\0\0"));
     }
 }

@@ -195,6 +195,12 @@ fn single(
     }
 }
 
+/// `201` with a success `Status`: what subresource actions (binding, eviction) answer.
+fn created_status() -> Response {
+    let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201});
+    json_response(StatusCode::CREATED, JSON, status.to_string(), &[])
+}
+
 /// The response to a write: 201 when it created the object, 200 otherwise.
 fn written(rt: &ResourceType, w: Written, out: Output) -> Result<Response, ApiError> {
     let code = if w.created {
@@ -769,25 +775,13 @@ async fn subresource(
             objects
                 .bind_pod(ns.unwrap_or("default"), name, node)
                 .await?;
-            let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201});
-            Ok(json_response(
-                StatusCode::CREATED,
-                JSON,
-                status.to_string(),
-                &[],
-            ))
+            Ok(created_status())
         }
         ("eviction", Method::POST) => {
             objects
                 .delete(rt, ns, name, &DeleteOptions::default())
                 .await?;
-            let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201});
-            Ok(json_response(
-                StatusCode::CREATED,
-                JSON,
-                status.to_string(),
-                &[],
-            ))
+            Ok(created_status())
         }
         ("finalize", Method::PUT) => {
             let input = decode_body(headers, &body, Some(rt))?;

@@ -1065,7 +1065,7 @@ impl Objects {
             if rt.kind == "Namespace" {
                 obj["status"]["phase"] = json!("Terminating");
             }
-            m_remove_rv(&mut obj);
+            meta_mut(&mut obj).remove("resourceVersion");
             if opts.dry_run {
                 let data =
                     serde_json::to_vec(&obj).map_err(|e| ObjectError::BadRequest(e.to_string()))?;
@@ -1170,11 +1170,6 @@ impl Objects {
             })?;
         Ok(watch::WatchStream::new(rx, filter))
     }
-
-    /// Field-level errors as an `Invalid` error, for writers outside the registry.
-    pub fn invalid(rt: &ResourceType, name: &str, errs: Vec<FieldError>) -> ObjectError {
-        ObjectError::invalid(rt, name, Errors(errs))
-    }
 }
 
 impl Objects {
@@ -1220,7 +1215,7 @@ impl Objects {
                 .collect();
             conditions.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now_string()}));
             pod["status"]["conditions"] = Value::Array(conditions);
-            m_remove_rv(&mut pod);
+            meta_mut(&mut pod).remove("resourceVersion");
             match self
                 .store
                 .put(&key, Precondition::Exists(Some(current.rev)), pod)
@@ -1349,10 +1344,6 @@ impl Objects {
             .map_err(|e| ObjectError::BadRequest(e.to_string()))?;
         Ok(Self::scale_of(rt, &obj))
     }
-}
-
-fn m_remove_rv(obj: &mut Value) {
-    meta_mut(obj).remove("resourceVersion");
 }
 
 #[cfg(test)]

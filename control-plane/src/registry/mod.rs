@@ -243,12 +243,6 @@ impl Registry {
             .find(|r| r.group == group && r.version == version && r.plural == plural)
     }
 
-    pub fn by_kind(&self, api_version: &str, kind: &str) -> Option<&'static ResourceType> {
-        self.resources
-            .iter()
-            .find(|r| r.kind == kind && r.api_version() == api_version)
-    }
-
     /// Served group-versions in discovery order (core first).
     pub fn group_versions(&self) -> Vec<(&'static str, &'static str)> {
         let mut out: Vec<(&str, &str)> = Vec::new();

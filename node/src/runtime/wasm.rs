@@ -122,7 +122,7 @@ fn start_error(id: &str) -> impl Fn(&dyn std::fmt::Display) -> RuntimeError + '_
 }
 
 /// Whether a Wasm binary is a component (layer 1) rather than a core module.
-fn is_component(bytes: &[u8]) -> bool {
+pub fn is_component(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[6..8] == [1, 0]
 }
 
