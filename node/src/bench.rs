@@ -130,26 +130,42 @@ async fn create_all(
         .unwrap_or_default())
 }
 
-/// Waits until all of `expected` are seen Running; returns when each was first seen so.
+/// When a watch first saw each pod reach the stages of its start.
+#[derive(Default)]
+struct Stages {
+    bound: HashMap<String, Instant>,
+    reported: HashMap<String, Instant>,
+    running: HashMap<String, Instant>,
+}
+
+/// Waits until all of `expected` are seen Running; returns when each pod was first seen
+/// bound to the node, with a status from the agent, and Running.
 async fn running_times(
     mut events: impl futures::Stream<Item = kube::Result<WatchEvent<Pod>>> + Unpin,
     expected: usize,
-) -> Result<HashMap<String, Instant>, BenchError> {
-    let mut seen = HashMap::new();
-    while seen.len() < expected {
+) -> Result<Stages, BenchError> {
+    let mut seen = Stages::default();
+    while seen.running.len() < expected {
         let ev = tokio::time::timeout(Duration::from_secs(120), events.next())
             .await
             .map_err(|_| {
                 BenchError::Failed(format!(
                     "only {} of {expected} pods ran within 2 minutes",
-                    seen.len()
+                    seen.running.len()
                 ))
             })?
             .ok_or_else(|| BenchError::Failed("the watch ended".into()))??;
         if let WatchEvent::Added(p) | WatchEvent::Modified(p) = ev {
+            let name = p.metadata.name.clone().unwrap_or_default();
+            let now = Instant::now();
+            if p.spec.as_ref().is_some_and(|s| s.node_name.is_some()) {
+                seen.bound.entry(name.clone()).or_insert(now);
+            }
+            if p.status.as_ref().is_some_and(|s| s.container_statuses.is_some()) {
+                seen.reported.entry(name.clone()).or_insert(now);
+            }
             if is_running(&p) {
-                seen.entry(p.metadata.name.clone().unwrap_or_default())
-                    .or_insert_with(Instant::now);
+                seen.running.entry(name).or_insert(now);
             }
         }
     }
@@ -289,19 +305,28 @@ pub async fn run_pods(args: PodBenchArgs) -> Result<(), BenchError> {
         .await
         .map_err(|e| BenchError::Failed(e.to_string()))??;
     let elapsed = started.elapsed();
-    let mut lat: Vec<Duration> = sent
-        .iter()
-        .filter_map(|(n, t)| running.get(n).map(|r| r.saturating_duration_since(*t)))
-        .collect();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let between = |from: &HashMap<String, Instant>, to: &HashMap<String, Instant>| {
+        let mut d: Vec<Duration> = from
+            .iter()
+            .filter_map(|(n, t)| to.get(n).map(|r| r.saturating_duration_since(*t)))
+            .collect();
+        (ms(pct(&mut d, 0.5)), ms(pct(&mut d, 0.99)), ms(pct(&mut d, 1.0)))
+    };
+    let (p50, p99, max) = between(&sent, &running.running);
     println!(
-        "start latency (create -> Running seen by a watch): {} pods in {:.2} s; p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        lat.len(),
+        "start latency (create -> Running seen by a watch): {} pods in {:.2} s; p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms",
+        running.running.len(),
         elapsed.as_secs_f64(),
-        ms(pct(&mut lat, 0.5)),
-        ms(pct(&mut lat, 0.99)),
-        ms(pct(&mut lat, 1.0))
     );
+    for (what, from, to) in [
+        ("create -> bound", &sent, &running.bound),
+        ("bound -> first agent status", &running.bound, &running.reported),
+        ("first agent status -> Running", &running.reported, &running.running),
+    ] {
+        let (p50, p99, _) = between(from, to);
+        println!("  {what:<30} p50 {p50:.1} ms, p99 {p99:.1} ms");
+    }
 
     let extra = args.idle.saturating_sub(args.pods);
     let names: Vec<String> = (0..extra).map(|i| format!("idle-{i}")).collect();
