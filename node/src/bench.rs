@@ -138,19 +138,79 @@ struct Stages {
     running: HashMap<String, Instant>,
 }
 
-/// Waits until all of `expected` are seen Running; returns when each pod was first seen
+/// CPU time a process has used, in milliseconds.
+fn cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and stime are 14 and 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) * 1000.0 / hz.max(1.0)
+}
+
+fn report(
+    mode: &str,
+    sent: &HashMap<String, Instant>,
+    seen: &Stages,
+    elapsed: Duration,
+    cpu_ms: f64,
+    pods: usize,
+) {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let between = |from: &HashMap<String, Instant>, to: &HashMap<String, Instant>| {
+        let mut d: Vec<Duration> = from
+            .iter()
+            .filter_map(|(n, t)| to.get(n).map(|r| r.saturating_duration_since(*t)))
+            .collect();
+        (
+            ms(pct(&mut d, 0.5)),
+            ms(pct(&mut d, 0.99)),
+            ms(pct(&mut d, 1.0)),
+        )
+    };
+    let (p50, p99, max) = between(sent, &seen.running);
+    println!(
+        "start latency, {mode} (create -> Running seen by a watch): {} pods in {:.2} s; p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms; server+agent CPU {:.2} ms per pod",
+        seen.running.len(),
+        elapsed.as_secs_f64(),
+        cpu_ms / pods.max(1) as f64,
+    );
+    for (what, from, to) in [
+        ("create -> bound", sent, &seen.bound),
+        ("bound -> first agent status", &seen.bound, &seen.reported),
+        (
+            "first agent status -> Running",
+            &seen.reported,
+            &seen.running,
+        ),
+    ] {
+        let (p50, p99, _) = between(from, to);
+        println!("  {what:<30} p50 {p50:.1} ms, p99 {p99:.1} ms");
+    }
+}
+
+/// Follows the watch until `done`; records when each pod was first seen
 /// bound to the node, with a status from the agent, and Running.
 async fn running_times(
-    mut events: impl futures::Stream<Item = kube::Result<WatchEvent<Pod>>> + Unpin,
-    expected: usize,
-) -> Result<Stages, BenchError> {
-    let mut seen = Stages::default();
-    while seen.running.len() < expected {
+    events: &mut (impl futures::Stream<Item = kube::Result<WatchEvent<Pod>>> + Unpin),
+    seen: &mut Stages,
+    done: impl Fn(&Stages) -> bool,
+) -> Result<(), BenchError> {
+    while !done(seen) {
         let ev = tokio::time::timeout(Duration::from_secs(120), events.next())
             .await
             .map_err(|_| {
                 BenchError::Failed(format!(
-                    "only {} of {expected} pods ran within 2 minutes",
+                    "pods did not run within 2 minutes ({} did)",
                     seen.running.len()
                 ))
             })?
@@ -161,7 +221,10 @@ async fn running_times(
             if p.spec.as_ref().is_some_and(|s| s.node_name.is_some()) {
                 seen.bound.entry(name.clone()).or_insert(now);
             }
-            if p.status.as_ref().is_some_and(|s| s.container_statuses.is_some()) {
+            if p.status
+                .as_ref()
+                .is_some_and(|s| s.container_statuses.is_some())
+            {
                 seen.reported.entry(name.clone()).or_insert(now);
             }
             if is_running(&p) {
@@ -169,7 +232,7 @@ async fn running_times(
             }
         }
     }
-    Ok(seen)
+    Ok(())
 }
 
 /// The peer: a bare wasmtime host keeping `n` idle guests (one Engine and InstancePre,
@@ -253,6 +316,7 @@ pub async fn run_pods(args: PodBenchArgs) -> Result<(), BenchError> {
         .env("SKIFF_LOG", "warn")
         .spawn()?;
     let agent_pid = agent.id();
+    let server_pid = procs.0[0].id();
     procs.0.push(agent);
     let client = crate::agent::client_from(&kubeconfig).await?;
     let nodes: Api<Node> = Api::all(client.clone());
@@ -280,16 +344,47 @@ pub async fn run_pods(args: PodBenchArgs) -> Result<(), BenchError> {
         .await?;
     let pods: Api<Pod> = Api::namespaced(client, "bench");
     println!(
-        "skiff bench pods: {} pods timed ({} at a time), {} idle pods for density",
+        "skiff bench pods: {} pods timed one at a time and {} at a time, {} idle pods for density",
         args.pods, args.concurrency, args.idle
     );
 
     // Warm up: the first start compiles the module; the measured ones use the cache.
-    let events = pods.watch(&WatchParams::default(), "0").await?.boxed();
+    let mut events = pods.watch(&WatchParams::default(), "0").await?.boxed();
     create_all(&pods, vec!["warm".into()], image, 1).await?;
-    running_times(events, 1).await?;
+    running_times(&mut events, &mut Stages::default(), |s| {
+        !s.running.is_empty()
+    })
+    .await?;
     let rss_base = rss_kib(agent_pid);
 
+    let procs_cpu = || cpu_ms(server_pid) + cpu_ms(agent_pid);
+    // One at a time: each pod is created once the previous one runs (an idle cluster).
+    let cpu = procs_cpu();
+    let started = Instant::now();
+    let mut serial = Stages::default();
+    let mut sent = HashMap::new();
+    let rv = pods
+        .list_metadata(&Default::default())
+        .await?
+        .metadata
+        .resource_version
+        .unwrap_or_default();
+    let mut events = pods.watch(&WatchParams::default(), &rv).await?.boxed();
+    for i in 0..args.pods {
+        let name = format!("s-{i}");
+        sent.extend(create_all(&pods, vec![name.clone()], image, 1).await?);
+        running_times(&mut events, &mut serial, |s| s.running.contains_key(&name)).await?;
+    }
+    report(
+        "one at a time",
+        &sent,
+        &serial,
+        started.elapsed(),
+        procs_cpu() - cpu,
+        args.pods,
+    );
+
+    // Back to back: `concurrency` creations always in flight.
     let names: Vec<String> = (0..args.pods).map(|i| format!("p-{i}")).collect();
     let rv = pods
         .list_metadata(&Default::default())
@@ -298,37 +393,29 @@ pub async fn run_pods(args: PodBenchArgs) -> Result<(), BenchError> {
         .resource_version
         .unwrap_or_default();
     let events = pods.watch(&WatchParams::default(), &rv).await?.boxed();
-    let watcher = tokio::spawn(running_times(events, args.pods));
+    let watcher = tokio::spawn(async move {
+        let mut seen = Stages::default();
+        let mut events = events;
+        running_times(&mut events, &mut seen, |s| s.running.len() >= args.pods)
+            .await
+            .map(|_| seen)
+    });
+    let cpu = procs_cpu();
     let started = Instant::now();
     let sent = create_all(&pods, names, image, args.concurrency).await?;
     let running = watcher
         .await
         .map_err(|e| BenchError::Failed(e.to_string()))??;
-    let elapsed = started.elapsed();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let between = |from: &HashMap<String, Instant>, to: &HashMap<String, Instant>| {
-        let mut d: Vec<Duration> = from
-            .iter()
-            .filter_map(|(n, t)| to.get(n).map(|r| r.saturating_duration_since(*t)))
-            .collect();
-        (ms(pct(&mut d, 0.5)), ms(pct(&mut d, 0.99)), ms(pct(&mut d, 1.0)))
-    };
-    let (p50, p99, max) = between(&sent, &running.running);
-    println!(
-        "start latency (create -> Running seen by a watch): {} pods in {:.2} s; p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms",
-        running.running.len(),
-        elapsed.as_secs_f64(),
+    report(
+        &format!("{} at a time", args.concurrency),
+        &sent,
+        &running,
+        started.elapsed(),
+        procs_cpu() - cpu,
+        args.pods,
     );
-    for (what, from, to) in [
-        ("create -> bound", &sent, &running.bound),
-        ("bound -> first agent status", &running.bound, &running.reported),
-        ("first agent status -> Running", &running.reported, &running.running),
-    ] {
-        let (p50, p99, _) = between(from, to);
-        println!("  {what:<30} p50 {p50:.1} ms, p99 {p99:.1} ms");
-    }
 
-    let extra = args.idle.saturating_sub(args.pods);
+    let extra = args.idle.saturating_sub(2 * args.pods);
     let names: Vec<String> = (0..extra).map(|i| format!("idle-{i}")).collect();
     let rv = pods
         .list_metadata(&Default::default())
@@ -337,13 +424,19 @@ pub async fn run_pods(args: PodBenchArgs) -> Result<(), BenchError> {
         .resource_version
         .unwrap_or_default();
     let events = pods.watch(&WatchParams::default(), &rv).await?.boxed();
-    let watcher = tokio::spawn(running_times(events, extra));
+    let watcher = tokio::spawn(async move {
+        let mut events = events;
+        running_times(&mut events, &mut Stages::default(), |s| {
+            s.running.len() >= extra
+        })
+        .await
+    });
     create_all(&pods, names, image, args.concurrency.max(16)).await?;
     watcher
         .await
         .map_err(|e| BenchError::Failed(e.to_string()))??;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let total = args.pods.max(args.idle);
+    let total = (2 * args.pods).max(args.idle);
     let rss = rss_kib(agent_pid);
     let per_pod = rss.saturating_sub(rss_base) as f64 / total as f64;
     let peer = bare_wasmtime_peer(total).await? as f64 / total as f64;

@@ -12,7 +12,9 @@ use k8s_openapi::api::core::v1::{Node, Pod, Taint};
 use serde_json::{json, Value};
 
 use crate::controllers::Action;
-use crate::objects::{now_string, ListOptions, ObjectError, Objects, Target, WriteOptions};
+use crate::objects::{
+    now_string, ListOptions, ObjectError, Objects, Target, WatchFilter, WatchItem, WriteOptions,
+};
 use crate::quantity;
 use crate::registry::decode;
 
@@ -158,25 +160,70 @@ fn failure_message(total: usize, reasons: &BTreeMap<String, usize>) -> String {
     )
 }
 
-/// Where bound, unfinished pods run and what they request, kept from a watch so that a
-/// scheduling decision does not re-read every pod.
+/// What the scheduler knows without asking the store, kept from watches: the nodes, and
+/// where bound, unfinished pods run with what they request (summed per node). A decision
+/// is made and assumed under one lock, so concurrent reconciles never double-book a node.
 #[derive(Default)]
-pub struct Placements {
-    pods: std::sync::Mutex<HashMap<String, (String, Resources)>>,
+pub struct Cache {
+    state: std::sync::Mutex<CacheState>,
     loaded: tokio::sync::Notify,
-    is_loaded: std::sync::atomic::AtomicBool,
+    pods_loaded: std::sync::atomic::AtomicBool,
+    nodes_loaded: std::sync::atomic::AtomicBool,
 }
 
-impl Placements {
-    fn key(p: &Pod) -> String {
-        format!(
-            "{}/{}",
-            p.metadata.namespace.as_deref().unwrap_or_default(),
-            p.metadata.name.as_deref().unwrap_or_default()
-        )
+#[derive(Default)]
+struct CacheState {
+    /// namespace/name -> (uid, node, requests)
+    pods: HashMap<String, (String, String, Resources)>,
+    used: HashMap<String, Resources>,
+    nodes: BTreeMap<String, Node>,
+}
+
+impl CacheState {
+    fn assume(&mut self, key: &str, uid: &str, node: &str, need: Resources) {
+        self.forget(key, None);
+        let u = self.used.entry(node.to_string()).or_default();
+        u.cpu += need.cpu;
+        u.memory += need.memory;
+        u.pods += need.pods;
+        self.pods
+            .insert(key.to_string(), (uid.to_string(), node.to_string(), need));
     }
 
-    fn observe(&self, p: &Pod) {
+    /// Drops a placement (only the one of pod `uid`, when given).
+    fn forget(&mut self, key: &str, uid: Option<&str>) {
+        if uid.is_some_and(|uid| self.pods.get(key).is_some_and(|(u, _, _)| u != uid)) {
+            return;
+        }
+        if let Some((_, node, r)) = self.pods.remove(key) {
+            if let Some(u) = self.used.get_mut(&node) {
+                u.cpu -= r.cpu;
+                u.memory -= r.memory;
+                u.pods -= r.pods;
+            }
+        }
+    }
+}
+
+/// The outcome of one scheduling decision.
+enum Decision {
+    /// Assumed on this node; the binding is still to be written.
+    Place(String),
+    /// Already assumed (its binding is in flight).
+    InFlight,
+    Unschedulable(String),
+}
+
+fn key_of(p: &Pod) -> String {
+    format!(
+        "{}/{}",
+        p.metadata.namespace.as_deref().unwrap_or_default(),
+        p.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+impl Cache {
+    fn observe_pod(state: &mut CacheState, p: &Pod) {
         let node = p
             .spec
             .as_ref()
@@ -186,109 +233,213 @@ impl Placements {
             p.status.as_ref().and_then(|s| s.phase.as_deref()),
             Some("Succeeded" | "Failed")
         );
-        let mut pods = self.pods.lock().expect("placements");
+        let uid = p.metadata.uid.as_deref().unwrap_or_default();
+        let key = key_of(p);
         match node {
             Some(node) if !terminal => {
-                pods.insert(Self::key(p), (node, requests(p)));
+                let known = state
+                    .pods
+                    .get(&key)
+                    .is_some_and(|(u, n, _)| u == uid && *n == node);
+                if !known {
+                    state.assume(&key, uid, &node, requests(p));
+                }
             }
-            _ => {
-                pods.remove(&Self::key(p));
-            }
+            // A pending pod keeps a placement the scheduler assumed for it: its own
+            // event may arrive after the decision.
+            None if !terminal => {}
+            _ => state.forget(&key, Some(uid)),
         }
     }
 
-    fn place(&self, key: &str, node: &str, need: Resources) {
-        self.pods
-            .lock()
-            .expect("placements")
-            .insert(key.to_string(), (node.to_string(), need));
-    }
-
-    /// Requests per node.
-    fn usage(&self) -> HashMap<String, Resources> {
-        let mut used: HashMap<String, Resources> = HashMap::new();
-        for (node, r) in self.pods.lock().expect("placements").values() {
-            let u = used.entry(node.clone()).or_default();
-            u.cpu += r.cpu;
-            u.memory += r.memory;
-            u.pods += r.pods;
+    fn decide(&self, pod: &Pod) -> Decision {
+        let mut st = self.state.lock().expect("scheduler cache");
+        let key = key_of(pod);
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        if st.pods.get(&key).is_some_and(|(u, _, _)| u == uid) {
+            return Decision::InFlight;
         }
-        used
+        let need = requests(pod);
+        let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+        let mut best: Option<(f64, &str)> = None;
+        let none = Resources::default();
+        for (name, node) in &st.nodes {
+            let u = st.used.get(name).unwrap_or(&none);
+            match misfit(pod, &need, node, u) {
+                Some(why) => *reasons.entry(why).or_default() += 1,
+                None => {
+                    // Least allocated: the mean free fraction of cpu, memory and pod slots.
+                    let cap = allocatable(node);
+                    let free = |used: i128, cap: i128| {
+                        if cap > 0 {
+                            1.0 - used as f64 / cap as f64
+                        } else {
+                            0.0
+                        }
+                    };
+                    let score = (free(u.cpu + need.cpu, cap.cpu)
+                        + free(u.memory + need.memory, cap.memory)
+                        + free(u.pods + need.pods, cap.pods))
+                        / 3.0;
+                    // Nodes are visited by name: ties go to the first.
+                    if best.is_none_or(|(s, _)| score > s) {
+                        best = Some((score, name));
+                    }
+                }
+            }
+        }
+        match best.map(|(_, n)| n.to_string()) {
+            Some(node) => {
+                st.assume(&key, uid, &node, need);
+                Decision::Place(node)
+            }
+            None => Decision::Unschedulable(failure_message(st.nodes.len(), &reasons)),
+        }
     }
 
     async fn wait_loaded(&self) {
-        while !self.is_loaded.load(std::sync::atomic::Ordering::Acquire) {
+        use std::sync::atomic::Ordering::Acquire;
+        loop {
             let waiting = self.loaded.notified();
-            if self.is_loaded.load(std::sync::atomic::Ordering::Acquire) {
-                break;
+            if self.pods_loaded.load(Acquire) && self.nodes_loaded.load(Acquire) {
+                return;
             }
             waiting.await;
         }
     }
 
-    /// Reads every pod once; returns the revision to watch from.
-    pub async fn load(&self, objects: &Objects) -> Result<crate::store::Revision, ObjectError> {
+    /// Reads every pod and node once.
+    pub async fn load(&self, objects: &Objects) -> Result<(), ObjectError> {
+        self.load_pods(objects).await?;
+        self.load_nodes(objects).await?;
+        Ok(())
+    }
+
+    async fn load_pods(
+        &self,
+        objects: &Objects,
+    ) -> Result<
+        (
+            &'static crate::registry::ResourceType,
+            crate::store::Revision,
+        ),
+        ObjectError,
+    > {
         let rt = objects
             .registry()
             .find("", "v1", "pods")
             .expect("pods are served");
         let page = objects.list(rt, None, &ListOptions::default()).await?;
-        let mut fresh = Placements::default();
+        let mut fresh = CacheState::default();
         for p in page
             .items
             .iter()
             .filter_map(|b| serde_json::from_slice::<Pod>(b).ok())
         {
-            fresh.observe(&p);
+            Self::observe_pod(&mut fresh, &p);
         }
-        *self.pods.lock().expect("placements") =
-            std::mem::take(fresh.pods.get_mut().expect("placements"));
-        self.is_loaded
+        {
+            let mut st = self.state.lock().expect("scheduler cache");
+            st.pods = fresh.pods;
+            st.used = fresh.used;
+        }
+        self.pods_loaded
             .store(true, std::sync::atomic::Ordering::Release);
         self.loaded.notify_waiters();
-        Ok(page.rev)
+        Ok((rt, page.rev))
     }
 
-    /// Keeps the placements current from a pod watch (re-listing when the watch ends).
-    pub async fn track(self: Arc<Self>, objects: Arc<Objects>) {
+    async fn load_nodes(
+        &self,
+        objects: &Objects,
+    ) -> Result<
+        (
+            &'static crate::registry::ResourceType,
+            crate::store::Revision,
+        ),
+        ObjectError,
+    > {
         let rt = objects
             .registry()
-            .find("", "v1", "pods")
-            .expect("pods are served");
+            .find("", "v1", "nodes")
+            .expect("nodes are served");
+        let page = objects.list(rt, None, &ListOptions::default()).await?;
+        let nodes = page
+            .items
+            .iter()
+            .filter_map(|b| serde_json::from_slice::<Node>(b).ok())
+            .map(|n| (n.metadata.name.clone().unwrap_or_default(), n))
+            .collect();
+        self.state.lock().expect("scheduler cache").nodes = nodes;
+        self.nodes_loaded
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.loaded.notify_waiters();
+        Ok((rt, page.rev))
+    }
+
+    /// Keeps the pods' placements current from a watch (re-listing when the watch ends).
+    async fn track_pods(self: Arc<Self>, objects: Arc<Objects>) {
         loop {
-            let rev = match self.load(&objects).await {
-                Ok(rev) => rev,
+            let (rt, rev) = match self.load_pods(&objects).await {
+                Ok(v) => v,
                 Err(e) => {
                     tracing::warn!(error = %e, "scheduler: listing pods failed");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
             };
-            let Ok(mut stream) =
-                objects.watch(rt, None, rev, crate::objects::WatchFilter::default())
-            else {
+            let Ok(mut stream) = objects.watch(rt, None, rev, WatchFilter::default()) else {
                 continue;
             };
-            while let Some(crate::objects::WatchItem::Event { kind, object, .. }) =
-                stream.next().await
-            {
+            while let Some(WatchItem::Event { kind, object, .. }) = stream.next().await {
                 let Ok(p) = serde_json::from_slice::<Pod>(&object) else {
                     continue;
                 };
+                let mut st = self.state.lock().expect("scheduler cache");
                 if kind == "DELETED" {
-                    self.pods.lock().expect("placements").remove(&Self::key(&p));
+                    st.forget(&key_of(&p), p.metadata.uid.as_deref());
                 } else {
-                    self.observe(&p);
+                    Self::observe_pod(&mut st, &p);
+                }
+            }
+        }
+    }
+
+    /// Keeps the nodes current from a watch.
+    async fn track_nodes(self: Arc<Self>, objects: Arc<Objects>) {
+        loop {
+            let (rt, rev) = match self.load_nodes(&objects).await {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(error = %e, "scheduler: listing nodes failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let Ok(mut stream) = objects.watch(rt, None, rev, WatchFilter::default()) else {
+                continue;
+            };
+            while let Some(WatchItem::Event { kind, object, .. }) = stream.next().await {
+                let Ok(n) = serde_json::from_slice::<Node>(&object) else {
+                    continue;
+                };
+                let name = n.metadata.name.clone().unwrap_or_default();
+                let mut st = self.state.lock().expect("scheduler cache");
+                if kind == "DELETED" {
+                    st.nodes.remove(&name);
+                } else {
+                    st.nodes.insert(name, n);
                 }
             }
         }
     }
 }
 
-/// Starts the scheduler: its placement tracker and its reconcile loop over pods.
+/// Starts the scheduler: its cache's watches and its reconcile loop over pods.
 pub fn spawn(objects: Arc<Objects>) {
-    let placements = Arc::new(Placements::default());
-    tokio::spawn(placements.clone().track(objects.clone()));
+    let cache = Arc::new(Cache::default());
+    tokio::spawn(cache.clone().track_pods(objects.clone()));
+    tokio::spawn(cache.clone().track_nodes(objects.clone()));
     let pods = objects
         .registry()
         .find("", "v1", "pods")
@@ -297,85 +448,57 @@ pub fn spawn(objects: Arc<Objects>) {
         objects,
         pods,
         "scheduler",
-        move |o, v| reconcile(o, placements.clone(), v),
+        move |o, v| reconcile(o, cache.clone(), v),
     ));
 }
 
-/// Schedules one pod; the controller runner calls this for every pod change.
+/// Schedules one pod; the controller runner calls this for every pod change (several pods
+/// at once: decisions are serialized by the cache, bindings are written concurrently).
 pub async fn reconcile(
     objects: Arc<Objects>,
-    placements: Arc<Placements>,
+    cache: Arc<Cache>,
     pod_value: Value,
 ) -> Result<Action, ObjectError> {
     let pod: Pod = decode(&pod_value).map_err(ObjectError::BadRequest)?;
-    let spec = pod.spec.clone().unwrap_or_default();
+    let spec = pod.spec.as_ref();
     let terminal = matches!(
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
         Some("Succeeded" | "Failed")
     );
-    if spec.node_name.as_deref().is_some_and(|n| !n.is_empty())
+    if spec
+        .and_then(|s| s.node_name.as_deref())
+        .is_some_and(|n| !n.is_empty())
         || pod.metadata.deletion_timestamp.is_some()
         || terminal
-        || spec.scheduler_name.as_deref().unwrap_or(SCHEDULER_NAME) != SCHEDULER_NAME
+        || spec
+            .and_then(|s| s.scheduler_name.as_deref())
+            .unwrap_or(SCHEDULER_NAME)
+            != SCHEDULER_NAME
     {
         return Ok(Action::Done);
     }
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let name = pod.metadata.name.clone().unwrap_or_default();
-    let registry = objects.registry();
-    let nodes_rt = registry.find("", "v1", "nodes").expect("nodes are served");
-    let nodes: Vec<Node> = objects
-        .list(nodes_rt, None, &ListOptions::default())
-        .await?
-        .items
-        .iter()
-        .filter_map(|b| serde_json::from_slice(b).ok())
-        .collect();
-    placements.wait_loaded().await;
-    let used = placements.usage();
-    let need = requests(&pod);
-    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-    let mut best: Option<(f64, &Node)> = None;
-    for node in &nodes {
-        let node_name = node.metadata.name.clone().unwrap_or_default();
-        let u = used.get(&node_name).cloned().unwrap_or_default();
-        match misfit(&pod, &need, node, &u) {
-            Some(why) => *reasons.entry(why).or_default() += 1,
-            None => {
-                // Least allocated: the mean free fraction of cpu, memory and pod slots.
-                let cap = allocatable(node);
-                let free = |used: i128, cap: i128| {
-                    if cap > 0 {
-                        1.0 - used as f64 / cap as f64
-                    } else {
-                        0.0
-                    }
-                };
-                let score = (free(u.cpu + need.cpu, cap.cpu)
-                    + free(u.memory + need.memory, cap.memory)
-                    + free(u.pods + need.pods, cap.pods))
-                    / 3.0;
-                if best.is_none_or(|(s, b)| {
-                    score > s || (score == s && node.metadata.name < b.metadata.name)
-                }) {
-                    best = Some((score, node));
-                }
-            }
-        }
-    }
-    match best {
-        Some((_, node)) => {
-            let node_name = node.metadata.name.clone().unwrap_or_default();
+    cache.wait_loaded().await;
+    match cache.decide(&pod) {
+        Decision::InFlight => Ok(Action::Done),
+        Decision::Place(node_name) => {
             match objects.bind_pod(&ns, &name, &node_name).await {
                 Ok(_) => {}
                 // Bound or deleted meanwhile: nothing to do.
                 Err(ObjectError::Conflict { .. }) | Err(ObjectError::NotFound { .. }) => {
                     return Ok(Action::Done)
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    let uid = pod.metadata.uid.as_deref();
+                    cache
+                        .state
+                        .lock()
+                        .expect("scheduler cache")
+                        .forget(&key_of(&pod), uid);
+                    return Err(e);
+                }
             }
-            // Count it now, before the binding's own event reaches the tracker.
-            placements.place(&format!("{ns}/{name}"), &node_name, need);
             let msg = format!("Successfully assigned {ns}/{name} to {node_name}");
             crate::events::record(
                 &objects,
@@ -390,8 +513,7 @@ pub async fn reconcile(
             tracing::debug!(pod = %format!("{ns}/{name}"), node = %node_name, "scheduled");
             Ok(Action::Done)
         }
-        None => {
-            let msg = failure_message(nodes.len(), &reasons);
+        Decision::Unschedulable(msg) => {
             crate::events::record(
                 &objects,
                 &pod_value,
@@ -487,11 +609,11 @@ mod tests {
             .create(rt, Some("default"), pod, &WriteOptions::default())
             .await
             .unwrap();
-        let placements = Arc::new(Placements::default());
-        placements.load(objects).await.unwrap();
+        let cache = Arc::new(Cache::default());
+        cache.load(objects).await.unwrap();
         let action = reconcile(
             objects.clone(),
-            placements,
+            cache,
             serde_json::from_slice(&created.object).unwrap(),
         )
         .await

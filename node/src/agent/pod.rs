@@ -890,8 +890,15 @@ async fn run_pod(
     let (tx, mut updates) = mpsc::channel::<Update>(64);
     let mut init_done = spec.init_containers.as_ref().is_none_or(|v| v.is_empty());
     let mut tasks: Vec<tokio::task::JoinHandle<bool>> = Vec::new();
-    let sync = |init: &[ContainerStatus], main: &[ContainerStatus], init_done: bool| {
-        let status = pod_status(
+    // Status goes to the API server through one writer that always sends the latest state.
+    let (status_tx, status_rx) = watch::channel(None);
+    let _writer = AbortOnDrop(tokio::spawn(write_status(
+        api.clone(),
+        name.clone(),
+        status_rx,
+    )));
+    let status_of = |init: &[ContainerStatus], main: &[ContainerStatus], init_done: bool| {
+        pod_status(
             &pod,
             &ctx.node_ip,
             &start,
@@ -899,21 +906,10 @@ async fn run_pod(
             main,
             init_done,
             &restart_policy,
-        );
-        let api = api.clone();
-        let name = name.clone();
-        async move {
-            if let Err(e) = api
-                .patch_status(
-                    &name,
-                    &PatchParams::default(),
-                    &Patch::Merge(serde_json::json!({"status": status})),
-                )
-                .await
-            {
-                tracing::debug!(error = %e, "status update failed");
-            }
-        }
+        )
+    };
+    let sync = |init: &[ContainerStatus], main: &[ContainerStatus], init_done: bool| {
+        status_tx.send_replace(Some(status_of(init, main, init_done)));
     };
     if !finished {
         if let Err(msg) = pc.prepare_volumes().await {
@@ -923,10 +919,10 @@ async fn run_pod(
             for s in main.iter_mut() {
                 s.state = Some(waiting("ContainerCreating", Some(msg.clone())));
             }
-            sync(&init, &main, false).await;
+            sync(&init, &main, false);
         } else {
             let pc = Arc::new(pc);
-            sync(&init, &main, init_done).await;
+            sync(&init, &main, init_done);
             // Init containers, in order, each to completion.
             let mut init_ok = true;
             for (i, c) in spec.init_containers.iter().flatten().enumerate() {
@@ -943,7 +939,7 @@ async fn run_pod(
                 loop {
                     tokio::select! {
                         ok = &mut t => { init_ok = ok.unwrap_or(false); break; }
-                        Some(Update::Status(idx, st)) = updates.recv() => { init[idx] = st; sync(&init, &main, false).await; }
+                        Some(Update::Status(idx, st)) = updates.recv() => { init[idx] = st; sync(&init, &main, false); }
                         changed = rx.changed() => {
                             if changed.is_err() || rx.borrow().metadata.deletion_timestamp.is_some() {
                                 t.abort();
@@ -963,7 +959,7 @@ async fn run_pod(
                 }
             }
             init_done = init_ok;
-            sync(&init, &main, init_done).await;
+            sync(&init, &main, init_done);
             if init_ok {
                 for (i, c) in spec.containers.iter().enumerate() {
                     tasks.push(tokio::spawn(supervise(
@@ -1004,7 +1000,7 @@ async fn run_pod(
                 while let Ok(Update::Status(idx, st)) = updates.try_recv() {
                     main[idx] = st;
                 }
-                sync(&init, &main, init_done).await;
+                sync(&init, &main, init_done);
             }
             changed = rx.changed() => {
                 if changed.is_err() {
@@ -1028,9 +1024,12 @@ async fn run_pod(
                 for t in &tasks {
                     t.abort();
                 }
-                let msg = format!("Pod was active on the node longer than the specified deadline");
-                let status = serde_json::json!({"status": {"phase": "Failed", "reason": "DeadlineExceeded", "message": msg}});
-                let _ = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(status)).await;
+                let msg = "Pod was active on the node longer than the specified deadline".to_string();
+                let mut status = status_of(&init, &main, init_done);
+                status.phase = Some("Failed".into());
+                status.reason = Some("DeadlineExceeded".into());
+                status.message = Some(msg.clone());
+                status_tx.send_replace(Some(status));
                 ctx.events.pod(&pod, None, "Normal", "DeadlineExceeded", msg).await;
                 // Wait for the deletion (or the pod's end) now.
                 while rx.changed().await.is_ok() {
@@ -1044,6 +1043,43 @@ async fn run_pod(
                 return;
             }
         }
+    }
+}
+
+/// How long the first status report waits for more news: a pod whose containers start
+/// within it is reported Running in one write instead of ContainerCreating, then Running.
+const FIRST_REPORT_DELAY: Duration = Duration::from_millis(20);
+
+/// Writes the pod's status whenever it changes, always the latest (changes made while a
+/// write is in flight are merged into the next one).
+async fn write_status(api: Api<Pod>, name: String, mut rx: watch::Receiver<Option<PodStatus>>) {
+    let mut first = true;
+    while rx.changed().await.is_ok() {
+        if first {
+            first = false;
+            let _ = tokio::time::timeout(FIRST_REPORT_DELAY, rx.changed()).await;
+        }
+        let Some(status) = rx.borrow_and_update().clone() else {
+            continue;
+        };
+        if let Err(e) = api
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({ "status": status })),
+            )
+            .await
+        {
+            tracing::debug!(error = %e, "status update failed");
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort()
     }
 }
 
