@@ -8,8 +8,9 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-/// A log file is rotated past this size; one rotated file is kept.
-const MAX_LOG_BYTES: u64 = 10 * 1024 * 1024;
+/// A log file is rotated past this size (the kubelet's `containerLogMaxSize` default);
+/// one rotated file is kept.
+pub const MAX_LOG_BYTES: u64 = 10 * 1024 * 1024;
 /// A line longer than this is written as partial (`P`) pieces.
 const MAX_LINE: usize = 16 * 1024;
 
@@ -17,6 +18,7 @@ struct Inner {
     path: PathBuf,
     file: File,
     size: u64,
+    max_bytes: u64,
     /// Unfinished line per stream (stdout, stderr).
     partial: [Vec<u8>; 2],
 }
@@ -47,7 +49,8 @@ fn timestamp() -> String {
 }
 
 impl LogFile {
-    pub fn create(path: &Path) -> io::Result<LogFile> {
+    /// Opens (appending) a container run's log, rotated past `max_bytes`.
+    pub fn create(path: &Path, max_bytes: u64) -> io::Result<LogFile> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -57,6 +60,7 @@ impl LogFile {
             path: path.to_path_buf(),
             file,
             size,
+            max_bytes,
             partial: [Vec::new(), Vec::new()],
         }))))
     }
@@ -71,7 +75,7 @@ impl LogFile {
         out.push(b' ');
         out.extend_from_slice(text);
         out.push(b'\n');
-        if inner.size + out.len() as u64 > MAX_LOG_BYTES {
+        if inner.size > 0 && inner.size + out.len() as u64 > inner.max_bytes {
             let rotated = inner.path.with_extension("log.1");
             std::fs::rename(&inner.path, rotated)?;
             inner.file = OpenOptions::new()
@@ -197,7 +201,7 @@ mod tests {
     fn lines_are_written_in_cri_format() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c/0.log");
-        let log = LogFile::create(&path).unwrap();
+        let log = LogFile::create(&path, MAX_LOG_BYTES).unwrap();
         log.write(Stream::Stdout, b"hello\nwor").unwrap();
         log.write(Stream::Stderr, b"oops\n").unwrap();
         log.write(Stream::Stdout, b"ld\ntail").unwrap();
@@ -221,5 +225,38 @@ mod tests {
             raw.lines().next().unwrap().ends_with(" stdout F hello"),
             "{raw}"
         );
+    }
+
+    #[test]
+    fn logs_rotate_by_size_keeping_one_rotated_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c/0.log");
+        let log = LogFile::create(&path, 1000).unwrap();
+        // Each CRI line is ~50 bytes: 100 lines rotate several times.
+        for i in 0..100 {
+            log.write(Stream::Stdout, format!("line {i:03}\n").as_bytes())
+                .unwrap();
+        }
+        log.finish().unwrap();
+        let current = std::fs::metadata(&path).unwrap().len();
+        let rotated = std::fs::metadata(path.with_extension("log.1"))
+            .unwrap()
+            .len();
+        assert!(current <= 1000 && rotated <= 1000, "{current} {rotated}");
+        assert!(
+            !dir.path().join("c/0.log.2").exists(),
+            "only one rotated file is kept"
+        );
+        let texts: Vec<String> = read(&path).unwrap().into_iter().map(|e| e.text).collect();
+        // What is kept is the newest lines, in order, ending with the last one written.
+        assert_eq!(texts.last().map(String::as_str), Some("line 099"));
+        assert!(texts.len() > 10 && texts.len() < 100, "{}", texts.len());
+        let first: usize = texts[0][5..].parse().unwrap();
+        let expected: Vec<String> = (first..100).map(|i| format!("line {i:03}")).collect();
+        assert_eq!(texts, expected);
+        // A new run of the agent appends to the same file and keeps its size.
+        let again = LogFile::create(&path, 1000).unwrap();
+        again.write(Stream::Stderr, b"after restart\n").unwrap();
+        assert_eq!(read(&path).unwrap().last().unwrap().text, "after restart");
     }
 }

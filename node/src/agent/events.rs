@@ -19,8 +19,9 @@ impl Recorder {
         }
     }
 
-    /// Records an event about `pod` (and, if given, one of its containers).
-    pub async fn pod(
+    /// Records an event about `pod` (and, if given, one of its containers), in the
+    /// background: a pod's start does not wait for its events.
+    pub fn pod(
         &self,
         pod: &Pod,
         container: Option<&str>,
@@ -62,7 +63,6 @@ impl Recorder {
             reporting_instance: Some(self.node.clone()),
             ..Default::default()
         };
-        // Recorded in the background: a pod's start does not wait for its events.
         let api = Api::<Event>::namespaced(self.client.clone(), &ns);
         let reason = reason.to_string();
         tokio::spawn(async move {

@@ -27,18 +27,18 @@ const BACKOFF_MAX: Duration = Duration::from_secs(300);
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
 
 pub struct Worker {
-    pod: watch::Sender<Pod>,
+    pod: watch::Sender<Arc<Pod>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Worker {
-    pub fn spawn(ctx: Arc<Ctx>, pod: Pod) -> Worker {
+    pub fn spawn(ctx: Arc<Ctx>, pod: Arc<Pod>) -> Worker {
         let (tx, rx) = watch::channel(pod);
         let task = tokio::spawn(run(ctx, rx));
         Worker { pod: tx, task }
     }
 
-    pub fn update(&self, pod: Pod) {
+    pub fn update(&self, pod: Arc<Pod>) {
         self.pod.send_replace(pod);
     }
 
@@ -58,7 +58,8 @@ fn now() -> Time {
 
 /// What a container supervisor reports.
 enum Update {
-    Status(usize, ContainerStatus),
+    /// Boxed: a channel allocates its slots up front, 32 at a time.
+    Status(usize, Box<ContainerStatus>),
 }
 
 fn waiting(reason: &str, message: Option<String>) -> ContainerState {
@@ -86,17 +87,49 @@ fn terminated(exit: &Exit, started: Option<Time>, container_id: &str) -> Contain
     }
 }
 
+/// A pod as its container supervisors see it.
 struct PodCtx {
     ctx: Arc<Ctx>,
-    pod: Pod,
+    pod: Arc<Pod>,
     ns: String,
     name: String,
     uid: String,
     dir: PathBuf,
+    restart_policy: String,
+    /// Volume name -> (host directory, read-only source).
     mounts: BTreeMap<String, (PathBuf, bool)>,
 }
 
 impl PodCtx {
+    fn new(ctx: Arc<Ctx>, pod: Arc<Pod>) -> PodCtx {
+        let m = &pod.metadata;
+        let uid = m.uid.clone().unwrap_or_default();
+        PodCtx {
+            ns: m.namespace.clone().unwrap_or_default(),
+            name: m.name.clone().unwrap_or_default(),
+            dir: ctx.data_dir.join("pods").join(&uid),
+            uid,
+            restart_policy: pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.restart_policy.clone())
+                .unwrap_or_else(|| "Always".into()),
+            ctx,
+            pod,
+            mounts: BTreeMap::new(),
+        }
+    }
+
+    /// The `idx`th init container or container.
+    fn container(&self, init: bool, idx: usize) -> &Container {
+        let spec = self.pod.spec.as_ref().expect("a running pod has a spec");
+        if init {
+            &spec.init_containers.as_ref().expect("init containers")[idx]
+        } else {
+            &spec.containers[idx]
+        }
+    }
+
     fn pod_id(&self) -> String {
         format!("{}_{}({})", self.name, self.ns, self.uid)
     }
@@ -248,15 +281,16 @@ impl PodCtx {
             .map_err(|e| format!("secret {name:?} not found: {e}"))
     }
 
-    /// Creates the pod's volumes under its directory.
-    async fn prepare_volumes(&mut self) -> Result<(), String> {
+    /// Creates the pod's volumes under its directory; returns where each is.
+    async fn prepare_volumes(&self) -> Result<BTreeMap<String, (PathBuf, bool)>, String> {
+        let mut mounts = BTreeMap::new();
         for v in self
             .pod
             .spec
-            .clone()
-            .unwrap_or_default()
-            .volumes
-            .unwrap_or_default()
+            .as_ref()
+            .and_then(|s| s.volumes.as_ref())
+            .into_iter()
+            .flatten()
         {
             let dir = self.dir.join("volumes").join(&v.name);
             let host = if let Some(h) = &v.host_path {
@@ -306,9 +340,9 @@ impl PodCtx {
             };
             std::fs::create_dir_all(&host).map_err(|e| format!("volume {:?}: {e}", v.name))?;
             let read_only_source = v.config_map.is_some() || v.secret.is_some();
-            self.mounts.insert(v.name.clone(), (host, read_only_source));
+            mounts.insert(v.name.clone(), (host, read_only_source));
         }
-        Ok(())
+        Ok(mounts)
     }
 
     fn mounts(&self, c: &Container) -> Vec<Mount> {
@@ -391,13 +425,13 @@ fn limit(c: &Container, res: &str) -> Option<i128> {
 async fn supervise(
     pc: Arc<PodCtx>,
     idx: usize,
-    c: Container,
-    restart_policy: String,
+    init: bool,
     mut status: ContainerStatus,
     updates: mpsc::Sender<Update>,
-    init: bool,
 ) -> bool {
     let ctx = pc.ctx.clone();
+    let c = pc.container(init, idx);
+    let restart_policy = &pc.restart_policy;
     let mut backoff = BACKOFF_START;
     loop {
         let image = c.image.clone().unwrap_or_default();
@@ -405,11 +439,13 @@ async fn supervise(
             .image_pull_policy
             .clone()
             .unwrap_or_else(|| "IfNotPresent".into());
-        let img = match obtain_image(&pc, &c.name, &image, &policy).await {
+        let img = match Box::pin(obtain_image(&pc, &c.name, &image, &policy)).await {
             Ok(img) => img,
             Err((reason, msg)) => {
                 status.state = Some(waiting(reason, Some(msg)));
-                let _ = updates.send(Update::Status(idx, status.clone())).await;
+                let _ = updates
+                    .send(Update::Status(idx, Box::new(status.clone())))
+                    .await;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 // Later attempts wait in ImagePullBackOff, as the kubelet's do.
@@ -418,7 +454,9 @@ async fn supervise(
                         "ImagePullBackOff",
                         Some(format!("Back-off pulling image \"{image}\"")),
                     ));
-                    let _ = updates.send(Update::Status(idx, status.clone())).await;
+                    let _ = updates
+                        .send(Update::Status(idx, Box::new(status.clone())))
+                        .await;
                 }
                 continue;
             }
@@ -429,7 +467,7 @@ async fn supervise(
             image.split('@').next().unwrap_or(&image),
             img.digest
         );
-        let env = match pc.env(&c).await {
+        let env = match Box::pin(pc.env(c)).await {
             Ok(env) => env,
             Err(msg) => {
                 create_failed(
@@ -454,7 +492,7 @@ async fn supervise(
             .join(format!("{}_{}_{}", pc.ns, pc.name, pc.uid))
             .join(&c.name)
             .join(format!("{}.log", status.restart_count));
-        let log = match LogFile::create(&log_path) {
+        let log = match LogFile::create(&log_path, crate::logs::MAX_LOG_BYTES) {
             Ok(l) => l,
             Err(e) => {
                 create_failed(
@@ -515,24 +553,20 @@ async fn supervise(
                 continue;
             }
         };
-        ctx.events
-            .pod(
-                &pc.pod,
-                Some(&c.name),
-                "Normal",
-                "Created",
-                format!("Created container: {}", c.name),
-            )
-            .await;
-        ctx.events
-            .pod(
-                &pc.pod,
-                Some(&c.name),
-                "Normal",
-                "Started",
-                format!("Started container {}", c.name),
-            )
-            .await;
+        ctx.events.pod(
+            &pc.pod,
+            Some(&c.name),
+            "Normal",
+            "Created",
+            format!("Created container: {}", c.name),
+        );
+        ctx.events.pod(
+            &pc.pod,
+            Some(&c.name),
+            "Normal",
+            "Started",
+            format!("Started container {}", c.name),
+        );
         status.container_id = Some(container_id.clone());
         status.started = Some(true);
         status.ready = !init;
@@ -542,7 +576,9 @@ async fn supervise(
             }),
             ..Default::default()
         });
-        let _ = updates.send(Update::Status(idx, status.clone())).await;
+        let _ = updates
+            .send(Update::Status(idx, Box::new(status.clone())))
+            .await;
         let began = Instant::now();
         // An aborted worker takes its containers with it.
         let guard = KillOnDrop(running.kill_switch());
@@ -562,7 +598,9 @@ async fn supervise(
         };
         if !restart {
             status.state = Some(term);
-            let _ = updates.send(Update::Status(idx, status.clone())).await;
+            let _ = updates
+                .send(Update::Status(idx, Box::new(status.clone())))
+                .await;
             return exit.code == 0;
         }
         if began.elapsed() >= BACKOFF_RESET {
@@ -577,20 +615,20 @@ async fn supervise(
             pc.pod_id()
         );
         status.state = Some(waiting("CrashLoopBackOff", Some(msg)));
-        let _ = updates.send(Update::Status(idx, status.clone())).await;
-        ctx.events
-            .pod(
-                &pc.pod,
-                Some(&c.name),
-                "Warning",
-                "BackOff",
-                format!(
-                    "Back-off restarting failed container {} in pod {}",
-                    c.name,
-                    pc.pod_id()
-                ),
-            )
+        let _ = updates
+            .send(Update::Status(idx, Box::new(status.clone())))
             .await;
+        ctx.events.pod(
+            &pc.pod,
+            Some(&c.name),
+            "Warning",
+            "BackOff",
+            format!(
+                "Back-off restarting failed container {} in pod {}",
+                c.name,
+                pc.pod_id()
+            ),
+        );
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
@@ -609,18 +647,17 @@ async fn create_failed(
     msg: String,
     backoff: &mut Duration,
 ) {
-    pc.ctx
-        .events
-        .pod(
-            &pc.pod,
-            Some(container),
-            "Warning",
-            "Failed",
-            format!("Error: {msg}"),
-        )
-        .await;
+    pc.ctx.events.pod(
+        &pc.pod,
+        Some(container),
+        "Warning",
+        "Failed",
+        format!("Error: {msg}"),
+    );
     status.state = Some(waiting(reason, Some(msg)));
-    let _ = updates.send(Update::Status(idx, status.clone())).await;
+    let _ = updates
+        .send(Update::Status(idx, Box::new(status.clone())))
+        .await;
     tokio::time::sleep(*backoff).await;
     *backoff = (*backoff * 2).min(BACKOFF_MAX);
 }
@@ -636,55 +673,48 @@ async fn obtain_image(
     let local = ctx.images.resolve(image);
     match (policy, local) {
         ("Never" | "IfNotPresent", Some(img)) => {
-            ctx.events
-                .pod(
-                    &pc.pod,
-                    Some(container),
-                    "Normal",
-                    "Pulled",
-                    format!("Container image \"{image}\" already present on machine"),
-                )
-                .await;
+            ctx.events.pod(
+                &pc.pod,
+                Some(container),
+                "Normal",
+                "Pulled",
+                format!("Container image \"{image}\" already present on machine"),
+            );
             Ok(img)
         }
         ("Never", None) => {
             let msg =
                 format!("Container image \"{image}\" is not present with pull policy of Never");
-            ctx.events
-                .pod(
-                    &pc.pod,
-                    Some(container),
-                    "Warning",
-                    "ErrImageNeverPull",
-                    msg.clone(),
-                )
-                .await;
+            ctx.events.pod(
+                &pc.pod,
+                Some(container),
+                "Warning",
+                "ErrImageNeverPull",
+                msg.clone(),
+            );
             Err(("ErrImageNeverPull", msg))
         }
         _ => {
-            ctx.events
-                .pod(
-                    &pc.pod,
-                    Some(container),
-                    "Normal",
-                    "Pulling",
-                    format!("Pulling image \"{image}\""),
-                )
-                .await;
+            ctx.events.pod(
+                &pc.pod,
+                Some(container),
+                "Normal",
+                "Pulling",
+                format!("Pulling image \"{image}\""),
+            );
             let started = Instant::now();
             let auth = pc.registry_auth(image).await;
             match crate::registry::pull(&ctx.images, image, &auth, &ctx.insecure_registries).await {
                 Ok(img) => {
                     let size = std::fs::metadata(&img.path).map_or(0, |m| m.len());
                     let took = started.elapsed().as_secs_f64();
-                    ctx.events.pod(&pc.pod, Some(container), "Normal", "Pulled", format!("Successfully pulled image \"{image}\" in {took:.3}s. Image size: {size} bytes.")).await;
+                    ctx.events.pod(&pc.pod, Some(container), "Normal", "Pulled", format!("Successfully pulled image \"{image}\" in {took:.3}s. Image size: {size} bytes."));
                     Ok(img)
                 }
                 Err(e) => {
                     let msg = format!("Failed to pull image \"{image}\": {e}");
                     ctx.events
-                        .pod(&pc.pod, Some(container), "Warning", "Failed", msg.clone())
-                        .await;
+                        .pod(&pc.pod, Some(container), "Warning", "Failed", msg.clone());
                     Err(("ErrImagePull", msg))
                 }
             }
@@ -830,71 +860,66 @@ fn pod_status(
     }
 }
 
-async fn run(ctx: Arc<Ctx>, rx: watch::Receiver<Pod>) {
+async fn run(ctx: Arc<Ctx>, rx: watch::Receiver<Arc<Pod>>) {
     let pod = rx.borrow().clone();
-    let ns = pod.metadata.namespace.clone().unwrap_or_default();
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    let uid = pod.metadata.uid.clone().unwrap_or_default();
-    let span = tracing::info_span!("pod", pod = %format!("{ns}/{name}"));
-    run_pod(ctx, rx, pod, ns, name, uid).instrument(span).await
+    let span = tracing::info_span!(
+        "pod",
+        pod = %format!(
+            "{}/{}",
+            pod.metadata.namespace.as_deref().unwrap_or_default(),
+            pod.metadata.name.as_deref().unwrap_or_default()
+        )
+    );
+    run_pod(ctx, rx, pod).instrument(span).await
 }
 
-async fn run_pod(
-    ctx: Arc<Ctx>,
-    mut rx: watch::Receiver<Pod>,
-    pod: Pod,
-    ns: String,
-    name: String,
-    uid: String,
-) {
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let spec = pod.spec.clone().unwrap_or_default();
-    let restart_policy = spec
-        .restart_policy
-        .clone()
-        .unwrap_or_else(|| "Always".into());
-    let prev_status = pod.status.clone().unwrap_or_default();
-    let finished = matches!(prev_status.phase.as_deref(), Some("Succeeded" | "Failed"));
-    let start = prev_status.start_time.clone().unwrap_or_else(now);
-    let find = |list: &Option<Vec<ContainerStatus>>, n: &str| {
-        list.as_ref()
-            .and_then(|l| l.iter().find(|s| s.name == n))
-            .cloned()
+/// What the pod worker waits for while its containers run.
+enum Wake {
+    Update(usize, Box<ContainerStatus>),
+    /// The pod object changed (or the worker is being stopped: `false`).
+    Changed(bool),
+    Deadline,
+}
+
+async fn run_pod(ctx: Arc<Ctx>, mut rx: watch::Receiver<Arc<Pod>>, pod: Arc<Pod>) {
+    let Some(spec) = pod.spec.as_ref() else {
+        return;
     };
-    let mut init: Vec<ContainerStatus> = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .map(|c| {
-            initial_status(
-                c,
-                find(&prev_status.init_container_statuses, &c.name).as_ref(),
-            )
-        })
-        .collect();
-    let mut main: Vec<ContainerStatus> = spec
-        .containers
-        .iter()
-        .map(|c| initial_status(c, find(&prev_status.container_statuses, &c.name).as_ref()))
-        .collect();
-    let dir = ctx.data_dir.join("pods").join(&uid);
-    let mut pc = PodCtx {
-        ctx: ctx.clone(),
-        pod: pod.clone(),
-        ns: ns.clone(),
-        name: name.clone(),
-        uid: uid.clone(),
-        dir,
-        mounts: BTreeMap::new(),
+    let mut pc = PodCtx::new(ctx.clone(), pod.clone());
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pc.ns);
+    let restart_policy = pc.restart_policy.clone();
+    let prev = pod.status.as_ref();
+    let finished = matches!(
+        prev.and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    );
+    let start = prev.and_then(|s| s.start_time.clone()).unwrap_or_else(now);
+    let statuses = |containers: Option<&Vec<Container>>, before: Option<&Vec<ContainerStatus>>| {
+        containers
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                let prev = before.and_then(|l| l.iter().find(|s| s.name == c.name));
+                initial_status(c, prev)
+            })
+            .collect::<Vec<_>>()
     };
+    let mut init = statuses(
+        spec.init_containers.as_ref(),
+        prev.and_then(|s| s.init_container_statuses.as_ref()),
+    );
+    let mut main = statuses(
+        Some(&spec.containers),
+        prev.and_then(|s| s.container_statuses.as_ref()),
+    );
     let (tx, mut updates) = mpsc::channel::<Update>(64);
-    let mut init_done = spec.init_containers.as_ref().is_none_or(|v| v.is_empty());
+    let mut init_done = init.is_empty();
     let mut tasks: Vec<tokio::task::JoinHandle<bool>> = Vec::new();
     // Status goes to the API server through one writer that always sends the latest state.
     let (status_tx, status_rx) = watch::channel(None);
     let _writer = AbortOnDrop(tokio::spawn(write_status(
         api.clone(),
-        name.clone(),
+        pc.name.clone(),
         status_rx,
     )));
     let status_of = |init: &[ContainerStatus], main: &[ContainerStatus], init_done: bool| {
@@ -911,71 +936,66 @@ async fn run_pod(
     let sync = |init: &[ContainerStatus], main: &[ContainerStatus], init_done: bool| {
         status_tx.send_replace(Some(status_of(init, main, init_done)));
     };
+    let deleting =
+        |rx: &watch::Receiver<Arc<Pod>>| rx.borrow().metadata.deletion_timestamp.is_some();
     if !finished {
-        if let Err(msg) = pc.prepare_volumes().await {
-            ctx.events
-                .pod(&pod, None, "Warning", "FailedMount", msg.clone())
-                .await;
-            for s in main.iter_mut() {
-                s.state = Some(waiting("ContainerCreating", Some(msg.clone())));
+        match Box::pin(pc.prepare_volumes()).await {
+            Err(msg) => {
+                ctx.events
+                    .pod(&pod, None, "Warning", "FailedMount", msg.clone());
+                for s in main.iter_mut() {
+                    s.state = Some(waiting("ContainerCreating", Some(msg.clone())));
+                }
+                sync(&init, &main, false);
             }
-            sync(&init, &main, false);
-        } else {
-            let pc = Arc::new(pc);
-            sync(&init, &main, init_done);
-            // Init containers, in order, each to completion.
-            let mut init_ok = true;
-            for (i, c) in spec.init_containers.iter().flatten().enumerate() {
-                let t = tokio::spawn(supervise(
-                    pc.clone(),
-                    i,
-                    c.clone(),
-                    restart_policy.clone(),
-                    init[i].clone(),
-                    tx.clone(),
-                    true,
-                ));
-                let mut t = t;
-                loop {
-                    tokio::select! {
-                        ok = &mut t => { init_ok = ok.unwrap_or(false); break; }
-                        Some(Update::Status(idx, st)) = updates.recv() => { init[idx] = st; sync(&init, &main, false); }
-                        changed = rx.changed() => {
-                            if changed.is_err() || rx.borrow().metadata.deletion_timestamp.is_some() {
-                                t.abort();
-                                {
-                                let p = rx.borrow().clone();
-                                return finish_deletion(&ctx, &api, &p, &uid).await;
-                            }
+            Ok(mounts) => {
+                pc.mounts = mounts;
+                let pc = Arc::new(pc);
+                sync(&init, &main, init_done);
+                // Init containers, in order, each to completion.
+                let mut init_ok = true;
+                for i in 0..init.len() {
+                    let mut t =
+                        tokio::spawn(supervise(pc.clone(), i, true, init[i].clone(), tx.clone()));
+                    loop {
+                        tokio::select! {
+                            ok = &mut t => { init_ok = ok.unwrap_or(false); break; }
+                            Some(Update::Status(idx, st)) = updates.recv() => { init[idx] = *st; sync(&init, &main, false); }
+                            changed = rx.changed() => {
+                                if changed.is_err() || deleting(&rx) {
+                                    t.abort();
+                                    let uid = pc.uid.clone();
+                                    let p = rx.borrow().clone();
+                        return Box::pin(finish_deletion(&ctx, &api, &p, &uid)).await;
+                                }
                             }
                         }
                     }
+                    while let Ok(Update::Status(idx, st)) = updates.try_recv() {
+                        init[idx] = *st;
+                    }
+                    if !init_ok {
+                        break;
+                    }
                 }
-                while let Ok(Update::Status(idx, st)) = updates.try_recv() {
-                    init[idx] = st;
-                }
-                if !init_ok {
-                    break;
-                }
-            }
-            init_done = init_ok;
-            sync(&init, &main, init_done);
-            if init_ok {
-                for (i, c) in spec.containers.iter().enumerate() {
-                    tasks.push(tokio::spawn(supervise(
-                        pc.clone(),
-                        i,
-                        c.clone(),
-                        restart_policy.clone(),
-                        main[i].clone(),
-                        tx.clone(),
-                        false,
-                    )));
+                init_done = init_ok;
+                sync(&init, &main, init_done);
+                if init_ok {
+                    for (i, st) in main.iter().enumerate() {
+                        tasks.push(tokio::spawn(supervise(
+                            pc.clone(),
+                            i,
+                            false,
+                            st.clone(),
+                            tx.clone(),
+                        )));
+                    }
                 }
             }
         }
     }
     drop(tx);
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
     // activeDeadlineSeconds counts from the pod's start and may be changed while it runs.
     let deadline_of = |p: &Pod| {
         p.spec
@@ -994,50 +1014,57 @@ async fn run_pod(
     loop {
         let until = deadline
             .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86400 * 365));
-        tokio::select! {
-            Some(Update::Status(idx, st)) = updates.recv() => {
-                main[idx] = st;
+        let wake = tokio::select! {
+            Some(Update::Status(idx, st)) = updates.recv() => Wake::Update(idx, st),
+            changed = rx.changed() => Wake::Changed(changed.is_ok()),
+            _ = tokio::time::sleep_until(until), if deadline.is_some() => Wake::Deadline,
+        };
+        match wake {
+            Wake::Update(idx, st) => {
+                main[idx] = *st;
                 while let Ok(Update::Status(idx, st)) = updates.try_recv() {
-                    main[idx] = st;
+                    main[idx] = *st;
                 }
                 sync(&init, &main, init_done);
             }
-            changed = rx.changed() => {
-                if changed.is_err() {
-                    return;
-                }
+            Wake::Changed(false) => return,
+            Wake::Changed(true) => {
                 deadline = deadline_of(&rx.borrow());
-                if rx.borrow().metadata.deletion_timestamp.is_some() {
+                if deleting(&rx) {
                     for t in &tasks {
                         t.abort();
                     }
                     for c in &spec.containers {
-                        ctx.events.pod(&pod, Some(&c.name), "Normal", "Killing", format!("Stopping container {}", c.name)).await;
+                        ctx.events.pod(
+                            &pod,
+                            Some(&c.name),
+                            "Normal",
+                            "Killing",
+                            format!("Stopping container {}", c.name),
+                        );
                     }
-                    {
-                                let p = rx.borrow().clone();
-                                return finish_deletion(&ctx, &api, &p, &uid).await;
-                            }
+                    let p = rx.borrow().clone();
+                    return Box::pin(finish_deletion(&ctx, &api, &p, &uid)).await;
                 }
             }
-            _ = tokio::time::sleep_until(until), if deadline.is_some() => {
+            Wake::Deadline => {
                 for t in &tasks {
                     t.abort();
                 }
-                let msg = "Pod was active on the node longer than the specified deadline".to_string();
+                let msg =
+                    "Pod was active on the node longer than the specified deadline".to_string();
                 let mut status = status_of(&init, &main, init_done);
                 status.phase = Some("Failed".into());
                 status.reason = Some("DeadlineExceeded".into());
                 status.message = Some(msg.clone());
                 status_tx.send_replace(Some(status));
-                ctx.events.pod(&pod, None, "Normal", "DeadlineExceeded", msg).await;
+                ctx.events
+                    .pod(&pod, None, "Normal", "DeadlineExceeded", msg);
                 // Wait for the deletion (or the pod's end) now.
                 while rx.changed().await.is_ok() {
-                    if rx.borrow().metadata.deletion_timestamp.is_some() {
-                        {
-                                let p = rx.borrow().clone();
-                                return finish_deletion(&ctx, &api, &p, &uid).await;
-                            }
+                    if deleting(&rx) {
+                        let p = rx.borrow().clone();
+                        return Box::pin(finish_deletion(&ctx, &api, &p, &uid)).await;
                     }
                 }
                 return;

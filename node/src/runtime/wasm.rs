@@ -492,7 +492,11 @@ mod tests {
                 env: vec![],
                 working_dir: None,
                 mounts: vec![],
-                log: LogFile::create(&self.dir.path().join(format!("{name}.log"))).unwrap(),
+                log: LogFile::create(
+                    &self.dir.path().join(format!("{name}.log")),
+                    crate::logs::MAX_LOG_BYTES,
+                )
+                .unwrap(),
                 memory_limit: None,
                 cpu_limit_millis: None,
             }
