@@ -20,7 +20,7 @@ fi
 export KUBECONFIG="$data/kubeconfig"
 kubectl=".tools/bin/kubectl"
 # Air-gapped style: load the example modules into the node's image store.
-for ex in hello config-reader shared-volume hello-component; do
+for ex in hello config-reader shared-volume hello-component http-hello; do
   target/debug/skiff images import "wasm-examples/out/$ex.wasm" --name "skiff.local/examples/$ex:1.0" --data-dir "$data/agent" >/dev/null
 done
 $kubectl wait --for=condition=Ready node --all --timeout=60s >/dev/null

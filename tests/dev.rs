@@ -460,7 +460,14 @@ fn agent_restart_adopts_its_pods() {
 fn wasm_examples_run() {
     let d = Dev::start();
     let out = common::root().join("wasm-examples/out");
-    for ex in ["hello", "config-reader", "shared-volume", "hello-component"] {
+    let examples = [
+        "hello",
+        "config-reader",
+        "shared-volume",
+        "hello-component",
+        "http-hello",
+    ];
+    for ex in examples {
         let wasm = out.join(format!("{ex}.wasm"));
         assert!(
             wasm.exists(),
@@ -472,7 +479,7 @@ fn wasm_examples_run() {
     eventually(30, "node Ready", || {
         d.kubectl(&["get", "node", "edge-1"], None).0.then_some(())
     });
-    for ex in ["hello", "config-reader", "shared-volume", "hello-component"] {
+    for ex in examples {
         let manifest = common::root().join(format!("wasm-examples/{ex}/pod.yaml"));
         d.ok(&["apply", "-f", manifest.to_str().unwrap()]);
     }
@@ -526,6 +533,22 @@ fn wasm_examples_run() {
     assert_eq!(
         d.ok(&["logs", "shared-volume", "-c", "reader"]),
         "read: written by the writer container\n"
+    );
+
+    step(
+        "http-hello: a wasi:http handler component, recognized as one (served with pod networking)",
+    );
+    let waiting = eventually(30, "http-hello's container to report why it waits", || {
+        let pod = d.json(&["get", "pod", "http-hello"]);
+        let w = pod["status"]["containerStatuses"][0]["state"]["waiting"].clone();
+        (w["reason"] == "CreateContainerError").then_some(w)
+    });
+    let msg = waiting["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains(
+            "wasi:http/proxy component (it exports wasi:http/incoming-handler, not wasi:cli/run)"
+        ),
+        "{msg}"
     );
 }
 

@@ -121,6 +121,20 @@ fn start_error(id: &str) -> impl Fn(&dyn std::fmt::Display) -> RuntimeError + '_
     }
 }
 
+const CLI_RUN: &str = "wasi:cli/run";
+const HTTP_HANDLER: &str = "wasi:http/incoming-handler";
+
+/// `Some("wasi:http/proxy")` for a component that handles HTTP requests rather than
+/// running as a command.
+fn served_world(engine: &Engine, component: &Component) -> Option<&'static str> {
+    let ty = component.component_type();
+    let exports: Vec<&str> = ty
+        .exports(engine)
+        .map(|(name, _)| name.split('@').next().unwrap_or(name))
+        .collect();
+    (exports.contains(&HTTP_HANDLER) && !exports.contains(&CLI_RUN)).then_some("wasi:http/proxy")
+}
+
 /// Whether a Wasm binary is a component (layer 1) rather than a core module.
 pub fn is_component(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[6..8] == [1, 0]
@@ -415,6 +429,13 @@ impl Runtime for WasmRuntime {
                         limits,
                     },
                 );
+                if let Some(world) = served_world(&self.engine, &component) {
+                    return Err(fail(&format!(
+                        "the image is a {world} component (it exports {HTTP_HANDLER}, not {CLI_RUN}): \
+                         HTTP handlers are served at the pod's IP, which needs a pod network; \
+                         this node runs command modules and components only"
+                    )));
+                }
                 govern(&mut store, killed.clone(), spec.cpu_limit_millis);
                 let pre = self.p2.instantiate_pre(&component).map_err(|e| fail(&e))?;
                 let command =
@@ -501,6 +522,31 @@ mod tests {
                 cpu_limit_millis: None,
             }
         }
+    }
+
+    fn exporting(interface: &str, func: &str) -> String {
+        format!(
+            r#"(component
+              (core module $m (func (export "f")))
+              (core instance $i (instantiate $m))
+              (type $t (func))
+              (func $f (type $t) (canon lift (core func $i "f")))
+              (instance $e (export "{func}" (func $f)))
+              (export "{interface}" (instance $e)))"#
+        )
+    }
+
+    #[test]
+    fn http_handlers_are_told_apart_from_commands() {
+        let engine = Engine::default();
+        let handler = Component::new(
+            &engine,
+            exporting("wasi:http/incoming-handler@0.2.12", "handle"),
+        )
+        .unwrap();
+        assert_eq!(served_world(&engine, &handler), Some("wasi:http/proxy"));
+        let command = Component::new(&engine, exporting("wasi:cli/run@0.2.0", "run")).unwrap();
+        assert_eq!(served_world(&engine, &command), None);
     }
 
     #[tokio::test]
