@@ -7,7 +7,7 @@ tools="$root/.tools"
 mkdir -p "$tools"
 
 need_pkgs=()
-for p in unzip python3-venv curl clang lld wasi-libc libclang-rt-14-dev-wasm32 docker-registry apache2-utils; do
+for p in unzip python3-venv curl clang lld wasi-libc libclang-rt-14-dev-wasm32 docker-registry apache2-utils umoci skopeo; do
   dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

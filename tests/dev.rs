@@ -699,3 +699,137 @@ fn wasm_images_are_pulled_from_a_registry() {
     assert!(ok, "{err}");
     assert_eq!(done("allowed")["status"]["phase"], "Succeeded");
 }
+
+/// Builds a regular OCI image (umoci) holding `payload` as /app/program, with the
+/// entrypoint `./main` (a symbolic link to it) in WorkingDir /app, and pushes it (skopeo)
+/// to `image`.
+fn push_oci_image(payload: &std::path::Path, image: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    let bundle = dir.path().join("bundle");
+    let tagged = format!("{}:1", layout.display());
+    let run = |cmd: &str, args: &[&str]| {
+        let o = Command::new(cmd)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{cmd} (run scripts/setup.sh): {e}"));
+        assert!(
+            o.status.success(),
+            "{cmd} {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    run("umoci", &["init", "--layout", layout.to_str().unwrap()]);
+    run("umoci", &["new", "--image", &tagged]);
+    run(
+        "umoci",
+        &[
+            "unpack",
+            "--rootless",
+            "--image",
+            &tagged,
+            bundle.to_str().unwrap(),
+        ],
+    );
+    let app = bundle.join("rootfs/app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::copy(payload, app.join("program")).unwrap();
+    std::os::unix::fs::symlink("program", app.join("main")).unwrap();
+    run(
+        "umoci",
+        &["repack", "--image", &tagged, bundle.to_str().unwrap()],
+    );
+    run(
+        "umoci",
+        &[
+            "config",
+            "--image",
+            &tagged,
+            "--config.workingdir",
+            "/app",
+            "--config.entrypoint",
+            "./main",
+            "--config.cmd",
+            "from",
+            "--config.cmd",
+            "an-oci-image",
+        ],
+    );
+    run(
+        "skopeo",
+        &[
+            "copy",
+            "--dest-tls-verify=false",
+            &format!("oci:{tagged}"),
+            &format!("docker://{image}"),
+        ],
+    );
+}
+
+#[test]
+fn oci_images_with_a_wasm_entrypoint_run() {
+    let reg = Registry::start(None);
+    let hello = common::root().join("wasm-examples/out/hello.wasm");
+    let image = format!("127.0.0.1:{}/examples/hello-oci:1", reg.port);
+    push_oci_image(&hello, &image);
+    let script = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(script.path(), "#!/bin/sh\necho native\n").unwrap();
+    let native = format!("127.0.0.1:{}/examples/native:1", reg.port);
+    push_oci_image(script.path(), &native);
+
+    let d = Dev::start();
+    eventually(30, "node Ready", || {
+        d.kubectl(&["get", "node", "edge-1"], None).0.then_some(())
+    });
+    let pod = |name: &str, image: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  runtimeClassName: wasmtime\n  restartPolicy: Never\n  containers:\n  - name: main\n    image: {image}\n")
+    };
+
+    step("the image's Entrypoint (a link to a Wasm file, relative to WorkingDir) and Cmd run");
+    let (ok, _, err) = d.kubectl(&["apply", "-f", "-"], Some(&pod("from-oci", &image)));
+    assert!(ok, "{err}");
+    let v = eventually(60, "from-oci to finish", || {
+        let v = d.json(&["get", "pod", "from-oci"]);
+        matches!(v["status"]["phase"].as_str(), Some("Succeeded" | "Failed")).then_some(v)
+    });
+    assert_eq!(v["status"]["phase"], "Succeeded", "{v}");
+    assert_eq!(
+        d.ok(&["logs", "from-oci"]),
+        "Hello from a Wasm pod on Skiff!\narg 1: from\narg 2: an-oci-image\n"
+    );
+    let manifest = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}"])
+        .arg(format!("docker://{image}"))
+        .output()
+        .unwrap();
+    let digest = String::from_utf8_lossy(&manifest.stdout).trim().to_string();
+    assert_eq!(
+        v["status"]["containerStatuses"][0]["imageID"],
+        format!("{image}@{digest}"),
+        "a regular image is known by its manifest digest"
+    );
+
+    step("an image whose entrypoint is not Wasm is refused with the reason");
+    let (ok, _, err) = d.kubectl(&["apply", "-f", "-"], Some(&pod("native", &native)));
+    assert!(ok, "{err}");
+    let msg = eventually(30, "native to fail pulling", || {
+        let w = d.json(&["get", "pod", "native"])["status"]["containerStatuses"][0]["state"]
+            ["waiting"]
+            .clone();
+        matches!(
+            w["reason"].as_str(),
+            Some("ErrImagePull" | "ImagePullBackOff")
+        )
+        .then(|| w["message"].as_str().unwrap_or_default().to_string())
+    });
+    let events = d.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=native",
+    ]);
+    assert!(
+        events.contains("the entrypoint /app/program is not a Wasm module"),
+        "{msg}\n{events}"
+    );
+}

@@ -24,8 +24,32 @@ pub enum ImageError {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Image {
     pub reference: String,
+    /// The Wasm blob's digest, or for a regular OCI image its manifest's.
     pub digest: String,
     pub path: PathBuf,
+    /// How a regular OCI image says to run it (Wasm artifacts carry none).
+    pub run: Option<RunConfig>,
+}
+
+/// The parts of an OCI image config that say how to run it (`config.Entrypoint`, ...).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RunConfig {
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default)]
+    pub cmd: Option<Vec<String>>,
+    #[serde(default)]
+    pub env: Option<Vec<String>>,
+    #[serde(default)]
+    pub working_dir: Option<String>,
+}
+
+/// A regular OCI image: which blob holds its Wasm entrypoint, and how to run it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Record {
+    wasm: String,
+    run: RunConfig,
 }
 
 pub struct ImageStore {
@@ -98,6 +122,11 @@ impl ImageStore {
         refs
     }
 
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     fn blob_path(&self, digest: &str) -> PathBuf {
         self.dir
             .join("blobs/sha256")
@@ -124,7 +153,53 @@ impl ImageStore {
         Ok(digest)
     }
 
-    /// Records `reference` → `digest`.
+    fn record_path(&self, digest: &str) -> PathBuf {
+        self.dir
+            .join("records")
+            .join(digest.trim_start_matches("sha256:"))
+            .with_extension("json")
+    }
+
+    /// Records a regular OCI image (by its manifest digest) whose entrypoint is the Wasm
+    /// blob `wasm`.
+    pub fn put_record(
+        &self,
+        manifest_digest: &str,
+        wasm: &str,
+        run: &RunConfig,
+    ) -> Result<(), ImageError> {
+        let path = self.record_path(manifest_digest);
+        let dir = self.dir.join("records");
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let tmp = path.with_extension("tmp");
+        let record = Record {
+            wasm: wasm.to_string(),
+            run: run.clone(),
+        };
+        std::fs::write(&tmp, serde_json::to_vec(&record).expect("serializable"))
+            .map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io(&path))
+    }
+
+    /// The image stored under `digest` (a Wasm blob, or a regular image's record).
+    fn image(&self, reference: String, digest: String) -> Option<Image> {
+        let (wasm, run) = match std::fs::read(self.record_path(&digest)) {
+            Ok(b) => {
+                let r: Record = serde_json::from_slice(&b).ok()?;
+                (r.wasm, Some(r.run))
+            }
+            Err(_) => (digest.clone(), None),
+        };
+        let path = self.blob_path(&wasm);
+        path.exists().then_some(Image {
+            reference,
+            digest,
+            path,
+            run,
+        })
+    }
+
+    /// Records `reference` → `digest` (of a stored blob or record).
     pub fn tag(&self, reference: &str, digest: &str) -> Result<Image, ImageError> {
         let reference = normalize(reference);
         let mut refs = self.refs();
@@ -133,11 +208,9 @@ impl ImageStore {
         refs.1 = std::fs::metadata(self.dir.join("refs.json"))
             .and_then(|m| m.modified())
             .ok();
-        Ok(Image {
-            reference,
-            digest: digest.into(),
-            path: self.blob_path(digest),
-        })
+        drop(refs);
+        self.image(reference, digest.to_string())
+            .ok_or_else(|| ImageError::Corrupt(format!("{digest} is not stored")))
     }
 
     /// Imports a Wasm file under `reference` (`skiff images import`).
@@ -157,12 +230,7 @@ impl ImageStore {
             Some((_, d)) => d.to_string(),
             None => self.refs().0.get(&reference)?.clone(),
         };
-        let path = self.blob_path(&digest);
-        path.exists().then(|| Image {
-            reference,
-            digest,
-            path,
-        })
+        self.image(reference, digest)
     }
 
     pub fn list(&self) -> Vec<(String, String)> {

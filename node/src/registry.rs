@@ -1,6 +1,6 @@
 //! Wasm images from OCI registries (oci-client): pulls that accept the CNCF Wasm artifact
-//! format and the older Wasm media types, verify digests and land in the node's image
-//! store; and `skiff push`, which publishes a module or component as a CNCF Wasm artifact.
+//! format, the older Wasm media types, and regular OCI/Docker images whose entrypoint file
+//! is Wasm; they verify digests and land in the node's image store; and `skiff push`, which publishes a module or component as a CNCF Wasm artifact.
 //! Registries on loopback are spoken to over plain HTTP, as Docker does; others over
 //! HTTPS unless listed as insecure.
 
@@ -12,7 +12,9 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use sha2::{Digest, Sha256};
 
-use crate::images::{Image, ImageError, ImageStore};
+use std::path::PathBuf;
+
+use crate::images::{Image, ImageError, ImageStore, RunConfig};
 
 /// Registry credentials.
 pub use oci_client::secrets::RegistryAuth as Auth;
@@ -25,6 +27,15 @@ const WASM_TO_OCI_LAYER: &str = "application/vnd.wasm.content.layer.v1+wasm";
 const RUNWASI_COMPONENT_LAYER: &str =
     "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm";
 const WASM_LAYERS: &[&str] = &[WASM_LAYER, WASM_TO_OCI_LAYER, RUNWASI_COMPONENT_LAYER];
+/// Filesystem layers of regular OCI and Docker images: one whose entrypoint file is Wasm
+/// (starts with `\0asm`) runs on the Wasm runtime.
+const TAR_LAYERS: &[&str] = &[
+    "application/vnd.oci.image.layer.v1.tar",
+    "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+];
+/// Symbolic links followed to find an entrypoint, at most.
+const MAX_LINKS: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -34,6 +45,8 @@ pub enum RegistryError {
     Registry(String),
     #[error("{image} is not a Wasm image (layers: {layers})")]
     NotWasm { image: String, layers: String },
+    #[error("{image}: {reason}")]
+    NoWasmEntrypoint { image: String, reason: String },
     #[error("{image}: layer digest mismatch: expected {expected}, got {actual}")]
     Digest {
         image: String,
@@ -84,15 +97,33 @@ pub async fn pull(
 ) -> Result<Image, RegistryError> {
     let reference = parse(image)?;
     let client = client_for(reference.registry(), insecure);
-    let (manifest, _manifest_digest, _config) = client
+    let (manifest, manifest_digest, config) = client
         .pull_manifest_and_config(&reference, auth)
         .await
         .map_err(|e| RegistryError::Registry(format!("{e}")))?;
-    let layer: &OciDescriptor = manifest
+    let wasm_layer = manifest
         .layers
         .iter()
-        .find(|l| WASM_LAYERS.contains(&l.media_type.as_str()))
-        .ok_or_else(|| RegistryError::NotWasm {
+        .find(|l| WASM_LAYERS.contains(&l.media_type.as_str()));
+    let Some(layer) = wasm_layer else {
+        let all_tar = !manifest.layers.is_empty()
+            && manifest
+                .layers
+                .iter()
+                .all(|l| TAR_LAYERS.contains(&l.media_type.as_str()));
+        if all_tar {
+            return pull_filesystem_image(
+                store,
+                &client,
+                &reference,
+                image,
+                &manifest.layers,
+                &manifest_digest,
+                &config,
+            )
+            .await;
+        }
+        return Err(RegistryError::NotWasm {
             image: image.into(),
             layers: manifest
                 .layers
@@ -100,7 +131,8 @@ pub async fn pull(
                 .map(|l| l.media_type.as_str())
                 .collect::<Vec<_>>()
                 .join(", "),
-        })?;
+        });
+    };
     let mut data: Vec<u8> = Vec::with_capacity(layer.size.max(0) as usize);
     client
         .pull_blob(&reference, layer, &mut data)
@@ -116,6 +148,173 @@ pub async fn pull(
     }
     let digest = store.put_blob(&data)?;
     Ok(store.tag(image, &digest)?)
+}
+
+/// A regular OCI image: finds its entrypoint (`Entrypoint`, else `Cmd`, resolved against
+/// `WorkingDir`) in its layers, from the top one down, and keeps it if it is Wasm. (The
+/// client holds the registry token from the manifest pull.)
+async fn pull_filesystem_image(
+    store: &ImageStore,
+    client: &Client,
+    reference: &Reference,
+    image: &str,
+    layers: &[OciDescriptor],
+    manifest_digest: &str,
+    config: &str,
+) -> Result<Image, RegistryError> {
+    let fail = |reason: String| RegistryError::NoWasmEntrypoint {
+        image: image.into(),
+        reason,
+    };
+    let run: RunConfig = serde_json::from_str::<serde_json::Value>(config)
+        .ok()
+        .and_then(|v| serde_json::from_value(v["config"].clone()).ok())
+        .unwrap_or_default();
+    let program = run
+        .entrypoint
+        .iter()
+        .flatten()
+        .chain(run.cmd.iter().flatten())
+        .next()
+        .ok_or_else(|| fail("the image config has no Entrypoint or Cmd".into()))?;
+    let workdir = run.working_dir.as_deref().unwrap_or("/");
+    let mut target = clean_path(&format!("{workdir}/{program}"));
+    // Layers are fetched once each, on demand, top first (they may be large: kept on disk).
+    let tmp =
+        tempfile::tempdir_in(store.dir()).map_err(|e| fail(format!("temporary directory: {e}")))?;
+    let mut fetched: Vec<Option<PathBuf>> = vec![None; layers.len()];
+    let mut links = 0;
+    let wasm = 'search: loop {
+        for (i, layer) in layers.iter().enumerate().rev() {
+            let file = match &fetched[i] {
+                Some(f) => f.clone(),
+                None => {
+                    let f = tmp.path().join(format!("layer-{i}"));
+                    let out = tokio::fs::File::create(&f)
+                        .await
+                        .map_err(|e| fail(format!("{}: {e}", f.display())))?;
+                    client
+                        .pull_blob(reference, layer, out)
+                        .await
+                        .map_err(|e| RegistryError::Registry(format!("{e}")))?;
+                    fetched[i] = Some(f.clone());
+                    f
+                }
+            };
+            let gzip = layer.media_type.ends_with("gzip");
+            let wanted = target.clone();
+            let found = tokio::task::spawn_blocking(move || find_in_layer(&file, gzip, &wanted))
+                .await
+                .map_err(|e| fail(e.to_string()))?
+                .map_err(|e| fail(format!("reading layer {}: {e}", layer.digest)))?;
+            match found {
+                Found::File(bytes) => break 'search bytes,
+                Found::Link(to) if links < MAX_LINKS => {
+                    links += 1;
+                    target = clean_path(&match to.strip_prefix('/') {
+                        Some(_) => to,
+                        None => format!("{}/{to}", parent(&target)),
+                    });
+                    continue 'search;
+                }
+                Found::Link(_) => {
+                    return Err(fail(format!("too many symbolic links resolving /{target}")))
+                }
+                Found::Deleted => break,
+                Found::Absent => {}
+            }
+        }
+        return Err(fail(format!(
+            "the entrypoint /{target} is not in the image"
+        )));
+    };
+    if !wasm.starts_with(b"\0asm") {
+        return Err(fail(format!(
+            "the entrypoint /{target} is not a Wasm module (an OCI container image needs the OCI runtime, which this node does not offer)"
+        )));
+    }
+    let wasm_digest = store.put_blob(&wasm)?;
+    store.put_record(manifest_digest, &wasm_digest, &run)?;
+    Ok(store.tag(image, manifest_digest)?)
+}
+
+/// What a layer says about a path.
+enum Found {
+    File(Vec<u8>),
+    Link(String),
+    /// A whiteout: lower layers' copies are gone.
+    Deleted,
+    Absent,
+}
+
+/// `a/./b/../c` → `a/c`, without a leading slash (as paths appear in layer tars).
+fn clean_path(p: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in p.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    parts.join("/")
+}
+
+fn parent(p: &str) -> &str {
+    p.rsplit_once('/').map_or("", |(dir, _)| dir)
+}
+
+fn find_in_layer(file: &std::path::Path, gzip: bool, target: &str) -> std::io::Result<Found> {
+    use std::io::Read;
+    let f = std::fs::File::open(file)?;
+    let reader: Box<dyn Read> = if gzip {
+        Box::new(flate2::read::GzDecoder::new(f))
+    } else {
+        Box::new(f)
+    };
+    let name = target.rsplit('/').next().unwrap_or(target);
+    let dir = parent(target);
+    let whiteout = clean_path(&format!("{dir}/.wh.{name}"));
+    let mut opaque_dirs: Vec<String> = Vec::new();
+    let mut archive = tar::Archive::new(reader);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let path = clean_path(&entry.path()?.to_string_lossy());
+        if path == target {
+            let kind = entry.header().entry_type();
+            if kind.is_symlink() || kind.is_hard_link() {
+                let to = entry
+                    .link_name()?
+                    .map(|l| l.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                // Hard links name a path from the layer's root.
+                return Ok(Found::Link(if kind.is_hard_link() {
+                    format!("/{to}")
+                } else {
+                    to
+                }));
+            }
+            let mut bytes = Vec::with_capacity(entry.size() as usize);
+            entry.read_to_end(&mut bytes)?;
+            return Ok(Found::File(bytes));
+        }
+        if path == whiteout {
+            return Ok(Found::Deleted);
+        }
+        if let Some(d) = path.strip_suffix("/.wh..wh..opq") {
+            opaque_dirs.push(d.to_string());
+        }
+    }
+    // An opaque directory hides everything below it in lower layers.
+    if opaque_dirs
+        .iter()
+        .any(|d| target.starts_with(&format!("{d}/")))
+    {
+        return Ok(Found::Deleted);
+    }
+    Ok(Found::Absent)
 }
 
 /// Publishes `wasm` as a CNCF Wasm artifact at `image`; returns the manifest URL.
@@ -199,6 +398,72 @@ mod tests {
             matches!(auth_from_dockerconfig(cfg, "r.example"), Some(RegistryAuth::Basic(u, _)) if u == "a")
         );
         assert!(auth_from_dockerconfig(cfg, "other").is_none());
+    }
+
+    fn layer(
+        dir: &std::path::Path,
+        name: &str,
+        entries: &[(&str, Option<&str>, &[u8])],
+    ) -> PathBuf {
+        use std::io::Write;
+        let path = dir.join(name);
+        let gz = flate2::write::GzEncoder::new(
+            std::fs::File::create(&path).unwrap(),
+            flate2::Compression::fast(),
+        );
+        let mut b = tar::Builder::new(gz);
+        for (p, link, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o755);
+            match link {
+                Some(to) => {
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    h.set_size(0);
+                    b.append_link(&mut h, p, to).unwrap();
+                }
+                None => {
+                    h.set_size(data.len() as u64);
+                    b.append_data(&mut h, p, *data).unwrap();
+                }
+            }
+        }
+        b.into_inner().unwrap().finish().unwrap().flush().unwrap();
+        path
+    }
+
+    #[test]
+    fn entrypoints_are_found_through_links_and_whiteouts() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = layer(
+            dir.path(),
+            "l",
+            &[
+                ("./app/prog.wasm", None, b"\0asm"),
+                ("app/run", Some("prog.wasm"), b""),
+                ("app/.wh.gone", None, b""),
+                ("data/.wh..wh..opq", None, b""),
+            ],
+        );
+        assert!(
+            matches!(find_in_layer(&l, true, "app/prog.wasm").unwrap(), Found::File(b) if b == b"\0asm")
+        );
+        assert!(
+            matches!(find_in_layer(&l, true, "app/run").unwrap(), Found::Link(t) if t == "prog.wasm")
+        );
+        assert!(matches!(
+            find_in_layer(&l, true, "app/gone").unwrap(),
+            Found::Deleted
+        ));
+        assert!(matches!(
+            find_in_layer(&l, true, "data/x.wasm").unwrap(),
+            Found::Deleted
+        ));
+        assert!(matches!(
+            find_in_layer(&l, true, "bin/other").unwrap(),
+            Found::Absent
+        ));
+        assert_eq!(clean_path("/app/./x/../prog.wasm"), "app/prog.wasm");
+        assert_eq!(parent("app/prog.wasm"), "app");
     }
 
     #[test]

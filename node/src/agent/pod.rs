@@ -509,18 +509,23 @@ async fn supervise(
                 continue;
             }
         };
-        let mut argv: Vec<String> = c.command.clone().unwrap_or_default();
-        if argv.is_empty() {
-            argv.push(c.name.clone());
-        }
-        argv.extend(c.args.clone().unwrap_or_default());
+        let argv = argv(c, img.run.as_ref());
+        let env = match &img.run {
+            Some(run) => image_env(run, env),
+            None => env,
+        };
         let spec = ContainerSpec {
             id: format!("{}/{}/{}", pc.ns, pc.name, c.name),
             image_path: img.path.clone(),
             image_digest: img.digest.clone(),
             argv,
             env,
-            working_dir: c.working_dir.clone(),
+            working_dir: c.working_dir.clone().or_else(|| {
+                img.run
+                    .as_ref()
+                    .and_then(|r| r.working_dir.clone())
+                    .filter(|d| !d.is_empty())
+            }),
             mounts: pc.mounts(&c),
             log,
             memory_limit: limit(&c, "memory").map(|m| (m / 1000) as u64),
@@ -632,6 +637,55 @@ async fn supervise(
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
+}
+
+/// A container's arguments as Kubernetes composes them: `command` replaces the image's
+/// Entrypoint (and then its Cmd is dropped), `args` replaces its Cmd. A Wasm artifact has
+/// neither: its argv[0] is the container's name.
+fn argv(c: &Container, image: Option<&crate::images::RunConfig>) -> Vec<String> {
+    let Some(image) = image else {
+        let mut argv = c.command.clone().unwrap_or_default();
+        if argv.is_empty() {
+            argv.push(c.name.clone());
+        }
+        argv.extend(c.args.clone().unwrap_or_default());
+        return argv;
+    };
+    let image = Some(image);
+    let entrypoint = image.and_then(|r| r.entrypoint.clone()).unwrap_or_default();
+    let cmd = image.and_then(|r| r.cmd.clone()).unwrap_or_default();
+    let mut argv = match &c.command {
+        Some(command) if !command.is_empty() => command.clone(),
+        _ => entrypoint,
+    };
+    let args = match (&c.command, &c.args) {
+        (_, Some(args)) => args.clone(),
+        (Some(command), None) if !command.is_empty() => Vec::new(),
+        _ => cmd,
+    };
+    if argv.is_empty() {
+        // Only Cmd (or nothing) from the image: its first word is the program.
+        let mut args = args.into_iter();
+        argv.push(args.next().unwrap_or_else(|| c.name.clone()));
+        argv.extend(args);
+        return argv;
+    }
+    argv.extend(args);
+    argv
+}
+
+/// The image's `Env`, overridden by the container's own.
+fn image_env(run: &crate::images::RunConfig, own: Vec<(String, String)>) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = run
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|kv| kv.split_once('='))
+        .filter(|(k, _)| own.iter().all(|(o, _)| o != k))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    env.extend(own);
+    env
 }
 
 /// A container that could not be created: it waits with `reason`, a Failed event says
@@ -1125,4 +1179,69 @@ async fn finish_deletion(ctx: &Ctx, api: &Api<Pod>, pod: &Pod, uid: &str) {
         tracing::debug!(error = %e, "final pod deletion failed");
     }
     let _ = std::fs::remove_dir_all(ctx.data_dir.join("pods").join(uid));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::images::RunConfig;
+
+    fn container(command: Option<&[&str]>, args: Option<&[&str]>) -> Container {
+        let own = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        Container {
+            name: "app".into(),
+            command: command.map(own),
+            args: args.map(own),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn arguments_compose_as_in_kubernetes() {
+        let image = RunConfig {
+            entrypoint: Some(vec!["/app.wasm".into()]),
+            cmd: Some(vec!["--serve".into()]),
+            ..Default::default()
+        };
+        let run = |c: Option<&[&str]>, a: Option<&[&str]>, img: Option<&RunConfig>| {
+            argv(&container(c, a), img).join(" ")
+        };
+        assert_eq!(run(None, None, Some(&image)), "/app.wasm --serve");
+        assert_eq!(run(None, Some(&["-v"]), Some(&image)), "/app.wasm -v");
+        assert_eq!(
+            run(Some(&["/other.wasm"]), None, Some(&image)),
+            "/other.wasm"
+        );
+        assert_eq!(
+            run(Some(&["/o.wasm"]), Some(&["x"]), Some(&image)),
+            "/o.wasm x"
+        );
+        let cmd_only = RunConfig {
+            cmd: Some(vec!["/app.wasm".into(), "a".into()]),
+            ..Default::default()
+        };
+        assert_eq!(run(None, None, Some(&cmd_only)), "/app.wasm a");
+        // Wasm artifacts have no entrypoint: argv[0] is the container's name.
+        assert_eq!(
+            run(None, Some(&["from", "kubectl"]), None),
+            "app from kubectl"
+        );
+        assert_eq!(run(Some(&["prog"]), Some(&["x"]), None), "prog x");
+    }
+
+    #[test]
+    fn image_env_is_overridden_by_the_containers() {
+        let image = RunConfig {
+            env: Some(vec!["A=1".into(), "B=2".into()]),
+            ..Default::default()
+        };
+        let env = image_env(&image, vec![("B".into(), "own".into())]);
+        assert_eq!(
+            env,
+            [
+                ("A".to_string(), "1".to_string()),
+                ("B".into(), "own".into())
+            ]
+        );
+    }
 }
