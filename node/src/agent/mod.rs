@@ -356,14 +356,13 @@ pub async fn run(
         };
         match ev {
             Some(Ok(watcher::Event::Apply(mut p) | watcher::Event::InitApply(mut p))) => {
-                // Workers never need managedFields (often the largest part of a pod).
-                p.metadata.managed_fields = None;
-                let p = Arc::new(p);
                 let uid = p.metadata.uid.clone().unwrap_or_default();
                 workers.retain(|_, w| !w.finished());
                 match workers.get(&uid) {
-                    Some(w) => w.update(p),
+                    Some(w) => w.update(&p),
                     None => {
+                        // Workers never need managedFields (often the largest part of a pod).
+                        p.metadata.managed_fields = None;
                         workers.insert(uid, pod::Worker::spawn(ctx.clone(), p));
                     }
                 }

@@ -27,19 +27,38 @@ const BACKOFF_MAX: Duration = Duration::from_secs(300);
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
 
 pub struct Worker {
-    pod: watch::Sender<Arc<Pod>>,
+    changes: watch::Sender<PodChange>,
     task: tokio::task::JoinHandle<()>,
 }
 
+/// What a running pod's worker still needs to hear about its object.
+#[derive(Clone, Copy, PartialEq)]
+struct PodChange {
+    deleting: bool,
+    active_deadline_seconds: Option<i64>,
+}
+
+impl PodChange {
+    fn of(pod: &Pod) -> PodChange {
+        PodChange {
+            deleting: pod.metadata.deletion_timestamp.is_some(),
+            active_deadline_seconds: pod.spec.as_ref().and_then(|s| s.active_deadline_seconds),
+        }
+    }
+}
+
 impl Worker {
-    pub fn spawn(ctx: Arc<Ctx>, pod: Arc<Pod>) -> Worker {
-        let (tx, rx) = watch::channel(pod);
-        let task = tokio::spawn(run(ctx, rx));
-        Worker { pod: tx, task }
+    pub fn spawn(ctx: Arc<Ctx>, pod: Pod) -> Worker {
+        let (tx, rx) = watch::channel(PodChange::of(&pod));
+        // Boxed: a pod passed by value would take its size in the task for good.
+        let task = tokio::spawn(run(ctx, Box::new(pod), rx));
+        Worker { changes: tx, task }
     }
 
-    pub fn update(&self, pod: Arc<Pod>) {
-        self.pod.send_replace(pod);
+    pub fn update(&self, pod: &Pod) {
+        let change = PodChange::of(pod);
+        self.changes
+            .send_if_modified(|c| std::mem::replace(c, change) != change);
     }
 
     /// The pod object is gone: stop everything (the worker's drop kills its containers).
@@ -833,89 +852,139 @@ fn condition(type_: &str, ok: bool, reason: Option<&str>) -> PodCondition {
     }
 }
 
-/// The pod's phase and conditions from its containers' states.
-fn pod_status(
-    pod: &Pod,
-    host_ip: &str,
-    start: &Time,
-    init: &[ContainerStatus],
-    main: &[ContainerStatus],
-    init_done: bool,
-    restart_policy: &str,
-) -> PodStatus {
-    let term = |s: &ContainerStatus| {
-        s.state
-            .as_ref()
-            .and_then(|s| s.terminated.as_ref())
-            .map(|t| t.exit_code)
-    };
-    let all_terminated = !main.is_empty() && main.iter().all(|s| term(s).is_some());
-    let init_failed =
-        init.iter().any(|s| term(s).is_some_and(|c| c != 0)) && restart_policy == "Never";
-    let phase = if init_failed {
-        "Failed"
-    } else if all_terminated {
-        if main.iter().all(|s| term(s) == Some(0)) {
-            "Succeeded"
-        } else {
+/// Reports a pod's status: computes it from the containers' states and hands it to the
+/// pod's status writer.
+struct Reporter {
+    host_ip: String,
+    start: Time,
+    restart_policy: String,
+    qos_class: Option<String>,
+    /// The last conditions reported (their transition times carry over).
+    conditions: std::sync::Mutex<Vec<PodCondition>>,
+    slot: Arc<StatusSlot>,
+}
+
+impl Reporter {
+    fn report(&self, init: &[ContainerStatus], main: &[ContainerStatus], init_done: bool) {
+        self.slot.put(self.status(init, main, init_done));
+    }
+
+    /// The pod's phase and conditions from its containers' states.
+    fn status(
+        &self,
+        init: &[ContainerStatus],
+        main: &[ContainerStatus],
+        init_done: bool,
+    ) -> PodStatus {
+        let (host_ip, start, restart_policy) =
+            (&self.host_ip, &self.start, self.restart_policy.as_str());
+        let term = |s: &ContainerStatus| {
+            s.state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .map(|t| t.exit_code)
+        };
+        let all_terminated = !main.is_empty() && main.iter().all(|s| term(s).is_some());
+        let init_failed =
+            init.iter().any(|s| term(s).is_some_and(|c| c != 0)) && restart_policy == "Never";
+        let phase = if init_failed {
             "Failed"
-        }
-    } else if init_done
-        && main
-            .iter()
-            .any(|s| s.state.as_ref().is_some_and(|st| st.running.is_some()) || s.restart_count > 0)
-    {
-        "Running"
-    } else {
-        "Pending"
-    };
-    let ready = phase == "Running" && main.iter().all(|s| s.ready);
-    let not_ready = (!ready).then_some(if phase == "Succeeded" || phase == "Failed" {
-        "PodCompleted"
-    } else {
-        "ContainersNotReady"
-    });
-    let mut conditions = vec![
-        condition("PodReadyToStartContainers", true, None),
-        condition(
-            "Initialized",
-            init_done,
-            (!init_done).then_some("ContainersNotInitialized"),
-        ),
-        condition("Ready", ready, not_ready),
-        condition("ContainersReady", ready, not_ready),
-        condition("PodScheduled", true, None),
-    ];
-    // Keep transition times of conditions whose status did not change.
-    for c in conditions.iter_mut() {
-        if let Some(old) = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .and_then(|cs| cs.iter().find(|o| o.type_ == c.type_))
+        } else if all_terminated {
+            if main.iter().all(|s| term(s) == Some(0)) {
+                "Succeeded"
+            } else {
+                "Failed"
+            }
+        } else if init_done
+            && main.iter().any(|s| {
+                s.state.as_ref().is_some_and(|st| st.running.is_some()) || s.restart_count > 0
+            })
         {
-            if old.status == c.status {
-                c.last_transition_time = old.last_transition_time.clone();
+            "Running"
+        } else {
+            "Pending"
+        };
+        let ready = phase == "Running" && main.iter().all(|s| s.ready);
+        let not_ready = (!ready).then_some(if phase == "Succeeded" || phase == "Failed" {
+            "PodCompleted"
+        } else {
+            "ContainersNotReady"
+        });
+        let mut conditions = vec![
+            condition("PodReadyToStartContainers", true, None),
+            condition(
+                "Initialized",
+                init_done,
+                (!init_done).then_some("ContainersNotInitialized"),
+            ),
+            condition("Ready", ready, not_ready),
+            condition("ContainersReady", ready, not_ready),
+            condition("PodScheduled", true, None),
+        ];
+        // Keep transition times of conditions whose status did not change.
+        let mut last = self.conditions.lock().expect("conditions");
+        for c in conditions.iter_mut() {
+            if let Some(old) = last.iter().find(|o| o.type_ == c.type_) {
+                if old.status == c.status {
+                    c.last_transition_time = old.last_transition_time.clone();
+                }
             }
         }
-    }
-    PodStatus {
-        phase: Some(phase.into()),
-        conditions: Some(conditions),
-        host_ip: Some(host_ip.into()),
-        host_ips: Some(vec![k8s_openapi::api::core::v1::HostIP {
-            ip: host_ip.into(),
-        }]),
-        start_time: Some(start.clone()),
-        init_container_statuses: (!init.is_empty()).then(|| init.to_vec()),
-        container_statuses: Some(main.to_vec()),
-        qos_class: pod.status.as_ref().and_then(|s| s.qos_class.clone()),
-        ..Default::default()
+        last.clone_from(&conditions);
+        PodStatus {
+            phase: Some(phase.into()),
+            conditions: Some(conditions),
+            host_ip: Some(host_ip.into()),
+            host_ips: Some(vec![k8s_openapi::api::core::v1::HostIP {
+                ip: host_ip.into(),
+            }]),
+            start_time: Some(start.clone()),
+            init_container_statuses: (!init.is_empty()).then(|| init.to_vec()),
+            container_statuses: Some(main.to_vec()),
+            qos_class: self.qos_class.clone(),
+            ..Default::default()
+        }
     }
 }
 
-async fn run(ctx: Arc<Ctx>, rx: watch::Receiver<Arc<Pod>>) {
-    let pod = rx.borrow().clone();
+/// The latest status not yet written, and a wake-up for the writer. The writer takes the
+/// status out, so a steady pod keeps no copy of it.
+#[derive(Default)]
+struct StatusSlot {
+    latest: std::sync::Mutex<Option<PodStatus>>,
+    changed: tokio::sync::Notify,
+}
+
+impl StatusSlot {
+    fn put(&self, status: PodStatus) {
+        *self.latest.lock().expect("status slot") = Some(status);
+        self.changed.notify_one();
+    }
+
+    /// Whether the waiting status still shows a container being created (nothing failed).
+    fn creating(&self) -> bool {
+        self.latest
+            .lock()
+            .expect("status slot")
+            .as_ref()
+            .is_some_and(|s| {
+                s.container_statuses.iter().flatten().any(|c| {
+                    c.state
+                        .as_ref()
+                        .and_then(|s| s.waiting.as_ref())
+                        .is_some_and(|w| {
+                            w.reason.as_deref() == Some("ContainerCreating") && w.message.is_none()
+                        })
+                })
+            })
+    }
+
+    fn take(&self) -> Option<PodStatus> {
+        self.latest.lock().expect("status slot").take()
+    }
+}
+
+async fn run(ctx: Arc<Ctx>, pod: Box<Pod>, rx: watch::Receiver<PodChange>) {
     let span = tracing::info_span!(
         "pod",
         pod = %format!(
@@ -935,19 +1004,18 @@ enum Wake {
     Deadline,
 }
 
-async fn run_pod(ctx: Arc<Ctx>, mut rx: watch::Receiver<Arc<Pod>>, pod: Arc<Pod>) {
+async fn run_pod(ctx: Arc<Ctx>, mut rx: watch::Receiver<PodChange>, mut pod: Box<Pod>) {
+    // The status the pod had (after an agent restart) only seeds the containers' states;
+    // the worker keeps the rest of the pod without it.
+    let prev = pod.status.take().unwrap_or_default();
+    let pod: Arc<Pod> = Arc::from(pod);
     let Some(spec) = pod.spec.as_ref() else {
         return;
     };
     let mut pc = PodCtx::new(ctx.clone(), pod.clone());
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pc.ns);
-    let restart_policy = pc.restart_policy.clone();
-    let prev = pod.status.as_ref();
-    let finished = matches!(
-        prev.and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    );
-    let start = prev.and_then(|s| s.start_time.clone()).unwrap_or_else(now);
+    let finished = matches!(prev.phase.as_deref(), Some("Succeeded" | "Failed"));
+    let start = prev.start_time.clone().unwrap_or_else(now);
     let statuses = |containers: Option<&Vec<Container>>, before: Option<&Vec<ContainerStatus>>| {
         containers
             .into_iter()
@@ -960,38 +1028,31 @@ async fn run_pod(ctx: Arc<Ctx>, mut rx: watch::Receiver<Arc<Pod>>, pod: Arc<Pod>
     };
     let mut init = statuses(
         spec.init_containers.as_ref(),
-        prev.and_then(|s| s.init_container_statuses.as_ref()),
+        prev.init_container_statuses.as_ref(),
     );
-    let mut main = statuses(
-        Some(&spec.containers),
-        prev.and_then(|s| s.container_statuses.as_ref()),
-    );
+    let mut main = statuses(Some(&spec.containers), prev.container_statuses.as_ref());
     let (tx, mut updates) = mpsc::channel::<Update>(64);
     let mut init_done = init.is_empty();
     let mut tasks: Vec<tokio::task::JoinHandle<bool>> = Vec::new();
     // Status goes to the API server through one writer that always sends the latest state.
-    let (status_tx, status_rx) = watch::channel(None);
+    let reporter = Reporter {
+        host_ip: ctx.node_ip.clone(),
+        start: start.clone(),
+        restart_policy: pc.restart_policy.clone(),
+        qos_class: prev.qos_class.clone(),
+        conditions: std::sync::Mutex::new(prev.conditions.clone().unwrap_or_default()),
+        slot: Default::default(),
+    };
+    drop(prev);
     let _writer = AbortOnDrop(tokio::spawn(write_status(
         api.clone(),
         pc.name.clone(),
-        status_rx,
+        reporter.slot.clone(),
     )));
-    let status_of = |init: &[ContainerStatus], main: &[ContainerStatus], init_done: bool| {
-        pod_status(
-            &pod,
-            &ctx.node_ip,
-            &start,
-            init,
-            main,
-            init_done,
-            &restart_policy,
-        )
-    };
     let sync = |init: &[ContainerStatus], main: &[ContainerStatus], init_done: bool| {
-        status_tx.send_replace(Some(status_of(init, main, init_done)));
+        reporter.report(init, main, init_done);
     };
-    let deleting =
-        |rx: &watch::Receiver<Arc<Pod>>| rx.borrow().metadata.deletion_timestamp.is_some();
+    let deleting = |rx: &watch::Receiver<PodChange>| rx.borrow().deleting;
     if !finished {
         match Box::pin(pc.prepare_volumes()).await {
             Err(msg) => {
@@ -1019,8 +1080,7 @@ async fn run_pod(ctx: Arc<Ctx>, mut rx: watch::Receiver<Arc<Pod>>, pod: Arc<Pod>
                                 if changed.is_err() || deleting(&rx) {
                                     t.abort();
                                     let uid = pc.uid.clone();
-                                    let p = rx.borrow().clone();
-                        return Box::pin(finish_deletion(&ctx, &api, &p, &uid)).await;
+                                                            return Box::pin(finish_deletion(&ctx, &api, &pod, &uid)).await;
                                 }
                             }
                         }
@@ -1051,20 +1111,17 @@ async fn run_pod(ctx: Arc<Ctx>, mut rx: watch::Receiver<Arc<Pod>>, pod: Arc<Pod>
     drop(tx);
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     // activeDeadlineSeconds counts from the pod's start and may be changed while it runs.
-    let deadline_of = |p: &Pod| {
-        p.spec
-            .as_ref()
-            .and_then(|s| s.active_deadline_seconds)
-            .map(|secs| {
-                let elapsed = jiff::Timestamp::now()
-                    .duration_since(start.0)
-                    .as_secs()
-                    .max(0) as u64;
-                tokio::time::Instant::now()
-                    + Duration::from_secs((secs.max(0) as u64).saturating_sub(elapsed))
-            })
+    let deadline_of = |c: &PodChange| {
+        c.active_deadline_seconds.map(|secs| {
+            let elapsed = jiff::Timestamp::now()
+                .duration_since(start.0)
+                .as_secs()
+                .max(0) as u64;
+            tokio::time::Instant::now()
+                + Duration::from_secs((secs.max(0) as u64).saturating_sub(elapsed))
+        })
     };
-    let mut deadline = deadline_of(&pod);
+    let mut deadline = deadline_of(&rx.borrow());
     loop {
         let until = deadline
             .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86400 * 365));
@@ -1097,8 +1154,7 @@ async fn run_pod(ctx: Arc<Ctx>, mut rx: watch::Receiver<Arc<Pod>>, pod: Arc<Pod>
                             format!("Stopping container {}", c.name),
                         );
                     }
-                    let p = rx.borrow().clone();
-                    return Box::pin(finish_deletion(&ctx, &api, &p, &uid)).await;
+                    return Box::pin(finish_deletion(&ctx, &api, &pod, &uid)).await;
                 }
             }
             Wake::Deadline => {
@@ -1107,18 +1163,17 @@ async fn run_pod(ctx: Arc<Ctx>, mut rx: watch::Receiver<Arc<Pod>>, pod: Arc<Pod>
                 }
                 let msg =
                     "Pod was active on the node longer than the specified deadline".to_string();
-                let mut status = status_of(&init, &main, init_done);
+                let mut status = reporter.status(&init, &main, init_done);
                 status.phase = Some("Failed".into());
                 status.reason = Some("DeadlineExceeded".into());
                 status.message = Some(msg.clone());
-                status_tx.send_replace(Some(status));
+                reporter.slot.put(status);
                 ctx.events
                     .pod(&pod, None, "Normal", "DeadlineExceeded", msg);
                 // Wait for the deletion (or the pod's end) now.
                 while rx.changed().await.is_ok() {
                     if deleting(&rx) {
-                        let p = rx.borrow().clone();
-                        return Box::pin(finish_deletion(&ctx, &api, &p, &uid)).await;
+                        return Box::pin(finish_deletion(&ctx, &api, &pod, &uid)).await;
                     }
                 }
                 return;
@@ -1133,23 +1188,24 @@ const FIRST_REPORT_DELAY: Duration = Duration::from_millis(20);
 
 /// Writes the pod's status whenever it changes, always the latest (changes made while a
 /// write is in flight are merged into the next one).
-async fn write_status(api: Api<Pod>, name: String, mut rx: watch::Receiver<Option<PodStatus>>) {
+async fn write_status(api: Api<Pod>, name: String, slot: Arc<StatusSlot>) {
     let mut first = true;
-    while rx.changed().await.is_ok() {
-        if first {
-            first = false;
-            let _ = tokio::time::timeout(FIRST_REPORT_DELAY, rx.changed()).await;
+    loop {
+        slot.changed.notified().await;
+        if first && slot.creating() {
+            let _ = tokio::time::timeout(FIRST_REPORT_DELAY, slot.changed.notified()).await;
         }
-        let Some(status) = rx.borrow_and_update().clone() else {
+        first = false;
+        let Some(status) = slot.take() else {
             continue;
         };
-        if let Err(e) = api
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(serde_json::json!({ "status": status })),
-            )
-            .await
+        // Boxed: the request future is large and every pod keeps this task.
+        if let Err(e) = Box::pin(api.patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "status": status })),
+        ))
+        .await
         {
             tracing::debug!(error = %e, "status update failed");
         }
