@@ -363,13 +363,7 @@ pub async fn run_pods(args: PodBenchArgs) -> Result<(), BenchError> {
     let started = Instant::now();
     let mut serial = Stages::default();
     let mut sent = HashMap::new();
-    let rv = pods
-        .list_metadata(&Default::default())
-        .await?
-        .metadata
-        .resource_version
-        .unwrap_or_default();
-    let mut events = pods.watch(&WatchParams::default(), &rv).await?.boxed();
+    let mut events = watch_from_now(&pods).await?;
     for i in 0..args.pods {
         let name = format!("s-{i}");
         sent.extend(create_all(&pods, vec![name.clone()], image, 1).await?);
@@ -386,13 +380,7 @@ pub async fn run_pods(args: PodBenchArgs) -> Result<(), BenchError> {
 
     // Back to back: `concurrency` creations always in flight.
     let names: Vec<String> = (0..args.pods).map(|i| format!("p-{i}")).collect();
-    let rv = pods
-        .list_metadata(&Default::default())
-        .await?
-        .metadata
-        .resource_version
-        .unwrap_or_default();
-    let events = pods.watch(&WatchParams::default(), &rv).await?.boxed();
+    let events = watch_from_now(&pods).await?;
     let watcher = tokio::spawn(async move {
         let mut seen = Stages::default();
         let mut events = events;
@@ -417,13 +405,7 @@ pub async fn run_pods(args: PodBenchArgs) -> Result<(), BenchError> {
 
     let extra = args.idle.saturating_sub(2 * args.pods);
     let names: Vec<String> = (0..extra).map(|i| format!("idle-{i}")).collect();
-    let rv = pods
-        .list_metadata(&Default::default())
-        .await?
-        .metadata
-        .resource_version
-        .unwrap_or_default();
-    let events = pods.watch(&WatchParams::default(), &rv).await?.boxed();
+    let events = watch_from_now(&pods).await?;
     let watcher = tokio::spawn(async move {
         let mut events = events;
         running_times(&mut events, &mut Stages::default(), |s| {
@@ -447,6 +429,19 @@ pub async fn run_pods(args: PodBenchArgs) -> Result<(), BenchError> {
     );
     drop(procs);
     Ok(())
+}
+
+/// A watch of the pods from now on.
+async fn watch_from_now(
+    pods: &Api<Pod>,
+) -> Result<impl futures::Stream<Item = kube::Result<WatchEvent<Pod>>> + Unpin + Send, BenchError> {
+    let rv = pods
+        .list_metadata(&Default::default())
+        .await?
+        .metadata
+        .resource_version
+        .unwrap_or_default();
+    Ok(pods.watch(&WatchParams::default(), &rv).await?.boxed())
 }
 
 fn write(dir: &Path, name: &str, body: &str) -> Result<PathBuf, BenchError> {

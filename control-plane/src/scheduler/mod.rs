@@ -379,57 +379,76 @@ impl Cache {
 
     /// Keeps the pods' placements current from a watch (re-listing when the watch ends).
     async fn track_pods(self: Arc<Self>, objects: Arc<Objects>) {
-        loop {
-            let (rt, rev) = match self.load_pods(&objects).await {
-                Ok(v) => v,
-                Err(e) => {
-                    tracing::warn!(error = %e, "scheduler: listing pods failed");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            let Ok(mut stream) = objects.watch(rt, None, rev, WatchFilter::default()) else {
-                continue;
-            };
-            while let Some(WatchItem::Event { kind, object, .. }) = stream.next().await {
-                let Ok(p) = serde_json::from_slice::<Pod>(&object) else {
-                    continue;
-                };
+        follow(
+            &objects,
+            "pods",
+            || self.load_pods(&objects),
+            |deleted, p: Pod| {
                 let mut st = self.state.lock().expect("scheduler cache");
-                if kind == "DELETED" {
+                if deleted {
                     st.forget(&key_of(&p), p.metadata.uid.as_deref());
                 } else {
                     Self::observe_pod(&mut st, &p);
                 }
-            }
-        }
+            },
+        )
+        .await
     }
 
     /// Keeps the nodes current from a watch.
     async fn track_nodes(self: Arc<Self>, objects: Arc<Objects>) {
-        loop {
-            let (rt, rev) = match self.load_nodes(&objects).await {
-                Ok(v) => v,
-                Err(e) => {
-                    tracing::warn!(error = %e, "scheduler: listing nodes failed");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            let Ok(mut stream) = objects.watch(rt, None, rev, WatchFilter::default()) else {
-                continue;
-            };
-            while let Some(WatchItem::Event { kind, object, .. }) = stream.next().await {
-                let Ok(n) = serde_json::from_slice::<Node>(&object) else {
-                    continue;
-                };
+        follow(
+            &objects,
+            "nodes",
+            || self.load_nodes(&objects),
+            |deleted, n: Node| {
                 let name = n.metadata.name.clone().unwrap_or_default();
                 let mut st = self.state.lock().expect("scheduler cache");
-                if kind == "DELETED" {
+                if deleted {
                     st.nodes.remove(&name);
                 } else {
                     st.nodes.insert(name, n);
                 }
+            },
+        )
+        .await
+    }
+}
+
+/// Loads (`load` lists and returns what to watch from), then applies every watched change
+/// (`true` for a deletion); loads again whenever the watch ends.
+async fn follow<T, Fut>(
+    objects: &Objects,
+    what: &str,
+    load: impl Fn() -> Fut,
+    mut apply: impl FnMut(bool, T),
+) where
+    T: serde::de::DeserializeOwned,
+    Fut: std::future::Future<
+        Output = Result<
+            (
+                &'static crate::registry::ResourceType,
+                crate::store::Revision,
+            ),
+            ObjectError,
+        >,
+    >,
+{
+    loop {
+        let (rt, rev) = match load().await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, what, "scheduler: listing failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let Ok(mut stream) = objects.watch(rt, None, rev, WatchFilter::default()) else {
+            continue;
+        };
+        while let Some(WatchItem::Event { kind, object, .. }) = stream.next().await {
+            if let Ok(v) = serde_json::from_slice::<T>(&object) {
+                apply(kind == "DELETED", v);
             }
         }
     }
@@ -699,6 +718,58 @@ mod tests {
             err.to_string(),
             "pod rejected: RuntimeClass \"missing\" not found"
         );
+    }
+
+    #[tokio::test]
+    async fn concurrent_decisions_never_overcommit_a_node() {
+        let (objects, _d) = cluster().await;
+        let reg = objects.registry();
+        let w = WriteOptions::default();
+        // Only "edge" takes Wasm pods; it has room for two more.
+        let nodes = reg.find("", "v1", "nodes").unwrap();
+        objects
+            .update_with(nodes, None, "edge", Target::Status, &w, |old| {
+                let mut n = old.clone();
+                n["status"]["allocatable"]["pods"] = json!("2");
+                Ok(n)
+            })
+            .await
+            .unwrap();
+        let pods = reg.find("", "v1", "pods").unwrap();
+        let mut created = Vec::new();
+        for i in 0..4 {
+            let pod = json!({"metadata": {"name": format!("w{i}")}, "spec": {"runtimeClassName": "wasmtime", "containers": [{"name": "c", "image": "x"}]}});
+            let c = objects.create(pods, Some("default"), pod, &w).await.unwrap();
+            created.push(serde_json::from_slice::<Value>(&c.object).unwrap());
+        }
+        let cache = Arc::new(Cache::default());
+        cache.load(&objects).await.unwrap();
+        let results = futures::future::join_all(
+            created
+                .into_iter()
+                .map(|p| reconcile(objects.clone(), cache.clone(), p)),
+        )
+        .await;
+        let bound = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Action::Done)))
+            .count();
+        let pending = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Action::RequeueAfter(_))))
+            .count();
+        assert_eq!((bound, pending), (2, 2));
+        let all = objects
+            .list(pods, Some("default"), &ListOptions::default())
+            .await
+            .unwrap();
+        let on_edge = all
+            .items
+            .iter()
+            .map(|b| serde_json::from_slice::<Value>(b).unwrap())
+            .filter(|p| p["spec"]["nodeName"] == "edge")
+            .count();
+        assert_eq!(on_edge, 2);
     }
 
     #[test]
