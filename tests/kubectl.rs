@@ -299,6 +299,7 @@ fn kubectl_end_to_end() {
         .unwrap();
     assert!(seen.starts_with("hello"), "{seen}");
     let _ = watch.kill();
+    let _ = watch.wait();
 
     step("label --overwrite and annotate");
     assert!(s

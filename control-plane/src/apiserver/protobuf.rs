@@ -221,7 +221,7 @@ fn message(m: &Msg, raw: &[u8]) -> Result<Map<String, Value>, ApiError> {
             // Unknown fields are only tolerated when empty.
             match w {
                 Wire::Varint(0) => continue,
-                Wire::Bytes(b) if b.is_empty() => continue,
+                Wire::Bytes(&[]) => continue,
                 _ => return Err(bad(format!("unknown field {tag} in {}", m.name))),
             }
         };

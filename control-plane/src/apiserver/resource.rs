@@ -521,7 +521,7 @@ async fn list(
                     &[],
                 ))
             } else {
-                let items: Vec<Value> = values.iter().map(|v| partial(v)).collect();
+                let items: Vec<Value> = values.iter().map(partial).collect();
                 let body = json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "items": items});
                 Ok(json_response(StatusCode::OK, JSON, body.to_string(), &[]))
             }

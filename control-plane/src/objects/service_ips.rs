@@ -127,7 +127,7 @@ pub fn allocate(existing: &[Value], svc: &mut Value) -> Result<(), Vec<FieldErro
             .enumerate()
         {
             match p.get("nodePort").and_then(Value::as_i64).filter(|n| *n != 0) {
-                Some(n) if taken.contains(&n) => errs.push(invalid(&format!("spec.ports[{i}].nodePort"), n.to_string(), format!("provided port is already allocated"))),
+                Some(n) if taken.contains(&n) => errs.push(invalid(&format!("spec.ports[{i}].nodePort"), n.to_string(), "provided port is already allocated".to_string())),
                 Some(n) if !NODE_PORTS.contains(&n) => errs.push(invalid(&format!("spec.ports[{i}].nodePort"), n.to_string(), "provided port is not in the valid range. The range of valid ports is 30000-32767".into())),
                 Some(n) => {
                     taken.insert(n);

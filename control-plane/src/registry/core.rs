@@ -437,7 +437,7 @@ impl Kind for Service {
             );
             if !seen.insert((p.port, p.protocol.clone())) {
                 errs.duplicate(
-                    format!("{pp}"),
+                    pp.to_string(),
                     &format!("{}/{}", p.port, p.protocol.as_deref().unwrap_or("TCP")),
                 );
             }

@@ -207,7 +207,7 @@ impl NameRule {
             NameRule::PathSegment => {
                 let bad = name == "." || name == ".." || name.contains('/') || name.contains('%');
                 return bad
-                    .then(|| format!("may not be '.' or '..' and may not contain '/' or '%'"));
+                    .then(|| "may not be '.' or '..' and may not contain '/' or '%'".to_string());
             }
         };
         if ok {

@@ -739,7 +739,10 @@ mod tests {
         let mut created = Vec::new();
         for i in 0..4 {
             let pod = json!({"metadata": {"name": format!("w{i}")}, "spec": {"runtimeClassName": "wasmtime", "containers": [{"name": "c", "image": "x"}]}});
-            let c = objects.create(pods, Some("default"), pod, &w).await.unwrap();
+            let c = objects
+                .create(pods, Some("default"), pod, &w)
+                .await
+                .unwrap();
             created.push(serde_json::from_slice::<Value>(&c.object).unwrap());
         }
         let cache = Arc::new(Cache::default());

@@ -545,10 +545,10 @@ async fn supervise(
                     .and_then(|r| r.working_dir.clone())
                     .filter(|d| !d.is_empty())
             }),
-            mounts: pc.mounts(&c),
+            mounts: pc.mounts(c),
             log,
-            memory_limit: limit(&c, "memory").map(|m| (m / 1000) as u64),
-            cpu_limit_millis: limit(&c, "cpu").map(|m| m as u64),
+            memory_limit: limit(c, "memory").map(|m| (m / 1000) as u64),
+            cpu_limit_millis: limit(c, "cpu").map(|m| m as u64),
         };
         let container_id = format!("wasm://{run_id}");
         let started = now();
