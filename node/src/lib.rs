@@ -2,6 +2,7 @@
 //!
 //! - [`agent`]: node registration, heartbeats, pod workers and status reporting.
 //! - [`runtime`]: the `Runtime` trait and its Wasm implementation on wasmtime.
+//! - [`sandbox`]: the pod sandbox the runtimes share (volumes; the network namespace later).
 //! - [`images`]: the node's content-addressed image store; [`registry`]: OCI pulls and pushes.
 //! - [`logs`]: container logs in the CRI format.
 //! - [`bench`]: `skiff bench pods`.
@@ -12,4 +13,5 @@ pub mod images;
 pub mod logs;
 pub mod registry;
 pub mod runtime;
+pub mod sandbox;
 pub mod server;

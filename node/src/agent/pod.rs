@@ -19,7 +19,8 @@ use tracing::Instrument;
 
 use super::Ctx;
 use crate::logs::LogFile;
-use crate::runtime::{ContainerSpec, Exit, Mount, Running, Runtime};
+use crate::runtime::{ContainerSpec, Exit, Running, Runtime};
+use crate::sandbox::{Sandbox, Sources};
 
 const BACKOFF_START: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
@@ -115,8 +116,7 @@ struct PodCtx {
     uid: String,
     dir: PathBuf,
     restart_policy: String,
-    /// Volume name -> (host directory, read-only source).
-    mounts: BTreeMap<String, (PathBuf, bool)>,
+    sandbox: Sandbox,
 }
 
 impl PodCtx {
@@ -135,7 +135,7 @@ impl PodCtx {
                 .unwrap_or_else(|| "Always".into()),
             ctx,
             pod,
-            mounts: BTreeMap::new(),
+            sandbox: Sandbox::default(),
         }
     }
 
@@ -285,7 +285,10 @@ impl PodCtx {
         }
         oci_client::secrets::RegistryAuth::Anonymous
     }
+}
 
+#[async_trait::async_trait]
+impl Sources for PodCtx {
     async fn config_map(&self, name: &str) -> Result<ConfigMap, String> {
         Api::<ConfigMap>::namespaced(self.ctx.client.clone(), &self.ns)
             .get(name)
@@ -298,89 +301,6 @@ impl PodCtx {
             .get(name)
             .await
             .map_err(|e| format!("secret {name:?} not found: {e}"))
-    }
-
-    /// Creates the pod's volumes under its directory; returns where each is.
-    async fn prepare_volumes(&self) -> Result<BTreeMap<String, (PathBuf, bool)>, String> {
-        let mut mounts = BTreeMap::new();
-        for v in self
-            .pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.volumes.as_ref())
-            .into_iter()
-            .flatten()
-        {
-            let dir = self.dir.join("volumes").join(&v.name);
-            let host = if let Some(h) = &v.host_path {
-                PathBuf::from(&h.path)
-            } else if v.empty_dir.is_some() {
-                dir
-            } else if let Some(c) = &v.config_map {
-                let cm = match self.config_map(&c.name).await {
-                    Ok(cm) => cm,
-                    Err(_) if c.optional == Some(true) => ConfigMap::default(),
-                    Err(e) => return Err(e),
-                };
-                let data: BTreeMap<String, Vec<u8>> = cm
-                    .data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.into_bytes()))
-                    .chain(
-                        cm.binary_data
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|(k, v)| (k, v.0)),
-                    )
-                    .collect();
-                project(&dir, &data, c.items.as_deref(), c.default_mode)?;
-                dir
-            } else if let Some(s) = &v.secret {
-                let name = s.secret_name.clone().unwrap_or_default();
-                let secret = match self.secret(&name).await {
-                    Ok(s) => s,
-                    Err(_) if s.optional == Some(true) => Secret::default(),
-                    Err(e) => return Err(e),
-                };
-                let data: BTreeMap<String, Vec<u8>> = secret
-                    .data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.0))
-                    .collect();
-                project(&dir, &data, s.items.as_deref(), s.default_mode)?;
-                dir
-            } else {
-                return Err(format!(
-                    "volume {:?}: this volume type is not supported on Skiff nodes",
-                    v.name
-                ));
-            };
-            std::fs::create_dir_all(&host).map_err(|e| format!("volume {:?}: {e}", v.name))?;
-            let read_only_source = v.config_map.is_some() || v.secret.is_some();
-            mounts.insert(v.name.clone(), (host, read_only_source));
-        }
-        Ok(mounts)
-    }
-
-    fn mounts(&self, c: &Container) -> Vec<Mount> {
-        c.volume_mounts
-            .iter()
-            .flatten()
-            .filter_map(|m| {
-                let (host, ro) = self.mounts.get(&m.name)?;
-                let host = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
-                    Some(sub) => host.join(sub),
-                    None => host.clone(),
-                };
-                Some(Mount {
-                    host_path: host,
-                    guest_path: m.mount_path.clone(),
-                    read_only: *ro || m.read_only == Some(true),
-                })
-            })
-            .collect()
     }
 }
 
@@ -399,35 +319,6 @@ fn referenced(
         Ok(None) => Err(format!("couldn't find key {key} in {kind} {ns}/{name}")),
         Err(e) => Err(e),
     }
-}
-
-/// Writes configMap/secret keys (or the chosen items) as files with their modes.
-fn project(
-    dir: &std::path::Path,
-    data: &BTreeMap<String, Vec<u8>>,
-    items: Option<&[k8s_openapi::api::core::v1::KeyToPath]>,
-    default_mode: Option<i32>,
-) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    let files: Vec<(String, &Vec<u8>, Option<i32>)> = match items {
-        Some(items) => items
-            .iter()
-            .filter_map(|i| data.get(&i.key).map(|v| (i.path.clone(), v, i.mode)))
-            .collect(),
-        None => data.iter().map(|(k, v)| (k.clone(), v, None)).collect(),
-    };
-    for (path, bytes, mode) in files {
-        let p = dir.join(&path);
-        if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
-        }
-        std::fs::write(&p, bytes).map_err(|e| e.to_string())?;
-        let mode = mode.or(default_mode).unwrap_or(0o644) as u32;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| e.to_string())?;
-    }
-    Ok(())
 }
 
 fn limit(c: &Container, res: &str) -> Option<i128> {
@@ -545,7 +436,7 @@ async fn supervise(
                     .and_then(|r| r.working_dir.clone())
                     .filter(|d| !d.is_empty())
             }),
-            mounts: pc.mounts(c),
+            mounts: pc.sandbox.mounts(c),
             log,
             memory_limit: limit(c, "memory").map(|m| (m / 1000) as u64),
             cpu_limit_millis: limit(c, "cpu").map(|m| m as u64),
@@ -1054,8 +945,10 @@ async fn run_pod(ctx: Arc<Ctx>, mut rx: watch::Receiver<PodChange>, mut pod: Box
     };
     let deleting = |rx: &watch::Receiver<PodChange>| rx.borrow().deleting;
     if !finished {
-        match Box::pin(pc.prepare_volumes()).await {
-            Err(msg) => {
+        let volumes = spec.volumes.as_deref().unwrap_or_default();
+        match Box::pin(Sandbox::create(&pc.dir, volumes, &pc)).await {
+            Err(e) => {
+                let msg = e.to_string();
                 ctx.events
                     .pod(&pod, None, "Warning", "FailedMount", msg.clone());
                 for s in main.iter_mut() {
@@ -1063,8 +956,8 @@ async fn run_pod(ctx: Arc<Ctx>, mut rx: watch::Receiver<PodChange>, mut pod: Box
                 }
                 sync(&init, &main, false);
             }
-            Ok(mounts) => {
-                pc.mounts = mounts;
+            Ok(sandbox) => {
+                pc.sandbox = sandbox;
                 let pc = Arc::new(pc);
                 sync(&init, &main, init_done);
                 // Init containers, in order, each to completion.
@@ -1234,7 +1127,7 @@ async fn finish_deletion(ctx: &Ctx, api: &Api<Pod>, pod: &Pod, uid: &str) {
     if let Err(e) = api.delete(&name, &dp).await {
         tracing::debug!(error = %e, "final pod deletion failed");
     }
-    let _ = std::fs::remove_dir_all(ctx.data_dir.join("pods").join(uid));
+    Sandbox::remove(&ctx.data_dir.join("pods").join(uid));
 }
 
 #[cfg(test)]
