@@ -49,6 +49,8 @@ struct Dev {
     dir: tempfile::TempDir,
     child: Child,
     cache: tempfile::TempDir,
+    /// The unprivileged user the cluster runs as, if not root.
+    uid: Option<u32>,
 }
 
 impl Drop for Dev {
@@ -60,6 +62,11 @@ impl Drop for Dev {
 
 impl Dev {
     fn start() -> Dev {
+        Dev::start_as(None)
+    }
+
+    /// `skiff dev`, run by user `uid` (its data directory and a copy of the binary theirs).
+    fn start_as(uid: Option<u32>) -> Dev {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -67,7 +74,12 @@ impl Dev {
             .unwrap()
             .port();
         let log = std::fs::File::create(dir.path().join("dev.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        let mut cmd = Command::new(Dev::binary(&dir, uid));
+        if let Some(uid) = uid {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(uid);
+        }
+        let child = cmd
             .args([
                 "dev",
                 "--node-name",
@@ -85,11 +97,27 @@ impl Dev {
             dir,
             child,
             cache: tempfile::tempdir().unwrap(),
+            uid,
         };
         eventually(30, "the dev cluster to start", || {
             dev.kubeconfig().exists().then_some(())
         });
         dev
+    }
+
+    /// The skiff binary `uid` may run: for another user, a copy in `dir`, which becomes theirs.
+    fn binary(dir: &tempfile::TempDir, uid: Option<u32>) -> PathBuf {
+        let built = PathBuf::from(env!("CARGO_BIN_EXE_skiff"));
+        let Some(uid) = uid else { return built };
+        let copy = dir.path().join("skiff");
+        if copy.exists() {
+            return copy;
+        }
+        std::fs::copy(&built, &copy).unwrap();
+        for p in [dir.path().to_path_buf(), copy.clone()] {
+            std::os::unix::fs::chown(&p, Some(uid), Some(uid)).unwrap();
+        }
+        copy
     }
 
     fn kubeconfig(&self) -> PathBuf {
@@ -144,7 +172,12 @@ impl Dev {
     }
 
     fn import_file(&self, file: &std::path::Path, reference: &str) {
-        let o = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        let mut cmd = Command::new(Dev::binary(&self.dir, self.uid));
+        if let Some(uid) = self.uid {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(uid);
+        }
+        let o = cmd
             .args(["images", "import"])
             .arg(file)
             .args(["--name", reference, "--data-dir"])
@@ -831,5 +864,40 @@ fn oci_images_with_a_wasm_entrypoint_run() {
     assert!(
         events.contains("the entrypoint /app/program is not a Wasm module"),
         "{msg}\n{events}"
+    );
+}
+
+#[test]
+fn dev_runs_wasm_pods_without_root() {
+    const NOBODY: u32 = 65534;
+    let d = Dev::start_as(Some(NOBODY));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.child.id())).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uid_line.split_whitespace().skip(1).all(|u| u == "65534"),
+        "{uid_line}"
+    );
+    eventually(30, "node Ready", || {
+        d.kubectl(&["get", "node", "edge-1"], None).0.then_some(())
+    });
+    // The image is a copy nobody can read.
+    let hello = d.dir.path().join("hello.wasm");
+    std::fs::copy(common::root().join("wasm-examples/out/hello.wasm"), &hello).unwrap();
+    std::os::unix::fs::chown(&hello, Some(NOBODY), Some(NOBODY)).unwrap();
+    d.import_file(&hello, "skiff.local/examples/hello:1.0");
+    let manifest = common::root().join("wasm-examples/hello/pod.yaml");
+    d.ok(&["apply", "-f", manifest.to_str().unwrap()]);
+    let phase = eventually(30, "hello-wasm to finish", || {
+        let v = d.json(&["get", "pod", "hello-wasm"]);
+        let p = v["status"]["phase"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        matches!(p.as_str(), "Succeeded" | "Failed").then_some(p)
+    });
+    assert_eq!(phase, "Succeeded");
+    assert_eq!(
+        d.ok(&["logs", "hello-wasm"]),
+        "Hello from a Wasm pod on Skiff!\narg 1: from\narg 2: kubectl\n"
     );
 }
