@@ -100,17 +100,24 @@ impl ResourceLimiter for Limits {
     }
 }
 
-#[derive(Clone)]
 enum Compiled {
     Module(Module),
     Component(Component),
+}
+
+/// An image ready to instantiate: compiled, its imports resolved against WASI once. Every
+/// container of the image shares it (a clone is a reference count).
+#[derive(Clone)]
+enum Prepared {
+    Module(wasmtime::InstancePre<P1Host>),
+    Command(wasmtime_wasi::p2::bindings::CommandPre<P2Host>),
 }
 
 pub struct WasmRuntime {
     engine: Engine,
     p1: Linker<P1Host>,
     p2: wasmtime::component::Linker<P2Host>,
-    compiled: Mutex<HashMap<String, Compiled>>,
+    prepared: Mutex<HashMap<String, Prepared>>,
     cache_dir: PathBuf,
 }
 
@@ -168,21 +175,49 @@ impl WasmRuntime {
             engine,
             p1,
             p2,
-            compiled: Mutex::new(HashMap::new()),
+            prepared: Mutex::new(HashMap::new()),
             cache_dir: cache_dir.to_path_buf(),
         })
     }
 
-    /// The compiled image: from memory, the disk cache, or compiled now.
-    fn compiled(&self, spec: &ContainerSpec) -> Result<Compiled, RuntimeError> {
-        if let Some(c) = self
-            .compiled
+    /// The image ready to instantiate: from memory, or prepared now.
+    fn prepared(&self, spec: &ContainerSpec) -> Result<Prepared, RuntimeError> {
+        if let Some(p) = self
+            .prepared
             .lock()
-            .expect("compiled")
+            .expect("prepared")
             .get(&spec.image_digest)
         {
-            return Ok(c.clone());
+            return Ok(p.clone());
         }
+        let fail = start_error(&spec.id);
+        let prepared = match self.compiled(spec)? {
+            Compiled::Module(module) => {
+                Prepared::Module(self.p1.instantiate_pre(&module).map_err(|e| fail(&e))?)
+            }
+            Compiled::Component(component) => {
+                if let Some(world) = served_world(&self.engine, &component) {
+                    return Err(fail(&format!(
+                        "the image is a {world} component (it exports {HTTP_HANDLER}, not {CLI_RUN}): \
+                         HTTP handlers are served at the pod's IP, which needs a pod network; \
+                         this node runs command modules and components only"
+                    )));
+                }
+                let pre = self.p2.instantiate_pre(&component).map_err(|e| fail(&e))?;
+                Prepared::Command(
+                    wasmtime_wasi::p2::bindings::CommandPre::new(pre).map_err(|e| fail(&e))?,
+                )
+            }
+        };
+        self.prepared
+            .lock()
+            .expect("prepared")
+            .insert(spec.image_digest.clone(), prepared.clone());
+        Ok(prepared)
+    }
+
+    /// The compiled image: from the disk cache, or compiled now (and cached).
+    fn compiled(&self, spec: &ContainerSpec) -> Result<Compiled, RuntimeError> {
         let invalid = |reason: String| RuntimeError::InvalidImage {
             image: spec.image_digest.clone(),
             reason,
@@ -228,10 +263,6 @@ impl WasmRuntime {
                 c
             }
         };
-        self.compiled
-            .lock()
-            .expect("compiled")
-            .insert(spec.image_digest.clone(), compiled.clone());
         Ok(compiled)
     }
 
@@ -377,22 +408,21 @@ impl Runtime for WasmRuntime {
     }
 
     async fn prepare(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
-        self.compiled(spec).map(|_| ())
+        self.prepared(spec).map(|_| ())
     }
 
     async fn start(&self, spec: ContainerSpec) -> Result<Box<dyn Running>, RuntimeError> {
-        let compiled = self.compiled(&spec)?;
+        let prepared = self.prepared(&spec)?;
         let wasi = Self::wasi(&spec)?;
         let limits = Limits {
             memory: spec.memory_limit.map(|b| b as usize),
             exceeded: false,
         };
         let killed = Arc::new(AtomicBool::new(false));
-        let fail = start_error(&spec.id);
         let log = spec.log.clone();
         let k = killed.clone();
-        let task = match compiled {
-            Compiled::Module(module) => {
+        let task = match prepared {
+            Prepared::Module(pre) => {
                 let mut wasi = wasi;
                 let mut store = Store::new(
                     &self.engine,
@@ -402,7 +432,6 @@ impl Runtime for WasmRuntime {
                     },
                 );
                 govern(&mut store, killed.clone(), spec.cpu_limit_millis);
-                let pre = self.p1.instantiate_pre(&module).map_err(|e| fail(&e))?;
                 tokio::spawn(async move {
                     let result = async {
                         let instance = pre.instantiate_async(&mut store).await?;
@@ -419,7 +448,7 @@ impl Runtime for WasmRuntime {
                     exit
                 })
             }
-            Compiled::Component(component) => {
+            Prepared::Command(command) => {
                 let mut wasi = wasi;
                 let mut store = Store::new(
                     &self.engine,
@@ -429,17 +458,7 @@ impl Runtime for WasmRuntime {
                         limits,
                     },
                 );
-                if let Some(world) = served_world(&self.engine, &component) {
-                    return Err(fail(&format!(
-                        "the image is a {world} component (it exports {HTTP_HANDLER}, not {CLI_RUN}): \
-                         HTTP handlers are served at the pod's IP, which needs a pod network; \
-                         this node runs command modules and components only"
-                    )));
-                }
                 govern(&mut store, killed.clone(), spec.cpu_limit_millis);
-                let pre = self.p2.instantiate_pre(&component).map_err(|e| fail(&e))?;
-                let command =
-                    wasmtime_wasi::p2::bindings::CommandPre::new(pre).map_err(|e| fail(&e))?;
                 tokio::spawn(async move {
                     let result = async {
                         let command = command.instantiate_async(&mut store).await?;
