@@ -1,21 +1,60 @@
 //! Events the agent records about pods (Pulled, Created, Started, Killing, BackOff, ...).
+//! As the kubelet does, they go out in the background, at most `EVENT_QPS` a second after a
+//! burst of `EVENT_BURST`, a few at a time; what exceeds that is dropped (and said so), so
+//! that a burst of pod starts never queues their status writes behind their events.
 
+use std::time::Duration;
+
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, PostParams};
 use kube::Client;
+use tokio::sync::mpsc;
+
+/// The kubelet's defaults (`eventRecordQPS`, `eventBurst`).
+const EVENT_QPS: f64 = 50.0;
+const EVENT_BURST: f64 = 100.0;
+/// Events waiting to be sent, at most; later ones are dropped.
+const QUEUE: usize = 1000;
+/// Event requests in flight at once.
+const IN_FLIGHT: usize = 4;
 
 #[derive(Clone)]
 pub struct Recorder {
-    client: Client,
     node: String,
+    queue: mpsc::Sender<Box<Event>>,
+}
+
+/// A token bucket: `burst` tokens, refilled at `qps` a second.
+struct Bucket {
+    tokens: f64,
+    last: tokio::time::Instant,
+}
+
+impl Bucket {
+    fn take(&mut self, now: tokio::time::Instant) -> bool {
+        let refill = now.duration_since(self.last).as_secs_f64() * EVENT_QPS;
+        self.tokens = (self.tokens + refill).min(EVENT_BURST);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl Recorder {
+    /// A recorder sending through `client`; its sender task runs until the last clone of
+    /// the recorder is dropped.
     pub fn new(client: Client, node: &str) -> Self {
+        let (queue, rx) = mpsc::channel::<Box<Event>>(QUEUE);
+        tokio::spawn(send_all(client, rx));
         Recorder {
-            client,
             node: node.to_string(),
+            queue,
         }
     }
 
@@ -44,7 +83,7 @@ impl Recorder {
                 api_version: Some("v1".into()),
                 kind: Some("Pod".into()),
                 name: pod.metadata.name.clone(),
-                namespace: Some(ns.clone()),
+                namespace: Some(ns),
                 uid: pod.metadata.uid.clone(),
                 resource_version: pod.metadata.resource_version.clone(),
                 field_path: container.map(|c| format!("spec.containers{{{c}}}")),
@@ -63,12 +102,64 @@ impl Recorder {
             reporting_instance: Some(self.node.clone()),
             ..Default::default()
         };
-        let api = Api::<Event>::namespaced(self.client.clone(), &ns);
-        let reason = reason.to_string();
-        tokio::spawn(async move {
-            if let Err(e) = api.create(&PostParams::default(), &ev).await {
-                tracing::debug!(error = %e, reason, "recording an event failed");
+        if self.queue.try_send(Box::new(ev)).is_err() {
+            tracing::debug!(reason, "event queue full; event dropped");
+        }
+    }
+}
+
+/// Sends queued events, rate-limited, a few at a time.
+async fn send_all(client: Client, rx: mpsc::Receiver<Box<Event>>) {
+    let mut bucket = Bucket {
+        tokens: EVENT_BURST,
+        last: tokio::time::Instant::now(),
+    };
+    tokio_stream_of(rx)
+        .filter_map(move |ev| {
+            let allowed = bucket.take(tokio::time::Instant::now());
+            if !allowed {
+                tracing::debug!(reason = ?ev.reason, "event rate limit reached; event dropped");
             }
-        });
+            futures::future::ready(allowed.then_some(ev))
+        })
+        .for_each_concurrent(IN_FLIGHT, |ev| {
+            let api = Api::<Event>::namespaced(
+                client.clone(),
+                ev.metadata.namespace.as_deref().unwrap_or("default"),
+            );
+            async move {
+                let pp = PostParams::default();
+                let send = tokio::time::timeout(Duration::from_secs(30), api.create(&pp, &ev));
+                match send.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::debug!(error = %e, "recording an event failed"),
+                    Err(_) => tracing::debug!("recording an event timed out"),
+                }
+            }
+        })
+        .await
+}
+
+fn tokio_stream_of<T>(mut rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_allows_a_burst_then_the_rate() {
+        let start = tokio::time::Instant::now();
+        let mut b = Bucket {
+            tokens: EVENT_BURST,
+            last: start,
+        };
+        let burst = (0..200).filter(|_| b.take(start)).count();
+        assert_eq!(burst, EVENT_BURST as usize);
+        // One second later, EVENT_QPS more.
+        let later = start + Duration::from_secs(1);
+        let more = (0..200).filter(|_| b.take(later)).count();
+        assert_eq!(more, EVENT_QPS as usize);
     }
 }
