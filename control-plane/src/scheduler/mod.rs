@@ -478,6 +478,13 @@ pub async fn reconcile(
     cache: Arc<Cache>,
     pod_value: Value,
 ) -> Result<Action, ObjectError> {
+    // Most pod changes are of bound pods (status writes): skip them before decoding.
+    if pod_value["spec"]["nodeName"]
+        .as_str()
+        .is_some_and(|n| !n.is_empty())
+    {
+        return Ok(Action::Done);
+    }
     let pod: Pod = decode(&pod_value).map_err(ObjectError::BadRequest)?;
     let spec = pod.spec.as_ref();
     let terminal = matches!(
