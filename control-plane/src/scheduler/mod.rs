@@ -315,66 +315,34 @@ impl Cache {
         Ok(())
     }
 
-    async fn load_pods(
-        &self,
-        objects: &Objects,
-    ) -> Result<
-        (
-            &'static crate::registry::ResourceType,
-            crate::store::Revision,
-        ),
-        ObjectError,
-    > {
-        let rt = objects
-            .registry()
-            .find("", "v1", "pods")
-            .expect("pods are served");
-        let page = objects.list(rt, None, &ListOptions::default()).await?;
+    async fn load_pods(&self, objects: &Objects) -> Result<Listed, ObjectError> {
+        let (listed, pods) = list_all::<Pod>(objects, "pods").await?;
         let mut fresh = CacheState::default();
-        for p in page
-            .items
-            .iter()
-            .filter_map(|b| serde_json::from_slice::<Pod>(b).ok())
-        {
-            Self::observe_pod(&mut fresh, &p);
+        for p in &pods {
+            Self::observe_pod(&mut fresh, p);
         }
         {
             let mut st = self.state.lock().expect("scheduler cache");
             st.pods = fresh.pods;
             st.used = fresh.used;
         }
-        self.pods_loaded
-            .store(true, std::sync::atomic::Ordering::Release);
-        self.loaded.notify_waiters();
-        Ok((rt, page.rev))
+        self.mark_loaded(&self.pods_loaded);
+        Ok(listed)
     }
 
-    async fn load_nodes(
-        &self,
-        objects: &Objects,
-    ) -> Result<
-        (
-            &'static crate::registry::ResourceType,
-            crate::store::Revision,
-        ),
-        ObjectError,
-    > {
-        let rt = objects
-            .registry()
-            .find("", "v1", "nodes")
-            .expect("nodes are served");
-        let page = objects.list(rt, None, &ListOptions::default()).await?;
-        let nodes = page
-            .items
-            .iter()
-            .filter_map(|b| serde_json::from_slice::<Node>(b).ok())
+    async fn load_nodes(&self, objects: &Objects) -> Result<Listed, ObjectError> {
+        let (listed, nodes) = list_all::<Node>(objects, "nodes").await?;
+        self.state.lock().expect("scheduler cache").nodes = nodes
+            .into_iter()
             .map(|n| (n.metadata.name.clone().unwrap_or_default(), n))
             .collect();
-        self.state.lock().expect("scheduler cache").nodes = nodes;
-        self.nodes_loaded
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.mark_loaded(&self.nodes_loaded);
+        Ok(listed)
+    }
+
+    fn mark_loaded(&self, flag: &std::sync::atomic::AtomicBool) {
+        flag.store(true, std::sync::atomic::Ordering::Release);
         self.loaded.notify_waiters();
-        Ok((rt, page.rev))
     }
 
     /// Keeps the pods' placements current from a watch (re-listing when the watch ends).
@@ -415,6 +383,30 @@ impl Cache {
     }
 }
 
+/// A listed resource and the revision to watch it from.
+type Listed = (
+    &'static crate::registry::ResourceType,
+    crate::store::Revision,
+);
+
+/// Every object of a core/v1 `resource`, decoded.
+async fn list_all<T: serde::de::DeserializeOwned>(
+    objects: &Objects,
+    resource: &str,
+) -> Result<(Listed, Vec<T>), ObjectError> {
+    let rt = objects
+        .registry()
+        .find("", "v1", resource)
+        .expect("core/v1 resources are served");
+    let page = objects.list(rt, None, &ListOptions::default()).await?;
+    let items = page
+        .items
+        .iter()
+        .filter_map(|b| serde_json::from_slice(b).ok())
+        .collect();
+    Ok(((rt, page.rev), items))
+}
+
 /// Loads (`load` lists and returns what to watch from), then applies every watched change
 /// (`true` for a deletion); loads again whenever the watch ends.
 async fn follow<T, Fut>(
@@ -424,15 +416,7 @@ async fn follow<T, Fut>(
     mut apply: impl FnMut(bool, T),
 ) where
     T: serde::de::DeserializeOwned,
-    Fut: std::future::Future<
-        Output = Result<
-            (
-                &'static crate::registry::ResourceType,
-                crate::store::Revision,
-            ),
-            ObjectError,
-        >,
-    >,
+    Fut: std::future::Future<Output = Result<Listed, ObjectError>>,
 {
     loop {
         let (rt, rev) = match load().await {
