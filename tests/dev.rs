@@ -401,30 +401,79 @@ fn dev_cluster_runs_wasm_pods() {
 
 /// A separate `skiff agent` process, killed and restarted: it finds its pods again,
 /// restarts what was running (once), and leaves completed pods alone.
+/// A separate `skiff agent` process (node n1) for server `s`, with its data in `data`.
+fn agent_for(s: &common::Server, data: &std::path::Path) -> Child {
+    let log = s.dir.path().join(format!(
+        "agent-{}.log",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["agent", "--node-name", "n1", "--port", "0", "--kubeconfig"])
+        .arg(s.kubeconfig())
+        .arg("--data-dir")
+        .arg(data)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// Imports `wat` into the agent store `data` as registry.example/NAME:1.
+fn import_wat(s: &common::Server, data: &std::path::Path, name: &str, wat: &str) {
+    let file = s.dir.path().join(format!("{name}.wat"));
+    std::fs::write(&file, wat).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["images", "import"])
+        .arg(&file)
+        .args(["--name", &format!("registry.example/{name}:1")])
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+}
+
+#[test]
+fn a_status_written_while_the_server_is_down_arrives_later() {
+    let mut s = common::Server::start();
+    let data = s.dir.path().join("agent");
+    let mut agent = agent_for(&s, &data);
+    import_wat(&s, &data, "ticker", TICKER);
+    eventually(30, "node n1", || {
+        s.kubectl(&["get", "node", "n1"])
+            .status
+            .success()
+            .then_some(())
+    });
+    let manifest = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: ticker\nspec:\n  runtimeClassName: wasmtime\n  restartPolicy: Never\n  containers:\n  - name: main\n    image: registry.example/ticker:1\n";
+    assert!(s
+        .kubectl_stdin(&["apply", "-f", "-"], manifest)
+        .status
+        .success());
+    eventually(30, "ticker running", || {
+        (s.json(&["get", "pod", "ticker"])["status"]["phase"] == "Running").then_some(())
+    });
+    // The container ends (after 1.5 s) while the API server is away.
+    s.kill9();
+    std::thread::sleep(Duration::from_secs(3));
+    s.restart();
+    let phase = eventually(30, "the agent to report the pod's end", || {
+        let p = s.json(&["get", "pod", "ticker"])["status"]["phase"].clone();
+        (p != "Running").then_some(p)
+    });
+    assert_eq!(phase, "Succeeded");
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
+
 #[test]
 fn agent_restart_adopts_its_pods() {
     let s = common::Server::start();
     let data = s.dir.path().join("agent");
-    let spawn_agent = || {
-        Command::new(env!("CARGO_BIN_EXE_skiff"))
-            .args(["agent", "--node-name", "n1", "--port", "0", "--kubeconfig"])
-            .arg(s.kubeconfig())
-            .arg("--data-dir")
-            .arg(&data)
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::File::create(s.dir.path().join(format!(
-                        "agent-{}.log",
-                        std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .unwrap()
-                            .as_nanos()
-                    )))
-                .unwrap(),
-            )
-            .spawn()
-            .unwrap()
-    };
+    let spawn_agent = || agent_for(&s, &data);
     let mut agent = spawn_agent();
     eventually(30, "node n1", || {
         s.kubectl(&["get", "node", "n1"])
@@ -433,17 +482,7 @@ fn agent_restart_adopts_its_pods() {
             .then_some(())
     });
     for (name, wat) in [("spin", SPIN), ("hello", HELLO)] {
-        let file = s.dir.path().join(format!("{name}.wat"));
-        std::fs::write(&file, wat).unwrap();
-        let o = Command::new(env!("CARGO_BIN_EXE_skiff"))
-            .args(["images", "import"])
-            .arg(&file)
-            .args(["--name", &format!("registry.example/{name}:1")])
-            .arg("--data-dir")
-            .arg(&data)
-            .output()
-            .unwrap();
-        assert!(o.status.success());
+        import_wat(&s, &data, name, wat);
     }
     let pod = |name: &str, image: &str, restart: &str| {
         format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  runtimeClassName: wasmtime\n  restartPolicy: {restart}\n  containers:\n  - name: main\n    image: {image}\n    imagePullPolicy: IfNotPresent\n    resources:\n      limits:\n        cpu: 100m\n---\n")

@@ -873,6 +873,14 @@ impl StatusSlot {
     fn take(&self) -> Option<PodStatus> {
         self.latest.lock().expect("status slot").take()
     }
+
+    /// Puts back a status whose write failed, unless a newer one is waiting.
+    fn restore(&self, status: PodStatus) {
+        self.latest
+            .lock()
+            .expect("status slot")
+            .get_or_insert(status);
+    }
 }
 
 async fn run(ctx: Arc<Ctx>, pod: Box<Pod>, rx: watch::Receiver<PodChange>) {
@@ -1078,11 +1086,15 @@ async fn run_pod(ctx: Arc<Ctx>, mut rx: watch::Receiver<PodChange>, mut pod: Box
 /// How long the first status report waits for more news: a pod whose containers start
 /// within it is reported Running in one write instead of ContainerCreating, then Running.
 const FIRST_REPORT_DELAY: Duration = Duration::from_millis(20);
+/// A failed status write is retried after this, doubling up to the maximum.
+const STATUS_RETRY_START: Duration = Duration::from_millis(500);
+const STATUS_RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// Writes the pod's status whenever it changes, always the latest (changes made while a
 /// write is in flight are merged into the next one).
 async fn write_status(api: Api<Pod>, name: String, slot: Arc<StatusSlot>) {
     let mut first = true;
+    let mut retry = STATUS_RETRY_START;
     loop {
         slot.changed.notified().await;
         if first && slot.creating() {
@@ -1093,14 +1105,25 @@ async fn write_status(api: Api<Pod>, name: String, slot: Arc<StatusSlot>) {
             continue;
         };
         // Boxed: the request future is large and every pod keeps this task.
-        if let Err(e) = Box::pin(api.patch_status(
+        let written = Box::pin(api.patch_status(
             &name,
             &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({ "status": status })),
+            &Patch::Merge(serde_json::json!({ "status": &status })),
         ))
-        .await
-        {
-            tracing::debug!(error = %e, "status update failed");
+        .await;
+        match written {
+            Ok(_) => retry = STATUS_RETRY_START,
+            // The pod is gone: nothing more to report.
+            Err(kube::Error::Api(e)) if e.code == 404 => return,
+            Err(e) => {
+                // Keep it (unless a newer one came) and try again: a status must not be
+                // lost because the API server was briefly away.
+                tracing::debug!(error = %e, "status update failed; retrying");
+                slot.restore(status);
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(STATUS_RETRY_MAX);
+                slot.changed.notify_one();
+            }
         }
     }
 }
