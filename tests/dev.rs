@@ -523,6 +523,40 @@ fn agent_restart_adopts_its_pods() {
         done_before,
         "a completed pod is left alone"
     );
+
+    step("a pod deleted while its agent is down goes away when the agent is back, unstarted");
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    let starts = || {
+        s.json(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=long,reason=Started",
+        ])["items"]
+            .as_array()
+            .map_or(0, |a| {
+                a.iter()
+                    .map(|e| e["count"].as_i64().unwrap_or(1))
+                    .sum::<i64>()
+            })
+    };
+    let started_before = starts();
+    let o = s.kubectl(&["delete", "pod", "long", "--wait=false"]);
+    assert!(o.status.success());
+    assert!(
+        s.json(&["get", "pod", "long"])["metadata"]["deletionTimestamp"].is_string(),
+        "a bound pod is only marked while its node is away"
+    );
+    let mut agent = spawn_agent();
+    eventually(30, "long to be gone", || {
+        (!s.kubectl(&["get", "pod", "long"]).status.success()).then_some(())
+    });
+    assert_eq!(
+        starts(),
+        started_before,
+        "no container of a pod being deleted is started again"
+    );
     let _ = agent.kill();
     let _ = agent.wait();
 }

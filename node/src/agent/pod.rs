@@ -913,6 +913,11 @@ async fn run_pod(ctx: Arc<Ctx>, mut rx: watch::Receiver<PodChange>, mut pod: Box
     };
     let mut pc = PodCtx::new(ctx.clone(), pod.clone());
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pc.ns);
+    // A pod deleted while this agent was away: nothing of it may start again.
+    if rx.borrow().deleting {
+        let uid = pc.uid.clone();
+        return Box::pin(finish_deletion(&ctx, &api, &pod, &uid)).await;
+    }
     let finished = matches!(prev.phase.as_deref(), Some("Succeeded" | "Failed"));
     let start = prev.start_time.clone().unwrap_or_else(now);
     let statuses = |containers: Option<&Vec<Container>>, before: Option<&Vec<ContainerStatus>>| {
