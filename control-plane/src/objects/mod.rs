@@ -841,7 +841,17 @@ impl Objects {
             .and_then(|m| m.get("finalizers"))
             .and_then(Value::as_array)
             .is_some_and(|f| !f.is_empty());
-        if deleting && !finalizers_left && !self.blocked_by_kind_finalizers(rt, &admitted) {
+        // A graceful deletion (a bound pod) waits for its node agent, whatever else is
+        // written meanwhile (its status, say): the agent ends it with a zero grace period.
+        let grace_pending = meta(&admitted)
+            .and_then(|m| m.get("deletionGracePeriodSeconds"))
+            .and_then(Value::as_i64)
+            .is_some_and(|g| g > 0);
+        if deleting
+            && !finalizers_left
+            && !grace_pending
+            && !self.blocked_by_kind_finalizers(rt, &admitted)
+        {
             let put = self
                 .store
                 .put(&key, Precondition::Exists(Some(old_rev)), admitted)

@@ -235,6 +235,53 @@ async fn finalizers_hold_deletion_until_removed() {
 }
 
 #[tokio::test]
+async fn a_bound_pod_being_deleted_waits_for_its_node_through_status_writes() {
+    let (o, _d) = setup().await;
+    let pods = rt(&o, "", "pods");
+    let w = WriteOptions::default();
+    o.create(
+        pods,
+        Some("default"),
+        json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "x"}]}}),
+        &w,
+    )
+    .await
+    .unwrap();
+    o.bind_pod("default", "p", "n1").await.unwrap();
+    let marked = v(&o
+        .delete(pods, Some("default"), "p", &DeleteOptions::default())
+        .await
+        .unwrap()
+        .object);
+    assert_eq!(marked["metadata"]["deletionGracePeriodSeconds"], 30);
+    // The node agent still reports status while it stops the containers.
+    o.patch(
+        pods,
+        Some("default"),
+        "p",
+        PatchType::Merge,
+        json!({"status": {"phase": "Running"}}),
+        Target::Status,
+        &w,
+    )
+    .await
+    .unwrap();
+    assert!(
+        o.get(pods, Some("default"), "p").await.is_ok(),
+        "still there until the agent deletes it"
+    );
+    let zero = DeleteOptions {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    };
+    o.delete(pods, Some("default"), "p", &zero).await.unwrap();
+    assert!(matches!(
+        o.get(pods, Some("default"), "p").await,
+        Err(ObjectError::NotFound { .. })
+    ));
+}
+
+#[tokio::test]
 async fn server_side_apply_creates_then_conflicts() {
     let (o, _d) = setup().await;
     let d = rt(&o, "apps", "deployments");
