@@ -68,11 +68,7 @@ impl Dev {
     /// `skiff dev`, run by user `uid` (its data directory and a copy of the binary theirs).
     fn start_as(uid: Option<u32>) -> Dev {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = common::free_port();
         let log = std::fs::File::create(dir.path().join("dev.log")).unwrap();
         let mut cmd = Command::new(Dev::binary(&dir, uid));
         if let Some(uid) = uid {
@@ -675,11 +671,7 @@ impl Drop for Registry {
 impl Registry {
     fn start(htpasswd: Option<(&str, &str)>) -> Registry {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = common::free_port();
         let mut config = format!("version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n", dir.path().join("data").display());
         if let Some((user, pass)) = htpasswd {
             let o = Command::new("htpasswd")

@@ -163,14 +163,8 @@ async fn container_logs(
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
-    let body = Body::from_stream(tokio_stream_like(rx));
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     ([(header::CONTENT_TYPE, "text/plain")], body).into_response()
-}
-
-fn tokio_stream_like(
-    mut rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
-) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 fn tls_config(ca_pem: &[u8], hosts: Vec<String>) -> Result<rustls::ServerConfig, ServerError> {

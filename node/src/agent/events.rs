@@ -114,7 +114,7 @@ async fn send_all(client: Client, rx: mpsc::Receiver<Box<Event>>) {
         tokens: EVENT_BURST,
         last: tokio::time::Instant::now(),
     };
-    tokio_stream_of(rx)
+    tokio_stream::wrappers::ReceiverStream::new(rx)
         .filter_map(move |ev| {
             let allowed = bucket.take(tokio::time::Instant::now());
             if !allowed {
@@ -138,10 +138,6 @@ async fn send_all(client: Client, rx: mpsc::Receiver<Box<Event>>) {
             }
         })
         .await
-}
-
-fn tokio_stream_of<T>(mut rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 #[cfg(test)]
