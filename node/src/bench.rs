@@ -51,6 +51,8 @@ pub enum BenchError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Images(#[from] crate::images::ImageError),
+    #[error(transparent)]
+    Server(#[from] skiff_control_plane::bench::BenchError),
 }
 
 struct Procs(Vec<std::process::Child>);
@@ -275,31 +277,9 @@ async fn bare_wasmtime_peer(n: usize) -> Result<u64, BenchError> {
 }
 
 pub async fn run_pods(args: PodBenchArgs) -> Result<(), BenchError> {
-    let dir = tempfile::Builder::new()
-        .prefix("skiff-bench-pods")
-        .tempdir_in(std::env::current_dir()?)?;
+    let server = skiff_control_plane::bench::BenchServer::start("skiff-bench-pods")?;
+    let (dir, kubeconfig) = (&server.dir, &server.kubeconfig);
     let exe = std::env::current_exe()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let data = dir.path().join("server");
-    let server = std::process::Command::new(&exe)
-        .args([
-            "server",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(&data)
-        .env("SKIFF_LOG", "warn")
-        .spawn()?;
-    let mut procs = Procs(vec![server]);
-    let kubeconfig = data.join("kubeconfig");
-    wait_for(
-        || kubeconfig.exists() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
-        "the server",
-    )
-    .await?;
     let agent_dir = dir.path().join("agent");
     let image = "bench.local/idle:1";
     crate::images::ImageStore::open(&agent_dir.join("images"))?
@@ -315,15 +295,15 @@ pub async fn run_pods(args: PodBenchArgs) -> Result<(), BenchError> {
             &(args.pods + args.idle + 10).to_string(),
             "--kubeconfig",
         ])
-        .arg(&kubeconfig)
+        .arg(kubeconfig)
         .arg("--data-dir")
         .arg(&agent_dir)
         .env("SKIFF_LOG", "warn")
         .spawn()?;
     let agent_pid = agent.id();
-    let server_pid = procs.0[0].id();
-    procs.0.push(agent);
-    let client = crate::agent::client_from(&kubeconfig).await?;
+    let server_pid = server.pid();
+    let procs = Procs(vec![agent]);
+    let client = crate::agent::client_from(kubeconfig).await?;
     let nodes: Api<Node> = Api::all(client.clone());
     let ready = || async {
         nodes.get("bench-node").await.ok().is_some_and(|n| {
@@ -453,15 +433,4 @@ fn write(dir: &Path, name: &str, body: &str) -> Result<PathBuf, BenchError> {
     let p = dir.join(name);
     std::fs::write(&p, body)?;
     Ok(p)
-}
-
-async fn wait_for(mut ok: impl FnMut() -> bool, what: &str) -> Result<(), BenchError> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ok() {
-        if Instant::now() > deadline {
-            return Err(BenchError::Failed(format!("{what} did not start")));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
 }

@@ -166,52 +166,72 @@ fn expect(resp: &client::Response, want: u16, what: &str) -> Result<(), BenchErr
     Ok(())
 }
 
-/// A server the bench started, stopped on drop.
-struct OwnServer {
+/// A `skiff server` process a bench started (in a temporary directory under the current
+/// one), stopped on drop.
+pub struct BenchServer {
     child: std::process::Child,
-    _dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
+    /// The server's data directory and the kubeconfig it wrote there.
+    pub data: PathBuf,
+    pub kubeconfig: PathBuf,
 }
 
-impl Drop for OwnServer {
+impl Drop for BenchServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-fn start_server() -> Result<(OwnServer, PathBuf, PathBuf), BenchError> {
-    let dir = tempfile::Builder::new()
-        .prefix("skiff-bench")
-        .tempdir_in(std::env::current_dir()?)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let data = dir.path().join("data");
-    let child = std::process::Command::new(std::env::current_exe()?)
-        .args([
-            "server",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(&data)
-        .env("SKIFF_LOG", "warn")
-        .spawn()?;
-    let kubeconfig = data.join("kubeconfig");
-    for _ in 0..300 {
-        if kubeconfig.exists() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok((OwnServer { child, _dir: dir }, kubeconfig, data));
+impl BenchServer {
+    /// Starts a server on a free loopback port and waits until it answers.
+    pub fn start(prefix: &str) -> Result<BenchServer, BenchError> {
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(std::env::current_dir()?)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let data = dir.path().join("data");
+        let child = std::process::Command::new(std::env::current_exe()?)
+            .args([
+                "server",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(&data)
+            .env("SKIFF_LOG", "warn")
+            .spawn()?;
+        let kubeconfig = data.join("kubeconfig");
+        let server = BenchServer {
+            child,
+            dir,
+            data,
+            kubeconfig,
+        };
+        for _ in 0..600 {
+            if server.kubeconfig.exists()
+                && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            {
+                return Ok(server);
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        std::thread::sleep(Duration::from_millis(50));
+        Err(BenchError::Failed("the server did not start".into()))
     }
-    Err(BenchError::Failed("the server did not start".into()))
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 pub async fn run_api(args: ApiBenchArgs) -> Result<(), BenchError> {
     let (_own, kubeconfig, data_dir) = match &args.kubeconfig {
         Some(k) => (None, k.clone(), std::env::current_dir()?),
         None => {
-            let (s, k, d) = start_server()?;
+            let s = BenchServer::start("skiff-bench")?;
+            let (k, d) = (s.kubeconfig.clone(), s.data.clone());
             (Some(s), k, d)
         }
     };
