@@ -141,6 +141,21 @@ impl Client {
         self.conns[i].clone()
     }
 
+    /// Sends a request on the next connection; returns the response with its body unread.
+    async fn start(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Bytes,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
+        let req = self.request(method, path, content_type, body)?;
+        let mut conn = self.conn();
+        let http = |e: hyper::Error| ClientError::Http(e.to_string());
+        conn.ready().await.map_err(http)?;
+        conn.send_request(req).await.map_err(http)
+    }
+
     /// Sends a request and reads the whole response.
     pub async fn send(
         &self,
@@ -149,15 +164,7 @@ impl Client {
         content_type: &str,
         body: Bytes,
     ) -> Result<Response, ClientError> {
-        let req = self.request(method, path, content_type, body)?;
-        let mut conn = self.conn();
-        conn.ready()
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))?;
-        let resp = conn
-            .send_request(req)
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let resp = self.start(method, path, content_type, body).await?;
         let status = resp.status();
         let body = resp
             .into_body()
@@ -175,15 +182,9 @@ impl Client {
 
     /// Opens a streaming request (a watch); returns the response body to read from.
     pub async fn stream(&self, path: &str) -> Result<hyper::body::Incoming, ClientError> {
-        let req = self.request(Method::GET, path, "application/json", Bytes::new())?;
-        let mut conn = self.conn();
-        conn.ready()
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))?;
-        let resp = conn
-            .send_request(req)
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let resp = self
+            .start(Method::GET, path, "application/json", Bytes::new())
+            .await?;
         if !resp.status().is_success() {
             return Err(ClientError::Http(format!(
                 "watch failed: {}",
