@@ -475,10 +475,7 @@ pub async fn reconcile(
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
         Some("Succeeded" | "Failed")
     );
-    if spec
-        .and_then(|s| s.node_name.as_deref())
-        .is_some_and(|n| !n.is_empty())
-        || pod.metadata.deletion_timestamp.is_some()
+    if pod.metadata.deletion_timestamp.is_some()
         || terminal
         || spec
             .and_then(|s| s.scheduler_name.as_deref())

@@ -913,10 +913,10 @@ async fn run_pod(ctx: Arc<Ctx>, mut rx: watch::Receiver<PodChange>, mut pod: Box
     };
     let mut pc = PodCtx::new(ctx.clone(), pod.clone());
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pc.ns);
+    let sandbox_dir = pc.dir.clone();
     // A pod deleted while this agent was away: nothing of it may start again.
     if rx.borrow().deleting {
-        let uid = pc.uid.clone();
-        return Box::pin(finish_deletion(&ctx, &api, &pod, &uid)).await;
+        return Box::pin(finish_deletion(&api, &pod, &sandbox_dir)).await;
     }
     let finished = matches!(prev.phase.as_deref(), Some("Succeeded" | "Failed"));
     let start = prev.start_time.clone().unwrap_or_else(now);
@@ -985,8 +985,7 @@ async fn run_pod(ctx: Arc<Ctx>, mut rx: watch::Receiver<PodChange>, mut pod: Box
                             changed = rx.changed() => {
                                 if changed.is_err() || deleting(&rx) {
                                     t.abort();
-                                    let uid = pc.uid.clone();
-                                                            return Box::pin(finish_deletion(&ctx, &api, &pod, &uid)).await;
+                                    return Box::pin(finish_deletion(&api, &pod, &sandbox_dir)).await;
                                 }
                             }
                         }
@@ -1015,7 +1014,6 @@ async fn run_pod(ctx: Arc<Ctx>, mut rx: watch::Receiver<PodChange>, mut pod: Box
         }
     }
     drop(tx);
-    let uid = pod.metadata.uid.clone().unwrap_or_default();
     // activeDeadlineSeconds counts from the pod's start and may be changed while it runs.
     let deadline_of = |c: &PodChange| {
         c.active_deadline_seconds.map(|secs| {
@@ -1060,7 +1058,7 @@ async fn run_pod(ctx: Arc<Ctx>, mut rx: watch::Receiver<PodChange>, mut pod: Box
                             format!("Stopping container {}", c.name),
                         );
                     }
-                    return Box::pin(finish_deletion(&ctx, &api, &pod, &uid)).await;
+                    return Box::pin(finish_deletion(&api, &pod, &sandbox_dir)).await;
                 }
             }
             Wake::Deadline => {
@@ -1079,7 +1077,7 @@ async fn run_pod(ctx: Arc<Ctx>, mut rx: watch::Receiver<PodChange>, mut pod: Box
                 // Wait for the deletion (or the pod's end) now.
                 while rx.changed().await.is_ok() {
                     if deleting(&rx) {
-                        return Box::pin(finish_deletion(&ctx, &api, &pod, &uid)).await;
+                        return Box::pin(finish_deletion(&api, &pod, &sandbox_dir)).await;
                     }
                 }
                 return;
@@ -1141,13 +1139,14 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// The containers are stopped: delete the pod object for good (grace period 0), and its files.
-async fn finish_deletion(ctx: &Ctx, api: &Api<Pod>, pod: &Pod, uid: &str) {
+/// The containers are stopped: delete the pod object for good (grace period 0), and its
+/// sandbox.
+async fn finish_deletion(api: &Api<Pod>, pod: &Pod, sandbox_dir: &std::path::Path) {
     let name = pod.metadata.name.clone().unwrap_or_default();
     let dp = DeleteParams {
         grace_period_seconds: Some(0),
         preconditions: Some(Preconditions {
-            uid: Some(uid.into()),
+            uid: pod.metadata.uid.clone(),
             resource_version: None,
         }),
         ..Default::default()
@@ -1155,7 +1154,7 @@ async fn finish_deletion(ctx: &Ctx, api: &Api<Pod>, pod: &Pod, uid: &str) {
     if let Err(e) = api.delete(&name, &dp).await {
         tracing::debug!(error = %e, "final pod deletion failed");
     }
-    Sandbox::remove(&ctx.data_dir.join("pods").join(uid));
+    Sandbox::remove(sandbox_dir);
 }
 
 #[cfg(test)]
