@@ -370,6 +370,22 @@ impl Running for WasmContainer {
     }
 }
 
+/// A guest has returned: flushes its log and says how it ended.
+fn ended<T: HasLimits>(
+    result: wasmtime::Result<()>,
+    killed: &AtomicBool,
+    store: &mut Store<T>,
+    log: &LogFile,
+) -> Exit {
+    let exit = exit_of(
+        result,
+        killed.load(Ordering::Acquire),
+        store.data_mut().limits().exceeded,
+    );
+    let _ = log.finish();
+    exit
+}
+
 /// Turns a guest's end (return, `proc_exit`, trap) into an exit status.
 fn exit_of(result: wasmtime::Result<()>, killed: bool, out_of_memory: bool) -> Exit {
     match result {
@@ -439,13 +455,7 @@ impl Runtime for WasmRuntime {
                         start.call_async(&mut store, ()).await
                     }
                     .await;
-                    let exit = exit_of(
-                        result,
-                        k.load(Ordering::Acquire),
-                        store.data().limits.exceeded,
-                    );
-                    let _ = log.finish();
-                    exit
+                    ended(result, &k, &mut store, &log)
                 })
             }
             Prepared::Command(command) => {
@@ -469,13 +479,7 @@ impl Runtime for WasmRuntime {
                         }
                     }
                     .await;
-                    let exit = exit_of(
-                        result,
-                        k.load(Ordering::Acquire),
-                        store.data().limits.exceeded,
-                    );
-                    let _ = log.finish();
-                    exit
+                    ended(result, &k, &mut store, &log)
                 })
             }
         };
