@@ -19,10 +19,17 @@ const HELLO: &str = r#"(module
     (i32.store (i32.const 0) (i32.const 8))
     (i32.store (i32.const 4) (i32.const 16))
     (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 40)))))"#;
+/// Says "failing" and exits 1.
 const FAIL: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
   (memory (export "memory") 1)
-  (func (export "_start") (call $exit (i32.const 1))))"#;
+  (data (i32.const 8) "failing\n")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 8))
+    (i32.store (i32.const 4) (i32.const 8))
+    (drop (call $fd_write (i32.const 2) (i32.const 0) (i32.const 1) (i32.const 40)))
+    (call $exit (i32.const 1))))"#;
 const GROW: &str = r#"(module (memory (export "memory") 1) (func (export "_start") (drop (memory.grow (i32.const 256)))))"#;
 /// Prints "tick" five times, 300 ms apart.
 const TICKER: &str = r#"(module
@@ -286,6 +293,17 @@ fn dev_cluster_runs_wasm_pods() {
     let followed = d.ok(&["logs", "-f", "ticker"]);
     assert_eq!(followed, "tick\ntick\ntick\ntick\ntick\n");
     assert!(t.elapsed() < Duration::from_secs(10));
+    assert_eq!(d.ok(&["logs", "ticker", "--tail=2"]), "tick\ntick\n");
+    assert_eq!(d.ok(&["logs", "ticker", "--since=1h"]), followed);
+    assert_eq!(
+        d.ok(&["logs", "ticker", "--since-time=2099-01-01T00:00:00Z"]),
+        ""
+    );
+    let (ok, _, err) = d.kubectl(&["logs", "ticker", "--previous"], None);
+    assert!(
+        !ok && err.contains("previous terminated container \"main\" in pod \"ticker\" not found"),
+        "{err}"
+    );
 
     step("a failing container crash-loops with back-off");
     d.pod("crash", "registry.example/fail:1.0", "Always", "");
@@ -305,6 +323,8 @@ fn dev_cluster_runs_wasm_pods() {
     let get = d.ok(&["get", "pod", "crash"]);
     assert!(get.contains("CrashLoopBackOff"), "{get}");
     assert!(d.ok(&["describe", "pod", "crash"]).contains("BackOff"));
+    // The run before the current one, from stderr.
+    assert_eq!(d.ok(&["logs", "crash", "--previous"]), "failing\n");
 
     step("growing past the memory limit is OOMKilled");
     d.pod(

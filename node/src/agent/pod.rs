@@ -342,7 +342,13 @@ async fn supervise(
     let ctx = pc.ctx.clone();
     let c = pc.container(init, idx);
     let restart_policy = &pc.restart_policy;
+    // Failed pulls and creations retry after `backoff`. Crashes follow the kubelet: the
+    // first restart is immediate, later ones wait 10 s doubling to 5 min.
     let mut backoff = BACKOFF_START;
+    let mut crash_backoff = Duration::ZERO;
+    // `restartCount` numbers the latest instance; a container that ran before (this agent
+    // or a previous one: it has a last state) starts its next instance one higher.
+    let mut ran_before = status.last_state.is_some();
     loop {
         let image = c.image.clone().unwrap_or_default();
         let policy = c
@@ -394,14 +400,15 @@ async fn supervise(
                 continue;
             }
         };
-        let run_id = format!("{}-{}-{}", pc.uid, c.name, status.restart_count);
+        let run = status.restart_count + i32::from(ran_before);
+        let run_id = format!("{}-{}-{}", pc.uid, c.name, run);
         let log_path = pc
             .ctx
             .data_dir
             .join("logs")
             .join(format!("{}_{}_{}", pc.ns, pc.name, pc.uid))
             .join(&c.name)
-            .join(format!("{}.log", status.restart_count));
+            .join(format!("{run}.log"));
         let log = match LogFile::create(&log_path, crate::logs::MAX_LOG_BYTES) {
             Ok(l) => l,
             Err(e) => {
@@ -482,6 +489,8 @@ async fn supervise(
             "Started",
             format!("Started container {}", c.name),
         );
+        status.restart_count = run;
+        ran_before = true;
         status.container_id = Some(container_id.clone());
         status.started = Some(true);
         status.ready = !init;
@@ -519,13 +528,16 @@ async fn supervise(
             return exit.code == 0;
         }
         if began.elapsed() >= BACKOFF_RESET {
-            backoff = BACKOFF_START;
+            crash_backoff = Duration::ZERO;
         }
         status.last_state = Some(term);
-        status.restart_count += 1;
+        if crash_backoff.is_zero() {
+            crash_backoff = BACKOFF_START;
+            continue;
+        }
         let msg = format!(
             "back-off {}s restarting failed container={} pod={}",
-            backoff.as_secs(),
+            crash_backoff.as_secs(),
             c.name,
             pc.pod_id()
         );
@@ -544,8 +556,8 @@ async fn supervise(
                 pc.pod_id()
             ),
         );
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        tokio::time::sleep(crash_backoff).await;
+        crash_backoff = (crash_backoff * 2).min(BACKOFF_MAX);
     }
 }
 
@@ -696,7 +708,7 @@ impl Drop for KillOnDrop {
 }
 
 /// A container's status when a worker (re)starts: after an agent restart, a container the
-/// status still shows running died with the old agent; it counts as a restart.
+/// status still shows running died with the old agent; it becomes the last state.
 fn initial_status(c: &Container, previous: Option<&ContainerStatus>) -> ContainerStatus {
     let running = previous
         .and_then(|p| p.state.as_ref())
@@ -709,7 +721,7 @@ fn initial_status(c: &Container, previous: Option<&ContainerStatus>) -> Containe
                 message: Some("the node agent restarted".into()),
             };
             (
-                p.restart_count + 1,
+                p.restart_count,
                 Some(terminated(
                     &exit,
                     r.started_at.clone(),
@@ -788,7 +800,7 @@ impl Reporter {
             }
         } else if init_done
             && main.iter().any(|s| {
-                s.state.as_ref().is_some_and(|st| st.running.is_some()) || s.restart_count > 0
+                s.state.as_ref().is_some_and(|st| st.running.is_some()) || s.last_state.is_some()
             })
         {
             "Running"
