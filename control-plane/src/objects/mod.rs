@@ -362,10 +362,8 @@ impl Objects {
             "metadata.deletionTimestamp",
             "metadata.deletionGracePeriodSeconds",
         ];
-        unknown.retain(|f| {
-            !(rt.kind == "Secret" && f.starts_with("stringData"))
-                && !SERVER_OWNED.contains(&f.as_str())
-        });
+        let secret_input = |f: &str| rt.kind == "Secret" && f.starts_with("stringData");
+        unknown.retain(|f| !secret_input(f) && !SERVER_OWNED.contains(&f.as_str()));
         let msgs: Vec<String> = unknown
             .iter()
             .map(|f| format!("unknown field {f:?}"))
@@ -685,6 +683,7 @@ impl Objects {
     }
 
     /// Applies a patch of any Kubernetes patch type (server-side apply included).
+    #[allow(clippy::too_many_arguments)]
     pub async fn patch(
         &self,
         rt: &ResourceType,
