@@ -91,7 +91,9 @@ pub enum Target {
 
 /// Alphabet Kubernetes uses for `generateName` suffixes (no vowels, no look-alikes).
 const NAME_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-const MAX_UPDATE_RETRIES: usize = 8;
+/// Every round of a read-modify-write race has a winner, so N racing writers need at most
+/// N rounds (Kubernetes' GuaranteedUpdate loops without bound); this only stops a bug.
+const MAX_UPDATE_RETRIES: usize = 256;
 
 pub fn now() -> jiff::Timestamp {
     jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).expect("now is in range")
@@ -914,7 +916,9 @@ impl Objects {
             let current = self.get(rt, ns, name).await?;
             let old = current.to_value()?;
             let input = change(&old)?;
-            // A client-supplied resourceVersion is a precondition; otherwise retry on races.
+            // A resourceVersion in the request (a PUT body, or one a patch sets) is a
+            // precondition. A patch result carries the version it was applied to, so a
+            // lost race is retried: on the next round a pinned version no longer matches.
             let pinned = match meta_str(&input, "resourceVersion").filter(|s| !s.is_empty()) {
                 Some(rv) => Some(parse_rv(rv)?),
                 None => None,
@@ -948,9 +952,7 @@ impl Objects {
                 )
                 .await
             {
-                Err(ObjectError::Conflict { .. }) if pinned.is_none() => {
-                    self.store.settle().await?
-                }
+                Err(ObjectError::Conflict { .. }) => self.store.settle().await?,
                 other => return other,
             }
         }

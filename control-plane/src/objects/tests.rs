@@ -410,3 +410,75 @@ async fn lists_filter_and_page() {
     assert_eq!(rest.items.len(), 2);
     assert!(rest.continue_token.is_none());
 }
+
+#[tokio::test]
+async fn racing_patches_all_land_unless_they_pin_a_version() {
+    let (o, _d) = setup().await;
+    let o = Arc::new(o);
+    let cm = rt(&o, "", "configmaps");
+    let created = o
+        .create(
+            cm,
+            Some("default"),
+            json!({"metadata": {"name": "c"}, "data": {"seed": "x"}}),
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap();
+    let first_rv = v(&created.object)["metadata"]["resourceVersion"].clone();
+    // No patch carries a resourceVersion: each applies to whatever is current, none is lost.
+    let racers: Vec<_> = (0..24)
+        .map(|i| {
+            let o = o.clone();
+            tokio::spawn(async move {
+                let cm = rt(&o, "", "configmaps");
+                let (ptype, patch) = match i % 3 {
+                    0 => (
+                        PatchType::Json,
+                        json!([{"op": "add", "path": format!("/data/k{i}"), "value": "v"}]),
+                    ),
+                    1 => (
+                        PatchType::Merge,
+                        json!({"metadata": {"labels": {format!("k{i}"): "v"}}}),
+                    ),
+                    _ => (
+                        PatchType::Strategic,
+                        json!({"metadata": {"labels": {format!("k{i}"): "v"}}}),
+                    ),
+                };
+                let opts = WriteOptions::default();
+                o.patch(cm, Some("default"), "c", ptype, patch, Target::Main, &opts)
+                    .await
+            })
+        })
+        .collect();
+    for r in racers {
+        r.await.unwrap().unwrap();
+    }
+    let now = o
+        .get(cm, Some("default"), "c")
+        .await
+        .unwrap()
+        .to_value()
+        .unwrap();
+    assert_eq!(
+        now["metadata"]["labels"].as_object().unwrap().len(),
+        16,
+        "{now}"
+    );
+    assert_eq!(now["data"].as_object().unwrap().len(), 9, "{now}");
+    // A patch that sets a stale resourceVersion is a precondition and conflicts.
+    let err = o
+        .patch(
+            cm,
+            Some("default"),
+            "c",
+            PatchType::Merge,
+            json!({"metadata": {"resourceVersion": first_rv, "labels": {"late": "x"}}}),
+            Target::Main,
+            &WriteOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ObjectError::Conflict { .. }), "{err}");
+}
