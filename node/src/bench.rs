@@ -212,12 +212,19 @@ async fn running_times(
     seen: &mut Stages,
     done: impl Fn(&Stages) -> bool,
 ) -> Result<(), BenchError> {
+    // Other updates (FailedScheduling, say) do not count as progress: stop once no new
+    // pod has run for 2 minutes.
+    let mut progress = (seen.running.len(), Instant::now());
     while !done(seen) {
-        let ev = tokio::time::timeout(Duration::from_secs(120), events.next())
+        if seen.running.len() != progress.0 {
+            progress = (seen.running.len(), Instant::now());
+        }
+        let left = Duration::from_secs(120).saturating_sub(progress.1.elapsed());
+        let ev = tokio::time::timeout(left, events.next())
             .await
             .map_err(|_| {
                 BenchError::Failed(format!(
-                    "pods did not run within 2 minutes ({} did)",
+                    "no more pods ran for 2 minutes ({} did)",
                     seen.running.len()
                 ))
             })?
@@ -277,6 +284,8 @@ async fn bare_wasmtime_peer(n: usize) -> Result<u64, BenchError> {
 }
 
 pub async fn run_pods(args: PodBenchArgs) -> Result<(), BenchError> {
+    // The timed pods stay, and idle ones are added up to `idle`.
+    let total = (2 * args.pods).max(args.idle);
     let server = skiff_control_plane::bench::BenchServer::start("skiff-bench-pods")?;
     let (dir, kubeconfig) = (&server.dir, &server.kubeconfig);
     let exe = std::env::current_exe()?;
@@ -292,7 +301,7 @@ pub async fn run_pods(args: PodBenchArgs) -> Result<(), BenchError> {
             "--port",
             "0",
             "--max-pods",
-            &(args.pods + args.idle + 10).to_string(),
+            &(total + 10).to_string(),
             "--kubeconfig",
         ])
         .arg(kubeconfig)
@@ -403,7 +412,6 @@ pub async fn run_pods(args: PodBenchArgs) -> Result<(), BenchError> {
         .await
         .map_err(|e| BenchError::Failed(e.to_string()))??;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let total = (2 * args.pods).max(args.idle);
     let rss = rss_kib(agent_pid);
     let per_pod = rss.saturating_sub(rss_base) as f64 / total as f64;
     let peer = bare_wasmtime_peer(total).await? as f64 / total as f64;
