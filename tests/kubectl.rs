@@ -464,6 +464,23 @@ fn kubectl_end_to_end() {
     assert!(s
         .fails(&["get", "pod", "nope", "-n", "demo"])
         .contains("pods \"nope\" not found"));
+    // Size limits: a ConfigMap holds at most 1 MiB, a request body at most 3 MiB.
+    let big = s.dir.path().join("big");
+    std::fs::write(&big, "x".repeat(1536 * 1024)).unwrap();
+    let from_file = format!("--from-file=big={}", big.display());
+    let err = s.fails(&["create", "configmap", "big", &from_file]);
+    assert!(
+        err.contains(
+            "ConfigMap \"big\" is invalid: []: Too long: may not be more than 1048576 bytes"
+        ),
+        "{err}"
+    );
+    std::fs::write(&big, "x".repeat(4 << 20)).unwrap();
+    let err = s.fails(&["create", "configmap", "big", &from_file]);
+    assert!(
+        err.contains("Request entity too large: limit is 3145728"),
+        "{err}"
+    );
 
     step("delete -f returns at once and removes everything");
     let t = Instant::now();

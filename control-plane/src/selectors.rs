@@ -56,10 +56,14 @@ fn split_top(s: &str) -> Vec<&str> {
 
 fn set_values(rest: &str, whole: &str) -> Result<Vec<String>, SelectorError> {
     let rest = rest.trim();
-    let inner = rest
-        .strip_prefix('(')
-        .and_then(|r| r.strip_suffix(')'))
-        .ok_or_else(|| SelectorError::Parse(format!("{whole}: found '{rest}', expected: '('")))?;
+    let Some(open) = rest.strip_prefix('(') else {
+        return Err(SelectorError::Parse(format!(
+            "{whole}: found '{rest}', expected: '('"
+        )));
+    };
+    let inner = open
+        .strip_suffix(')')
+        .ok_or_else(|| SelectorError::Parse(format!("{whole}: found '', expected: ',' or ')'")))?;
     Ok(inner
         .split(',')
         .map(|v| v.trim().to_string())
@@ -331,6 +335,11 @@ mod tests {
             );
         }
         assert!(Selector::parse("a in x").is_err());
+        let err = Selector::parse("a in (").unwrap_err().to_string();
+        assert!(
+            err.ends_with("a in (: found '', expected: ',' or ')'"),
+            "{err}"
+        );
         assert!(Selector::parse("a b").is_err());
     }
 

@@ -23,6 +23,8 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("{0}")]
     ServiceUnavailable(String),
+    #[error("Request entity too large: limit is {0}")]
+    TooLarge(usize),
 }
 
 impl From<StoreError> for ApiError {
@@ -91,6 +93,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => (415, "UnsupportedMediaType", Value::Null),
             ApiError::MethodNotAllowed => (405, "MethodNotAllowed", Value::Null),
             ApiError::ServiceUnavailable(_) => (503, "ServiceUnavailable", Value::Null),
+            ApiError::TooLarge(_) => (413, "RequestEntityTooLarge", Value::Null),
         };
         let message = match self {
             ApiError::Object(ObjectError::Store(e)) => {

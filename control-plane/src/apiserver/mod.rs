@@ -40,8 +40,8 @@ use request::{parse_path, ApiPath, Query};
 
 /// The Kubernetes version Skiff's API corresponds to.
 pub const KUBERNETES_VERSION: &str = "v1.33.0";
-/// The largest request body accepted (Kubernetes' limit is 3 MiB).
-const MAX_BODY: usize = 3 * 1024 * 1024 + 4096;
+/// The largest request body accepted, as Kubernetes'.
+const MAX_BODY: usize = 3 * 1024 * 1024;
 /// HTTP/2 streams one connection may have open at once.
 const MAX_STREAMS_PER_CONNECTION: u32 = 1000;
 /// Events kept for watches that resume from an older resourceVersion.
@@ -379,7 +379,15 @@ async fn route(state: Arc<AppState>, req: Request) -> Result<Response, ApiError>
         ApiPath::Resource(rp) => {
             let body = axum::body::to_bytes(Body::new(body), MAX_BODY)
                 .await
-                .map_err(|_| ApiError::BadRequest("request body too large or unreadable".into()))?;
+                .map_err(|e| {
+                    let too_large = std::error::Error::source(&e)
+                        .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+                    if too_large {
+                        ApiError::TooLarge(MAX_BODY)
+                    } else {
+                        ApiError::BadRequest(format!("unable to read the request body: {e}"))
+                    }
+                })?;
             resource::handle(state.clone(), parts.method, rp, query, parts.headers, body).await
         }
     }

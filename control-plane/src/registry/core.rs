@@ -10,7 +10,9 @@ use serde_json::Value;
 
 use super::pod::{default_template, validate_pod_spec};
 use super::table::{self, Column, AGE, NAME};
-use super::validation::{check_port, is_dns1123_subdomain, validate_labels, Errors, NameRule};
+use super::validation::{
+    check_port, is_dns1123_subdomain, validate_labels, ErrorType, Errors, NameRule,
+};
 use super::{typed, Base, Kind, Operation, ResourceType, StatusPolicy};
 
 pub(super) fn register(out: &mut Vec<ResourceType>) {
@@ -266,6 +268,9 @@ fn validate_data_keys<'a>(keys: impl Iterator<Item = &'a String>, path: &str, er
     }
 }
 
+/// The most a ConfigMap's or Secret's data may hold (Kubernetes' `MaxSecretSize`).
+const MAX_DATA_SIZE: usize = 1024 * 1024;
+
 impl Kind for ConfigMap {
     fn validate(&self, errs: &mut Errors) {
         validate_data_keys(self.data.iter().flatten().map(|(k, _)| k), "data", errs);
@@ -278,6 +283,22 @@ impl Kind for ConfigMap {
             if self.binary_data.as_ref().is_some_and(|b| b.contains_key(k)) {
                 errs.invalid_str("data", k, "duplicate of key present in binaryData");
             }
+        }
+        let size: usize = self
+            .data
+            .iter()
+            .flatten()
+            .map(|(_, v)| v.len())
+            .sum::<usize>()
+            + self
+                .binary_data
+                .iter()
+                .flatten()
+                .map(|(_, v)| v.0.len())
+                .sum::<usize>();
+        if size > MAX_DATA_SIZE {
+            // The whole object, as Kubernetes reports it.
+            errs.push("[]", ErrorType::TooLong(String::new(), MAX_DATA_SIZE), "");
         }
     }
     fn columns() -> &'static [Column] {
@@ -315,12 +336,8 @@ impl Kind for Secret {
     fn validate(&self, errs: &mut Errors) {
         validate_data_keys(self.data.iter().flatten().map(|(k, _)| k), "data", errs);
         let size: usize = self.data.iter().flatten().map(|(_, v)| v.0.len()).sum();
-        if size > 1024 * 1024 {
-            errs.push(
-                "data",
-                super::validation::ErrorType::TooLong(String::new(), 1024 * 1024),
-                "",
-            );
+        if size > MAX_DATA_SIZE {
+            errs.push("data", ErrorType::TooLong(String::new(), MAX_DATA_SIZE), "");
         }
     }
     fn validate_update(&self, old: &Self, errs: &mut Errors) {
