@@ -393,6 +393,29 @@ fn dev_cluster_runs_wasm_pods() {
         (p["status"]["reason"] == "DeadlineExceeded").then_some(p)
     });
     assert_eq!(p["status"]["phase"], "Failed");
+    let killed = &p["status"]["containerStatuses"][0];
+    assert_eq!(killed["state"]["terminated"]["exitCode"], 137, "{p}");
+    assert_eq!(killed["ready"], false, "{p}");
+    assert!(d
+        .ok(&["describe", "pod", "deadline"])
+        .contains("Stopping container main"));
+    // The deadline counts from the pod's start: a spinning init container is stopped too.
+    let manifest = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: init-deadline\nspec:\n  runtimeClassName: wasmtime\n  restartPolicy: Never\n  activeDeadlineSeconds: 1\n  initContainers:\n  - name: spin\n    image: registry.example/spin:1.0\n    imagePullPolicy: IfNotPresent\n    resources:\n      limits:\n        cpu: 100m\n  containers:\n  - name: main\n    image: registry.example/hello:1.0\n    imagePullPolicy: IfNotPresent\n";
+    let (ok, _, err) = d.kubectl(&["apply", "-f", "-"], Some(manifest));
+    assert!(ok, "{err}");
+    let p = eventually(30, "init-deadline to be exceeded", || {
+        let p = d.json(&["get", "pod", "init-deadline"]);
+        (p["status"]["reason"] == "DeadlineExceeded").then_some(p)
+    });
+    assert_eq!(p["status"]["phase"], "Failed");
+    assert_eq!(
+        p["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"], 137,
+        "{p}"
+    );
+    assert!(
+        p["status"]["containerStatuses"][0]["state"]["waiting"].is_object(),
+        "{p}"
+    );
 
     step("a spinning container is deleted promptly");
     d.pod(

@@ -969,6 +969,20 @@ async fn run_pod(ctx: Arc<Ctx>, mut rx: watch::Receiver<PodChange>, mut pod: Box
         reporter.report(init, main, init_done);
     };
     let deleting = |rx: &watch::Receiver<PodChange>| rx.borrow().deleting;
+    // activeDeadlineSeconds counts from the pod's start (init containers included) and
+    // may be changed while it runs.
+    let deadline_of = |c: &PodChange| {
+        c.active_deadline_seconds.map(|secs| {
+            let elapsed = jiff::Timestamp::now()
+                .duration_since(start.0)
+                .as_secs()
+                .max(0) as u64;
+            tokio::time::Instant::now()
+                + Duration::from_secs((secs.max(0) as u64).saturating_sub(elapsed))
+        })
+    };
+    let never = || tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
+    let mut deadline = deadline_of(&rx.borrow());
     if !finished {
         let volumes = spec.volumes.as_deref().unwrap_or_default();
         match Box::pin(Sandbox::create(&pc.dir, volumes, &pc)).await {
@@ -991,6 +1005,7 @@ async fn run_pod(ctx: Arc<Ctx>, mut rx: watch::Receiver<PodChange>, mut pod: Box
                     let mut t =
                         tokio::spawn(supervise(pc.clone(), i, true, init[i].clone(), tx.clone()));
                     loop {
+                        let until = deadline.unwrap_or_else(never);
                         tokio::select! {
                             ok = &mut t => { init_ok = ok.unwrap_or(false); break; }
                             Some(Update::Status(idx, st)) = updates.recv() => { init[idx] = *st; sync(&init, &main, false); }
@@ -999,6 +1014,13 @@ async fn run_pod(ctx: Arc<Ctx>, mut rx: watch::Receiver<PodChange>, mut pod: Box
                                     t.abort();
                                     return Box::pin(finish_deletion(&api, &pod, &sandbox_dir)).await;
                                 }
+                                deadline = deadline_of(&rx.borrow());
+                            }
+                            // Past the deadline: stop here; the loop below reports it.
+                            _ = tokio::time::sleep_until(until), if deadline.is_some() => {
+                                t.abort();
+                                init_ok = false;
+                                break;
                             }
                         }
                     }
@@ -1026,21 +1048,8 @@ async fn run_pod(ctx: Arc<Ctx>, mut rx: watch::Receiver<PodChange>, mut pod: Box
         }
     }
     drop(tx);
-    // activeDeadlineSeconds counts from the pod's start and may be changed while it runs.
-    let deadline_of = |c: &PodChange| {
-        c.active_deadline_seconds.map(|secs| {
-            let elapsed = jiff::Timestamp::now()
-                .duration_since(start.0)
-                .as_secs()
-                .max(0) as u64;
-            tokio::time::Instant::now()
-                + Duration::from_secs((secs.max(0) as u64).saturating_sub(elapsed))
-        })
-    };
-    let mut deadline = deadline_of(&rx.borrow());
     loop {
-        let until = deadline
-            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86400 * 365));
+        let until = deadline.unwrap_or_else(never);
         let wake = tokio::select! {
             Some(Update::Status(idx, st)) = updates.recv() => Wake::Update(idx, st),
             changed = rx.changed() => Wake::Changed(changed.is_ok()),
@@ -1076,6 +1085,28 @@ async fn run_pod(ctx: Arc<Ctx>, mut rx: watch::Receiver<PodChange>, mut pod: Box
             Wake::Deadline => {
                 for t in &tasks {
                     t.abort();
+                }
+                // Their containers are killed, as the kubelet's are.
+                for s in init.iter_mut().chain(main.iter_mut()) {
+                    let Some(run) = s.state.as_ref().and_then(|st| st.running.clone()) else {
+                        continue;
+                    };
+                    ctx.events.pod(
+                        &pod,
+                        Some(&s.name),
+                        "Normal",
+                        "Killing",
+                        format!("Stopping container {}", s.name),
+                    );
+                    let killed = Exit {
+                        code: 137,
+                        reason: "Error",
+                        message: None,
+                    };
+                    let id = s.container_id.clone().unwrap_or_default();
+                    s.state = Some(terminated(&killed, run.started_at, &id));
+                    s.ready = false;
+                    s.started = Some(false);
                 }
                 let msg =
                     "Pod was active on the node longer than the specified deadline".to_string();
