@@ -275,6 +275,30 @@ fn dev_cluster_runs_wasm_pods() {
         ts.starts_with("20") && ts.trim_end().ends_with("Z hello from wasm"),
         "{ts}"
     );
+    // The agent's own port serves only the API server (client certificates of the
+    // cluster CA): a client without one is refused.
+    let port = &node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"];
+    let url = format!("https://127.0.0.1:{port}/containerLogs/default/hello/main");
+    let anonymous = Command::new("curl")
+        .args([
+            "-sk",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    // curl's 35/56: the TLS handshake or the connection was refused, not the port missing.
+    assert!(
+        matches!(anonymous.status.code(), Some(35 | 56)),
+        "an anonymous client got {:?} from the agent at {url}: HTTP {}",
+        anonymous.status.code(),
+        String::from_utf8_lossy(&anonymous.stdout)
+    );
     let (ok, _, err) = d.kubectl(&["logs", "hello", "-c", "nope"], None);
     assert!(
         !ok && err.contains("container nope is not valid for pod hello"),
