@@ -350,6 +350,22 @@ fn dev_cluster_runs_wasm_pods() {
     // The run before the current one, from stderr.
     assert_eq!(d.ok(&["logs", "crash", "--previous"]), "failing\n");
 
+    step("a container whose env needs a missing ConfigMap waits, saying so");
+    d.pod(
+        "needs-config",
+        "registry.example/hello:1.0",
+        "Never",
+        "    env:\n    - name: X\n      valueFrom:\n        configMapKeyRef:\n          name: nope\n          key: k\n",
+    );
+    let st = eventually(30, "needs-config to wait", || {
+        let s = d.container_status("needs-config");
+        (s["state"]["waiting"]["reason"] == "CreateContainerConfigError").then_some(s)
+    });
+    assert_eq!(
+        st["state"]["waiting"]["message"], "configmap \"nope\" not found",
+        "{st}"
+    );
+
     step("growing past the memory limit is OOMKilled");
     d.pod(
         "oom",

@@ -57,6 +57,21 @@ pub enum RegistryError {
     Store(#[from] ImageError),
 }
 
+/// A registry client's error with its causes ("error sending request: dns error: ..."):
+/// the top line alone rarely says what went wrong.
+fn registry_err(e: impl std::error::Error) -> RegistryError {
+    let mut msg = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !msg.contains(&text) {
+            msg = format!("{msg}: {text}");
+        }
+        cause = c.source();
+    }
+    RegistryError::Registry(msg)
+}
+
 fn is_loopback(registry: &str) -> bool {
     let host = registry
         .rsplit_once(':')
@@ -100,7 +115,7 @@ pub async fn pull(
     let (manifest, manifest_digest, config) = client
         .pull_manifest_and_config(&reference, auth)
         .await
-        .map_err(|e| RegistryError::Registry(format!("{e}")))?;
+        .map_err(registry_err)?;
     let wasm_layer = manifest
         .layers
         .iter()
@@ -137,7 +152,7 @@ pub async fn pull(
     client
         .pull_blob(&reference, layer, &mut data)
         .await
-        .map_err(|e| RegistryError::Registry(format!("{e}")))?;
+        .map_err(registry_err)?;
     let actual = format!("sha256:{:x}", Sha256::digest(&data));
     if actual != layer.digest {
         return Err(RegistryError::Digest {
@@ -196,7 +211,7 @@ async fn pull_filesystem_image(
                     client
                         .pull_blob(reference, layer, out)
                         .await
-                        .map_err(|e| RegistryError::Registry(format!("{e}")))?;
+                        .map_err(registry_err)?;
                     fetched[i] = Some(f.clone());
                     f
                 }
@@ -347,7 +362,7 @@ pub async fn push(
     let resp = client
         .push(&reference, &layers, config, auth, None)
         .await
-        .map_err(|e| RegistryError::Registry(format!("{e}")))?;
+        .map_err(registry_err)?;
     Ok(resp.manifest_url)
 }
 

@@ -293,14 +293,23 @@ impl Sources for PodCtx {
         Api::<ConfigMap>::namespaced(self.ctx.client.clone(), &self.ns)
             .get(name)
             .await
-            .map_err(|e| format!("configmap {name:?} not found: {e}"))
+            .map_err(|e| source_error("configmap", &self.ns, name, e))
     }
 
     async fn secret(&self, name: &str) -> Result<Secret, String> {
         Api::<Secret>::namespaced(self.ctx.client.clone(), &self.ns)
             .get(name)
             .await
-            .map_err(|e| format!("secret {name:?} not found: {e}"))
+            .map_err(|e| source_error("secret", &self.ns, name, e))
+    }
+}
+
+/// Why a configMap or secret a pod uses could not be read, in the kubelet's words.
+fn source_error(kind: &str, ns: &str, name: &str, e: kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) if s.code == 404 => format!("{kind} {name:?} not found"),
+        kube::Error::Api(s) => format!("couldn't get {kind} {ns}/{name}: {}", s.message),
+        e => format!("couldn't get {kind} {ns}/{name}: {e}"),
     }
 }
 
