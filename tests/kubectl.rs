@@ -436,6 +436,20 @@ fn kubectl_end_to_end() {
         assert!(res.contains(want), "api-resources lacks {want}:\n{res}");
     }
 
+    step("explain reads the served schemas");
+    let explain = s.ok(&["explain", "pod.spec.runtimeClassName"]);
+    assert!(
+        explain.contains("FIELD: runtimeClassName <string>")
+            && explain.contains("RuntimeClassName refers to a RuntimeClass object"),
+        "{explain}"
+    );
+    let explain = s.ok(&["explain", "deployments.spec.strategy"]);
+    assert!(
+        explain.contains("GROUP:      apps")
+            && explain.contains("rollingUpdate\t<RollingUpdateDeployment>"),
+        "{explain}"
+    );
+
     step("invalid and duplicate objects give kubectl's usual messages");
     let bad =
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: bad\nspec:\n  containers:\n  - name: c\n";

@@ -111,17 +111,31 @@ pub fn document(registry: &Registry, group: &str, version: &str) -> Option<Value
         format!("/apis/{group}/{version}")
     };
     let mut paths = BTreeMap::new();
-    let mut schemas = Map::new();
+    // The kinds' full schemas (what `kubectl explain` reads), with every type they use.
+    let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
+    let mut kinds = Vec::new();
+    for rt in &rts {
+        rt.strategy.schema(&mut generator);
+        kinds.push((schema_name(rt), rt));
+    }
+    generator.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ListMeta>();
+    let mut schemas = generator.take_definitions(true);
+    for (name, rt) in kinds {
+        if let Some(s) = schemas.get_mut(&name).and_then(Value::as_object_mut) {
+            s.insert(
+                "x-kubernetes-group-version-kind".into(),
+                json!([{"group": rt.group, "version": rt.version, "kind": rt.kind}]),
+            );
+        }
+    }
     for rt in rts {
         let name = schema_name(rt);
         let list = format!("{name}List");
-        schemas.insert(
-            name.clone(),
-            json!({"type": "object", "description": format!("{} as served by Skiff", rt.kind),
-                "properties": {"apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"}, "spec": {"type": "object"}, "status": {"type": "object"}},
-                "x-kubernetes-group-version-kind": [{"group": rt.group, "version": rt.version, "kind": rt.kind}]}),
-        );
-        schemas.insert(list.clone(), json!({"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": format!("#/components/schemas/{name}")}}}}));
+        schemas.insert(list.clone(), json!({"type": "object", "description": format!("{}List is a list of {}.", rt.kind, rt.kind),
+            "properties": {"apiVersion": {"type": "string"}, "kind": {"type": "string"},
+                "metadata": {"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ListMeta"},
+                "items": {"type": "array", "items": {"$ref": format!("#/components/schemas/{name}")}}},
+            "x-kubernetes-group-version-kind": [{"group": rt.group, "version": rt.version, "kind": format!("{}List", rt.kind)}]}));
         let (collection, item) = if rt.namespaced {
             (
                 format!("{base}/namespaces/{{namespace}}/{}", rt.plural),

@@ -57,6 +57,7 @@ pub trait Kind:
     + k8s_openapi::Metadata<Ty = ObjectMeta>
     + Serialize
     + DeserializeOwned
+    + schemars::JsonSchema
     + Send
     + Sync
     + 'static
@@ -90,6 +91,8 @@ pub trait Strategy: Send + Sync {
         -> Result<Value, AdmitError>;
     fn columns(&self) -> &'static [Column];
     fn cells(&self, obj: &Value, now: jiff::Timestamp) -> Vec<Value>;
+    /// A reference to the kind's JSON schema; `schemas` collects it and what it uses.
+    fn schema(&self, schemas: &mut schemars::SchemaGenerator) -> schemars::Schema;
 }
 
 struct Typed<K>(std::marker::PhantomData<K>);
@@ -136,6 +139,10 @@ impl<K: Kind> Strategy for Typed<K> {
             Ok(o) => o.cells(now),
             Err(_) => vec![Value::Null; K::columns().len()],
         }
+    }
+
+    fn schema(&self, schemas: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemas.subschema_for::<K>()
     }
 }
 
