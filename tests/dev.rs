@@ -476,6 +476,15 @@ fn dev_cluster_runs_wasm_pods() {
     );
     let (exists, _, _) = d.kubectl(&["get", "pod", "spin"], None);
     assert!(!exists);
+    eventually(10, "a Killing event for spin", || {
+        let events = d.ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=spin",
+        ]);
+        (events.contains("Killing") && events.contains("Stopping container main")).then_some(())
+    });
 }
 
 /// A separate `skiff agent` process, killed and restarted: it finds its pods again,

@@ -1057,6 +1057,11 @@ async fn run_pod(ctx: Arc<Ctx>, mut rx: watch::Receiver<PodChange>, mut pod: Box
         }
     }
     drop(tx);
+    let is_running = |s: &ContainerStatus| s.state.as_ref().is_some_and(|st| st.running.is_some());
+    let killing = |name: &str| {
+        let msg = format!("Stopping container {name}");
+        ctx.events.pod(&pod, Some(name), "Normal", "Killing", msg);
+    };
     loop {
         let until = deadline.unwrap_or_else(never);
         let wake = tokio::select! {
@@ -1079,14 +1084,8 @@ async fn run_pod(ctx: Arc<Ctx>, mut rx: watch::Receiver<PodChange>, mut pod: Box
                     for t in &tasks {
                         t.abort();
                     }
-                    for c in &spec.containers {
-                        ctx.events.pod(
-                            &pod,
-                            Some(&c.name),
-                            "Normal",
-                            "Killing",
-                            format!("Stopping container {}", c.name),
-                        );
+                    for s in init.iter().chain(main.iter()).filter(|s| is_running(s)) {
+                        killing(&s.name);
                     }
                     return Box::pin(finish_deletion(&api, &pod, &sandbox_dir)).await;
                 }
@@ -1100,13 +1099,7 @@ async fn run_pod(ctx: Arc<Ctx>, mut rx: watch::Receiver<PodChange>, mut pod: Box
                     let Some(run) = s.state.as_ref().and_then(|st| st.running.clone()) else {
                         continue;
                     };
-                    ctx.events.pod(
-                        &pod,
-                        Some(&s.name),
-                        "Normal",
-                        "Killing",
-                        format!("Stopping container {}", s.name),
-                    );
+                    killing(&s.name);
                     let killed = Exit {
                         code: 137,
                         reason: "Error",
