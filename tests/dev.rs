@@ -235,6 +235,12 @@ fn dev_cluster_runs_wasm_pods() {
         node["status"]["nodeInfo"]["kubeletVersion"],
         "v1.33.0-skiff"
     );
+    eventually(10, "the node's events in describe", || {
+        let describe = d.ok(&["describe", "node", "edge-1"]);
+        (describe.contains("Starting kubelet.")
+            && describe.contains("Node edge-1 status is now: NodeReady"))
+        .then_some(())
+    });
     let lease = d.json(&["get", "lease", "edge-1", "-n", "kube-node-lease"]);
     assert_eq!(lease["spec"]["holderIdentity"], "edge-1");
     let wide = d.ok(&["get", "nodes", "-o", "wide"]);

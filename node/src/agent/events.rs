@@ -68,26 +68,44 @@ impl Recorder {
         reason: &str,
         message: String,
     ) {
-        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let involved = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: pod.metadata.name.clone(),
+            namespace: pod.metadata.namespace.clone(),
+            uid: pod.metadata.uid.clone(),
+            resource_version: pod.metadata.resource_version.clone(),
+            field_path: container.map(|c| format!("spec.containers{{{c}}}")),
+        };
+        self.record(involved, type_, reason, message);
+    }
+
+    /// Records an event about this agent's node; like the kubelet's, it lives in
+    /// `default` and names the node (its uid is the node's name).
+    pub fn node(&self, type_: &str, reason: &str, message: String) {
+        let involved = ObjectReference {
+            kind: Some("Node".into()),
+            name: Some(self.node.clone()),
+            uid: Some(self.node.clone()),
+            ..Default::default()
+        };
+        self.record(involved, type_, reason, message);
+    }
+
+    fn record(&self, involved: ObjectReference, type_: &str, reason: &str, message: String) {
         let now = Time(jiff::Timestamp::now());
         let ev = Event {
             metadata: ObjectMeta {
-                generate_name: Some(format!(
-                    "{}.",
-                    pod.metadata.name.clone().unwrap_or_default()
-                )),
-                namespace: Some(ns.clone()),
+                generate_name: Some(format!("{}.", involved.name.as_deref().unwrap_or_default())),
+                namespace: Some(
+                    involved
+                        .namespace
+                        .clone()
+                        .unwrap_or_else(|| "default".into()),
+                ),
                 ..Default::default()
             },
-            involved_object: ObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                name: pod.metadata.name.clone(),
-                namespace: Some(ns),
-                uid: pod.metadata.uid.clone(),
-                resource_version: pod.metadata.resource_version.clone(),
-                field_path: container.map(|c| format!("spec.containers{{{c}}}")),
-            },
+            involved_object: involved,
             reason: Some(reason.into()),
             message: Some(message),
             type_: Some(type_.into()),

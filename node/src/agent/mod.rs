@@ -341,7 +341,11 @@ pub async fn run(
         vec![ip.clone(), cfg.node_name.clone()],
     )
     .await?;
+    ctx.events
+        .node("Normal", "Starting", "Starting kubelet.".into());
     register(&client, &cfg, &ip, endpoint.port()).await?;
+    let ready = format!("Node {} status is now: NodeReady", cfg.node_name);
+    ctx.events.node("Normal", "NodeReady", ready);
     let beat = tokio::spawn(heartbeat(client.clone(), cfg.clone()));
     let pods: Api<Pod> = Api::all(client);
     let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.node_name));
