@@ -482,6 +482,20 @@ fn dev_cluster_runs_wasm_pods() {
     );
     let (exists, _, _) = d.kubectl(&["get", "pod", "spin"], None);
     assert!(!exists);
+    let agent_data = d.dir.path().join("data/agent");
+
+    step("a pod's files go with it, also when force-deleted");
+    assert!(!pod_logs(&agent_data, "ticker").is_empty());
+    d.ok(&["delete", "pod", "ticker", "--force", "--grace-period=0"]);
+    eventually(10, "ticker's logs to be removed", || {
+        pod_logs(&agent_data, "ticker").is_empty().then_some(())
+    });
+    assert!(!pod_logs(&agent_data, "crash").is_empty());
+    d.ok(&["delete", "pod", "crash"]);
+    eventually(10, "crash's logs to be removed", || {
+        pod_logs(&agent_data, "crash").is_empty().then_some(())
+    });
+    assert!(!pod_logs(&agent_data, "hello").is_empty());
     eventually(10, "a Killing event for spin", || {
         let events = d.ok(&[
             "get",
@@ -651,8 +665,31 @@ fn agent_restart_adopts_its_pods() {
         started_before,
         "no container of a pod being deleted is started again"
     );
+
+    step("the files of a pod force-deleted while its agent is down go when it is back");
+    assert!(!pod_logs(&data, "done").is_empty());
     let _ = agent.kill();
     let _ = agent.wait();
+    let o = s.kubectl(&["delete", "pod", "done", "--force", "--grace-period=0"]);
+    assert!(o.status.success());
+    let mut agent = spawn_agent();
+    eventually(30, "done's logs to be removed", || {
+        pod_logs(&data, "done").is_empty().then_some(())
+    });
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
+
+/// The log directories an agent (data directory `data`) keeps for pod `name` in `default`.
+fn pod_logs(data: &std::path::Path, name: &str) -> Vec<PathBuf> {
+    let prefix = format!("default_{name}_");
+    std::fs::read_dir(data.join("logs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect()
 }
 
 /// The examples in wasm-examples/ (built by scripts/setup.sh), applied from their manifests.

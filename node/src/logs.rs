@@ -16,7 +16,8 @@ const MAX_LINE: usize = 16 * 1024;
 
 struct Inner {
     path: PathBuf,
-    file: File,
+    /// Opened (and its directory made) on the first line: a pod's start makes no files.
+    file: Option<File>,
     size: u64,
     max_bytes: u64,
     /// Unfinished line per stream (stdout, stderr).
@@ -48,21 +49,35 @@ fn timestamp() -> String {
         .to_string()
 }
 
-impl LogFile {
-    /// Opens (appending) a container run's log, rotated past `max_bytes`.
-    pub fn create(path: &Path, max_bytes: u64) -> io::Result<LogFile> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+impl Inner {
+    /// The open file, appending to what an earlier agent wrote.
+    fn file(&mut self) -> io::Result<&mut File> {
+        if self.file.is_none() {
+            if let Some(dir) = self.path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
+            self.size = file.metadata()?.len();
+            self.file = Some(file);
         }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
-        let size = file.metadata()?.len();
-        Ok(LogFile(Arc::new(Mutex::new(Inner {
+        Ok(self.file.as_mut().expect("just opened"))
+    }
+}
+
+impl LogFile {
+    /// A container run's log, rotated past `max_bytes`. Nothing is written to disk until
+    /// the first line (or the run's end).
+    pub fn new(path: &Path, max_bytes: u64) -> LogFile {
+        LogFile(Arc::new(Mutex::new(Inner {
             path: path.to_path_buf(),
-            file,
-            size,
+            file: None,
+            size: 0,
             max_bytes,
             partial: [Vec::new(), Vec::new()],
-        }))))
+        })))
     }
 
     fn line(inner: &mut Inner, stream: Stream, tag: char, text: &[u8]) -> io::Result<()> {
@@ -75,16 +90,13 @@ impl LogFile {
         out.push(b' ');
         out.extend_from_slice(text);
         out.push(b'\n');
+        inner.file()?;
         if inner.size > 0 && inner.size + out.len() as u64 > inner.max_bytes {
             let rotated = inner.path.with_extension("log.1");
             std::fs::rename(&inner.path, rotated)?;
-            inner.file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&inner.path)?;
-            inner.size = 0;
+            inner.file = None;
         }
-        inner.file.write_all(&out)?;
+        inner.file()?.write_all(&out)?;
         inner.size += out.len() as u64;
         Ok(())
     }
@@ -108,7 +120,8 @@ impl LogFile {
         Ok(())
     }
 
-    /// Writes out unfinished lines (at container exit).
+    /// Writes out unfinished lines (at container exit). A run that printed nothing gets
+    /// its empty file now, so that it counts among the container's runs.
     pub fn finish(&self) -> io::Result<()> {
         let mut inner = self.0.lock().expect("log lock");
         for stream in [Stream::Stdout, Stream::Stderr] {
@@ -117,7 +130,19 @@ impl LogFile {
                 Self::line(&mut inner, stream, 'F', &rest)?;
             }
         }
-        inner.file.flush()
+        inner.file()?.flush()
+    }
+
+    /// Writes out unfinished lines of a killed run, creating nothing: its pod may be
+    /// gone, files and all.
+    pub fn finish_killed(&self) -> io::Result<()> {
+        let mut inner = self.0.lock().expect("log lock");
+        if inner.file.is_none() {
+            inner.partial = [Vec::new(), Vec::new()];
+            return Ok(());
+        }
+        drop(inner);
+        self.finish()
     }
 
     /// An `AsyncWrite` for one of the streams (what WASI stdout/stderr write to).
@@ -198,10 +223,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_log_file_is_made_on_the_first_line_or_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let (talks, silent) = (dir.path().join("a/0.log"), dir.path().join("b/0.log"));
+        let log = LogFile::new(&talks, MAX_LOG_BYTES);
+        assert!(!dir.path().join("a").exists(), "made before any output");
+        log.write(Stream::Stdout, b"partial").unwrap();
+        assert!(!talks.exists(), "made before a whole line");
+        log.write(Stream::Stdout, b" line\n").unwrap();
+        assert_eq!(read(&talks).unwrap()[0].text, "partial line");
+        let quiet = LogFile::new(&silent, MAX_LOG_BYTES);
+        quiet.finish().unwrap();
+        assert!(silent.exists() && read(&silent).unwrap().is_empty());
+    }
+
+    #[test]
     fn lines_are_written_in_cri_format() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c/0.log");
-        let log = LogFile::create(&path, MAX_LOG_BYTES).unwrap();
+        let log = LogFile::new(&path, MAX_LOG_BYTES);
         log.write(Stream::Stdout, b"hello\nwor").unwrap();
         log.write(Stream::Stderr, b"oops\n").unwrap();
         log.write(Stream::Stdout, b"ld\ntail").unwrap();
@@ -231,7 +271,7 @@ mod tests {
     fn logs_rotate_by_size_keeping_one_rotated_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c/0.log");
-        let log = LogFile::create(&path, 1000).unwrap();
+        let log = LogFile::new(&path, 1000);
         // Each CRI line is ~50 bytes: 100 lines rotate several times.
         for i in 0..100 {
             log.write(Stream::Stdout, format!("line {i:03}\n").as_bytes())
@@ -255,7 +295,7 @@ mod tests {
         let expected: Vec<String> = (first..100).map(|i| format!("line {i:03}")).collect();
         assert_eq!(texts, expected);
         // A new run of the agent appends to the same file and keeps its size.
-        let again = LogFile::create(&path, 1000).unwrap();
+        let again = LogFile::new(&path, 1000);
         again.write(Stream::Stderr, b"after restart\n").unwrap();
         assert_eq!(read(&path).unwrap().last().unwrap().text, "after restart");
     }

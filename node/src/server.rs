@@ -46,29 +46,53 @@ fn flag(v: &Option<String>) -> bool {
 }
 
 /// The log files of a container, oldest run first.
+/// A container's runs, oldest first: their log files, plus the running one, whose file may
+/// not exist yet (a log file is made on the first line).
 fn runs(ctx: &Ctx, ns: &str, pod: &str, container: &str) -> Vec<PathBuf> {
     let prefix = format!("{ns}_{pod}_");
-    let Ok(dirs) = std::fs::read_dir(ctx.data_dir.join("logs")) else {
-        return vec![];
+    let of_container = |p: &&PathBuf| {
+        let dir = p.parent();
+        dir.and_then(|d| d.file_name())
+            .is_some_and(|n| n == container)
+            && dir
+                .and_then(|d| d.parent())
+                .and_then(|d| d.file_name())
+                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
     };
-    // The newest pod of that name (a recreated pod has a new uid).
-    let pod_dir = dirs
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok());
+    let active = ctx
+        .active_logs
+        .lock()
+        .expect("active logs")
+        .iter()
+        .find(of_container)
+        .cloned();
+    // The running pod's directory, else the newest pod of that name (a recreated pod has
+    // a new uid).
+    let pod_dir = match active.as_ref().and_then(|p| p.parent()?.parent()) {
+        Some(d) => Some(d.to_path_buf()),
+        None => std::fs::read_dir(ctx.data_dir.join(crate::agent::LOGS))
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+            .map(|e| e.path()),
+    };
     let Some(dir) = pod_dir else { return vec![] };
-    let Ok(files) = std::fs::read_dir(dir.path().join(container)) else {
-        return vec![];
+    let run_of = |p: &std::path::Path| -> Option<u64> {
+        p.file_name()?.to_str()?.strip_suffix(".log")?.parse().ok()
     };
-    let mut runs: Vec<(u64, PathBuf)> = files
+    let mut runs: Vec<(u64, PathBuf)> = std::fs::read_dir(dir.join(container))
+        .into_iter()
+        .flatten()
         .filter_map(Result::ok)
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().to_string();
-            name.strip_suffix(".log")
-                .and_then(|n| n.parse().ok())
-                .map(|n| (n, e.path()))
-        })
+        .filter_map(|e| run_of(&e.path()).map(|n| (n, e.path())))
         .collect();
+    if let Some(p) = active {
+        if let Some(n) = run_of(&p).filter(|n| !runs.iter().any(|(m, _)| m == n)) {
+            runs.push((n, p));
+        }
+    }
     runs.sort();
     runs.into_iter().map(|(_, p)| p).collect()
 }

@@ -5,8 +5,9 @@
 mod events;
 mod node_info;
 mod pod;
+pub(crate) use pod::LOGS;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -351,6 +352,8 @@ pub async fn run(
     let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.node_name));
     let mut stream = watcher(pods, wc).boxed();
     let mut workers: HashMap<String, pod::Worker> = HashMap::new();
+    // The uids a (re)list has named so far, while one is under way.
+    let mut listed: Option<HashSet<String>> = None;
     tokio::pin!(shutdown);
     tracing::info!(node = %cfg.node_name, "agent running");
     loop {
@@ -361,6 +364,9 @@ pub async fn run(
         match ev {
             Some(Ok(watcher::Event::Apply(mut p) | watcher::Event::InitApply(mut p))) => {
                 let uid = p.metadata.uid.clone().unwrap_or_default();
+                if let Some(listed) = listed.as_mut() {
+                    listed.insert(uid.clone());
+                }
                 workers.retain(|_, w| !w.finished());
                 match workers.get(&uid) {
                     Some(w) => w.update(&p),
@@ -372,11 +378,38 @@ pub async fn run(
                 }
             }
             Some(Ok(watcher::Event::Delete(p))) => {
-                if let Some(w) = workers.remove(p.metadata.uid.as_deref().unwrap_or_default()) {
-                    w.stop();
-                }
+                let worker = workers.remove(p.metadata.uid.as_deref().unwrap_or_default());
+                let dirs = pod::PodDirs::of(&ctx.data_dir, &p);
+                tokio::spawn(async move {
+                    if let Some(w) = worker {
+                        w.end().await;
+                    }
+                    dirs.remove();
+                });
             }
-            Some(Ok(_)) => {}
+            Some(Ok(watcher::Event::Init)) => listed = Some(HashSet::new()),
+            Some(Ok(watcher::Event::InitDone)) => {
+                // A (re)list names every pod bound here: workers of others, and files of
+                // pods without a worker, belong to pods deleted unseen.
+                let listed = listed.take().unwrap_or_default();
+                let stale: Vec<String> = workers
+                    .keys()
+                    .filter(|uid| !listed.contains(*uid))
+                    .cloned()
+                    .collect();
+                let stale: Vec<pod::Worker> =
+                    stale.iter().filter_map(|uid| workers.remove(uid)).collect();
+                let orphans = pod::orphans(&ctx.data_dir, &listed);
+                tokio::spawn(async move {
+                    for w in stale {
+                        w.end().await;
+                    }
+                    for path in orphans {
+                        tracing::info!(path = %path.display(), "removing files of a deleted pod");
+                        let _ = std::fs::remove_dir_all(path);
+                    }
+                });
+            }
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "pod watch failed; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;

@@ -62,9 +62,17 @@ impl Worker {
             .send_if_modified(|c| std::mem::replace(c, change) != change);
     }
 
-    /// The pod object is gone: stop everything (the worker's drop kills its containers).
+    /// Stops the worker, leaving its pod's files (the agent is shutting down; the next
+    /// one adopts the pod). Its containers die with the task.
     pub fn stop(self) {
         self.task.abort();
+    }
+
+    /// The pod object is gone: stops everything; resolves once the containers are gone
+    /// (only then can nothing write to the pod's files any more).
+    pub async fn end(self) {
+        self.task.abort();
+        let _ = self.task.await;
     }
 
     pub fn finished(&self) -> bool {
@@ -107,6 +115,60 @@ fn terminated(exit: &Exit, started: Option<Time>, container_id: &str) -> Contain
     }
 }
 
+/// Where a pod keeps its files on the node: its sandbox (volumes) and its containers'
+/// logs. Both go when the pod object does.
+pub struct PodDirs {
+    pub sandbox: PathBuf,
+    pub logs: PathBuf,
+}
+
+impl PodDirs {
+    pub fn of(data_dir: &std::path::Path, pod: &Pod) -> PodDirs {
+        let m = &pod.metadata;
+        let (ns, name, uid) = (
+            m.namespace.as_deref().unwrap_or_default(),
+            m.name.as_deref().unwrap_or_default(),
+            m.uid.as_deref().unwrap_or_default(),
+        );
+        PodDirs {
+            sandbox: data_dir.join(SANDBOXES).join(uid),
+            logs: data_dir.join(LOGS).join(format!("{ns}_{name}_{uid}")),
+        }
+    }
+
+    pub fn remove(&self) {
+        Sandbox::remove(&self.sandbox);
+        let _ = std::fs::remove_dir_all(&self.logs);
+    }
+}
+
+/// Under the agent's data directory: pod sandboxes by uid, logs by `<ns>_<name>_<uid>`.
+const SANDBOXES: &str = "pods";
+pub(crate) const LOGS: &str = "logs";
+
+/// The sandboxes and logs of pods not in `live` (uids): pods deleted while the agent was
+/// away or its watch was broken.
+pub fn orphans(
+    data_dir: &std::path::Path,
+    live: &std::collections::HashSet<String>,
+) -> Vec<PathBuf> {
+    let uid_of = |dir: &str, name: &str| match dir {
+        LOGS => name.rsplit('_').next().unwrap_or_default().to_string(),
+        _ => name.to_string(),
+    };
+    [SANDBOXES, LOGS]
+        .into_iter()
+        .flat_map(|dir| {
+            std::fs::read_dir(data_dir.join(dir))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(move |e| !live.contains(&uid_of(dir, &e.file_name().to_string_lossy())))
+                .map(|e| e.path())
+        })
+        .collect()
+}
+
 /// A pod as its container supervisors see it.
 struct PodCtx {
     ctx: Arc<Ctx>,
@@ -114,7 +176,7 @@ struct PodCtx {
     ns: String,
     name: String,
     uid: String,
-    dir: PathBuf,
+    dirs: PodDirs,
     restart_policy: String,
     sandbox: Sandbox,
 }
@@ -126,7 +188,7 @@ impl PodCtx {
         PodCtx {
             ns: m.namespace.clone().unwrap_or_default(),
             name: m.name.clone().unwrap_or_default(),
-            dir: ctx.data_dir.join("pods").join(&uid),
+            dirs: PodDirs::of(&ctx.data_dir, &pod),
             uid,
             restart_policy: pod
                 .spec
@@ -411,30 +473,8 @@ async fn supervise(
         };
         let run = status.restart_count + i32::from(ran_before);
         let run_id = format!("{}-{}-{}", pc.uid, c.name, run);
-        let log_path = pc
-            .ctx
-            .data_dir
-            .join("logs")
-            .join(format!("{}_{}_{}", pc.ns, pc.name, pc.uid))
-            .join(&c.name)
-            .join(format!("{run}.log"));
-        let log = match LogFile::create(&log_path, crate::logs::MAX_LOG_BYTES) {
-            Ok(l) => l,
-            Err(e) => {
-                create_failed(
-                    &pc,
-                    &c.name,
-                    idx,
-                    &mut status,
-                    &updates,
-                    "CreateContainerError",
-                    e.to_string(),
-                    &mut backoff,
-                )
-                .await;
-                continue;
-            }
-        };
+        let log_path = pc.dirs.logs.join(&c.name).join(format!("{run}.log"));
+        let log = LogFile::new(&log_path, crate::logs::MAX_LOG_BYTES);
         let argv = argv(c, img.run.as_ref());
         let env = match &img.run {
             Some(run) => image_env(run, env),
@@ -934,10 +974,10 @@ async fn run_pod(ctx: Arc<Ctx>, mut rx: watch::Receiver<PodChange>, mut pod: Box
     };
     let mut pc = PodCtx::new(ctx.clone(), pod.clone());
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pc.ns);
-    let sandbox_dir = pc.dir.clone();
+    let dirs = PodDirs::of(&ctx.data_dir, &pod);
     // A pod deleted while this agent was away: nothing of it may start again.
     if rx.borrow().deleting {
-        return Box::pin(finish_deletion(&api, &pod, &sandbox_dir)).await;
+        return Box::pin(finish_deletion(&api, &pod, &dirs)).await;
     }
     let finished = matches!(prev.phase.as_deref(), Some("Succeeded" | "Failed"));
     let start = prev.start_time.clone().unwrap_or_else(now);
@@ -958,7 +998,8 @@ async fn run_pod(ctx: Arc<Ctx>, mut rx: watch::Receiver<PodChange>, mut pod: Box
     let mut main = statuses(Some(&spec.containers), prev.container_statuses.as_ref());
     let (tx, mut updates) = mpsc::channel::<Update>(64);
     let mut init_done = init.is_empty();
-    let mut tasks: Vec<tokio::task::JoinHandle<bool>> = Vec::new();
+    // Container supervisors: dropping the pod's task (the pod object is gone) ends them.
+    let mut tasks: Vec<AbortOnDrop<bool>> = Vec::new();
     // Status goes to the API server through one writer that always sends the latest state.
     let reporter = Reporter {
         host_ip: ctx.node_ip.clone(),
@@ -994,7 +1035,7 @@ async fn run_pod(ctx: Arc<Ctx>, mut rx: watch::Receiver<PodChange>, mut pod: Box
     let mut deadline = deadline_of(&rx.borrow());
     if !finished {
         let volumes = spec.volumes.as_deref().unwrap_or_default();
-        match Box::pin(Sandbox::create(&pc.dir, volumes, &pc)).await {
+        match Box::pin(Sandbox::create(&pc.dirs.sandbox, volumes, &pc)).await {
             Err(e) => {
                 let msg = e.to_string();
                 ctx.events
@@ -1011,23 +1052,28 @@ async fn run_pod(ctx: Arc<Ctx>, mut rx: watch::Receiver<PodChange>, mut pod: Box
                 // Init containers, in order, each to completion.
                 let mut init_ok = true;
                 for i in 0..init.len() {
-                    let mut t =
-                        tokio::spawn(supervise(pc.clone(), i, true, init[i].clone(), tx.clone()));
+                    let mut t = AbortOnDrop(tokio::spawn(supervise(
+                        pc.clone(),
+                        i,
+                        true,
+                        init[i].clone(),
+                        tx.clone(),
+                    )));
                     loop {
                         let until = deadline.unwrap_or_else(never);
                         tokio::select! {
-                            ok = &mut t => { init_ok = ok.unwrap_or(false); break; }
+                            ok = &mut t.0 => { init_ok = ok.unwrap_or(false); break; }
                             Some(Update::Status(idx, st)) = updates.recv() => { init[idx] = *st; sync(&init, &main, false); }
                             changed = rx.changed() => {
                                 if changed.is_err() || deleting(&rx) {
-                                    t.abort();
-                                    return Box::pin(finish_deletion(&api, &pod, &sandbox_dir)).await;
+                                    t.0.abort();
+                                    return Box::pin(finish_deletion(&api, &pod, &dirs)).await;
                                 }
                                 deadline = deadline_of(&rx.borrow());
                             }
                             // Past the deadline: stop here; the loop below reports it.
                             _ = tokio::time::sleep_until(until), if deadline.is_some() => {
-                                t.abort();
+                                t.0.abort();
                                 init_ok = false;
                                 break;
                             }
@@ -1044,13 +1090,13 @@ async fn run_pod(ctx: Arc<Ctx>, mut rx: watch::Receiver<PodChange>, mut pod: Box
                 sync(&init, &main, init_done);
                 if init_ok {
                     for (i, st) in main.iter().enumerate() {
-                        tasks.push(tokio::spawn(supervise(
+                        tasks.push(AbortOnDrop(tokio::spawn(supervise(
                             pc.clone(),
                             i,
                             false,
                             st.clone(),
                             tx.clone(),
-                        )));
+                        ))));
                     }
                 }
             }
@@ -1082,17 +1128,17 @@ async fn run_pod(ctx: Arc<Ctx>, mut rx: watch::Receiver<PodChange>, mut pod: Box
                 deadline = deadline_of(&rx.borrow());
                 if deleting(&rx) {
                     for t in &tasks {
-                        t.abort();
+                        t.0.abort();
                     }
                     for s in init.iter().chain(main.iter()).filter(|s| is_running(s)) {
                         killing(&s.name);
                     }
-                    return Box::pin(finish_deletion(&api, &pod, &sandbox_dir)).await;
+                    return Box::pin(finish_deletion(&api, &pod, &dirs)).await;
                 }
             }
             Wake::Deadline => {
                 for t in &tasks {
-                    t.abort();
+                    t.0.abort();
                 }
                 // Their containers are killed, as the kubelet's are.
                 for s in init.iter_mut().chain(main.iter_mut()) {
@@ -1122,7 +1168,7 @@ async fn run_pod(ctx: Arc<Ctx>, mut rx: watch::Receiver<PodChange>, mut pod: Box
                 // Wait for the deletion (or the pod's end) now.
                 while rx.changed().await.is_ok() {
                     if deleting(&rx) {
-                        return Box::pin(finish_deletion(&api, &pod, &sandbox_dir)).await;
+                        return Box::pin(finish_deletion(&api, &pod, &dirs)).await;
                     }
                 }
                 return;
@@ -1176,17 +1222,17 @@ async fn write_status(api: Api<Pod>, name: String, slot: Arc<StatusSlot>) {
     }
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+struct AbortOnDrop<T = ()>(tokio::task::JoinHandle<T>);
 
-impl Drop for AbortOnDrop {
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort()
     }
 }
 
 /// The containers are stopped: delete the pod object for good (grace period 0), and its
-/// sandbox.
-async fn finish_deletion(api: &Api<Pod>, pod: &Pod, sandbox_dir: &std::path::Path) {
+/// files.
+async fn finish_deletion(api: &Api<Pod>, pod: &Pod, dirs: &PodDirs) {
     let name = pod.metadata.name.clone().unwrap_or_default();
     let dp = DeleteParams {
         grace_period_seconds: Some(0),
@@ -1199,13 +1245,34 @@ async fn finish_deletion(api: &Api<Pod>, pod: &Pod, sandbox_dir: &std::path::Pat
     if let Err(e) = api.delete(&name, &dp).await {
         tracing::debug!(error = %e, "final pod deletion failed");
     }
-    Sandbox::remove(sandbox_dir);
+    dirs.remove();
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::images::RunConfig;
+
+    #[test]
+    fn orphans_are_the_files_of_pods_not_listed() {
+        let data = tempfile::tempdir().unwrap();
+        let pod = |ns: &str, name: &str, uid: &str| {
+            let mut p = Pod::default();
+            p.metadata.namespace = Some(ns.into());
+            p.metadata.name = Some(name.into());
+            p.metadata.uid = Some(uid.into());
+            PodDirs::of(data.path(), &p)
+        };
+        let (kept, gone) = (pod("default", "a", "uid-1"), pod("other", "b", "uid-2"));
+        for d in [&kept, &gone] {
+            std::fs::create_dir_all(d.sandbox.join("volumes")).unwrap();
+            std::fs::create_dir_all(d.logs.join("main")).unwrap();
+        }
+        let live = ["uid-1".to_string()].into();
+        let mut found = orphans(data.path(), &live);
+        found.sort();
+        assert_eq!(found, [gone.logs, gone.sandbox]);
+    }
 
     fn container(command: Option<&[&str]>, args: Option<&[&str]>) -> Container {
         let own = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();

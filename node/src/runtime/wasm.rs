@@ -377,12 +377,13 @@ fn ended<T: HasLimits>(
     store: &mut Store<T>,
     log: &LogFile,
 ) -> Exit {
-    let exit = exit_of(
-        result,
-        killed.load(Ordering::Acquire),
-        store.data_mut().limits().exceeded,
-    );
-    let _ = log.finish();
+    let killed = killed.load(Ordering::Acquire);
+    let exit = exit_of(result, killed, store.data_mut().limits().exceeded);
+    let _ = if killed {
+        log.finish_killed()
+    } else {
+        log.finish()
+    };
     exit
 }
 
@@ -536,11 +537,10 @@ mod tests {
                 env: vec![],
                 working_dir: None,
                 mounts: vec![],
-                log: LogFile::create(
+                log: LogFile::new(
                     &self.dir.path().join(format!("{name}.log")),
                     crate::logs::MAX_LOG_BYTES,
-                )
-                .unwrap(),
+                ),
                 memory_limit: None,
                 cpu_limit_millis: None,
             }
