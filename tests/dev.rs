@@ -473,6 +473,7 @@ fn dev_cluster_runs_wasm_pods() {
     eventually(30, "spin to run", || {
         (d.container_status("spin")["state"]["running"].is_object()).then_some(())
     });
+    assert_eq!(d.ok(&["logs", "spin"]), "", "a silent running container");
     let t = Instant::now();
     d.ok(&["delete", "pod", "spin"]);
     assert!(

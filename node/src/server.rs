@@ -45,7 +45,6 @@ fn flag(v: &Option<String>) -> bool {
     matches!(v.as_deref(), Some("true" | "1" | "True" | "t"))
 }
 
-/// The log files of a container, oldest run first.
 /// A container's runs, oldest first: their log files, plus the running one, whose file may
 /// not exist yet (a log file is made on the first line).
 fn runs(ctx: &Ctx, ns: &str, pod: &str, container: &str) -> Vec<PathBuf> {
