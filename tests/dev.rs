@@ -201,6 +201,16 @@ impl Dev {
     fn container_status(&self, pod: &str) -> Value {
         self.json(&["get", "pod", pod])["status"]["containerStatuses"][0].clone()
     }
+
+    /// The status of `pod`'s container once `state` (e.g. `terminated`) has `reason` (any
+    /// if `None`), within 30 s.
+    fn wait_state(&self, pod: &str, state: &str, reason: Option<&str>) -> Value {
+        eventually(30, &format!("{pod} to be {state} ({reason:?})"), || {
+            let s = self.container_status(pod);
+            let st = &s["state"][state];
+            (st.is_object() && reason.is_none_or(|r| st["reason"] == r)).then_some(s)
+        })
+    }
 }
 
 fn step(s: &str) {
@@ -256,10 +266,7 @@ fn dev_cluster_runs_wasm_pods() {
 
     step("a Wasm pod runs to completion");
     d.pod("hello", "registry.example/hello:1.0", "Never", "");
-    let st = eventually(30, "hello to complete", || {
-        let s = d.container_status("hello");
-        s["state"]["terminated"].is_object().then_some(s)
-    });
+    let st = d.wait_state("hello", "terminated", None);
     assert_eq!(st["state"]["terminated"]["exitCode"], 0);
     assert_eq!(st["state"]["terminated"]["reason"], "Completed");
     assert!(st["imageID"].as_str().unwrap().contains("@sha256:"), "{st}");
@@ -337,10 +344,7 @@ fn dev_cluster_runs_wasm_pods() {
 
     step("a failing container crash-loops with back-off");
     d.pod("crash", "registry.example/fail:1.0", "Always", "");
-    let st = eventually(30, "crash to back off", || {
-        let s = d.container_status("crash");
-        (s["state"]["waiting"]["reason"] == "CrashLoopBackOff").then_some(s)
-    });
+    let st = d.wait_state("crash", "waiting", Some("CrashLoopBackOff"));
     assert!(st["restartCount"].as_i64().unwrap() >= 1);
     assert_eq!(st["lastState"]["terminated"]["exitCode"], 1);
     assert!(
@@ -363,10 +367,11 @@ fn dev_cluster_runs_wasm_pods() {
         "Never",
         "    env:\n    - name: X\n      valueFrom:\n        configMapKeyRef:\n          name: nope\n          key: k\n",
     );
-    let st = eventually(30, "needs-config to wait", || {
-        let s = d.container_status("needs-config");
-        (s["state"]["waiting"]["reason"] == "CreateContainerConfigError").then_some(s)
-    });
+    let st = d.wait_state(
+        "needs-config",
+        "waiting",
+        Some("CreateContainerConfigError"),
+    );
     assert_eq!(
         st["state"]["waiting"]["message"], "configmap \"nope\" not found",
         "{st}"
@@ -379,10 +384,7 @@ fn dev_cluster_runs_wasm_pods() {
         "Never",
         "    resources:\n      limits:\n        memory: 4Mi\n",
     );
-    let st = eventually(30, "oom to be killed", || {
-        let s = d.container_status("oom");
-        s["state"]["terminated"].is_object().then_some(s)
-    });
+    let st = d.wait_state("oom", "terminated", None);
     assert_eq!(st["state"]["terminated"]["reason"], "OOMKilled", "{st}");
     assert_eq!(d.json(&["get", "pod", "oom"])["status"]["phase"], "Failed");
 
