@@ -510,8 +510,6 @@ fn dev_cluster_runs_wasm_pods() {
     });
 }
 
-/// A separate `skiff agent` process, killed and restarted: it finds its pods again,
-/// restarts what was running (once), and leaves completed pods alone.
 /// A separate `skiff agent` process (node n1) for server `s`, with its data in `data`.
 fn agent_for(s: &common::Server, data: &std::path::Path) -> Child {
     let log = s.dir.path().join(format!(
@@ -580,6 +578,30 @@ fn a_status_written_while_the_server_is_down_arrives_later() {
     let _ = agent.wait();
 }
 
+#[test]
+fn an_agent_started_before_its_server_waits_for_it() {
+    let mut s = common::Server::start();
+    let data = s.dir.path().join("agent");
+    s.kill9();
+    let mut agent = agent_for(&s, &data);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        agent.try_wait().unwrap().is_none(),
+        "the agent gave up while the API server was down"
+    );
+    s.restart();
+    eventually(30, "node n1 to register", || {
+        s.kubectl(&["get", "node", "n1"])
+            .status
+            .success()
+            .then_some(())
+    });
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
+
+/// A separate `skiff agent` process, killed and restarted: it finds its pods again,
+/// restarts what was running (once), and leaves completed pods alone.
 #[test]
 fn agent_restart_adopts_its_pods() {
     let s = common::Server::start();

@@ -344,7 +344,14 @@ pub async fn run(
     .await?;
     ctx.events
         .node("Normal", "Starting", "Starting kubelet.".into());
-    register(&client, &cfg, &ip, endpoint.port()).await?;
+    // As the kubelet does, wait for the API server rather than give up: an edge node may
+    // boot before its control plane.
+    let mut retry = Duration::from_millis(500);
+    while let Err(e) = register(&client, &cfg, &ip, endpoint.port()).await {
+        tracing::warn!(error = %e, retry_in = ?retry, "unable to register the node with the API server");
+        tokio::time::sleep(retry).await;
+        retry = (retry * 2).min(Duration::from_secs(10));
+    }
     let ready = format!("Node {} status is now: NodeReady", cfg.node_name);
     ctx.events.node("Normal", "NodeReady", ready);
     let beat = tokio::spawn(heartbeat(client.clone(), cfg.clone()));
