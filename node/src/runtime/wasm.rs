@@ -593,6 +593,71 @@ mod tests {
         assert!(f.dir.path().join("cache/sha256-hello.cwasm").exists());
     }
 
+    /// A guest that opens `path` relative to its first preopened directory (fd 3) and
+    /// exits with the WASI errno (0: opened).
+    fn opener(path: &str, oflags: i32, rights: i64) -> String {
+        format!(
+            r#"(module
+              (import "wasi_snapshot_preview1" "path_open"
+                (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+              (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+              (memory (export "memory") 1)
+              (data (i32.const 64) "{path}")
+              (func (export "_start")
+                (call $exit (call $open (i32.const 3) (i32.const 0) (i32.const 64)
+                  (i32.const {len}) (i32.const {oflags}) (i64.const {rights}) (i64.const 0)
+                  (i32.const 0) (i32.const 0)))))"#,
+            len = path.len()
+        )
+    }
+
+    #[tokio::test]
+    async fn a_guest_sees_nothing_but_its_mounts() {
+        let f = Fixture::new().await;
+        let host = f.dir.path().join("host");
+        let mounted = host.join("mounted");
+        std::fs::create_dir_all(&mounted).unwrap();
+        std::fs::write(mounted.join("inside.txt"), "ok").unwrap();
+        std::fs::write(host.join("outside.txt"), "secret").unwrap();
+        std::os::unix::fs::symlink("/etc", mounted.join("etc")).unwrap();
+        std::os::unix::fs::symlink("../outside.txt", mounted.join("up")).unwrap();
+        // WASI rights and open flags: fd_read, fd_write; O_CREAT.
+        let (read, write, create) = (2, 64, 1);
+        // (path, oflags, rights, read-only mount, may open)
+        let cases = [
+            ("inside.txt", 0, read, true, true),
+            ("../outside.txt", 0, read, true, false),
+            ("/etc/hostname", 0, read, true, false),
+            ("etc/hostname", 0, read, true, false),
+            ("up", 0, read, true, false),
+            ("new.txt", create, write, true, false),
+            ("new.txt", create, write, false, true),
+            ("inside.txt", 0, read, false, true),
+        ];
+        for (i, (path, oflags, rights, read_only, allowed)) in cases.into_iter().enumerate() {
+            let mut spec = f.spec(&format!("open{i}"), &opener(path, oflags, rights));
+            spec.mounts = vec![crate::runtime::Mount {
+                host_path: mounted.clone(),
+                guest_path: "/data".into(),
+                read_only,
+            }];
+            let exit = f.rt.start(spec).await.unwrap().wait().await;
+            assert_eq!(
+                exit.code == 0,
+                allowed,
+                "open {path:?} (read-only mount: {read_only}): {exit:?}"
+            );
+        }
+        // Without mounts there is no directory to open anything in.
+        let bare = f.spec("nomount", &opener("inside.txt", 0, read));
+        let exit = f.rt.start(bare).await.unwrap().wait().await;
+        assert_ne!(exit.code, 0, "{exit:?}");
+        assert_eq!(
+            std::fs::read_to_string(host.join("outside.txt")).unwrap(),
+            "secret"
+        );
+    }
+
     #[tokio::test]
     async fn a_spinning_guest_yields_and_can_be_killed() {
         let f = Fixture::new().await;
