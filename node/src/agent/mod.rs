@@ -139,14 +139,20 @@ fn local_ip_towards(url: &str) -> String {
         .unwrap_or_else(|_| "127.0.0.1".into())
 }
 
-fn ready_condition(now: &Time) -> Vec<NodeCondition> {
+/// The node's conditions as of `now`; a condition whose status is unchanged from
+/// `previous` keeps its transition time.
+fn node_conditions(now: &Time, previous: &[NodeCondition]) -> Vec<NodeCondition> {
     let cond = |type_: &str, status: &str, reason: &str, message: &str| NodeCondition {
         type_: type_.into(),
         status: status.into(),
         reason: Some(reason.into()),
         message: Some(message.into()),
         last_heartbeat_time: Some(now.clone()),
-        last_transition_time: Some(now.clone()),
+        last_transition_time: previous
+            .iter()
+            .find(|p| p.type_ == type_ && p.status == status)
+            .and_then(|p| p.last_transition_time.clone())
+            .or_else(|| Some(now.clone())),
     };
     vec![
         cond(
@@ -182,7 +188,7 @@ fn node_status(cfg: &AgentConfig, ip: &str, port: u16) -> NodeStatus {
     NodeStatus {
         capacity: Some(capacity.clone()),
         allocatable: Some(capacity),
-        conditions: Some(ready_condition(&now)),
+        conditions: Some(node_conditions(&now, &[])),
         addresses: Some(node_info::addresses(&cfg.node_name, ip)),
         node_info: Some(node_info::system_info()),
         daemon_endpoints: Some(NodeDaemonEndpoints {
@@ -245,10 +251,18 @@ async fn register(
     Ok(())
 }
 
-/// Renews the node's Lease and Ready condition every [`HEARTBEAT`].
+/// The node's status is written at least this often (the kubelet's
+/// `nodeStatusReportFrequency`); the Lease is the heartbeat in between.
+const NODE_STATUS_REPORT: Duration = Duration::from_secs(300);
+
+/// Renews the node's Lease every [`HEARTBEAT`]; reports its conditions every
+/// [`NODE_STATUS_REPORT`], or at once if the node is not shown Ready (say, marked so while
+/// the agent was unreachable).
 async fn heartbeat(client: Client, cfg: AgentConfig) {
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     let nodes: Api<Node> = Api::all(client);
+    // Registration has just reported the status.
+    let mut reported = Some(tokio::time::Instant::now());
     loop {
         let now = MicroTime(jiff::Timestamp::now());
         let lease = Lease {
@@ -270,16 +284,29 @@ async fn heartbeat(client: Client, cfg: AgentConfig) {
         {
             tracing::warn!(error = %e, "renewing the node lease failed");
         }
-        let conditions = ready_condition(&Time(jiff::Timestamp::now()));
-        if let Err(e) = nodes
-            .patch_status(
-                &cfg.node_name,
-                &PatchParams::default(),
-                &Patch::Strategic(serde_json::json!({"status": {"conditions": conditions}})),
-            )
-            .await
-        {
-            tracing::warn!(error = %e, "reporting node status failed");
+        match nodes.get_status(&cfg.node_name).await {
+            Ok(node) => {
+                let previous = node.status.and_then(|s| s.conditions).unwrap_or_default();
+                let ready = previous
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                if !ready || reported.is_none_or(|t| t.elapsed() >= NODE_STATUS_REPORT) {
+                    let conditions = node_conditions(&Time(jiff::Timestamp::now()), &previous);
+                    let patch = serde_json::json!({"status": {"conditions": conditions}});
+                    match nodes
+                        .patch_status(
+                            &cfg.node_name,
+                            &PatchParams::default(),
+                            &Patch::Strategic(patch),
+                        )
+                        .await
+                    {
+                        Ok(_) => reported = Some(tokio::time::Instant::now()),
+                        Err(e) => tracing::warn!(error = %e, "reporting node status failed"),
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading the node's status failed"),
         }
         tokio::time::sleep(HEARTBEAT).await;
     }
@@ -429,4 +456,23 @@ pub async fn run(
         w.stop();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_conditions_keep_their_transition_time_while_unchanged() {
+        let at = |s: i64| Time(jiff::Timestamp::from_second(s).unwrap());
+        let first = node_conditions(&at(100), &[]);
+        let mut previous = first.clone();
+        previous[0].status = "True".into(); // MemoryPressure had been True
+        let next = node_conditions(&at(200), &previous);
+        let ready = next.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!(ready.last_transition_time, Some(at(100)));
+        assert_eq!(ready.last_heartbeat_time, Some(at(200)));
+        assert_eq!(next[0].type_, "MemoryPressure");
+        assert_eq!(next[0].last_transition_time, Some(at(200)));
+    }
 }
