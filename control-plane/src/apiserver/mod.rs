@@ -87,7 +87,7 @@ pub struct AppState {
     server_address: String,
     /// TLS towards node agents (for `pods/log`).
     pub(crate) node_tls: Arc<rustls::ClientConfig>,
-    openapi_index: Value,
+    openapi: openapi::Documents,
 }
 
 /// A started API server.
@@ -155,7 +155,7 @@ pub async fn start(
         token: pki.token.clone(),
         node_tls: Arc::new(pki.node_client_tls()?),
         server_address: format!("{host}:{}", addr.port()),
-        openapi_index: openapi::index(&registry),
+        openapi: openapi::Documents::new(&registry),
     });
     let app = Router::new().fallback(dispatch).with_state(state);
     crate::controllers::spawn_all(objects.clone());
@@ -325,19 +325,12 @@ async fn route(state: Arc<AppState>, req: Request) -> Result<Response, ApiError>
         .to_string();
     let registry = state.objects.registry();
     if let Some(rest) = path.strip_prefix("/openapi/") {
-        return match rest.trim_end_matches('/') {
-            "v3" => Ok(json_ok(state.openapi_index.clone(), "application/json")),
-            p => {
-                let gv = p.strip_prefix("v3/").ok_or(ApiError::NoSuchPath)?;
-                let doc = match gv.split('/').collect::<Vec<_>>().as_slice() {
-                    ["api", v] => openapi::document(registry, "", v),
-                    ["apis", g, v] => openapi::document(registry, g, v),
-                    _ => None,
-                };
-                doc.map(|d| json_ok(d, "application/json"))
-                    .ok_or(ApiError::NoSuchPath)
-            }
+        let doc = match rest.trim_end_matches('/') {
+            "v3" => Some(state.openapi.index.clone()),
+            p => p.strip_prefix("v3/").and_then(|gv| state.openapi.get(gv)),
         };
+        let doc = doc.ok_or(ApiError::NoSuchPath)?;
+        return Ok(([(header::CONTENT_TYPE, "application/json")], doc).into_response());
     }
     let api_path = parse_path(&path).ok_or(ApiError::NoSuchPath)?;
     let get_only = |m: &Method| {

@@ -96,7 +96,7 @@ fn op(
 }
 
 /// The document for one group-version.
-pub fn document(registry: &Registry, group: &str, version: &str) -> Option<Value> {
+fn document(registry: &Registry, group: &str, version: &str) -> Option<Value> {
     let rts: Vec<&ResourceType> = registry
         .resources
         .iter()
@@ -216,7 +216,7 @@ pub fn document(registry: &Registry, group: &str, version: &str) -> Option<Value
 }
 
 /// The path of a group-version's document, as the index names it.
-pub fn gv_path(group: &str, version: &str) -> String {
+fn gv_path(group: &str, version: &str) -> String {
     if group.is_empty() {
         format!("api/{version}")
     } else {
@@ -224,18 +224,36 @@ pub fn gv_path(group: &str, version: &str) -> String {
     }
 }
 
-/// `/openapi/v3`: where each group-version's document lives, with a content hash.
-pub fn index(registry: &Registry) -> Value {
-    let mut paths = Map::new();
-    for (g, v) in registry.group_versions() {
-        let doc = document(registry, g, v).unwrap_or(Value::Null);
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        doc.to_string().hash(&mut h);
-        let p = gv_path(g, v);
-        paths.insert(
-            p.clone(),
-            json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={:016X}", h.finish())}),
-        );
+/// The served OpenAPI documents, made once at start: `/openapi/v3` (where each
+/// group-version's document lives, with a content hash) and each document, serialized.
+pub struct Documents {
+    pub index: bytes::Bytes,
+    docs: std::collections::HashMap<String, bytes::Bytes>,
+}
+
+impl Documents {
+    pub fn new(registry: &Registry) -> Documents {
+        let mut paths = Map::new();
+        let mut docs = std::collections::HashMap::new();
+        for (g, v) in registry.group_versions() {
+            let doc = document(registry, g, v).unwrap_or(Value::Null).to_string();
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            doc.hash(&mut h);
+            let p = gv_path(g, v);
+            paths.insert(
+                p.clone(),
+                json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={:016X}", h.finish())}),
+            );
+            docs.insert(p, doc.into());
+        }
+        Documents {
+            index: json!({ "paths": paths }).to_string().into(),
+            docs,
+        }
     }
-    json!({"paths": paths})
+
+    /// The document at `path` (`api/v1`, `apis/apps/v1`, ...).
+    pub fn get(&self, path: &str) -> Option<bytes::Bytes> {
+        self.docs.get(path).cloned()
+    }
 }
