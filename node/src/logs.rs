@@ -123,7 +123,21 @@ impl LogFile {
     /// Writes out unfinished lines (at container exit). A run that printed nothing gets
     /// its empty file now, so that it counts among the container's runs.
     pub fn finish(&self) -> io::Result<()> {
+        self.end(true)
+    }
+
+    /// Writes out unfinished lines of a killed run, creating nothing: its pod may be
+    /// gone, files and all.
+    pub fn finish_killed(&self) -> io::Result<()> {
+        self.end(false)
+    }
+
+    fn end(&self, create: bool) -> io::Result<()> {
         let mut inner = self.0.lock().expect("log lock");
+        if !create && inner.file.is_none() {
+            inner.partial = [Vec::new(), Vec::new()];
+            return Ok(());
+        }
         for stream in [Stream::Stdout, Stream::Stderr] {
             let rest = std::mem::take(&mut inner.partial[stream as usize]);
             if !rest.is_empty() {
@@ -131,18 +145,6 @@ impl LogFile {
             }
         }
         inner.file()?.flush()
-    }
-
-    /// Writes out unfinished lines of a killed run, creating nothing: its pod may be
-    /// gone, files and all.
-    pub fn finish_killed(&self) -> io::Result<()> {
-        let mut inner = self.0.lock().expect("log lock");
-        if inner.file.is_none() {
-            inner.partial = [Vec::new(), Vec::new()];
-            return Ok(());
-        }
-        drop(inner);
-        self.finish()
     }
 
     /// An `AsyncWrite` for one of the streams (what WASI stdout/stderr write to).

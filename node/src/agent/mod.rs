@@ -426,13 +426,10 @@ pub async fn run(
                 // A (re)list names every pod bound here: workers of others, and files of
                 // pods without a worker, belong to pods deleted unseen.
                 let listed = listed.take().unwrap_or_default();
-                let stale: Vec<String> = workers
-                    .keys()
-                    .filter(|uid| !listed.contains(*uid))
-                    .cloned()
+                let stale: Vec<pod::Worker> = workers
+                    .extract_if(|uid, _| !listed.contains(uid))
+                    .map(|(_, w)| w)
                     .collect();
-                let stale: Vec<pod::Worker> =
-                    stale.iter().filter_map(|uid| workers.remove(uid)).collect();
                 let orphans = pod::orphans(&ctx.data_dir, &listed);
                 tokio::spawn(async move {
                     for w in stale {

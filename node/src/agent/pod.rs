@@ -117,6 +117,7 @@ fn terminated(exit: &Exit, started: Option<Time>, container_id: &str) -> Contain
 
 /// Where a pod keeps its files on the node: its sandbox (volumes) and its containers'
 /// logs. Both go when the pod object does.
+#[derive(Clone)]
 pub struct PodDirs {
     pub sandbox: PathBuf,
     pub logs: PathBuf,
@@ -417,9 +418,6 @@ async fn supervise(
     // first restart is immediate, later ones wait 10 s doubling to 5 min.
     let mut backoff = BACKOFF_START;
     let mut crash_backoff = Duration::ZERO;
-    // `restartCount` numbers the latest instance; a container that ran before (this agent
-    // or a previous one: it has a last state) starts its next instance one higher.
-    let mut ran_before = status.last_state.is_some();
     loop {
         let image = c.image.clone().unwrap_or_default();
         let policy = c
@@ -471,7 +469,9 @@ async fn supervise(
                 continue;
             }
         };
-        let run = status.restart_count + i32::from(ran_before);
+        // `restartCount` numbers the latest instance; a container that ran before (under
+        // this agent or an earlier one: it has a last state) starts one higher.
+        let run = status.restart_count + i32::from(status.last_state.is_some());
         let run_id = format!("{}-{}-{}", pc.uid, c.name, run);
         let log_path = pc.dirs.logs.join(&c.name).join(format!("{run}.log"));
         let log = LogFile::new(&log_path, crate::logs::MAX_LOG_BYTES);
@@ -539,7 +539,6 @@ async fn supervise(
             format!("Started container {}", c.name),
         );
         status.restart_count = run;
-        ran_before = true;
         status.container_id = Some(container_id.clone());
         status.started = Some(true);
         status.ready = !init;
@@ -764,11 +763,7 @@ fn initial_status(c: &Container, previous: Option<&ContainerStatus>) -> Containe
         .and_then(|s| s.running.as_ref());
     let (restart_count, last_state) = match (previous, running) {
         (Some(p), Some(r)) => {
-            let exit = Exit {
-                code: 137,
-                reason: "Error",
-                message: Some("the node agent restarted".into()),
-            };
+            let exit = Exit::killed(Some("the node agent restarted".into()));
             (
                 p.restart_count,
                 Some(terminated(
@@ -974,7 +969,7 @@ async fn run_pod(ctx: Arc<Ctx>, mut rx: watch::Receiver<PodChange>, mut pod: Box
     };
     let mut pc = PodCtx::new(ctx.clone(), pod.clone());
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pc.ns);
-    let dirs = PodDirs::of(&ctx.data_dir, &pod);
+    let dirs = pc.dirs.clone();
     // A pod deleted while this agent was away: nothing of it may start again.
     if rx.borrow().deleting {
         return Box::pin(finish_deletion(&api, &pod, &dirs)).await;
@@ -1146,13 +1141,8 @@ async fn run_pod(ctx: Arc<Ctx>, mut rx: watch::Receiver<PodChange>, mut pod: Box
                         continue;
                     };
                     killing(&s.name);
-                    let killed = Exit {
-                        code: 137,
-                        reason: "Error",
-                        message: None,
-                    };
                     let id = s.container_id.clone().unwrap_or_default();
-                    s.state = Some(terminated(&killed, run.started_at, &id));
+                    s.state = Some(terminated(&Exit::killed(None), run.started_at, &id));
                     s.ready = false;
                     s.started = Some(false);
                 }

@@ -52,6 +52,15 @@ impl Exit {
             message: None,
         }
     }
+
+    /// Ended by a kill (SIGKILL's 137, as a runc container would).
+    pub fn killed(message: Option<String>) -> Exit {
+        Exit {
+            code: 137,
+            reason: "Error",
+            message,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -396,11 +396,7 @@ fn exit_of(result: wasmtime::Result<()>, killed: bool, out_of_memory: bool) -> E
                 return Exit::code(exit.0);
             }
             if killed {
-                return Exit {
-                    code: 137,
-                    reason: "Error",
-                    message: Some("killed".into()),
-                };
+                return Exit::killed(Some("killed".into()));
             }
             if out_of_memory {
                 return Exit {
