@@ -51,6 +51,23 @@ const TICKER: &str = r#"(module
       (br_if $l (i32.lt_u (local.get $i) (i32.const 5))))))"#;
 const SPIN: &str =
     r#"(module (memory (export "memory") 1) (func (export "_start") (loop $l (br $l))))"#;
+/// Forever: waits 2 s in `poll_oneoff`, then prints "tick".
+const DOZER: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 200) "tick\n")
+  (func (export "_start")
+    (i32.store (i32.const 100) (i32.const 200))
+    (i32.store (i32.const 104) (i32.const 5))
+    (i64.store (i32.const 0) (i64.const 1))
+    (i32.store8 (i32.const 8) (i32.const 0))
+    (i32.store (i32.const 16) (i32.const 1))
+    (i64.store (i32.const 24) (i64.const 2000000000))
+    (loop $l
+      (drop (call $poll (i32.const 0) (i32.const 48) (i32.const 1) (i32.const 160)))
+      (drop (call $fd_write (i32.const 1) (i32.const 100) (i32.const 1) (i32.const 120)))
+      (br $l))))"#;
 
 struct Dev {
     dir: tempfile::TempDir,
@@ -508,6 +525,87 @@ fn dev_cluster_runs_wasm_pods() {
         ]);
         (events.contains("Killing") && events.contains("Stopping container main")).then_some(())
     });
+}
+
+/// Regression: a kill was a flag read at epoch ticks, so a guest waiting in `poll_oneoff`
+/// outlived its deleted pod and its next line recreated the pod's log directory.
+#[test]
+fn a_deleted_pod_waiting_in_a_wasi_call_is_gone_with_its_files() {
+    let d = Dev::start();
+    d.import("dozer", DOZER, "registry.example/dozer:1.0");
+    d.pod("dozer", "registry.example/dozer:1.0", "Always", "");
+    let agent_data = d.dir.path().join("data/agent");
+    eventually(30, "dozer's first tick", || {
+        d.ok(&["logs", "dozer"]).contains("tick").then_some(())
+    });
+    let t = Instant::now();
+    d.ok(&["delete", "pod", "dozer"]);
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "deleting a waiting pod took {:?}",
+        t.elapsed()
+    );
+    assert!(pod_logs(&agent_data, "dozer").is_empty());
+    // Past the guest's next wake-up: had it survived, it would have written again.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        pod_logs(&agent_data, "dozer").is_empty(),
+        "a deleted pod's guest still writes its log"
+    );
+}
+
+/// `default`, `kube-system` and `kube-public` cannot be deleted; `kube-node-lease` can, and
+/// comes back (with the node's Lease) as in Kubernetes.
+#[test]
+fn system_namespaces_outlive_delete_all() {
+    let d = Dev::start();
+    eventually(30, "the node's lease", || {
+        d.kubectl(&["get", "lease", "edge-1", "-n", "kube-node-lease"], None)
+            .0
+            .then_some(())
+    });
+    let (ok, _, err) = d.kubectl(&["delete", "namespace", "default"], None);
+    assert!(!ok);
+    assert!(
+        err.contains(
+            "Error from server (Forbidden): namespaces \"default\" is forbidden: this namespace may not be deleted"
+        ),
+        "{err}"
+    );
+    let (_, _, err) = d.kubectl(&["delete", "namespace", "--all", "--wait=false"], None);
+    for ns in ["default", "kube-system", "kube-public"] {
+        assert!(
+            err.contains(&format!("namespaces \"{ns}\" is forbidden")),
+            "{ns}: {err}"
+        );
+        let n = d.json(&["get", "namespace", ns]);
+        assert_eq!(n["status"]["phase"], "Active", "{n}");
+    }
+    eventually(
+        30,
+        "kube-node-lease and the node's lease to come back",
+        || {
+            let (ok, out, _) = d.kubectl(
+                &[
+                    "get",
+                    "lease",
+                    "edge-1",
+                    "-n",
+                    "kube-node-lease",
+                    "-o",
+                    "json",
+                ],
+                None,
+            );
+            let lease: Value = serde_json::from_str(&out).ok()?;
+            let (_, ns, _) =
+                d.kubectl(&["get", "namespace", "kube-node-lease", "-o", "json"], None);
+            let ns: Value = serde_json::from_str(&ns).ok()?;
+            (ok && ns["status"]["phase"] == "Active"
+                && ns["metadata"]["deletionTimestamp"].is_null())
+            .then_some(lease)
+        },
+    );
 }
 
 /// A separate `skiff agent` process (node n1) for server `s`, with its data in `data`.

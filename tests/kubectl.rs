@@ -565,6 +565,55 @@ fn kubectl_1_32_works_too() {
     assert!(run(&["delete", "namespace", "old-client"]).contains("deleted"));
 }
 
+/// Regression: `subPath: ../../etc` and configMap items with `..` were accepted, and the
+/// node then mounted or wrote outside the pod's volume.
+#[test]
+fn paths_leaving_a_volume_are_rejected_with_their_field() {
+    let s = Server::start();
+    let pod = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: escape
+spec:
+  volumes:
+  - name: cfg
+    configMap:
+      name: settings
+      items:
+      - key: a
+        path: ../../../etc/cron.d/x
+  containers:
+  - name: main
+    image: registry.example/app:1.0
+    volumeMounts:
+    - name: cfg
+      mountPath: /etc/app
+      subPath: ../../etc
+"#;
+    let o = s.kubectl_stdin(&["apply", "-f", "-"], pod);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    for want in [
+        "The Pod \"escape\" is invalid",
+        "spec.volumes[0].configMap.items[0].path: Invalid value: \"../../../etc/cron.d/x\": must not contain '..'",
+        "spec.containers[0].volumeMounts.subPath: Invalid value: \"../../etc\": must not contain '..'",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    let o = s.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &pod.replace("../../../etc/cron.d/x", "app.conf")
+            .replace("../../etc", "/"),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("spec.containers[0].volumeMounts.subPath: Invalid value: \"/\": must be a relative path"),
+        "{err}"
+    );
+    assert!(s.fails(&["get", "pod", "escape"]).contains("NotFound"));
+}
+
 #[test]
 fn credentials_are_required_except_for_health_checks() {
     let s = Server::start();

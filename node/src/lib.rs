@@ -9,6 +9,7 @@
 //! - [`server`]: the agent's HTTPS endpoint (container logs for `kubectl logs`).
 pub mod agent;
 pub mod bench;
+pub mod expansion;
 pub mod images;
 pub mod logs;
 pub mod registry;

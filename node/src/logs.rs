@@ -22,6 +22,8 @@ struct Inner {
     max_bytes: u64,
     /// Unfinished line per stream (stdout, stderr).
     partial: [Vec<u8>; 2],
+    /// Closed after a kill: nothing is written (or created) any more.
+    closed: bool,
 }
 
 /// The writer both of a container's streams share.
@@ -77,6 +79,7 @@ impl LogFile {
             size: 0,
             max_bytes,
             partial: [Vec::new(), Vec::new()],
+            closed: false,
         })))
     }
 
@@ -104,6 +107,9 @@ impl LogFile {
     /// Appends output of `stream`, one log line per complete line.
     pub fn write(&self, stream: Stream, mut data: &[u8]) -> io::Result<()> {
         let mut inner = self.0.lock().expect("log lock");
+        if inner.closed {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
         let s = stream as usize;
         while let Some(i) = data.iter().position(|b| *b == b'\n') {
             let mut line = std::mem::take(&mut inner.partial[s]);
@@ -126,14 +132,18 @@ impl LogFile {
         self.end(true)
     }
 
-    /// Writes out unfinished lines of a killed run, creating nothing: its pod may be
-    /// gone, files and all.
+    /// Writes out unfinished lines of a killed run, creating nothing (its pod may be
+    /// gone, files and all), and closes the log: later writes fail.
     pub fn finish_killed(&self) -> io::Result<()> {
         self.end(false)
     }
 
     fn end(&self, create: bool) -> io::Result<()> {
         let mut inner = self.0.lock().expect("log lock");
+        if inner.closed {
+            return Ok(());
+        }
+        inner.closed = !create;
         if !create && inner.file.is_none() {
             inner.partial = [Vec::new(), Vec::new()];
             return Ok(());
@@ -237,6 +247,18 @@ mod tests {
         let quiet = LogFile::new(&silent, MAX_LOG_BYTES);
         quiet.finish().unwrap();
         assert!(silent.exists() && read(&silent).unwrap().is_empty());
+    }
+
+    /// Regression: a killed guest's writer could recreate its deleted pod's log directory.
+    #[test]
+    fn a_killed_run_writes_nothing_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pod/c/0.log");
+        let log = LogFile::new(&path, MAX_LOG_BYTES);
+        log.finish_killed().unwrap();
+        assert!(log.write(Stream::Stdout, b"late\n").is_err());
+        log.finish().unwrap();
+        assert!(!dir.path().join("pod").exists(), "the log was recreated");
     }
 
     #[test]

@@ -5,9 +5,12 @@
 //! with pod networking.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, KeyToPath, Secret, Volume};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, KeyToPath, Secret, Volume, VolumeMount};
 
 use crate::runtime::Mount;
 
@@ -23,6 +26,108 @@ pub enum SandboxError {
         volume: String,
         source: std::io::Error,
     },
+    /// A projected file's path is absolute, has `..`, or leads outside the volume.
+    #[error("volume {volume:?}: item path {path:?}: {reason}")]
+    ItemPath {
+        volume: String,
+        path: String,
+        reason: String,
+    },
+    /// The kubelet's words for a subPath that cannot be mounted.
+    #[error(
+        "failed to prepare subPath for volumeMount {volume:?} of container {container:?}: {reason}"
+    )]
+    SubPath {
+        volume: String,
+        container: String,
+        reason: String,
+    },
+}
+
+/// `name` as one element of a path on the node: names from the API (namespaces, pods,
+/// containers, volumes) are validated there, but an object stored before a rule existed
+/// must not reach outside its directory either, so `/`, NUL, `%`, `.` and `..` are escaped.
+pub fn path_element(name: &str) -> String {
+    if name.is_empty() || name == "." || name == ".." {
+        return format!("%{name}");
+    }
+    name.replace('%', "%25")
+        .replace('/', "%2F")
+        .replace('\0', "%00")
+}
+
+/// Checks a path from a manifest that must stay beneath its root: relative, without `..`
+/// (symbolic links are refused later, while it is opened).
+fn descending(path: &str) -> Result<&Path, &'static str> {
+    let p = Path::new(path);
+    if p.is_absolute() {
+        return Err("must be a relative path");
+    }
+    if p.components().any(|c| c == Component::ParentDir) || path.contains('\0') {
+        return Err("must not contain '..'");
+    }
+    Ok(p)
+}
+
+/// A directory of the node, open. Runtimes mount it through `/proc/self/fd/N`, so what they
+/// mount is the directory that was checked, whatever happens to its path afterwards.
+#[derive(Clone, Debug)]
+pub struct HostDir(Arc<std::fs::File>);
+
+impl HostDir {
+    /// Opens a directory by its path on the node (a hostPath volume, or one the agent made).
+    pub fn open(path: &Path) -> std::io::Result<HostDir> {
+        cap_primitives::fs::open_ambient_dir(path, cap_primitives::ambient_authority())
+            .map(|f| HostDir(Arc::new(f)))
+    }
+
+    /// Opens `sub` beneath this directory, following no symbolic link out of it; with
+    /// `create`, missing directories are made (beneath it too), as the kubelet does for
+    /// a subPath.
+    fn beneath(&self, sub: &Path, create: bool) -> std::io::Result<HostDir> {
+        match cap_primitives::fs::open_dir(&self.0, sub) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+                self.create_dirs(sub)?;
+                cap_primitives::fs::open_dir(&self.0, sub)
+            }
+            r => r,
+        }
+        .map(|f| HostDir(Arc::new(f)))
+    }
+
+    fn create_dirs(&self, sub: &Path) -> std::io::Result<()> {
+        let mut prefix = PathBuf::new();
+        for c in sub.components() {
+            prefix.push(c);
+            match cap_primitives::fs::create_dir(
+                &self.0,
+                &prefix,
+                &cap_primitives::fs::DirOptions::new(),
+            ) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a file at `sub` beneath this directory (its directories made beneath it).
+    fn write_file(&self, sub: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        if let Some(parent) = sub.parent().filter(|p| !p.as_os_str().is_empty()) {
+            self.create_dirs(parent)?;
+        }
+        let mut opts = cap_primitives::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        let mut f = cap_primitives::fs::open(&self.0, sub, &opts)?;
+        f.write_all(bytes)?;
+        f.set_permissions(std::fs::Permissions::from_mode(mode))
+    }
+
+    /// The path through which the open directory is reached.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.0.as_raw_fd()))
+    }
 }
 
 /// Where a sandbox reads the configMaps and secrets its volumes project.
@@ -35,8 +140,8 @@ pub trait Sources: Sync {
 /// A pod's volumes, ready to mount.
 #[derive(Default)]
 pub struct Sandbox {
-    /// Volume name -> (host directory, read-only source).
-    volumes: BTreeMap<String, (PathBuf, bool)>,
+    /// Volume name -> (its root, open; read-only source).
+    volumes: BTreeMap<String, (HostDir, bool)>,
 }
 
 impl Sandbox {
@@ -52,77 +157,106 @@ impl Sandbox {
                 volume: v.name.clone(),
                 source,
             };
-            let own = dir.join("volumes").join(&v.name);
-            let host = if let Some(h) = &v.host_path {
-                PathBuf::from(&h.path)
-            } else if v.empty_dir.is_some() {
-                own
-            } else if let Some(c) = &v.config_map {
-                let cm = match sources.config_map(&c.name).await {
-                    Ok(cm) => cm,
-                    Err(_) if c.optional == Some(true) => ConfigMap::default(),
-                    Err(e) => return Err(SandboxError::Source(e)),
+            let own = dir.join("volumes").join(path_element(&v.name));
+            let projected: Option<(BTreeMap<String, Vec<u8>>, _, _)> =
+                if v.host_path.is_some() || v.empty_dir.is_some() {
+                    None
+                } else if let Some(c) = &v.config_map {
+                    let cm = match sources.config_map(&c.name).await {
+                        Ok(cm) => cm,
+                        Err(_) if c.optional == Some(true) => ConfigMap::default(),
+                        Err(e) => return Err(SandboxError::Source(e)),
+                    };
+                    let data = cm
+                        .data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.into_bytes()))
+                        .chain(
+                            cm.binary_data
+                                .unwrap_or_default()
+                                .into_iter()
+                                .map(|(k, v)| (k, v.0)),
+                        )
+                        .collect();
+                    Some((data, c.items.as_deref(), c.default_mode))
+                } else if let Some(s) = &v.secret {
+                    let name = s.secret_name.clone().unwrap_or_default();
+                    let secret = match sources.secret(&name).await {
+                        Ok(s) => s,
+                        Err(_) if s.optional == Some(true) => Secret::default(),
+                        Err(e) => return Err(SandboxError::Source(e)),
+                    };
+                    let data = secret
+                        .data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.0))
+                        .collect();
+                    Some((data, s.items.as_deref(), s.default_mode))
+                } else {
+                    return Err(SandboxError::Unsupported {
+                        volume: v.name.clone(),
+                    });
                 };
-                let data: BTreeMap<String, Vec<u8>> = cm
-                    .data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.into_bytes()))
-                    .chain(
-                        cm.binary_data
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|(k, v)| (k, v.0)),
-                    )
-                    .collect();
-                project(&own, &data, c.items.as_deref(), c.default_mode).map_err(io)?;
-                own
-            } else if let Some(s) = &v.secret {
-                let name = s.secret_name.clone().unwrap_or_default();
-                let secret = match sources.secret(&name).await {
-                    Ok(s) => s,
-                    Err(_) if s.optional == Some(true) => Secret::default(),
-                    Err(e) => return Err(SandboxError::Source(e)),
-                };
-                let data: BTreeMap<String, Vec<u8>> = secret
-                    .data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.0))
-                    .collect();
-                project(&own, &data, s.items.as_deref(), s.default_mode).map_err(io)?;
-                own
-            } else {
-                return Err(SandboxError::Unsupported {
-                    volume: v.name.clone(),
-                });
+            let root = match &v.host_path {
+                Some(h) => {
+                    let host = Path::new(&h.path);
+                    if host.components().any(|c| c == Component::ParentDir) {
+                        return Err(io(std::io::Error::other(format!(
+                            "hostPath {:?} must not contain '..'",
+                            h.path
+                        ))));
+                    }
+                    std::fs::create_dir_all(host).map_err(io)?;
+                    HostDir::open(host).map_err(io)?
+                }
+                None => {
+                    std::fs::create_dir_all(&own).map_err(io)?;
+                    HostDir::open(&own).map_err(io)?
+                }
             };
-            std::fs::create_dir_all(&host).map_err(io)?;
-            let read_only_source = v.config_map.is_some() || v.secret.is_some();
-            out.insert(v.name.clone(), (host, read_only_source));
+            if let Some((data, items, mode)) = &projected {
+                project(&root, &v.name, data, *items, *mode)?;
+            }
+            out.insert(v.name.clone(), (root, projected.is_some()));
         }
         Ok(Sandbox { volumes: out })
     }
 
-    /// What `c` mounts: its `volumeMounts` (with `subPath`) onto the sandbox's volumes;
+    /// What `c` mounts: its `volumeMounts` onto the sandbox's volumes, a `subPath` (or a
+    /// `subPathExpr` expanded with the container's `env`) opened beneath its volume;
     /// configMap and secret volumes are always read-only.
-    pub fn mounts(&self, c: &Container) -> Vec<Mount> {
-        c.volume_mounts
-            .iter()
-            .flatten()
-            .filter_map(|m| {
-                let (host, ro) = self.volumes.get(&m.name)?;
-                let host = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
-                    Some(sub) => host.join(sub),
-                    None => host.clone(),
-                };
-                Some(Mount {
-                    host_path: host,
-                    guest_path: m.mount_path.clone(),
-                    read_only: *ro || m.read_only == Some(true),
-                })
-            })
-            .collect()
+    pub fn mounts(
+        &self,
+        c: &Container,
+        env: &[(String, String)],
+    ) -> Result<Vec<Mount>, SandboxError> {
+        let mut out = Vec::new();
+        for m in c.volume_mounts.iter().flatten() {
+            let Some((root, ro)) = self.volumes.get(&m.name) else {
+                continue;
+            };
+            let dir = match sub_path(m, env) {
+                None => root.clone(),
+                Some(sub) => {
+                    let fail = |reason: String| SandboxError::SubPath {
+                        volume: m.name.clone(),
+                        container: c.name.clone(),
+                        reason,
+                    };
+                    let rel = descending(&sub).map_err(|r| fail(format!("{sub:?} {r}")))?;
+                    root.beneath(rel, !ro)
+                        .map_err(|e| fail(format!("{sub:?}: {e}")))?
+                }
+            };
+            out.push(Mount {
+                dir,
+                guest_path: m.mount_path.clone(),
+                read_only: *ro || m.read_only == Some(true),
+            });
+        }
+        Ok(out)
     }
 
     /// Removes what the sandbox created under the pod's directory `dir` (hostPath volumes
@@ -132,30 +266,46 @@ impl Sandbox {
     }
 }
 
-/// Writes configMap/secret keys (or the chosen items) as files with their modes.
+/// A mount's subPath, or its subPathExpr with `$(VAR)` expanded from `env`.
+fn sub_path(m: &VolumeMount, env: &[(String, String)]) -> Option<String> {
+    if let Some(s) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+        return Some(s.to_string());
+    }
+    let expr = m.sub_path_expr.as_deref().filter(|s| !s.is_empty())?;
+    Some(crate::expansion::expand(expr, |name| {
+        env.iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }))
+}
+
+/// Writes configMap/secret keys (or the chosen items) as files with their modes, each
+/// beneath the volume's root.
 fn project(
-    dir: &Path,
+    root: &HostDir,
+    volume: &str,
     data: &BTreeMap<String, Vec<u8>>,
     items: Option<&[KeyToPath]>,
     default_mode: Option<i32>,
-) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir)?;
-    let files: Vec<(String, &Vec<u8>, Option<i32>)> = match items {
+) -> Result<(), SandboxError> {
+    let files: Vec<(&str, &Vec<u8>, Option<i32>)> = match items {
         Some(items) => items
             .iter()
-            .filter_map(|i| data.get(&i.key).map(|v| (i.path.clone(), v, i.mode)))
+            .filter_map(|i| data.get(&i.key).map(|v| (i.path.as_str(), v, i.mode)))
             .collect(),
-        None => data.iter().map(|(k, v)| (k.clone(), v, None)).collect(),
+        None => data.iter().map(|(k, v)| (k.as_str(), v, None)).collect(),
     };
     for (path, bytes, mode) in files {
-        let p = dir.join(&path);
-        if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::write(&p, bytes)?;
-        let mode = mode.or(default_mode).unwrap_or(0o644) as u32;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))?;
+        let fail = |reason: String| SandboxError::ItemPath {
+            volume: volume.into(),
+            path: path.into(),
+            reason,
+        };
+        let rel = descending(path).map_err(|r| fail(r.into()))?;
+        let mode = mode.or(default_mode).unwrap_or(0o644) as u32 & 0o777;
+        root.write_file(rel, bytes, mode)
+            .map_err(|e| fail(e.to_string()))?;
     }
     Ok(())
 }
@@ -164,7 +314,7 @@ fn project(
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{
-        ConfigMapVolumeSource, EmptyDirVolumeSource, SecretVolumeSource, VolumeMount,
+        ConfigMapVolumeSource, EmptyDirVolumeSource, SecretVolumeSource,
     };
     use std::os::unix::fs::PermissionsExt;
 
@@ -242,7 +392,8 @@ mod tests {
             ..Default::default()
         };
         let mounts: Vec<(String, bool)> = sandbox
-            .mounts(&c)
+            .mounts(&c, &[])
+            .unwrap()
             .into_iter()
             .map(|m| (m.guest_path, m.read_only))
             .collect();
@@ -277,5 +428,96 @@ mod tests {
             err.to_string(),
             "volume \"remote\": this volume type is not supported on Skiff nodes"
         );
+    }
+
+    /// Regression: `subPath: /` or `../../etc` mounted a node directory into the guest, and
+    /// `items: [{path: ../../../x}]` made the agent write outside the pod. Objects stored
+    /// before the API server validated these must not escape either.
+    #[tokio::test]
+    async fn manifest_paths_stay_beneath_their_volume() {
+        let dir = tempfile::tempdir().unwrap();
+        let pod = dir.path().join("pod");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("secret.txt"), "node secret").unwrap();
+        for path in ["../../../x", "/abs", "a/../../x", ".."] {
+            let volumes = vec![Volume {
+                name: "config".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: "cfg".into(),
+                    items: Some(vec![KeyToPath {
+                        key: "a.txt".into(),
+                        path: path.into(),
+                        mode: None,
+                    }]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }];
+            let err = Sandbox::create(&pod, &volumes, &Fixed).await.err();
+            assert!(
+                matches!(err, Some(SandboxError::ItemPath { .. })),
+                "{path}: {err:?}"
+            );
+        }
+        assert!(!dir.path().join("x").exists() && !Path::new("/abs").exists());
+
+        let volumes = vec![Volume {
+            name: "scratch".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        }];
+        let sandbox = Sandbox::create(&pod, &volumes, &Fixed).await.unwrap();
+        let root = pod.join("volumes/scratch");
+        // A guest (or another container) may leave symbolic links in a writable volume.
+        std::os::unix::fs::symlink(&outside, root.join("abs-link")).unwrap();
+        std::os::unix::fs::symlink("../../../outside", root.join("rel-link")).unwrap();
+        std::fs::create_dir_all(root.join("inner")).unwrap();
+        std::os::unix::fs::symlink("inner", root.join("ok-link")).unwrap();
+        let mount = |sub: Option<&str>, expr: Option<&str>| Container {
+            name: "c".into(),
+            volume_mounts: Some(vec![VolumeMount {
+                name: "scratch".into(),
+                mount_path: "/data".into(),
+                sub_path: sub.map(Into::into),
+                sub_path_expr: expr.map(Into::into),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        };
+        let env = vec![
+            ("UP".to_string(), "../..".to_string()),
+            ("POD".to_string(), "web-0".to_string()),
+        ];
+        for (sub, expr) in [
+            (Some("/"), None),
+            (Some("../../outside"), None),
+            (Some("abs-link"), None),
+            (Some("rel-link"), None),
+            (Some("rel-link/deeper"), None),
+            (None, Some("$(UP)/outside")),
+        ] {
+            let err = sandbox.mounts(&mount(sub, expr), &env).err();
+            assert!(
+                matches!(err, Some(SandboxError::SubPath { .. })),
+                "{sub:?} {expr:?}: {err:?}"
+            );
+        }
+        assert!(
+            !outside.join("deeper").exists(),
+            "created outside the volume"
+        );
+        // What stays inside works: an existing directory, a link within the volume, a
+        // missing directory (made, as the kubelet does) and an expanded subPathExpr.
+        for (sub, expr, made) in [
+            (Some("inner"), None, "inner"),
+            (Some("ok-link"), None, "inner"),
+            (Some("new/dir"), None, "new/dir"),
+            (None, Some("logs/$(POD)"), "logs/web-0"),
+        ] {
+            let mounts = sandbox.mounts(&mount(sub, expr), &env).unwrap();
+            std::fs::write(mounts[0].dir.path().join("probe"), "x").unwrap();
+            assert!(root.join(made).join("probe").exists(), "{sub:?} {expr:?}");
+        }
     }
 }

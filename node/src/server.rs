@@ -48,6 +48,13 @@ fn flag(v: &Option<String>) -> bool {
 /// A container's runs, oldest first: their log files, plus the running one, whose file may
 /// not exist yet (a log file is made on the first line).
 fn runs(ctx: &Ctx, ns: &str, pod: &str, container: &str) -> Vec<PathBuf> {
+    // Named as the pod worker names them (see `PodDirs`).
+    let (ns, pod, container) = (
+        crate::sandbox::path_element(ns),
+        crate::sandbox::path_element(pod),
+        crate::sandbox::path_element(container),
+    );
+    let container = container.as_str();
     let prefix = format!("{ns}_{pod}_");
     let of_container = |p: &&PathBuf| {
         let dir = p.parent();

@@ -50,9 +50,6 @@ pub const DEFAULT_HISTORY: u64 = 20_000;
 /// The node label of nodes that run Wasm containers.
 pub const WASM_RUNTIME_LABEL: &str = "runtime.skiff.dev/wasm";
 
-/// Namespaces that exist from the start, as in Kubernetes.
-const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
-
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     pub data_dir: PathBuf,
@@ -234,7 +231,7 @@ async fn bootstrap(objects: &Objects) -> Result<(), ObjectError> {
     let rc = registry
         .find("node.k8s.io", "v1", "runtimeclasses")
         .expect("runtimeclasses are served");
-    let wanted = SYSTEM_NAMESPACES
+    let wanted = crate::registry::SYSTEM_NAMESPACES
         .iter()
         .map(|n| (ns, json!({"metadata": {"name": n}})))
         .chain(std::iter::once((

@@ -1,6 +1,7 @@
 //! Controllers: plain reconcile functions over watched state, each driven by [`run`].
 
 mod namespace;
+mod system_namespaces;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
@@ -27,6 +28,7 @@ pub fn spawn_all(objects: Arc<Objects>) {
         .find("", "v1", "namespaces")
         .expect("namespaces are served");
     tokio::spawn(run(objects.clone(), ns, "namespace", namespace::reconcile));
+    tokio::spawn(system_namespaces::run(objects.clone()));
     crate::scheduler::spawn(objects);
 }
 

@@ -41,7 +41,8 @@ pub enum ObjectError {
     /// A patch that cannot be applied to the object (422).
     #[error("{0}")]
     PatchFailed(String),
-    #[error("{message}")]
+    /// kube-apiserver's `NewForbidden`: `pods "x" is forbidden: <why>`.
+    #[error("{resource}{} is forbidden: {message}", quoted_name(.name))]
     Forbidden {
         resource: String,
         name: String,
@@ -53,6 +54,14 @@ pub enum ObjectError {
     MethodNotAllowed,
     #[error("{0}")]
     Store(#[from] StoreError),
+}
+
+fn quoted_name(name: &str) -> String {
+    if name.is_empty() {
+        String::new()
+    } else {
+        format!(" {name:?}")
+    }
 }
 
 fn summary(errors: &[FieldError]) -> String {

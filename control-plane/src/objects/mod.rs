@@ -971,6 +971,13 @@ impl Objects {
         for _ in 0..MAX_UPDATE_RETRIES {
             let current = self.get(rt, ns, name).await?;
             let mut obj = current.to_value()?;
+            rt.strategy
+                .admit_delete(&obj)
+                .map_err(|message| ObjectError::Forbidden {
+                    resource: rt.qualified(),
+                    name: name.into(),
+                    message,
+                })?;
             if let Some(uid) = &opts.precondition_uid {
                 if meta_str(&obj, "uid") != Some(uid.as_str()) {
                     return Err(ObjectError::Conflict {

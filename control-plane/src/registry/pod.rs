@@ -3,14 +3,16 @@
 use std::collections::{BTreeMap, HashSet};
 
 use k8s_openapi::api::core::v1::{
-    Container, Pod, PodSpec, PodStatus, PodTemplateSpec, ResourceRequirements, Toleration,
+    Container, DownwardAPIVolumeFile, KeyToPath, Pod, PodSpec, PodStatus, PodTemplateSpec,
+    ResourceRequirements, SeccompProfile, Toleration, Volume,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use serde_json::Value;
 
 use super::table::{self, Column};
 use super::validation::{
-    check_env_var_name, check_port, check_port_name, is_dns1123_label, validate_labels, Errors,
+    check_env_var_name, check_port, check_port_name, file_mode, is_dns1123_label,
+    local_descending_path, local_non_reserved_path, path_no_backsteps, validate_labels, Errors,
     DNS1123_LABEL_MSG,
 };
 use super::{Kind, Operation};
@@ -245,8 +247,248 @@ fn validate_container(c: &Container, path: &str, volumes: &HashSet<&str>, errs: 
         } else if !mount_paths.insert(m.mount_path.as_str()) {
             errs.invalid_str(format!("{mp}.mountPath"), &m.mount_path, "must be unique");
         }
+        // kube-apiserver names these two fields without the mount's index.
+        let sub_path = m.sub_path.as_deref().unwrap_or_default();
+        if !sub_path.is_empty() {
+            local_descending_path(sub_path, &format!("{path}.volumeMounts.subPath"), errs);
+        }
+        if let Some(expr) = m.sub_path_expr.as_deref().filter(|e| !e.is_empty()) {
+            if !sub_path.is_empty() {
+                errs.invalid_str(
+                    format!("{mp}.subPathExpr"),
+                    expr,
+                    "subPathExpr and subPath are mutually exclusive",
+                );
+            }
+            local_descending_path(expr, &format!("{path}.volumeMounts.subPathExpr"), errs);
+        }
+        errs.one_of(
+            format!("{path}.volumeMounts.mountPropagation"),
+            m.mount_propagation.as_deref(),
+            &["Bidirectional", "HostToContainer", "None"],
+            false,
+        );
+        if m.mount_propagation.as_deref() == Some("Bidirectional") {
+            errs.forbidden(
+                format!("{path}.volumeMounts.mountPropagation"),
+                "Bidirectional mount propagation is available only to privileged containers",
+            );
+        }
+        match m.recursive_read_only.as_deref() {
+            None | Some("Disabled") => {}
+            Some("Enabled" | "IfPossible") => {
+                if m.read_only != Some(true) {
+                    errs.forbidden(
+                        format!("{mp}.recursiveReadOnly"),
+                        "may only be specified when readOnly is true",
+                    );
+                }
+            }
+            Some(other) => errs.not_supported(
+                format!("{mp}.recursiveReadOnly"),
+                other,
+                &["Disabled", "Enabled", "IfPossible"],
+            ),
+        }
     }
     validate_resources(c.resources.as_ref(), &format!("{path}.resources"), errs);
+    validate_seccomp(
+        c.security_context
+            .as_ref()
+            .and_then(|s| s.seccomp_profile.as_ref()),
+        &format!("{path}.securityContext"),
+        errs,
+    );
+}
+
+const HOST_PATH_TYPES: &[&str] = &[
+    "",
+    "BlockDevice",
+    "CharDevice",
+    "Directory",
+    "DirectoryOrCreate",
+    "File",
+    "FileOrCreate",
+    "Socket",
+];
+
+fn key_to_paths(items: Option<&Vec<KeyToPath>>, field: &str, errs: &mut Errors) {
+    for (i, kp) in items.into_iter().flatten().enumerate() {
+        let ip = format!("{field}.items[{i}]");
+        if kp.key.is_empty() {
+            errs.required(format!("{ip}.key"));
+        }
+        if kp.path.is_empty() {
+            errs.required(format!("{ip}.path"));
+        }
+        local_non_reserved_path(&kp.path, &format!("{ip}.path"), errs);
+        file_mode(kp.mode, &format!("{ip}.mode"), errs);
+    }
+}
+
+/// A downward API file; kube-apiserver reports its errors at the volume's (or
+/// projection's) path, without the item's index.
+fn downward_api_file(f: &DownwardAPIVolumeFile, field: &str, errs: &mut Errors) {
+    if f.path.is_empty() {
+        errs.required(format!("{field}.path"));
+    }
+    local_non_reserved_path(&f.path, &format!("{field}.path"), errs);
+    match (&f.field_ref, &f.resource_field_ref) {
+        (Some(_), Some(_)) => errs.invalid(
+            field,
+            "\"resource\"",
+            "fieldRef and resourceFieldRef can not be specified simultaneously",
+        ),
+        (None, None) => {
+            errs.required_msg(field, "one of fieldRef and resourceFieldRef is required")
+        }
+        _ => {}
+    }
+    file_mode(f.mode, &format!("{field}.mode"), errs);
+}
+
+/// The paths and modes of a volume source: where the node will write or mount.
+fn validate_volume_paths(v: &Volume, vp: &str, errs: &mut Errors) {
+    if let Some(h) = &v.host_path {
+        if h.path.is_empty() {
+            errs.required(format!("{vp}.hostPath.path"));
+        } else {
+            path_no_backsteps(&h.path, &format!("{vp}.hostPath.path"), errs);
+            if let Some(t) = h.type_.as_deref().filter(|t| !HOST_PATH_TYPES.contains(t)) {
+                errs.not_supported(format!("{vp}.hostPath.type"), t, HOST_PATH_TYPES);
+            }
+        }
+    }
+    if let Some(c) = &v.config_map {
+        let cp = format!("{vp}.configMap");
+        if c.name.is_empty() {
+            errs.required(format!("{cp}.name"));
+        }
+        file_mode(c.default_mode, &format!("{cp}.defaultMode"), errs);
+        key_to_paths(c.items.as_ref(), &cp, errs);
+    }
+    if let Some(s) = &v.secret {
+        let sp = format!("{vp}.secret");
+        if s.secret_name.as_deref().unwrap_or_default().is_empty() {
+            errs.required(format!("{sp}.secretName"));
+        }
+        file_mode(s.default_mode, &format!("{sp}.defaultMode"), errs);
+        key_to_paths(s.items.as_ref(), &sp, errs);
+    }
+    if let Some(d) = &v.downward_api {
+        let dp = format!("{vp}.downwardAPI");
+        file_mode(d.default_mode, &format!("{dp}.defaultMode"), errs);
+        for f in d.items.iter().flatten() {
+            downward_api_file(f, &dp, errs);
+        }
+    }
+    if let Some(g) = &v.git_repo {
+        let gp = format!("{vp}.gitRepo");
+        if g.repository.is_empty() {
+            errs.required(format!("{gp}.repository"));
+        }
+        local_descending_path(
+            g.directory.as_deref().unwrap_or_default(),
+            &format!("{gp}.directory"),
+            errs,
+        );
+    }
+    if let Some(p) = &v.projected {
+        let pp = format!("{vp}.projected");
+        file_mode(p.default_mode, &format!("{pp}.defaultMode"), errs);
+        let mut seen = HashSet::new();
+        let mut unique = |path: &str, shown: &str, errs: &mut Errors| {
+            if !path.is_empty() && !seen.insert(path.to_string()) {
+                errs.invalid_str(&pp, shown, "conflicting duplicate paths");
+            }
+        };
+        for (i, src) in p.sources.iter().flatten().enumerate() {
+            let sp = format!("{pp}.sources[{i}]");
+            let mut kinds = 0;
+            if let Some(s) = &src.secret {
+                kinds += 1;
+                if s.name.is_empty() {
+                    errs.required(format!("{sp}.secret.name"));
+                }
+                key_to_paths(s.items.as_ref(), &format!("{sp}.secret"), errs);
+                for kp in s.items.iter().flatten() {
+                    unique(&kp.path, &s.name, errs);
+                }
+            }
+            if let Some(c) = &src.config_map {
+                kinds += 1;
+                if c.name.is_empty() {
+                    errs.required(format!("{sp}.configMap.name"));
+                }
+                key_to_paths(c.items.as_ref(), &format!("{sp}.configMap"), errs);
+                for kp in c.items.iter().flatten() {
+                    unique(&kp.path, &c.name, errs);
+                }
+            }
+            if let Some(d) = &src.downward_api {
+                kinds += 1;
+                for f in d.items.iter().flatten() {
+                    downward_api_file(f, &format!("{sp}.downwardAPI"), errs);
+                    unique(&f.path, &f.path, errs);
+                }
+            }
+            if let Some(t) = &src.service_account_token {
+                kinds += 1;
+                let tp = format!("{sp}.serviceAccountToken");
+                let secs = t.expiration_seconds.unwrap_or(3600);
+                if secs < 600 {
+                    errs.invalid(
+                        format!("{tp}.expirationSeconds"),
+                        secs,
+                        "may not specify a duration less than 10 minutes",
+                    );
+                } else if secs > 1 << 32 {
+                    errs.invalid(
+                        format!("{tp}.expirationSeconds"),
+                        secs,
+                        "may not specify a duration larger than 2^32 seconds",
+                    );
+                }
+                if t.path.is_empty() {
+                    errs.required(format!("{pp}.path"));
+                } else {
+                    local_non_reserved_path(&t.path, &format!("{pp}.path"), errs);
+                }
+            }
+            if let Some(b) = &src.cluster_trust_bundle {
+                kinds += 1;
+                let bp = format!("{sp}.clusterTrustBundlePEM");
+                if b.path.is_empty() {
+                    errs.required(format!("{bp}.path"));
+                }
+                local_non_reserved_path(&b.path, &format!("{bp}.path"), errs);
+                unique(&b.path, &b.path, errs);
+            }
+            if kinds > 1 {
+                errs.forbidden(sp, "may not specify more than 1 volume type");
+            }
+        }
+    }
+}
+
+/// A seccomp profile of type `Localhost` names a file beneath the node's profile root.
+fn validate_seccomp(sc: Option<&SeccompProfile>, field: &str, errs: &mut Errors) {
+    let Some(sc) = sc else { return };
+    let lp = format!("{field}.seccompProfile.localhostProfile");
+    match (sc.type_.as_str(), sc.localhost_profile.as_deref()) {
+        ("Localhost", None | Some("")) => {
+            errs.required_msg(lp, "must be set when seccomp type is Localhost")
+        }
+        ("Localhost", Some(p)) => local_descending_path(p, &lp, errs),
+        (_, Some(_)) => errs.invalid(lp, "", "can only be set when seccomp type is Localhost"),
+        _ => {}
+    }
+    let tp = format!("{field}.seccompProfile.type");
+    match sc.type_.as_str() {
+        "" => errs.required_msg(tp, "type is required when seccompProfile is set"),
+        "Localhost" | "RuntimeDefault" | "Unconfined" => {}
+        other => errs.not_supported(tp, other, &["Localhost", "RuntimeDefault", "Unconfined"]),
+    }
 }
 
 /// Validates a pod spec at `path` (`spec`, or `spec.template.spec` in a template).
@@ -273,15 +515,18 @@ pub fn validate_pod_spec(spec: &PodSpec, path: &str, errs: &mut Errors) {
         } else if sources > 1 {
             errs.forbidden(vp.clone(), "may not specify more than 1 volume type");
         }
-        if let Some(h) = &v.host_path {
-            if h.path.is_empty() {
-                errs.required(format!("{vp}.hostPath.path"));
-            }
-        }
+        validate_volume_paths(v, &vp, errs);
     }
     if spec.containers.is_empty() {
         errs.required(format!("{path}.containers"));
     }
+    validate_seccomp(
+        spec.security_context
+            .as_ref()
+            .and_then(|s| s.seccomp_profile.as_ref()),
+        &format!("{path}.securityContext"),
+        errs,
+    );
     let mut names = HashSet::new();
     for (field, list) in [
         (
@@ -775,6 +1020,58 @@ mod tests {
                 .any(|m| m.starts_with("spec.restartPolicy: Unsupported value: \"Sometimes\"")),
             "{msgs:?}"
         );
+    }
+
+    /// Regression: `subPath: ../../etc` and `items: [{path: ../../../x}]` were accepted and
+    /// let a pod reach the node's files.
+    #[test]
+    fn paths_that_leave_their_volume_are_invalid() {
+        let p = pod(
+            json!({"spec": {"restartPolicy": "Always", "dnsPolicy": "ClusterFirst",
+            "volumes": [
+                {"name": "c", "configMap": {"name": "cm", "items": [
+                    {"key": "k", "path": "../../../x"}, {"key": "k", "path": "/abs"},
+                    {"key": "k", "path": "..data"}, {"key": "k", "path": "ok/file", "mode": 4096}]}},
+                {"name": "s", "secret": {"secretName": "s", "items": [{"key": "k", "path": "a/../../b"}]}},
+                {"name": "d", "downwardAPI": {"items": [{"path": "../n", "fieldRef": {"fieldPath": "metadata.name"}}]}},
+                {"name": "p", "projected": {"sources": [
+                    {"configMap": {"name": "cm", "items": [{"key": "k", "path": "../x"}]}},
+                    {"serviceAccountToken": {"path": "/token"}}]}},
+                {"name": "h", "hostPath": {"path": "/var/../etc", "type": "Nonsense"}}],
+            "containers": [{"name": "a", "image": "x", "imagePullPolicy": "Always", "volumeMounts": [
+                {"name": "c", "mountPath": "/a", "subPath": "../../etc"},
+                {"name": "c", "mountPath": "/b", "subPath": "/"},
+                {"name": "c", "mountPath": "/c", "subPathExpr": "$(X)/../.."},
+                {"name": "c", "mountPath": "/d", "subPath": "a", "subPathExpr": "b"},
+                {"name": "c", "mountPath": "/e", "subPath": "fine/dir"}]}]}}),
+        );
+        let mut errs = Errors::default();
+        p.validate(&mut errs);
+        let msgs: Vec<String> = errs.0.iter().map(|e| e.to_string()).collect();
+        for want in [
+            "spec.volumes[0].configMap.items[0].path: Invalid value: \"../../../x\": must not contain '..'",
+            "spec.volumes[0].configMap.items[1].path: Invalid value: \"/abs\": must be a relative path",
+            "spec.volumes[0].configMap.items[2].path: Invalid value: \"..data\": must not start with '..'",
+            "spec.volumes[0].configMap.items[3].mode: Invalid value: 4096: must be a number between 0 and 0777 (octal), both inclusive",
+            "spec.volumes[1].secret.items[0].path: Invalid value: \"a/../../b\": must not contain '..'",
+            "spec.volumes[2].downwardAPI.path: Invalid value: \"../n\": must not contain '..'",
+            "spec.volumes[3].projected.sources[0].configMap.items[0].path: Invalid value: \"../x\": must not contain '..'",
+            "spec.volumes[3].projected.path: Invalid value: \"/token\": must be a relative path",
+            "spec.volumes[4].hostPath.path: Invalid value: \"/var/../etc\": must not contain '..'",
+            "spec.containers[0].volumeMounts.subPath: Invalid value: \"../../etc\": must not contain '..'",
+            "spec.containers[0].volumeMounts.subPath: Invalid value: \"/\": must be a relative path",
+            "spec.containers[0].volumeMounts.subPathExpr: Invalid value: \"$(X)/../..\": must not contain '..'",
+            "spec.containers[0].volumeMounts[3].subPathExpr: Invalid value: \"b\": subPathExpr and subPath are mutually exclusive",
+        ] {
+            assert!(msgs.iter().any(|m| m == want), "missing {want}\nin {msgs:#?}");
+        }
+        assert!(
+            msgs.iter().any(|m| m.starts_with(
+                "spec.volumes[4].hostPath.type: Unsupported value: \"Nonsense\": supported values: \"\", \"BlockDevice\""
+            )),
+            "{msgs:#?}"
+        );
+        assert_eq!(msgs.len(), 14, "{msgs:#?}");
     }
 
     #[test]

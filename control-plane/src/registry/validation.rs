@@ -313,6 +313,42 @@ pub fn check_env_var_name(name: &str) -> Option<String> {
     }
 }
 
+/// kube-apiserver's `validatePathNoBacksteps`: no `..` element. Every path a manifest
+/// gives the node is checked so (and resolved beneath its root there again).
+pub fn path_no_backsteps(path: &str, field: &str, errs: &mut Errors) {
+    if path.split('/').any(|part| part == "..") {
+        errs.invalid_str(field, path, "must not contain '..'");
+    }
+}
+
+/// `validateLocalDescendingPath`: relative, without `..` elements.
+pub fn local_descending_path(path: &str, field: &str, errs: &mut Errors) {
+    if path.starts_with('/') {
+        errs.invalid_str(field, path, "must be a relative path");
+    }
+    path_no_backsteps(path, field, errs);
+}
+
+/// `ValidateLocalNonReservedPath`: a descending path that does not start with `..` either
+/// (`..data` is where the kubelet keeps a projected volume's atomic writes).
+pub fn local_non_reserved_path(path: &str, field: &str, errs: &mut Errors) {
+    local_descending_path(path, field, errs);
+    if path.starts_with("..") && !path.starts_with("../") {
+        errs.invalid_str(field, path, "must not start with '..'");
+    }
+}
+
+/// A file mode (`defaultMode`, `items[].mode`): `0` to `0777`.
+pub fn file_mode(mode: Option<i32>, field: &str, errs: &mut Errors) {
+    if let Some(m) = mode.filter(|m| !(0..=0o777).contains(m)) {
+        errs.invalid(
+            field,
+            m,
+            "must be a number between 0 and 0777 (octal), both inclusive",
+        );
+    }
+}
+
 pub fn check_port(port: i32) -> Option<&'static str> {
     (!(1..=65535).contains(&port)).then_some("must be between 1 and 65535, inclusive")
 }

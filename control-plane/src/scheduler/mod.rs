@@ -704,7 +704,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "pod rejected: RuntimeClass \"missing\" not found"
+            "pods \"nope\" is forbidden: pod rejected: RuntimeClass \"missing\" not found"
         );
     }
 

@@ -19,8 +19,8 @@ use tracing::Instrument;
 
 use super::Ctx;
 use crate::logs::LogFile;
-use crate::runtime::{ContainerSpec, Exit, Running, Runtime};
-use crate::sandbox::{Sandbox, Sources};
+use crate::runtime::{ContainerSpec, Containers, Exit, Running, Runtime};
+use crate::sandbox::{path_element, Sandbox, Sources};
 
 const BACKOFF_START: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
@@ -30,6 +30,8 @@ const BACKOFF_RESET: Duration = Duration::from_secs(600);
 pub struct Worker {
     changes: watch::Sender<PodChange>,
     task: tokio::task::JoinHandle<()>,
+    /// The containers the worker started that still exist.
+    containers: Containers,
 }
 
 /// What a running pod's worker still needs to hear about its object.
@@ -51,9 +53,14 @@ impl PodChange {
 impl Worker {
     pub fn spawn(ctx: Arc<Ctx>, pod: Pod) -> Worker {
         let (tx, rx) = watch::channel(PodChange::of(&pod));
+        let containers = Containers::default();
         // Boxed: a pod passed by value would take its size in the task for good.
-        let task = tokio::spawn(run(ctx, Box::new(pod), rx));
-        Worker { changes: tx, task }
+        let task = tokio::spawn(run(ctx, Box::new(pod), rx, containers.clone()));
+        Worker {
+            changes: tx,
+            task,
+            containers,
+        }
     }
 
     pub fn update(&self, pod: &Pod) {
@@ -68,11 +75,13 @@ impl Worker {
         self.task.abort();
     }
 
-    /// The pod object is gone: stops everything; resolves once the containers are gone
-    /// (only then can nothing write to the pod's files any more).
+    /// The pod object is gone: stops everything; resolves once the containers are really
+    /// gone (only then can nothing write to the pod's files any more).
     pub async fn end(self) {
         self.task.abort();
         let _ = self.task.await;
+        // Aborting the worker dropped its supervisors, which killed their containers.
+        self.containers.gone().await;
     }
 
     pub fn finished(&self) -> bool {
@@ -131,8 +140,9 @@ impl PodDirs {
             m.name.as_deref().unwrap_or_default(),
             m.uid.as_deref().unwrap_or_default(),
         );
+        let [ns, name, uid] = [ns, name, uid].map(path_element);
         PodDirs {
-            sandbox: data_dir.join(SANDBOXES).join(uid),
+            sandbox: data_dir.join(SANDBOXES).join(&uid),
             logs: data_dir.join(LOGS).join(format!("{ns}_{name}_{uid}")),
         }
     }
@@ -180,10 +190,12 @@ struct PodCtx {
     dirs: PodDirs,
     restart_policy: String,
     sandbox: Sandbox,
+    /// Every container the pod starts holds a token of it until it is gone.
+    containers: Containers,
 }
 
 impl PodCtx {
-    fn new(ctx: Arc<Ctx>, pod: Arc<Pod>) -> PodCtx {
+    fn new(ctx: Arc<Ctx>, pod: Arc<Pod>, containers: Containers) -> PodCtx {
         let m = &pod.metadata;
         let uid = m.uid.clone().unwrap_or_default();
         PodCtx {
@@ -199,6 +211,7 @@ impl PodCtx {
             ctx,
             pod,
             sandbox: Sandbox::default(),
+            containers,
         }
     }
 
@@ -469,11 +482,32 @@ async fn supervise(
                 continue;
             }
         };
+        let mounts = match pc.sandbox.mounts(c, &env) {
+            Ok(m) => m,
+            Err(e) => {
+                create_failed(
+                    &pc,
+                    &c.name,
+                    idx,
+                    &mut status,
+                    &updates,
+                    "CreateContainerConfigError",
+                    e.to_string(),
+                    &mut backoff,
+                )
+                .await;
+                continue;
+            }
+        };
         // `restartCount` numbers the latest instance; a container that ran before (under
         // this agent or an earlier one: it has a last state) starts one higher.
         let run = status.restart_count + i32::from(status.last_state.is_some());
         let run_id = format!("{}-{}-{}", pc.uid, c.name, run);
-        let log_path = pc.dirs.logs.join(&c.name).join(format!("{run}.log"));
+        let log_path = pc
+            .dirs
+            .logs
+            .join(path_element(&c.name))
+            .join(format!("{run}.log"));
         let log = LogFile::new(&log_path, crate::logs::MAX_LOG_BYTES);
         let argv = argv(c, img.run.as_ref());
         let env = match &img.run {
@@ -492,10 +526,11 @@ async fn supervise(
                     .and_then(|r| r.working_dir.clone())
                     .filter(|d| !d.is_empty())
             }),
-            mounts: pc.sandbox.mounts(c),
+            mounts,
             log,
             memory_limit: limit(c, "memory").map(|m| (m / 1000) as u64),
             cpu_limit_millis: limit(c, "cpu").map(|m| m as u64),
+            alive: pc.containers.token(),
         };
         let container_id = format!("wasm://{run_id}");
         let started = now();
@@ -552,10 +587,8 @@ async fn supervise(
             .send(Update::Status(idx, Box::new(status.clone())))
             .await;
         let began = Instant::now();
-        // An aborted worker takes its containers with it.
-        let guard = KillOnDrop(running.kill_switch());
+        // An aborted worker drops `running`, which kills the container.
         let exit = running.wait().await;
-        std::mem::forget(guard);
         ctx.active_logs
             .lock()
             .expect("active logs")
@@ -746,15 +779,6 @@ async fn obtain_image(
     }
 }
 
-/// Kills a running container if its supervisor is dropped (the worker was aborted).
-struct KillOnDrop(crate::runtime::KillSwitch);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        self.0.kill()
-    }
-}
-
 /// A container's status when a worker (re)starts: after an agent restart, a container the
 /// status still shows running died with the old agent; it becomes the last state.
 fn initial_status(c: &Container, previous: Option<&ContainerStatus>) -> ContainerStatus {
@@ -939,7 +963,7 @@ impl StatusSlot {
     }
 }
 
-async fn run(ctx: Arc<Ctx>, pod: Box<Pod>, rx: watch::Receiver<PodChange>) {
+async fn run(ctx: Arc<Ctx>, pod: Box<Pod>, rx: watch::Receiver<PodChange>, containers: Containers) {
     let span = tracing::info_span!(
         "pod",
         pod = %format!(
@@ -948,7 +972,7 @@ async fn run(ctx: Arc<Ctx>, pod: Box<Pod>, rx: watch::Receiver<PodChange>) {
             pod.metadata.name.as_deref().unwrap_or_default()
         )
     );
-    run_pod(ctx, rx, pod).instrument(span).await
+    run_pod(ctx, rx, pod, containers).instrument(span).await
 }
 
 /// What the pod worker waits for while its containers run.
@@ -959,7 +983,12 @@ enum Wake {
     Deadline,
 }
 
-async fn run_pod(ctx: Arc<Ctx>, mut rx: watch::Receiver<PodChange>, mut pod: Box<Pod>) {
+async fn run_pod(
+    ctx: Arc<Ctx>,
+    mut rx: watch::Receiver<PodChange>,
+    mut pod: Box<Pod>,
+    containers: Containers,
+) {
     // The status the pod had (after an agent restart) only seeds the containers' states;
     // the worker keeps the rest of the pod without it.
     let prev = pod.status.take().unwrap_or_default();
@@ -967,12 +996,12 @@ async fn run_pod(ctx: Arc<Ctx>, mut rx: watch::Receiver<PodChange>, mut pod: Box
     let Some(spec) = pod.spec.as_ref() else {
         return;
     };
-    let mut pc = PodCtx::new(ctx.clone(), pod.clone());
+    let mut pc = PodCtx::new(ctx.clone(), pod.clone(), containers.clone());
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pc.ns);
     let dirs = pc.dirs.clone();
     // A pod deleted while this agent was away: nothing of it may start again.
     if rx.borrow().deleting {
-        return Box::pin(finish_deletion(&api, &pod, &dirs)).await;
+        return Box::pin(finish_deletion(&api, &pod, &dirs, &containers)).await;
     }
     let finished = matches!(prev.phase.as_deref(), Some("Succeeded" | "Failed"));
     let start = prev.start_time.clone().unwrap_or_else(now);
@@ -1062,7 +1091,7 @@ async fn run_pod(ctx: Arc<Ctx>, mut rx: watch::Receiver<PodChange>, mut pod: Box
                             changed = rx.changed() => {
                                 if changed.is_err() || deleting(&rx) {
                                     t.0.abort();
-                                    return Box::pin(finish_deletion(&api, &pod, &dirs)).await;
+                                    return Box::pin(finish_deletion(&api, &pod, &dirs, &containers)).await;
                                 }
                                 deadline = deadline_of(&rx.borrow());
                             }
@@ -1128,7 +1157,7 @@ async fn run_pod(ctx: Arc<Ctx>, mut rx: watch::Receiver<PodChange>, mut pod: Box
                     for s in init.iter().chain(main.iter()).filter(|s| is_running(s)) {
                         killing(&s.name);
                     }
-                    return Box::pin(finish_deletion(&api, &pod, &dirs)).await;
+                    return Box::pin(finish_deletion(&api, &pod, &dirs, &containers)).await;
                 }
             }
             Wake::Deadline => {
@@ -1158,7 +1187,7 @@ async fn run_pod(ctx: Arc<Ctx>, mut rx: watch::Receiver<PodChange>, mut pod: Box
                 // Wait for the deletion (or the pod's end) now.
                 while rx.changed().await.is_ok() {
                     if deleting(&rx) {
-                        return Box::pin(finish_deletion(&api, &pod, &dirs)).await;
+                        return Box::pin(finish_deletion(&api, &pod, &dirs, &containers)).await;
                     }
                 }
                 return;
@@ -1220,9 +1249,10 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// The containers are stopped: delete the pod object for good (grace period 0), and its
-/// files.
-async fn finish_deletion(api: &Api<Pod>, pod: &Pod, dirs: &PodDirs) {
+/// Once the containers are gone (they were told to stop), deletes the pod object for good
+/// (grace period 0), and its files.
+async fn finish_deletion(api: &Api<Pod>, pod: &Pod, dirs: &PodDirs, containers: &Containers) {
+    containers.gone().await;
     let name = pod.metadata.name.clone().unwrap_or_default();
     let dp = DeleteParams {
         grace_period_seconds: Some(0),

@@ -11,7 +11,7 @@ use crate::logs::LogFile;
 /// A directory of the pod sandbox, visible to a container at `guest_path`.
 #[derive(Clone, Debug)]
 pub struct Mount {
-    pub host_path: PathBuf,
+    pub dir: crate::sandbox::HostDir,
     pub guest_path: String,
     pub read_only: bool,
 }
@@ -33,6 +33,36 @@ pub struct ContainerSpec {
     pub memory_limit: Option<u64>,
     /// Thousandths of a CPU the container may use.
     pub cpu_limit_millis: Option<u64>,
+    /// Held by the runtime until the container is really gone (nothing of it runs or
+    /// writes any more).
+    pub alive: Alive,
+}
+
+/// Counts the containers (of a pod) that still exist, so that their owner can wait until
+/// none does: each container's runtime holds an [`Alive`] from [`Containers::token`] for as
+/// long as anything of the container runs.
+#[derive(Clone, Default)]
+pub struct Containers(std::sync::Arc<tokio::sync::watch::Sender<usize>>);
+
+impl Containers {
+    pub fn token(&self) -> Alive {
+        self.0.send_modify(|n| *n += 1);
+        Alive(self.0.clone())
+    }
+
+    /// Resolves when no token is held.
+    pub async fn gone(&self) {
+        let _ = self.0.subscribe().wait_for(|n| *n == 0).await;
+    }
+}
+
+/// One container's share of [`Containers`]; dropped when the container is gone.
+pub struct Alive(std::sync::Arc<tokio::sync::watch::Sender<usize>>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
 }
 
 /// How a container ended.
@@ -71,7 +101,8 @@ pub enum RuntimeError {
     Start { id: String, reason: String },
 }
 
-/// Stops a container (it then ends with exit code 137); cheap to clone and keep.
+/// Stops a container (it then ends with exit code 137) whatever it is doing; cheap to
+/// clone and keep.
 #[derive(Clone)]
 pub struct KillSwitch(std::sync::Arc<dyn Fn() + Send + Sync>);
 
@@ -85,7 +116,7 @@ impl KillSwitch {
     }
 }
 
-/// A started container.
+/// A started container. Dropping it kills the container.
 #[async_trait::async_trait]
 pub trait Running: Send {
     /// Waits for the container to end.

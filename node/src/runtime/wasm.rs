@@ -2,12 +2,11 @@
 //! preview 2 command components (`wasi:cli/run`), compiled once per image digest (and
 //! cached on disk, so a restarted agent skips compilation); one `Store` per container with
 //! deny-by-default WASI (only the container's args, env and mounts); memory limits through
-//! a `ResourceLimiter`; CPU limits and kills through epoch interruption, so a spinning
-//! guest yields, gets only its share, and can be stopped.
+//! a `ResourceLimiter`; CPU limits through epoch interruption, so a spinning guest yields
+//! and gets only its share; a kill drops the guest wherever it is.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -279,7 +278,7 @@ impl WasmRuntime {
             } else {
                 FsPerms::ReadWrite
             };
-            b.preopened_dir(&m.host_path, &m.guest_path, perms)
+            b.preopened_dir(m.dir.path(), &m.guest_path, perms)
                 .map_err(|e| RuntimeError::Start {
                     id: spec.id.clone(),
                     reason: format!("mount {}: {e}", m.guest_path),
@@ -289,22 +288,16 @@ impl WasmRuntime {
     }
 }
 
-/// Limits, kills and CPU shares for a container's store: each epoch tick, stop if killed;
-/// otherwise yield, sleeping off any CPU used beyond the limit in the current window.
-fn govern<T: HasLimits>(
-    store: &mut Store<T>,
-    killed: Arc<AtomicBool>,
-    cpu_limit_millis: Option<u64>,
-) {
+/// Limits and CPU shares for a container's store: each epoch tick the guest yields (so a
+/// kill, which drops it, takes effect), sleeping off any CPU used beyond its limit in the
+/// current window.
+fn govern<T: HasLimits>(store: &mut Store<T>, cpu_limit_millis: Option<u64>) {
     store.limiter(|h| h.limits());
     let share = cpu_limit_millis.map(|m| m as f64 / 1000.0);
     let mut window_start = Instant::now();
     let mut ran_since = Instant::now();
     let mut used = Duration::ZERO;
     store.epoch_deadline_callback(move |_| {
-        if killed.load(Ordering::Acquire) {
-            return Ok(UpdateDeadline::Interrupt);
-        }
         let now = Instant::now();
         used += now - ran_since;
         if now - window_start >= CPU_WINDOW {
@@ -348,7 +341,13 @@ impl wasmtime_wasi::cli::StdoutStream for LogStream {
 
 struct WasmContainer {
     task: tokio::task::JoinHandle<Exit>,
-    killed: Arc<AtomicBool>,
+    kill: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for WasmContainer {
+    fn drop(&mut self) {
+        self.kill.notify_one();
+    }
 }
 
 #[async_trait::async_trait]
@@ -365,38 +364,48 @@ impl Running for WasmContainer {
     }
 
     fn kill_switch(&self) -> KillSwitch {
-        let killed = self.killed.clone();
-        KillSwitch::new(move || killed.store(true, Ordering::Release))
+        let kill = self.kill.clone();
+        // `notify_one` keeps the signal for a task not waiting yet.
+        KillSwitch::new(move || kill.notify_one())
     }
 }
 
-/// A guest has returned: flushes its log and says how it ended.
-fn ended<T: HasLimits>(
-    result: wasmtime::Result<()>,
-    killed: &AtomicBool,
-    store: &mut Store<T>,
-    log: &LogFile,
+/// Runs a guest until it returns or is killed. A kill drops the guest's future at once,
+/// whatever it is doing (computing, or waiting in a WASI call such as `poll_oneoff` or a
+/// read): with it go its store (memory, open files) and its stdout and stderr; the log is
+/// closed so that nothing can write to it (or recreate it) afterwards.
+async fn supervise_guest(
+    run: impl std::future::Future<Output = (wasmtime::Result<()>, bool)>,
+    kill: Arc<tokio::sync::Notify>,
+    log: LogFile,
+    alive: super::Alive,
 ) -> Exit {
-    let killed = killed.load(Ordering::Acquire);
-    let exit = exit_of(result, killed, store.data_mut().limits().exceeded);
-    let _ = if killed {
-        log.finish_killed()
-    } else {
-        log.finish()
+    let ended = tokio::select! {
+        biased;
+        _ = kill.notified() => None,
+        (result, out_of_memory) = run => Some(exit_of(result, out_of_memory)),
     };
+    let exit = match ended {
+        Some(exit) => {
+            let _ = log.finish();
+            exit
+        }
+        None => {
+            let _ = log.finish_killed();
+            Exit::killed(Some("killed".into()))
+        }
+    };
+    drop(alive);
     exit
 }
 
 /// Turns a guest's end (return, `proc_exit`, trap) into an exit status.
-fn exit_of(result: wasmtime::Result<()>, killed: bool, out_of_memory: bool) -> Exit {
+fn exit_of(result: wasmtime::Result<()>, out_of_memory: bool) -> Exit {
     match result {
         Ok(()) => Exit::code(0),
         Err(e) => {
             if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
                 return Exit::code(exit.0);
-            }
-            if killed {
-                return Exit::killed(Some("killed".into()));
             }
             if out_of_memory {
                 return Exit {
@@ -431,9 +440,9 @@ impl Runtime for WasmRuntime {
             memory: spec.memory_limit.map(|b| b as usize),
             exceeded: false,
         };
-        let killed = Arc::new(AtomicBool::new(false));
+        let kill = Arc::new(tokio::sync::Notify::new());
         let log = spec.log.clone();
-        let k = killed.clone();
+        let alive = spec.alive;
         let task = match prepared {
             Prepared::Module(pre) => {
                 let mut wasi = wasi;
@@ -444,16 +453,17 @@ impl Runtime for WasmRuntime {
                         limits,
                     },
                 );
-                govern(&mut store, killed.clone(), spec.cpu_limit_millis);
-                tokio::spawn(async move {
+                govern(&mut store, spec.cpu_limit_millis);
+                let run = async move {
                     let result = async {
                         let instance = pre.instantiate_async(&mut store).await?;
                         let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
                         start.call_async(&mut store, ()).await
                     }
                     .await;
-                    ended(result, &k, &mut store, &log)
-                })
+                    (result, store.data_mut().limits().exceeded)
+                };
+                tokio::spawn(supervise_guest(run, kill.clone(), log, alive))
             }
             Prepared::Command(command) => {
                 let mut wasi = wasi;
@@ -465,8 +475,8 @@ impl Runtime for WasmRuntime {
                         limits,
                     },
                 );
-                govern(&mut store, killed.clone(), spec.cpu_limit_millis);
-                tokio::spawn(async move {
+                govern(&mut store, spec.cpu_limit_millis);
+                let run = async move {
                     let result = async {
                         let command = command.instantiate_async(&mut store).await?;
                         // `wasi:cli/run` returns Err(()) for a non-zero exit without a code.
@@ -476,11 +486,12 @@ impl Runtime for WasmRuntime {
                         }
                     }
                     .await;
-                    ended(result, &k, &mut store, &log)
-                })
+                    (result, store.data_mut().limits().exceeded)
+                };
+                tokio::spawn(supervise_guest(run, kill.clone(), log, alive))
             }
         };
-        Ok(Box::new(WasmContainer { task, killed }))
+        Ok(Box::new(WasmContainer { task, kill }))
     }
 }
 
@@ -539,6 +550,7 @@ mod tests {
                 ),
                 memory_limit: None,
                 cpu_limit_millis: None,
+                alive: crate::runtime::Containers::default().token(),
             }
         }
     }
@@ -633,7 +645,7 @@ mod tests {
         for (i, (path, oflags, rights, read_only, allowed)) in cases.into_iter().enumerate() {
             let mut spec = f.spec(&format!("open{i}"), &opener(path, oflags, rights));
             spec.mounts = vec![crate::runtime::Mount {
-                host_path: mounted.clone(),
+                dir: crate::sandbox::HostDir::open(&mounted).unwrap(),
                 guest_path: "/data".into(),
                 read_only,
             }];
@@ -665,6 +677,48 @@ mod tests {
             .await
             .expect("killed promptly");
         assert_eq!(exit.code, 137);
+    }
+
+    /// Sleeps an hour in `poll_oneoff`, then prints "woke".
+    const SLEEP_HOUR: &str = r#"(module
+      (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (data (i32.const 200) "woke\n")
+      (func (export "_start")
+        (i64.store (i32.const 0) (i64.const 1))
+        (i32.store8 (i32.const 8) (i32.const 0))
+        (i32.store (i32.const 16) (i32.const 1))
+        (i64.store (i32.const 24) (i64.const 3600000000000))
+        (drop (call $poll (i32.const 0) (i32.const 48) (i32.const 1) (i32.const 160)))
+        (i32.store (i32.const 100) (i32.const 200))
+        (i32.store (i32.const 104) (i32.const 5))
+        (drop (call $fd_write (i32.const 1) (i32.const 100) (i32.const 1) (i32.const 120)))))"#;
+
+    /// Regression: a kill was a flag read at epoch ticks, so a guest waiting in a WASI
+    /// call kept its task, memory and log writer after its pod was deleted.
+    #[tokio::test]
+    async fn a_guest_blocked_in_a_wasi_call_is_killed() {
+        let f = Fixture::new().await;
+        let mut spec = f.spec("sleeper", SLEEP_HOUR);
+        let containers = crate::runtime::Containers::default();
+        spec.alive = containers.token();
+        let log = spec.log.clone();
+        let mut c = f.rt.start(spec).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        c.kill();
+        let exit = tokio::time::timeout(Duration::from_secs(2), c.wait())
+            .await
+            .expect("a guest in poll_oneoff was not killed");
+        assert_eq!(exit.code, 137);
+        tokio::time::timeout(Duration::from_secs(2), containers.gone())
+            .await
+            .expect("the killed container still holds its resources");
+        assert!(
+            log.write(Stream::Stdout, b"late\n").is_err(),
+            "its log is closed"
+        );
+        assert!(!f.dir.path().join("sleeper.log").exists());
     }
 
     #[tokio::test]
