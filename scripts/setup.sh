@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs everything the tests and examples need on a fresh Debian machine (idempotent):
-# Debian packages, the pinned kubectl and helm, and the Python Kubernetes client.
+# Debian packages (fuse3: the power-loss test's file system), the pinned kubectl and helm,
+# and the Python Kubernetes client.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 tools="$root/.tools"
 mkdir -p "$tools"
 
 need_pkgs=()
-for p in unzip python3-venv curl clang lld wasi-libc libclang-rt-14-dev-wasm32 docker-registry apache2-utils umoci skopeo; do
+for p in unzip python3-venv curl clang lld wasi-libc libclang-rt-14-dev-wasm32 docker-registry apache2-utils umoci skopeo fuse3; do
   dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

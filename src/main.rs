@@ -33,6 +33,11 @@ enum Command {
         /// Store revisions kept so watches can resume from older resourceVersions.
         #[arg(long, default_value_t = skiff_control_plane::apiserver::DEFAULT_HISTORY)]
         history: u64,
+        /// Start even if the store's write-ahead log is damaged (not just a torn final
+        /// record): truncate it at the damage, keeping what follows in the log directory.
+        /// Writes after the damage are lost; without this flag the server refuses to start.
+        #[arg(long)]
+        repair: bool,
     },
     /// Run a node agent: register the node and run the pods bound to it.
     Agent {
@@ -64,6 +69,9 @@ enum Command {
         listen: SocketAddr,
         #[arg(long, default_value_t = skiff_control_plane::apiserver::DEFAULT_HISTORY)]
         history: u64,
+        /// As `skiff server --repair`.
+        #[arg(long)]
+        repair: bool,
         #[arg(long)]
         node_name: Option<String>,
         #[arg(long, default_value_t = 1000)]
@@ -157,11 +165,13 @@ async fn main() -> anyhow::Result<()> {
             data_dir,
             listen,
             history,
+            repair,
         } => {
             let config = skiff_control_plane::apiserver::ServerConfig {
                 data_dir,
                 listen,
                 history,
+                repair,
             };
             skiff_control_plane::apiserver::run(config, shutdown_signal()).await?;
         }
@@ -190,6 +200,7 @@ async fn main() -> anyhow::Result<()> {
             data_dir,
             listen,
             history,
+            repair,
             node_name,
             max_pods,
         } => {
@@ -201,6 +212,7 @@ async fn main() -> anyhow::Result<()> {
                 data_dir: data_dir.clone(),
                 listen,
                 history,
+                repair,
             };
             let server =
                 skiff_control_plane::apiserver::start(server_config, stopped(stop_rx.clone()))

@@ -4,34 +4,23 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::Server;
-use serde_json::{json, Value};
+use common::{writers, Server};
 use skiff_control_plane::bench::client::{Client, Lines};
 
 const WRITERS: usize = 8;
-
-fn rv_of(body: &[u8]) -> u64 {
-    let v: Value = serde_json::from_slice(body).unwrap();
-    v["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_kill_9_and_watches_resume() {
     let mut s = Server::start();
     let c = Client::connect(&s.kubeconfig(), 2).await.unwrap();
-    let base = "/api/v1/namespaces/default/configmaps";
+    let base = writers::BASE;
 
     // A watcher that remembers the last resourceVersion it saw.
     let start = c.get(base).await.unwrap();
-    let start_rv = rv_of(&start.body);
+    let start_rv = writers::rv_of(&start.body);
     let last_seen = Arc::new(Mutex::new(start_rv));
     let seen = last_seen.clone();
     let watch = c
@@ -51,28 +40,7 @@ async fn acknowledged_writes_survive_kill_9_and_watches_resume() {
     });
 
     // Writers create and then update objects; every acknowledged write is recorded.
-    let acked: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
-    let mut writers = Vec::new();
-    for w in 0..WRITERS {
-        let (c, acked) = (c.clone(), acked.clone());
-        writers.push(tokio::spawn(async move {
-            for i in 0.. {
-                let name = format!("w{w}-{i}");
-                let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"v": "1"}});
-                let Ok(r) = c.send(hyper::Method::POST, base, "application/json", body.to_string().into()).await else { return };
-                if r.status != 201 {
-                    return;
-                }
-                acked.lock().unwrap().insert(name.clone(), rv_of(&r.body));
-                let patch = json!({"data": {"v": "2"}});
-                let Ok(r) = c.send(hyper::Method::PATCH, &format!("{base}/{name}"), "application/merge-patch+json", patch.to_string().into()).await else { return };
-                if r.status != 200 {
-                    return;
-                }
-                acked.lock().unwrap().insert(name, rv_of(&r.body));
-            }
-        }));
-    }
+    let (writers, acked) = writers::spawn(&c, WRITERS, "");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     s.kill9();
     for w in writers {
@@ -89,24 +57,7 @@ async fn acknowledged_writes_survive_kill_9_and_watches_resume() {
 
     s.restart();
     let c = Client::connect(&s.kubeconfig(), 1).await.unwrap();
-    for (name, rv) in &acked {
-        let r = c.get(&format!("{base}/{name}")).await.unwrap();
-        assert_eq!(
-            r.status, 200,
-            "acknowledged object {name} lost after kill -9"
-        );
-        let got = rv_of(&r.body);
-        let v: Value = serde_json::from_slice(&r.body).unwrap();
-        // The last acknowledged write is there (a later unacknowledged one may be too).
-        assert!(
-            got >= *rv,
-            "{name}: resourceVersion {got} older than the acknowledged {rv}"
-        );
-        if got == *rv && v["data"]["v"] == "2" {
-            continue;
-        }
-        assert!(v["data"]["v"] == "1" || v["data"]["v"] == "2");
-    }
+    writers::assert_present(&c, &acked).await;
 
     // The watch resumes from the last resourceVersion the client saw, replaying every
     // later acknowledged write in order.
@@ -138,4 +89,79 @@ async fn acknowledged_writes_survive_kill_9_and_watches_resume() {
         last = rv;
         missing.remove(&rv);
     }
+}
+
+/// Regression: a bad checksum in the middle of the newest log segment was taken for a torn
+/// tail and the acknowledged writes after it were silently dropped. Now the server refuses
+/// to start, saying why; `--repair` truncates the log at the damage and starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_log_stops_start_up_until_repaired() {
+    let mut s = Server::start();
+    let c = Client::connect(&s.kubeconfig(), 1).await.unwrap();
+    for i in 0..20 {
+        let body = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("cm-{i}")}});
+        let r = c
+            .send(
+                hyper::Method::POST,
+                writers::BASE,
+                "application/json",
+                body.to_string().into(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201);
+    }
+    s.kill9();
+    // The newest segment holding records: the one this run wrote.
+    let wal = s.data_dir().join("store/wal");
+    let mut segments: Vec<_> = std::fs::read_dir(&wal)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() > 0))
+        .collect();
+    segments.sort();
+    let newest = segments.last().unwrap();
+    let mut data = std::fs::read(newest).unwrap();
+    // Inside the first record's payload (its 16-byte header comes first).
+    data[20] ^= 0x55;
+    std::fs::write(newest, &data).unwrap();
+
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["server", "--data-dir"])
+        .arg(s.data_dir())
+        .args(["--listen", &format!("127.0.0.1:{}", common::free_port())])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "started on a damaged log: {err}");
+    assert!(
+        err.contains("write-ahead log segment")
+            && err.contains("checksum mismatch")
+            && err.contains("--repair"),
+        "{err}"
+    );
+
+    s.restart_with(&["--repair"]);
+    let c = Client::connect(&s.kubeconfig(), 1).await.unwrap();
+    let r = c.get(writers::BASE).await.unwrap();
+    assert_eq!(r.status, 200, "the repaired server answers");
+    // New writes get new revisions after whatever the store held.
+    let body =
+        serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "after"}});
+    let r = c
+        .send(
+            hyper::Method::POST,
+            writers::BASE,
+            "application/json",
+            body.to_string().into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201);
+    let kept = std::fs::read_dir(&wal)
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with("damaged-"));
+    assert!(kept, "what followed the damage is kept aside");
 }

@@ -64,7 +64,12 @@ pub struct Server {
 
 impl Server {
     pub fn start() -> Server {
-        let dir = tempfile::tempdir().unwrap();
+        Server::start_in(tempfile::tempdir().unwrap())
+    }
+
+    /// A server whose data directory is `dir/data` (prepared by the caller, e.g. with a
+    /// file system mounted under it).
+    pub fn start_in(dir: tempfile::TempDir) -> Server {
         let mut s = Server {
             dir,
             port: free_port(),
@@ -76,11 +81,16 @@ impl Server {
     }
 
     fn spawn(&mut self) {
+        self.spawn_with(&[]);
+    }
+
+    fn spawn_with(&mut self, extra: &[&str]) {
         let log = std::fs::File::create(self.dir.path().join("server.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
             .args(["server", "--data-dir"])
             .arg(self.dir.path().join("data"))
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(extra)
             .env("SKIFF_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -131,10 +141,15 @@ impl Server {
     }
 
     pub fn restart(&mut self) {
+        self.restart_with(&[]);
+    }
+
+    /// Restarts the server with extra command-line flags.
+    pub fn restart_with(&mut self, extra: &[&str]) {
         self.kill9();
         // The kubeconfig is rewritten on start; wait for the new one.
         let _ = std::fs::remove_file(self.kubeconfig());
-        self.spawn();
+        self.spawn_with(extra);
     }
 
     pub fn kubectl_cmd(&self, args: &[&str]) -> Command {
@@ -245,4 +260,71 @@ pub fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, body).unwrap();
     p
+}
+
+/// Clients writing ConfigMaps concurrently until the server goes away, remembering every
+/// acknowledged write (name → resourceVersion).
+pub mod writers {
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+
+    use serde_json::{json, Value};
+    use skiff_control_plane::bench::client::Client;
+
+    pub const BASE: &str = "/api/v1/namespaces/default/configmaps";
+
+    pub type Acked = Arc<Mutex<BTreeMap<String, u64>>>;
+
+    pub fn rv_of(body: &[u8]) -> u64 {
+        let v: Value = serde_json::from_slice(body).unwrap();
+        v["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    /// `n` writers that create, then update, objects named `<prefix>w<i>-<j>`.
+    pub fn spawn(c: &Client, n: usize, prefix: &str) -> (Vec<tokio::task::JoinHandle<()>>, Acked) {
+        let acked: Acked = Arc::default();
+        let mut writers = Vec::new();
+        for w in 0..n {
+            let (c, acked, prefix) = (c.clone(), acked.clone(), prefix.to_string());
+            writers.push(tokio::spawn(async move {
+                for i in 0.. {
+                    let name = format!("{prefix}w{w}-{i}");
+                    let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"v": "1"}});
+                    let Ok(r) = c.send(hyper::Method::POST, BASE, "application/json", body.to_string().into()).await else { return };
+                    if r.status != 201 {
+                        return;
+                    }
+                    acked.lock().unwrap().insert(name.clone(), rv_of(&r.body));
+                    let patch = json!({"data": {"v": "2"}});
+                    let Ok(r) = c.send(hyper::Method::PATCH, &format!("{BASE}/{name}"), "application/merge-patch+json", patch.to_string().into()).await else { return };
+                    if r.status != 200 {
+                        return;
+                    }
+                    acked.lock().unwrap().insert(name, rv_of(&r.body));
+                }
+            }));
+        }
+        (writers, acked)
+    }
+
+    /// Every acknowledged write is there: each object at (at least) its acknowledged
+    /// resourceVersion.
+    pub async fn assert_present(c: &Client, acked: &BTreeMap<String, u64>) {
+        for (name, rv) in acked {
+            let r = c.get(&format!("{BASE}/{name}")).await.unwrap();
+            assert_eq!(r.status, 200, "acknowledged object {name} lost");
+            let got = rv_of(&r.body);
+            let v: Value = serde_json::from_slice(&r.body).unwrap();
+            // The last acknowledged write is there (a later unacknowledged one may be too).
+            assert!(
+                got >= *rv,
+                "{name}: resourceVersion {got} older than the acknowledged {rv}"
+            );
+            assert!(v["data"]["v"] == "1" || v["data"]["v"] == "2");
+        }
+    }
 }

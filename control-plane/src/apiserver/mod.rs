@@ -55,6 +55,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub history: u64,
+    /// Truncate a damaged write-ahead log at the damage instead of refusing to start.
+    pub repair: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,10 +115,12 @@ pub async fn start(
         source,
     })?;
     let pki = pki::Pki::load_or_create(&config.data_dir)?;
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(
-        &config.data_dir.join("store"),
-        config.history,
-    )?);
+    let store_dir = config.data_dir.join("store");
+    let store: Arc<dyn Store> = Arc::new(if config.repair {
+        SledStore::open_repairing(&store_dir, config.history)?
+    } else {
+        SledStore::open(&store_dir, config.history)?
+    });
     let registry = Arc::new(Registry::new());
     let objects = Arc::new(Objects::new(store, registry.clone()));
     bootstrap(&objects).await?;

@@ -277,7 +277,13 @@ fn flusher(
 impl SledStore {
     /// Opens (or creates) the store in `dir`, keeping about `history` revisions of events.
     pub fn open(dir: &Path, history: u64) -> Result<Self, StoreError> {
-        Self::open_tuned(dir, history, wal::SEGMENT_BYTES, RECENT_EVENTS)
+        Self::open_tuned(dir, history, wal::SEGMENT_BYTES, RECENT_EVENTS, false)
+    }
+
+    /// Like [`open`](Self::open), but a damaged write-ahead log is truncated at the damage
+    /// instead of stopping start-up (what follows it is kept aside; see [`wal::recover`]).
+    pub fn open_repairing(dir: &Path, history: u64) -> Result<Self, StoreError> {
+        Self::open_tuned(dir, history, wal::SEGMENT_BYTES, RECENT_EVENTS, true)
     }
 
     /// Like [`open`](Self::open), with log segments of `segment_bytes` and `recent_events`
@@ -287,6 +293,7 @@ impl SledStore {
         history: u64,
         segment_bytes: u64,
         recent_events: usize,
+        repair: bool,
     ) -> Result<Self, StoreError> {
         let recent_events = recent_events.max(1);
         let config = sled::Config::new()
@@ -313,7 +320,7 @@ impl SledStore {
         // Replay the whole retained log in order: sled holds a prefix of it, and replaying
         // writes it already has is harmless because every key ends at its last write.
         let wal_dir = dir.join("wal");
-        let records = wal::read_all(&wal_dir).map_err(io_err("reading the write-ahead log"))?;
+        let records = wal::recover(&wal_dir, repair)?;
         let mut last = 0;
         let mut tail: VecDeque<Arc<Event>> = VecDeque::with_capacity(recent_events);
         let replayed = records.len();
@@ -337,6 +344,14 @@ impl SledStore {
         } else {
             // No records: the newest segment's name still says where revisions continue.
             last = wal::segment_floor(&wal_dir).map_err(io_err("reading the write-ahead log"))?;
+        }
+        if repair {
+            // A repaired log may end before writes sled already holds: revisions go on
+            // after the newest of those, never reusing one.
+            for item in db.scan_prefix(OBJ) {
+                let (_, raw) = item.map_err(err)?;
+                last = last.max(decode_value(&raw)?.rev);
+            }
         }
         // The replayed segments stay as history; new writes go to a fresh segment.
         let oldest = wal::oldest(&wal_dir)
@@ -792,13 +807,13 @@ mod tests {
     use serde_json::json;
 
     fn open(dir: &Path) -> SledStore {
-        SledStore::open_tuned(dir, 100, 4096, 8).unwrap()
+        SledStore::open_tuned(dir, 100, 4096, 8, false).unwrap()
     }
 
     #[tokio::test]
     async fn old_history_is_read_from_the_log_on_disk() {
         let dir = tempfile::tempdir().unwrap();
-        let s = SledStore::open_tuned(dir.path(), 10_000, 1 << 20, 8).unwrap();
+        let s = SledStore::open_tuned(dir.path(), 10_000, 1 << 20, 8, false).unwrap();
         let first = s
             .put("p/a", Precondition::Absent, obj("a", 0))
             .await
