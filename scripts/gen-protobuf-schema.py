@@ -16,7 +16,7 @@ ROOTS = [
     "api.core.v1." + k for k in ["Namespace", "Pod", "Node", "ConfigMap", "Secret", "Service", "Endpoints", "Event", "ServiceAccount", "ReplicationController", "Binding"]
 ] + ["api.apps.v1." + k for k in ["Deployment", "ReplicaSet", "DaemonSet"]] + [
     "api.batch.v1.Job", "api.batch.v1.CronJob", "api.coordination.v1.Lease", "api.node.v1.RuntimeClass",
-    "api.autoscaling.v1.Scale", "apimachinery.pkg.apis.meta.v1.DeleteOptions",
+    "api.autoscaling.v1.Scale", "api.authentication.v1.TokenRequest", "apimachinery.pkg.apis.meta.v1.DeleteOptions",
 ]
 # Encoded specially by the decoder; their fields are not listed.
 SPECIAL = {
@@ -66,6 +66,85 @@ for path in glob.glob(OA + "/**/*.rs", recursive=True):
 
 # Go structs embedded inline (`json:",inline"`): k8s-openapi spells their fields in the host.
 INLINE_HOSTS = {"api.core.v1.VolumeSource": "volume", "api.core.v1.ProbeHandler": "probe", "api.core.v1.EphemeralContainerCommon": "ephemeralcontainer"}
+
+# Go pointer fields (`*bool`, `*string`) of the served kinds, by message and JSON name, read from
+# the Go types (k8s.io/api types.go). Go always encodes a non-pointer scalar, so there a false or
+# "" is the zero that JSON would omit; a pointer is encoded only when set, so its false or "" is
+# an explicit value (`enableServiceLinks: false`) and must be kept.
+POINTER_SCALARS = {
+    "api.batch.v1.CronJobSpec.suspend",
+    "api.batch.v1.CronJobSpec.timeZone",
+    "api.batch.v1.JobSpec.managedBy",
+    "api.batch.v1.JobSpec.manualSelector",
+    "api.batch.v1.JobSpec.suspend",
+    "api.batch.v1.JobStatus.failedIndexes",
+    "api.batch.v1.PodFailurePolicyOnExitCodesRequirement.containerName",
+    "api.batch.v1.SuccessPolicyRule.succeededIndexes",
+    "api.coordination.v1.LeaseSpec.holderIdentity",
+    "api.coordination.v1.LeaseSpec.preferredHolder",
+    "api.core.v1.AppArmorProfile.localhostProfile",
+    "api.core.v1.AzureDiskVolumeSource.fsType",
+    "api.core.v1.AzureDiskVolumeSource.readOnly",
+    "api.core.v1.CSIVolumeSource.fsType",
+    "api.core.v1.CSIVolumeSource.readOnly",
+    "api.core.v1.ClusterTrustBundleProjection.name",
+    "api.core.v1.ClusterTrustBundleProjection.optional",
+    "api.core.v1.ClusterTrustBundleProjection.signerName",
+    "api.core.v1.ConfigMap.immutable",
+    "api.core.v1.ConfigMapEnvSource.optional",
+    "api.core.v1.ConfigMapKeySelector.optional",
+    "api.core.v1.ConfigMapProjection.optional",
+    "api.core.v1.ConfigMapVolumeSource.optional",
+    "api.core.v1.ContainerStatus.started",
+    "api.core.v1.EndpointAddress.nodeName",
+    "api.core.v1.EndpointPort.appProtocol",
+    "api.core.v1.FileKeySelector.optional",
+    "api.core.v1.GRPCAction.service",
+    "api.core.v1.ISCSIVolumeSource.initiatorName",
+    "api.core.v1.LocalVolumeSource.fsType",
+    "api.core.v1.NodeFeatures.supplementalGroupsPolicy",
+    "api.core.v1.NodeRuntimeHandlerFeatures.recursiveReadOnlyMounts",
+    "api.core.v1.NodeRuntimeHandlerFeatures.userNamespaces",
+    "api.core.v1.PodDNSConfigOption.value",
+    "api.core.v1.PodResourceClaim.resourceClaimName",
+    "api.core.v1.PodResourceClaim.resourceClaimTemplateName",
+    "api.core.v1.PodResourceClaimStatus.resourceClaimName",
+    "api.core.v1.PodSecurityContext.runAsNonRoot",
+    "api.core.v1.PodSpec.automountServiceAccountToken",
+    "api.core.v1.PodSpec.enableServiceLinks",
+    "api.core.v1.PodSpec.hostUsers",
+    "api.core.v1.PodSpec.runtimeClassName",
+    "api.core.v1.PodSpec.setHostnameAsFQDN",
+    "api.core.v1.PodSpec.shareProcessNamespace",
+    "api.core.v1.PortStatus.error",
+    "api.core.v1.ResourceHealth.message",
+    "api.core.v1.SeccompProfile.localhostProfile",
+    "api.core.v1.Secret.immutable",
+    "api.core.v1.SecretEnvSource.optional",
+    "api.core.v1.SecretKeySelector.optional",
+    "api.core.v1.SecretProjection.optional",
+    "api.core.v1.SecretVolumeSource.optional",
+    "api.core.v1.SecurityContext.allowPrivilegeEscalation",
+    "api.core.v1.SecurityContext.privileged",
+    "api.core.v1.SecurityContext.readOnlyRootFilesystem",
+    "api.core.v1.SecurityContext.runAsNonRoot",
+    "api.core.v1.ServiceAccount.automountServiceAccountToken",
+    "api.core.v1.ServicePort.appProtocol",
+    "api.core.v1.ServiceSpec.allocateLoadBalancerNodePorts",
+    "api.core.v1.ServiceSpec.loadBalancerClass",
+    "api.core.v1.ServiceSpec.trafficDistribution",
+    "api.core.v1.TypedLocalObjectReference.apiGroup",
+    "api.core.v1.TypedObjectReference.apiGroup",
+    "api.core.v1.TypedObjectReference.namespace",
+    "api.core.v1.WindowsSecurityContextOptions.gmsaCredentialSpec",
+    "api.core.v1.WindowsSecurityContextOptions.gmsaCredentialSpecName",
+    "api.core.v1.WindowsSecurityContextOptions.hostProcess",
+    "api.core.v1.WindowsSecurityContextOptions.runAsUserName",
+    "apimachinery.pkg.apis.meta.v1.OwnerReference.controller",
+    "apimachinery.pkg.apis.meta.v1.OwnerReference.blockOwnerDeletion",
+    "apimachinery.pkg.apis.meta.v1.DeleteOptions.orphanDependents",
+    "apimachinery.pkg.apis.meta.v1.DeleteOptions.propagationPolicy",
+}
 
 # Names the two crates spell differently beyond what the rules above recover.
 OVERRIDES = {("api.core.v1.FcVolumeSource", "target_ww_ns"): "targetWWNs", ("api.core.v1.NodeSpec", "pod_cid_rs"): "podCIDRs"}
@@ -137,6 +216,8 @@ for name in sorted(order):
                 t = f"Ty::MapStr(&{t})"
         else:
             t = scalar(kind)
+            if f"{name}.{j}" in POINTER_SCALARS:
+                t = {"Ty::Bool": "Ty::OptBool", "Ty::Str": "Ty::OptStr"}.get(t, t)
         rows.append(f"        Field {{ tag: {tag}, json: \"{j}\", ty: {t}, repeated: {'true' if repeated else 'false'} }},")
     out.append(f"pub static {ident(name)}: Msg = Msg {{\n    name: \"{name}\",\n    fields: &[\n" + "\n".join(rows) + "\n    ],\n};")
 out.append("")
@@ -147,7 +228,7 @@ for r in ROOTS:
     if r.startswith("api."):
         group, version, kind = parts[1], parts[2], parts[3]
         api_version = version if group == "core" else f"{group}/{version}"
-        if group in ("coordination", "node"):
+        if group in ("coordination", "node", "authentication"):
             api_version = f"{group}.k8s.io/{version}"
     else:
         api_version, kind = "meta.k8s.io/v1", parts[-1]

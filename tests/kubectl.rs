@@ -614,6 +614,106 @@ spec:
     assert!(s.fails(&["get", "pod", "escape"]).contains("NotFound"));
 }
 
+/// `kubectl create token` (TokenRequest): the token authenticates while its ServiceAccount
+/// (and bound object) exist; discovery lists only subresources that are served.
+#[test]
+fn service_account_tokens_authenticate_while_their_account_exists() {
+    use base64::Engine;
+    let s = Server::start();
+    s.ok(&["create", "serviceaccount", "builder"]);
+    let token = s
+        .ok(&["create", "token", "builder", "--duration", "15m"])
+        .trim()
+        .to_string();
+    let payload = token.split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["sub"], "system:serviceaccount:default:builder");
+    assert_eq!(claims["kubernetes.io"]["namespace"], "default");
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        900
+    );
+    let as_builder = |args: &[&str]| {
+        let mut a = vec!["--token", token.as_str()];
+        a.extend_from_slice(args);
+        s.kubectl(&a)
+    };
+    assert!(as_builder(&["get", "configmaps"]).status.success());
+    let forged = format!("{}x", &token[..token.len() - 1]);
+    let o = s.kubectl(&["--token", &forged, "get", "configmaps"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Unauthorized"),
+        "a forged token was accepted"
+    );
+
+    let err = s.fails(&["create", "token", "builder", "--duration", "1m"]);
+    assert!(
+        err.contains("spec.expirationSeconds: Invalid value: 60: may not specify a duration less than 10 minutes"),
+        "{err}"
+    );
+    assert!(s
+        .fails(&["create", "token", "nobody"])
+        .contains("serviceaccounts \"nobody\" not found"));
+
+    // A token bound to a Secret ends with it.
+    s.ok(&["create", "secret", "generic", "bound", "--from-literal=k=v"]);
+    let bound = s
+        .ok(&[
+            "create",
+            "token",
+            "builder",
+            "--bound-object-kind",
+            "Secret",
+            "--bound-object-name",
+            "bound",
+        ])
+        .trim()
+        .to_string();
+    assert!(s
+        .kubectl(&["--token", &bound, "get", "pods"])
+        .status
+        .success());
+    s.ok(&["delete", "secret", "bound"]);
+    let o = s.kubectl(&["--token", &bound, "get", "pods"]);
+    assert!(!o.status.success(), "a token outlived its bound Secret");
+
+    // Deleting the ServiceAccount revokes its tokens.
+    s.ok(&["delete", "serviceaccount", "builder"]);
+    let o = as_builder(&["get", "configmaps"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Unauthorized"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // Discovery names only what is served.
+    let core: serde_json::Value =
+        serde_json::from_str(&s.ok(&["get", "--raw", "/api/v1"])).unwrap();
+    let names: Vec<&str> = core["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert!(names.contains(&"serviceaccounts/token"), "{names:?}");
+    for unserved in [
+        "pods/exec",
+        "pods/attach",
+        "pods/portforward",
+        "pods/ephemeralcontainers",
+        "pods/resize",
+        "nodes/proxy",
+        "services/proxy",
+    ] {
+        assert!(!names.contains(&unserved), "discovery lists {unserved}");
+    }
+}
+
 #[test]
 fn credentials_are_required_except_for_health_checks() {
     let s = Server::start();

@@ -197,17 +197,77 @@ impl Selector {
     }
 }
 
+/// A field that field selectors may name: where it is in the object, and what an unset
+/// field reads as (its Go zero value, as Kubernetes' field sets print it: `""`, `"false"`,
+/// `"0"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Field {
+    pub name: &'static str,
+    /// Dot-separated path in the object.
+    pub path: &'static str,
+    pub zero: &'static str,
+}
+
+impl Field {
+    pub const fn string(name: &'static str) -> Field {
+        Field::at(name, name)
+    }
+    /// A string field selected under another name (events' `source` is `source.component`).
+    pub const fn at(name: &'static str, path: &'static str) -> Field {
+        Field {
+            name,
+            path,
+            zero: "",
+        }
+    }
+    pub const fn boolean(name: &'static str) -> Field {
+        Field {
+            name,
+            path: name,
+            zero: "false",
+        }
+    }
+    pub const fn integer(name: &'static str) -> Field {
+        Field {
+            name,
+            path: name,
+            zero: "0",
+        }
+    }
+
+    /// The field's value in `obj` as a field selector compares it.
+    fn value_in(&self, obj: &Value) -> String {
+        let mut v = obj;
+        for seg in self.path.split('.') {
+            match v.get(seg) {
+                Some(x) => v = x,
+                None => return self.zero.to_string(),
+            }
+        }
+        match v {
+            Value::String(s) => s.clone(),
+            Value::Null => self.zero.to_string(),
+            other => other.to_string(),
+        }
+    }
+}
+
 /// A parsed field selector (`spec.nodeName=n1,status.phase!=Running`).
 #[derive(Clone, Debug, Default)]
-pub struct FieldSelector(Selector);
+pub struct FieldSelector {
+    sel: Selector,
+    /// The field of each requirement, in order.
+    fields: Vec<Field>,
+}
 
 impl FieldSelector {
-    /// Parses and checks each field against those the resource supports.
+    /// Parses and resolves each field among those the resource supports.
     pub fn parse(
         s: &str,
-        supported: impl Fn(&str) -> bool,
+        field: impl Fn(&str) -> Option<Field>,
     ) -> Result<FieldSelector, SelectorError> {
         let mut reqs = Vec::new();
+        let mut fields = Vec::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (key, op) = if let Some((k, v)) = part.split_once("!=") {
                 (k, Op::NotEq(v.into()))
@@ -221,41 +281,38 @@ impl FieldSelector {
                 )));
             };
             let key = key.trim().to_string();
-            if !supported(&key) {
+            let Some(f) = field(&key) else {
                 return Err(SelectorError::Parse(format!(
                     "field label not supported: {key}"
                 )));
-            }
+            };
+            fields.push(f);
             reqs.push(Requirement { key, op });
         }
-        Ok(FieldSelector(Selector(reqs)))
+        Ok(FieldSelector {
+            sel: Selector(reqs),
+            fields,
+        })
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.sel.is_empty()
     }
 
-    /// A missing field counts as the empty string, as in Kubernetes.
+    /// An unset field counts as its zero value, as in Kubernetes (`spec.unschedulable=false`
+    /// matches a node without the field).
     pub fn matches(&self, obj: &Value) -> bool {
-        self.0.matches_with(|path| {
-            let mut v = obj;
-            for seg in path.split('.') {
-                match v.get(seg) {
-                    Some(x) => v = x,
-                    None => return Some(String::new()),
-                }
-            }
-            Some(match v {
-                Value::String(s) => s.clone(),
-                Value::Null => String::new(),
-                other => other.to_string(),
-            })
+        self.sel.matches_with(|key| {
+            self.fields
+                .iter()
+                .find(|f| f.name == key)
+                .map(|f| f.value_in(obj))
         })
     }
 
     /// The value required for `field` by an equality term, if any (used to narrow a scan).
     pub fn required_value(&self, field: &str) -> Option<&str> {
-        self.0 .0.iter().find_map(|r| match &r.op {
+        self.sel.0.iter().find_map(|r| match &r.op {
             Op::Eq(v) if r.key == field => Some(v.as_str()),
             _ => None,
         })
@@ -346,7 +403,12 @@ mod tests {
     #[test]
     fn field_selectors() {
         let pod = json!({"metadata": {"name": "p"}, "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}});
-        let ok = |f: &str| ["metadata.name", "spec.nodeName", "status.phase"].contains(&f);
+        let known = [
+            Field::string("metadata.name"),
+            Field::string("spec.nodeName"),
+            Field::string("status.phase"),
+        ];
+        let ok = |f: &str| known.iter().find(|k| k.name == f).copied();
         assert!(
             FieldSelector::parse("spec.nodeName=n1,status.phase!=Failed", ok)
                 .unwrap()
@@ -362,5 +424,30 @@ mod tests {
             FieldSelector::parse("spec.bogus=1", ok).unwrap_err(),
             SelectorError::Parse("field label not supported: spec.bogus".into())
         );
+    }
+
+    /// Regression: `spec.unschedulable=false` did not match a node without the field
+    /// (kube-rs's cordon test): an unset field reads as its type's zero value.
+    #[test]
+    fn unset_fields_read_as_their_zero_value() {
+        let fields = [
+            Field::boolean("spec.unschedulable"),
+            Field::integer("status.replicas"),
+            Field::at("source", "source.component"),
+        ];
+        let field = |f: &str| fields.iter().find(|x| x.name == f).copied();
+        let sel = |s: &str| FieldSelector::parse(s, field).unwrap();
+        let plain = json!({"spec": {}});
+        assert!(sel("spec.unschedulable=false").matches(&plain));
+        assert!(!sel("spec.unschedulable=true").matches(&plain));
+        assert!(sel("spec.unschedulable!=true").matches(&plain));
+        let cordoned = json!({"spec": {"unschedulable": true}});
+        assert!(sel("spec.unschedulable=true").matches(&cordoned));
+        assert!(!sel("spec.unschedulable=false").matches(&cordoned));
+        assert!(sel("status.replicas=0").matches(&json!({})));
+        assert!(sel("status.replicas=3").matches(&json!({"status": {"replicas": 3}})));
+        let ev = json!({"source": {"component": "kubelet", "host": "n1"}});
+        assert!(sel("source=kubelet").matches(&ev));
+        assert!(sel("source=").matches(&json!({})));
     }
 }

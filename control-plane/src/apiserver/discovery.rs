@@ -24,25 +24,18 @@ fn subresource_info(rt: &ResourceType, sub: &str) -> (Value, &'static [&'static 
     let own = json!({"group": rt.group, "version": rt.version, "kind": rt.kind});
     let gvk = |g: &str, v: &str, k: &str| json!({"group": g, "version": v, "kind": k});
     match sub {
-        "status" | "ephemeralcontainers" | "resize" => (own, &["get", "patch", "update"]),
+        "status" => (own, &["get", "patch", "update"]),
         "scale" => (
             gvk("autoscaling", "v1", "Scale"),
             &["get", "patch", "update"],
         ),
         "binding" => (gvk("", "v1", "Binding"), &["create"]),
         "log" => (own, &["get"]),
-        "exec" => (gvk("", "v1", "PodExecOptions"), &["create", "get"]),
-        "attach" => (gvk("", "v1", "PodAttachOptions"), &["create", "get"]),
-        "portforward" => (gvk("", "v1", "PodPortForwardOptions"), &["create", "get"]),
         "eviction" => (gvk("policy", "v1", "Eviction"), &["create"]),
         "finalize" => (own, &["update"]),
         "token" => (
             gvk("authentication.k8s.io", "v1", "TokenRequest"),
             &["create"],
-        ),
-        "proxy" => (
-            gvk("", "v1", &format!("{}ProxyOptions", rt.kind)),
-            &["create", "delete", "get", "patch", "update"],
         ),
         _ => (own, &["get"]),
     }

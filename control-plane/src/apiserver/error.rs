@@ -29,7 +29,7 @@ pub enum ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        ApiError::Object(ObjectError::Store(e))
+        ApiError::Object(e.into())
     }
 }
 
@@ -96,6 +96,10 @@ impl ApiError {
             ApiError::TooLarge(_) => (413, "RequestEntityTooLarge", Value::Null),
         };
         let message = match self {
+            ApiError::Object(ObjectError::Store(StoreError::Corrupt(what))) => {
+                tracing::error!(error = %what, "stored data is corrupt");
+                format!("Internal error occurred: {what}")
+            }
             ApiError::Object(ObjectError::Store(e)) => {
                 // Internal details stay in the log.
                 tracing::error!(error = %e, "store failure");

@@ -5,6 +5,7 @@
 //! - [`request`]: request paths and query parameters.
 //! - [`resource`]: resource handlers (CRUD, subresources, watch, tables).
 //! - [`discovery`], [`openapi`]: what kubectl reads before anything else.
+//! - [`tokens`]: ServiceAccount tokens (TokenRequest) and their authentication.
 //! - [`error`]: the single mapping from errors to `Status` responses.
 
 pub mod discovery;
@@ -17,6 +18,7 @@ mod protobuf;
 mod protobuf_schema;
 pub mod request;
 mod resource;
+pub mod tokens;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -87,6 +89,8 @@ pub struct AppState {
     /// TLS towards node agents (for `pods/log`).
     pub(crate) node_tls: Arc<rustls::ClientConfig>,
     openapi: openapi::Documents,
+    /// Signs and checks ServiceAccount tokens.
+    pub(crate) tokens: tokens::Tokens,
 }
 
 /// A started API server.
@@ -157,6 +161,7 @@ pub async fn start(
         node_tls: Arc::new(pki.node_client_tls()?),
         server_address: format!("{host}:{}", addr.port()),
         openapi: openapi::Documents::new(&registry),
+        tokens: tokens::Tokens::load_or_create(&config.data_dir.join("pki"))?,
     });
     let app = Router::new().fallback(dispatch).with_state(state);
     crate::controllers::spawn_all(objects.clone());
@@ -270,24 +275,26 @@ fn version() -> Value {
     })
 }
 
-fn authorized(state: &AppState, req: &Request) -> bool {
-    let Some(v) = req
-        .headers()
+/// Whether the request carries a credential of this cluster: the admin token, or a
+/// ServiceAccount token this server issued whose ServiceAccount still exists. (Until access
+/// control exists, every authenticated client may do everything.)
+async fn authenticated(state: &AppState, headers: &axum::http::HeaderMap) -> bool {
+    let Some(token) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
     else {
         return false;
     };
-    let Some(token) = v.strip_prefix("Bearer ").map(str::trim) else {
-        return false;
-    };
     // Constant-time comparison.
-    token.len() == state.token.len()
+    let admin = token.len() == state.token.len()
         && token
             .bytes()
             .zip(state.token.bytes())
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+            == 0;
+    admin || tokens::authenticate(&state.objects, &state.tokens, token).await
 }
 
 async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response {
@@ -313,10 +320,10 @@ async fn route(state: Arc<AppState>, req: Request) -> Result<Response, ApiError>
         "/version" => return Ok(json_ok(version(), "application/json")),
         _ => {}
     }
-    if !authorized(&state, &req) {
+    let (parts, body) = req.into_parts();
+    if !authenticated(&state, &parts.headers).await {
         return Err(ApiError::Unauthorized);
     }
-    let (parts, body) = req.into_parts();
     let query = Query::parse(parts.uri.query())?;
     let accept = parts
         .headers

@@ -31,8 +31,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
     }
 }
 
-/// Writes a file readable only by its owner.
-fn write_private(path: &Path, data: &[u8]) -> Result<(), PkiError> {
+/// Writes a file with `mode` durably: a temporary file synced, renamed into place, and
+/// the directory synced (credentials must survive a power loss as the store does).
+fn write_synced(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
@@ -40,12 +41,37 @@ fn write_private(path: &Path, data: &[u8]) -> Result<(), PkiError> {
         .create(true)
         .truncate(true)
         .write(true)
-        .mode(0o600)
+        .mode(mode)
         .open(&tmp)
         .map_err(io(&tmp))?;
     f.write_all(data).map_err(io(&tmp))?;
     f.sync_all().map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))
+}
+
+/// Writes a file readable only by its owner.
+fn write_private(path: &Path, data: &[u8]) -> Result<(), PkiError> {
+    write_synced(path, data, 0o600)
+}
+
+/// The content of a private file, made with `make` (and written) if it is missing or empty.
+pub(crate) fn read_or_create_private(
+    path: &Path,
+    make: impl FnOnce() -> Result<Vec<u8>, PkiError>,
+) -> Result<Vec<u8>, PkiError> {
+    match std::fs::read(path) {
+        Ok(data) if !data.is_empty() => Ok(data),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(path)(e)),
+        _ => {
+            let data = make()?;
+            write_private(path, &data)?;
+            Ok(data)
+        }
+    }
 }
 
 pub struct Pki {
@@ -87,7 +113,7 @@ impl Pki {
             let key = KeyPair::generate()?;
             let cert = ca_params().self_signed(&key)?;
             write_private(&ca_key, key.serialize_pem().as_bytes())?;
-            std::fs::write(&ca_cert, cert.pem()).map_err(io(&ca_cert))?;
+            write_synced(&ca_cert, cert.pem().as_bytes(), 0o644)?;
             (cert.pem(), key)
         };
         let token_path = dir.join("token");

@@ -30,8 +30,12 @@ pub struct Field {
 
 pub enum Ty {
     Str,
+    /// A Go `*string`: encoded only when set, so an empty string is explicit.
+    OptStr,
     Bytes,
     Bool,
+    /// A Go `*bool`: encoded only when set, so `false` is explicit.
+    OptBool,
     I32,
     I64,
     Msg(&'static Msg),
@@ -195,11 +199,11 @@ fn special(kind: &str, raw: &[u8]) -> Result<Value, ApiError> {
 
 fn scalar(ty: &Ty, w: &Wire<'_>) -> Result<Option<Value>, ApiError> {
     Ok(match (ty, w) {
-        (Ty::Str, Wire::Bytes(b)) => Some(json!(utf8(b)?)),
+        (Ty::Str | Ty::OptStr, Wire::Bytes(b)) => Some(json!(utf8(b)?)),
         (Ty::Bytes, Wire::Bytes(b)) => {
             Some(json!(base64::engine::general_purpose::STANDARD.encode(b)))
         }
-        (Ty::Bool, Wire::Varint(v)) => Some(json!(*v != 0)),
+        (Ty::Bool | Ty::OptBool, Wire::Varint(v)) => Some(json!(*v != 0)),
         (Ty::I32, Wire::Varint(v)) => Some(json!(*v as i64 as i32)),
         (Ty::I64, Wire::Varint(v)) => Some(json!(*v as i64)),
         (Ty::Msg(m), Wire::Bytes(b)) => Some(Value::Object(message(m, b)?)),
@@ -208,10 +212,14 @@ fn scalar(ty: &Ty, w: &Wire<'_>) -> Result<Option<Value>, ApiError> {
     })
 }
 
-/// Whether a value is what Go's JSON encoder would omit (`omitempty` of empty strings,
-/// false and unset times): protobuf carries them where JSON would not.
-fn omitted(v: &Value) -> bool {
-    matches!(v, Value::Null | Value::Bool(false)) || v.as_str() == Some("")
+/// Whether a value of type `ty` is what Go's JSON encoder would omit (`omitempty` of
+/// empty strings, false and unset times): Go's protobuf encoder writes every non-pointer
+/// scalar, zero or not. A pointer's false or "" was set on purpose and is kept.
+fn omitted(ty: &Ty, v: &Value) -> bool {
+    match ty {
+        Ty::OptBool | Ty::OptStr => false,
+        _ => matches!(v, Value::Null | Value::Bool(false)) || v.as_str() == Some(""),
+    }
 }
 
 fn message(m: &Msg, raw: &[u8]) -> Result<Map<String, Value>, ApiError> {
@@ -242,7 +250,9 @@ fn message(m: &Msg, raw: &[u8]) -> Result<Map<String, Value>, ApiError> {
             continue;
         }
         // Packed repeated scalars arrive as one length-delimited run.
-        if let (true, Ty::I32 | Ty::I64 | Ty::Bool, Wire::Bytes(b)) = (f.repeated, &f.ty, &w) {
+        if let (true, Ty::I32 | Ty::I64 | Ty::Bool | Ty::OptBool, Wire::Bytes(b)) =
+            (f.repeated, &f.ty, &w)
+        {
             let mut r = Reader { buf: b };
             let arr = out.entry(f.json).or_insert_with(|| json!([]));
             while !r.buf.is_empty() {
@@ -266,7 +276,7 @@ fn message(m: &Msg, raw: &[u8]) -> Result<Map<String, Value>, ApiError> {
                 .as_array_mut()
                 .expect("array")
                 .push(v);
-        } else if !omitted(&v) {
+        } else if !omitted(&f.ty, &v) {
             out.insert(f.json.to_string(), v);
         }
     }
@@ -400,6 +410,49 @@ mod tests {
         assert_eq!(c["resources"]["limits"]["memory"], "64Mi");
         assert!(c.get("stdin").is_none());
         assert_eq!(v["spec"]["strategy"], json!({}));
+    }
+
+    /// Regression: `enableServiceLinks: false` sent as protobuf was dropped (and then
+    /// defaulted back to true): a Go pointer's false or "" is explicit, unlike a plain
+    /// field's.
+    #[test]
+    fn explicit_false_and_empty_of_pointer_fields_are_kept() {
+        let p = core::Pod {
+            metadata: Some(meta::ObjectMeta {
+                name: Some("p".into()),
+                ..Default::default()
+            }),
+            spec: Some(core::PodSpec {
+                enable_service_links: Some(false),
+                automount_service_account_token: Some(false),
+                runtime_class_name: Some(String::new()),
+                host_network: Some(false),
+                node_name: Some(String::new()),
+                containers: vec![core::Container {
+                    name: Some("c".into()),
+                    security_context: Some(core::SecurityContext {
+                        privileged: Some(false),
+                        allow_privilege_escalation: Some(false),
+                        ..Default::default()
+                    }),
+                    tty: Some(false),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            status: None,
+        };
+        let v = decode(&envelope("v1", "Pod", p.encode_to_vec()), None).unwrap();
+        let spec = &v["spec"];
+        assert_eq!(spec["enableServiceLinks"], false);
+        assert_eq!(spec["automountServiceAccountToken"], false);
+        assert_eq!(spec["runtimeClassName"], "");
+        let c = &spec["containers"][0];
+        assert_eq!(c["securityContext"]["privileged"], false);
+        assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+        // Plain fields' zeros are what Go's JSON would omit.
+        assert!(spec.get("hostNetwork").is_none() && spec.get("nodeName").is_none());
+        assert!(c.get("tty").is_none());
     }
 
     #[test]

@@ -159,6 +159,38 @@ pub static API_APPS_V1_ROLLINGUPDATEDEPLOYMENT: Msg = Msg {
         Field { tag: 2, json: "maxSurge", ty: Ty::Special("IntOrString"), repeated: false },
     ],
 };
+pub static API_AUTHENTICATION_V1_BOUNDOBJECTREFERENCE: Msg = Msg {
+    name: "api.authentication.v1.BoundObjectReference",
+    fields: &[
+        Field { tag: 1, json: "kind", ty: Ty::Str, repeated: false },
+        Field { tag: 2, json: "apiVersion", ty: Ty::Str, repeated: false },
+        Field { tag: 3, json: "name", ty: Ty::Str, repeated: false },
+        Field { tag: 4, json: "uId", ty: Ty::Str, repeated: false },
+    ],
+};
+pub static API_AUTHENTICATION_V1_TOKENREQUEST: Msg = Msg {
+    name: "api.authentication.v1.TokenRequest",
+    fields: &[
+        Field { tag: 1, json: "metadata", ty: Ty::Msg(&APIMACHINERY_PKG_APIS_META_V1_OBJECTMETA), repeated: false },
+        Field { tag: 2, json: "spec", ty: Ty::Msg(&API_AUTHENTICATION_V1_TOKENREQUESTSPEC), repeated: false },
+        Field { tag: 3, json: "status", ty: Ty::Msg(&API_AUTHENTICATION_V1_TOKENREQUESTSTATUS), repeated: false },
+    ],
+};
+pub static API_AUTHENTICATION_V1_TOKENREQUESTSPEC: Msg = Msg {
+    name: "api.authentication.v1.TokenRequestSpec",
+    fields: &[
+        Field { tag: 1, json: "audiences", ty: Ty::Str, repeated: true },
+        Field { tag: 4, json: "expirationSeconds", ty: Ty::I64, repeated: false },
+        Field { tag: 3, json: "boundObjectRef", ty: Ty::Msg(&API_AUTHENTICATION_V1_BOUNDOBJECTREFERENCE), repeated: false },
+    ],
+};
+pub static API_AUTHENTICATION_V1_TOKENREQUESTSTATUS: Msg = Msg {
+    name: "api.authentication.v1.TokenRequestStatus",
+    fields: &[
+        Field { tag: 1, json: "token", ty: Ty::Str, repeated: false },
+        Field { tag: 2, json: "expirationTimestamp", ty: Ty::Special("Time"), repeated: false },
+    ],
+};
 pub static API_AUTOSCALING_V1_SCALE: Msg = Msg {
     name: "api.autoscaling.v1.Scale",
     fields: &[
@@ -192,10 +224,10 @@ pub static API_BATCH_V1_CRONJOBSPEC: Msg = Msg {
     name: "api.batch.v1.CronJobSpec",
     fields: &[
         Field { tag: 1, json: "schedule", ty: Ty::Str, repeated: false },
-        Field { tag: 8, json: "timeZone", ty: Ty::Str, repeated: false },
+        Field { tag: 8, json: "timeZone", ty: Ty::OptStr, repeated: false },
         Field { tag: 2, json: "startingDeadlineSeconds", ty: Ty::I64, repeated: false },
         Field { tag: 3, json: "concurrencyPolicy", ty: Ty::Str, repeated: false },
-        Field { tag: 4, json: "suspend", ty: Ty::Bool, repeated: false },
+        Field { tag: 4, json: "suspend", ty: Ty::OptBool, repeated: false },
         Field { tag: 5, json: "jobTemplate", ty: Ty::Msg(&API_BATCH_V1_JOBTEMPLATESPEC), repeated: false },
         Field { tag: 6, json: "successfulJobsHistoryLimit", ty: Ty::I32, repeated: false },
         Field { tag: 7, json: "failedJobsHistoryLimit", ty: Ty::I32, repeated: false },
@@ -240,13 +272,13 @@ pub static API_BATCH_V1_JOBSPEC: Msg = Msg {
         Field { tag: 12, json: "backoffLimitPerIndex", ty: Ty::I32, repeated: false },
         Field { tag: 13, json: "maxFailedIndexes", ty: Ty::I32, repeated: false },
         Field { tag: 4, json: "selector", ty: Ty::Msg(&APIMACHINERY_PKG_APIS_META_V1_LABELSELECTOR), repeated: false },
-        Field { tag: 5, json: "manualSelector", ty: Ty::Bool, repeated: false },
+        Field { tag: 5, json: "manualSelector", ty: Ty::OptBool, repeated: false },
         Field { tag: 6, json: "template", ty: Ty::Msg(&API_CORE_V1_PODTEMPLATESPEC), repeated: false },
         Field { tag: 8, json: "ttlSecondsAfterFinished", ty: Ty::I32, repeated: false },
         Field { tag: 9, json: "completionMode", ty: Ty::Str, repeated: false },
-        Field { tag: 10, json: "suspend", ty: Ty::Bool, repeated: false },
+        Field { tag: 10, json: "suspend", ty: Ty::OptBool, repeated: false },
         Field { tag: 14, json: "podReplacementPolicy", ty: Ty::Str, repeated: false },
-        Field { tag: 15, json: "managedBy", ty: Ty::Str, repeated: false },
+        Field { tag: 15, json: "managedBy", ty: Ty::OptStr, repeated: false },
     ],
 };
 pub static API_BATCH_V1_JOBSTATUS: Msg = Msg {
@@ -260,7 +292,7 @@ pub static API_BATCH_V1_JOBSTATUS: Msg = Msg {
         Field { tag: 6, json: "failed", ty: Ty::I32, repeated: false },
         Field { tag: 11, json: "terminating", ty: Ty::I32, repeated: false },
         Field { tag: 7, json: "completedIndexes", ty: Ty::Str, repeated: false },
-        Field { tag: 10, json: "failedIndexes", ty: Ty::Str, repeated: false },
+        Field { tag: 10, json: "failedIndexes", ty: Ty::OptStr, repeated: false },
         Field { tag: 8, json: "uncountedTerminatedPods", ty: Ty::Msg(&API_BATCH_V1_UNCOUNTEDTERMINATEDPODS), repeated: false },
         Field { tag: 9, json: "ready", ty: Ty::I32, repeated: false },
     ],
@@ -281,7 +313,7 @@ pub static API_BATCH_V1_PODFAILUREPOLICY: Msg = Msg {
 pub static API_BATCH_V1_PODFAILUREPOLICYONEXITCODESREQUIREMENT: Msg = Msg {
     name: "api.batch.v1.PodFailurePolicyOnExitCodesRequirement",
     fields: &[
-        Field { tag: 1, json: "containerName", ty: Ty::Str, repeated: false },
+        Field { tag: 1, json: "containerName", ty: Ty::OptStr, repeated: false },
         Field { tag: 2, json: "operator", ty: Ty::Str, repeated: false },
         Field { tag: 3, json: "values", ty: Ty::I32, repeated: true },
     ],
@@ -310,7 +342,7 @@ pub static API_BATCH_V1_SUCCESSPOLICY: Msg = Msg {
 pub static API_BATCH_V1_SUCCESSPOLICYRULE: Msg = Msg {
     name: "api.batch.v1.SuccessPolicyRule",
     fields: &[
-        Field { tag: 1, json: "succeededIndexes", ty: Ty::Str, repeated: false },
+        Field { tag: 1, json: "succeededIndexes", ty: Ty::OptStr, repeated: false },
         Field { tag: 2, json: "succeededCount", ty: Ty::I32, repeated: false },
     ],
 };
@@ -331,13 +363,13 @@ pub static API_COORDINATION_V1_LEASE: Msg = Msg {
 pub static API_COORDINATION_V1_LEASESPEC: Msg = Msg {
     name: "api.coordination.v1.LeaseSpec",
     fields: &[
-        Field { tag: 1, json: "holderIdentity", ty: Ty::Str, repeated: false },
+        Field { tag: 1, json: "holderIdentity", ty: Ty::OptStr, repeated: false },
         Field { tag: 2, json: "leaseDurationSeconds", ty: Ty::I32, repeated: false },
         Field { tag: 3, json: "acquireTime", ty: Ty::Special("MicroTime"), repeated: false },
         Field { tag: 4, json: "renewTime", ty: Ty::Special("MicroTime"), repeated: false },
         Field { tag: 5, json: "leaseTransitions", ty: Ty::I32, repeated: false },
         Field { tag: 6, json: "strategy", ty: Ty::Str, repeated: false },
-        Field { tag: 7, json: "preferredHolder", ty: Ty::Str, repeated: false },
+        Field { tag: 7, json: "preferredHolder", ty: Ty::OptStr, repeated: false },
     ],
 };
 pub static API_CORE_V1_AFFINITY: Msg = Msg {
@@ -352,7 +384,7 @@ pub static API_CORE_V1_APPARMORPROFILE: Msg = Msg {
     name: "api.core.v1.AppArmorProfile",
     fields: &[
         Field { tag: 1, json: "type", ty: Ty::Str, repeated: false },
-        Field { tag: 2, json: "localhostProfile", ty: Ty::Str, repeated: false },
+        Field { tag: 2, json: "localhostProfile", ty: Ty::OptStr, repeated: false },
     ],
 };
 pub static API_CORE_V1_ATTACHEDVOLUME: Msg = Msg {
@@ -377,8 +409,8 @@ pub static API_CORE_V1_AZUREDISKVOLUMESOURCE: Msg = Msg {
         Field { tag: 1, json: "diskName", ty: Ty::Str, repeated: false },
         Field { tag: 2, json: "diskURI", ty: Ty::Str, repeated: false },
         Field { tag: 3, json: "cachingMode", ty: Ty::Str, repeated: false },
-        Field { tag: 4, json: "fsType", ty: Ty::Str, repeated: false },
-        Field { tag: 5, json: "readOnly", ty: Ty::Bool, repeated: false },
+        Field { tag: 4, json: "fsType", ty: Ty::OptStr, repeated: false },
+        Field { tag: 5, json: "readOnly", ty: Ty::OptBool, repeated: false },
         Field { tag: 6, json: "kind", ty: Ty::Str, repeated: false },
     ],
 };
@@ -401,8 +433,8 @@ pub static API_CORE_V1_CSIVOLUMESOURCE: Msg = Msg {
     name: "api.core.v1.CSIVolumeSource",
     fields: &[
         Field { tag: 1, json: "driver", ty: Ty::Str, repeated: false },
-        Field { tag: 2, json: "readOnly", ty: Ty::Bool, repeated: false },
-        Field { tag: 3, json: "fsType", ty: Ty::Str, repeated: false },
+        Field { tag: 2, json: "readOnly", ty: Ty::OptBool, repeated: false },
+        Field { tag: 3, json: "fsType", ty: Ty::OptStr, repeated: false },
         Field { tag: 4, json: "volumeAttributes", ty: Ty::MapStr(&Ty::Str), repeated: false },
         Field { tag: 5, json: "nodePublishSecretRef", ty: Ty::Msg(&API_CORE_V1_LOCALOBJECTREFERENCE), repeated: false },
     ],
@@ -443,10 +475,10 @@ pub static API_CORE_V1_CLIENTIPCONFIG: Msg = Msg {
 pub static API_CORE_V1_CLUSTERTRUSTBUNDLEPROJECTION: Msg = Msg {
     name: "api.core.v1.ClusterTrustBundleProjection",
     fields: &[
-        Field { tag: 1, json: "name", ty: Ty::Str, repeated: false },
-        Field { tag: 2, json: "signerName", ty: Ty::Str, repeated: false },
+        Field { tag: 1, json: "name", ty: Ty::OptStr, repeated: false },
+        Field { tag: 2, json: "signerName", ty: Ty::OptStr, repeated: false },
         Field { tag: 3, json: "labelSelector", ty: Ty::Msg(&APIMACHINERY_PKG_APIS_META_V1_LABELSELECTOR), repeated: false },
-        Field { tag: 5, json: "optional", ty: Ty::Bool, repeated: false },
+        Field { tag: 5, json: "optional", ty: Ty::OptBool, repeated: false },
         Field { tag: 4, json: "path", ty: Ty::Str, repeated: false },
     ],
 };
@@ -454,7 +486,7 @@ pub static API_CORE_V1_CONFIGMAP: Msg = Msg {
     name: "api.core.v1.ConfigMap",
     fields: &[
         Field { tag: 1, json: "metadata", ty: Ty::Msg(&APIMACHINERY_PKG_APIS_META_V1_OBJECTMETA), repeated: false },
-        Field { tag: 4, json: "immutable", ty: Ty::Bool, repeated: false },
+        Field { tag: 4, json: "immutable", ty: Ty::OptBool, repeated: false },
         Field { tag: 2, json: "data", ty: Ty::MapStr(&Ty::Str), repeated: false },
         Field { tag: 3, json: "binaryData", ty: Ty::MapStr(&Ty::Bytes), repeated: false },
     ],
@@ -463,7 +495,7 @@ pub static API_CORE_V1_CONFIGMAPENVSOURCE: Msg = Msg {
     name: "api.core.v1.ConfigMapEnvSource",
     fields: &[
         Field { tag: 1, json: "", ty: Ty::Msg(&API_CORE_V1_LOCALOBJECTREFERENCE), repeated: false },
-        Field { tag: 2, json: "optional", ty: Ty::Bool, repeated: false },
+        Field { tag: 2, json: "optional", ty: Ty::OptBool, repeated: false },
     ],
 };
 pub static API_CORE_V1_CONFIGMAPKEYSELECTOR: Msg = Msg {
@@ -471,7 +503,7 @@ pub static API_CORE_V1_CONFIGMAPKEYSELECTOR: Msg = Msg {
     fields: &[
         Field { tag: 1, json: "", ty: Ty::Msg(&API_CORE_V1_LOCALOBJECTREFERENCE), repeated: false },
         Field { tag: 2, json: "key", ty: Ty::Str, repeated: false },
-        Field { tag: 3, json: "optional", ty: Ty::Bool, repeated: false },
+        Field { tag: 3, json: "optional", ty: Ty::OptBool, repeated: false },
     ],
 };
 pub static API_CORE_V1_CONFIGMAPNODECONFIGSOURCE: Msg = Msg {
@@ -489,7 +521,7 @@ pub static API_CORE_V1_CONFIGMAPPROJECTION: Msg = Msg {
     fields: &[
         Field { tag: 1, json: "", ty: Ty::Msg(&API_CORE_V1_LOCALOBJECTREFERENCE), repeated: false },
         Field { tag: 2, json: "items", ty: Ty::Msg(&API_CORE_V1_KEYTOPATH), repeated: true },
-        Field { tag: 4, json: "optional", ty: Ty::Bool, repeated: false },
+        Field { tag: 4, json: "optional", ty: Ty::OptBool, repeated: false },
     ],
 };
 pub static API_CORE_V1_CONFIGMAPVOLUMESOURCE: Msg = Msg {
@@ -498,7 +530,7 @@ pub static API_CORE_V1_CONFIGMAPVOLUMESOURCE: Msg = Msg {
         Field { tag: 1, json: "", ty: Ty::Msg(&API_CORE_V1_LOCALOBJECTREFERENCE), repeated: false },
         Field { tag: 2, json: "items", ty: Ty::Msg(&API_CORE_V1_KEYTOPATH), repeated: true },
         Field { tag: 3, json: "defaultMode", ty: Ty::I32, repeated: false },
-        Field { tag: 4, json: "optional", ty: Ty::Bool, repeated: false },
+        Field { tag: 4, json: "optional", ty: Ty::OptBool, repeated: false },
     ],
 };
 pub static API_CORE_V1_CONTAINER: Msg = Msg {
@@ -621,7 +653,7 @@ pub static API_CORE_V1_CONTAINERSTATUS: Msg = Msg {
         Field { tag: 6, json: "image", ty: Ty::Str, repeated: false },
         Field { tag: 7, json: "imageID", ty: Ty::Str, repeated: false },
         Field { tag: 8, json: "containerID", ty: Ty::Str, repeated: false },
-        Field { tag: 9, json: "started", ty: Ty::Bool, repeated: false },
+        Field { tag: 9, json: "started", ty: Ty::OptBool, repeated: false },
         Field { tag: 10, json: "allocatedResources", ty: Ty::MapStr(&Ty::Special("Quantity")), repeated: false },
         Field { tag: 11, json: "resources", ty: Ty::Msg(&API_CORE_V1_RESOURCEREQUIREMENTS), repeated: false },
         Field { tag: 12, json: "volumeMounts", ty: Ty::Msg(&API_CORE_V1_VOLUMEMOUNTSTATUS), repeated: true },
@@ -676,7 +708,7 @@ pub static API_CORE_V1_ENDPOINTADDRESS: Msg = Msg {
     fields: &[
         Field { tag: 1, json: "ip", ty: Ty::Str, repeated: false },
         Field { tag: 3, json: "hostname", ty: Ty::Str, repeated: false },
-        Field { tag: 4, json: "nodeName", ty: Ty::Str, repeated: false },
+        Field { tag: 4, json: "nodeName", ty: Ty::OptStr, repeated: false },
         Field { tag: 2, json: "targetRef", ty: Ty::Msg(&API_CORE_V1_OBJECTREFERENCE), repeated: false },
     ],
 };
@@ -686,7 +718,7 @@ pub static API_CORE_V1_ENDPOINTPORT: Msg = Msg {
         Field { tag: 1, json: "name", ty: Ty::Str, repeated: false },
         Field { tag: 2, json: "port", ty: Ty::I32, repeated: false },
         Field { tag: 3, json: "protocol", ty: Ty::Str, repeated: false },
-        Field { tag: 4, json: "appProtocol", ty: Ty::Str, repeated: false },
+        Field { tag: 4, json: "appProtocol", ty: Ty::OptStr, repeated: false },
     ],
 };
 pub static API_CORE_V1_ENDPOINTSUBSET: Msg = Msg {
@@ -829,7 +861,7 @@ pub static API_CORE_V1_FILEKEYSELECTOR: Msg = Msg {
         Field { tag: 1, json: "volumeName", ty: Ty::Str, repeated: false },
         Field { tag: 2, json: "path", ty: Ty::Str, repeated: false },
         Field { tag: 3, json: "key", ty: Ty::Str, repeated: false },
-        Field { tag: 4, json: "optional", ty: Ty::Bool, repeated: false },
+        Field { tag: 4, json: "optional", ty: Ty::OptBool, repeated: false },
     ],
 };
 pub static API_CORE_V1_FLEXVOLUMESOURCE: Msg = Msg {
@@ -1091,7 +1123,7 @@ pub static API_CORE_V1_NODEDAEMONENDPOINTS: Msg = Msg {
 pub static API_CORE_V1_NODEFEATURES: Msg = Msg {
     name: "api.core.v1.NodeFeatures",
     fields: &[
-        Field { tag: 1, json: "supplementalGroupsPolicy", ty: Ty::Bool, repeated: false },
+        Field { tag: 1, json: "supplementalGroupsPolicy", ty: Ty::OptBool, repeated: false },
     ],
 };
 pub static API_CORE_V1_NODERUNTIMEHANDLER: Msg = Msg {
@@ -1104,8 +1136,8 @@ pub static API_CORE_V1_NODERUNTIMEHANDLER: Msg = Msg {
 pub static API_CORE_V1_NODERUNTIMEHANDLERFEATURES: Msg = Msg {
     name: "api.core.v1.NodeRuntimeHandlerFeatures",
     fields: &[
-        Field { tag: 1, json: "recursiveReadOnlyMounts", ty: Ty::Bool, repeated: false },
-        Field { tag: 2, json: "userNamespaces", ty: Ty::Bool, repeated: false },
+        Field { tag: 1, json: "recursiveReadOnlyMounts", ty: Ty::OptBool, repeated: false },
+        Field { tag: 2, json: "userNamespaces", ty: Ty::OptBool, repeated: false },
     ],
 };
 pub static API_CORE_V1_NODESELECTOR: Msg = Msg {
@@ -1337,15 +1369,15 @@ pub static API_CORE_V1_PODRESOURCECLAIM: Msg = Msg {
     name: "api.core.v1.PodResourceClaim",
     fields: &[
         Field { tag: 1, json: "name", ty: Ty::Str, repeated: false },
-        Field { tag: 3, json: "resourceClaimName", ty: Ty::Str, repeated: false },
-        Field { tag: 4, json: "resourceClaimTemplateName", ty: Ty::Str, repeated: false },
+        Field { tag: 3, json: "resourceClaimName", ty: Ty::OptStr, repeated: false },
+        Field { tag: 4, json: "resourceClaimTemplateName", ty: Ty::OptStr, repeated: false },
     ],
 };
 pub static API_CORE_V1_PODRESOURCECLAIMSTATUS: Msg = Msg {
     name: "api.core.v1.PodResourceClaimStatus",
     fields: &[
         Field { tag: 1, json: "name", ty: Ty::Str, repeated: false },
-        Field { tag: 2, json: "resourceClaimName", ty: Ty::Str, repeated: false },
+        Field { tag: 2, json: "resourceClaimName", ty: Ty::OptStr, repeated: false },
     ],
 };
 pub static API_CORE_V1_PODSCHEDULINGGATE: Msg = Msg {
@@ -1361,7 +1393,7 @@ pub static API_CORE_V1_PODSECURITYCONTEXT: Msg = Msg {
         Field { tag: 8, json: "windowsOptions", ty: Ty::Msg(&API_CORE_V1_WINDOWSSECURITYCONTEXTOPTIONS), repeated: false },
         Field { tag: 2, json: "runAsUser", ty: Ty::I64, repeated: false },
         Field { tag: 6, json: "runAsGroup", ty: Ty::I64, repeated: false },
-        Field { tag: 3, json: "runAsNonRoot", ty: Ty::Bool, repeated: false },
+        Field { tag: 3, json: "runAsNonRoot", ty: Ty::OptBool, repeated: false },
         Field { tag: 4, json: "supplementalGroups", ty: Ty::I64, repeated: true },
         Field { tag: 12, json: "supplementalGroupsPolicy", ty: Ty::Str, repeated: false },
         Field { tag: 5, json: "fsGroup", ty: Ty::I64, repeated: false },
@@ -1386,12 +1418,12 @@ pub static API_CORE_V1_PODSPEC: Msg = Msg {
         Field { tag: 7, json: "nodeSelector", ty: Ty::MapStr(&Ty::Str), repeated: false },
         Field { tag: 8, json: "serviceAccountName", ty: Ty::Str, repeated: false },
         Field { tag: 9, json: "serviceAccount", ty: Ty::Str, repeated: false },
-        Field { tag: 21, json: "automountServiceAccountToken", ty: Ty::Bool, repeated: false },
+        Field { tag: 21, json: "automountServiceAccountToken", ty: Ty::OptBool, repeated: false },
         Field { tag: 10, json: "nodeName", ty: Ty::Str, repeated: false },
         Field { tag: 11, json: "hostNetwork", ty: Ty::Bool, repeated: false },
         Field { tag: 12, json: "hostPID", ty: Ty::Bool, repeated: false },
         Field { tag: 13, json: "hostIPC", ty: Ty::Bool, repeated: false },
-        Field { tag: 27, json: "shareProcessNamespace", ty: Ty::Bool, repeated: false },
+        Field { tag: 27, json: "shareProcessNamespace", ty: Ty::OptBool, repeated: false },
         Field { tag: 14, json: "securityContext", ty: Ty::Msg(&API_CORE_V1_PODSECURITYCONTEXT), repeated: false },
         Field { tag: 15, json: "imagePullSecrets", ty: Ty::Msg(&API_CORE_V1_LOCALOBJECTREFERENCE), repeated: true },
         Field { tag: 16, json: "hostname", ty: Ty::Str, repeated: false },
@@ -1404,14 +1436,14 @@ pub static API_CORE_V1_PODSPEC: Msg = Msg {
         Field { tag: 25, json: "priority", ty: Ty::I32, repeated: false },
         Field { tag: 26, json: "dnsConfig", ty: Ty::Msg(&API_CORE_V1_PODDNSCONFIG), repeated: false },
         Field { tag: 28, json: "readinessGates", ty: Ty::Msg(&API_CORE_V1_PODREADINESSGATE), repeated: true },
-        Field { tag: 29, json: "runtimeClassName", ty: Ty::Str, repeated: false },
-        Field { tag: 30, json: "enableServiceLinks", ty: Ty::Bool, repeated: false },
+        Field { tag: 29, json: "runtimeClassName", ty: Ty::OptStr, repeated: false },
+        Field { tag: 30, json: "enableServiceLinks", ty: Ty::OptBool, repeated: false },
         Field { tag: 31, json: "preemptionPolicy", ty: Ty::Str, repeated: false },
         Field { tag: 32, json: "overhead", ty: Ty::MapStr(&Ty::Special("Quantity")), repeated: false },
         Field { tag: 33, json: "topologySpreadConstraints", ty: Ty::Msg(&API_CORE_V1_TOPOLOGYSPREADCONSTRAINT), repeated: true },
-        Field { tag: 35, json: "setHostnameAsFQDN", ty: Ty::Bool, repeated: false },
+        Field { tag: 35, json: "setHostnameAsFQDN", ty: Ty::OptBool, repeated: false },
         Field { tag: 36, json: "os", ty: Ty::Msg(&API_CORE_V1_PODOS), repeated: false },
-        Field { tag: 37, json: "hostUsers", ty: Ty::Bool, repeated: false },
+        Field { tag: 37, json: "hostUsers", ty: Ty::OptBool, repeated: false },
         Field { tag: 38, json: "schedulingGates", ty: Ty::Msg(&API_CORE_V1_PODSCHEDULINGGATE), repeated: true },
         Field { tag: 39, json: "resourceClaims", ty: Ty::Msg(&API_CORE_V1_PODRESOURCECLAIM), repeated: true },
         Field { tag: 40, json: "resources", ty: Ty::Msg(&API_CORE_V1_RESOURCEREQUIREMENTS), repeated: false },
@@ -1456,7 +1488,7 @@ pub static API_CORE_V1_PORTSTATUS: Msg = Msg {
     fields: &[
         Field { tag: 1, json: "port", ty: Ty::I32, repeated: false },
         Field { tag: 2, json: "protocol", ty: Ty::Str, repeated: false },
-        Field { tag: 3, json: "error", ty: Ty::Str, repeated: false },
+        Field { tag: 3, json: "error", ty: Ty::OptStr, repeated: false },
     ],
 };
 pub static API_CORE_V1_PORTWORXVOLUMESOURCE: Msg = Msg {
@@ -1629,14 +1661,14 @@ pub static API_CORE_V1_SECCOMPPROFILE: Msg = Msg {
     name: "api.core.v1.SeccompProfile",
     fields: &[
         Field { tag: 1, json: "type", ty: Ty::Str, repeated: false },
-        Field { tag: 2, json: "localhostProfile", ty: Ty::Str, repeated: false },
+        Field { tag: 2, json: "localhostProfile", ty: Ty::OptStr, repeated: false },
     ],
 };
 pub static API_CORE_V1_SECRET: Msg = Msg {
     name: "api.core.v1.Secret",
     fields: &[
         Field { tag: 1, json: "metadata", ty: Ty::Msg(&APIMACHINERY_PKG_APIS_META_V1_OBJECTMETA), repeated: false },
-        Field { tag: 5, json: "immutable", ty: Ty::Bool, repeated: false },
+        Field { tag: 5, json: "immutable", ty: Ty::OptBool, repeated: false },
         Field { tag: 2, json: "data", ty: Ty::MapStr(&Ty::Bytes), repeated: false },
         Field { tag: 4, json: "stringData", ty: Ty::MapStr(&Ty::Str), repeated: false },
         Field { tag: 3, json: "type", ty: Ty::Str, repeated: false },
@@ -1646,7 +1678,7 @@ pub static API_CORE_V1_SECRETENVSOURCE: Msg = Msg {
     name: "api.core.v1.SecretEnvSource",
     fields: &[
         Field { tag: 1, json: "", ty: Ty::Msg(&API_CORE_V1_LOCALOBJECTREFERENCE), repeated: false },
-        Field { tag: 2, json: "optional", ty: Ty::Bool, repeated: false },
+        Field { tag: 2, json: "optional", ty: Ty::OptBool, repeated: false },
     ],
 };
 pub static API_CORE_V1_SECRETKEYSELECTOR: Msg = Msg {
@@ -1654,7 +1686,7 @@ pub static API_CORE_V1_SECRETKEYSELECTOR: Msg = Msg {
     fields: &[
         Field { tag: 1, json: "", ty: Ty::Msg(&API_CORE_V1_LOCALOBJECTREFERENCE), repeated: false },
         Field { tag: 2, json: "key", ty: Ty::Str, repeated: false },
-        Field { tag: 3, json: "optional", ty: Ty::Bool, repeated: false },
+        Field { tag: 3, json: "optional", ty: Ty::OptBool, repeated: false },
     ],
 };
 pub static API_CORE_V1_SECRETPROJECTION: Msg = Msg {
@@ -1662,7 +1694,7 @@ pub static API_CORE_V1_SECRETPROJECTION: Msg = Msg {
     fields: &[
         Field { tag: 1, json: "", ty: Ty::Msg(&API_CORE_V1_LOCALOBJECTREFERENCE), repeated: false },
         Field { tag: 2, json: "items", ty: Ty::Msg(&API_CORE_V1_KEYTOPATH), repeated: true },
-        Field { tag: 4, json: "optional", ty: Ty::Bool, repeated: false },
+        Field { tag: 4, json: "optional", ty: Ty::OptBool, repeated: false },
     ],
 };
 pub static API_CORE_V1_SECRETVOLUMESOURCE: Msg = Msg {
@@ -1671,21 +1703,21 @@ pub static API_CORE_V1_SECRETVOLUMESOURCE: Msg = Msg {
         Field { tag: 1, json: "secretName", ty: Ty::Str, repeated: false },
         Field { tag: 2, json: "items", ty: Ty::Msg(&API_CORE_V1_KEYTOPATH), repeated: true },
         Field { tag: 3, json: "defaultMode", ty: Ty::I32, repeated: false },
-        Field { tag: 4, json: "optional", ty: Ty::Bool, repeated: false },
+        Field { tag: 4, json: "optional", ty: Ty::OptBool, repeated: false },
     ],
 };
 pub static API_CORE_V1_SECURITYCONTEXT: Msg = Msg {
     name: "api.core.v1.SecurityContext",
     fields: &[
         Field { tag: 1, json: "capabilities", ty: Ty::Msg(&API_CORE_V1_CAPABILITIES), repeated: false },
-        Field { tag: 2, json: "privileged", ty: Ty::Bool, repeated: false },
+        Field { tag: 2, json: "privileged", ty: Ty::OptBool, repeated: false },
         Field { tag: 3, json: "seLinuxOptions", ty: Ty::Msg(&API_CORE_V1_SELINUXOPTIONS), repeated: false },
         Field { tag: 10, json: "windowsOptions", ty: Ty::Msg(&API_CORE_V1_WINDOWSSECURITYCONTEXTOPTIONS), repeated: false },
         Field { tag: 4, json: "runAsUser", ty: Ty::I64, repeated: false },
         Field { tag: 8, json: "runAsGroup", ty: Ty::I64, repeated: false },
-        Field { tag: 5, json: "runAsNonRoot", ty: Ty::Bool, repeated: false },
-        Field { tag: 6, json: "readOnlyRootFilesystem", ty: Ty::Bool, repeated: false },
-        Field { tag: 7, json: "allowPrivilegeEscalation", ty: Ty::Bool, repeated: false },
+        Field { tag: 5, json: "runAsNonRoot", ty: Ty::OptBool, repeated: false },
+        Field { tag: 6, json: "readOnlyRootFilesystem", ty: Ty::OptBool, repeated: false },
+        Field { tag: 7, json: "allowPrivilegeEscalation", ty: Ty::OptBool, repeated: false },
         Field { tag: 9, json: "procMount", ty: Ty::Str, repeated: false },
         Field { tag: 11, json: "seccompProfile", ty: Ty::Msg(&API_CORE_V1_SECCOMPPROFILE), repeated: false },
         Field { tag: 12, json: "appArmorProfile", ty: Ty::Msg(&API_CORE_V1_APPARMORPROFILE), repeated: false },
@@ -1705,7 +1737,7 @@ pub static API_CORE_V1_SERVICEACCOUNT: Msg = Msg {
         Field { tag: 1, json: "metadata", ty: Ty::Msg(&APIMACHINERY_PKG_APIS_META_V1_OBJECTMETA), repeated: false },
         Field { tag: 2, json: "secrets", ty: Ty::Msg(&API_CORE_V1_OBJECTREFERENCE), repeated: true },
         Field { tag: 3, json: "imagePullSecrets", ty: Ty::Msg(&API_CORE_V1_LOCALOBJECTREFERENCE), repeated: true },
-        Field { tag: 4, json: "automountServiceAccountToken", ty: Ty::Bool, repeated: false },
+        Field { tag: 4, json: "automountServiceAccountToken", ty: Ty::OptBool, repeated: false },
     ],
 };
 pub static API_CORE_V1_SERVICEACCOUNTTOKENPROJECTION: Msg = Msg {
@@ -1721,7 +1753,7 @@ pub static API_CORE_V1_SERVICEPORT: Msg = Msg {
     fields: &[
         Field { tag: 1, json: "name", ty: Ty::Str, repeated: false },
         Field { tag: 2, json: "protocol", ty: Ty::Str, repeated: false },
-        Field { tag: 6, json: "appProtocol", ty: Ty::Str, repeated: false },
+        Field { tag: 6, json: "appProtocol", ty: Ty::OptStr, repeated: false },
         Field { tag: 3, json: "port", ty: Ty::I32, repeated: false },
         Field { tag: 4, json: "targetPort", ty: Ty::Special("IntOrString"), repeated: false },
         Field { tag: 5, json: "nodePort", ty: Ty::I32, repeated: false },
@@ -1746,10 +1778,10 @@ pub static API_CORE_V1_SERVICESPEC: Msg = Msg {
         Field { tag: 14, json: "sessionAffinityConfig", ty: Ty::Msg(&API_CORE_V1_SESSIONAFFINITYCONFIG), repeated: false },
         Field { tag: 19, json: "ipFamilies", ty: Ty::Str, repeated: true },
         Field { tag: 17, json: "ipFamilyPolicy", ty: Ty::Str, repeated: false },
-        Field { tag: 20, json: "allocateLoadBalancerNodePorts", ty: Ty::Bool, repeated: false },
-        Field { tag: 21, json: "loadBalancerClass", ty: Ty::Str, repeated: false },
+        Field { tag: 20, json: "allocateLoadBalancerNodePorts", ty: Ty::OptBool, repeated: false },
+        Field { tag: 21, json: "loadBalancerClass", ty: Ty::OptStr, repeated: false },
         Field { tag: 22, json: "internalTrafficPolicy", ty: Ty::Str, repeated: false },
-        Field { tag: 23, json: "trafficDistribution", ty: Ty::Str, repeated: false },
+        Field { tag: 23, json: "trafficDistribution", ty: Ty::OptStr, repeated: false },
     ],
 };
 pub static API_CORE_V1_SERVICESTATUS: Msg = Msg {
@@ -1830,7 +1862,7 @@ pub static API_CORE_V1_TOPOLOGYSPREADCONSTRAINT: Msg = Msg {
 pub static API_CORE_V1_TYPEDLOCALOBJECTREFERENCE: Msg = Msg {
     name: "api.core.v1.TypedLocalObjectReference",
     fields: &[
-        Field { tag: 1, json: "apiGroup", ty: Ty::Str, repeated: false },
+        Field { tag: 1, json: "apiGroup", ty: Ty::OptStr, repeated: false },
         Field { tag: 2, json: "kind", ty: Ty::Str, repeated: false },
         Field { tag: 3, json: "name", ty: Ty::Str, repeated: false },
     ],
@@ -1838,10 +1870,10 @@ pub static API_CORE_V1_TYPEDLOCALOBJECTREFERENCE: Msg = Msg {
 pub static API_CORE_V1_TYPEDOBJECTREFERENCE: Msg = Msg {
     name: "api.core.v1.TypedObjectReference",
     fields: &[
-        Field { tag: 1, json: "apiGroup", ty: Ty::Str, repeated: false },
+        Field { tag: 1, json: "apiGroup", ty: Ty::OptStr, repeated: false },
         Field { tag: 2, json: "kind", ty: Ty::Str, repeated: false },
         Field { tag: 3, json: "name", ty: Ty::Str, repeated: false },
-        Field { tag: 4, json: "namespace", ty: Ty::Str, repeated: false },
+        Field { tag: 4, json: "namespace", ty: Ty::OptStr, repeated: false },
     ],
 };
 pub static API_CORE_V1_VOLUME: Msg = Msg {
@@ -1951,10 +1983,10 @@ pub static API_CORE_V1_WEIGHTEDPODAFFINITYTERM: Msg = Msg {
 pub static API_CORE_V1_WINDOWSSECURITYCONTEXTOPTIONS: Msg = Msg {
     name: "api.core.v1.WindowsSecurityContextOptions",
     fields: &[
-        Field { tag: 1, json: "gmsaCredentialSpecName", ty: Ty::Str, repeated: false },
-        Field { tag: 2, json: "gmsaCredentialSpec", ty: Ty::Str, repeated: false },
-        Field { tag: 3, json: "runAsUserName", ty: Ty::Str, repeated: false },
-        Field { tag: 4, json: "hostProcess", ty: Ty::Bool, repeated: false },
+        Field { tag: 1, json: "gmsaCredentialSpecName", ty: Ty::OptStr, repeated: false },
+        Field { tag: 2, json: "gmsaCredentialSpec", ty: Ty::OptStr, repeated: false },
+        Field { tag: 3, json: "runAsUserName", ty: Ty::OptStr, repeated: false },
+        Field { tag: 4, json: "hostProcess", ty: Ty::OptBool, repeated: false },
     ],
 };
 pub static API_CORE_V1_WORKLOADREFERENCE: Msg = Msg {
@@ -2003,8 +2035,8 @@ pub static APIMACHINERY_PKG_APIS_META_V1_DELETEOPTIONS: Msg = Msg {
     fields: &[
         Field { tag: 1, json: "gracePeriodSeconds", ty: Ty::I64, repeated: false },
         Field { tag: 2, json: "preconditions", ty: Ty::Msg(&APIMACHINERY_PKG_APIS_META_V1_PRECONDITIONS), repeated: false },
-        Field { tag: 3, json: "orphanDependents", ty: Ty::Bool, repeated: false },
-        Field { tag: 4, json: "propagationPolicy", ty: Ty::Str, repeated: false },
+        Field { tag: 3, json: "orphanDependents", ty: Ty::OptBool, repeated: false },
+        Field { tag: 4, json: "propagationPolicy", ty: Ty::OptStr, repeated: false },
         Field { tag: 5, json: "dryRun", ty: Ty::Str, repeated: true },
         Field { tag: 6, json: "ignoreStoreReadErrorWithClusterBreakingPotential", ty: Ty::Bool, repeated: false },
     ],
@@ -2063,8 +2095,8 @@ pub static APIMACHINERY_PKG_APIS_META_V1_OWNERREFERENCE: Msg = Msg {
         Field { tag: 1, json: "kind", ty: Ty::Str, repeated: false },
         Field { tag: 3, json: "name", ty: Ty::Str, repeated: false },
         Field { tag: 4, json: "uid", ty: Ty::Str, repeated: false },
-        Field { tag: 6, json: "controller", ty: Ty::Bool, repeated: false },
-        Field { tag: 7, json: "blockOwnerDeletion", ty: Ty::Bool, repeated: false },
+        Field { tag: 6, json: "controller", ty: Ty::OptBool, repeated: false },
+        Field { tag: 7, json: "blockOwnerDeletion", ty: Ty::OptBool, repeated: false },
     ],
 };
 pub static APIMACHINERY_PKG_APIS_META_V1_PRECONDITIONS: Msg = Msg {
@@ -2096,5 +2128,6 @@ pub static ROOTS: &[(&str, &str, &Msg)] = &[
     ("coordination.k8s.io/v1", "Lease", &API_COORDINATION_V1_LEASE),
     ("node.k8s.io/v1", "RuntimeClass", &API_NODE_V1_RUNTIMECLASS),
     ("autoscaling/v1", "Scale", &API_AUTOSCALING_V1_SCALE),
+    ("authentication.k8s.io/v1", "TokenRequest", &API_AUTHENTICATION_V1_TOKENREQUEST),
     ("meta.k8s.io/v1", "DeleteOptions", &APIMACHINERY_PKG_APIS_META_V1_DELETEOPTIONS),
 ];

@@ -119,12 +119,6 @@ pub fn decode_body(
     }
 }
 
-fn name_value(raw: &Value) -> &str {
-    raw.pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-}
-
 /// A Table of `objects` for `rt`.
 fn table(
     rt: &ResourceType,
@@ -242,10 +236,8 @@ fn write_options(q: &Query) -> Result<WriteOptions, ApiError> {
 fn list_options(rt: &ResourceType, q: &Query) -> Result<ListOptions, ApiError> {
     let labels = Selector::parse(q.get("labelSelector").unwrap_or(""))
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let fields = FieldSelector::parse(q.get("fieldSelector").unwrap_or(""), |f| {
-        rt.supports_field(f)
-    })
-    .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let fields = FieldSelector::parse(q.get("fieldSelector").unwrap_or(""), |f| rt.field(f))
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let limit = q.int("limit")?.filter(|l| *l > 0).map(|l| l as usize);
     let resource_version = match q.get("resourceVersion") {
         None => None,
@@ -350,7 +342,7 @@ pub async fn handle(
         (Method::GET, name) if watching => {
             let mut opts = list_options(rt, &query)?;
             if let Some(n) = name {
-                opts.fields = FieldSelector::parse(&format!("metadata.name={n}"), |_| true)
+                opts.fields = FieldSelector::parse(&format!("metadata.name={n}"), |f| rt.field(f))
                     .map_err(|e| ApiError::BadRequest(e.to_string()))?;
             }
             watch(state.clone(), rt, ns.map(str::to_string), opts, &query, out).await
@@ -803,21 +795,22 @@ async fn subresource(
             )
             .await
         }
-        ("log" | "exec" | "attach" | "portforward" | "proxy", _) if rt.kind == "Pod" => {
-            let (pod, _) = objects.get_value(rt, ns, name).await?;
-            if pod
-                .pointer("/spec/nodeName")
-                .and_then(Value::as_str)
-                .is_none_or(str::is_empty)
-            {
-                return Err(ApiError::BadRequest(format!(
-                    "pod {} does not have a host assigned",
-                    name_value(&pod)
-                )));
-            }
-            Err(ApiError::ServiceUnavailable(format!(
-                "no node agent is serving pod {name} yet"
-            )))
+        ("token", Method::POST) => {
+            let input = decode_body(headers, &body, None)?;
+            let answer = super::tokens::token_request(
+                objects,
+                &state.tokens,
+                ns.unwrap_or("default"),
+                name,
+                &input,
+            )
+            .await?;
+            Ok(json_response(
+                StatusCode::CREATED,
+                JSON,
+                answer.to_string(),
+                &[],
+            ))
         }
         _ => Err(ApiError::MethodNotAllowed),
     }

@@ -53,7 +53,20 @@ pub enum ObjectError {
     #[error("the server does not allow this method on the requested resource")]
     MethodNotAllowed,
     #[error("{0}")]
-    Store(#[from] StoreError),
+    Store(StoreError),
+}
+
+/// The one place store errors become API errors: a revision the store no longer keeps is
+/// Kubernetes' `410 Expired`; anything else is the server's fault (500).
+impl From<StoreError> for ObjectError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Compacted { requested, oldest } => {
+                ObjectError::Gone(format!("too old resource version: {requested} ({oldest})"))
+            }
+            e => ObjectError::Store(e),
+        }
+    }
 }
 
 fn quoted_name(name: &str) -> String {

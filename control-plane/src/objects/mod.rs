@@ -53,6 +53,14 @@ pub struct Written {
     pub warnings: Vec<String>,
 }
 
+/// A stored object that does not decode: the server's fault (500), named clearly.
+fn stored_corrupt(rt: &ResourceType, name: &str, why: String) -> ObjectError {
+    ObjectError::Store(StoreError::Corrupt(format!(
+        "the stored {} {name:?} cannot be decoded: {why}",
+        rt.qualified()
+    )))
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct ListOptions {
     pub labels: Selector,
@@ -297,15 +305,17 @@ impl Objects {
             serde_json::from_value::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>(
                 v.get("metadata").cloned().unwrap_or(json!({})),
             )
-            .map_err(|e| {
-                ObjectError::BadRequest(format!(
-                    "{} in version \"{}\" cannot be handled as a {}: metadata: {e}",
-                    rt.kind, rt.version, rt.kind
-                ))
-            })
         };
-        let new_meta = decode_meta(obj)?;
-        let old_meta = old.map(decode_meta).transpose()?;
+        let new_meta = decode_meta(obj).map_err(|e| {
+            ObjectError::BadRequest(format!(
+                "{} in version \"{}\" cannot be handled as a {}: metadata: {e}",
+                rt.kind, rt.version, rt.kind
+            ))
+        })?;
+        let old_meta = old
+            .map(decode_meta)
+            .transpose()
+            .map_err(|e| stored_corrupt(rt, &name, format!("metadata: {e}")))?;
         let mut errs = Errors::default();
         validate_object_meta(
             &new_meta,
@@ -327,6 +337,7 @@ impl Objects {
                 errs.0.extend(more.0);
                 Err(ObjectError::invalid(rt, &name, errs))
             }
+            Err(AdmitError::Stored(msg)) => Err(stored_corrupt(rt, &name, msg)),
         }
     }
 
@@ -559,8 +570,7 @@ impl Objects {
                 .map_err(|errs| ObjectError::invalid(rt, &name, Errors(errs)))?;
         }
         if opts.dry_run {
-            let data = serde_json::to_vec(&admitted)
-                .map_err(|e| ObjectError::BadRequest(e.to_string()))?;
+            let data = serde_json::to_vec(&admitted).expect("a JSON value serializes");
             return Ok(Written {
                 object: data.into(),
                 created: true,
@@ -816,8 +826,7 @@ impl Objects {
         meta_mut(&mut old_cmp).remove("resourceVersion");
         if managed::equal_ignoring_times(&admitted, &old_cmp) {
             // A no-op update is not written (and bumps nothing), as in Kubernetes.
-            let data =
-                serde_json::to_vec(old).map_err(|e| ObjectError::BadRequest(e.to_string()))?;
+            let data = serde_json::to_vec(old).expect("a JSON value serializes");
             return Ok(Written {
                 object: data.into(),
                 created: false,
@@ -825,8 +834,7 @@ impl Objects {
             });
         }
         if opts.dry_run {
-            let data = serde_json::to_vec(&admitted)
-                .map_err(|e| ObjectError::BadRequest(e.to_string()))?;
+            let data = serde_json::to_vec(&admitted).expect("a JSON value serializes");
             return Ok(Written {
                 object: data.into(),
                 created: false,
@@ -1085,8 +1093,7 @@ impl Objects {
             }
             meta_mut(&mut obj).remove("resourceVersion");
             if opts.dry_run {
-                let data =
-                    serde_json::to_vec(&obj).map_err(|e| ObjectError::BadRequest(e.to_string()))?;
+                let data = serde_json::to_vec(&obj).expect("a JSON value serializes");
                 return Ok(Written {
                     object: data.into(),
                     created: false,
@@ -1157,7 +1164,7 @@ impl Objects {
         let mut out = Vec::new();
         for item in page.items {
             let v: Value = serde_json::from_slice(&item)
-                .map_err(|e| ObjectError::BadRequest(e.to_string()))?;
+                .map_err(|e| ObjectError::Store(StoreError::Corrupt(e.to_string())))?;
             let name = meta_str(&v, "name").unwrap_or_default().to_string();
             let item_ns = meta_str(&v, "namespace").map(str::to_string);
             match self.delete(rt, item_ns.as_deref(), &name, opts).await {
@@ -1177,15 +1184,7 @@ impl Objects {
         from: Revision,
         filter: WatchFilter,
     ) -> Result<watch::WatchStream, ObjectError> {
-        let rx = self
-            .store
-            .watch(&rt.prefix(ns), from)
-            .map_err(|e| match e {
-                StoreError::Compacted { requested, oldest } => {
-                    ObjectError::Gone(format!("too old resource version: {requested} ({oldest})"))
-                }
-                e => e.into(),
-            })?;
+        let rx = self.store.watch(&rt.prefix(ns), from)?;
         Ok(watch::WatchStream::new(rx, filter))
     }
 }
@@ -1359,7 +1358,7 @@ impl Objects {
             )
             .await?;
         let obj: Value = serde_json::from_slice(&written.object)
-            .map_err(|e| ObjectError::BadRequest(e.to_string()))?;
+            .map_err(|e| ObjectError::Store(StoreError::Corrupt(e.to_string())))?;
         Ok(Self::scale_of(rt, &obj))
     }
 }

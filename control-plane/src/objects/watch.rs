@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::{meta, ObjectError};
 use crate::selectors::{FieldSelector, Selector};
-use crate::store::{Event, EventType, StoreError, WatchReceiver};
+use crate::store::{Event, EventType, WatchReceiver};
 
 /// Which objects a watch reports; objects moving in or out of the filter show up as
 /// ADDED or DELETED, as in Kubernetes.
@@ -59,11 +59,6 @@ impl WatchStream {
         loop {
             let ev = match self.rx.recv().await? {
                 Ok(ev) => ev,
-                Err(StoreError::Compacted { requested, oldest }) => {
-                    return Some(WatchItem::Error(ObjectError::Gone(format!(
-                        "too old resource version: {requested} ({oldest})"
-                    ))))
-                }
                 Err(e) => return Some(WatchItem::Error(e.into())),
             };
             if let Some(item) = self.translate(ev) {

@@ -14,6 +14,7 @@ use super::validation::{
     check_port, is_dns1123_subdomain, validate_labels, ErrorType, Errors, NameRule,
 };
 use super::{typed, Base, Kind, Operation, ResourceType, StatusPolicy};
+use crate::selectors::Field;
 
 pub(super) fn register(out: &mut Vec<ResourceType>) {
     out.push(ResourceType {
@@ -23,45 +24,38 @@ pub(super) fn register(out: &mut Vec<ResourceType>) {
         name_rule: NameRule::Dns1123Label,
         status: StatusPolicy::Subresource,
         has_spec: true,
-        field_selectors: &["status.phase"],
+        field_selectors: const { &[Field::string("status.phase")] },
         ..Base::core("Namespace", "namespaces", "namespace", typed::<Namespace>())
     });
     out.push(ResourceType {
         short_names: &["po"],
         categories: &["all"],
-        subresources: &[
-            "status",
-            "binding",
-            "log",
-            "exec",
-            "attach",
-            "portforward",
-            "eviction",
-            "ephemeralcontainers",
-            "resize",
-        ],
+        // exec, attach, portforward, ephemeralcontainers and resize come with the pod
+        // sandbox; discovery lists only what works.
+        subresources: &["status", "binding", "log", "eviction"],
         status: StatusPolicy::Subresource,
         has_spec: true,
-        field_selectors: &[
-            "spec.nodeName",
-            "spec.restartPolicy",
-            "spec.schedulerName",
-            "spec.serviceAccountName",
-            "spec.hostNetwork",
-            "status.phase",
-            "status.podIP",
-            "status.podIPs",
-            "status.nominatedNodeName",
-        ],
+        field_selectors: const {
+            &[
+                Field::string("spec.nodeName"),
+                Field::string("spec.restartPolicy"),
+                Field::string("spec.schedulerName"),
+                Field::string("spec.serviceAccountName"),
+                Field::boolean("spec.hostNetwork"),
+                Field::string("status.phase"),
+                Field::string("status.podIP"),
+                Field::string("status.nominatedNodeName"),
+            ]
+        },
         ..Base::core("Pod", "pods", "pod", typed::<Pod>())
     });
     out.push(ResourceType {
         namespaced: false,
         short_names: &["no"],
-        subresources: &["status", "proxy"],
+        subresources: &["status"],
         status: StatusPolicy::SubresourceSetOnCreate,
         has_spec: true,
-        field_selectors: &["spec.unschedulable"],
+        field_selectors: const { &[Field::boolean("spec.unschedulable")] },
         ..Base::core("Node", "nodes", "node", typed::<Node>())
     });
     out.push(ResourceType {
@@ -69,17 +63,17 @@ pub(super) fn register(out: &mut Vec<ResourceType>) {
         ..Base::core("ConfigMap", "configmaps", "configmap", typed::<ConfigMap>())
     });
     out.push(ResourceType {
-        field_selectors: &["type"],
+        field_selectors: const { &[Field::string("type")] },
         ..Base::core("Secret", "secrets", "secret", typed::<Secret>())
     });
     out.push(ResourceType {
         short_names: &["svc"],
         categories: &["all"],
-        subresources: &["status", "proxy"],
+        subresources: &["status"],
         name_rule: NameRule::Dns1035Label,
         status: StatusPolicy::Subresource,
         has_spec: true,
-        field_selectors: &["spec.clusterIP", "spec.type"],
+        field_selectors: const { &[Field::string("spec.clusterIP"), Field::string("spec.type")] },
         ..Base::core("Service", "services", "service", typed::<Service>())
     });
     out.push(ResourceType {
@@ -89,19 +83,21 @@ pub(super) fn register(out: &mut Vec<ResourceType>) {
     out.push(ResourceType {
         short_names: &["ev"],
         name_rule: NameRule::PathSegment,
-        field_selectors: &[
-            "involvedObject.kind",
-            "involvedObject.namespace",
-            "involvedObject.name",
-            "involvedObject.uid",
-            "involvedObject.apiVersion",
-            "involvedObject.resourceVersion",
-            "involvedObject.fieldPath",
-            "reason",
-            "reportingComponent",
-            "source",
-            "type",
-        ],
+        field_selectors: const {
+            &[
+                Field::string("involvedObject.kind"),
+                Field::string("involvedObject.namespace"),
+                Field::string("involvedObject.name"),
+                Field::string("involvedObject.uid"),
+                Field::string("involvedObject.apiVersion"),
+                Field::string("involvedObject.resourceVersion"),
+                Field::string("involvedObject.fieldPath"),
+                Field::string("reason"),
+                Field::string("reportingComponent"),
+                Field::at("source", "source.component"),
+                Field::string("type"),
+            ]
+        },
         ..Base::core("Event", "events", "event", typed::<Event>())
     });
     out.push(ResourceType {
@@ -120,7 +116,7 @@ pub(super) fn register(out: &mut Vec<ResourceType>) {
         subresources: &["status", "scale"],
         status: StatusPolicy::Subresource,
         has_spec: true,
-        field_selectors: &["status.replicas"],
+        field_selectors: const { &[Field::integer("status.replicas")] },
         ..Base::core(
             "ReplicationController",
             "replicationcontrollers",

@@ -17,6 +17,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub use self::core::SYSTEM_NAMESPACES;
+use crate::selectors::Field;
 pub use meta::{validate_object_meta, ObjectMetaRules};
 pub use table::Column;
 use validation::{Errors, NameRule};
@@ -50,6 +51,10 @@ pub enum AdmitError {
     /// Fields with invalid values (a 422).
     #[error("invalid object")]
     Invalid(Errors),
+    /// The stored (old) object does not decode as the kind: the server's fault, not the
+    /// client's (a 500).
+    #[error("{0}")]
+    Stored(String),
 }
 
 /// Per-kind behaviour over the typed k8s-openapi struct.
@@ -128,7 +133,7 @@ impl<K: Kind> Strategy for Typed<K> {
         let mut errs = Errors::default();
         obj.validate(&mut errs);
         if let Some(old) = old {
-            let old: K = decode(old).map_err(AdmitError::Decode)?;
+            let old: K = decode(old).map_err(AdmitError::Stored)?;
             obj.validate_update(&old, &mut errs);
         }
         if !errs.is_empty() {
@@ -175,7 +180,7 @@ pub struct ResourceType {
     /// Whether `metadata.generation` tracks spec changes.
     pub has_spec: bool,
     /// Field selectors beyond `metadata.name` and `metadata.namespace`.
-    pub field_selectors: &'static [&'static str],
+    pub field_selectors: &'static [Field],
     pub strategy: &'static dyn Strategy,
 }
 
@@ -227,10 +232,19 @@ impl ResourceType {
         self.subresources.contains(&sub)
     }
 
-    pub fn supports_field(&self, field: &str) -> bool {
-        field == "metadata.name"
-            || (self.namespaced && field == "metadata.namespace")
-            || self.field_selectors.contains(&field)
+    /// The field a field selector names, if the resource supports it.
+    pub fn field(&self, name: &str) -> Option<Field> {
+        const NAME: Field = Field::string("metadata.name");
+        const NAMESPACE: Field = Field::string("metadata.namespace");
+        match name {
+            "metadata.name" => Some(NAME),
+            "metadata.namespace" if self.namespaced => Some(NAMESPACE),
+            _ => self
+                .field_selectors
+                .iter()
+                .find(|f| f.name == name)
+                .copied(),
+        }
     }
 }
 
