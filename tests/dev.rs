@@ -99,20 +99,28 @@ impl Dev {
             use std::os::unix::process::CommandExt;
             cmd.uid(uid).gid(uid);
         }
-        let child = cmd
-            .args([
-                "dev",
-                "--node-name",
-                "edge-1",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-            ])
-            .arg(dir.path().join("data"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        cmd.args([
+            "dev",
+            "--node-name",
+            "edge-1",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::null())
+        .stderr(log);
+        // A copied binary can be briefly "busy": another test thread forked while the copy
+        // was open for writing, and its child has not exec'd yet.
+        let child = (0..50)
+            .find_map(|_| match cmd.spawn() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                    std::thread::sleep(Duration::from_millis(100));
+                    None
+                }
+                r => Some(r.unwrap()),
+            })
+            .expect("the copied binary stayed busy");
         let dev = Dev {
             dir,
             child,

@@ -93,7 +93,12 @@ impl Query {
     pub fn parse(q: Option<&str>) -> Result<Query, ApiError> {
         let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q.unwrap_or(""))
             .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))?;
-        Ok(Query(pairs.into_iter().collect()))
+        // A repeated parameter counts once, with its first value, as Go's url.Values.Get.
+        let mut map = HashMap::with_capacity(pairs.len());
+        for (k, v) in pairs {
+            map.entry(k).or_insert(v);
+        }
+        Ok(Query(map))
     }
 
     pub fn get(&self, k: &str) -> Option<&str> {

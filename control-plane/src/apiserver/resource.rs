@@ -24,6 +24,9 @@ use crate::store::Revision;
 const JSON: &str = "application/json";
 const TABLE_CONTENT_TYPE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io";
 const BOOKMARK_INTERVAL: Duration = Duration::from_secs(30);
+/// kube-apiserver's `--min-request-timeout`: a watch without a timeout lasts between this
+/// and twice this.
+const MIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(1800);
 
 /// How the client wants objects back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,13 +84,43 @@ fn json_response(
         .header(header::CONTENT_TYPE, content_type)
         .body(body.into())
         .expect("valid response");
-    for w in warnings {
-        let text = format!("299 - {}", serde_json::to_string(w).unwrap_or_default());
+    for w in capped_warnings(warnings) {
+        let text = format!("299 - {}", serde_json::to_string(&w).unwrap_or_default());
         if let Ok(v) = HeaderValue::from_str(&text) {
             resp.headers_mut().append(header::WARNING, v);
         }
     }
     resp
+}
+
+/// kube-apiserver's limits on `Warning` headers: 4096 characters of text in all; past
+/// that, each warning is cut to 256 characters and those that still do not fit are
+/// dropped. Duplicates are sent once. Skiff also sends at most 50, so that clients that
+/// refuse more than 100 headers in a response (Python's http.client) still read it.
+fn capped_warnings(warnings: &[String]) -> Vec<String> {
+    const TOTAL: usize = 4 * 1024;
+    const ITEM: usize = 256;
+    const COUNT: usize = 50;
+    let mut seen = std::collections::HashSet::new();
+    let unique: Vec<&String> = warnings
+        .iter()
+        .filter(|w| !w.is_empty() && seen.insert(w.as_str()))
+        .collect();
+    let total: usize = unique.iter().map(|w| w.chars().count()).sum();
+    if total <= TOTAL && unique.len() <= COUNT {
+        return unique.into_iter().cloned().collect();
+    }
+    let mut out = Vec::new();
+    let mut written = 0;
+    for w in unique {
+        if written >= TOTAL || out.len() >= COUNT {
+            break;
+        }
+        let cut: String = w.chars().take(ITEM).collect();
+        written += cut.chars().count();
+        out.push(cut);
+    }
+    out
 }
 
 /// Decodes a request body as JSON or YAML (protobuf is handled by the caller).
@@ -578,10 +611,16 @@ async fn watch(
 ) -> Result<Response, ApiError> {
     let objects = &state.objects;
     let bookmarks = query.flag("allowWatchBookmarks");
-    let timeout = query
-        .int("timeoutSeconds")?
-        .filter(|t| *t > 0)
-        .map(|t| Duration::from_secs(t as u64));
+    // As kube-apiserver: every watch ends. Without `timeoutSeconds` (or with 0) after a
+    // random 30 to 60 minutes, so that clients spread their re-watches; a negative one
+    // ends it at once.
+    let timeout = match query.int("timeoutSeconds")? {
+        Some(t) if t != 0 => Duration::from_secs(t.max(0) as u64),
+        _ => {
+            use rand::Rng;
+            MIN_REQUEST_TIMEOUT.mul_f64(1.0 + rand::rng().random::<f64>())
+        }
+    };
     let send_initial = query
         .get("sendInitialEvents")
         .map(|_| query.flag("sendInitialEvents"));
@@ -635,13 +674,11 @@ async fn watch(
         let Some(stream) = stream.as_mut() else {
             return;
         };
-        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut last = from;
         let mut ticker = tokio::time::interval(BOOKMARK_INTERVAL);
         ticker.tick().await;
         loop {
-            let sleep_until = deadline
-                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86400 * 365));
             tokio::select! {
                 item = stream.next() => match item {
                     Some(WatchItem::Event { kind, object, rev }) => {
@@ -655,7 +692,7 @@ async fn watch(
                 _ = ticker.tick(), if bookmarks => {
                     if tx.send(bookmark(rt_static, last, false)).await.is_err() { return; }
                 }
-                _ = tokio::time::sleep_until(sleep_until) => return,
+                _ = tokio::time::sleep_until(deadline) => return,
                 _ = tx.closed() => return,
             }
         }

@@ -56,6 +56,7 @@ pub fn read_kubeconfig(path: &Path) -> Result<(String, Vec<u8>, String), ClientE
 
 pub struct Response {
     pub status: StatusCode,
+    pub headers: hyper::HeaderMap,
     pub body: Bytes,
 }
 
@@ -166,13 +167,18 @@ impl Client {
     ) -> Result<Response, ClientError> {
         let resp = self.start(method, path, content_type, body).await?;
         let status = resp.status();
+        let headers = resp.headers().clone();
         let body = resp
             .into_body()
             .collect()
             .await
             .map_err(|e| ClientError::Http(e.to_string()))?
             .to_bytes();
-        Ok(Response { status, body })
+        Ok(Response {
+            status,
+            headers,
+            body,
+        })
     }
 
     pub async fn get(&self, path: &str) -> Result<Response, ClientError> {

@@ -53,6 +53,27 @@ pub struct Written {
     pub warnings: Vec<String>,
 }
 
+/// Runs CPU-heavy work (patching a large object) so that it does not stall the other
+/// requests and watches served by the same worker thread.
+fn heavy<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// How a JSON value is named in messages.
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 /// A stored object that does not decode: the server's fault (500), named clearly.
 fn stored_corrupt(rt: &ResourceType, name: &str, why: String) -> ObjectError {
     ObjectError::Store(StoreError::Corrupt(format!(
@@ -709,11 +730,11 @@ impl Objects {
         if ptype != PatchType::Apply {
             return self
                 .update_with(rt, ns, name, target, opts, |old| {
-                    let out = match ptype {
+                    let out = heavy(|| match ptype {
                         PatchType::Json => patch::json_patch(old, &patch),
                         PatchType::Merge => patch::merge_patch(old, &patch),
                         _ => patch::strategic_merge(rt.kind, old, &patch),
-                    };
+                    });
                     out.map_err(|e| ObjectError::PatchFailed(e.to_string()))
                 })
                 .await;
@@ -766,7 +787,8 @@ impl Objects {
         };
         match self
             .update_with(rt, ns, name, target, &inner, |old| {
-                managed::apply(Some(old), &patch, &manager, &av, opts.force).map_err(conflict)
+                heavy(|| managed::apply(Some(old), &patch, &manager, &av, opts.force))
+                    .map_err(conflict)
             })
             .await
         {
@@ -924,6 +946,14 @@ impl Objects {
             let current = self.get(rt, ns, name).await?;
             let old = current.to_value()?;
             let input = change(&old)?;
+            if !input.is_object() {
+                // A JSON patch may replace the whole document (`"path": ""`) with anything.
+                return Err(ObjectError::BadRequest(format!(
+                    "the request produced {}, not a {} object",
+                    json_kind(&input),
+                    rt.kind
+                )));
+            }
             // A resourceVersion in the request (a PUT body, or one a patch sets) is a
             // precondition. A patch result carries the version it was applied to, so a
             // lost race is retried: on the next round a pinned version no longer matches.

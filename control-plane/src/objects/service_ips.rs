@@ -154,13 +154,14 @@ pub fn allocate(existing: &[Value], svc: &mut Value) -> Result<(), Vec<FieldErro
 
 /// An update may leave out what was allocated; it keeps the old allocation.
 pub fn carry_over(old: &Value, new: &mut Value) {
+    // A spec that is not an object is refused by validation later; nothing to carry.
+    let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
     for f in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
-        if new
-            .pointer(&format!("/spec/{f}"))
-            .is_none_or(|v| v.is_null() || v == "")
-        {
+        if spec.get(f).is_none_or(|v| v.is_null() || v == "") {
             if let Some(v) = old.pointer(&format!("/spec/{f}")) {
-                new["spec"][f] = v.clone();
+                spec.insert(f.to_string(), v.clone());
             }
         }
     }

@@ -569,3 +569,70 @@ async fn a_stored_object_that_does_not_decode_is_an_internal_error() {
         .unwrap_err();
     assert!(matches!(err, ObjectError::BadRequest(_)), "{err:?}");
 }
+
+/// Black-box fuzzing of the running server found these; each panicked a request task.
+/// They are client errors now.
+#[tokio::test]
+async fn bodies_that_are_not_objects_are_client_errors() {
+    let (o, _d) = setup().await;
+    let cm = rt(&o, "", "configmaps");
+    let svc = rt(&o, "", "services");
+    let w = WriteOptions::default();
+    o.create(cm, Some("default"), json!({"metadata": {"name": "c"}}), &w)
+        .await
+        .unwrap();
+    o.create(
+        svc,
+        Some("default"),
+        json!({"metadata": {"name": "s"}, "spec": {"ports": [{"port": 80}]}}),
+        &w,
+    )
+    .await
+    .unwrap();
+    let patch = |rt, name: &'static str, ptype, body: Value| {
+        let o = &o;
+        async move {
+            o.patch(
+                rt,
+                Some("default"),
+                name,
+                ptype,
+                body,
+                Target::Main,
+                &WriteOptions::default(),
+            )
+            .await
+        }
+    };
+    // A JSON patch that replaces the whole object with something else.
+    for body in [
+        json!([{"op": "replace", "path": "", "value": []}]),
+        json!([{"op": "add", "path": "", "value": 5}]),
+        json!([{"op": "copy", "path": "", "from": "/metadata/name"}]),
+    ] {
+        let err = patch(cm, "c", PatchType::Json, body.clone())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ObjectError::BadRequest(_)), "{body}: {err:?}");
+    }
+    // A failed multi-step JSON patch (json-patch's undo of it panicked).
+    let body = json!([{"op": "move", "path": "/spec/clusterIP", "from": "/metadata/namespace"},
+        {"op": "move", "path": "//", "from": "/metadata"}]);
+    let err = patch(svc, "s", PatchType::Json, body).await.unwrap_err();
+    assert!(matches!(err, ObjectError::PatchFailed(_)), "{err:?}");
+    // A Service whose spec is not an object.
+    let err = patch(svc, "s", PatchType::Merge, json!({"spec": 2}))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ObjectError::BadRequest(_)), "{err:?}");
+    let (mut put, _) = o.get_value(svc, Some("default"), "s").await.unwrap();
+    put["spec"] = json!([]);
+    let err = o
+        .update(svc, Some("default"), "s", put, Target::Main, &w)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ObjectError::BadRequest(_)), "{err:?}");
+    // Nothing changed.
+    let (s, _) = o.get_value(svc, Some("default"), "s").await.unwrap();
+    assert_eq!(s["spec"]["ports"][0]["port"], 80);
+}
