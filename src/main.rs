@@ -96,6 +96,27 @@ enum Command {
         what: Images,
     },
     /// Benchmarks against a running server (or one the bench starts).
+    /// Fuzz the API server's decoders and patch paths from the seed corpus for a set time
+    /// per target, saving inputs that panic or are slow (control-plane/src/fuzz.rs).
+    Fuzz {
+        /// Seconds to fuzz each target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only these targets (repeatable): json, yaml, protobuf, json-patch, merge-patch,
+        /// strategic-merge-patch, apply, write-path, label-selector, field-selector,
+        /// quantity, query, wal.
+        #[arg(long = "target")]
+        targets: Vec<String>,
+        /// The corpus directory (with corpus/ and regressions/).
+        #[arg(long, default_value = "control-plane/fuzz")]
+        dir: PathBuf,
+        /// Where findings are written, one file per input.
+        #[arg(long, default_value = "fuzz-findings")]
+        findings: PathBuf,
+        /// Random seed (default: from the clock); a run is reproducible with its seed.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     Bench {
         #[command(subcommand)]
         what: Bench,
@@ -278,6 +299,34 @@ async fn main() -> anyhow::Result<()> {
             {
                 println!("{reference}\t{digest}");
             }
+        }
+        Command::Fuzz {
+            seconds,
+            targets,
+            dir,
+            findings,
+            seed,
+        } => {
+            let seed = seed.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64)
+            });
+            println!("seed {seed}");
+            // On a thread of its own: the write-path target drives its own runtime.
+            let out = findings.clone();
+            let found = std::thread::spawn(move || {
+                skiff_control_plane::fuzz::run_cli(
+                    &dir,
+                    &targets,
+                    std::time::Duration::from_secs(seconds),
+                    &out,
+                    seed,
+                )
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the fuzzer itself panicked"))??;
+            anyhow::ensure!(found == 0, "{found} findings in {}", findings.display());
         }
         Command::Bench {
             what: Bench::Api(args),

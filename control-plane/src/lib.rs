@@ -12,6 +12,7 @@ pub mod apiserver;
 pub mod bench;
 pub mod controllers;
 pub mod events;
+pub mod fuzz;
 pub mod objects;
 pub mod quantity;
 pub mod registry;

@@ -13,11 +13,11 @@ pub mod error;
 mod node_proxy;
 pub mod openapi;
 pub mod pki;
-mod protobuf;
+pub(crate) mod protobuf;
 #[rustfmt::skip]
 mod protobuf_schema;
 pub mod request;
-mod resource;
+pub(crate) mod resource;
 pub mod tokens;
 
 use std::future::Future;
@@ -233,30 +233,19 @@ async fn serve(
 
 /// Creates the system namespaces and the `wasmtime` RuntimeClass if missing.
 async fn bootstrap(objects: &Objects) -> Result<(), ObjectError> {
-    let registry = objects.registry();
-    let ns = registry
-        .find("", "v1", "namespaces")
-        .expect("namespaces are served");
-    let rc = registry
+    crate::controllers::ensure_system_namespaces(objects).await?;
+    let rc = objects
+        .registry()
         .find("node.k8s.io", "v1", "runtimeclasses")
         .expect("runtimeclasses are served");
-    let wanted = crate::registry::SYSTEM_NAMESPACES
-        .iter()
-        .map(|n| (ns, json!({"metadata": {"name": n}})))
-        .chain(std::iter::once((
-            rc,
-            json!({"metadata": {"name": "wasmtime"}, "handler": "wasmtime", "scheduling": {"nodeSelector": {WASM_RUNTIME_LABEL: "true"}}}),
-        )));
-    for (rt, obj) in wanted {
-        match objects
-            .create(rt, None, obj, &WriteOptions::default())
-            .await
-        {
-            Ok(_) | Err(ObjectError::AlreadyExists { .. }) => {}
-            Err(e) => return Err(e),
-        }
+    let wasmtime = json!({"metadata": {"name": "wasmtime"}, "handler": "wasmtime", "scheduling": {"nodeSelector": {WASM_RUNTIME_LABEL: "true"}}});
+    match objects
+        .create(rc, None, wasmtime, &WriteOptions::default())
+        .await
+    {
+        Ok(_) | Err(ObjectError::AlreadyExists { .. }) => Ok(()),
+        Err(e) => Err(e),
     }
-    Ok(())
 }
 
 fn json_ok(v: Value, content_type: &str) -> Response {

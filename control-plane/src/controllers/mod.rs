@@ -3,6 +3,8 @@
 mod namespace;
 mod system_namespaces;
 
+pub use system_namespaces::ensure as ensure_system_namespaces;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;

@@ -6,7 +6,7 @@
 //! of events lets watches (and paged lists) resume from an older revision.
 
 mod sled_store;
-mod wal;
+pub(crate) mod wal;
 
 pub use sled_store::SledStore;
 

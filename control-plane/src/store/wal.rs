@@ -125,6 +125,13 @@ fn scan(data: &[u8], newest: bool, out: &mut Vec<(Revision, Vec<u8>)>) -> Scan {
     Scan::Clean
 }
 
+/// Reads every record of a segment's bytes (the fuzzers' entry point); how many were intact.
+pub(crate) fn scan_all(data: &[u8], newest: bool) -> usize {
+    let mut out = Vec::new();
+    let _ = scan(data, newest, &mut out);
+    out.len()
+}
+
 fn truncate(path: &Path, at: usize) -> io::Result<()> {
     let f = OpenOptions::new().write(true).open(path)?;
     f.set_len(at as u64)?;
