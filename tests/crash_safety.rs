@@ -99,17 +99,7 @@ async fn a_damaged_log_stops_start_up_until_repaired() {
     let mut s = Server::start();
     let c = Client::connect(&s.kubeconfig(), 1).await.unwrap();
     for i in 0..20 {
-        let body = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("cm-{i}")}});
-        let r = c
-            .send(
-                hyper::Method::POST,
-                writers::BASE,
-                "application/json",
-                body.to_string().into(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(r.status, 201);
+        writers::create(&c, &format!("cm-{i}")).await;
     }
     s.kill9();
     // The newest segment holding records: the one this run wrote.
@@ -147,18 +137,7 @@ async fn a_damaged_log_stops_start_up_until_repaired() {
     let r = c.get(writers::BASE).await.unwrap();
     assert_eq!(r.status, 200, "the repaired server answers");
     // New writes get new revisions after whatever the store held.
-    let body =
-        serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "after"}});
-    let r = c
-        .send(
-            hyper::Method::POST,
-            writers::BASE,
-            "application/json",
-            body.to_string().into(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.status, 201);
+    writers::create(&c, "after").await;
     let kept = std::fs::read_dir(&wal)
         .unwrap()
         .flatten()

@@ -622,7 +622,9 @@ fn mutate_json(v: &mut Value, rng: &mut SmallRng, depth: usize) {
                 1 => {
                     // Many copies: quadratic work shows up as a slow input.
                     let item = a[i].clone();
-                    let n = rng.random_range(2..2000);
+                    // Bounded so the input stays within what the server accepts.
+                    let size = item.to_string().len().max(1);
+                    let n = rng.random_range(2..2000).min(MAX_INPUT / 4 / size);
                     a.extend(std::iter::repeat_n(item, n));
                 }
                 2 => a.push(random_value(rng)),

@@ -311,6 +311,21 @@ pub mod writers {
         (writers, acked)
     }
 
+    /// Creates ConfigMap `name`, asserting it was created.
+    pub async fn create(c: &Client, name: &str) {
+        let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}});
+        let r = c
+            .send(
+                hyper::Method::POST,
+                BASE,
+                "application/json",
+                body.to_string().into(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    }
+
     /// Every acknowledged write is there: each object at (at least) its acknowledged
     /// resourceVersion.
     pub async fn assert_present(c: &Client, acked: &BTreeMap<String, u64>) {

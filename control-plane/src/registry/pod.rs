@@ -405,24 +405,24 @@ fn validate_volume_paths(v: &Volume, vp: &str, errs: &mut Errors) {
         for (i, src) in p.sources.iter().flatten().enumerate() {
             let sp = format!("{pp}.sources[{i}]");
             let mut kinds = 0;
-            if let Some(s) = &src.secret {
+            let keyed = [
+                ("secret", src.secret.as_ref().map(|s| (&s.name, &s.items))),
+                (
+                    "configMap",
+                    src.config_map.as_ref().map(|c| (&c.name, &c.items)),
+                ),
+            ];
+            for (field, source) in keyed {
+                let Some((name, items)) = source else {
+                    continue;
+                };
                 kinds += 1;
-                if s.name.is_empty() {
-                    errs.required(format!("{sp}.secret.name"));
+                if name.is_empty() {
+                    errs.required(format!("{sp}.{field}.name"));
                 }
-                key_to_paths(s.items.as_ref(), &format!("{sp}.secret"), errs);
-                for kp in s.items.iter().flatten() {
-                    unique(&kp.path, &s.name, errs);
-                }
-            }
-            if let Some(c) = &src.config_map {
-                kinds += 1;
-                if c.name.is_empty() {
-                    errs.required(format!("{sp}.configMap.name"));
-                }
-                key_to_paths(c.items.as_ref(), &format!("{sp}.configMap"), errs);
-                for kp in c.items.iter().flatten() {
-                    unique(&kp.path, &c.name, errs);
+                key_to_paths(items.as_ref(), &format!("{sp}.{field}"), errs);
+                for kp in items.iter().flatten() {
+                    unique(&kp.path, name, errs);
                 }
             }
             if let Some(d) = &src.downward_api {

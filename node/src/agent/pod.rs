@@ -465,8 +465,14 @@ async fn supervise(
             image.split('@').next().unwrap_or(&image),
             img.digest
         );
-        let env = match Box::pin(pc.env(c)).await {
-            Ok(env) => env,
+        // The environment, then the mounts (a subPathExpr expands with it).
+        let config = async {
+            let env = pc.env(c).await?;
+            let mounts = pc.sandbox.mounts(c, &env).map_err(|e| e.to_string())?;
+            Ok::<_, String>((env, mounts))
+        };
+        let (env, mounts) = match Box::pin(config).await {
+            Ok(config) => config,
             Err(msg) => {
                 create_failed(
                     &pc,
@@ -476,23 +482,6 @@ async fn supervise(
                     &updates,
                     "CreateContainerConfigError",
                     msg,
-                    &mut backoff,
-                )
-                .await;
-                continue;
-            }
-        };
-        let mounts = match pc.sandbox.mounts(c, &env) {
-            Ok(m) => m,
-            Err(e) => {
-                create_failed(
-                    &pc,
-                    &c.name,
-                    idx,
-                    &mut status,
-                    &updates,
-                    "CreateContainerConfigError",
-                    e.to_string(),
                     &mut backoff,
                 )
                 .await;
