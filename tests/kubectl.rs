@@ -714,6 +714,20 @@ fn service_account_tokens_authenticate_while_their_account_exists() {
     }
 }
 
+/// Regression (kube-rs's cordon test): an unset field reads as its zero value in a field
+/// selector, so `spec.unschedulable=false` finds a node that was never cordoned.
+#[test]
+fn field_selectors_read_unset_fields_as_zero_values() {
+    let s = Server::start();
+    s.apply_stdin(&[], "apiVersion: v1\nkind: Node\nmetadata:\n  name: n1\n");
+    let names = |sel: &str| s.ok(&["get", "nodes", "--field-selector", sel, "-o", "name"]);
+    assert_eq!(names("spec.unschedulable=false"), "node/n1\n");
+    assert_eq!(names("spec.unschedulable=true"), "");
+    s.ok(&["cordon", "n1"]);
+    assert_eq!(names("spec.unschedulable=true"), "node/n1\n");
+    assert_eq!(names("spec.unschedulable!=true"), "");
+}
+
 #[test]
 fn credentials_are_required_except_for_health_checks() {
     let s = Server::start();

@@ -313,10 +313,28 @@ async fn heartbeat(client: Client, cfg: AgentConfig) {
 }
 
 /// Runs the agent until `shutdown` resolves.
+/// Pods keep their volumes (and guests their mounts and files) open: a node with
+/// thousands of pods needs more descriptors than the usual soft limit of 1,024, so the
+/// agent takes what the hard limit allows, as container runtimes' service units do.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // Safety: getrlimit/setrlimit with a valid, owned struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 pub async fn run(
     cfg: AgentConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AgentError> {
+    raise_open_files_limit();
     let client = client_from(&cfg.kubeconfig).await?;
     let kc = kube::config::Kubeconfig::read_from(&cfg.kubeconfig).map_err(|e| {
         AgentError::Kubeconfig {
