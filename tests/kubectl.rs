@@ -728,6 +728,51 @@ fn field_selectors_read_unset_fields_as_zero_values() {
     assert_eq!(names("spec.unschedulable!=true"), "");
 }
 
+/// Regression: `--cascade=orphan` and `--cascade=foreground` left the owner stuck forever
+/// with its finalizer. Orphaned dependents lose the owner reference; foreground deletion
+/// removes the dependents first.
+#[test]
+fn cascading_deletes_finish() {
+    let s = Server::start();
+    for (owner, dep) in [("keep-owner", "kept"), ("fg-owner", "doomed")] {
+        s.ok(&["create", "configmap", owner]);
+        let uid = s.json(&["get", "configmap", owner])["metadata"]["uid"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        s.apply_stdin(
+            &[],
+            &format!(
+                "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {dep}\n  ownerReferences:\n  - apiVersion: v1\n    kind: ConfigMap\n    name: {owner}\n    uid: {uid}\n    blockOwnerDeletion: true\n"
+            ),
+        );
+    }
+    s.ok(&[
+        "delete",
+        "configmap",
+        "keep-owner",
+        "--cascade=orphan",
+        "--timeout=20s",
+    ]);
+    assert!(s
+        .fails(&["get", "configmap", "keep-owner"])
+        .contains("NotFound"));
+    let kept = s.json(&["get", "secret", "kept"]);
+    assert!(kept["metadata"]["ownerReferences"].is_null(), "{kept}");
+
+    s.ok(&[
+        "delete",
+        "configmap",
+        "fg-owner",
+        "--cascade=foreground",
+        "--timeout=20s",
+    ]);
+    assert!(s
+        .fails(&["get", "configmap", "fg-owner"])
+        .contains("NotFound"));
+    assert!(s.fails(&["get", "secret", "doomed"]).contains("NotFound"));
+}
+
 #[test]
 fn credentials_are_required_except_for_health_checks() {
     let s = Server::start();

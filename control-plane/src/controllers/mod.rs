@@ -1,5 +1,6 @@
 //! Controllers: plain reconcile functions over watched state, each driven by [`run`].
 
+mod garbage_collector;
 mod namespace;
 mod system_namespaces;
 
@@ -31,6 +32,14 @@ pub fn spawn_all(objects: Arc<Objects>) {
         .expect("namespaces are served");
     tokio::spawn(run(objects.clone(), ns, "namespace", namespace::reconcile));
     tokio::spawn(system_namespaces::run(objects.clone()));
+    for rt in objects.registry().resources {
+        tokio::spawn(run(
+            objects.clone(),
+            rt,
+            "garbage-collector",
+            move |objects, obj| garbage_collector::reconcile(objects, rt, obj),
+        ));
+    }
     crate::scheduler::spawn(objects);
 }
 

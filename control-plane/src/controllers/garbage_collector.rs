@@ -1,0 +1,173 @@
+//! The garbage collector's deletion finalizers, as Kubernetes': an owner deleted with
+//! `propagationPolicy: Orphan` (`kubectl delete --cascade=orphan`) carries the `orphan`
+//! finalizer until its dependents no longer name it in their `ownerReferences`; one deleted
+//! with `Foreground` carries `foregroundDeletion` until its dependents are gone. Then the
+//! finalizer is removed and the owner goes. (Deleting the dependents of owners that are
+//! gone, the `Background` policy, comes with the workload controllers.)
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::Action;
+use crate::objects::{DeleteOptions, ListOptions, ObjectError, Objects, Target, WriteOptions};
+use crate::registry::ResourceType;
+
+const ORPHAN: &str = "orphan";
+const FOREGROUND: &str = "foregroundDeletion";
+/// How soon an owner in foreground deletion looks at its dependents again.
+const RECHECK: Duration = Duration::from_millis(500);
+
+fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
+    v.pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+fn has_finalizer(obj: &Value, f: &str) -> bool {
+    obj.pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|fs| fs.iter().any(|x| x == f))
+}
+
+/// Every object that names `uid` among its owners: in `ns` for a namespaced owner, anywhere
+/// for a cluster-scoped one.
+async fn dependents(
+    objects: &Objects,
+    ns: Option<&str>,
+    uid: &str,
+) -> Result<Vec<(&'static ResourceType, Value)>, ObjectError> {
+    let mut out = Vec::new();
+    for rt in objects.registry().resources {
+        let page = objects
+            .list(rt, ns.filter(|_| rt.namespaced), &ListOptions::default())
+            .await?;
+        for item in page.items {
+            let Ok(v) = serde_json::from_slice::<Value>(&item) else {
+                continue;
+            };
+            let owned = v
+                .pointer("/metadata/ownerReferences")
+                .and_then(Value::as_array)
+                .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid));
+            if owned {
+                out.push((rt, v));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Removes finalizer `f` from the owner (which then goes, if it was the last).
+async fn finish(
+    objects: &Objects,
+    rt: &ResourceType,
+    ns: Option<&str>,
+    name: &str,
+    f: &str,
+) -> Result<Action, ObjectError> {
+    objects
+        .update_with(
+            rt,
+            ns,
+            name,
+            Target::Main,
+            &WriteOptions::default(),
+            |cur| {
+                let mut next = cur.clone();
+                if let Some(fs) = next
+                    .pointer_mut("/metadata/finalizers")
+                    .and_then(Value::as_array_mut)
+                {
+                    fs.retain(|x| x != f);
+                }
+                Ok(next)
+            },
+        )
+        .await?;
+    Ok(Action::Done)
+}
+
+pub async fn reconcile(
+    objects: Arc<Objects>,
+    rt: &'static ResourceType,
+    obj: Value,
+) -> Result<Action, ObjectError> {
+    if obj
+        .pointer("/metadata/deletionTimestamp")
+        .is_none_or(Value::is_null)
+    {
+        return Ok(Action::Done);
+    }
+    let (orphan, foreground) = (has_finalizer(&obj, ORPHAN), has_finalizer(&obj, FOREGROUND));
+    if !orphan && !foreground {
+        return Ok(Action::Done);
+    }
+    let name = str_at(&obj, "/metadata/name");
+    let ns = Some(str_at(&obj, "/metadata/namespace")).filter(|n| !n.is_empty());
+    let uid = str_at(&obj, "/metadata/uid");
+    let deps = dependents(&objects, ns, uid).await?;
+    if orphan {
+        for (drt, dep) in &deps {
+            let dns = Some(str_at(dep, "/metadata/namespace")).filter(|n| !n.is_empty());
+            let dname = str_at(dep, "/metadata/name");
+            let released = objects
+                .update_with(
+                    drt,
+                    dns,
+                    dname,
+                    Target::Main,
+                    &WriteOptions::default(),
+                    |cur| {
+                        let mut next = cur.clone();
+                        if let Some(refs) = next
+                            .pointer_mut("/metadata/ownerReferences")
+                            .and_then(Value::as_array_mut)
+                        {
+                            refs.retain(|r| r["uid"] != uid);
+                            if refs.is_empty() {
+                                next["metadata"]
+                                    .as_object_mut()
+                                    .map(|m| m.remove("ownerReferences"));
+                            }
+                        }
+                        Ok(next)
+                    },
+                )
+                .await;
+            match released {
+                Ok(_) | Err(ObjectError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        return finish(&objects, rt, ns, name, ORPHAN).await;
+    }
+    // Foreground: the dependents go first.
+    for (drt, dep) in &deps {
+        if dep
+            .pointer("/metadata/deletionTimestamp")
+            .is_some_and(|t| !t.is_null())
+        {
+            continue;
+        }
+        let dns = Some(str_at(dep, "/metadata/namespace")).filter(|n| !n.is_empty());
+        let opts = DeleteOptions {
+            propagation_policy: Some("Foreground".into()),
+            precondition_uid: Some(str_at(dep, "/metadata/uid").to_string()),
+            ..Default::default()
+        };
+        match objects
+            .delete(drt, dns, str_at(dep, "/metadata/name"), &opts)
+            .await
+        {
+            Ok(_) | Err(ObjectError::NotFound { .. }) | Err(ObjectError::Conflict { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if deps.is_empty() {
+        finish(&objects, rt, ns, name, FOREGROUND).await
+    } else {
+        Ok(Action::RequeueAfter(RECHECK))
+    }
+}
