@@ -771,6 +771,23 @@ fn cascading_deletes_finish() {
         .fails(&["get", "configmap", "fg-owner"])
         .contains("NotFound"));
     assert!(s.fails(&["get", "secret", "doomed"]).contains("NotFound"));
+
+    // Background (the default): the owner goes at once, its dependent soon after.
+    s.ok(&["create", "configmap", "bg-owner"]);
+    let uid = s.json(&["get", "configmap", "bg-owner"])["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    s.apply_stdin(
+        &[],
+        &format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: follower\n  ownerReferences:\n  - apiVersion: v1\n    kind: ConfigMap\n    name: bg-owner\n    uid: {uid}\n"),
+    );
+    s.ok(&["delete", "configmap", "bg-owner"]);
+    common::eventually(10, "the dependent of a deleted owner to go", || {
+        (!s.kubectl(&["get", "secret", "follower"]).status.success()).then_some(())
+    });
+    // What was orphaned earlier has no owner left to follow.
+    assert!(s.kubectl(&["get", "secret", "kept"]).status.success());
 }
 
 #[test]

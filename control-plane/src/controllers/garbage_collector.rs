@@ -1,9 +1,9 @@
-//! The garbage collector's deletion finalizers, as Kubernetes': an owner deleted with
-//! `propagationPolicy: Orphan` (`kubectl delete --cascade=orphan`) carries the `orphan`
-//! finalizer until its dependents no longer name it in their `ownerReferences`; one deleted
-//! with `Foreground` carries `foregroundDeletion` until its dependents are gone. Then the
-//! finalizer is removed and the owner goes. (Deleting the dependents of owners that are
-//! gone, the `Background` policy, comes with the workload controllers.)
+//! The garbage collector, as Kubernetes': an object whose owners (`ownerReferences`) are all
+//! gone is deleted (the default `Background` policy), looked at when an owner is deleted and
+//! whenever the object changes (so also at start). An owner deleted with `Orphan`
+//! (`kubectl delete --cascade=orphan`) carries the `orphan` finalizer until its dependents no
+//! longer name it; one deleted with `Foreground` carries `foregroundDeletion` until its
+//! dependents are gone. Then the finalizer is removed and the owner goes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +11,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::Action;
-use crate::objects::{DeleteOptions, ListOptions, ObjectError, Objects, Target, WriteOptions};
+use crate::objects::{
+    DeleteOptions, ListOptions, ObjectError, Objects, Target, WatchFilter, WatchItem, WriteOptions,
+};
 use crate::registry::ResourceType;
 
 const ORPHAN: &str = "orphan";
@@ -98,7 +100,7 @@ pub async fn reconcile(
         .pointer("/metadata/deletionTimestamp")
         .is_none_or(Value::is_null)
     {
-        return Ok(Action::Done);
+        return collect_if_orphaned(&objects, rt, &obj).await;
     }
     let (orphan, foreground) = (has_finalizer(&obj, ORPHAN), has_finalizer(&obj, FOREGROUND));
     if !orphan && !foreground {
@@ -169,5 +171,101 @@ pub async fn reconcile(
         finish(&objects, rt, ns, name, FOREGROUND).await
     } else {
         Ok(Action::RequeueAfter(RECHECK))
+    }
+}
+
+/// Whether the owner a reference names exists (with that uid); `None` for a kind this
+/// server does not serve (such a reference keeps the dependent, as in Kubernetes).
+async fn owner_exists(objects: &Objects, ns: Option<&str>, r: &Value) -> Option<bool> {
+    let (group, version) = match str_at(r, "/apiVersion").split_once('/') {
+        Some((g, v)) => (g, v),
+        None => ("", str_at(r, "/apiVersion")),
+    };
+    let kind = str_at(r, "/kind");
+    let rt = objects
+        .registry()
+        .resources
+        .iter()
+        .find(|t| t.group == group && t.version == version && t.kind == kind)?;
+    Some(
+        match objects
+            .get_value(rt, ns.filter(|_| rt.namespaced), str_at(r, "/name"))
+            .await
+        {
+            Ok((owner, _)) => str_at(&owner, "/metadata/uid") == str_at(r, "/uid"),
+            Err(_) => false,
+        },
+    )
+}
+
+/// Deletes `obj` (in the background) if it has owners and every one of them is gone.
+async fn collect_if_orphaned(
+    objects: &Objects,
+    rt: &ResourceType,
+    obj: &Value,
+) -> Result<Action, ObjectError> {
+    let Some(refs) = obj
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .filter(|r| !r.is_empty())
+    else {
+        return Ok(Action::Done);
+    };
+    let ns = Some(str_at(obj, "/metadata/namespace")).filter(|n| !n.is_empty());
+    for r in refs {
+        if owner_exists(objects, ns, r).await != Some(false) {
+            return Ok(Action::Done);
+        }
+    }
+    let opts = DeleteOptions {
+        propagation_policy: Some("Background".into()),
+        precondition_uid: Some(str_at(obj, "/metadata/uid").to_string()),
+        ..Default::default()
+    };
+    match objects
+        .delete(rt, ns, str_at(obj, "/metadata/name"), &opts)
+        .await
+    {
+        Ok(_) | Err(ObjectError::NotFound { .. }) | Err(ObjectError::Conflict { .. }) => {
+            Ok(Action::Done)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Watches `rt` for deletions: the dependents of each deleted object are looked at (and
+/// collected if it was their last owner).
+pub async fn on_deletions(objects: Arc<Objects>, rt: &'static ResourceType) {
+    loop {
+        let from = objects.store().revision();
+        let Ok(mut events) = objects.watch(rt, None, from, WatchFilter::default()) else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        while let Some(item) = events.next().await {
+            let WatchItem::Event {
+                kind: "DELETED",
+                object,
+                ..
+            } = item
+            else {
+                if matches!(item, WatchItem::Error(_)) {
+                    break;
+                }
+                continue;
+            };
+            let Ok(owner) = serde_json::from_slice::<Value>(&object) else {
+                continue;
+            };
+            let ns = Some(str_at(&owner, "/metadata/namespace")).filter(|n| !n.is_empty());
+            let Ok(deps) = dependents(&objects, ns, str_at(&owner, "/metadata/uid")).await else {
+                continue;
+            };
+            for (drt, dep) in deps {
+                if let Err(e) = collect_if_orphaned(&objects, drt, &dep).await {
+                    tracing::warn!(error = %e, "garbage collection failed");
+                }
+            }
+        }
     }
 }

@@ -39,6 +39,7 @@ pub fn spawn_all(objects: Arc<Objects>) {
             "garbage-collector",
             move |objects, obj| garbage_collector::reconcile(objects, rt, obj),
         ));
+        tokio::spawn(garbage_collector::on_deletions(objects.clone(), rt));
     }
     crate::scheduler::spawn(objects);
 }
