@@ -5,6 +5,7 @@
 //! longer name it; one deleted with `Foreground` carries `foregroundDeletion` until its
 //! dependents are gone. Then the finalizer is removed and the owner goes.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,11 +92,49 @@ async fn finish(
     Ok(Action::Done)
 }
 
+/// The objects that named each owner (by uid) when last seen, so an owner's deletion finds
+/// its dependents without listing everything. Entries may be stale: each is checked.
+#[derive(Default)]
+pub struct Owners(std::sync::Mutex<HashMap<String, HashMap<String, Dependent>>>);
+
+/// A dependent: its resource, namespace and name.
+type Dependent = (&'static ResourceType, Option<String>, String);
+
+impl Owners {
+    fn note(&self, rt: &'static ResourceType, obj: &Value) {
+        let Some(refs) = obj
+            .pointer("/metadata/ownerReferences")
+            .and_then(Value::as_array)
+        else {
+            return;
+        };
+        let ns = Some(str_at(obj, "/metadata/namespace"))
+            .filter(|n| !n.is_empty())
+            .map(str::to_string);
+        let name = str_at(obj, "/metadata/name").to_string();
+        let key = rt.key(ns.as_deref(), &name);
+        let mut owners = self.0.lock().expect("owners");
+        for r in refs {
+            owners
+                .entry(str_at(r, "/uid").to_string())
+                .or_default()
+                .insert(key.clone(), (rt, ns.clone(), name.clone()));
+        }
+    }
+
+    fn take(&self, uid: &str) -> Vec<Dependent> {
+        let taken = self.0.lock().expect("owners").remove(uid);
+        taken.into_iter().flat_map(|m| m.into_values()).collect()
+    }
+}
+
 pub async fn reconcile(
     objects: Arc<Objects>,
+    owners: Arc<Owners>,
     rt: &'static ResourceType,
     obj: Value,
 ) -> Result<Action, ObjectError> {
+    owners.note(rt, &obj);
     if obj
         .pointer("/metadata/deletionTimestamp")
         .is_none_or(Value::is_null)
@@ -235,7 +274,7 @@ async fn collect_if_orphaned(
 
 /// Watches `rt` for deletions: the dependents of each deleted object are looked at (and
 /// collected if it was their last owner).
-pub async fn on_deletions(objects: Arc<Objects>, rt: &'static ResourceType) {
+pub async fn on_deletions(objects: Arc<Objects>, owners: Arc<Owners>, rt: &'static ResourceType) {
     loop {
         let from = objects.store().revision();
         let Ok(mut events) = objects.watch(rt, None, from, WatchFilter::default()) else {
@@ -257,11 +296,10 @@ pub async fn on_deletions(objects: Arc<Objects>, rt: &'static ResourceType) {
             let Ok(owner) = serde_json::from_slice::<Value>(&object) else {
                 continue;
             };
-            let ns = Some(str_at(&owner, "/metadata/namespace")).filter(|n| !n.is_empty());
-            let Ok(deps) = dependents(&objects, ns, str_at(&owner, "/metadata/uid")).await else {
-                continue;
-            };
-            for (drt, dep) in deps {
+            for (drt, dns, dname) in owners.take(str_at(&owner, "/metadata/uid")) {
+                let Ok((dep, _)) = objects.get_value(drt, dns.as_deref(), &dname).await else {
+                    continue;
+                };
                 if let Err(e) = collect_if_orphaned(&objects, drt, &dep).await {
                     tracing::warn!(error = %e, "garbage collection failed");
                 }

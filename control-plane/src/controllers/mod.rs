@@ -32,14 +32,20 @@ pub fn spawn_all(objects: Arc<Objects>) {
         .expect("namespaces are served");
     tokio::spawn(run(objects.clone(), ns, "namespace", namespace::reconcile));
     tokio::spawn(system_namespaces::run(objects.clone()));
+    let owners = Arc::new(garbage_collector::Owners::default());
     for rt in objects.registry().resources {
+        let o = owners.clone();
         tokio::spawn(run(
             objects.clone(),
             rt,
             "garbage-collector",
-            move |objects, obj| garbage_collector::reconcile(objects, rt, obj),
+            move |objects, obj| garbage_collector::reconcile(objects, o.clone(), rt, obj),
         ));
-        tokio::spawn(garbage_collector::on_deletions(objects.clone(), rt));
+        tokio::spawn(garbage_collector::on_deletions(
+            objects.clone(),
+            owners.clone(),
+            rt,
+        ));
     }
     crate::scheduler::spawn(objects);
 }
