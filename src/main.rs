@@ -333,7 +333,15 @@ async fn main() -> anyhow::Result<()> {
         } => skiff_control_plane::bench::run_api(args).await?,
         Command::Bench {
             what: Bench::Pods(args),
-        } => skiff_node::bench::run_pods(args).await?,
+        } => {
+            let server = skiff_control_plane::bench::BenchServer::start("skiff-bench-pods")?;
+            let cluster = skiff_node::bench::BenchCluster {
+                dir: server.dir.path(),
+                kubeconfig: &server.kubeconfig,
+                server_pid: server.pid(),
+            };
+            skiff_node::bench::run_pods(args, cluster).await?
+        }
     }
     Ok(())
 }

@@ -14,7 +14,7 @@ pub mod controllers;
 pub mod events;
 pub mod fuzz;
 pub mod objects;
-pub mod quantity;
+pub use skiff_api::quantity;
 pub mod registry;
 pub mod scheduler;
 pub mod selectors;

@@ -51,8 +51,15 @@ pub enum BenchError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Images(#[from] crate::images::ImageError),
-    #[error(transparent)]
-    Server(#[from] skiff_control_plane::bench::BenchError),
+}
+
+/// The API server a bench runs against, started by the caller (the node meets the control
+/// plane only through its API): a working directory for the bench's files, the server's
+/// kubeconfig, and its process (whose CPU time the bench reads).
+pub struct BenchCluster<'a> {
+    pub dir: &'a Path,
+    pub kubeconfig: &'a Path,
+    pub server_pid: u32,
 }
 
 struct Procs(Vec<std::process::Child>);
@@ -283,16 +290,15 @@ async fn bare_wasmtime_peer(n: usize) -> Result<u64, BenchError> {
     Ok(grown)
 }
 
-pub async fn run_pods(args: PodBenchArgs) -> Result<(), BenchError> {
+pub async fn run_pods(args: PodBenchArgs, cluster: BenchCluster<'_>) -> Result<(), BenchError> {
     // The timed pods stay, and idle ones are added up to `idle`.
     let total = (2 * args.pods).max(args.idle);
-    let server = skiff_control_plane::bench::BenchServer::start("skiff-bench-pods")?;
-    let (dir, kubeconfig) = (&server.dir, &server.kubeconfig);
+    let (dir, kubeconfig) = (cluster.dir, cluster.kubeconfig);
     let exe = std::env::current_exe()?;
-    let agent_dir = dir.path().join("agent");
+    let agent_dir = dir.join("agent");
     let image = "bench.local/idle:1";
     crate::images::ImageStore::open(&agent_dir.join("images"))?
-        .import(&write(dir.path(), "idle.wat", IDLE_WAT)?, image)?;
+        .import(&write(dir, "idle.wat", IDLE_WAT)?, image)?;
     let agent = std::process::Command::new(&exe)
         .args([
             "agent",
@@ -310,7 +316,7 @@ pub async fn run_pods(args: PodBenchArgs) -> Result<(), BenchError> {
         .env("SKIFF_LOG", "warn")
         .spawn()?;
     let agent_pid = agent.id();
-    let server_pid = server.pid();
+    let server_pid = cluster.server_pid;
     let procs = Procs(vec![agent]);
     let client = crate::agent::client_from(kubeconfig).await?;
     let nodes: Api<Node> = Api::all(client.clone());

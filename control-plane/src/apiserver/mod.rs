@@ -49,8 +49,7 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 1000;
 /// Events kept for watches that resume from an older resourceVersion.
 pub const DEFAULT_HISTORY: u64 = 20_000;
 
-/// The node label of nodes that run Wasm containers.
-pub const WASM_RUNTIME_LABEL: &str = "runtime.skiff.dev/wasm";
+pub use skiff_api::WASM_RUNTIME_LABEL;
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {

@@ -28,6 +28,11 @@ fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
         .unwrap_or_default()
 }
 
+/// An object's namespace; `None` for a cluster-scoped one.
+fn namespace_of(v: &Value) -> Option<&str> {
+    Some(str_at(v, "/metadata/namespace")).filter(|n| !n.is_empty())
+}
+
 fn has_finalizer(obj: &Value, f: &str) -> bool {
     obj.pointer("/metadata/finalizers")
         .and_then(Value::as_array)
@@ -108,9 +113,7 @@ impl Owners {
         else {
             return;
         };
-        let ns = Some(str_at(obj, "/metadata/namespace"))
-            .filter(|n| !n.is_empty())
-            .map(str::to_string);
+        let ns = namespace_of(obj).map(str::to_string);
         let name = str_at(obj, "/metadata/name").to_string();
         let key = rt.key(ns.as_deref(), &name);
         let mut owners = self.0.lock().expect("owners");
@@ -146,12 +149,12 @@ pub async fn reconcile(
         return Ok(Action::Done);
     }
     let name = str_at(&obj, "/metadata/name");
-    let ns = Some(str_at(&obj, "/metadata/namespace")).filter(|n| !n.is_empty());
+    let ns = namespace_of(&obj);
     let uid = str_at(&obj, "/metadata/uid");
     let deps = dependents(&objects, ns, uid).await?;
     if orphan {
         for (drt, dep) in &deps {
-            let dns = Some(str_at(dep, "/metadata/namespace")).filter(|n| !n.is_empty());
+            let dns = namespace_of(dep);
             let dname = str_at(dep, "/metadata/name");
             let released = objects
                 .update_with(
@@ -192,7 +195,7 @@ pub async fn reconcile(
         {
             continue;
         }
-        let dns = Some(str_at(dep, "/metadata/namespace")).filter(|n| !n.is_empty());
+        let dns = namespace_of(dep);
         let opts = DeleteOptions {
             propagation_policy: Some("Foreground".into()),
             precondition_uid: Some(str_at(dep, "/metadata/uid").to_string()),
@@ -250,7 +253,7 @@ async fn collect_if_orphaned(
     else {
         return Ok(Action::Done);
     };
-    let ns = Some(str_at(obj, "/metadata/namespace")).filter(|n| !n.is_empty());
+    let ns = namespace_of(obj);
     for r in refs {
         if owner_exists(objects, ns, r).await != Some(false) {
             return Ok(Action::Done);

@@ -6,7 +6,7 @@ use std::path::Path;
 use k8s_openapi::api::core::v1::{NodeAddress, NodeSystemInfo};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
-pub const WASM_RUNTIME_LABEL: &str = "runtime.skiff.dev/wasm";
+pub use skiff_api::WASM_RUNTIME_LABEL;
 pub const KUBELET_VERSION: &str = "v1.33.0-skiff";
 
 fn read(path: &str) -> String {

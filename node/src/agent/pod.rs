@@ -411,7 +411,7 @@ fn limit(c: &Container, res: &str) -> Option<i128> {
         .as_ref()
         .and_then(|r| r.limits.as_ref())
         .and_then(|l| l.get(res))
-        .and_then(|q| skiff_control_plane::quantity::parse(&q.0).ok())
+        .and_then(|q| skiff_api::quantity::parse(&q.0).ok())
         .map(|m| m.0)
 }
 
