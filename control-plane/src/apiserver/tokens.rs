@@ -177,7 +177,7 @@ pub async fn token_request(
         namespace: ns.into(),
         serviceaccount: ObjectRef {
             name: name.into(),
-            uid: meta_str(&sa, "uid"),
+            uid: uid_of(&sa),
         },
         pod: None,
         secret: None,
@@ -205,7 +205,7 @@ pub async fn token_request(
         let (obj, _) = objects
             .get_value(rt, namespaced.then_some(ns), bound_name)
             .await?;
-        let uid = meta_str(&obj, "uid");
+        let uid = uid_of(&obj);
         if let Some(want) = b
             .get("uid")
             .and_then(Value::as_str)
@@ -283,16 +283,15 @@ pub async fn authenticate(objects: &Objects, tokens: &Tokens, token: &str) -> bo
             .get_value(rt, namespaced.then_some(k.namespace.as_str()), &r.name)
             .await
         {
-            Ok((obj, _)) if meta_str(&obj, "uid") == r.uid => {}
+            Ok((obj, _)) if uid_of(&obj) == r.uid => {}
             _ => return false,
         }
     }
     true
 }
 
-fn meta_str(obj: &Value, field: &str) -> String {
-    obj.pointer(&format!("/metadata/{field}"))
-        .and_then(Value::as_str)
+fn uid_of(obj: &Value) -> String {
+    crate::objects::meta_str(obj, "uid")
         .unwrap_or_default()
         .to_string()
 }

@@ -55,11 +55,31 @@ pub struct Written {
 
 /// Runs CPU-heavy work (patching a large object) so that it does not stall the other
 /// requests and watches served by the same worker thread.
-fn heavy<T>(f: impl FnOnce() -> T) -> T {
+/// Small work (almost every patch) runs in place: handing the worker over costs more.
+fn heavy<T>(big: bool, f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) if big => tokio::task::block_in_place(f),
         _ => f(),
     }
+}
+
+/// Whether a patch is large enough (in JSON nodes, counted up to the limit) for `heavy`.
+fn is_big(v: &Value) -> bool {
+    const NODES: usize = 10_000;
+    fn count(v: &Value, n: &mut usize) {
+        *n += 1;
+        if *n > NODES {
+            return;
+        }
+        match v {
+            Value::Array(a) => a.iter().for_each(|x| count(x, n)),
+            Value::Object(m) => m.values().for_each(|x| count(x, n)),
+            _ => {}
+        }
+    }
+    let mut n = 0;
+    count(v, &mut n);
+    n > NODES
 }
 
 /// How a JSON value is named in messages.
@@ -727,10 +747,11 @@ impl Objects {
         target: Target,
         opts: &WriteOptions,
     ) -> Result<Written, ObjectError> {
+        let big = is_big(&patch);
         if ptype != PatchType::Apply {
             return self
                 .update_with(rt, ns, name, target, opts, |old| {
-                    let out = heavy(|| match ptype {
+                    let out = heavy(big, || match ptype {
                         PatchType::Json => patch::json_patch(old, &patch),
                         PatchType::Merge => patch::merge_patch(old, &patch),
                         _ => patch::strategic_merge(rt.kind, old, &patch),
@@ -787,8 +808,10 @@ impl Objects {
         };
         match self
             .update_with(rt, ns, name, target, &inner, |old| {
-                heavy(|| managed::apply(Some(old), &patch, &manager, &av, opts.force))
-                    .map_err(conflict)
+                heavy(big, || {
+                    managed::apply(Some(old), &patch, &manager, &av, opts.force)
+                })
+                .map_err(conflict)
             })
             .await
         {
