@@ -188,13 +188,16 @@ async fn main() -> anyhow::Result<()> {
             history,
             repair,
         } => {
-            let config = skiff_control_plane::apiserver::ServerConfig {
-                data_dir,
-                listen,
-                history,
-                repair,
+            let config = skiff_control_plane::cluster::Config {
+                server: skiff_control_plane::apiserver::ServerConfig {
+                    data_dir,
+                    listen,
+                    history,
+                    repair,
+                },
+                controllers: Default::default(),
             };
-            skiff_control_plane::apiserver::run(config, shutdown_signal()).await?;
+            skiff_control_plane::cluster::run(config, shutdown_signal()).await?;
         }
         Command::Agent {
             kubeconfig,
@@ -229,14 +232,17 @@ async fn main() -> anyhow::Result<()> {
             let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
                 let _ = rx.wait_for(|s| *s).await;
             };
-            let server_config = skiff_control_plane::apiserver::ServerConfig {
-                data_dir: data_dir.clone(),
-                listen,
-                history,
-                repair,
+            let server_config = skiff_control_plane::cluster::Config {
+                server: skiff_control_plane::apiserver::ServerConfig {
+                    data_dir: data_dir.clone(),
+                    listen,
+                    history,
+                    repair,
+                },
+                controllers: Default::default(),
             };
             let server =
-                skiff_control_plane::apiserver::start(server_config, stopped(stop_rx.clone()))
+                skiff_control_plane::cluster::start(server_config, stopped(stop_rx.clone()))
                     .await?;
             let agent_config = skiff_node::agent::AgentConfig {
                 kubeconfig: server.kubeconfig.clone(),

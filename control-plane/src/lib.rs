@@ -1,15 +1,17 @@
 //! Skiff's control plane.
 //!
+//! - [`cluster`]: composes the API server with the controllers and the scheduler.
 //! - [`apiserver`]: the Kubernetes-compatible HTTPS API (discovery, OpenAPI, resources).
 //! - [`objects`]: the single write path every writer uses (admission, patches, apply).
 //! - [`registry`]: every served resource with its defaulting, validation and table printing.
 //! - [`store`]: the cluster state (a `Store` trait; sled embedded by default).
-//! - [`controllers`]: reconcile loops (namespaces); [`scheduler`] binds pods to nodes.
+//! - [`controllers`]: reconcile loops over a shared watched cache; [`scheduler`] binds pods to nodes.
 //! - [`events`]: recording Events about objects.
 //! - [`bench`]: `skiff bench api`, load and latency against a server.
 //! - [`selectors`], [`quantity`]: label/field selectors and resource quantities.
 pub mod apiserver;
 pub mod bench;
+pub mod cluster;
 pub mod controllers;
 pub mod events;
 pub mod fuzz;

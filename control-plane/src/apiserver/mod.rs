@@ -163,7 +163,6 @@ pub async fn start(
         tokens: tokens::Tokens::load_or_create(&config.data_dir.join("pki"))?,
     });
     let app = Router::new().fallback(dispatch).with_state(state);
-    crate::controllers::spawn_all(objects.clone());
     tracing::info!(listen = %addr, kubeconfig = %kubeconfig.display(), "skiff API server listening on {server_url}; kubeconfig at {}", kubeconfig.display());
     let task = tokio::spawn(serve(listener, tls, app, shutdown));
     Ok(RunningServer {
@@ -172,15 +171,6 @@ pub async fn start(
         objects,
         task,
     })
-}
-
-/// Runs the server until `shutdown` resolves.
-pub async fn run(
-    config: ServerConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServerError> {
-    start(config, shutdown).await?.wait().await;
-    Ok(())
 }
 
 async fn serve(

@@ -12,9 +12,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::Action;
-use crate::objects::{
-    DeleteOptions, ListOptions, ObjectError, Objects, Target, WatchFilter, WatchItem, WriteOptions,
-};
+use super::Cache;
+use crate::objects::{DeleteOptions, ListOptions, ObjectError, Objects, Target, WriteOptions};
 use crate::registry::ResourceType;
 
 const ORPHAN: &str = "orphan";
@@ -275,38 +274,32 @@ async fn collect_if_orphaned(
     }
 }
 
-/// Watches `rt` for deletions: the dependents of each deleted object are looked at (and
-/// collected if it was their last owner).
-pub async fn on_deletions(objects: Arc<Objects>, owners: Arc<Owners>, rt: &'static ResourceType) {
-    loop {
-        let from = objects.store().revision();
-        let Ok(mut events) = objects.watch(rt, None, from, WatchFilter::default()) else {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        };
-        while let Some(item) = events.next().await {
-            let WatchItem::Event {
-                kind: "DELETED",
-                object,
-                ..
-            } = item
-            else {
-                if matches!(item, WatchItem::Error(_)) {
-                    break;
-                }
-                continue;
-            };
-            let Ok(owner) = serde_json::from_slice::<Value>(&object) else {
-                continue;
-            };
-            for (drt, dns, dname) in owners.take(str_at(&owner, "/metadata/uid")) {
-                let Ok((dep, _)) = objects.get_value(drt, dns.as_deref(), &dname).await else {
-                    continue;
-                };
-                if let Err(e) = collect_if_orphaned(&objects, drt, &dep).await {
-                    tracing::warn!(error = %e, "garbage collection failed");
+/// Starts the collector on every served resource: each object is looked at when it changes,
+/// and the dependents of each deleted object when it goes (collected if it was their last
+/// owner).
+pub fn spawn(cache: &Arc<Cache>) {
+    let owners = Arc::new(Owners::default());
+    let registry = cache.objects().registry();
+    let mut queues = HashMap::new();
+    for rt in registry.resources {
+        let o = owners.clone();
+        let queue = super::run(cache, rt, "garbage-collector", move |objects, obj| {
+            reconcile(objects, o.clone(), rt, obj)
+        });
+        queues.insert(rt.prefix(None), queue);
+    }
+    let queues = Arc::new(queues);
+    for rt in registry.resources {
+        let (owners, queues) = (owners.clone(), queues.clone());
+        cache.informer(rt).on_change(move |c| {
+            if c.new.is_some() {
+                return;
+            }
+            for (drt, dns, dname) in owners.take(str_at(c.object(), "/metadata/uid")) {
+                if let Some(q) = queues.get(&drt.prefix(None)) {
+                    q.add(format!("{}/{dname}", dns.unwrap_or_default()));
                 }
             }
-        }
+        });
     }
 }

@@ -1,9 +1,12 @@
-//! Controllers: plain reconcile functions over watched state, each driven by [`run`].
+//! Controllers: plain reconcile functions over the shared watched cache ([`cache`]), each
+//! driven by a work queue of keys ([`spawn_controller`]); [`spawn_all`] composes them.
 
+mod cache;
 mod garbage_collector;
 mod namespace;
 mod system_namespaces;
 
+pub use cache::{Cache, Change, Informer};
 pub use system_namespaces::ensure as ensure_system_namespaces;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -14,8 +17,9 @@ use std::time::Duration;
 use serde_json::Value;
 use tracing::Instrument;
 
-use crate::objects::{ListOptions, ObjectError, Objects, WatchFilter, WatchItem};
+use crate::objects::{ObjectError, Objects, Written};
 use crate::registry::ResourceType;
+use crate::store::Revision;
 
 /// What a reconcile asks for next.
 #[derive(Debug, PartialEq, Eq)]
@@ -24,208 +28,203 @@ pub enum Action {
     RequeueAfter(Duration),
 }
 
-/// Starts every control-plane controller.
-pub fn spawn_all(objects: Arc<Objects>) {
+/// Settings of the control loops (flags of `skiff server`).
+#[derive(Clone, Debug, Default)]
+pub struct ControllerConfig {}
+
+/// Starts every control-plane controller and the scheduler over one shared cache.
+pub fn spawn_all(objects: Arc<Objects>, _config: ControllerConfig) -> Arc<Cache> {
+    let cache = Cache::new(objects.clone());
     let ns = objects
         .registry()
         .find("", "v1", "namespaces")
         .expect("namespaces are served");
-    tokio::spawn(run(objects.clone(), ns, "namespace", namespace::reconcile));
+    run(&cache, ns, "namespace", namespace::reconcile);
     tokio::spawn(system_namespaces::run(objects.clone()));
-    let owners = Arc::new(garbage_collector::Owners::default());
-    for rt in objects.registry().resources {
-        let o = owners.clone();
-        tokio::spawn(run(
-            objects.clone(),
-            rt,
-            "garbage-collector",
-            move |objects, obj| garbage_collector::reconcile(objects, o.clone(), rt, obj),
-        ));
-        tokio::spawn(garbage_collector::on_deletions(
-            objects.clone(),
-            owners.clone(),
-            rt,
-        ));
-    }
-    crate::scheduler::spawn(objects);
+    garbage_collector::spawn(&cache);
+    crate::scheduler::spawn(&cache);
+    cache
 }
 
 /// How many objects a controller reconciles at once (never the same object twice at once):
 /// their writes then share the store's group commits instead of queueing one by one.
 const CONCURRENCY: usize = 32;
 
-/// Lists and watches `rt`, calling `reconcile` for each changed object (by namespace/name),
-/// requeueing as asked and retrying failures with back-off. Restarts the watch when the
-/// history it resumes from is gone.
-pub async fn run<F, Fut>(
-    objects: Arc<Objects>,
-    rt: &'static ResourceType,
-    name: &'static str,
-    reconcile: F,
-) where
-    F: Fn(Arc<Objects>, Value) -> Fut + Send + Sync + 'static,
+/// The revision of a write (the `resourceVersion` the store stamped on it).
+pub fn written_rev(w: &Written) -> Revision {
+    serde_json::from_slice::<Value>(&w.object)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .and_then(|s| s.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A controller's work queue of object keys (`namespace/name`): each key once however
+/// often it is added while waiting, at most [`CONCURRENCY`] running, never one key twice at
+/// once (a key added while it runs is queued again when it ends).
+#[derive(Default)]
+pub struct Queue {
+    state: std::sync::Mutex<QueueState>,
+    ready: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct QueueState {
+    order: VecDeque<String>,
+    waiting: HashSet<String>,
+    running: HashSet<String>,
+    failures: HashMap<String, u32>,
+}
+
+impl Queue {
+    pub fn new() -> Arc<Queue> {
+        Arc::default()
+    }
+
+    pub fn add(&self, key: String) {
+        let mut st = self.state.lock().expect("queue");
+        if st.waiting.insert(key.clone()) && !st.running.contains(&key) {
+            st.order.push_back(key);
+            drop(st);
+            self.ready.notify_one();
+        }
+    }
+
+    /// The next key to reconcile, if a slot is free.
+    fn next(&self) -> Option<String> {
+        let mut st = self.state.lock().expect("queue");
+        if st.running.len() >= CONCURRENCY {
+            return None;
+        }
+        let key = st.order.pop_front()?;
+        st.waiting.remove(&key);
+        st.running.insert(key.clone());
+        Some(key)
+    }
+
+    /// `key`'s reconcile ended: if it was added meanwhile, it is queued now. Returns the
+    /// back-off for a failure (growing with consecutive failures of the key).
+    fn done(&self, key: &str, failed: bool) -> Duration {
+        let mut st = self.state.lock().expect("queue");
+        st.running.remove(key);
+        if st.waiting.contains(key) {
+            st.order.push_back(key.to_string());
+        }
+        let n = if failed {
+            let n = st.failures.entry(key.to_string()).or_default();
+            *n += 1;
+            *n
+        } else {
+            st.failures.remove(key);
+            0
+        };
+        drop(st);
+        self.ready.notify_one();
+        Duration::from_millis(100 * 2u64.pow(n.min(8)))
+    }
+
+    /// Adds `key` after `delay`.
+    pub fn add_after(self: &Arc<Self>, key: String, delay: Duration) {
+        let q = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            q.add(key);
+        });
+    }
+}
+
+/// Runs a controller: reconciles the keys of `queue` as they come, requeueing as asked and
+/// retrying failures with back-off.
+pub fn spawn_controller<F, Fut>(name: &'static str, queue: Arc<Queue>, reconcile: F)
+where
+    F: Fn(String) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Action, ObjectError>> + Send + 'static,
 {
     let reconcile = Arc::new(reconcile);
-    let mut failures: HashMap<String, u32> = HashMap::new();
-    let (requeue_tx, mut requeue_rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
-    type Done = (String, Value, Result<Action, ObjectError>);
-    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Done>();
-    let mut queue = WorkQueue::default();
-    loop {
-        let page = match objects.list(rt, None, &ListOptions::default()).await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(controller = name, error = %e, "list failed");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        let mut stream = match objects.watch(rt, None, page.rev, WatchFilter::default()) {
-            Ok(s) => s,
-            Err(_) => continue,
-        };
-        for obj in page
-            .items
-            .iter()
-            .filter_map(|b| serde_json::from_slice(b).ok())
-        {
-            queue.add(obj);
-        }
+    tokio::spawn(async move {
         loop {
-            while let Some((key, obj)) = queue.next() {
-                let (reconcile, objects, done) =
-                    (reconcile.clone(), objects.clone(), done_tx.clone());
+            while let Some(key) = queue.next() {
+                let (reconcile, queue) = (reconcile.clone(), queue.clone());
                 tokio::spawn(async move {
                     let span = tracing::debug_span!("reconcile", controller = name, object = %key);
-                    let result = reconcile(objects, obj.clone()).instrument(span).await;
-                    let _ = done.send((key, obj, result));
+                    let result = reconcile(key.clone()).instrument(span).await;
+                    let failed =
+                        matches!(&result, Err(e) if !matches!(e, ObjectError::NotFound { .. }));
+                    let backoff = queue.done(&key, failed);
+                    match result {
+                        Ok(Action::Done) | Err(ObjectError::NotFound { .. }) => {}
+                        Ok(Action::RequeueAfter(d)) => queue.add_after(key, d),
+                        Err(e) => {
+                            tracing::warn!(controller = name, object = %key, error = %e, "reconcile failed");
+                            queue.add_after(key, backoff);
+                        }
+                    }
                 });
             }
-            tokio::select! {
-                ev = stream.next() => match ev {
-                    Some(WatchItem::Event { kind, object, .. }) if kind != "DELETED" => {
-                        if let Ok(v) = serde_json::from_slice::<Value>(&object) {
-                            queue.add(v);
-                        }
-                    }
-                    Some(WatchItem::Event { .. }) => {}
-                    Some(WatchItem::Error(_)) | None => break,
-                },
-                Some(obj) = requeue_rx.recv() => queue.add(obj),
-                Some((key, obj, result)) = done_rx.recv() => {
-                    queue.done(&key);
-                    let delay = match result {
-                        Ok(Action::Done) => {
-                            failures.remove(&key);
-                            None
-                        }
-                        Ok(Action::RequeueAfter(d)) => Some(d),
-                        Err(ObjectError::NotFound { .. }) => None,
-                        Err(e) => {
-                            let n = failures.entry(key.clone()).or_default();
-                            *n += 1;
-                            tracing::warn!(controller = name, object = %key, error = %e, "reconcile failed");
-                            Some(Duration::from_millis(100 * 2u64.pow((*n).min(8))))
-                        }
-                    };
-                    if let Some(d) = delay {
-                        let tx = requeue_tx.clone();
-                        let objects = objects.clone();
-                        tokio::spawn(async move {
-                            tokio::time::sleep(d).await;
-                            // Reconcile the latest state, not the stale copy.
-                            let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str);
-                            let n = obj
-                                .pointer("/metadata/name")
-                                .and_then(Value::as_str)
-                                .unwrap_or_default();
-                            if let Ok((fresh, _)) = objects.get_value(rt, ns, n).await {
-                                let _ = tx.send(fresh);
-                            }
-                        });
-                    }
-                }
+            queue.ready.notified().await;
+        }
+    });
+}
+
+/// A controller of one resource whose reconcile takes the object itself (the cached
+/// latest state of each changed object; deletions are not reconciled). Returns its queue.
+pub fn run<F, Fut>(
+    cache: &Arc<Cache>,
+    rt: &'static ResourceType,
+    name: &'static str,
+    reconcile: F,
+) -> Arc<Queue>
+where
+    F: Fn(Arc<Objects>, Value) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Action, ObjectError>> + Send + 'static,
+{
+    let queue = Queue::new();
+    let informer = cache.informer(rt);
+    let q = queue.clone();
+    informer.on_change(move |c| {
+        if c.new.is_some() {
+            q.add(cache::key_of(c.object()));
+        }
+    });
+    let objects = cache.objects().clone();
+    let reconcile = Arc::new(reconcile);
+    spawn_controller(name, queue.clone(), move |key| {
+        let (objects, informer, reconcile) = (objects.clone(), informer.clone(), reconcile.clone());
+        async move {
+            let (ns, n) = cache::split_key(&key);
+            match informer.get(ns, n) {
+                Some(obj) => reconcile(objects, (*obj).clone()).await,
+                None => Ok(Action::Done),
             }
         }
-    }
-}
-
-/// Objects waiting to be reconciled, by namespace/name: the latest version of each, at
-/// most [`CONCURRENCY`] at once, never one object twice at once.
-#[derive(Default)]
-struct WorkQueue {
-    order: VecDeque<String>,
-    pending: HashMap<String, Value>,
-    running: HashSet<String>,
-}
-
-impl WorkQueue {
-    fn key(obj: &Value) -> String {
-        format!(
-            "{}/{}",
-            obj.pointer("/metadata/namespace")
-                .and_then(Value::as_str)
-                .unwrap_or(""),
-            obj.pointer("/metadata/name")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-        )
-    }
-
-    fn add(&mut self, obj: Value) {
-        let key = Self::key(&obj);
-        if self.pending.insert(key.clone(), obj).is_none() && !self.running.contains(&key) {
-            self.order.push_back(key);
-        }
-    }
-
-    /// The next object to reconcile, if a slot is free.
-    fn next(&mut self) -> Option<(String, Value)> {
-        if self.running.len() >= CONCURRENCY {
-            return None;
-        }
-        let key = self.order.pop_front()?;
-        let obj = self.pending.remove(&key)?;
-        self.running.insert(key.clone());
-        Some((key, obj))
-    }
-
-    /// `key`'s reconcile ended: a change that came meanwhile is queued now.
-    fn done(&mut self, key: &str) {
-        self.running.remove(key);
-        if self.pending.contains_key(key) {
-            self.order.push_back(key.to_string());
-        }
-    }
+    });
+    queue
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    fn obj(name: &str, v: u32) -> Value {
-        json!({"metadata": {"namespace": "ns", "name": name}, "v": v})
-    }
 
     #[test]
-    fn work_queue_keeps_the_latest_version_and_never_runs_an_object_twice() {
-        let mut q = WorkQueue::default();
-        q.add(obj("a", 1));
-        q.add(obj("b", 1));
-        q.add(obj("a", 2));
-        let (k, v) = q.next().unwrap();
-        assert_eq!((k.as_str(), v["v"].as_u64()), ("ns/a", Some(2)));
-        q.add(obj("a", 3));
-        let (k, _) = q.next().unwrap();
-        assert_eq!(k, "ns/b");
-        assert!(q.next().is_none(), "a is running; its new version waits");
-        q.done("ns/a");
-        let (k, v) = q.next().unwrap();
-        assert_eq!((k.as_str(), v["v"].as_u64()), ("ns/a", Some(3)));
-        q.done("ns/a");
-        q.done("ns/b");
+    fn queue_holds_each_key_once_and_never_runs_a_key_twice() {
+        let q = Queue::default();
+        q.add("ns/a".into());
+        q.add("ns/b".into());
+        q.add("ns/a".into());
+        assert_eq!(q.next().as_deref(), Some("ns/a"));
+        q.add("ns/a".into());
+        assert_eq!(q.next().as_deref(), Some("ns/b"));
+        assert!(q.next().is_none(), "a is running; it waits");
+        q.done("ns/a", false);
+        assert_eq!(q.next().as_deref(), Some("ns/a"));
+        q.done("ns/a", false);
+        q.done("ns/b", false);
+        assert_eq!(q.done("ns/x", true), Duration::from_millis(200));
+        assert_eq!(q.done("ns/x", true), Duration::from_millis(400));
+        assert_eq!(q.done("ns/x", false), Duration::from_millis(100));
         assert!(q.next().is_none());
     }
 }

@@ -12,9 +12,7 @@ use k8s_openapi::api::core::v1::{Node, Pod, Taint};
 use serde_json::{json, Value};
 
 use crate::controllers::Action;
-use crate::objects::{
-    now_string, ListOptions, ObjectError, Objects, Target, WatchFilter, WatchItem, WriteOptions,
-};
+use crate::objects::{now_string, ListOptions, ObjectError, Objects, Target, WriteOptions};
 use crate::quantity;
 use crate::registry::decode;
 
@@ -315,8 +313,8 @@ impl Cache {
         Ok(())
     }
 
-    async fn load_pods(&self, objects: &Objects) -> Result<Listed, ObjectError> {
-        let (listed, pods) = list_all::<Pod>(objects, "pods").await?;
+    async fn load_pods(&self, objects: &Objects) -> Result<(), ObjectError> {
+        let pods = list_all::<Pod>(objects, "pods").await?;
         let mut fresh = CacheState::default();
         for p in &pods {
             Self::observe_pod(&mut fresh, p);
@@ -327,17 +325,17 @@ impl Cache {
             st.used = fresh.used;
         }
         self.mark_loaded(&self.pods_loaded);
-        Ok(listed)
+        Ok(())
     }
 
-    async fn load_nodes(&self, objects: &Objects) -> Result<Listed, ObjectError> {
-        let (listed, nodes) = list_all::<Node>(objects, "nodes").await?;
+    async fn load_nodes(&self, objects: &Objects) -> Result<(), ObjectError> {
+        let nodes = list_all::<Node>(objects, "nodes").await?;
         self.state.lock().expect("scheduler cache").nodes = nodes
             .into_iter()
             .map(|n| (n.metadata.name.clone().unwrap_or_default(), n))
             .collect();
         self.mark_loaded(&self.nodes_loaded);
-        Ok(listed)
+        Ok(())
     }
 
     fn mark_loaded(&self, flag: &std::sync::atomic::AtomicBool) {
@@ -345,114 +343,73 @@ impl Cache {
         self.loaded.notify_waiters();
     }
 
-    /// Keeps the pods' placements current from a watch (re-listing when the watch ends).
-    async fn track_pods(self: Arc<Self>, objects: Arc<Objects>) {
-        follow(
-            &objects,
-            "pods",
-            || self.load_pods(&objects),
-            |deleted, p: Pod| {
-                let mut st = self.state.lock().expect("scheduler cache");
-                if deleted {
-                    st.forget(&key_of(&p), p.metadata.uid.as_deref());
-                } else {
-                    Self::observe_pod(&mut st, &p);
-                }
-            },
-        )
-        .await
-    }
-
-    /// Keeps the nodes current from a watch.
-    async fn track_nodes(self: Arc<Self>, objects: Arc<Objects>) {
-        follow(
-            &objects,
-            "nodes",
-            || self.load_nodes(&objects),
-            |deleted, n: Node| {
-                let name = n.metadata.name.clone().unwrap_or_default();
-                let mut st = self.state.lock().expect("scheduler cache");
-                if deleted {
-                    st.nodes.remove(&name);
-                } else {
-                    st.nodes.insert(name, n);
-                }
-            },
-        )
-        .await
+    /// Follows the shared cache's pods and nodes.
+    fn follow(self: &Arc<Self>, shared: &crate::controllers::Cache) {
+        let (pods, nodes) = (shared.of("", "v1", "pods"), shared.of("", "v1", "nodes"));
+        let me = self.clone();
+        pods.on_change(move |c| {
+            let Ok(p) = decode::<Pod>(c.object()) else {
+                return;
+            };
+            let mut st = me.state.lock().expect("scheduler cache");
+            if c.new.is_none() {
+                st.forget(&key_of(&p), p.metadata.uid.as_deref());
+            } else {
+                Self::observe_pod(&mut st, &p);
+            }
+        });
+        let me = self.clone();
+        nodes.on_change(move |c| {
+            let Ok(n) = decode::<Node>(c.object()) else {
+                return;
+            };
+            let name = n.metadata.name.clone().unwrap_or_default();
+            let mut st = me.state.lock().expect("scheduler cache");
+            if c.new.is_none() {
+                st.nodes.remove(&name);
+            } else {
+                st.nodes.insert(name, n);
+            }
+        });
+        let me = self.clone();
+        tokio::spawn(async move {
+            pods.synced().await;
+            me.mark_loaded(&me.pods_loaded);
+            nodes.synced().await;
+            me.mark_loaded(&me.nodes_loaded);
+        });
     }
 }
-
-/// A listed resource and the revision to watch it from.
-type Listed = (
-    &'static crate::registry::ResourceType,
-    crate::store::Revision,
-);
 
 /// Every object of a core/v1 `resource`, decoded.
 async fn list_all<T: serde::de::DeserializeOwned>(
     objects: &Objects,
     resource: &str,
-) -> Result<(Listed, Vec<T>), ObjectError> {
+) -> Result<Vec<T>, ObjectError> {
     let rt = objects
         .registry()
         .find("", "v1", resource)
         .expect("core/v1 resources are served");
     let page = objects.list(rt, None, &ListOptions::default()).await?;
-    let items = page
+    Ok(page
         .items
         .iter()
         .filter_map(|b| serde_json::from_slice(b).ok())
-        .collect();
-    Ok(((rt, page.rev), items))
+        .collect())
 }
 
-/// Loads (`load` lists and returns what to watch from), then applies every watched change
-/// (`true` for a deletion); loads again whenever the watch ends.
-async fn follow<T, Fut>(
-    objects: &Objects,
-    what: &str,
-    load: impl Fn() -> Fut,
-    mut apply: impl FnMut(bool, T),
-) where
-    T: serde::de::DeserializeOwned,
-    Fut: std::future::Future<Output = Result<Listed, ObjectError>>,
-{
-    loop {
-        let (rt, rev) = match load().await {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(error = %e, what, "scheduler: listing failed");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        let Ok(mut stream) = objects.watch(rt, None, rev, WatchFilter::default()) else {
-            continue;
-        };
-        while let Some(WatchItem::Event { kind, object, .. }) = stream.next().await {
-            if let Ok(v) = serde_json::from_slice::<T>(&object) {
-                apply(kind == "DELETED", v);
-            }
-        }
-    }
-}
-
-/// Starts the scheduler: its cache's watches and its reconcile loop over pods.
-pub fn spawn(objects: Arc<Objects>) {
+/// Starts the scheduler over the shared cache.
+pub fn spawn(shared: &Arc<crate::controllers::Cache>) {
     let cache = Arc::new(Cache::default());
-    tokio::spawn(cache.clone().track_pods(objects.clone()));
-    tokio::spawn(cache.clone().track_nodes(objects.clone()));
-    let pods = objects
+    cache.follow(shared);
+    let pods = shared
+        .objects()
         .registry()
         .find("", "v1", "pods")
         .expect("pods are served");
-    tokio::spawn(crate::controllers::run(
-        objects,
-        pods,
-        "scheduler",
-        move |o, v| reconcile(o, cache.clone(), v),
-    ));
+    crate::controllers::run(shared, pods, "scheduler", move |o, v| {
+        reconcile(o, cache.clone(), v)
+    });
 }
 
 /// Schedules one pod; the controller runner calls this for every pod change (several pods
