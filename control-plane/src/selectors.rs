@@ -324,16 +324,31 @@ pub fn label_selector_matches(
     sel: &LabelSelector,
     labels: Option<&BTreeMap<String, String>>,
 ) -> bool {
-    let get = |k: &str| labels.and_then(|l| l.get(k));
+    label_selector_matches_by(sel, |k| labels.and_then(|l| l.get(k)).map(String::as_str))
+}
+
+/// Whether a typed `LabelSelector` matches the labels of a JSON object's metadata.
+pub fn label_selector_matches_json(sel: &LabelSelector, obj: &Value) -> bool {
+    let labels = obj.pointer("/metadata/labels").and_then(Value::as_object);
+    label_selector_matches_by(sel, |k| {
+        labels.and_then(|l| l.get(k)).and_then(Value::as_str)
+    })
+}
+
+fn label_selector_matches_by<'a>(
+    sel: &LabelSelector,
+    get: impl Fn(&str) -> Option<&'a str>,
+) -> bool {
     sel.match_labels
         .iter()
         .flatten()
-        .all(|(k, v)| get(k) == Some(v))
+        .all(|(k, v)| get(k) == Some(v.as_str()))
         && sel.match_expressions.iter().flatten().all(|e| {
             let vals = e.values.as_deref().unwrap_or_default();
+            let has = |v: &str| vals.iter().any(|x| x == v);
             match e.operator.as_str() {
-                "In" => get(&e.key).is_some_and(|v| vals.contains(v)),
-                "NotIn" => get(&e.key).is_none_or(|v| !vals.contains(v)),
+                "In" => get(&e.key).is_some_and(has),
+                "NotIn" => get(&e.key).is_none_or(|v| !has(v)),
                 "Exists" => get(&e.key).is_some(),
                 "DoesNotExist" => get(&e.key).is_none(),
                 _ => false,

@@ -4,6 +4,8 @@
 mod cache;
 mod garbage_collector;
 mod namespace;
+mod pods;
+mod replicaset;
 mod system_namespaces;
 
 pub use cache::{Cache, Change, Informer};
@@ -42,8 +44,32 @@ pub fn spawn_all(objects: Arc<Objects>, _config: ControllerConfig) -> Arc<Cache>
     run(&cache, ns, "namespace", namespace::reconcile);
     tokio::spawn(system_namespaces::run(objects.clone()));
     garbage_collector::spawn(&cache);
+    replicaset::spawn(&cache, &replicaset::REPLICA_SET);
+    replicaset::spawn(&cache, &replicaset::REPLICATION_CONTROLLER);
     crate::scheduler::spawn(&cache);
     cache
+}
+
+/// Records an Event without waiting for it (as client-go's event broadcaster does): a slow
+/// or failed event write never holds up a reconcile.
+pub fn emit_event(
+    objects: &Arc<Objects>,
+    involved: &Value,
+    kind: &'static str,
+    type_: &'static str,
+    reason: &'static str,
+    message: &str,
+    component: &'static str,
+) {
+    let (objects, involved, message) = (objects.clone(), involved.clone(), message.to_string());
+    tokio::spawn(async move {
+        let r = crate::events::record(
+            &objects, &involved, kind, type_, reason, &message, component,
+        );
+        if let Err(e) = r.await {
+            tracing::debug!(error = %e, reason, "event not recorded");
+        }
+    });
 }
 
 /// How many objects a controller reconciles at once (never the same object twice at once):
@@ -226,5 +252,69 @@ mod tests {
         assert_eq!(q.done("ns/x", true), Duration::from_millis(400));
         assert_eq!(q.done("ns/x", false), Duration::from_millis(100));
         assert!(q.next().is_none());
+    }
+}
+
+/// A store with the `default` namespace, for controller tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::objects::WriteOptions;
+    use crate::registry::Registry;
+    use crate::store::SledStore;
+
+    pub async fn objects() -> (Arc<Objects>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(dir.path(), 10_000).unwrap());
+        let objects = Arc::new(Objects::new(store, Arc::new(Registry::new())));
+        ensure_system_namespaces(&objects).await.unwrap();
+        (objects, dir)
+    }
+
+    pub fn rt(objects: &Objects, group: &str, plural: &str) -> &'static ResourceType {
+        let version = "v1";
+        objects.registry().find(group, version, plural).unwrap()
+    }
+
+    pub async fn create(objects: &Objects, group: &str, plural: &str, obj: Value) -> Value {
+        let w = objects
+            .create(
+                rt(objects, group, plural),
+                Some("default"),
+                obj,
+                &WriteOptions::default(),
+            )
+            .await
+            .unwrap();
+        serde_json::from_slice(&w.object).unwrap()
+    }
+
+    pub async fn list(objects: &Objects, group: &str, plural: &str) -> Vec<Value> {
+        let page = objects
+            .list(
+                rt(objects, group, plural),
+                Some("default"),
+                &Default::default(),
+            )
+            .await
+            .unwrap();
+        page.items
+            .iter()
+            .map(|b| serde_json::from_slice(b).unwrap())
+            .collect()
+    }
+
+    /// Polls `f` until it gives a value (10 s at most).
+    pub async fn eventually<T, Fut>(what: &str, mut f: impl FnMut() -> Fut) -> T
+    where
+        Fut: Future<Output = Option<T>>,
+    {
+        for _ in 0..500 {
+            if let Some(v) = f().await {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("timed out waiting for {what}");
     }
 }
