@@ -2,6 +2,7 @@
 //! driven by a work queue of keys ([`spawn_controller`]); [`spawn_all`] composes them.
 
 mod cache;
+mod deployment;
 mod garbage_collector;
 mod namespace;
 mod pods;
@@ -45,6 +46,7 @@ pub fn spawn_all(objects: Arc<Objects>, _config: ControllerConfig) -> Arc<Cache>
     tokio::spawn(system_namespaces::run(objects.clone()));
     garbage_collector::spawn(&cache);
     replicaset::spawn(&cache, &replicaset::REPLICA_SET);
+    deployment::spawn(&cache);
     replicaset::spawn(&cache, &replicaset::REPLICATION_CONTROLLER);
     crate::scheduler::spawn(&cache);
     cache
@@ -316,5 +318,42 @@ pub(crate) mod testing {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         panic!("timed out waiting for {what}");
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod kubelet {
+    //! A stand-in for node agents in controller unit tests: every pod becomes Running and
+    //! Ready shortly after it is created, and a pod marked for deletion goes.
+    use super::*;
+    use crate::objects::{Target, WriteOptions};
+    use serde_json::json;
+
+    pub fn spawn(objects: Arc<Objects>) {
+        tokio::spawn(async move {
+            let rt = testing::rt(&objects, "", "pods");
+            loop {
+                for p in testing::list(&objects, "", "pods").await {
+                    let name = p["metadata"]["name"].as_str().unwrap().to_string();
+                    if pods::is_terminating(&p) {
+                        let opts = crate::objects::DeleteOptions {
+                            grace_period_seconds: Some(0),
+                            ..Default::default()
+                        };
+                        let _ = objects.delete(rt, Some("default"), &name, &opts).await;
+                    } else if !pods::is_ready(&p) && !pods::is_terminal(&p) {
+                        let _ = objects
+                            .update_with(rt, Some("default"), &name, Target::Status, &WriteOptions::default(), |cur| {
+                                let mut next = cur.clone();
+                                next["status"]["phase"] = json!("Running");
+                                next["status"]["conditions"] = json!([{"type": "Ready", "status": "True", "lastTransitionTime": crate::objects::now_string()}]);
+                                Ok(next)
+                            })
+                            .await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+        });
     }
 }
