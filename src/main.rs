@@ -20,6 +20,42 @@ struct Cli {
     command: Command,
 }
 
+/// Flags of the control loops and admission, shared by `server` and `dev`.
+#[derive(clap::Args)]
+struct ControlFlags {
+    /// A node whose agent posts no heartbeat for this long becomes Unknown and unreachable.
+    #[arg(long, default_value = "6s", value_parser = skiff_api::duration::parse)]
+    node_monitor_grace_period: std::time::Duration,
+    /// How often the node lifecycle controller looks at each node.
+    #[arg(long, default_value = "1s", value_parser = skiff_api::duration::parse)]
+    node_monitor_period: std::time::Duration,
+    /// tolerationSeconds of the not-ready:NoExecute toleration admission gives pods.
+    #[arg(long, default_value_t = skiff_control_plane::objects::DEFAULT_TOLERATION_SECONDS)]
+    default_not_ready_toleration_seconds: i64,
+    /// tolerationSeconds of the unreachable:NoExecute toleration admission gives pods:
+    /// how long pods stay on a node that stopped answering.
+    #[arg(long, default_value_t = skiff_control_plane::objects::DEFAULT_TOLERATION_SECONDS)]
+    default_unreachable_toleration_seconds: i64,
+}
+
+impl ControlFlags {
+    fn admission(&self) -> skiff_control_plane::objects::Admission {
+        skiff_control_plane::objects::Admission {
+            default_not_ready_toleration_seconds: self.default_not_ready_toleration_seconds,
+            default_unreachable_toleration_seconds: self.default_unreachable_toleration_seconds,
+        }
+    }
+
+    fn controllers(&self) -> skiff_control_plane::controllers::ControllerConfig {
+        skiff_control_plane::controllers::ControllerConfig {
+            node_lifecycle: skiff_control_plane::controllers::NodeLifecycleConfig {
+                monitor_period: self.node_monitor_period,
+                grace_period: self.node_monitor_grace_period,
+            },
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the API server (and the control-plane controllers) on the embedded store.
@@ -38,6 +74,8 @@ enum Command {
         /// Writes after the damage are lost; without this flag the server refuses to start.
         #[arg(long)]
         repair: bool,
+        #[command(flatten)]
+        control: ControlFlags,
     },
     /// Run a node agent: register the node and run the pods bound to it.
     Agent {
@@ -59,6 +97,9 @@ enum Command {
         /// A registry (host:port) to pull from over plain HTTP (loopback ones always are).
         #[arg(long = "insecure-registry")]
         insecure_registries: Vec<String>,
+        /// How often the node's Lease is renewed (the heartbeat), e.g. 2s.
+        #[arg(long, default_value = "2s", value_parser = skiff_api::duration::parse)]
+        lease_renew_interval: std::time::Duration,
     },
     /// An all-in-one cluster: the API server and an agent on this machine, the agent
     /// connecting over loopback as a remote one would. Needs no root for Wasm pods.
@@ -76,6 +117,8 @@ enum Command {
         node_name: Option<String>,
         #[arg(long, default_value_t = 1000)]
         max_pods: u32,
+        #[command(flatten)]
+        control: ControlFlags,
     },
     /// Publish a Wasm module or component to an OCI registry as a CNCF Wasm artifact.
     Push {
@@ -187,6 +230,7 @@ async fn main() -> anyhow::Result<()> {
             listen,
             history,
             repair,
+            control,
         } => {
             let config = skiff_control_plane::cluster::Config {
                 server: skiff_control_plane::apiserver::ServerConfig {
@@ -194,8 +238,9 @@ async fn main() -> anyhow::Result<()> {
                     listen,
                     history,
                     repair,
+                    admission: control.admission(),
                 },
-                controllers: Default::default(),
+                controllers: control.controllers(),
             };
             skiff_control_plane::cluster::run(config, shutdown_signal()).await?;
         }
@@ -207,6 +252,7 @@ async fn main() -> anyhow::Result<()> {
             node_ip,
             port,
             insecure_registries,
+            lease_renew_interval,
         } => {
             let node_name = node_name.unwrap_or_else(hostname);
             let config = skiff_node::agent::AgentConfig {
@@ -217,6 +263,7 @@ async fn main() -> anyhow::Result<()> {
                 node_ip,
                 port,
                 insecure_registries,
+                lease_renew_interval,
             };
             skiff_node::agent::run(config, shutdown_signal()).await?;
         }
@@ -227,6 +274,7 @@ async fn main() -> anyhow::Result<()> {
             repair,
             node_name,
             max_pods,
+            control,
         } => {
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -238,8 +286,9 @@ async fn main() -> anyhow::Result<()> {
                     listen,
                     history,
                     repair,
+                    admission: control.admission(),
                 },
-                controllers: Default::default(),
+                controllers: control.controllers(),
             };
             let server =
                 skiff_control_plane::cluster::start(server_config, stopped(stop_rx.clone()))
@@ -253,6 +302,7 @@ async fn main() -> anyhow::Result<()> {
                 // Any free port, so several dev clusters can share a machine.
                 port: 0,
                 insecure_registries: Vec::new(),
+                lease_renew_interval: skiff_node::agent::LEASE_RENEW_INTERVAL,
             };
             let mut agent = tokio::spawn(skiff_node::agent::run(agent_config, stopped(stop_rx)));
             // Stop on a signal, or when the agent fails (the whole cluster goes down with it).

@@ -1,9 +1,11 @@
 //! What the control plane and the node agent share: they meet only through the Kubernetes
 //! API, and read its values the same way with these.
 //!
+//! - [`duration`]: durations in flags as Kubernetes writes them (`6s`, `500ms`).
 //! - [`quantity`]: resource quantities (`500m`, `1Gi`) in milli-units.
 //! - [`WASM_RUNTIME_LABEL`]: the node label of nodes that run Wasm containers.
 
+pub mod duration;
 pub mod quantity;
 
 /// The node label of nodes that run Wasm containers (the `wasmtime` RuntimeClass selects it).

@@ -58,6 +58,7 @@ pub struct ServerConfig {
     pub history: u64,
     /// Truncate a damaged write-ahead log at the damage instead of refusing to start.
     pub repair: bool,
+    pub admission: crate::objects::Admission,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +126,8 @@ pub async fn start(
         SledStore::open(&store_dir, config.history)?
     });
     let registry = Arc::new(Registry::new());
-    let objects = Arc::new(Objects::new(store, registry.clone()));
+    let objects =
+        Arc::new(Objects::new(store, registry.clone()).with_admission(config.admission.clone()));
     bootstrap(&objects).await?;
 
     let listener =

@@ -5,7 +5,7 @@
 //! write ([`Informer::wait_for`]), so its next reconcile never acts on state older than
 //! its own writes (what kube-controller-manager's "expectations" are for).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -46,10 +46,36 @@ pub fn split_key(key: &str) -> (Option<&str>, &str) {
     (Some(ns).filter(|n| !n.is_empty()), name)
 }
 
+/// A secondary index: objects by a value computed from each (pods by node name).
+type IndexFn = fn(&Value) -> Option<String>;
+
 #[derive(Default)]
 struct State {
     items: BTreeMap<String, Arc<Value>>,
     handlers: Vec<Handler>,
+    indexes: HashMap<&'static str, (IndexFn, HashMap<String, BTreeSet<String>>)>,
+}
+
+impl State {
+    fn index(&mut self, key: &str, old: Option<&Value>, new: Option<&Value>) {
+        for (f, map) in self.indexes.values_mut() {
+            let (was, is) = (old.and_then(|o| f(o)), new.and_then(|n| f(n)));
+            if was == is {
+                continue;
+            }
+            if let Some(w) = was {
+                if let Some(set) = map.get_mut(&w) {
+                    set.remove(key);
+                    if set.is_empty() {
+                        map.remove(&w);
+                    }
+                }
+            }
+            if let Some(i) = is {
+                map.entry(i).or_default().insert(key.to_string());
+            }
+        }
+    }
 }
 
 /// The cached objects of one resource.
@@ -80,6 +106,34 @@ impl Informer {
         }
     }
 
+    /// Adds an index named `name` (once; later calls are no-ops).
+    pub fn add_index(&self, name: &'static str, f: IndexFn) {
+        let mut st = self.state.write().expect("cache");
+        if st.indexes.contains_key(name) {
+            return;
+        }
+        let mut map: HashMap<String, BTreeSet<String>> = HashMap::new();
+        for (k, v) in &st.items {
+            if let Some(i) = f(v) {
+                map.entry(i).or_default().insert(k.clone());
+            }
+        }
+        st.indexes.insert(name, (f, map));
+    }
+
+    /// The objects whose index `name` value is `value`.
+    pub fn by_index(&self, name: &str, value: &str) -> Vec<Arc<Value>> {
+        let st = self.state.read().expect("cache");
+        let Some((_, map)) = st.indexes.get(name) else {
+            return Vec::new();
+        };
+        map.get(value)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| st.items.get(k).cloned())
+            .collect()
+    }
+
     /// Calls `handler` for every change from now on, after an ADDED-like change for each
     /// object already cached (no change is missed or seen twice).
     pub fn on_change(&self, handler: impl Fn(&Change) + Send + Sync + 'static) {
@@ -108,9 +162,10 @@ impl Informer {
     fn apply(&self, key: String, new: Option<Arc<Value>>, rev: Revision) {
         let mut st = self.state.write().expect("cache");
         let old = match &new {
-            Some(v) => st.items.insert(key, v.clone()),
+            Some(v) => st.items.insert(key.clone(), v.clone()),
             None => st.items.remove(&key),
         };
+        st.index(&key, old.as_deref(), new.as_deref());
         let change = Change { old, new };
         if change.old.is_some() || change.new.is_some() {
             for h in &st.handlers {
@@ -148,6 +203,10 @@ impl Informer {
             }
         }
         st.items = items;
+        for c in &changes {
+            let key = key_of(c.object());
+            st.index(&key, c.old.as_deref(), c.new.as_deref());
+        }
         for c in &changes {
             for h in &st.handlers {
                 h(c);

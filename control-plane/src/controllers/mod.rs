@@ -5,11 +5,13 @@ mod cache;
 mod deployment;
 mod garbage_collector;
 mod namespace;
+mod node_lifecycle;
 mod pods;
 mod replicaset;
 mod system_namespaces;
 
 pub use cache::{Cache, Change, Informer};
+pub use node_lifecycle::NodeLifecycleConfig;
 pub use system_namespaces::ensure as ensure_system_namespaces;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -33,10 +35,12 @@ pub enum Action {
 
 /// Settings of the control loops (flags of `skiff server`).
 #[derive(Clone, Debug, Default)]
-pub struct ControllerConfig {}
+pub struct ControllerConfig {
+    pub node_lifecycle: NodeLifecycleConfig,
+}
 
 /// Starts every control-plane controller and the scheduler over one shared cache.
-pub fn spawn_all(objects: Arc<Objects>, _config: ControllerConfig) -> Arc<Cache> {
+pub fn spawn_all(objects: Arc<Objects>, config: ControllerConfig) -> Arc<Cache> {
     let cache = Cache::new(objects.clone());
     let ns = objects
         .registry()
@@ -47,6 +51,7 @@ pub fn spawn_all(objects: Arc<Objects>, _config: ControllerConfig) -> Arc<Cache>
     garbage_collector::spawn(&cache);
     replicaset::spawn(&cache, &replicaset::REPLICA_SET);
     deployment::spawn(&cache);
+    node_lifecycle::spawn(&cache, config.node_lifecycle);
     replicaset::spawn(&cache, &replicaset::REPLICATION_CONTROLLER);
     crate::scheduler::spawn(&cache);
     cache

@@ -138,6 +138,63 @@ pub enum Target {
     Status,
 }
 
+/// Settings of the admission plugins (flags of `skiff server`).
+#[derive(Clone, Debug)]
+pub struct Admission {
+    /// The `tolerationSeconds` the DefaultTolerationSeconds plugin gives pods for the
+    /// `node.kubernetes.io/not-ready:NoExecute` taint (kube: 300; Skiff heals faster).
+    pub default_not_ready_toleration_seconds: i64,
+    /// The same for `node.kubernetes.io/unreachable:NoExecute`.
+    pub default_unreachable_toleration_seconds: i64,
+}
+
+pub const DEFAULT_TOLERATION_SECONDS: i64 = 5;
+
+impl Default for Admission {
+    fn default() -> Self {
+        Admission {
+            default_not_ready_toleration_seconds: DEFAULT_TOLERATION_SECONDS,
+            default_unreachable_toleration_seconds: DEFAULT_TOLERATION_SECONDS,
+        }
+    }
+}
+
+impl Admission {
+    /// The DefaultTolerationSeconds plugin: a pod that does not tolerate the not-ready or
+    /// unreachable NoExecute taint gets a toleration of it for a while, so its pods leave
+    /// a dead node after that time.
+    fn default_tolerations(&self, pod: &mut Value) {
+        let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else {
+            return;
+        };
+        let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
+        if !tolerations.is_array() {
+            return;
+        }
+        let list = tolerations.as_array_mut().expect("an array");
+        for (key, secs) in [
+            (
+                "node.kubernetes.io/not-ready",
+                self.default_not_ready_toleration_seconds,
+            ),
+            (
+                "node.kubernetes.io/unreachable",
+                self.default_unreachable_toleration_seconds,
+            ),
+        ] {
+            let tolerated = list.iter().any(|t| {
+                let k = t["key"].as_str().unwrap_or_default();
+                let e = t["effect"].as_str().unwrap_or_default();
+                (k == key || (k.is_empty() && t["operator"] == "Exists"))
+                    && (e.is_empty() || e == "NoExecute")
+            });
+            if !tolerated {
+                list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": secs}));
+            }
+        }
+    }
+}
+
 /// Alphabet Kubernetes uses for `generateName` suffixes (no vowels, no look-alikes).
 const NAME_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 /// Every round of a read-modify-write race has a winner, so N racing writers need at most
@@ -235,6 +292,7 @@ fn decode_continue(token: &str) -> Result<(Revision, String), ObjectError> {
 pub struct Objects {
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
+    admission: Admission,
     /// Serializes Service creates so two cannot take the same IP or node port.
     service_alloc: tokio::sync::Mutex<()>,
 }
@@ -244,8 +302,15 @@ impl Objects {
         Objects {
             store,
             registry,
+            admission: Admission::default(),
             service_alloc: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The same, with these admission settings.
+    pub fn with_admission(mut self, admission: Admission) -> Self {
+        self.admission = admission;
+        self
     }
 
     pub fn registry(&self) -> &Registry {
@@ -589,6 +654,7 @@ impl Objects {
         self.check_namespace(rt, ns, true).await?;
         if rt.kind == "Pod" {
             self.admit_runtime_class(&mut obj).await?;
+            self.admission.default_tolerations(&mut obj);
         }
         let mut admitted = self.admit(rt, &obj, None, Operation::Create)?;
         let warnings = Self::check_unknown(rt, &input, &admitted, &["status"], opts.validation)?;

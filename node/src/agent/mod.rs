@@ -28,9 +28,9 @@ pub use node_info::WASM_RUNTIME_LABEL;
 use crate::images::ImageStore;
 use crate::runtime::wasm::WasmRuntime;
 
-/// How often the agent renews its Lease and reports Ready.
-const HEARTBEAT: Duration = Duration::from_secs(10);
-const LEASE_SECONDS: i32 = 40;
+/// How often the agent renews its Lease by default: a node that stops is noticed within
+/// the control plane's grace period (6 s by default), so its pods move in seconds.
+pub const LEASE_RENEW_INTERVAL: Duration = Duration::from_secs(2);
 const FIELD_MANAGER: &str = "skiff-agent";
 
 #[derive(Clone, Debug)]
@@ -45,6 +45,8 @@ pub struct AgentConfig {
     pub port: u16,
     /// Registries (`host:port`) to pull from over plain HTTP besides loopback ones.
     pub insecure_registries: Vec<String>,
+    /// How often the node's Lease is renewed.
+    pub lease_renew_interval: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,10 +141,14 @@ fn local_ip_towards(url: &str) -> String {
         .unwrap_or_else(|_| "127.0.0.1".into())
 }
 
-/// The node's conditions as of `now`; a condition whose status is unchanged from
-/// `previous` keeps its transition time.
-fn node_conditions(now: &Time, previous: &[NodeCondition]) -> Vec<NodeCondition> {
-    let cond = |type_: &str, status: &str, reason: &str, message: &str| NodeCondition {
+/// The node's conditions as of `now` under `pressure`; a condition whose status is
+/// unchanged from `previous` keeps its transition time.
+fn node_conditions(
+    now: &Time,
+    previous: &[NodeCondition],
+    pressure: node_info::Pressure,
+) -> Vec<NodeCondition> {
+    let cond = |type_: &str, (status, reason, message): (&str, &str, &str)| NodeCondition {
         type_: type_.into(),
         status: status.into(),
         reason: Some(reason.into()),
@@ -154,32 +160,69 @@ fn node_conditions(now: &Time, previous: &[NodeCondition]) -> Vec<NodeCondition>
             .and_then(|p| p.last_transition_time.clone())
             .or_else(|| Some(now.clone())),
     };
+    let either = |bad: bool, yes, no| if bad { yes } else { no };
     vec![
         cond(
             "MemoryPressure",
-            "False",
-            "KubeletHasSufficientMemory",
-            "kubelet has sufficient memory available",
+            either(
+                pressure.memory,
+                (
+                    "True",
+                    "KubeletHasInsufficientMemory",
+                    "kubelet has insufficient memory available",
+                ),
+                (
+                    "False",
+                    "KubeletHasSufficientMemory",
+                    "kubelet has sufficient memory available",
+                ),
+            ),
         ),
         cond(
             "DiskPressure",
-            "False",
-            "KubeletHasNoDiskPressure",
-            "kubelet has no disk pressure",
+            either(
+                pressure.disk,
+                (
+                    "True",
+                    "KubeletHasDiskPressure",
+                    "kubelet has disk pressure",
+                ),
+                (
+                    "False",
+                    "KubeletHasNoDiskPressure",
+                    "kubelet has no disk pressure",
+                ),
+            ),
         ),
         cond(
             "PIDPressure",
-            "False",
-            "KubeletHasSufficientPID",
-            "kubelet has sufficient PID available",
+            either(
+                pressure.pid,
+                (
+                    "True",
+                    "KubeletHasInsufficientPID",
+                    "kubelet has insufficient PID available",
+                ),
+                (
+                    "False",
+                    "KubeletHasSufficientPID",
+                    "kubelet has sufficient PID available",
+                ),
+            ),
         ),
         cond(
             "Ready",
-            "True",
-            "KubeletReady",
-            "kubelet is posting ready status",
+            ("True", "KubeletReady", "kubelet is posting ready status"),
         ),
     ]
+}
+
+/// Whether two condition lists differ in more than their times.
+fn conditions_changed(old: &[NodeCondition], new: &[NodeCondition]) -> bool {
+    new.iter().any(|n| {
+        !old.iter()
+            .any(|o| o.type_ == n.type_ && o.status == n.status && o.reason == n.reason)
+    })
 }
 
 fn node_status(cfg: &AgentConfig, ip: &str, port: u16) -> NodeStatus {
@@ -188,7 +231,11 @@ fn node_status(cfg: &AgentConfig, ip: &str, port: u16) -> NodeStatus {
     NodeStatus {
         capacity: Some(capacity.clone()),
         allocatable: Some(capacity),
-        conditions: Some(node_conditions(&now, &[])),
+        conditions: Some(node_conditions(
+            &now,
+            &[],
+            node_info::Figures::read(&cfg.data_dir).pressure(),
+        )),
         addresses: Some(node_info::addresses(&cfg.node_name, ip)),
         node_info: Some(node_info::system_info()),
         daemon_endpoints: Some(NodeDaemonEndpoints {
@@ -255,9 +302,9 @@ async fn register(
 /// `nodeStatusReportFrequency`); the Lease is the heartbeat in between.
 const NODE_STATUS_REPORT: Duration = Duration::from_secs(300);
 
-/// Renews the node's Lease every [`HEARTBEAT`]; reports its conditions every
-/// [`NODE_STATUS_REPORT`], or at once if the node is not shown Ready (say, marked so while
-/// the agent was unreachable).
+/// Renews the node's Lease every `lease_renew_interval`; reports its conditions every
+/// [`NODE_STATUS_REPORT`], or at once when they change (a pressure comes or goes, or the
+/// node was marked not Ready while the agent was unreachable).
 async fn heartbeat(client: Client, cfg: AgentConfig) {
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     let nodes: Api<Node> = Api::all(client);
@@ -272,7 +319,8 @@ async fn heartbeat(client: Client, cfg: AgentConfig) {
             },
             spec: Some(LeaseSpec {
                 holder_identity: Some(cfg.node_name.clone()),
-                lease_duration_seconds: Some(LEASE_SECONDS),
+                // Three missed renewals: what the control plane's grace period expects.
+                lease_duration_seconds: Some((cfg.lease_renew_interval.as_secs() * 3).max(1) as i32),
                 renew_time: Some(now),
                 ..Default::default()
             }),
@@ -287,11 +335,12 @@ async fn heartbeat(client: Client, cfg: AgentConfig) {
         match nodes.get_status(&cfg.node_name).await {
             Ok(node) => {
                 let previous = node.status.and_then(|s| s.conditions).unwrap_or_default();
-                let ready = previous
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True");
-                if !ready || reported.is_none_or(|t| t.elapsed() >= NODE_STATUS_REPORT) {
-                    let conditions = node_conditions(&Time(jiff::Timestamp::now()), &previous);
+                let pressure = node_info::Figures::read(&cfg.data_dir).pressure();
+                let conditions =
+                    node_conditions(&Time(jiff::Timestamp::now()), &previous, pressure);
+                if conditions_changed(&previous, &conditions)
+                    || reported.is_none_or(|t| t.elapsed() >= NODE_STATUS_REPORT)
+                {
                     let patch = serde_json::json!({"status": {"conditions": conditions}});
                     match nodes
                         .patch_status(
@@ -308,7 +357,7 @@ async fn heartbeat(client: Client, cfg: AgentConfig) {
             }
             Err(e) => tracing::warn!(error = %e, "reading the node's status failed"),
         }
-        tokio::time::sleep(HEARTBEAT).await;
+        tokio::time::sleep(cfg.lease_renew_interval).await;
     }
 }
 
@@ -480,14 +529,30 @@ mod tests {
     #[test]
     fn node_conditions_keep_their_transition_time_while_unchanged() {
         let at = |s: i64| Time(jiff::Timestamp::from_second(s).unwrap());
-        let first = node_conditions(&at(100), &[]);
+        let calm = node_info::Pressure::default();
+        let first = node_conditions(&at(100), &[], calm);
         let mut previous = first.clone();
         previous[0].status = "True".into(); // MemoryPressure had been True
-        let next = node_conditions(&at(200), &previous);
+        let next = node_conditions(&at(200), &previous, calm);
         let ready = next.iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!(ready.last_transition_time, Some(at(100)));
         assert_eq!(ready.last_heartbeat_time, Some(at(200)));
         assert_eq!(next[0].type_, "MemoryPressure");
         assert_eq!(next[0].last_transition_time, Some(at(200)));
+        assert!(conditions_changed(&previous, &next));
+        assert!(!conditions_changed(
+            &next,
+            &node_conditions(&at(300), &next, calm)
+        ));
+        let short = node_info::Pressure {
+            memory: true,
+            ..calm
+        };
+        let pressed = node_conditions(&at(400), &next, short);
+        assert_eq!(
+            (pressed[0].status.as_str(), pressed[0].reason.as_deref()),
+            ("True", Some("KubeletHasInsufficientMemory"))
+        );
+        assert!(conditions_changed(&next, &pressed));
     }
 }

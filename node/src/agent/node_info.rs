@@ -25,26 +25,85 @@ fn arch() -> &'static str {
 
 /// Total memory in bytes, from /proc/meminfo.
 fn memory_bytes() -> u64 {
-    read("/proc/meminfo")
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("MemTotal:")
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
+    meminfo_bytes("MemTotal").unwrap_or(0)
 }
 
-/// Bytes of the filesystem holding `dir`.
-fn disk_bytes(dir: &Path) -> u64 {
+fn meminfo_bytes(field: &str) -> Option<u64> {
+    read("/proc/meminfo").lines().find_map(|l| {
+        l.strip_prefix(field)?
+            .strip_prefix(':')?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .map(|kb| kb * 1024)
+    })
+}
+
+/// (total, available) bytes of the filesystem holding `dir`.
+fn disk(dir: &Path) -> (u64, u64) {
     let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
-        return 0;
+        return (0, 0);
     };
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
     // Safety: `c` is a valid C string and `s` a valid out-pointer for the call.
     if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
-        return 0;
+        return (0, 0);
     }
-    s.f_blocks as u64 * s.f_frsize as u64
+    let f = s.f_frsize as u64;
+    (s.f_blocks as u64 * f, s.f_bavail as u64 * f)
+}
+
+fn disk_bytes(dir: &Path) -> u64 {
+    disk(dir).0
+}
+
+/// The node's figures the kubelet's eviction manager watches.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Figures {
+    pub memory_available: u64,
+    pub disk_total: u64,
+    pub disk_available: u64,
+    pub pid_max: u64,
+    pub processes: u64,
+}
+
+/// Which pressure conditions hold: the kubelet's default hard eviction thresholds
+/// (`memory.available<100Mi`, `nodefs.available<10%`) and fewer than 10% of process ids
+/// left.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Pressure {
+    pub memory: bool,
+    pub disk: bool,
+    pub pid: bool,
+}
+
+impl Figures {
+    pub fn read(data_dir: &Path) -> Figures {
+        let (disk_total, disk_available) = disk(data_dir);
+        // The fourth field of loadavg is running/total scheduling entities.
+        let processes = read("/proc/loadavg")
+            .split_whitespace()
+            .nth(3)
+            .and_then(|f| f.split('/').nth(1)?.parse().ok())
+            .unwrap_or(0);
+        Figures {
+            memory_available: meminfo_bytes("MemAvailable").unwrap_or(u64::MAX),
+            disk_total,
+            disk_available,
+            pid_max: read("/proc/sys/kernel/pid_max").parse().unwrap_or(u64::MAX),
+            processes,
+        }
+    }
+
+    pub fn pressure(&self) -> Pressure {
+        Pressure {
+            memory: self.memory_available < 100 * 1024 * 1024,
+            disk: self.disk_total > 0 && self.disk_available * 10 < self.disk_total,
+            pid: self.pid_max.saturating_sub(self.processes) * 10 < self.pid_max,
+        }
+    }
 }
 
 pub fn capacity(data_dir: &Path, max_pods: u32) -> BTreeMap<String, Quantity> {
@@ -108,4 +167,37 @@ pub fn addresses(node_name: &str, ip: &str) -> Vec<NodeAddress> {
             address: node_name.into(),
         },
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pressure_follows_the_kubelets_default_thresholds() {
+        let ok = Figures {
+            memory_available: 1 << 30,
+            disk_total: 1000,
+            disk_available: 500,
+            pid_max: 1000,
+            processes: 100,
+        };
+        assert_eq!(ok.pressure(), Pressure::default());
+        let low = Figures {
+            memory_available: 50 << 20,
+            disk_available: 99,
+            processes: 901,
+            ..ok
+        };
+        assert_eq!(
+            low.pressure(),
+            Pressure {
+                memory: true,
+                disk: true,
+                pid: true
+            }
+        );
+        let here = Figures::read(Path::new("/"));
+        assert!(here.memory_available > 0 && here.processes > 0 && here.pid_max > 0);
+    }
 }
