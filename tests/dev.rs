@@ -51,24 +51,6 @@ const TICKER: &str = r#"(module
       (br_if $l (i32.lt_u (local.get $i) (i32.const 5))))))"#;
 const SPIN: &str =
     r#"(module (memory (export "memory") 1) (func (export "_start") (loop $l (br $l))))"#;
-/// Forever: waits 2 s in `poll_oneoff`, then prints "tick".
-const DOZER: &str = r#"(module
-  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 200) "tick\n")
-  (func (export "_start")
-    (i32.store (i32.const 100) (i32.const 200))
-    (i32.store (i32.const 104) (i32.const 5))
-    (i64.store (i32.const 0) (i64.const 1))
-    (i32.store8 (i32.const 8) (i32.const 0))
-    (i32.store (i32.const 16) (i32.const 1))
-    (i64.store (i32.const 24) (i64.const 2000000000))
-    (loop $l
-      (drop (call $poll (i32.const 0) (i32.const 48) (i32.const 1) (i32.const 160)))
-      (drop (call $fd_write (i32.const 1) (i32.const 100) (i32.const 1) (i32.const 120)))
-      (br $l))))"#;
-
 struct Dev {
     dir: tempfile::TempDir,
     child: Child,
@@ -540,7 +522,7 @@ fn dev_cluster_runs_wasm_pods() {
 #[test]
 fn a_deleted_pod_waiting_in_a_wasi_call_is_gone_with_its_files() {
     let d = Dev::start();
-    d.import("dozer", DOZER, "registry.example/dozer:1.0");
+    d.import("dozer", common::DOZER, "registry.example/dozer:1.0");
     d.pod("dozer", "registry.example/dozer:1.0", "Always", "");
     let agent_data = d.dir.path().join("data/agent");
     eventually(30, "dozer's first tick", || {

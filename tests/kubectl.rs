@@ -247,7 +247,7 @@ fn kubectl_end_to_end() {
             "-n",
             "demo",
             "-l",
-            "app notin (hello)",
+            "app notin (hello,web)",
             "-o",
             "name"
         ])
@@ -279,7 +279,7 @@ fn kubectl_end_to_end() {
 
     step("get -w sees a change made by another client");
     let mut watch = s
-        .kubectl_cmd(&["get", "pods", "-n", "demo", "-w"])
+        .kubectl_cmd(&["get", "pods", "-n", "demo", "-l", "app=hello", "-w"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -243,6 +243,113 @@ impl Drop for Server {
     }
 }
 
+/// A Wasm module that runs for ever: waits 2 s in `poll_oneoff`, then prints "tick".
+pub const DOZER: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 200) "tick\n")
+  (func (export "_start")
+    (i32.store (i32.const 100) (i32.const 200))
+    (i32.store (i32.const 104) (i32.const 5))
+    (i64.store (i32.const 0) (i64.const 1))
+    (i32.store8 (i32.const 8) (i32.const 0))
+    (i32.store (i32.const 16) (i32.const 1))
+    (i64.store (i32.const 24) (i64.const 2000000000))
+    (loop $l
+      (drop (call $poll (i32.const 0) (i32.const 48) (i32.const 1) (i32.const 160)))
+      (drop (call $fd_write (i32.const 1) (i32.const 100) (i32.const 1) (i32.const 120)))
+      (br $l))))"#;
+
+/// A `skiff agent` process (node `name`) of a server, with its own data directory and port.
+pub struct Agent {
+    pub name: String,
+    pub data: PathBuf,
+    kubeconfig: PathBuf,
+    logs: PathBuf,
+    child: Option<Child>,
+}
+
+impl Agent {
+    pub fn start(server: &Server, name: &str) -> Agent {
+        let mut a = Agent {
+            name: name.to_string(),
+            data: server.dir.path().join("agents").join(name),
+            kubeconfig: server.kubeconfig(),
+            logs: server.dir.path().join("agents"),
+            child: None,
+        };
+        std::fs::create_dir_all(&a.data).unwrap();
+        a.spawn();
+        a
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.logs.join(format!("{}.log", self.name)))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .args([
+                "agent",
+                "--node-name",
+                &self.name,
+                "--port",
+                "0",
+                "--kubeconfig",
+            ])
+            .arg(&self.kubeconfig)
+            .arg("--data-dir")
+            .arg(&self.data)
+            .env("SKIFF_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start skiff agent");
+        self.child = Some(child);
+    }
+
+    /// Loads a Wasm module (text) into the node's image store as `reference`.
+    pub fn import_wat(&self, wat: &str, reference: &str) {
+        let file = self
+            .data
+            .join(format!("{}.wat", reference.replace(['/', ':'], "_")));
+        std::fs::write(&file, wat).unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .args(["images", "import"])
+            .arg(&file)
+            .args(["--name", reference, "--data-dir"])
+            .arg(&self.data)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+
+    /// Kills the agent with SIGKILL (its pods die with it).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.logs.join(format!("{}.log", self.name))).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
 /// Polls `f` until it returns `Some`, or panics after `secs`.
 #[track_caller]
 pub fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
