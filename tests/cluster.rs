@@ -160,15 +160,25 @@ impl AvailabilityWatch {
         AvailabilityWatch { child, seen }
     }
 
-    /// Every state until the rollout to `image` completed: the lowest availability.
-    fn lowest_until_rolled_out(mut self, image: &str, secs: u64) -> i64 {
+    /// Every state until the rollout to `image` completed: the lowest availability, and
+    /// the states seen (generation/observed, replicas, updated, available).
+    fn lowest_until_rolled_out(mut self, image: &str, secs: u64) -> (i64, Vec<String>) {
         let deadline = Instant::now() + Duration::from_secs(secs);
         let mut lowest = i64::MAX;
+        let mut states = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let d = self.seen.recv_timeout(left).expect("the rollout to finish");
             let s = &d["status"];
             lowest = lowest.min(s["availableReplicas"].as_i64().unwrap_or(0));
+            states.push(format!(
+                "gen {}/{} replicas {} updated {} available {}",
+                d["metadata"]["generation"],
+                s["observedGeneration"],
+                s["replicas"],
+                s["updatedReplicas"],
+                s["availableReplicas"]
+            ));
             let spec_image = &d["spec"]["template"]["spec"]["containers"][0]["image"];
             let want = d["spec"]["replicas"].clone();
             if spec_image == image
@@ -179,7 +189,7 @@ impl AvailabilityWatch {
             {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
-                return lowest;
+                return (lowest, states);
             }
         }
     }
@@ -201,10 +211,10 @@ fn rolling_updates_keep_availability_and_undo_restores_the_template() {
         .server
         .ok(&["rollout", "status", "deployment/web", "--timeout=90s"]);
     assert!(out.contains("successfully rolled out"), "{out}");
-    let lowest = watch.lowest_until_rolled_out(V2, 60);
+    let (lowest, states) = watch.lowest_until_rolled_out(V2, 60);
     assert!(
         lowest >= 3,
-        "available replicas fell to {lowest}, below 4 - maxUnavailable"
+        "available replicas fell to {lowest}, below 4 - maxUnavailable: {states:#?}"
     );
     let images: BTreeSet<String> = c.server.json(&["get", "pods", "-l", "app=web"])["items"]
         .as_array()

@@ -59,7 +59,8 @@ struct State {
 impl State {
     fn index(&mut self, key: &str, old: Option<&Value>, new: Option<&Value>) {
         for (f, map) in self.indexes.values_mut() {
-            let (was, is) = (old.and_then(|o| f(o)), new.and_then(|n| f(n)));
+            let f = *f;
+            let (was, is) = (old.and_then(f), new.and_then(f));
             if was == is {
                 continue;
             }

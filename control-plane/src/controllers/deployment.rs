@@ -1309,10 +1309,11 @@ mod controller_tests {
         super::super::replicaset::spawn(&cache, &super::super::replicaset::REPLICA_SET);
         spawn(&cache);
         crate::controllers::kubelet::spawn(objects.clone());
+        // Bound pods (as if scheduled) are deleted gracefully: they linger, terminating.
         let d = json!({"metadata": {"name": "web"}, "spec": {"replicas": 3,
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 1}},
             "selector": {"matchLabels": {"app": "web"}},
-            "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "v1"}]}}}});
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "v1"}]}}}});
         create(&objects, "apps", "deployments", d).await;
         let first = rolled_out(&objects, "v1").await;
         assert_eq!(annotation(&first, REVISION), Some("1"));

@@ -10,7 +10,7 @@ mod pods;
 mod replicaset;
 mod system_namespaces;
 
-pub use cache::{Cache, Change, Informer};
+pub use cache::{split_key, Cache, Change, Informer};
 pub use node_lifecycle::NodeLifecycleConfig;
 pub use system_namespaces::ensure as ensure_system_namespaces;
 

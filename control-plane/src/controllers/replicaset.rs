@@ -158,9 +158,21 @@ async fn reconcile(ctx: Arc<Ctx>, key: String) -> Result<Action, ObjectError> {
             }
         }
     }
-    if last_write > 0 {
+    // The status counts the pods as they are after this reconcile's writes: one counting a
+    // pod it just deleted would let a Deployment take down one pod too many.
+    let after: Vec<Arc<Value>>;
+    let active = if last_write > 0 {
         ctx.pods.wait_for(last_write).await;
-    }
+        after = ctx
+            .pods
+            .list(Some(ns))
+            .into_iter()
+            .filter(|p| pods::controlled_by(p, uid) && pods::is_active(p))
+            .collect();
+        after.iter().map(|p| p.as_ref()).collect()
+    } else {
+        active
+    };
     let min_ready = set["spec"]["minReadySeconds"].as_i64().unwrap_or(0);
     let status = status(&set, &active, min_ready, failure.as_ref());
     if set.get("status") != Some(&status) {
@@ -625,7 +637,23 @@ mod controller_tests {
             (released && active_pods(&all, &uid).len() == 3).then_some(())
         })
         .await;
-        // Scale down to 1: two are deleted.
+        // Scale down to 1: two are deleted, and no status that has seen the change counts
+        // them (a Deployment would take that for availability).
+        let rsrt = rt(&objects, "apps", "replicasets");
+        let from = objects.store().revision();
+        let mut watch = objects.watch(rsrt, None, from, Default::default()).unwrap();
+        let statuses = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some(crate::objects::WatchItem::Event { object, .. }) = watch.next().await {
+                let rs: Value = serde_json::from_slice(&object).unwrap();
+                let observed = rs["status"]["observedGeneration"] == rs["metadata"]["generation"];
+                seen.push((observed, rs["status"]["replicas"].as_i64().unwrap_or(0)));
+                if observed && rs["status"]["replicas"] == 1 {
+                    return seen;
+                }
+            }
+            seen
+        });
         objects
             .update_with(
                 rt(&objects, "apps", "replicasets"),
@@ -654,6 +682,11 @@ mod controller_tests {
         assert_eq!(
             rs["status"]["observedGeneration"],
             rs["metadata"]["generation"]
+        );
+        let seen = statuses.await.unwrap();
+        assert!(
+            seen.iter().all(|(observed, n)| !observed || *n == 1),
+            "a status of the new generation counted deleted pods: {seen:?}"
         );
         let all = list(&objects, "", "pods").await;
         assert!(all

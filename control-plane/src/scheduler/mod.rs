@@ -11,14 +11,18 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Node, Pod, Taint};
 use serde_json::{json, Value};
 
-use crate::controllers::Action;
+use crate::controllers::{Action, Queue};
 use crate::objects::{now_string, ListOptions, ObjectError, Objects, Target, WriteOptions};
 use crate::quantity;
 use crate::registry::decode;
 
 pub const SCHEDULER_NAME: &str = "default-scheduler";
-/// How soon an unschedulable pod is tried again (nodes may have come or freed up).
-const RETRY: Duration = Duration::from_secs(2);
+/// An unschedulable pod is tried again when the cluster changes in a way that may let it
+/// fit (a node comes or changes, a pod goes), and at the latest after this long (kube's
+/// podMaxInUnschedulablePodsDuration is 5 minutes).
+const UNSCHEDULABLE_FLUSH: Duration = Duration::from_secs(60);
+/// How soon a pod whose attempt raced with a cluster change is tried again.
+const BACKOFF: Duration = Duration::from_secs(1);
 
 /// Requests of one pod (or capacity of a node) in milli-units.
 #[derive(Default, Clone, Debug)]
@@ -173,6 +177,12 @@ pub struct Cache {
 struct CacheState {
     /// namespace/name -> (uid, node, requests)
     pods: HashMap<String, (String, String, Resources)>,
+    /// Pods that fit nowhere, waiting for a change of the cluster (kube's
+    /// unschedulablePods queue).
+    unschedulable: std::collections::HashSet<String>,
+    /// How many times the unschedulable pods were sent back to the queue: a decision taken
+    /// before the latest such move may have missed the change that caused it.
+    moves: u64,
     used: HashMap<String, Resources>,
     nodes: BTreeMap<String, Node>,
 }
@@ -209,7 +219,8 @@ enum Decision {
     Place(String),
     /// Already assumed (its binding is in flight).
     InFlight,
-    Unschedulable(String),
+    /// Fits nowhere; the cache's move count when decided.
+    Unschedulable(String, u64),
 }
 
 fn key_of(p: &Pod) -> String {
@@ -291,7 +302,7 @@ impl Cache {
                 st.assume(&key, uid, &node, need);
                 Decision::Place(node)
             }
-            None => Decision::Unschedulable(failure_message(st.nodes.len(), &reasons)),
+            None => Decision::Unschedulable(failure_message(st.nodes.len(), &reasons), st.moves),
         }
     }
 
@@ -343,22 +354,56 @@ impl Cache {
         self.loaded.notify_waiters();
     }
 
-    /// Follows the shared cache's pods and nodes.
-    fn follow(self: &Arc<Self>, shared: &crate::controllers::Cache) {
+    /// Follows the shared cache's pods and nodes; queues pods to schedule: new unbound
+    /// pods and ones whose spec changed, and the unschedulable ones when a node comes or
+    /// changes or a pod goes (freeing room).
+    fn follow(self: &Arc<Self>, shared: &crate::controllers::Cache, queue: &Arc<Queue>) {
         let (pods, nodes) = (shared.of("", "v1", "pods"), shared.of("", "v1", "nodes"));
-        let me = self.clone();
+        let (me, q) = (self.clone(), queue.clone());
         pods.on_change(move |c| {
             let Ok(p) = decode::<Pod>(c.object()) else {
                 return;
             };
+            let key = key_of(&p);
             let mut st = me.state.lock().expect("scheduler cache");
-            if c.new.is_none() {
-                st.forget(&key_of(&p), p.metadata.uid.as_deref());
-            } else {
-                Self::observe_pod(&mut st, &p);
+            let unbound = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_deref())
+                .is_none_or(str::is_empty);
+            match &c.new {
+                None => {
+                    st.forget(&key, p.metadata.uid.as_deref());
+                    st.unschedulable.remove(&key);
+                    Self::retry_unschedulable(&mut st, &q);
+                }
+                Some(new) => {
+                    let freed = p
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.node_name.as_deref())
+                        .is_some_and(|n| !n.is_empty())
+                        && matches!(
+                            p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                            Some("Succeeded" | "Failed")
+                        );
+                    Self::observe_pod(&mut st, &p);
+                    // A status write (ours among them) does not make a pod schedulable.
+                    let spec_changed = c
+                        .old
+                        .as_ref()
+                        .is_none_or(|o| o.get("spec") != new.get("spec"));
+                    if unbound && spec_changed {
+                        st.unschedulable.remove(&key);
+                        q.add(key);
+                    }
+                    if freed {
+                        Self::retry_unschedulable(&mut st, &q);
+                    }
+                }
             }
         });
-        let me = self.clone();
+        let (me, q) = (self.clone(), queue.clone());
         nodes.on_change(move |c| {
             let Ok(n) = decode::<Node>(c.object()) else {
                 return;
@@ -367,8 +412,19 @@ impl Cache {
             let mut st = me.state.lock().expect("scheduler cache");
             if c.new.is_none() {
                 st.nodes.remove(&name);
-            } else {
-                st.nodes.insert(name, n);
+                return;
+            }
+            // Only what scheduling reads: a heartbeat alone changes nothing.
+            let relevant = st.nodes.get(&name).is_none_or(|old| {
+                old.spec != n.spec
+                    || old.metadata.labels != n.metadata.labels
+                    || old.status.as_ref().map(|s| &s.allocatable)
+                        != n.status.as_ref().map(|s| &s.allocatable)
+                    || is_ready(old) != is_ready(&n)
+            });
+            st.nodes.insert(name, n);
+            if relevant {
+                Self::retry_unschedulable(&mut st, &q);
             }
         });
         let me = self.clone();
@@ -378,6 +434,20 @@ impl Cache {
             nodes.synced().await;
             me.mark_loaded(&me.nodes_loaded);
         });
+        let (me, q) = (self.clone(), queue.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(UNSCHEDULABLE_FLUSH).await;
+                Self::retry_unschedulable(&mut me.state.lock().expect("scheduler cache"), &q);
+            }
+        });
+    }
+
+    fn retry_unschedulable(st: &mut CacheState, queue: &Queue) {
+        st.moves += 1;
+        for key in st.unschedulable.drain() {
+            queue.add(key);
+        }
     }
 }
 
@@ -401,14 +471,19 @@ async fn list_all<T: serde::de::DeserializeOwned>(
 /// Starts the scheduler over the shared cache.
 pub fn spawn(shared: &Arc<crate::controllers::Cache>) {
     let cache = Arc::new(Cache::default());
-    cache.follow(shared);
-    let pods = shared
-        .objects()
-        .registry()
-        .find("", "v1", "pods")
-        .expect("pods are served");
-    crate::controllers::run(shared, pods, "scheduler", move |o, v| {
-        reconcile(o, cache.clone(), v)
+    let queue = Queue::new();
+    cache.follow(shared, &queue);
+    let pods = shared.of("", "v1", "pods");
+    let objects = shared.objects().clone();
+    crate::controllers::spawn_controller(SCHEDULER_NAME, queue, move |key| {
+        let (objects, cache, pods) = (objects.clone(), cache.clone(), pods.clone());
+        async move {
+            let (ns, name) = crate::controllers::split_key(&key);
+            match pods.get(ns, name) {
+                Some(pod) => reconcile(objects, cache, (*pod).clone()).await,
+                None => Ok(Action::Done),
+            }
+        }
     });
 }
 
@@ -477,7 +552,7 @@ pub async fn reconcile(
             tracing::debug!(pod = %format!("{ns}/{name}"), node = %node_name, "scheduled");
             Ok(Action::Done)
         }
-        Decision::Unschedulable(msg) => {
+        Decision::Unschedulable(msg, moves) => {
             crate::events::record(
                 &objects,
                 &pod_value,
@@ -489,7 +564,13 @@ pub async fn reconcile(
             )
             .await?;
             mark_unschedulable(&objects, &ns, &name, &msg).await?;
-            Ok(Action::RequeueAfter(RETRY))
+            let mut st = cache.state.lock().expect("scheduler cache");
+            if st.moves != moves {
+                // The cluster changed while deciding: try again soon (kube's back-off queue).
+                return Ok(Action::RequeueAfter(BACKOFF));
+            }
+            st.unschedulable.insert(key_of(&pod));
+            Ok(Action::Done)
         }
     }
 }
@@ -626,7 +707,7 @@ mod tests {
         let (objects, _d) = cluster().await;
         let pod = json!({"metadata": {"name": "big"}, "spec": {"containers": [{"name": "c", "image": "x", "resources": {"requests": {"cpu": "3"}}}]}});
         let (pod, action) = schedule(&objects, pod).await;
-        assert_eq!(action, Action::RequeueAfter(RETRY));
+        assert_eq!(action, Action::Done);
         assert!(pod["spec"].get("nodeName").is_none());
         let msg = "0/3 nodes are available: 2 Insufficient cpu, 1 node(s) had untolerated taint {node.kubernetes.io/not-ready: }. preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling.";
         let cond = pod["status"]["conditions"]
@@ -698,15 +779,9 @@ mod tests {
                 .map(|p| reconcile(objects.clone(), cache.clone(), p)),
         )
         .await;
-        let bound = results
-            .iter()
-            .filter(|r| matches!(r, Ok(Action::Done)))
-            .count();
-        let pending = results
-            .iter()
-            .filter(|r| matches!(r, Ok(Action::RequeueAfter(_))))
-            .count();
-        assert_eq!((bound, pending), (2, 2));
+        assert!(results.iter().all(|r| matches!(r, Ok(Action::Done))));
+        let waiting = cache.state.lock().unwrap().unschedulable.len();
+        assert_eq!(waiting, 2, "two fit nowhere and wait for a change");
         let all = objects
             .list(pods, Some("default"), &ListOptions::default())
             .await
@@ -718,6 +793,77 @@ mod tests {
             .filter(|p| p["spec"]["nodeName"] == "edge")
             .count();
         assert_eq!(on_edge, 2);
+    }
+
+    #[tokio::test]
+    async fn unschedulable_pods_wait_for_a_cluster_change_instead_of_retrying() {
+        let (objects, _d) = cluster().await;
+        let shared = crate::controllers::Cache::new(objects.clone());
+        spawn(&shared);
+        let reg = objects.registry();
+        let pods = reg.find("", "v1", "pods").unwrap();
+        let w = WriteOptions::default();
+        for i in 0..20 {
+            let pod = json!({"metadata": {"name": format!("big{i}")}, "spec": {"containers": [{"name": "c", "image": "x", "resources": {"requests": {"cpu": "3"}}}]}});
+            objects
+                .create(pods, Some("default"), pod, &w)
+                .await
+                .unwrap();
+        }
+        let marked = || async {
+            let all = objects
+                .list(pods, Some("default"), &ListOptions::default())
+                .await
+                .unwrap();
+            all.items
+                .iter()
+                .map(|b| serde_json::from_slice::<Value>(b).unwrap())
+                .filter(|p| p["status"]["conditions"][0]["reason"] == "Unschedulable")
+                .count()
+        };
+        for _ in 0..200 {
+            if marked().await == 20 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(marked().await, 20);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = objects.store().revision();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(
+            objects.store().revision(),
+            before,
+            "nothing changed, so nothing was retried or written"
+        );
+        // Room appears: every waiting pod is tried again and bound.
+        let nodes = reg.find("", "v1", "nodes").unwrap();
+        objects
+            .update_with(nodes, None, "plain", Target::Status, &w, |old| {
+                let mut n = old.clone();
+                n["status"]["allocatable"]["cpu"] = json!("64");
+                Ok(n)
+            })
+            .await
+            .unwrap();
+        let mut bound = 0;
+        for _ in 0..250 {
+            let all = objects
+                .list(pods, Some("default"), &ListOptions::default())
+                .await
+                .unwrap();
+            bound = all
+                .items
+                .iter()
+                .map(|b| serde_json::from_slice::<Value>(b).unwrap())
+                .filter(|p| p["spec"]["nodeName"] == "plain")
+                .count();
+            if bound == 20 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(bound, 20);
     }
 
     #[test]
