@@ -36,6 +36,16 @@ struct ControlFlags {
     /// how long pods stay on a node that stopped answering.
     #[arg(long, default_value_t = skiff_control_plane::objects::DEFAULT_TOLERATION_SECONDS)]
     default_unreachable_toleration_seconds: i64,
+    /// How the scheduler ranks the nodes a pod fits: least-allocated spreads pods,
+    /// most-allocated packs them onto as few nodes as possible.
+    #[arg(long, value_enum, default_value_t = Scoring::LeastAllocated)]
+    scheduler_scoring: Scoring,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Scoring {
+    LeastAllocated,
+    MostAllocated,
 }
 
 impl ControlFlags {
@@ -51,6 +61,10 @@ impl ControlFlags {
             node_lifecycle: skiff_control_plane::controllers::NodeLifecycleConfig {
                 monitor_period: self.node_monitor_period,
                 grace_period: self.node_monitor_grace_period,
+            },
+            scoring: match self.scheduler_scoring {
+                Scoring::LeastAllocated => skiff_control_plane::scheduler::Scoring::LeastAllocated,
+                Scoring::MostAllocated => skiff_control_plane::scheduler::Scoring::MostAllocated,
             },
         }
     }

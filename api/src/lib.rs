@@ -2,10 +2,12 @@
 //! API, and read its values the same way with these.
 //!
 //! - [`duration`]: durations in flags as Kubernetes writes them (`6s`, `500ms`).
+//! - [`image`]: image references as stored and compared (`name` means `name:latest`).
 //! - [`quantity`]: resource quantities (`500m`, `1Gi`) in milli-units.
 //! - [`WASM_RUNTIME_LABEL`]: the node label of nodes that run Wasm containers.
 
 pub mod duration;
+pub mod image;
 pub mod quantity;
 
 /// The node label of nodes that run Wasm containers (the `wasmtime` RuntimeClass selects it).

@@ -85,15 +85,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
     }
 }
 
-/// `name` → `name:latest` when it has neither tag nor digest, as Docker does.
-pub fn normalize(reference: &str) -> String {
-    let last = reference.rsplit('/').next().unwrap_or(reference);
-    if reference.contains('@') || last.contains(':') {
-        reference.to_string()
-    } else {
-        format!("{reference}:latest")
-    }
-}
+pub use skiff_api::image::normalize;
 
 impl ImageStore {
     pub fn open(dir: &Path) -> Result<ImageStore, ImageError> {
@@ -233,6 +225,28 @@ impl ImageStore {
         self.image(reference, digest)
     }
 
+    /// The stored images for the node's `status.images`: the references of each digest
+    /// (and `name@digest`), with the size of its Wasm blob.
+    pub fn summary(&self) -> Vec<(Vec<String>, u64)> {
+        let mut by_digest: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (reference, digest) in self.list() {
+            by_digest.entry(digest).or_default().push(reference);
+        }
+        by_digest
+            .into_iter()
+            .filter_map(|(digest, mut names)| {
+                let image = self.image(names[0].clone(), digest.clone())?;
+                let size = std::fs::metadata(&image.path).map_or(0, |m| m.len());
+                let repo = names[0]
+                    .rsplit_once(':')
+                    .map_or(names[0].as_str(), |(r, _)| r)
+                    .to_string();
+                names.push(format!("{repo}@{digest}"));
+                Some((names, size))
+            })
+            .collect()
+    }
+
     pub fn list(&self) -> Vec<(String, String)> {
         self.refs()
             .0
@@ -245,6 +259,25 @@ impl ImageStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn summary_groups_references_by_digest_with_sizes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("m.wasm");
+        std::fs::write(&file, b"\0asm\x01\0\0\0").unwrap();
+        let store = ImageStore::open(&dir.path().join("images")).unwrap();
+        let img = store.import(&file, "example.com/a:1").unwrap();
+        store.import(&file, "example.com/a:2").unwrap();
+        let summary = store.summary();
+        assert_eq!(summary.len(), 1);
+        let (names, size) = &summary[0];
+        assert_eq!(*size, 8);
+        assert!(
+            names.contains(&"example.com/a:1".to_string())
+                && names.contains(&"example.com/a:2".to_string())
+        );
+        assert!(names.contains(&format!("example.com/a@{}", img.digest)));
+    }
 
     #[test]
     fn imports_and_resolves_by_tag_and_digest() {

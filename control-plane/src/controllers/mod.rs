@@ -37,6 +37,8 @@ pub enum Action {
 #[derive(Clone, Debug, Default)]
 pub struct ControllerConfig {
     pub node_lifecycle: NodeLifecycleConfig,
+    /// How the scheduler ranks nodes that fit (spread or bin-pack).
+    pub scoring: crate::scheduler::Scoring,
 }
 
 /// Starts every control-plane controller and the scheduler over one shared cache.
@@ -53,7 +55,7 @@ pub fn spawn_all(objects: Arc<Objects>, config: ControllerConfig) -> Arc<Cache> 
     deployment::spawn(&cache);
     node_lifecycle::spawn(&cache, config.node_lifecycle);
     replicaset::spawn(&cache, &replicaset::REPLICATION_CONTROLLER);
-    crate::scheduler::spawn(&cache);
+    crate::scheduler::spawn(&cache, config.scoring);
     cache
 }
 

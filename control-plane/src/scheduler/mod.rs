@@ -8,13 +8,17 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Pod, Taint};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use serde_json::{json, Value};
 
 use crate::controllers::{Action, Queue};
 use crate::objects::{now_string, ListOptions, ObjectError, Objects, Target, WriteOptions};
-use crate::quantity;
 use crate::registry::decode;
+
+mod framework;
+
+pub use framework::Scoring;
+use framework::{NodeEntry, NodeState, Placed, PodInfo, Prepared, FILTERS};
 
 pub const SCHEDULER_NAME: &str = "default-scheduler";
 /// An unschedulable pod is tried again when the cluster changes in a way that may let it
@@ -24,191 +28,91 @@ const UNSCHEDULABLE_FLUSH: Duration = Duration::from_secs(60);
 /// How soon a pod whose attempt raced with a cluster change is tried again.
 const BACKOFF: Duration = Duration::from_secs(1);
 
-/// Requests of one pod (or capacity of a node) in milli-units.
-#[derive(Default, Clone, Debug)]
-struct Resources {
-    cpu: i128,
-    memory: i128,
-    pods: i128,
-}
-
-fn requests(pod: &Pod) -> Resources {
-    let mut r = Resources {
-        pods: 1000,
-        ..Default::default()
-    };
-    let Some(spec) = &pod.spec else { return r };
-    let get = |c: &k8s_openapi::api::core::v1::Container, res: &str| {
-        c.resources
-            .as_ref()
-            .and_then(|r| r.requests.as_ref())
-            .and_then(|m| m.get(res))
-            .and_then(|q| quantity::parse(&q.0).ok())
-            .map_or(0, |m| m.0)
-    };
-    for c in &spec.containers {
-        r.cpu += get(c, "cpu");
-        r.memory += get(c, "memory");
-    }
-    // Init containers run one at a time: the pod needs the largest of them.
-    for c in spec.init_containers.iter().flatten() {
-        r.cpu = r.cpu.max(get(c, "cpu"));
-        r.memory = r.memory.max(get(c, "memory"));
-    }
-    r
-}
-
-fn allocatable(node: &Node) -> Resources {
-    let a = node.status.as_ref().and_then(|s| s.allocatable.as_ref());
-    let get = |k: &str| {
-        a.and_then(|m| m.get(k))
-            .and_then(|q| quantity::parse(&q.0).ok())
-            .map_or(0, |m| m.0)
-    };
-    Resources {
-        cpu: get("cpu"),
-        memory: get("memory"),
-        pods: get("pods"),
-    }
-}
-
-fn is_ready(node: &Node) -> bool {
-    node.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn tolerates(pod: &Pod, taint: &Taint) -> bool {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.tolerations.as_ref())
-        .is_some_and(|ts| {
-            ts.iter().any(|t| {
-                let key_ok = t
-                    .key
-                    .as_deref()
-                    .is_none_or(|k| k.is_empty() || k == taint.key);
-                let effect_ok = t
-                    .effect
-                    .as_deref()
-                    .is_none_or(|e| e.is_empty() || e == taint.effect);
-                let value_ok = t.operator.as_deref() == Some("Exists")
-                    || t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("");
-                key_ok && effect_ok && value_ok
-            })
-        })
-}
-
-/// Why a node does not fit, as kube-scheduler words it.
-fn misfit(pod: &Pod, need: &Resources, node: &Node, used: &Resources) -> Option<String> {
-    let mut taints: Vec<Taint> = node
-        .spec
-        .as_ref()
-        .and_then(|s| s.taints.clone())
-        .unwrap_or_default();
-    if !is_ready(node) {
-        taints.push(Taint {
-            key: "node.kubernetes.io/not-ready".into(),
-            effect: "NoSchedule".into(),
-            ..Default::default()
-        });
-    }
-    if node
-        .spec
-        .as_ref()
-        .and_then(|s| s.unschedulable)
-        .unwrap_or(false)
-    {
-        return Some("node(s) were unschedulable".into());
-    }
-    if let Some(t) = taints
-        .iter()
-        .find(|t| matches!(t.effect.as_str(), "NoSchedule" | "NoExecute") && !tolerates(pod, t))
-    {
-        return Some(format!(
-            "node(s) had untolerated taint {{{}: {}}}",
-            t.key,
-            t.value.clone().unwrap_or_default()
-        ));
-    }
-    let labels = node.metadata.labels.clone().unwrap_or_default();
-    let selector = pod.spec.as_ref().and_then(|s| s.node_selector.as_ref());
-    if selector.is_some_and(|sel| sel.iter().any(|(k, v)| labels.get(k) != Some(v))) {
-        return Some("node(s) didn't match Pod's node affinity/selector".into());
-    }
-    let cap = allocatable(node);
-    if used.pods + need.pods > cap.pods {
-        return Some("Too many pods".into());
-    }
-    if need.cpu > 0 && used.cpu + need.cpu > cap.cpu {
-        return Some("Insufficient cpu".into());
-    }
-    if need.memory > 0 && used.memory + need.memory > cap.memory {
-        return Some("Insufficient memory".into());
-    }
-    None
-}
-
-/// kube-scheduler's summary: `0/3 nodes are available: 1 Insufficient cpu, 2 node(s) ...`.
-fn failure_message(total: usize, reasons: &BTreeMap<String, usize>) -> String {
-    if total == 0 {
-        return "no nodes available to schedule pods".into();
-    }
-    let parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
-    format!(
-        "0/{total} nodes are available: {}. preemption: 0/{total} nodes are available: {total} Preemption is not helpful for scheduling.",
-        parts.join(", ")
-    )
-}
-
-/// What the scheduler knows without asking the store, kept from watches: the nodes, and
-/// where bound, unfinished pods run with what they request (summed per node). A decision
-/// is made and assumed under one lock, so concurrent reconciles never double-book a node.
+/// What the scheduler knows without asking the store, kept from the shared cache: the
+/// nodes, and the bound, unfinished pods with what they request and carry (labels,
+/// anti-affinity, host ports). A decision is made and assumed under one lock, so
+/// concurrent reconciles never double-book a node.
 #[derive(Default)]
 pub struct Cache {
     state: std::sync::Mutex<CacheState>,
     loaded: tokio::sync::Notify,
     pods_loaded: std::sync::atomic::AtomicBool,
     nodes_loaded: std::sync::atomic::AtomicBool,
+    scoring: Scoring,
 }
 
 #[derive(Default)]
 struct CacheState {
-    /// namespace/name -> (uid, node, requests)
-    pods: HashMap<String, (String, String, Resources)>,
+    /// namespace/name -> (uid, placement)
+    placed: HashMap<String, (String, Placed)>,
+    /// Placed pods with required anti-affinity terms (every decision must respect them).
+    with_anti_affinity: usize,
+    nodes: HashMap<String, NodeState>,
+    /// Node names in a fixed order; decisions start where the last one stopped (kube's
+    /// nextStartNodeIndex), so large clusters are not always searched from the same end.
+    order: Vec<String>,
+    next_start: usize,
+    /// Picks among equally scored nodes in turn.
+    ties: usize,
     /// Pods that fit nowhere, waiting for a change of the cluster (kube's
     /// unschedulablePods queue).
     unschedulable: std::collections::HashSet<String>,
     /// How many times the unschedulable pods were sent back to the queue: a decision taken
     /// before the latest such move may have missed the change that caused it.
     moves: u64,
-    used: HashMap<String, Resources>,
-    nodes: BTreeMap<String, Node>,
 }
 
 impl CacheState {
-    fn assume(&mut self, key: &str, uid: &str, node: &str, need: Resources) {
+    fn assume(&mut self, key: &str, uid: &str, node: &str, info: Arc<PodInfo>) {
         self.forget(key, None);
-        let u = self.used.entry(node.to_string()).or_default();
-        u.cpu += need.cpu;
-        u.memory += need.memory;
-        u.pods += need.pods;
-        self.pods
-            .insert(key.to_string(), (uid.to_string(), node.to_string(), need));
+        if let Some(n) = self.nodes.get_mut(node) {
+            n.place(&info);
+        }
+        if !info.anti_affinity.is_empty() {
+            self.with_anti_affinity += 1;
+        }
+        let placed = Placed {
+            node: node.to_string(),
+            info,
+        };
+        self.placed
+            .insert(key.to_string(), (uid.to_string(), placed));
     }
 
     /// Drops a placement (only the one of pod `uid`, when given).
     fn forget(&mut self, key: &str, uid: Option<&str>) {
-        if uid.is_some_and(|uid| self.pods.get(key).is_some_and(|(u, _, _)| u != uid)) {
+        if uid.is_some_and(|uid| self.placed.get(key).is_some_and(|(u, _)| u != uid)) {
             return;
         }
-        if let Some((_, node, r)) = self.pods.remove(key) {
-            if let Some(u) = self.used.get_mut(&node) {
-                u.cpu -= r.cpu;
-                u.memory -= r.memory;
-                u.pods -= r.pods;
+        if let Some((_, p)) = self.placed.remove(key) {
+            if let Some(n) = self.nodes.get_mut(&p.node) {
+                n.unplace(&p.info);
             }
+            if !p.info.anti_affinity.is_empty() {
+                self.with_anti_affinity -= 1;
+            }
+        }
+    }
+
+    fn upsert_node(&mut self, node: &Node) {
+        let entry = NodeEntry::new(node);
+        let name = entry.name.clone();
+        match self.nodes.get_mut(&name) {
+            Some(n) => n.entry = entry,
+            None => {
+                let mut n = NodeState::new(entry);
+                for (_, p) in self.placed.values().filter(|(_, p)| p.node == name) {
+                    n.place(&p.info);
+                }
+                self.nodes.insert(name.clone(), n);
+                self.order.push(name);
+            }
+        }
+    }
+
+    fn remove_node(&mut self, name: &str) {
+        if self.nodes.remove(name).is_some() {
+            self.order.retain(|n| n != name);
         }
     }
 }
@@ -232,6 +136,13 @@ fn key_of(p: &Pod) -> String {
 }
 
 impl Cache {
+    pub fn new(scoring: Scoring) -> Cache {
+        Cache {
+            scoring,
+            ..Default::default()
+        }
+    }
+
     fn observe_pod(state: &mut CacheState, p: &Pod) {
         let node = p
             .spec
@@ -247,11 +158,11 @@ impl Cache {
         match node {
             Some(node) if !terminal => {
                 let known = state
-                    .pods
+                    .placed
                     .get(&key)
-                    .is_some_and(|(u, n, _)| u == uid && *n == node);
+                    .is_some_and(|(u, pl)| u == uid && pl.node == node);
                 if !known {
-                    state.assume(&key, uid, &node, requests(p));
+                    state.assume(&key, uid, &node, Arc::new(PodInfo::new(p)));
                 }
             }
             // A pending pod keeps a placement the scheduler assumed for it: its own
@@ -261,49 +172,62 @@ impl Cache {
         }
     }
 
+    /// Filters every node (until enough fit), scores those that fit, and assumes the pod
+    /// on the best.
     fn decide(&self, pod: &Pod) -> Decision {
-        let mut st = self.state.lock().expect("scheduler cache");
+        let mut guard = self.state.lock().expect("scheduler cache");
+        let st = &mut *guard;
         let key = key_of(pod);
         let uid = pod.metadata.uid.as_deref().unwrap_or_default();
-        if st.pods.get(&key).is_some_and(|(u, _, _)| u == uid) {
+        if st.placed.get(&key).is_some_and(|(u, _)| u == uid) {
             return Decision::InFlight;
         }
-        let need = requests(pod);
+        let info = Arc::new(PodInfo::new(pod));
+        let needs_prepare = st.with_anti_affinity > 0
+            || !info.affinity.is_empty()
+            || !info.anti_affinity.is_empty()
+            || !info.preferred_affinity.is_empty()
+            || !info.preferred_anti_affinity.is_empty()
+            || !info.spread.is_empty();
+        let pre = if needs_prepare {
+            Prepared::new(&info, &st.nodes, st.placed.values().map(|(_, p)| p))
+        } else {
+            Prepared::default()
+        };
+        let total = st.order.len();
+        let want = framework::feasible_to_find(total);
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-        let mut best: Option<(f64, &str)> = None;
-        let none = Resources::default();
-        for (name, node) in &st.nodes {
-            let u = st.used.get(name).unwrap_or(&none);
-            match misfit(pod, &need, node, u) {
-                Some(why) => *reasons.entry(why).or_default() += 1,
-                None => {
-                    // Least allocated: the mean free fraction of cpu, memory and pod slots.
-                    let cap = allocatable(node);
-                    let free = |used: i128, cap: i128| {
-                        if cap > 0 {
-                            1.0 - used as f64 / cap as f64
-                        } else {
-                            0.0
-                        }
-                    };
-                    let score = (free(u.cpu + need.cpu, cap.cpu)
-                        + free(u.memory + need.memory, cap.memory)
-                        + free(u.pods + need.pods, cap.pods))
-                        / 3.0;
-                    // Nodes are visited by name: ties go to the first.
-                    if best.is_none_or(|(s, _)| score > s) {
-                        best = Some((score, name));
-                    }
+        let mut feasible: Vec<&NodeState> = Vec::new();
+        let start = if total == 0 { 0 } else { st.next_start % total };
+        let mut processed = 0;
+        for i in 0..total {
+            if feasible.len() >= want {
+                break;
+            }
+            processed += 1;
+            let node = &st.nodes[&st.order[(start + i) % total]];
+            let failed = FILTERS
+                .iter()
+                .find_map(|f| (f.check)(&info, node, &pre).err().map(|why| (f.name, why)));
+            match failed {
+                Some((plugin, why)) => {
+                    tracing::trace!(pod = %key, node = %node.entry.name, plugin, %why, "filtered out");
+                    *reasons.entry(why).or_default() += 1
                 }
+                None => feasible.push(node),
             }
         }
-        match best.map(|(_, n)| n.to_string()) {
-            Some(node) => {
-                st.assume(&key, uid, &node, need);
-                Decision::Place(node)
-            }
-            None => Decision::Unschedulable(failure_message(st.nodes.len(), &reasons), st.moves),
+        if feasible.is_empty() {
+            return Decision::Unschedulable(framework::failure_message(total, &reasons), st.moves);
         }
+        let scores = framework::score(&info, &feasible, &pre, self.scoring);
+        let best = scores.iter().copied().max().unwrap_or(0);
+        let tied: Vec<usize> = (0..scores.len()).filter(|i| scores[*i] == best).collect();
+        let chosen = feasible[tied[st.ties % tied.len()]].entry.name.clone();
+        st.ties = st.ties.wrapping_add(1);
+        st.next_start = (start + processed) % total.max(1);
+        st.assume(&key, uid, &chosen, info);
+        Decision::Place(chosen)
     }
 
     async fn wait_loaded(&self) {
@@ -326,14 +250,11 @@ impl Cache {
 
     async fn load_pods(&self, objects: &Objects) -> Result<(), ObjectError> {
         let pods = list_all::<Pod>(objects, "pods").await?;
-        let mut fresh = CacheState::default();
-        for p in &pods {
-            Self::observe_pod(&mut fresh, p);
-        }
         {
             let mut st = self.state.lock().expect("scheduler cache");
-            st.pods = fresh.pods;
-            st.used = fresh.used;
+            for p in &pods {
+                Self::observe_pod(&mut st, p);
+            }
         }
         self.mark_loaded(&self.pods_loaded);
         Ok(())
@@ -341,10 +262,11 @@ impl Cache {
 
     async fn load_nodes(&self, objects: &Objects) -> Result<(), ObjectError> {
         let nodes = list_all::<Node>(objects, "nodes").await?;
-        self.state.lock().expect("scheduler cache").nodes = nodes
-            .into_iter()
-            .map(|n| (n.metadata.name.clone().unwrap_or_default(), n))
-            .collect();
+        let mut st = self.state.lock().expect("scheduler cache");
+        for n in &nodes {
+            st.upsert_node(n);
+        }
+        drop(st);
         self.mark_loaded(&self.nodes_loaded);
         Ok(())
     }
@@ -411,18 +333,15 @@ impl Cache {
             let name = n.metadata.name.clone().unwrap_or_default();
             let mut st = me.state.lock().expect("scheduler cache");
             if c.new.is_none() {
-                st.nodes.remove(&name);
+                st.remove_node(&name);
                 return;
             }
             // Only what scheduling reads: a heartbeat alone changes nothing.
-            let relevant = st.nodes.get(&name).is_none_or(|old| {
-                old.spec != n.spec
-                    || old.metadata.labels != n.metadata.labels
-                    || old.status.as_ref().map(|s| &s.allocatable)
-                        != n.status.as_ref().map(|s| &s.allocatable)
-                    || is_ready(old) != is_ready(&n)
-            });
-            st.nodes.insert(name, n);
+            let relevant = st
+                .nodes
+                .get(&name)
+                .is_none_or(|old| old.entry != NodeEntry::new(&n));
+            st.upsert_node(&n);
             if relevant {
                 Self::retry_unschedulable(&mut st, &q);
             }
@@ -469,8 +388,8 @@ async fn list_all<T: serde::de::DeserializeOwned>(
 }
 
 /// Starts the scheduler over the shared cache.
-pub fn spawn(shared: &Arc<crate::controllers::Cache>) {
-    let cache = Arc::new(Cache::default());
+pub fn spawn(shared: &Arc<crate::controllers::Cache>, scoring: Scoring) {
+    let cache = Arc::new(Cache::new(scoring));
     let queue = Queue::new();
     cache.follow(shared, &queue);
     let pods = shared.of("", "v1", "pods");
@@ -799,7 +718,7 @@ mod tests {
     async fn unschedulable_pods_wait_for_a_cluster_change_instead_of_retrying() {
         let (objects, _d) = cluster().await;
         let shared = crate::controllers::Cache::new(objects.clone());
-        spawn(&shared);
+        spawn(&shared, Scoring::default());
         let reg = objects.registry();
         let pods = reg.find("", "v1", "pods").unwrap();
         let w = WriteOptions::default();
@@ -875,11 +794,11 @@ mod tests {
             2,
         );
         assert_eq!(
-            failure_message(3, &r),
+            framework::failure_message(3, &r),
             "0/3 nodes are available: 1 Insufficient cpu, 2 node(s) didn't match Pod's node affinity/selector. preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling."
         );
         assert_eq!(
-            failure_message(0, &BTreeMap::new()),
+            framework::failure_message(0, &BTreeMap::new()),
             "no nodes available to schedule pods"
         );
     }

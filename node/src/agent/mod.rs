@@ -225,7 +225,19 @@ fn conditions_changed(old: &[NodeCondition], new: &[NodeCondition]) -> bool {
     })
 }
 
-fn node_status(cfg: &AgentConfig, ip: &str, port: u16) -> NodeStatus {
+/// The node's images as `status.images` reports them.
+fn node_images(images: &ImageStore) -> Vec<k8s_openapi::api::core::v1::ContainerImage> {
+    images
+        .summary()
+        .into_iter()
+        .map(|(names, size)| k8s_openapi::api::core::v1::ContainerImage {
+            names: Some(names),
+            size_bytes: Some(size as i64),
+        })
+        .collect()
+}
+
+fn node_status(cfg: &AgentConfig, ip: &str, port: u16, images: &ImageStore) -> NodeStatus {
     let now = Time(jiff::Timestamp::now());
     let capacity = node_info::capacity(&cfg.data_dir, cfg.max_pods);
     NodeStatus {
@@ -241,6 +253,7 @@ fn node_status(cfg: &AgentConfig, ip: &str, port: u16) -> NodeStatus {
         daemon_endpoints: Some(NodeDaemonEndpoints {
             kubelet_endpoint: Some(DaemonEndpoint { port: port as i32 }),
         }),
+        images: Some(node_images(images)),
         ..Default::default()
     }
 }
@@ -251,9 +264,10 @@ async fn register(
     cfg: &AgentConfig,
     ip: &str,
     port: u16,
+    images: &ImageStore,
 ) -> Result<(), AgentError> {
     let nodes: Api<Node> = Api::all(client.clone());
-    let status = node_status(cfg, ip, port);
+    let status = node_status(cfg, ip, port, images);
     let node = Node {
         metadata: ObjectMeta {
             name: Some(cfg.node_name.clone()),
@@ -305,7 +319,7 @@ const NODE_STATUS_REPORT: Duration = Duration::from_secs(300);
 /// Renews the node's Lease every `lease_renew_interval`; reports its conditions every
 /// [`NODE_STATUS_REPORT`], or at once when they change (a pressure comes or goes, or the
 /// node was marked not Ready while the agent was unreachable).
-async fn heartbeat(client: Client, cfg: AgentConfig) {
+async fn heartbeat(client: Client, cfg: AgentConfig, ctx: Arc<Ctx>) {
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     let nodes: Api<Node> = Api::all(client);
     // Registration has just reported the status.
@@ -334,14 +348,18 @@ async fn heartbeat(client: Client, cfg: AgentConfig) {
         }
         match nodes.get_status(&cfg.node_name).await {
             Ok(node) => {
-                let previous = node.status.and_then(|s| s.conditions).unwrap_or_default();
+                let status = node.status.unwrap_or_default();
+                let previous = status.conditions.unwrap_or_default();
                 let pressure = node_info::Figures::read(&cfg.data_dir).pressure();
                 let conditions =
                     node_conditions(&Time(jiff::Timestamp::now()), &previous, pressure);
+                // Pulled or imported images count for the scheduler's image locality.
+                let now_images = node_images(&ctx.images);
                 if conditions_changed(&previous, &conditions)
+                    || status.images.unwrap_or_default() != now_images
                     || reported.is_none_or(|t| t.elapsed() >= NODE_STATUS_REPORT)
                 {
-                    let patch = serde_json::json!({"status": {"conditions": conditions}});
+                    let patch = serde_json::json!({"status": {"conditions": conditions, "images": now_images}});
                     match nodes
                         .patch_status(
                             &cfg.node_name,
@@ -441,14 +459,14 @@ pub async fn run(
     // As the kubelet does, wait for the API server rather than give up: an edge node may
     // boot before its control plane.
     let mut retry = Duration::from_millis(500);
-    while let Err(e) = register(&client, &cfg, &ip, endpoint.port()).await {
+    while let Err(e) = register(&client, &cfg, &ip, endpoint.port(), &ctx.images).await {
         tracing::warn!(error = %e, retry_in = ?retry, "unable to register the node with the API server");
         tokio::time::sleep(retry).await;
         retry = (retry * 2).min(Duration::from_secs(10));
     }
     let ready = format!("Node {} status is now: NodeReady", cfg.node_name);
     ctx.events.node("Normal", "NodeReady", ready);
-    let beat = tokio::spawn(heartbeat(client.clone(), cfg.clone()));
+    let beat = tokio::spawn(heartbeat(client.clone(), cfg.clone(), ctx.clone()));
     let pods: Api<Pod> = Api::all(client);
     let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.node_name));
     let mut stream = watcher(pods, wc).boxed();
