@@ -389,3 +389,62 @@ fn pod_dirs(data: &std::path::Path) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+fn daemonset(image: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: agent\nspec:\n  selector:\n    matchLabels:\n      app: agent\n  template:\n    metadata:\n      labels:\n        app: agent\n    spec:\n      runtimeClassName: wasmtime\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: main\n        image: {image}\n        imagePullPolicy: IfNotPresent\n"
+    )
+}
+
+#[test]
+fn a_daemonset_runs_on_every_node_also_one_that_joins_later() {
+    let mut c = Cluster::start();
+    c.server.apply_stdin(&[], &daemonset(V1));
+    let nodes: BTreeSet<String> = c.running("app=agent", 3, 60).into_iter().collect();
+    assert_eq!(
+        nodes,
+        BTreeSet::from(["n1".into(), "n2".into(), "n3".into()])
+    );
+    let late = Agent::start(&c.server, "n4");
+    late.import_wat(DOZER, V1);
+    late.import_wat(DOZER, V2);
+    c.agents.push(late);
+    let nodes: BTreeSet<String> = c.running("app=agent", 4, 60).into_iter().collect();
+    assert!(nodes.contains("n4"), "{nodes:?}");
+    let out = c
+        .server
+        .ok(&["rollout", "status", "daemonset/agent", "--timeout=60s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let table = c.server.ok(&["get", "daemonset", "agent"]);
+    assert!(
+        table.lines().nth(1).is_some_and(|l| l
+            .split_whitespace()
+            .take(6)
+            .eq(["agent", "4", "4", "4", "4", "4"])),
+        "{table}"
+    );
+
+    // A rolling update, then an undo through the ControllerRevisions.
+    c.server
+        .ok(&["set", "image", "daemonset/agent", &format!("main={V2}")]);
+    c.server
+        .ok(&["rollout", "status", "daemonset/agent", "--timeout=90s"]);
+    let history = c.server.ok(&["rollout", "history", "daemonset/agent"]);
+    assert!(
+        history.contains("\n1 ") && history.contains("\n2 "),
+        "{history}"
+    );
+    c.server.ok(&["rollout", "undo", "daemonset/agent"]);
+    c.server
+        .ok(&["rollout", "status", "daemonset/agent", "--timeout=90s"]);
+    eventually(60, "every daemon pod back on v1", || {
+        let pods = c.server.json(&["get", "pods", "-l", "app=agent"]);
+        let images: Vec<&str> = pods["items"]
+            .as_array()?
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .map(|p| p["spec"]["containers"][0]["image"].as_str().unwrap_or(""))
+            .collect();
+        (images.len() == 4 && images.iter().all(|i| *i == V1)).then_some(())
+    });
+}

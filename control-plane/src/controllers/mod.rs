@@ -2,6 +2,7 @@
 //! driven by a work queue of keys ([`spawn_controller`]); [`spawn_all`] composes them.
 
 mod cache;
+mod daemonset;
 mod deployment;
 mod garbage_collector;
 mod namespace;
@@ -53,6 +54,7 @@ pub fn spawn_all(objects: Arc<Objects>, config: ControllerConfig) -> Arc<Cache> 
     garbage_collector::spawn(&cache);
     replicaset::spawn(&cache, &replicaset::REPLICA_SET);
     deployment::spawn(&cache);
+    daemonset::spawn(&cache);
     node_lifecycle::spawn(&cache, config.node_lifecycle);
     replicaset::spawn(&cache, &replicaset::REPLICATION_CONTROLLER);
     crate::scheduler::spawn(&cache, config.scoring);

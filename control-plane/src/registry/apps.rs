@@ -1,6 +1,6 @@
 //! apps/v1: Deployments, ReplicaSets and DaemonSets.
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
@@ -46,6 +46,71 @@ pub(super) fn register(out: &mut Vec<ResourceType>) {
             typed::<DaemonSet>(),
         )
     });
+    // The history of DaemonSets (and StatefulSets): one immutable object per template.
+    out.push(ResourceType {
+        group: "apps",
+        ..Base::core(
+            "ControllerRevision",
+            "controllerrevisions",
+            "controllerrevision",
+            typed::<ControllerRevision>(),
+        )
+    });
+}
+
+const CR_COLUMNS: &[Column] = &[
+    NAME,
+    Column::new("Controller", "string", "Controller of the object"),
+    Column::new(
+        "Revision",
+        "integer",
+        "Revision indicates the revision of the state represented by Data.",
+    ),
+    AGE,
+];
+
+impl Kind for ControllerRevision {
+    fn validate(&self, errs: &mut Errors) {
+        if self.revision < 0 {
+            errs.invalid(
+                "revision",
+                self.revision,
+                "must be greater than or equal to 0",
+            );
+        }
+    }
+    fn validate_update(&self, old: &Self, errs: &mut Errors) {
+        if self.data != old.data {
+            errs.invalid("data", "", "field is immutable");
+        }
+    }
+    fn columns() -> &'static [Column] {
+        CR_COLUMNS
+    }
+    fn cells(&self, now: jiff::Timestamp) -> Vec<Value> {
+        let controller = self
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|r| r.controller == Some(true))
+            .map(|r| {
+                let group = r.api_version.split_once('/').map_or("", |(g, _)| g);
+                let kind = r.kind.to_lowercase();
+                if group.is_empty() {
+                    format!("{kind}/{}", r.name)
+                } else {
+                    format!("{kind}.{group}/{}", r.name)
+                }
+            })
+            .unwrap_or_else(|| "<none>".into());
+        vec![
+            table::name(&self.metadata),
+            controller.into(),
+            self.revision.into(),
+            table::age(self.meta_created(), now),
+        ]
+    }
 }
 
 const ALWAYS: &[&str] = &["Always"];

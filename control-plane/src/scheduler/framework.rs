@@ -337,6 +337,25 @@ pub fn node_affinity_matches(p: &PodInfo, node: &NodeEntry) -> bool {
         })
 }
 
+/// A DaemonSet's view of a node (kube's `NodeShouldRunDaemonPod`): whether its pod
+/// should be created there (node affinity holds, NoSchedule and NoExecute taints are
+/// tolerated), and whether one already there may stay (NoExecute tolerated).
+pub fn daemon_fit(p: &PodInfo, n: &NodeEntry) -> (bool, bool) {
+    if !node_affinity_matches(p, n) {
+        return (false, false);
+    }
+    let tolerated = |effects: &[&str]| {
+        n.taints
+            .iter()
+            .filter(|t| effects.contains(&t.effect.as_str()))
+            .all(|t| p.tolerations.iter().any(|tol| tolerates(tol, t)))
+    };
+    (
+        tolerated(&["NoSchedule", "NoExecute"]),
+        tolerated(&["NoExecute"]),
+    )
+}
+
 /// A placed pod, as inter-pod affinity and topology spread count it.
 #[derive(Debug, Clone)]
 pub struct Placed {

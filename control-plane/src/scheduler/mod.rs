@@ -15,7 +15,7 @@ use crate::controllers::{Action, Queue};
 use crate::objects::{now_string, ListOptions, ObjectError, Objects, Target, WriteOptions};
 use crate::registry::decode;
 
-mod framework;
+pub(crate) mod framework;
 
 pub use framework::Scoring;
 use framework::{NodeEntry, NodeState, Placed, PodInfo, Prepared, FILTERS};
