@@ -9,11 +9,12 @@ use std::io::BufReader;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{eventually, Agent, Server, DOZER};
+use common::{eventually, Agent, Server, DOZER, HELLO};
 use serde_json::Value;
 
 const V1: &str = "registry.example/dozer:1";
 const V2: &str = "registry.example/dozer:2";
+const ONCE: &str = "registry.example/hello:1";
 
 struct Cluster {
     server: Server,
@@ -30,6 +31,7 @@ impl Cluster {
                 let a = Agent::start(&server, n);
                 a.import_wat(DOZER, V1);
                 a.import_wat(DOZER, V2);
+                a.import_wat(HELLO, ONCE);
                 a
             })
             .collect();
@@ -447,4 +449,38 @@ fn a_daemonset_runs_on_every_node_also_one_that_joins_later() {
             .collect();
         (images.len() == 4 && images.iter().all(|i| *i == V1)).then_some(())
     });
+}
+
+#[test]
+fn an_indexed_job_completes_every_index() {
+    let c = Cluster::start();
+    let job = format!("apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: batch\nspec:\n  completions: 5\n  parallelism: 3\n  completionMode: Indexed\n  template:\n    spec:\n      runtimeClassName: wasmtime\n      restartPolicy: Never\n      containers:\n      - name: main\n        image: {ONCE}\n        imagePullPolicy: IfNotPresent\n");
+    c.server.apply_stdin(&[], &job);
+    c.server.ok(&[
+        "wait",
+        "--for=condition=complete",
+        "job/batch",
+        "--timeout=60s",
+    ]);
+    let j = c.server.json(&["get", "job", "batch"]);
+    assert_eq!(j["status"]["succeeded"], 5, "{j}");
+    assert_eq!(j["status"]["completedIndexes"], "0-4");
+    let pods = c
+        .server
+        .json(&["get", "pods", "-l", "batch.kubernetes.io/job-name=batch"]);
+    let items = pods["items"].as_array().unwrap();
+    assert_eq!(items.len(), 5);
+    assert!(
+        items
+            .iter()
+            .all(|p| p["status"]["phase"] == "Succeeded" && p["metadata"]["finalizers"].is_null()),
+        "{items:#?}"
+    );
+    let logs = c.server.ok(&["logs", "job/batch"]);
+    assert!(logs.contains("hello from wasm"), "{logs}");
+    let table = c.server.ok(&["get", "job", "batch"]);
+    assert!(
+        table.contains("Complete") && table.contains("5/5"),
+        "{table}"
+    );
 }

@@ -11,14 +11,6 @@ use std::time::{Duration, Instant};
 use common::eventually;
 use serde_json::Value;
 
-const HELLO: &str = r#"(module
-  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 8) "hello from wasm\n")
-  (func (export "_start")
-    (i32.store (i32.const 0) (i32.const 8))
-    (i32.store (i32.const 4) (i32.const 16))
-    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 40)))))"#;
 /// Says "failing" and exits 1.
 const FAIL: &str = r#"(module
   (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
@@ -266,7 +258,7 @@ fn dev_cluster_runs_wasm_pods() {
         "{wide}"
     );
 
-    d.import("hello", HELLO, "registry.example/hello:1.0");
+    d.import("hello", common::HELLO, "registry.example/hello:1.0");
     d.import("fail", FAIL, "registry.example/fail:1.0");
     d.import("grow", GROW, "registry.example/grow:1.0");
     d.import("spin", SPIN, "registry.example/spin:1.0");
@@ -702,7 +694,7 @@ fn agent_restart_adopts_its_pods() {
             .success()
             .then_some(())
     });
-    for (name, wat) in [("spin", SPIN), ("hello", HELLO)] {
+    for (name, wat) in [("spin", SPIN), ("hello", common::HELLO)] {
         import_wat(&s, &data, name, wat);
     }
     let pod = |name: &str, image: &str, restart: &str| {

@@ -243,6 +243,16 @@ impl Drop for Server {
     }
 }
 
+/// A Wasm module that prints "hello from wasm" and exits 0.
+pub const HELLO: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 8) "hello from wasm\n")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 8))
+    (i32.store (i32.const 4) (i32.const 16))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 40)))))"#;
+
 /// A Wasm module that runs for ever: waits 2 s in `poll_oneoff`, then prints "tick".
 pub const DOZER: &str = r#"(module
   (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))

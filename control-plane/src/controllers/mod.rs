@@ -5,6 +5,7 @@ mod cache;
 mod daemonset;
 mod deployment;
 mod garbage_collector;
+mod job;
 mod namespace;
 mod node_lifecycle;
 mod pods;
@@ -55,6 +56,7 @@ pub fn spawn_all(objects: Arc<Objects>, config: ControllerConfig) -> Arc<Cache> 
     replicaset::spawn(&cache, &replicaset::REPLICA_SET);
     deployment::spawn(&cache);
     daemonset::spawn(&cache);
+    job::spawn(&cache, job::BACKOFF_BASE);
     node_lifecycle::spawn(&cache, config.node_lifecycle);
     replicaset::spawn(&cache, &replicaset::REPLICATION_CONTROLLER);
     crate::scheduler::spawn(&cache, config.scoring);
@@ -338,6 +340,30 @@ pub(crate) mod kubelet {
     use crate::objects::{Target, WriteOptions};
     use serde_json::json;
 
+    /// What a pod does: runs, unless its annotations say it ends (`test.skiff.dev/exit`:
+    /// 0 succeeds, else fails; `test.skiff.dev/fail-indexes`: those job indexes fail, the
+    /// others succeed).
+    fn outcome(p: &Value) -> &'static str {
+        let a = |k: &str| {
+            p.pointer("/metadata/annotations")
+                .and_then(|a| a.get(k))
+                .and_then(Value::as_str)
+        };
+        if let Some(failing) = a("test.skiff.dev/fail-indexes") {
+            let index = a("batch.kubernetes.io/job-completion-index").unwrap_or("");
+            return if failing.split(',').any(|i| i == index) {
+                "Failed"
+            } else {
+                "Succeeded"
+            };
+        }
+        match a("test.skiff.dev/exit") {
+            Some("0") => "Succeeded",
+            Some(_) => "Failed",
+            None => "Running",
+        }
+    }
+
     pub fn spawn(objects: Arc<Objects>) {
         tokio::spawn(async move {
             let rt = testing::rt(&objects, "", "pods");
@@ -351,11 +377,13 @@ pub(crate) mod kubelet {
                         };
                         let _ = objects.delete(rt, Some("default"), &name, &opts).await;
                     } else if !pods::is_ready(&p) && !pods::is_terminal(&p) {
+                        let phase = outcome(&p);
                         let _ = objects
                             .update_with(rt, Some("default"), &name, Target::Status, &WriteOptions::default(), |cur| {
                                 let mut next = cur.clone();
-                                next["status"]["phase"] = json!("Running");
-                                next["status"]["conditions"] = json!([{"type": "Ready", "status": "True", "lastTransitionTime": crate::objects::now_string()}]);
+                                next["status"]["phase"] = json!(phase);
+                                let ready = if phase == "Running" { "True" } else { "False" };
+                                next["status"]["conditions"] = json!([{"type": "Ready", "status": ready, "lastTransitionTime": crate::objects::now_string()}]);
                                 Ok(next)
                             })
                             .await;
