@@ -484,3 +484,54 @@ fn an_indexed_job_completes_every_index() {
         "{table}"
     );
 }
+
+#[test]
+fn a_cronjob_fires_on_schedule() {
+    let c = Cluster::start();
+    let cron = format!("apiVersion: batch/v1\nkind: CronJob\nmetadata:\n  name: tick\nspec:\n  schedule: \"* * * * *\"\n  timeZone: Etc/UTC\n  successfulJobsHistoryLimit: 5\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          runtimeClassName: wasmtime\n          restartPolicy: Never\n          containers:\n          - name: main\n            image: {ONCE}\n            imagePullPolicy: IfNotPresent\n");
+    c.server.apply_stdin(&[], &cron);
+    // The next minute boundary comes within 60 s.
+    let job = eventually(90, "a completed job of the CronJob", || {
+        let jobs = c.server.json(&["get", "jobs"]);
+        jobs["items"].as_array()?.iter().find_map(|j| {
+            let done = j["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "Complete" && c["status"] == "True");
+            done.then(|| j.clone())
+        })
+    });
+    let name = job["metadata"]["name"].as_str().unwrap();
+    let minutes: i64 = name.strip_prefix("tick-").unwrap().parse().unwrap();
+    assert!(
+        job["metadata"]["annotations"]["batch.kubernetes.io/cronjob-scheduled-timestamp"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("20"))
+    );
+    assert_eq!(job["metadata"]["ownerReferences"][0]["kind"], "CronJob");
+    let cj = eventually(30, "the CronJob's status", || {
+        let cj = c.server.json(&["get", "cronjob", "tick"]);
+        cj["status"]["lastSuccessfulTime"].is_string().then_some(cj)
+    });
+    let last: jiff::Timestamp = cj["status"]["lastScheduleTime"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // (Another minute may have begun meanwhile.)
+    assert!(last.as_second() / 60 >= minutes, "{cj}");
+    let table = c.server.ok(&["get", "cronjob", "tick"]);
+    assert!(
+        table.contains("* * * * *") && table.contains("Etc/UTC"),
+        "{table}"
+    );
+    // kubectl's client-side "run now" works against the same template.
+    c.server
+        .ok(&["create", "job", "--from=cronjob/tick", "now"]);
+    c.server.ok(&[
+        "wait",
+        "--for=condition=complete",
+        "job/now",
+        "--timeout=60s",
+    ]);
+}

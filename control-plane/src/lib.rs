@@ -13,6 +13,7 @@ pub mod apiserver;
 pub mod bench;
 pub mod cluster;
 pub mod controllers;
+pub mod cron;
 pub mod events;
 pub mod fuzz;
 pub mod objects;

@@ -2,6 +2,7 @@
 //! driven by a work queue of keys ([`spawn_controller`]); [`spawn_all`] composes them.
 
 mod cache;
+mod cronjob;
 mod daemonset;
 mod deployment;
 mod garbage_collector;
@@ -57,6 +58,7 @@ pub fn spawn_all(objects: Arc<Objects>, config: ControllerConfig) -> Arc<Cache> 
     deployment::spawn(&cache);
     daemonset::spawn(&cache);
     job::spawn(&cache, job::BACKOFF_BASE);
+    cronjob::spawn(&cache);
     node_lifecycle::spawn(&cache, config.node_lifecycle);
     replicaset::spawn(&cache, &replicaset::REPLICATION_CONTROLLER);
     crate::scheduler::spawn(&cache, config.scoring);

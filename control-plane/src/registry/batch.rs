@@ -228,52 +228,6 @@ impl Kind for Job {
     }
 }
 
-/// Checks a standard five-field cron schedule (or a `@every`-style macro).
-fn check_schedule(s: &str) -> Option<String> {
-    let s = s.trim();
-    if let Some(m) = s.strip_prefix('@') {
-        return (![
-            "yearly", "annually", "monthly", "weekly", "daily", "midnight", "hourly",
-        ]
-        .contains(&m))
-        .then(|| format!("unrecognized descriptor: {s}"));
-    }
-    let fields: Vec<&str> = s.split_whitespace().collect();
-    if fields.len() != 5 {
-        return Some(format!(
-            "expected exactly 5 fields, found {}: {s}",
-            fields.len()
-        ));
-    }
-    let ranges = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)];
-    for (f, (lo, hi)) in fields.iter().zip(ranges) {
-        for part in f.split(',') {
-            let (range, step) = part.split_once('/').unwrap_or((part, "1"));
-            if step.parse::<u32>().map_or(true, |s| s == 0) {
-                return Some(format!("failed to parse int from {step}"));
-            }
-            if range == "*" || range == "?" {
-                continue;
-            }
-            let (a, b) = range.split_once('-').unwrap_or((range, range));
-            for x in [a, b] {
-                // Month and weekday names are allowed.
-                if x.len() == 3 && x.chars().all(|c| c.is_ascii_alphabetic()) {
-                    continue;
-                }
-                match x.parse::<u32>() {
-                    Ok(v) if (lo..=hi).contains(&v) => {}
-                    Ok(v) => {
-                        return Some(format!("end of range ({v}) above maximum ({hi}): {part}"))
-                    }
-                    Err(_) => return Some(format!("failed to parse int from {x}")),
-                }
-            }
-        }
-    }
-    None
-}
-
 const CRONJOB_COLUMNS: &[Column] = &[
     NAME,
     Column::new("Schedule", "string", "The schedule in Cron format, see https://en.wikipedia.org/wiki/Cron."),
@@ -305,8 +259,19 @@ impl Kind for CronJob {
         };
         if spec.schedule.is_empty() {
             errs.required("spec.schedule");
-        } else if let Some(msg) = check_schedule(&spec.schedule) {
+        } else if spec.schedule.contains("TZ") {
+            errs.invalid_str(
+                "spec.schedule",
+                &spec.schedule,
+                format!("CRON_TZ or TZ used in spec.schedule \"{}\" is not officially supported, see https://kubernetes.io/docs/concepts/workloads/controllers/cron-jobs/ for more details", spec.schedule),
+            );
+        } else if let Err(msg) = crate::cron::Schedule::parse(&spec.schedule) {
             errs.invalid_str("spec.schedule", &spec.schedule, msg);
+        }
+        if let Some(tz) = spec.time_zone.as_deref() {
+            if jiff::tz::TimeZone::get(tz).is_err() || tz.is_empty() {
+                errs.invalid_str("spec.timeZone", tz, format!("unknown time zone {tz}"));
+            }
         }
         errs.one_of(
             "spec.concurrencyPolicy",
@@ -351,19 +316,5 @@ impl Kind for CronJob {
                 .unwrap_or_else(|| "<none>".into())
                 .into(),
         ]
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::check_schedule;
-
-    #[test]
-    fn cron_schedules() {
-        assert!(check_schedule("*/5 * * * *").is_none());
-        assert!(check_schedule("0 3 * * mon-fri").is_none());
-        assert!(check_schedule("@hourly").is_none());
-        assert!(check_schedule("61 * * * *").is_some());
-        assert!(check_schedule("* * *").is_some());
     }
 }
