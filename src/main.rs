@@ -205,6 +205,8 @@ enum Bench {
     Api(skiff_control_plane::bench::ApiBenchArgs),
     /// Wasm pod start latency and idle-pod density on one node.
     Pods(skiff_node::bench::PodBenchArgs),
+    /// Scheduling throughput and latency on simulated nodes (kube's SchedulingBasic).
+    Scheduler(skiff_control_plane::bench::scheduler::SchedulerBenchArgs),
 }
 
 fn init_tracing() {
@@ -401,6 +403,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench {
             what: Bench::Api(args),
         } => skiff_control_plane::bench::run_api(args).await?,
+        Command::Bench {
+            what: Bench::Scheduler(args),
+        } => skiff_control_plane::bench::scheduler::run(args).await?,
         Command::Bench {
             what: Bench::Pods(args),
         } => {

@@ -3,6 +3,7 @@
 //! the peer every durable write is bounded by: an append + fdatasync on the same disk.
 
 pub mod client;
+pub mod scheduler;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

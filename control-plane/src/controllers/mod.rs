@@ -13,7 +13,7 @@ mod pods;
 mod replicaset;
 mod system_namespaces;
 
-pub use cache::{split_key, Cache, Change, Informer};
+pub use cache::{key_of, split_key, Cache, Change, Informer};
 pub use node_lifecycle::NodeLifecycleConfig;
 pub use system_namespaces::ensure as ensure_system_namespaces;
 
@@ -106,10 +106,21 @@ pub fn written_rev(w: &Written) -> Revision {
 /// A controller's work queue of object keys (`namespace/name`): each key once however
 /// often it is added while waiting, at most [`CONCURRENCY`] running, never one key twice at
 /// once (a key added while it runs is queued again when it ends).
-#[derive(Default)]
 pub struct Queue {
     state: std::sync::Mutex<QueueState>,
     ready: tokio::sync::Notify,
+    /// How many keys may be reconciled at once.
+    concurrency: usize,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Queue {
+            state: Default::default(),
+            ready: Default::default(),
+            concurrency: CONCURRENCY,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -125,6 +136,15 @@ impl Queue {
         Arc::default()
     }
 
+    /// A queue running up to `concurrency` reconciles at once (the scheduler's bindings
+    /// are cheap to decide and wait mostly on the disk: many share one commit).
+    pub fn with_concurrency(concurrency: usize) -> Arc<Queue> {
+        Arc::new(Queue {
+            concurrency: concurrency.max(1),
+            ..Default::default()
+        })
+    }
+
     pub fn add(&self, key: String) {
         let mut st = self.state.lock().expect("queue");
         if st.waiting.insert(key.clone()) && !st.running.contains(&key) {
@@ -137,7 +157,7 @@ impl Queue {
     /// The next key to reconcile, if a slot is free.
     fn next(&self) -> Option<String> {
         let mut st = self.state.lock().expect("queue");
-        if st.running.len() >= CONCURRENCY {
+        if st.running.len() >= self.concurrency {
             return None;
         }
         let key = st.order.pop_front()?;

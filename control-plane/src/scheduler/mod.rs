@@ -25,6 +25,9 @@ pub const SCHEDULER_NAME: &str = "default-scheduler";
 /// fit (a node comes or changes, a pod goes), and at the latest after this long (kube's
 /// podMaxInUnschedulablePodsDuration is 5 minutes).
 const UNSCHEDULABLE_FLUSH: Duration = Duration::from_secs(60);
+/// Bindings written at once: each waits for the disk, and concurrent writes share one
+/// group commit, so many in flight make many bindings per fsync.
+const BINDINGS_IN_FLIGHT: usize = 512;
 /// How soon a pod whose attempt raced with a cluster change is tried again.
 const BACKOFF: Duration = Duration::from_secs(1);
 
@@ -140,6 +143,37 @@ impl Cache {
         Cache {
             scoring,
             ..Default::default()
+        }
+    }
+
+    /// As [`Self::observe_pod`], from JSON; decodes the pod only for a new placement.
+    fn observe_value(state: &mut CacheState, key: &str, p: &Value) {
+        let node = p
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty());
+        let terminal = matches!(
+            p.pointer("/status/phase").and_then(Value::as_str),
+            Some("Succeeded" | "Failed")
+        );
+        let uid = p
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        match node {
+            Some(node) if !terminal => {
+                let known = state
+                    .placed
+                    .get(key)
+                    .is_some_and(|(u, pl)| u == uid && pl.node == node);
+                if !known {
+                    if let Ok(pod) = decode::<Pod>(p) {
+                        state.assume(key, uid, node, Arc::new(PodInfo::new(&pod)));
+                    }
+                }
+            }
+            None if !terminal => {}
+            _ => state.forget(key, Some(uid)),
         }
     }
 
@@ -283,43 +317,38 @@ impl Cache {
         let (pods, nodes) = (shared.of("", "v1", "pods"), shared.of("", "v1", "nodes"));
         let (me, q) = (self.clone(), queue.clone());
         pods.on_change(move |c| {
-            let Ok(p) = decode::<Pod>(c.object()) else {
-                return;
-            };
-            let key = key_of(&p);
+            // Read as JSON: most changes are status writes of bound pods, and decoding
+            // each into a typed Pod cost more than scheduling.
+            let p = c.object();
+            let key = crate::controllers::key_of(p);
+            let node = p
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty());
+            let terminal = matches!(
+                p.pointer("/status/phase").and_then(Value::as_str),
+                Some("Succeeded" | "Failed")
+            );
+            let uid = p.pointer("/metadata/uid").and_then(Value::as_str);
             let mut st = me.state.lock().expect("scheduler cache");
-            let unbound = p
-                .spec
-                .as_ref()
-                .and_then(|s| s.node_name.as_deref())
-                .is_none_or(str::is_empty);
             match &c.new {
                 None => {
-                    st.forget(&key, p.metadata.uid.as_deref());
+                    st.forget(&key, uid);
                     st.unschedulable.remove(&key);
                     Self::retry_unschedulable(&mut st, &q);
                 }
                 Some(new) => {
-                    let freed = p
-                        .spec
-                        .as_ref()
-                        .and_then(|s| s.node_name.as_deref())
-                        .is_some_and(|n| !n.is_empty())
-                        && matches!(
-                            p.status.as_ref().and_then(|s| s.phase.as_deref()),
-                            Some("Succeeded" | "Failed")
-                        );
-                    Self::observe_pod(&mut st, &p);
+                    Self::observe_value(&mut st, &key, p);
                     // A status write (ours among them) does not make a pod schedulable.
                     let spec_changed = c
                         .old
                         .as_ref()
                         .is_none_or(|o| o.get("spec") != new.get("spec"));
-                    if unbound && spec_changed {
+                    if node.is_none() && spec_changed {
                         st.unschedulable.remove(&key);
                         q.add(key);
                     }
-                    if freed {
+                    if node.is_some() && terminal {
                         Self::retry_unschedulable(&mut st, &q);
                     }
                 }
@@ -390,7 +419,7 @@ async fn list_all<T: serde::de::DeserializeOwned>(
 /// Starts the scheduler over the shared cache.
 pub fn spawn(shared: &Arc<crate::controllers::Cache>, scoring: Scoring) {
     let cache = Arc::new(Cache::new(scoring));
-    let queue = Queue::new();
+    let queue = Queue::with_concurrency(BINDINGS_IN_FLIGHT);
     cache.follow(shared, &queue);
     let pods = shared.of("", "v1", "pods");
     let objects = shared.objects().clone();
@@ -458,7 +487,7 @@ pub async fn reconcile(
                 }
             }
             let msg = format!("Successfully assigned {ns}/{name} to {node_name}");
-            crate::events::record(
+            crate::controllers::emit_event(
                 &objects,
                 &pod_value,
                 "Pod",
@@ -466,8 +495,7 @@ pub async fn reconcile(
                 "Scheduled",
                 &msg,
                 SCHEDULER_NAME,
-            )
-            .await?;
+            );
             tracing::debug!(pod = %format!("{ns}/{name}"), node = %node_name, "scheduled");
             Ok(Action::Done)
         }
@@ -616,7 +644,15 @@ mod tests {
             pod["spec"]["nodeSelector"]["runtime.skiff.dev/wasm"], "true",
             "RuntimeClass scheduling joins the selector"
         );
-        let evs = events_for(&objects, "w").await;
+        // The event is written in the background.
+        let mut evs = Vec::new();
+        for _ in 0..100 {
+            evs = events_for(&objects, "w").await;
+            if !evs.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         assert_eq!(evs[0]["reason"], "Scheduled");
         assert_eq!(evs[0]["message"], "Successfully assigned default/w to edge");
     }
