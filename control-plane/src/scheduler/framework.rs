@@ -547,6 +547,9 @@ pub const FILTERS: &[Filter] = &[
     Filter {
         name: "NodeUnschedulable",
         check: |p, n, _| {
+            if !n.entry.unschedulable {
+                return Ok(());
+            }
             let tolerated = p.tolerations.iter().any(|t| {
                 tolerates(
                     t,
@@ -557,7 +560,7 @@ pub const FILTERS: &[Filter] = &[
                     },
                 )
             });
-            if n.entry.unschedulable && !tolerated {
+            if !tolerated {
                 Err("node(s) were unschedulable".into())
             } else {
                 Ok(())
@@ -701,6 +704,9 @@ pub enum Scoring {
 pub struct Score {
     pub name: &'static str,
     pub weight: i64,
+    /// Whether the plugin can tell nodes apart for this pod at all (kube's PreScore
+    /// "skip"): when not, every node would score the same and it is not run.
+    pub applies: fn(&PodInfo) -> bool,
     pub raw: fn(&PodInfo, &NodeState, &Prepared, Scoring) -> i64,
     pub normalize: Normalize,
 }
@@ -731,6 +737,7 @@ pub const SCORES: &[Score] = &[
     Score {
         name: "NodeResourcesFit",
         weight: 1,
+        applies: |_| true,
         raw: |p, n, _, scoring| {
             let need = p.score_requests();
             let (u, cap) = (&n.used_for_score, &n.entry.allocatable);
@@ -750,6 +757,7 @@ pub const SCORES: &[Score] = &[
     Score {
         name: "NodeResourcesBalancedAllocation",
         weight: 1,
+        applies: |_| true,
         raw: |p, n, _, _| {
             let need = p.score_requests();
             let (u, cap) = (&n.used_for_score, &n.entry.allocatable);
@@ -763,6 +771,7 @@ pub const SCORES: &[Score] = &[
     Score {
         name: "TaintToleration",
         weight: 3,
+        applies: |_| true,
         raw: |p, n, _, _| {
             n.entry
                 .taints
@@ -776,6 +785,7 @@ pub const SCORES: &[Score] = &[
     Score {
         name: "NodeAffinity",
         weight: 2,
+        applies: |p| !p.preferred_node_affinity.is_empty(),
         raw: |p, n, _, _| {
             p.preferred_node_affinity
                 .iter()
@@ -795,12 +805,18 @@ pub const SCORES: &[Score] = &[
     Score {
         name: "InterPodAffinity",
         weight: 2,
+        applies: |p| !p.preferred_affinity.is_empty() || !p.preferred_anti_affinity.is_empty(),
         raw: |_, n, pre, _| pre.preferred.get(&n.entry.name).copied().unwrap_or(0),
         normalize: Normalize::MinMax,
     },
     Score {
         name: "PodTopologySpread",
         weight: 2,
+        applies: |p| {
+            p.spread
+                .iter()
+                .any(|c| c.when_unsatisfiable != "DoNotSchedule")
+        },
         raw: |p, n, pre, _| {
             let soft = p
                 .spread
@@ -822,6 +838,7 @@ pub const SCORES: &[Score] = &[
     Score {
         name: "ImageLocality",
         weight: 1,
+        applies: |p| !p.images.is_empty(),
         raw: |p, n, _, _| {
             // kube: the sizes of the pod's images already on the node, between 23 MB and
             // 1000 MB per container.
@@ -851,7 +868,7 @@ pub fn feasible_to_find(nodes: usize) -> usize {
 /// Scores feasible nodes: the weighted sum of every plugin's normalized score.
 pub fn score(p: &PodInfo, feasible: &[&NodeState], pre: &Prepared, scoring: Scoring) -> Vec<i64> {
     let mut total = vec![0i64; feasible.len()];
-    for s in SCORES {
+    for s in SCORES.iter().filter(|s| (s.applies)(p)) {
         let raw: Vec<i64> = feasible
             .iter()
             .map(|n| (s.raw)(p, n, pre, scoring))
