@@ -481,8 +481,13 @@ impl Objects {
             "metadata.deletionTimestamp",
             "metadata.deletionGracePeriodSeconds",
         ];
-        let secret_input = |f: &str| rt.kind == "Secret" && f.starts_with("stringData");
-        unknown.retain(|f| !secret_input(f) && !SERVER_OWNED.contains(&f.as_str()));
+        let input_only = |f: &str| {
+            rt.write
+                .input_fields
+                .iter()
+                .any(|i| f == *i || f.strip_prefix(i).is_some_and(|r| r.starts_with('.')))
+        };
+        unknown.retain(|f| !input_only(f) && !SERVER_OWNED.contains(&f.as_str()));
         let msgs: Vec<String> = unknown
             .iter()
             .map(|f| format!("unknown field {f:?}"))
@@ -652,21 +657,27 @@ impl Objects {
         }
         let name = meta_str(&obj, "name").unwrap_or_default().to_string();
         self.check_namespace(rt, ns, true).await?;
-        if rt.kind == "Pod" {
-            self.admit_runtime_class(&mut obj).await?;
-            self.admission.default_tolerations(&mut obj);
+        for plugin in rt.write.admission {
+            match plugin {
+                crate::registry::Admission::RuntimeClass => {
+                    self.admit_runtime_class(&mut obj).await?
+                }
+                crate::registry::Admission::DefaultTolerationSeconds => {
+                    self.admission.default_tolerations(&mut obj)
+                }
+            }
         }
         let mut admitted = self.admit(rt, &obj, None, Operation::Create)?;
         let warnings = Self::check_unknown(rt, &input, &admitted, &["status"], opts.validation)?;
         if let Some(manager) = &opts.field_manager {
             managed::record_update(&mut admitted, None, manager, &rt.api_version(), "Update");
         }
-        let _alloc = if rt.kind == "Service" {
+        let _alloc = if rt.write.allocates_addresses {
             Some(self.service_alloc.lock().await)
         } else {
             None
         };
-        if rt.kind == "Service" {
+        if rt.write.allocates_addresses {
             let existing = self.list(rt, None, &ListOptions::default()).await?;
             let existing: Vec<Value> = existing
                 .items
@@ -907,7 +918,7 @@ impl Objects {
         skip: &[&str],
     ) -> Result<Written, ObjectError> {
         meta_mut(&mut new).remove("resourceVersion");
-        if rt.kind == "Service" {
+        if rt.write.allocates_addresses {
             service_ips::carry_over(old, &mut new);
         }
         let op = if target == Target::Status {
@@ -1002,7 +1013,7 @@ impl Objects {
 
     /// Namespaces also wait for `spec.finalizers` (emptied by the namespace controller).
     fn blocked_by_kind_finalizers(&self, rt: &ResourceType, obj: &Value) -> bool {
-        rt.kind == "Namespace"
+        rt.write.spec_finalizers
             && obj
                 .pointer("/spec/finalizers")
                 .and_then(Value::as_array)
@@ -1207,7 +1218,7 @@ impl Objects {
             if !finalizers.is_empty() {
                 m.insert("finalizers".into(), Value::Array(finalizers));
             }
-            if rt.kind == "Namespace" {
+            if rt.write.spec_finalizers {
                 obj["status"]["phase"] = json!("Terminating");
             }
             meta_mut(&mut obj).remove("resourceVersion");
@@ -1241,7 +1252,7 @@ impl Objects {
     /// The grace period a delete must wait for: pods bound to a node are stopped by
     /// their node agent first, which then deletes them with a zero grace period.
     fn grace_period(&self, rt: &ResourceType, obj: &Value, opts: &DeleteOptions) -> Option<i64> {
-        if rt.kind != "Pod" {
+        if !rt.write.graceful_deletion {
             return None;
         }
         let bound = obj

@@ -55,6 +55,9 @@ pub fn list_strategy(kind: &str, path: &[&str], field: &str) -> ListStrategy {
             path[path.len() - 2],
             "containers" | "initContainers" | "ephemeralContainers"
         );
+    if let Some(key) = crate::registry::kind_merge_key(kind, path, field) {
+        return ListStrategy::Keyed(key);
+    }
     match field {
         "containers"
         | "initContainers"
@@ -67,15 +70,11 @@ pub fn list_strategy(kind: &str, path: &[&str], field: &str) -> ListStrategy {
         "volumeMounts" => ListStrategy::Keyed("mountPath"),
         "volumeDevices" => ListStrategy::Keyed("devicePath"),
         "ports" if in_container => ListStrategy::Keyed("containerPort"),
-        "ports" if kind == "Service" && path == ["spec"] => ListStrategy::Keyed("port"),
         "hostAliases" | "podIPs" | "hostIPs" => ListStrategy::Keyed("ip"),
         "conditions" => ListStrategy::Keyed("type"),
         "ownerReferences" => ListStrategy::Keyed("uid"),
         "finalizers" if path == ["metadata"] => ListStrategy::Set,
         "topologySpreadConstraints" => ListStrategy::Keyed("topologyKey"),
-        "taints" if kind == "Node" => ListStrategy::Keyed("key"),
-        "addresses" if kind == "Node" => ListStrategy::Keyed("type"),
-        "secrets" if kind == "ServiceAccount" => ListStrategy::Keyed("name"),
         _ => ListStrategy::Atomic,
     }
 }

@@ -13,7 +13,7 @@ use super::table::{self, Column, AGE, NAME};
 use super::validation::{
     check_port, is_dns1123_subdomain, validate_labels, ErrorType, Errors, NameRule,
 };
-use super::{typed, Base, Kind, Operation, ResourceType, StatusPolicy};
+use super::{typed, Admission, Base, Kind, Operation, ResourceType, StatusPolicy, WritePath};
 use crate::selectors::Field;
 
 pub(super) fn register(out: &mut Vec<ResourceType>) {
@@ -25,6 +25,10 @@ pub(super) fn register(out: &mut Vec<ResourceType>) {
         status: StatusPolicy::Subresource,
         has_spec: true,
         field_selectors: const { &[Field::string("status.phase")] },
+        write: WritePath {
+            spec_finalizers: true,
+            ..WritePath::PLAIN
+        },
         ..Base::core("Namespace", "namespaces", "namespace", typed::<Namespace>())
     });
     out.push(ResourceType {
@@ -47,6 +51,11 @@ pub(super) fn register(out: &mut Vec<ResourceType>) {
                 Field::string("status.nominatedNodeName"),
             ]
         },
+        write: WritePath {
+            admission: &[Admission::RuntimeClass, Admission::DefaultTolerationSeconds],
+            graceful_deletion: true,
+            ..WritePath::PLAIN
+        },
         ..Base::core("Pod", "pods", "pod", typed::<Pod>())
     });
     out.push(ResourceType {
@@ -64,6 +73,10 @@ pub(super) fn register(out: &mut Vec<ResourceType>) {
     });
     out.push(ResourceType {
         field_selectors: const { &[Field::string("type")] },
+        write: WritePath {
+            input_fields: &["stringData"],
+            ..WritePath::PLAIN
+        },
         ..Base::core("Secret", "secrets", "secret", typed::<Secret>())
     });
     out.push(ResourceType {
@@ -74,6 +87,10 @@ pub(super) fn register(out: &mut Vec<ResourceType>) {
         status: StatusPolicy::Subresource,
         has_spec: true,
         field_selectors: const { &[Field::string("spec.clusterIP"), Field::string("spec.type")] },
+        write: WritePath {
+            allocates_addresses: true,
+            ..WritePath::PLAIN
+        },
         ..Base::core("Service", "services", "service", typed::<Service>())
     });
     out.push(ResourceType {
