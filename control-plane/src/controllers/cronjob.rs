@@ -418,31 +418,14 @@ async fn write_status(
     if cj.get("status") == Some(&status) || (cj.get("status").is_none() && status == json!({})) {
         return Ok(());
     }
-    let (ns, name) = (
-        str_at(cj, "/metadata/namespace"),
-        str_at(cj, "/metadata/name"),
-    );
-    let uid = str_at(cj, "/metadata/uid").to_string();
-    let rt = ctx.cronjobs.rt;
-    let w = ctx
-        .objects
-        .update_with(
-            rt,
-            Some(ns),
-            name,
-            Target::Status,
-            &WriteOptions::default(),
-            |cur| {
-                if str_at(cur, "/metadata/uid") != uid {
-                    return Err(ObjectError::conflict(rt, name));
-                }
-                let mut next = cur.clone();
-                next["status"] = status.clone();
-                Ok(next)
-            },
-        )
-        .await?;
-    ctx.cronjobs.wait_for(written_rev(&w)).await;
+    super::update_same(
+        &ctx.objects,
+        &ctx.cronjobs,
+        cj,
+        Target::Status,
+        |_, next| next["status"] = status.clone(),
+    )
+    .await?;
     Ok(())
 }
 

@@ -628,27 +628,10 @@ async fn sync_status(
     if ds.get("status") == Some(&status) {
         return Ok(());
     }
-    let name = str_at(ds, "/metadata/name").to_string();
-    let rt = ctx.sets.rt;
-    let w = ctx
-        .objects
-        .update_with(
-            rt,
-            Some(ns),
-            &name,
-            Target::Status,
-            &WriteOptions::default(),
-            |cur| {
-                if str_at(cur, "/metadata/uid") != uid {
-                    return Err(ObjectError::conflict(rt, &name));
-                }
-                let mut next = cur.clone();
-                next["status"] = status.clone();
-                Ok(next)
-            },
-        )
-        .await?;
-    ctx.sets.wait_for(written_rev(&w)).await;
+    super::update_same(&ctx.objects, &ctx.sets, ds, Target::Status, |_, next| {
+        next["status"] = status.clone()
+    })
+    .await?;
     Ok(())
 }
 

@@ -321,7 +321,7 @@ async fn reconcile(ctx: Arc<Ctx>, key: String) -> Result<Action, ObjectError> {
     if r.last_write > 0 {
         ctx.sets.wait_for(r.last_write).await;
     }
-    let requeue = sync_status(&ctx, &ns, &r).await?;
+    let requeue = sync_status(&ctx, &r).await?;
     Ok(match (action, requeue) {
         (Action::RequeueAfter(a), Some(b)) => Action::RequeueAfter(a.min(b)),
         (Action::RequeueAfter(a), None) => Action::RequeueAfter(a),
@@ -341,7 +341,7 @@ async fn step(ctx: &Ctx, ns: &str, r: &mut Rollout) -> Result<Action, ObjectErro
         if r.new.is_some() || !paused {
             sync_revision(ctx, ns, r, !paused).await?;
         }
-        scale(ctx, ns, r).await?;
+        scale(ctx, r).await?;
         if !paused && complete(r) {
             cleanup(ctx, ns, r).await?;
         }
@@ -349,7 +349,7 @@ async fn step(ctx: &Ctx, ns: &str, r: &mut Rollout) -> Result<Action, ObjectErro
     }
     if is_rolling(&r.d) {
         sync_revision(ctx, ns, r, true).await?;
-        if reconcile_new(ctx, ns, r).await? || reconcile_old(ctx, ns, r).await? {
+        if reconcile_new(ctx, r).await? || reconcile_old(ctx, r).await? {
             return Ok(Action::Done);
         }
     } else {
@@ -357,7 +357,7 @@ async fn step(ctx: &Ctx, ns: &str, r: &mut Rollout) -> Result<Action, ObjectErro
         let mut scaled = false;
         for i in 0..r.old.len() {
             if replicas(&r.old[i]) > 0 {
-                scale_old(ctx, ns, r, i, 0).await?;
+                scale_old(ctx, r, i, 0).await?;
                 scaled = true;
             }
         }
@@ -378,7 +378,7 @@ async fn step(ctx: &Ctx, ns: &str, r: &mut Rollout) -> Result<Action, ObjectErro
         }
         let want = replicas(&r.d);
         if r.new.as_ref().is_some_and(|n| replicas(n) != want) {
-            scale_new(ctx, ns, r, want).await?;
+            scale_new(ctx, r, want).await?;
             return Ok(Action::Done);
         }
     }
@@ -645,7 +645,7 @@ fn new_replicas<'a>(d: &Value, all: impl Iterator<Item = &'a Value>, new_now: i6
 }
 
 /// Scales the new ReplicaSet towards the deployment's replicas; true if it did.
-async fn reconcile_new(ctx: &Ctx, ns: &str, r: &mut Rollout) -> Result<bool, ObjectError> {
+async fn reconcile_new(ctx: &Ctx, r: &mut Rollout) -> Result<bool, ObjectError> {
     let Some(new) = &r.new else { return Ok(false) };
     let (have, want) = (replicas(new), replicas(&r.d));
     if have == want {
@@ -659,13 +659,13 @@ async fn reconcile_new(ctx: &Ctx, ns: &str, r: &mut Rollout) -> Result<bool, Obj
     if to == have {
         return Ok(false);
     }
-    scale_new(ctx, ns, r, to).await?;
+    scale_new(ctx, r, to).await?;
     Ok(true)
 }
 
 /// Scales old ReplicaSets down as far as `maxUnavailable` allows (unhealthy pods first);
 /// true if it did (kube's reconcileOldReplicaSets).
-async fn reconcile_old(ctx: &Ctx, ns: &str, r: &mut Rollout) -> Result<bool, ObjectError> {
+async fn reconcile_old(ctx: &Ctx, r: &mut Rollout) -> Result<bool, ObjectError> {
     let old_count: i64 = r.old.iter().map(replicas).sum();
     if old_count == 0 {
         return Ok(false);
@@ -694,7 +694,7 @@ async fn reconcile_old(ctx: &Ctx, ns: &str, r: &mut Rollout) -> Result<bool, Obj
             continue;
         }
         let down = (max_scaled_down - cleaned).min(n - avail);
-        scale_old(ctx, ns, r, i, n - down).await?;
+        scale_old(ctx, r, i, n - down).await?;
         cleaned += down;
     }
     // Then healthy ones, while the available pods stay above the minimum.
@@ -711,29 +711,23 @@ async fn reconcile_old(ctx: &Ctx, ns: &str, r: &mut Rollout) -> Result<bool, Obj
                 continue;
             }
             let down = n.min(budget - scaled);
-            scale_old(ctx, ns, r, i, n - down).await?;
+            scale_old(ctx, r, i, n - down).await?;
             scaled += down;
         }
     }
     Ok(cleaned + scaled > 0)
 }
 
-async fn scale_new(ctx: &Ctx, ns: &str, r: &mut Rollout, to: i64) -> Result<(), ObjectError> {
+async fn scale_new(ctx: &Ctx, r: &mut Rollout, to: i64) -> Result<(), ObjectError> {
     let rs = r.new.take().expect("a new ReplicaSet");
-    let scaled = scale_rs(ctx, ns, &r.d, rs, to, &mut r.last_write).await?;
+    let scaled = scale_rs(ctx, &r.d, rs, to, &mut r.last_write).await?;
     r.new = Some(scaled);
     Ok(())
 }
 
-async fn scale_old(
-    ctx: &Ctx,
-    ns: &str,
-    r: &mut Rollout,
-    i: usize,
-    to: i64,
-) -> Result<(), ObjectError> {
+async fn scale_old(ctx: &Ctx, r: &mut Rollout, i: usize, to: i64) -> Result<(), ObjectError> {
     let rs = r.old[i].clone();
-    r.old[i] = scale_rs(ctx, ns, &r.d, rs, to, &mut r.last_write).await?;
+    r.old[i] = scale_rs(ctx, &r.d, rs, to, &mut r.last_write).await?;
     Ok(())
 }
 
@@ -741,7 +735,6 @@ async fn scale_old(
 /// `ScalingReplicaSet` event on the deployment.
 async fn scale_rs(
     ctx: &Ctx,
-    ns: &str,
     d: &Value,
     rs: Value,
     to: i64,
@@ -758,39 +751,26 @@ async fn scale_rs(
     if from == to && !annotations_differ(&rs, &add) {
         return Ok(rs);
     }
-    let uid = str_at(&rs, "/metadata/uid").to_string();
-    let rt = ctx.sets.rt;
-    let w = ctx
-        .objects
-        .update_with(
-            rt,
-            Some(ns),
-            &name,
-            Target::Main,
-            &WriteOptions::default(),
-            |cur| {
-                if str_at(cur, "/metadata/uid") != uid {
-                    return Err(ObjectError::conflict(rt, &name));
-                }
-                let mut next = cur.clone();
-                next["spec"]["replicas"] = json!(to);
-                merge_annotations(&mut next, &add);
-                Ok(next)
-            },
-        )
-        .await?;
-    *last_write = (*last_write).max(written_rev(&w));
+    let written = super::update_same(&ctx.objects, &ctx.sets, &rs, Target::Main, |_, next| {
+        next["spec"]["replicas"] = json!(to);
+        merge_annotations(next, &add);
+    })
+    .await?;
+    let rev = str_at(&written, "/metadata/resourceVersion")
+        .parse()
+        .unwrap_or(0);
+    *last_write = (*last_write).max(rev);
     if from != to {
         let dir = if to > from { "up" } else { "down" };
         let msg = format!("Scaled {dir} replica set {name} from {from} to {to}");
         ctx.event(d, "Normal", "ScalingReplicaSet", &msg);
     }
-    Ok(serde_json::from_slice(&w.object).unwrap_or(rs))
+    Ok(written)
 }
 
 /// A change of `replicas` (or a paused deployment): the active ReplicaSets are scaled in
 /// proportion to their size (kube's `scale`).
-async fn scale(ctx: &Ctx, ns: &str, r: &mut Rollout) -> Result<(), ObjectError> {
+async fn scale(ctx: &Ctx, r: &mut Rollout) -> Result<(), ObjectError> {
     let want = replicas(&r.d);
     let active: Vec<bool> = r.all().map(|rs| replicas(rs) > 0).collect();
     let n_active = active.iter().filter(|a| **a).count();
@@ -801,13 +781,13 @@ async fn scale(ctx: &Ctx, ns: &str, r: &mut Rollout) -> Result<(), ObjectError> 
             None => r.old.iter().position(|rs| replicas(rs) > 0),
         };
         match target {
-            Some(i) => scale_old(ctx, ns, r, i, want).await?,
-            None if r.new.is_some() => scale_new(ctx, ns, r, want).await?,
+            Some(i) => scale_old(ctx, r, i, want).await?,
+            None if r.new.is_some() => scale_new(ctx, r, want).await?,
             None => {
                 let newest =
                     (0..r.old.len()).max_by(|a, b| created(&r.old[*a]).cmp(created(&r.old[*b])));
                 if let Some(i) = newest {
-                    scale_old(ctx, ns, r, i, want).await?;
+                    scale_old(ctx, r, i, want).await?;
                 }
             }
         }
@@ -821,7 +801,7 @@ async fn scale(ctx: &Ctx, ns: &str, r: &mut Rollout) -> Result<(), ObjectError> 
     if saturated {
         for i in 0..r.old.len() {
             if replicas(&r.old[i]) > 0 {
-                scale_old(ctx, ns, r, i, 0).await?;
+                scale_old(ctx, r, i, 0).await?;
             }
         }
         return Ok(());
@@ -860,10 +840,10 @@ async fn scale(ctx: &Ctx, ns: &str, r: &mut Rollout) -> Result<(), ObjectError> 
     let has_new = r.new.is_some();
     for (i, to) in targets {
         if has_new && i == 0 {
-            scale_new(ctx, ns, r, to).await?;
+            scale_new(ctx, r, to).await?;
         } else {
             let oi = if has_new { i - 1 } else { i };
-            scale_old(ctx, ns, r, oi, to).await?;
+            scale_old(ctx, r, oi, to).await?;
         }
     }
     Ok(())
@@ -972,7 +952,7 @@ fn condition(type_: &str, status: &str, reason: &str, message: &str, old: Option
 
 /// Writes the status kube computes (counts, Available and Progressing); returns when to
 /// look again for the progress deadline.
-async fn sync_status(ctx: &Ctx, ns: &str, r: &Rollout) -> Result<Option<Duration>, ObjectError> {
+async fn sync_status(ctx: &Ctx, r: &Rollout) -> Result<Option<Duration>, ObjectError> {
     let d = &r.d;
     let want = replicas(d);
     let c = status_counts(r);
@@ -1129,32 +1109,20 @@ async fn sync_status(ctx: &Ctx, ns: &str, r: &Rollout) -> Result<Option<Duration
     if !status_changed(d.get("status"), &status) {
         return Ok(requeue);
     }
-    let name = str_at(d, "/metadata/name").to_string();
-    let uid = str_at(d, "/metadata/uid").to_string();
-    let rt = ctx.deployments.rt;
-    let w = ctx
-        .objects
-        .update_with(
-            rt,
-            Some(ns),
-            &name,
-            Target::Status,
-            &WriteOptions::default(),
-            |cur| {
-                if str_at(cur, "/metadata/uid") != uid {
-                    return Err(ObjectError::conflict(rt, &name));
-                }
-                let mut next = cur.clone();
-                let mut s = status.clone();
-                if let Some(cc) = cur.pointer("/status/collisionCount") {
-                    s["collisionCount"] = cc.clone();
-                }
-                next["status"] = s;
-                Ok(next)
-            },
-        )
-        .await?;
-    ctx.deployments.wait_for(written_rev(&w)).await;
+    super::update_same(
+        &ctx.objects,
+        &ctx.deployments,
+        d,
+        Target::Status,
+        |cur, next| {
+            let mut s = status.clone();
+            if let Some(cc) = cur.pointer("/status/collisionCount") {
+                s["collisionCount"] = cc.clone();
+            }
+            next["status"] = s;
+        },
+    )
+    .await?;
     Ok(requeue)
 }
 

@@ -764,31 +764,10 @@ fn set_condition(status: &mut Value, type_: &str, value: &str, reason: &str, mes
 }
 
 async fn write_status(ctx: &Ctx, job: &Value, status: &Value) -> Result<(), ObjectError> {
-    let (ns, name) = (
-        str_at(job, "/metadata/namespace"),
-        str_at(job, "/metadata/name"),
-    );
-    let uid = str_at(job, "/metadata/uid").to_string();
-    let rt = ctx.jobs.rt;
-    let w = ctx
-        .objects
-        .update_with(
-            rt,
-            Some(ns),
-            name,
-            Target::Status,
-            &WriteOptions::default(),
-            |cur| {
-                if str_at(cur, "/metadata/uid") != uid {
-                    return Err(ObjectError::conflict(rt, name));
-                }
-                let mut next = cur.clone();
-                next["status"] = status.clone();
-                Ok(next)
-            },
-        )
-        .await?;
-    ctx.jobs.wait_for(written_rev(&w)).await;
+    super::update_same(&ctx.objects, &ctx.jobs, job, Target::Status, |_, next| {
+        next["status"] = status.clone()
+    })
+    .await?;
     Ok(())
 }
 

@@ -65,6 +65,45 @@ pub fn spawn_all(objects: Arc<Objects>, config: ControllerConfig) -> Arc<Cache> 
     cache
 }
 
+/// Rewrites `obj` (its main object or its status), provided it is still the object this
+/// controller saw (the same uid, not one re-created under its name): `edit` gets the
+/// current state and changes a copy. Waits until `informer`'s cache holds the write, and
+/// returns it.
+pub async fn update_same(
+    objects: &Objects,
+    informer: &Informer,
+    obj: &Value,
+    target: crate::objects::Target,
+    mut edit: impl FnMut(&Value, &mut Value),
+) -> Result<Value, ObjectError> {
+    let s = |p: &str| obj.pointer(p).and_then(Value::as_str).unwrap_or_default();
+    let (ns, name, uid) = (
+        s("/metadata/namespace"),
+        s("/metadata/name"),
+        s("/metadata/uid"),
+    );
+    let rt = informer.rt;
+    let w = objects
+        .update_with(
+            rt,
+            Some(ns).filter(|n| !n.is_empty()),
+            name,
+            target,
+            &crate::objects::WriteOptions::default(),
+            |cur| {
+                if cur.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid) {
+                    return Err(ObjectError::conflict(rt, name));
+                }
+                let mut next = cur.clone();
+                edit(cur, &mut next);
+                Ok(next)
+            },
+        )
+        .await?;
+    informer.wait_for(written_rev(&w)).await;
+    Ok(serde_json::from_slice(&w.object).unwrap_or_default())
+}
+
 /// Records an Event without waiting for it (as client-go's event broadcaster does): a slow
 /// or failed event write never holds up a reconcile.
 pub fn emit_event(

@@ -176,28 +176,18 @@ async fn reconcile(ctx: Arc<Ctx>, key: String) -> Result<Action, ObjectError> {
     let min_ready = set["spec"]["minReadySeconds"].as_i64().unwrap_or(0);
     let status = status(&set, &active, min_ready, failure.as_ref());
     if set.get("status") != Some(&status) {
-        let rt = ctx.sets.rt;
-        let written = ctx
-            .objects
-            .update_with(
-                rt,
-                Some(ns),
-                name,
-                Target::Status,
-                &WriteOptions::default(),
-                |cur| {
-                    if str_at(cur, "/metadata/uid") != uid {
-                        return Err(ObjectError::conflict(rt, name));
-                    }
-                    let mut next = cur.clone();
-                    let mut s = status.clone();
-                    s["observedGeneration"] = cur["metadata"]["generation"].clone();
-                    next["status"] = s;
-                    Ok(next)
-                },
-            )
-            .await?;
-        ctx.sets.wait_for(written_rev(&written)).await;
+        super::update_same(
+            &ctx.objects,
+            &ctx.sets,
+            &set,
+            Target::Status,
+            |cur, next| {
+                let mut s = status.clone();
+                s["observedGeneration"] = cur["metadata"]["generation"].clone();
+                next["status"] = s;
+            },
+        )
+        .await?;
     }
     if let Some((_, e)) = failure {
         return Err(e);
