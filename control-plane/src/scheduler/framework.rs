@@ -77,7 +77,8 @@ fn qty(
 
 impl PodInfo {
     pub fn new(pod: &Pod) -> PodInfo {
-        let spec = pod.spec.clone().unwrap_or_default();
+        let none = Default::default();
+        let spec: &k8s_openapi::api::core::v1::PodSpec = pod.spec.as_ref().unwrap_or(&none);
         let mut r = Resources {
             pods: 1000,
             ..Default::default()

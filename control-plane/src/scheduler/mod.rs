@@ -428,7 +428,7 @@ pub fn spawn(shared: &Arc<crate::controllers::Cache>, scoring: Scoring) {
         async move {
             let (ns, name) = crate::controllers::split_key(&key);
             match pods.get(ns, name) {
-                Some(pod) => reconcile(objects, cache, (*pod).clone()).await,
+                Some(pod) => reconcile(objects, cache, &pod).await,
                 None => Ok(Action::Done),
             }
         }
@@ -440,7 +440,7 @@ pub fn spawn(shared: &Arc<crate::controllers::Cache>, scoring: Scoring) {
 pub async fn reconcile(
     objects: Arc<Objects>,
     cache: Arc<Cache>,
-    pod_value: Value,
+    pod_value: &Value,
 ) -> Result<Action, ObjectError> {
     // Most pod changes are of bound pods (status writes): skip them before decoding.
     if pod_value["spec"]["nodeName"]
@@ -449,7 +449,10 @@ pub async fn reconcile(
     {
         return Ok(Action::Done);
     }
-    let pod: Pod = decode(&pod_value).map_err(ObjectError::BadRequest)?;
+    // Straight from the cached JSON: the path-tracking decoder is for error messages to
+    // clients, and this pod was admitted already.
+    let pod = <Pod as serde::Deserialize>::deserialize(pod_value)
+        .map_err(|e| ObjectError::BadRequest(e.to_string()))?;
     let spec = pod.spec.as_ref();
     let terminal = matches!(
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
@@ -489,7 +492,7 @@ pub async fn reconcile(
             let msg = format!("Successfully assigned {ns}/{name} to {node_name}");
             crate::controllers::emit_event(
                 &objects,
-                &pod_value,
+                pod_value,
                 "Pod",
                 "Normal",
                 "Scheduled",
@@ -502,7 +505,7 @@ pub async fn reconcile(
         Decision::Unschedulable(msg, moves) => {
             crate::events::record(
                 &objects,
-                &pod_value,
+                pod_value,
                 "Pod",
                 "Warning",
                 "FailedScheduling",
@@ -603,13 +606,8 @@ mod tests {
             .unwrap();
         let cache = Arc::new(Cache::default());
         cache.load(objects).await.unwrap();
-        let action = reconcile(
-            objects.clone(),
-            cache,
-            serde_json::from_slice(&created.object).unwrap(),
-        )
-        .await
-        .unwrap();
+        let created: Value = serde_json::from_slice(&created.object).unwrap();
+        let action = reconcile(objects.clone(), cache, &created).await.unwrap();
         (
             objects
                 .get_value(rt, Some("default"), &name)
@@ -730,7 +728,7 @@ mod tests {
         cache.load(&objects).await.unwrap();
         let results = futures::future::join_all(
             created
-                .into_iter()
+                .iter()
                 .map(|p| reconcile(objects.clone(), cache.clone(), p)),
         )
         .await;
