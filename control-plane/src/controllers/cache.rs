@@ -356,13 +356,51 @@ mod tests {
             .unwrap();
         cms.wait_for(crate::controllers::written_rev(&gone)).await;
         assert!(cms.get(Some("a"), "x").is_none());
+        // An index follows changes: objects by a label.
+        cms.add_index("team", |v| {
+            v.pointer("/metadata/labels/team")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        });
+        let labelled = objects
+            .create(
+                cms.rt,
+                Some("b"),
+                json!({"metadata": {"name": "t", "labels": {"team": "red"}}}),
+                &w,
+            )
+            .await
+            .unwrap();
+        cms.wait_for(crate::controllers::written_rev(&labelled))
+            .await;
+        assert_eq!(cms.by_index("team", "red").len(), 1);
+        let moved = objects
+            .update_with(
+                cms.rt,
+                Some("b"),
+                "t",
+                crate::objects::Target::Main,
+                &w,
+                |cur| {
+                    let mut next = cur.clone();
+                    next["metadata"]["labels"]["team"] = json!("blue");
+                    Ok(next)
+                },
+            )
+            .await
+            .unwrap();
+        cms.wait_for(crate::controllers::written_rev(&moved)).await;
+        assert!(cms.by_index("team", "red").is_empty());
+        assert_eq!(cms.by_index("team", "blue").len(), 1);
         assert_eq!(
             *seen.lock().unwrap(),
             [
                 ("a/x".to_string(), true),
                 ("b/y".to_string(), true),
                 ("a/z".to_string(), true),
-                ("a/x".to_string(), false)
+                ("a/x".to_string(), false),
+                ("b/t".to_string(), true),
+                ("b/t".to_string(), true)
             ]
         );
     }
