@@ -48,23 +48,8 @@ fn context(cache: &Arc<Cache>, clock: Clock) -> Arc<Ctx> {
 fn spawn_with_clock(cache: &Arc<Cache>, clock: Clock) -> Arc<Ctx> {
     let ctx = context(cache, clock);
     let queue = Queue::new();
-    let q = queue.clone();
-    ctx.cronjobs.on_change(move |c| {
-        if c.new.is_some() {
-            q.add(cache::key_of(c.object()));
-        }
-    });
-    let q = queue.clone();
-    ctx.jobs.on_change(move |c| {
-        let j = c.object();
-        if let Some(r) = pods::controller_ref(j).filter(|r| r["kind"] == "CronJob") {
-            q.add(format!(
-                "{}/{}",
-                str_at(j, "/metadata/namespace"),
-                str_at(r, "/name")
-            ));
-        }
-    });
+    super::queue_changes(&ctx.cronjobs, &queue);
+    super::queue_controllers(&ctx.jobs, "CronJob", &queue);
     let c = ctx.clone();
     super::spawn_controller(COMPONENT, queue, move |key| reconcile(c.clone(), key));
     ctx

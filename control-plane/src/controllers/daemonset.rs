@@ -43,24 +43,8 @@ pub fn spawn(cache: &Arc<Cache>) {
         revisions: cache.of("apps", "v1", "controllerrevisions"),
     });
     let queue = Queue::new();
-    let q = queue.clone();
-    ctx.sets.on_change(move |c| {
-        if c.new.is_some() {
-            q.add(cache::key_of(c.object()));
-        }
-    });
-    let q = queue.clone();
-    ctx.pods.on_change(move |c| {
-        for p in [c.old.as_deref(), c.new.as_deref()].into_iter().flatten() {
-            if let Some(r) = pods::controller_ref(p).filter(|r| r["kind"] == "DaemonSet") {
-                q.add(format!(
-                    "{}/{}",
-                    str_at(p, "/metadata/namespace"),
-                    str_at(r, "/name")
-                ));
-            }
-        }
-    });
+    super::queue_changes(&ctx.sets, &queue);
+    super::queue_controllers(&ctx.pods, "DaemonSet", &queue);
     // A node that comes, goes or changes what it offers: every DaemonSet looks again.
     let (q, sets) = (queue.clone(), ctx.sets.clone());
     ctx.nodes.on_change(move |c| {
@@ -389,7 +373,13 @@ async fn reconcile(ctx: Arc<Ctx>, key: String) -> Result<Action, ObjectError> {
     if last_write > 0 {
         ctx.pods.wait_for(last_write).await;
     }
-    sync_status(&ctx, &ds, ns, &uid, &hash, min_ready).await?;
+    // Which nodes should run the pod was worked out above; the status counts the pods as
+    // they are after this reconcile's writes.
+    let should_run: HashMap<String, bool> = nodes
+        .iter()
+        .map(|(n, on)| (n.clone(), on.should_run))
+        .collect();
+    sync_status(&ctx, &ds, ns, &uid, &hash, min_ready, &should_run).await?;
     if min_ready > 0 {
         return Ok(Action::RequeueAfter(Duration::from_secs(min_ready as u64)));
     }
@@ -566,6 +556,7 @@ async fn sync_status(
     uid: &str,
     hash: &str,
     min_ready: i64,
+    should_run: &HashMap<String, bool>,
 ) -> Result<(), ObjectError> {
     let now = crate::objects::now();
     let mut by_node: HashMap<String, Vec<Arc<Value>>> = HashMap::new();
@@ -576,17 +567,10 @@ async fn sync_status(
             }
         }
     }
-    let info = template_info(ds, hash)?;
     let (mut desired, mut current, mut mis, mut ready, mut updated, mut available) =
         (0, 0, 0, 0, 0, 0);
-    for n in ctx.nodes.list(None) {
-        let Ok(node) = decode::<Node>(&n) else {
-            continue;
-        };
-        let (should_run, _) = daemon_fit(&info, &NodeEntry::new(&node));
-        let here = by_node
-            .get(str_at(&n, "/metadata/name"))
-            .map_or(&[][..], |v| v.as_slice());
+    for (name, &should_run) in should_run {
+        let here = by_node.get(name).map_or(&[][..], |v| v.as_slice());
         if should_run {
             desired += 1;
             if !here.is_empty() {

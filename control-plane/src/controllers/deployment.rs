@@ -54,12 +54,7 @@ pub fn spawn(cache: &Arc<Cache>) {
         pods: cache.of("", "v1", "pods"),
     });
     let queue = Queue::new();
-    let q = queue.clone();
-    ctx.deployments.on_change(move |c| {
-        if c.new.is_some() {
-            q.add(cache::key_of(c.object()));
-        }
-    });
+    super::queue_changes(&ctx.deployments, &queue);
     let (q, deployments) = (queue.clone(), ctx.deployments.clone());
     ctx.sets.on_change(move |c| {
         for rs in [c.old.as_deref(), c.new.as_deref()].into_iter().flatten() {
@@ -1233,7 +1228,7 @@ mod tests {
 mod controller_tests {
     use super::*;
     use crate::controllers::testing::{create, eventually, list, objects, rt};
-    use crate::objects::{ListOptions, WatchFilter, WatchItem};
+    use crate::objects::WatchItem;
 
     async fn set_image(objects: &Objects, image: &str) {
         objects
@@ -1293,14 +1288,7 @@ mod controller_tests {
 
         // Watch availability through the rollout: never below replicas - maxUnavailable.
         let drt = rt(&objects, "apps", "deployments");
-        let from = objects
-            .list(drt, None, &ListOptions::default())
-            .await
-            .unwrap()
-            .rev;
-        let mut watch = objects
-            .watch(drt, None, from, WatchFilter::default())
-            .unwrap();
+        let mut watch = crate::controllers::testing::watch_now(&objects, drt);
         let lowest = tokio::spawn(async move {
             let mut lowest = i64::MAX;
             while let Some(WatchItem::Event { object, .. }) = watch.next().await {
@@ -1361,14 +1349,7 @@ mod controller_tests {
         create(&objects, "apps", "deployments", d).await;
         rolled_out(&objects, "v1").await;
         let prt = rt(&objects, "", "pods");
-        let from = objects
-            .list(prt, None, &ListOptions::default())
-            .await
-            .unwrap()
-            .rev;
-        let mut watch = objects
-            .watch(prt, None, from, WatchFilter::default())
-            .unwrap();
+        let mut watch = crate::controllers::testing::watch_now(&objects, prt);
         let mixed = tokio::spawn(async move {
             // Pods alive per image; Recreate never has both at once.
             let mut alive: std::collections::HashMap<String, String> = Default::default();

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::Action;
 use super::Cache;
-use crate::objects::{DeleteOptions, ListOptions, ObjectError, Objects, Target, WriteOptions};
+use crate::objects::{DeleteOptions, ListOptions, ObjectError, Objects};
 use crate::registry::ResourceType;
 
 const ORPHAN: &str = "orphan";
@@ -74,25 +74,10 @@ async fn finish(
     name: &str,
     f: &str,
 ) -> Result<Action, ObjectError> {
-    objects
-        .update_with(
-            rt,
-            ns,
-            name,
-            Target::Main,
-            &WriteOptions::default(),
-            |cur| {
-                let mut next = cur.clone();
-                if let Some(fs) = next
-                    .pointer_mut("/metadata/finalizers")
-                    .and_then(Value::as_array_mut)
-                {
-                    fs.retain(|x| x != f);
-                }
-                Ok(next)
-            },
-        )
-        .await?;
+    super::edit_meta_list(objects, rt, ns, name, "finalizers", |fs| {
+        fs.retain(|x| x != f)
+    })
+    .await?;
     Ok(Action::Done)
 }
 
@@ -155,34 +140,15 @@ pub async fn reconcile(
         for (drt, dep) in &deps {
             let dns = namespace_of(dep);
             let dname = str_at(dep, "/metadata/name");
-            let released = objects
-                .update_with(
-                    drt,
-                    dns,
-                    dname,
-                    Target::Main,
-                    &WriteOptions::default(),
-                    |cur| {
-                        let mut next = cur.clone();
-                        if let Some(refs) = next
-                            .pointer_mut("/metadata/ownerReferences")
-                            .and_then(Value::as_array_mut)
-                        {
-                            refs.retain(|r| r["uid"] != uid);
-                            if refs.is_empty() {
-                                next["metadata"]
-                                    .as_object_mut()
-                                    .map(|m| m.remove("ownerReferences"));
-                            }
-                        }
-                        Ok(next)
-                    },
-                )
-                .await;
-            match released {
-                Ok(_) | Err(ObjectError::NotFound { .. }) => {}
-                Err(e) => return Err(e),
-            }
+            super::edit_meta_list(
+                objects.as_ref(),
+                drt,
+                dns,
+                dname,
+                "ownerReferences",
+                |refs| refs.retain(|r| r["uid"] != uid),
+            )
+            .await?;
         }
         return finish(&objects, rt, ns, name, ORPHAN).await;
     }

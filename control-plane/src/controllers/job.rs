@@ -52,18 +52,7 @@ pub fn spawn(cache: &Arc<Cache>, backoff_base: Duration) {
         // A deleted job is looked at too: its pods' finalizers must go.
         q.add(cache::key_of(c.object()));
     });
-    let q = queue.clone();
-    ctx.pods.on_change(move |c| {
-        for p in [c.old.as_deref(), c.new.as_deref()].into_iter().flatten() {
-            if let Some(r) = pods::controller_ref(p).filter(|r| r["kind"] == "Job") {
-                q.add(format!(
-                    "{}/{}",
-                    str_at(p, "/metadata/namespace"),
-                    str_at(r, "/name")
-                ));
-            }
-        }
-    });
+    super::queue_controllers(&ctx.pods, "Job", &queue);
     super::spawn_controller(COMPONENT, queue, move |key| reconcile(ctx.clone(), key));
 }
 
@@ -130,34 +119,15 @@ async fn release(ctx: &Ctx, pod: &Value) -> Result<Revision, ObjectError> {
         str_at(pod, "/metadata/namespace"),
         str_at(pod, "/metadata/name"),
     );
-    let r = ctx
-        .objects
-        .update_with(
-            ctx.pods.rt,
-            Some(ns),
-            name,
-            Target::Main,
-            &WriteOptions::default(),
-            |cur| {
-                let mut next = cur.clone();
-                let meta = next["metadata"]
-                    .as_object_mut()
-                    .expect("objects have metadata");
-                if let Some(fs) = meta.get_mut("finalizers").and_then(Value::as_array_mut) {
-                    fs.retain(|f| f != FINALIZER);
-                    if fs.is_empty() {
-                        meta.remove("finalizers");
-                    }
-                }
-                Ok(next)
-            },
-        )
-        .await;
-    match r {
-        Ok(w) => Ok(written_rev(&w)),
-        Err(ObjectError::NotFound { .. }) => Ok(0),
-        Err(e) => Err(e),
-    }
+    super::edit_meta_list(
+        &ctx.objects,
+        ctx.pods.rt,
+        Some(ns),
+        name,
+        "finalizers",
+        |fs| fs.retain(|f| f != FINALIZER),
+    )
+    .await
 }
 
 async fn delete_pod(ctx: &Ctx, job: &Value, pod: &Value) -> Result<Revision, ObjectError> {
@@ -401,7 +371,7 @@ async fn reconcile(ctx: Arc<Ctx>, key: String) -> Result<Action, ObjectError> {
                 if condition_true(&job, type_).is_none() {
                     set_condition(&mut st.status, type_, "True", &reason, &message);
                     if type_ == "FailureTarget" {
-                        ctx.event(&job, "Warning", leak(&reason), &message);
+                        ctx.event(&job, "Warning", &reason, &message);
                     }
                 }
                 for p in &st.active {
@@ -452,17 +422,6 @@ async fn reconcile(ctx: Arc<Ctx>, key: String) -> Result<Action, ObjectError> {
         write_status(&ctx, &job, &st.status).await?;
     }
     Ok(requeue.map_or(Action::Done, Action::RequeueAfter))
-}
-
-/// Interned reasons for events (a handful of fixed strings).
-fn leak(reason: &str) -> &'static str {
-    match reason {
-        "BackoffLimitExceeded" => "BackoffLimitExceeded",
-        "DeadlineExceeded" => "DeadlineExceeded",
-        "MaxFailedIndexesExceeded" => "MaxFailedIndexesExceeded",
-        "FailedIndexes" => "FailedIndexes",
-        _ => "Failed",
-    }
 }
 
 fn str_list(status: &Value, k: &str) -> Vec<String> {
@@ -805,7 +764,7 @@ async fn ttl(ctx: &Ctx, job: &Value, done: &Value) -> Result<Action, ObjectError
 }
 
 impl Ctx {
-    fn event(&self, job: &Value, type_: &'static str, reason: &'static str, msg: &str) {
+    fn event(&self, job: &Value, type_: &'static str, reason: &str, msg: &str) {
         super::emit_event(&self.objects, job, "Job", type_, reason, msg, COMPONENT);
     }
 }

@@ -104,6 +104,51 @@ pub async fn update_same(
     Ok(serde_json::from_slice(&w.object).unwrap_or_default())
 }
 
+/// Edits a list in an object's metadata (`ownerReferences`, `finalizers`), leaving the
+/// field out when it ends empty, as Kubernetes serializes it. Returns the write's revision;
+/// 0 if the object is gone.
+pub async fn edit_meta_list(
+    objects: &Objects,
+    rt: &ResourceType,
+    ns: Option<&str>,
+    name: &str,
+    field: &str,
+    mut edit: impl FnMut(&mut Vec<Value>),
+) -> Result<Revision, ObjectError> {
+    let written = objects
+        .update_with(
+            rt,
+            ns,
+            name,
+            crate::objects::Target::Main,
+            &crate::objects::WriteOptions::default(),
+            |cur| {
+                let mut next = cur.clone();
+                let meta = next["metadata"]
+                    .as_object_mut()
+                    .expect("objects have metadata");
+                let mut list = meta
+                    .get(field)
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                edit(&mut list);
+                if list.is_empty() {
+                    meta.remove(field);
+                } else {
+                    meta.insert(field.into(), Value::Array(list));
+                }
+                Ok(next)
+            },
+        )
+        .await;
+    match written {
+        Ok(w) => Ok(written_rev(&w)),
+        Err(ObjectError::NotFound { .. }) => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
 /// Records an Event without waiting for it (as client-go's event broadcaster does): a slow
 /// or failed event write never holds up a reconcile.
 pub fn emit_event(
@@ -111,17 +156,18 @@ pub fn emit_event(
     involved: &Value,
     kind: &'static str,
     type_: &'static str,
-    reason: &'static str,
+    reason: &str,
     message: &str,
     component: &'static str,
 ) {
     let (objects, involved, message) = (objects.clone(), involved.clone(), message.to_string());
+    let reason = reason.to_string();
     tokio::spawn(async move {
         let r = crate::events::record(
-            &objects, &involved, kind, type_, reason, &message, component,
+            &objects, &involved, kind, type_, &reason, &message, component,
         );
         if let Err(e) = r.await {
-            tracing::debug!(error = %e, reason, "event not recorded");
+            tracing::debug!(error = %e, %reason, "event not recorded");
         }
     });
 }
@@ -269,6 +315,33 @@ where
     });
 }
 
+/// Queues the key of every object of `informer` that is added or changed.
+pub fn queue_changes(informer: &Informer, queue: &Arc<Queue>) {
+    let q = queue.clone();
+    informer.on_change(move |c| {
+        if c.new.is_some() {
+            q.add(cache::key_of(c.object()));
+        }
+    });
+}
+
+/// Queues the controller (`namespace/name`) of every object of `informer` that changes or
+/// goes, when that controller is of `kind` (owned objects mapped back to their owner).
+pub fn queue_controllers(informer: &Informer, kind: &'static str, queue: &Arc<Queue>) {
+    let q = queue.clone();
+    informer.on_change(move |c| {
+        for o in [c.old.as_deref(), c.new.as_deref()].into_iter().flatten() {
+            if let Some(r) = pods::controller_ref(o).filter(|r| r["kind"] == kind) {
+                let ns = o
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                q.add(format!("{ns}/{}", r["name"].as_str().unwrap_or("")));
+            }
+        }
+    });
+}
+
 /// A controller of one resource whose reconcile takes the object itself (the cached
 /// latest state of each changed object; deletions are not reconciled). Returns its queue.
 pub fn run<F, Fut>(
@@ -283,12 +356,7 @@ where
 {
     let queue = Queue::new();
     let informer = cache.informer(rt);
-    let q = queue.clone();
-    informer.on_change(move |c| {
-        if c.new.is_some() {
-            q.add(cache::key_of(c.object()));
-        }
-    });
+    queue_changes(&informer, &queue);
     let objects = cache.objects().clone();
     let reconcile = Arc::new(reconcile);
     spawn_controller(name, queue.clone(), move |key| {
@@ -376,6 +444,14 @@ pub(crate) mod testing {
             .iter()
             .map(|b| serde_json::from_slice(b).unwrap())
             .collect()
+    }
+
+    /// A watch of every object of `rt` from now on.
+    pub fn watch_now(objects: &Objects, rt: &ResourceType) -> crate::objects::WatchStream {
+        let from = objects.store().revision();
+        objects
+            .watch(rt, None, from, crate::objects::WatchFilter::default())
+            .unwrap()
     }
 
     /// Polls `f` until it gives a value (10 s at most).

@@ -84,12 +84,7 @@ pub fn spawn(cache: &Arc<Cache>, kind: &'static SetKind) {
         pods: cache.of("", "v1", "pods"),
     });
     let queue = Queue::new();
-    let q = queue.clone();
-    ctx.sets.on_change(move |c| {
-        if c.new.is_some() {
-            q.add(cache::key_of(c.object()));
-        }
-    });
+    super::queue_changes(&ctx.sets, &queue);
     let (q, sets) = (queue.clone(), ctx.sets.clone());
     ctx.pods.on_change(move |c| {
         for state in [c.old.as_deref(), c.new.as_deref()].into_iter().flatten() {
@@ -262,40 +257,9 @@ pub async fn set_owner(
     rt: &ResourceType,
     ns: &str,
     name: &str,
-    mut edit: impl FnMut(&mut Vec<Value>),
+    edit: impl FnMut(&mut Vec<Value>),
 ) -> Result<Revision, ObjectError> {
-    let written = objects
-        .update_with(
-            rt,
-            Some(ns),
-            name,
-            Target::Main,
-            &WriteOptions::default(),
-            |cur| {
-                let mut next = cur.clone();
-                let mut refs = cur
-                    .pointer("/metadata/ownerReferences")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
-                edit(&mut refs);
-                let meta = next["metadata"]
-                    .as_object_mut()
-                    .expect("objects have metadata");
-                if refs.is_empty() {
-                    meta.remove("ownerReferences");
-                } else {
-                    meta.insert("ownerReferences".into(), Value::Array(refs));
-                }
-                Ok(next)
-            },
-        )
-        .await;
-    match written {
-        Ok(w) => Ok(written_rev(&w)),
-        Err(ObjectError::NotFound { .. }) => Ok(0),
-        Err(e) => Err(e),
-    }
+    super::edit_meta_list(objects, rt, Some(ns), name, "ownerReferences", edit).await
 }
 
 type Failure = (Revision, &'static str, ObjectError);
@@ -630,8 +594,7 @@ mod controller_tests {
         // Scale down to 1: two are deleted, and no status that has seen the change counts
         // them (a Deployment would take that for availability).
         let rsrt = rt(&objects, "apps", "replicasets");
-        let from = objects.store().revision();
-        let mut watch = objects.watch(rsrt, None, from, Default::default()).unwrap();
+        let mut watch = crate::controllers::testing::watch_now(&objects, rsrt);
         let statuses = tokio::spawn(async move {
             let mut seen = Vec::new();
             while let Some(crate::objects::WatchItem::Event { object, .. }) = watch.next().await {

@@ -146,7 +146,9 @@ impl Cache {
         }
     }
 
-    /// As [`Self::observe_pod`], from JSON; decodes the pod only for a new placement.
+    /// Keeps the placement of a bound, unfinished pod (decoded only when new); a pending
+    /// pod keeps one the scheduler assumed for it (its own event may come after the
+    /// decision); a finished pod's placement goes.
     fn observe_value(state: &mut CacheState, key: &str, p: &Value) {
         let node = p
             .pointer("/spec/nodeName")
@@ -174,35 +176,6 @@ impl Cache {
             }
             None if !terminal => {}
             _ => state.forget(key, Some(uid)),
-        }
-    }
-
-    fn observe_pod(state: &mut CacheState, p: &Pod) {
-        let node = p
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.clone())
-            .filter(|n| !n.is_empty());
-        let terminal = matches!(
-            p.status.as_ref().and_then(|s| s.phase.as_deref()),
-            Some("Succeeded" | "Failed")
-        );
-        let uid = p.metadata.uid.as_deref().unwrap_or_default();
-        let key = key_of(p);
-        match node {
-            Some(node) if !terminal => {
-                let known = state
-                    .placed
-                    .get(&key)
-                    .is_some_and(|(u, pl)| u == uid && pl.node == node);
-                if !known {
-                    state.assume(&key, uid, &node, Arc::new(PodInfo::new(p)));
-                }
-            }
-            // A pending pod keeps a placement the scheduler assumed for it: its own
-            // event may arrive after the decision.
-            None if !terminal => {}
-            _ => state.forget(&key, Some(uid)),
         }
     }
 
@@ -283,11 +256,11 @@ impl Cache {
     }
 
     async fn load_pods(&self, objects: &Objects) -> Result<(), ObjectError> {
-        let pods = list_all::<Pod>(objects, "pods").await?;
+        let pods = list_all::<Value>(objects, "pods").await?;
         {
             let mut st = self.state.lock().expect("scheduler cache");
             for p in &pods {
-                Self::observe_pod(&mut st, p);
+                Self::observe_value(&mut st, &crate::controllers::key_of(p), p);
             }
         }
         self.mark_loaded(&self.pods_loaded);
