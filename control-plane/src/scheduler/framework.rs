@@ -15,13 +15,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use crate::quantity;
 use crate::selectors::label_selector_matches;
 
-/// Requests of a pod (or allocatable of a node) in milli-units.
+/// Requests of a pod (or allocatable of a node) in milli-units (i64: 8 PiB of memory, and
+/// no 128-bit arithmetic in the per-node loops).
 #[derive(Default, Clone, Copy, Debug, PartialEq)]
 pub struct Resources {
-    pub cpu: i128,
-    pub memory: i128,
-    pub ephemeral: i128,
-    pub pods: i128,
+    pub cpu: i64,
+    pub memory: i64,
+    pub ephemeral: i64,
+    pub pods: i64,
 }
 
 impl Resources {
@@ -69,10 +70,10 @@ pub struct PodInfo {
 fn qty(
     m: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
     k: &str,
-) -> i128 {
+) -> i64 {
     m.and_then(|m| m.get(k))
         .and_then(|q| quantity::parse(&q.0).ok())
-        .map_or(0, |m| m.0)
+        .map_or(0, |m| i64::try_from(m.0).unwrap_or(i64::MAX))
 }
 
 impl PodInfo {
@@ -212,6 +213,73 @@ impl NodeEntry {
             ready,
             images,
         }
+    }
+}
+
+/// The nodes in a Vec: a decision walks hundreds of them per pod, by position, without
+/// hashing names; an index by name serves the rest.
+#[derive(Default, Clone)]
+pub struct Nodes {
+    list: Vec<NodeState>,
+    by_name: HashMap<String, usize>,
+}
+
+impl Nodes {
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn at(&self, i: usize) -> &NodeState {
+        &self.list[i]
+    }
+
+    pub fn get(&self, name: &str) -> Option<&NodeState> {
+        self.by_name.get(name).map(|i| &self.list[*i])
+    }
+
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut NodeState> {
+        self.by_name.get(name).map(|i| &mut self.list[*i])
+    }
+
+    pub fn values(&self) -> std::slice::Iter<'_, NodeState> {
+        self.list.iter()
+    }
+
+    /// Adds a node, or replaces the one of the same name.
+    pub fn insert(&mut self, n: NodeState) {
+        match self.by_name.get(&n.entry.name) {
+            Some(i) => self.list[*i] = n,
+            None => {
+                self.by_name.insert(n.entry.name.clone(), self.list.len());
+                self.list.push(n);
+            }
+        }
+    }
+
+    pub fn remove(&mut self, name: &str) -> Option<NodeState> {
+        let i = self.by_name.remove(name)?;
+        let gone = self.list.swap_remove(i);
+        if let Some(moved) = self.list.get(i) {
+            self.by_name.insert(moved.entry.name.clone(), i);
+        }
+        Some(gone)
+    }
+}
+
+impl std::ops::Index<&str> for Nodes {
+    type Output = NodeState;
+    fn index(&self, name: &str) -> &NodeState {
+        self.get(name).expect("a known node")
+    }
+}
+
+impl FromIterator<NodeState> for Nodes {
+    fn from_iter<I: IntoIterator<Item = NodeState>>(iter: I) -> Nodes {
+        let mut nodes = Nodes::default();
+        for n in iter {
+            nodes.insert(n);
+        }
+        nodes
     }
 }
 
@@ -402,7 +470,7 @@ pub struct Prepared {
 impl Prepared {
     pub fn new<'a>(
         p: &PodInfo,
-        nodes: &HashMap<String, NodeState>,
+        nodes: &Nodes,
         placed: impl Iterator<Item = &'a Placed> + Clone,
     ) -> Prepared {
         let mut out = Prepared::default();
@@ -456,9 +524,9 @@ impl Prepared {
                             }
                         }
                     }
-                    for (name, n) in nodes {
+                    for n in nodes.values() {
                         if let Some(v) = n.entry.labels.get(&t.topology_key) {
-                            *out.entry(name.clone()).or_default() +=
+                            *out.entry(n.entry.name.clone()).or_default() +=
                                 per_value.get(v).copied().unwrap_or(0);
                         }
                     }
@@ -505,7 +573,7 @@ fn spread_selector(p: &PodInfo, c: &TopologySpreadConstraint) -> Option<LabelSel
 fn spread_counts<'a>(
     p: &PodInfo,
     c: &TopologySpreadConstraint,
-    nodes: &HashMap<String, NodeState>,
+    nodes: &Nodes,
     placed: impl Iterator<Item = &'a Placed>,
 ) -> HashMap<String, usize> {
     let honor_affinity = c.node_affinity_policy.as_deref() != Some("Ignore");
@@ -725,7 +793,7 @@ pub enum Normalize {
     MinMax,
 }
 
-fn fraction(used: i128, cap: i128) -> f64 {
+fn fraction(used: i64, cap: i64) -> f64 {
     if cap <= 0 {
         1.0
     } else {
@@ -844,6 +912,9 @@ pub const SCORES: &[Score] = &[
             // kube: the sizes of the pod's images already on the node, between 23 MB and
             // 1000 MB per container.
             const MIN: i64 = 23 * 1024 * 1024;
+            if n.entry.images.is_empty() {
+                return 0;
+            }
             let max = 1000 * 1024 * 1024 * p.images.len().max(1) as i64;
             let sum: i64 = p.images.iter().filter_map(|i| n.entry.images.get(i)).sum();
             if sum <= MIN {
@@ -1116,17 +1187,14 @@ mod tests {
         assert!(filter(&port(), &p, &pre).is_ok());
     }
 
-    fn cluster(names: &[(&str, &str)]) -> HashMap<String, NodeState> {
+    fn cluster(names: &[(&str, &str)]) -> Nodes {
         names
             .iter()
             .map(|(n, zone)| {
-                (
-                    n.to_string(),
-                    node(
-                        n,
-                        json!({"kubernetes.io/hostname": n, "zone": zone}),
-                        json!({}),
-                    ),
+                node(
+                    n,
+                    json!({"kubernetes.io/hostname": n, "zone": zone}),
+                    json!({}),
                 )
             })
             .collect()
@@ -1204,7 +1272,7 @@ mod tests {
         );
         assert!(filter(&spread, &nodes["c"], &pre).is_ok());
         let mut unlabeled = nodes.clone();
-        unlabeled.insert("x".into(), node("x", json!({}), json!({})));
+        unlabeled.insert(node("x", json!({}), json!({})));
         let pre = Prepared::new(&spread, &unlabeled, cache.iter());
         assert_eq!(
             filter(&spread, &unlabeled["x"], &pre).unwrap_err(),

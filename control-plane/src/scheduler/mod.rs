@@ -18,7 +18,7 @@ use crate::registry::decode;
 pub(crate) mod framework;
 
 pub use framework::Scoring;
-use framework::{NodeEntry, NodeState, Placed, PodInfo, Prepared, FILTERS};
+use framework::{NodeEntry, NodeState, Nodes, Placed, PodInfo, Prepared, FILTERS};
 
 pub const SCHEDULER_NAME: &str = "default-scheduler";
 /// An unschedulable pod is tried again when the cluster changes in a way that may let it
@@ -50,10 +50,9 @@ struct CacheState {
     placed: HashMap<String, (String, Placed)>,
     /// Placed pods with required anti-affinity terms (every decision must respect them).
     with_anti_affinity: usize,
-    nodes: HashMap<String, NodeState>,
-    /// Node names in a fixed order; decisions start where the last one stopped (kube's
-    /// nextStartNodeIndex), so large clusters are not always searched from the same end.
-    order: Vec<String>,
+    /// Decisions start where the last one stopped (kube's nextStartNodeIndex), so large
+    /// clusters are not always searched from the same end.
+    nodes: Nodes,
     next_start: usize,
     /// Picks among equally scored nodes in turn.
     ties: usize,
@@ -99,24 +98,22 @@ impl CacheState {
 
     fn upsert_node(&mut self, node: &Node) {
         let entry = NodeEntry::new(node);
-        let name = entry.name.clone();
-        match self.nodes.get_mut(&name) {
+        match self.nodes.get_mut(&entry.name) {
             Some(n) => n.entry = entry,
             None => {
                 let mut n = NodeState::new(entry);
-                for (_, p) in self.placed.values().filter(|(_, p)| p.node == name) {
-                    n.place(&p.info);
+                for (_, p) in self.placed.values() {
+                    if p.node == n.entry.name {
+                        n.place(&p.info);
+                    }
                 }
-                self.nodes.insert(name.clone(), n);
-                self.order.push(name);
+                self.nodes.insert(n);
             }
         }
     }
 
     fn remove_node(&mut self, name: &str) {
-        if self.nodes.remove(name).is_some() {
-            self.order.retain(|n| n != name);
-        }
+        self.nodes.remove(name);
     }
 }
 
@@ -201,7 +198,7 @@ impl Cache {
         } else {
             Prepared::default()
         };
-        let total = st.order.len();
+        let total = st.nodes.len();
         let want = framework::feasible_to_find(total);
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
         let mut feasible: Vec<&NodeState> = Vec::new();
@@ -212,7 +209,7 @@ impl Cache {
                 break;
             }
             processed += 1;
-            let node = &st.nodes[&st.order[(start + i) % total]];
+            let node = st.nodes.at((start + i) % total);
             let failed = FILTERS
                 .iter()
                 .find_map(|f| (f.check)(&info, node, &pre).err().map(|why| (f.name, why)));
