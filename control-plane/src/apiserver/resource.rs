@@ -681,7 +681,9 @@ async fn watch(
         loop {
             tokio::select! {
                 item = stream.next() => match item {
-                    Some(WatchItem::Event { kind, object, rev }) => {
+                    Some(WatchItem::Event {
+                        kind, object, rev, ..
+                    }) => {
                         last = rev;
                         let Some(line) = event_line(rt_static, kind, &object, out, &mut first) else { continue };
                         if tx.send(line).await.is_err() { return; }

@@ -176,9 +176,13 @@ fn follow_bindings(objects: Arc<Objects>, total: usize) -> Arc<Bound> {
             else {
                 continue;
             };
-            while let Some(WatchItem::Event { object, .. }) = events.next().await {
-                let Ok(v) = serde_json::from_slice::<Value>(&object) else {
-                    continue;
+            while let Some(WatchItem::Event { object, value, .. }) = events.next().await {
+                let v = match value {
+                    Some(v) => v,
+                    None => match serde_json::from_slice::<Value>(&object) {
+                        Ok(v) => Arc::new(v),
+                        Err(_) => continue,
+                    },
                 };
                 if !v["spec"]["nodeName"].is_string() {
                     continue;

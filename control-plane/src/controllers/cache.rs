@@ -239,12 +239,22 @@ impl Informer {
             else {
                 continue;
             };
-            while let Some(WatchItem::Event { kind, object, rev }) = stream.next().await {
-                let Ok(v) = serde_json::from_slice::<Value>(&object) else {
-                    continue;
+            while let Some(WatchItem::Event {
+                kind,
+                object,
+                rev,
+                value,
+            }) = stream.next().await
+            {
+                let v = match value {
+                    Some(v) => v,
+                    None => match serde_json::from_slice::<Value>(&object) {
+                        Ok(v) => Arc::new(v),
+                        Err(_) => continue,
+                    },
                 };
                 let key = key_of(&v);
-                let new = (kind != "DELETED").then(|| Arc::new(v));
+                let new = (kind != "DELETED").then_some(v);
                 self.apply(key, new, rev);
             }
         }

@@ -149,28 +149,7 @@ pub async fn edit_meta_list(
     }
 }
 
-/// Records an Event without waiting for it (as client-go's event broadcaster does): a slow
-/// or failed event write never holds up a reconcile.
-pub fn emit_event(
-    objects: &Arc<Objects>,
-    involved: &Value,
-    kind: &'static str,
-    type_: &'static str,
-    reason: &str,
-    message: &str,
-    component: &'static str,
-) {
-    let (objects, involved, message) = (objects.clone(), involved.clone(), message.to_string());
-    let reason = reason.to_string();
-    tokio::spawn(async move {
-        let r = crate::events::record(
-            &objects, &involved, kind, type_, &reason, &message, component,
-        );
-        if let Err(e) = r.await {
-            tracing::debug!(error = %e, %reason, "event not recorded");
-        }
-    });
-}
+pub use crate::events::emit as emit_event;
 
 /// How many objects a controller reconciles at once (never the same object twice at once):
 /// their writes then share the store's group commits instead of queueing one by one.

@@ -1,5 +1,7 @@
 //! Turning store events into Kubernetes watch events for one resource and filter.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use serde_json::Value;
 
@@ -40,6 +42,8 @@ pub enum WatchItem {
         kind: &'static str,
         object: Bytes,
         rev: u64,
+        /// `object` parsed, when the writer's value is still at hand.
+        value: Option<Arc<Value>>,
     },
     Error(ObjectError),
 }
@@ -76,11 +80,14 @@ impl WatchStream {
         {
             return None;
         }
+        // Every item below reports `ev.object`, which `ev.value` is.
+        let value = ev.value.clone();
         let item = |kind, object| {
             Some(WatchItem::Event {
                 kind,
                 object,
                 rev: ev.rev,
+                value,
             })
         };
         if self.filter.is_trivial() {

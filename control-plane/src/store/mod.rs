@@ -10,6 +10,8 @@ pub(crate) mod wal;
 
 pub use sled_store::SledStore;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -57,6 +59,9 @@ pub struct Event {
     pub object: Bytes,
     /// The value before this change (absent for `Added`).
     pub prev: Option<Stored>,
+    /// `object` as the writer built it, while the event is fresh: watchers in this process
+    /// (the controllers' cache) take it instead of parsing `object` again.
+    pub value: Option<Arc<Value>>,
 }
 
 /// A consistent list: the items under a prefix as of `rev`.
@@ -139,7 +144,7 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// Sets `metadata.resourceVersion` in a JSON object and serializes it.
-pub(crate) fn encode_with_rev(mut object: Value, rev: Revision) -> Result<Bytes, StoreError> {
+pub(crate) fn encode_with_rev(object: &mut Value, rev: Revision) -> Result<Bytes, StoreError> {
     if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.insert("resourceVersion".into(), Value::String(rev.to_string()));
     } else if let Some(obj) = object.as_object_mut() {
@@ -148,7 +153,7 @@ pub(crate) fn encode_with_rev(mut object: Value, rev: Revision) -> Result<Bytes,
             serde_json::json!({ "resourceVersion": rev.to_string() }),
         );
     }
-    serde_json::to_vec(&object)
+    serde_json::to_vec(object)
         .map(Bytes::from)
         .map_err(|e| StoreError::Corrupt(e.to_string()))
 }

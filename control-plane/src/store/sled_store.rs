@@ -27,7 +27,9 @@ use super::{
 const OBJ: &[u8] = b"o/";
 /// Events kept in memory for cheap watch replays; older ones are read from the log.
 const RECENT_EVENTS: usize = 4096;
-const BROADCAST_CAPACITY: usize = 8192;
+/// Live events in flight to watchers; a slower watcher catches up from the history. The
+/// channel keeps this many events (with their parsed values) until overwritten.
+const BROADCAST_CAPACITY: usize = 2048;
 const WATCH_CHANNEL: usize = 512;
 
 #[derive(Clone)]
@@ -190,6 +192,7 @@ fn decode_event(rev: Revision, raw: &[u8]) -> Result<Event, StoreError> {
         key,
         object,
         prev,
+        value: None,
     })
 }
 
@@ -399,7 +402,7 @@ impl SledStore {
     fn apply(
         &self,
         key: &str,
-        build: impl FnOnce(Option<&Stored>, Revision) -> Result<(EventType, Bytes), StoreError>,
+        build: impl FnOnce(Option<&Stored>) -> Result<(EventType, Value), StoreError>,
     ) -> Result<Arc<Event>, StoreError> {
         let inner = &self.inner;
         let mut w = inner.write.lock().expect("write lock");
@@ -413,13 +416,15 @@ impl SledStore {
                 .map(|raw| decode_value(&raw))
                 .transpose()?,
         };
-        let (kind, object) = build(current.as_ref(), rev)?;
+        let (kind, mut value) = build(current.as_ref())?;
+        let object = encode_with_rev(&mut value, rev)?;
         let ev = Arc::new(Event {
             rev,
             kind,
             key: key.to_string(),
             object,
             prev: current,
+            value: Some(Arc::new(value)),
         });
         wal::encode(&mut w.wal, rev, &encode_event(&ev));
         let newest = (kind != EventType::Deleted).then(|| Stored {
@@ -471,7 +476,11 @@ impl Inner {
                 if recent.len() == self.recent_events {
                     recent.pop_front();
                 }
-                recent.push_back(ev.clone());
+                // Only fresh events carry their parsed value: the history stays small.
+                recent.push_back(Arc::new(Event {
+                    value: None,
+                    ..Event::clone(ev)
+                }));
             }
         }
         self.published.store(upto, Ordering::Release);
@@ -701,7 +710,7 @@ impl Store for SledStore {
         cond: Precondition,
         object: Value,
     ) -> Result<Stored, StoreError> {
-        let ev = self.apply(key, |current, rev| {
+        let ev = self.apply(key, |current| {
             let kind = match (cond, current) {
                 (Precondition::Absent, None) => EventType::Added,
                 (Precondition::Absent, Some(_)) => {
@@ -717,7 +726,7 @@ impl Store for SledStore {
                 }
                 (Precondition::Exists(_), Some(_)) => EventType::Modified,
             };
-            Ok((kind, encode_with_rev(object, rev)?))
+            Ok((kind, object))
         })?;
         self.make_durable(ev.rev).await?;
         Ok(Stored {
@@ -727,7 +736,7 @@ impl Store for SledStore {
     }
 
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<Stored, StoreError> {
-        let ev = self.apply(key, |current, rev| {
+        let ev = self.apply(key, |current| {
             let c = current.ok_or_else(|| StoreError::NotFound(key.into()))?;
             if let Some(expected) = expected.filter(|e| *e != c.rev) {
                 return Err(StoreError::Conflict {
@@ -736,8 +745,7 @@ impl Store for SledStore {
                     current: c.rev,
                 });
             }
-            let last: Value = c.to_value()?;
-            Ok((EventType::Deleted, encode_with_rev(last, rev)?))
+            Ok((EventType::Deleted, c.to_value()?))
         })?;
         self.make_durable(ev.rev).await?;
         Ok(Stored {
