@@ -197,9 +197,17 @@ mod tests {
     async fn a_repeat_is_counted_on_the_same_event() {
         let (objects, _d) = testing::objects().await;
         for _ in 0..2 {
-            record(&objects, &pod(), "Pod", "Warning", "BackOff", "again", "kubelet")
-                .await
-                .unwrap();
+            record(
+                &objects,
+                &pod(),
+                "Pod",
+                "Warning",
+                "BackOff",
+                "again",
+                "kubelet",
+            )
+            .await
+            .unwrap();
         }
         let events = testing::list(&objects, "", "events").await;
         assert_eq!(events.len(), 1);
@@ -215,7 +223,15 @@ mod tests {
         let (objects, _d) = testing::objects().await;
         let burst = MAX_QUEUED * 3;
         for i in 0..burst {
-            emit(&objects, &pod(), "Pod", "Normal", "Tick", &format!("tick {i}"), "test");
+            emit(
+                &objects,
+                &pod(),
+                "Pod",
+                "Normal",
+                "Tick",
+                &format!("tick {i}"),
+                "test",
+            );
         }
         // The queue's worth (and what the writer took meanwhile) is written; the rest not.
         let written = testing::eventually("the queued events", || async {

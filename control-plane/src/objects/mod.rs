@@ -1329,14 +1329,35 @@ impl Objects {
 impl Objects {
     /// Binds a pod to a node (the `pods/binding` subresource).
     pub async fn bind_pod(&self, ns: &str, name: &str, node: &str) -> Result<Written, ObjectError> {
+        self.bind_pod_from(ns, name, node, None).await
+    }
+
+    /// The same, starting from `known`, a copy of the pod (the scheduler's cache): no read
+    /// of the store unless it turns out stale.
+    pub async fn bind_pod_from(
+        &self,
+        ns: &str,
+        name: &str,
+        node: &str,
+        known: Option<&Value>,
+    ) -> Result<Written, ObjectError> {
         let rt = self
             .registry
             .find("", "v1", "pods")
             .expect("pods are served");
         let key = rt.key(Some(ns), name);
+        let mut known = known.and_then(|v| {
+            let rev = meta_str(v, "resourceVersion")?.parse::<Revision>().ok()?;
+            Some((rev, v.clone()))
+        });
         for _ in 0..MAX_UPDATE_RETRIES {
-            let current = self.get(rt, Some(ns), name).await?;
-            let mut pod = current.to_value()?;
+            let (rev, mut pod) = match known.take() {
+                Some(k) => k,
+                None => {
+                    let current = self.get(rt, Some(ns), name).await?;
+                    (current.rev, current.to_value()?)
+                }
+            };
             if let Some(n) = pod
                 .pointer("/spec/nodeName")
                 .and_then(Value::as_str)
@@ -1372,7 +1393,7 @@ impl Objects {
             meta_mut(&mut pod).remove("resourceVersion");
             match self
                 .store
-                .put(&key, Precondition::Exists(Some(current.rev)), pod)
+                .put(&key, Precondition::Exists(Some(rev)), pod)
                 .await
             {
                 Ok(s) => {

@@ -81,7 +81,7 @@ impl WatchStream {
             return None;
         }
         // Every item below reports `ev.object`, which `ev.value` is.
-        let value = ev.value.clone();
+        let value = ev.value.get();
         let item = |kind, object| {
             Some(WatchItem::Event {
                 kind,

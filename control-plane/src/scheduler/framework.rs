@@ -608,6 +608,9 @@ fn spread_counts<'a>(
 /// One filter plugin: `Err(reason)` in kube-scheduler's words if the node does not fit.
 pub struct Filter {
     pub name: &'static str,
+    /// Whether the filter can reject any node for this pod (kube's PreFilter "skip"):
+    /// most pods need only a few of them, and a decision runs them on hundreds of nodes.
+    pub applies: fn(&PodInfo, &Prepared) -> bool,
     pub check: fn(&PodInfo, &NodeState, &Prepared) -> Result<(), String>,
 }
 
@@ -615,6 +618,7 @@ pub struct Filter {
 pub const FILTERS: &[Filter] = &[
     Filter {
         name: "NodeUnschedulable",
+        applies: |_, _| true,
         check: |p, n, _| {
             if !n.entry.unschedulable {
                 return Ok(());
@@ -638,6 +642,7 @@ pub const FILTERS: &[Filter] = &[
     },
     Filter {
         name: "NodeName",
+        applies: |p, _| p.node_name.is_some(),
         check: |p, n, _| match &p.node_name {
             Some(want) if *want != n.entry.name => {
                 Err("node(s) didn't match the requested node name".into())
@@ -647,6 +652,7 @@ pub const FILTERS: &[Filter] = &[
     },
     Filter {
         name: "TaintToleration",
+        applies: |_, _| true,
         check: |p, n, _| match n.entry.taints.iter().find(|t| {
             matches!(t.effect.as_str(), "NoSchedule" | "NoExecute")
                 && !p.tolerations.iter().any(|tol| tolerates(tol, t))
@@ -661,6 +667,7 @@ pub const FILTERS: &[Filter] = &[
     },
     Filter {
         name: "NodeAffinity",
+        applies: |p, _| !p.node_selector.is_empty() || p.required_node_affinity.is_some(),
         check: |p, n, _| {
             if node_affinity_matches(p, &n.entry) {
                 Ok(())
@@ -671,6 +678,7 @@ pub const FILTERS: &[Filter] = &[
     },
     Filter {
         name: "NodePorts",
+        applies: |p, _| !p.host_ports.is_empty(),
         check: |p, n, _| {
             if p.host_ports.iter().any(|hp| n.ports.contains(hp)) {
                 Err("node(s) didn't have free ports for the requested pod ports".into())
@@ -681,6 +689,7 @@ pub const FILTERS: &[Filter] = &[
     },
     Filter {
         name: "NodeResourcesFit",
+        applies: |_, _| true,
         check: |p, n, _| {
             let (need, used, cap) = (&p.requests, &n.used, &n.entry.allocatable);
             if used.pods + need.pods > cap.pods {
@@ -704,6 +713,9 @@ pub const FILTERS: &[Filter] = &[
     },
     Filter {
         name: "InterPodAffinity",
+        applies: |p, pre| {
+            !p.affinity.is_empty() || !p.anti_affinity.is_empty() || !pre.existing_anti.is_empty()
+        },
         check: |p, n, pre| {
             let labels = &n.entry.labels;
             if pre
@@ -736,6 +748,11 @@ pub const FILTERS: &[Filter] = &[
     },
     Filter {
         name: "PodTopologySpread",
+        applies: |p, _| {
+            p.spread
+                .iter()
+                .any(|c| c.when_unsatisfiable == "DoNotSchedule")
+        },
         check: |p, n, pre| {
             let hard = p
                 .spread
@@ -801,6 +818,27 @@ fn fraction(used: i64, cap: i64) -> f64 {
     }
 }
 
+/// `part * 100 / whole` in integers, as kube scores (128-bit only when it would overflow).
+fn per_hundred(part: i64, whole: i64) -> i64 {
+    match part.checked_mul(100) {
+        Some(p) => p / whole,
+        None => (i128::from(part) * 100 / i128::from(whole)) as i64,
+    }
+}
+
+/// kube's least/most allocated score of one resource (0..=100); a node without any of
+/// it is left out of the mean.
+fn allocated_score(requested: i64, capacity: i64, scoring: Scoring) -> Option<i64> {
+    if capacity <= 0 {
+        return None;
+    }
+    Some(match scoring {
+        Scoring::LeastAllocated if requested > capacity => 0,
+        Scoring::LeastAllocated => per_hundred(capacity - requested, capacity),
+        Scoring::MostAllocated => per_hundred(requested.min(capacity), capacity),
+    })
+}
+
 /// The score plugins with kube-scheduler's default weights.
 pub const SCORES: &[Score] = &[
     Score {
@@ -808,18 +846,22 @@ pub const SCORES: &[Score] = &[
         weight: 1,
         applies: |_| true,
         raw: |p, n, _, scoring| {
+            // kube's leastResourceScorer / mostResourceScorer: cpu and memory, weight 1.
             let need = p.score_requests();
             let (u, cap) = (&n.used_for_score, &n.entry.allocatable);
-            let f = [
-                fraction(u.cpu + need.cpu, cap.cpu),
-                fraction(u.memory + need.memory, cap.memory),
+            let scores = [
+                allocated_score(u.cpu + need.cpu, cap.cpu, scoring),
+                allocated_score(u.memory + need.memory, cap.memory, scoring),
             ];
-            let mean = (f[0] + f[1]) / 2.0;
-            let s = match scoring {
-                Scoring::LeastAllocated => 1.0 - mean,
-                Scoring::MostAllocated => mean,
-            };
-            (s * 100.0).round() as i64
+            let (sum, n) = scores
+                .iter()
+                .flatten()
+                .fold((0, 0), |(s, n), x| (s + x, n + 1));
+            if n == 0 {
+                0
+            } else {
+                sum / n
+            }
         },
         normalize: Normalize::None,
     },
@@ -832,8 +874,8 @@ pub const SCORES: &[Score] = &[
             let (u, cap) = (&n.used_for_score, &n.entry.allocatable);
             let a = fraction(u.cpu + need.cpu, cap.cpu);
             let b = fraction(u.memory + need.memory, cap.memory);
-            // Standard deviation of two fractions is half their distance.
-            ((1.0 - (a - b).abs() / 2.0) * 100.0).round() as i64
+            // Standard deviation of two fractions is half their distance; truncated as kube.
+            ((1.0 - (a - b).abs() / 2.0) * 100.0) as i64
         },
         normalize: Normalize::None,
     },
@@ -941,6 +983,13 @@ pub fn feasible_to_find(nodes: usize) -> usize {
 pub fn score(p: &PodInfo, feasible: &[&NodeState], pre: &Prepared, scoring: Scoring) -> Vec<i64> {
     let mut total = vec![0i64; feasible.len()];
     for s in SCORES.iter().filter(|s| (s.applies)(p)) {
+        if s.normalize == Normalize::None {
+            // Already 0..=100: no pass over the raw scores needed.
+            for (t, n) in total.iter_mut().zip(feasible) {
+                *t += (s.raw)(p, n, pre, scoring) * s.weight;
+            }
+            continue;
+        }
         let raw: Vec<i64> = feasible
             .iter()
             .map(|n| (s.raw)(p, n, pre, scoring))

@@ -200,8 +200,12 @@ impl Cache {
         };
         let total = st.nodes.len();
         let want = framework::feasible_to_find(total);
+        let filters: Vec<&framework::Filter> = FILTERS
+            .iter()
+            .filter(|f| (f.applies)(&info, &pre))
+            .collect();
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-        let mut feasible: Vec<&NodeState> = Vec::new();
+        let mut feasible: Vec<&NodeState> = Vec::with_capacity(want.min(total));
         let start = if total == 0 { 0 } else { st.next_start % total };
         let mut processed = 0;
         for i in 0..total {
@@ -210,7 +214,7 @@ impl Cache {
             }
             processed += 1;
             let node = st.nodes.at((start + i) % total);
-            let failed = FILTERS
+            let failed = filters
                 .iter()
                 .find_map(|f| (f.check)(&info, node, &pre).err().map(|why| (f.name, why)));
             match failed {
@@ -443,7 +447,10 @@ pub async fn reconcile(
     match cache.decide(&pod) {
         Decision::InFlight => Ok(Action::Done),
         Decision::Place(node_name) => {
-            match objects.bind_pod(&ns, &name, &node_name).await {
+            match objects
+                .bind_pod_from(&ns, &name, &node_name, Some(pod_value))
+                .await
+            {
                 Ok(_) => {}
                 // Bound or deleted meanwhile: nothing to do.
                 Err(ObjectError::Conflict { .. }) | Err(ObjectError::NotFound { .. }) => {

@@ -61,7 +61,32 @@ pub struct Event {
     pub prev: Option<Stored>,
     /// `object` as the writer built it, while the event is fresh: watchers in this process
     /// (the controllers' cache) take it instead of parsing `object` again.
-    pub value: Option<Arc<Value>>,
+    pub value: FreshValue,
+}
+
+/// The parsed value of a new event's object. The store lets it go once newer events
+/// followed, so its history and the watch channels keep the compact JSON only.
+#[derive(Debug, Default)]
+pub struct FreshValue(std::sync::Mutex<Option<Arc<Value>>>);
+
+impl FreshValue {
+    pub fn new(v: Value) -> FreshValue {
+        FreshValue(std::sync::Mutex::new(Some(Arc::new(v))))
+    }
+
+    pub fn get(&self) -> Option<Arc<Value>> {
+        self.0.lock().expect("fresh value").clone()
+    }
+
+    pub fn clear(&self) {
+        self.0.lock().expect("fresh value").take();
+    }
+}
+
+impl Clone for FreshValue {
+    fn clone(&self) -> FreshValue {
+        FreshValue(std::sync::Mutex::new(self.get()))
+    }
 }
 
 /// A consistent list: the items under a prefix as of `rev`.

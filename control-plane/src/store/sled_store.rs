@@ -20,16 +20,19 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::wal::{self, Wal};
 use super::{
-    encode_with_rev, Event, EventType, ListResult, Precondition, Revision, Store, StoreError,
-    Stored, WatchReceiver,
+    encode_with_rev, Event, EventType, FreshValue, ListResult, Precondition, Revision, Store,
+    StoreError, Stored, WatchReceiver,
 };
 
 const OBJ: &[u8] = b"o/";
 /// Events kept in memory for cheap watch replays; older ones are read from the log.
 const RECENT_EVENTS: usize = 4096;
-/// Live events in flight to watchers; a slower watcher catches up from the history. The
-/// channel keeps this many events (with their parsed values) until overwritten.
-const BROADCAST_CAPACITY: usize = 2048;
+/// Live events in flight to watchers; a slower watcher catches up from the history.
+const BROADCAST_CAPACITY: usize = 8192;
+/// The largest log buffer kept for reuse.
+const SPARE_BUFFER_MAX: usize = 8 << 20;
+/// How many of the newest events keep their parsed values (see [`FreshValue`]).
+const FRESH_VALUES: usize = 1024;
 const WATCH_CHANNEL: usize = 512;
 
 #[derive(Clone)]
@@ -52,6 +55,8 @@ struct Inner {
     oldest: AtomicU64,
     recent: Mutex<VecDeque<Arc<Event>>>,
     recent_events: usize,
+    /// The newest events still holding their parsed values.
+    fresh: Mutex<VecDeque<Arc<Event>>>,
     events: broadcast::Sender<Arc<Event>>,
     history: u64,
 }
@@ -192,7 +197,7 @@ fn decode_event(rev: Revision, raw: &[u8]) -> Result<Event, StoreError> {
         key,
         object,
         prev,
-        value: None,
+        value: FreshValue::default(),
     })
 }
 
@@ -230,21 +235,29 @@ fn flusher(
             error: Some(format!("{what}: {e}").into()),
         });
     };
+    // The buffer written last time, handed back to writers: a burst of writes does not
+    // grow a fresh buffer (copying it at each doubling) for every batch.
+    let mut spare: Vec<u8> = Vec::new();
     loop {
         let kicked = kick.wait();
         let Some(inner) = inner.upgrade() else { return };
         if !kicked {
             continue;
         }
-        let (records, batch) = {
+        let (mut records, batch) = {
             let mut w = inner.write.lock().expect("write lock");
-            (std::mem::take(&mut w.wal), std::mem::take(&mut w.queue))
+            let records = std::mem::replace(&mut w.wal, std::mem::take(&mut spare));
+            (records, std::mem::take(&mut w.queue))
         };
         let Some(covered) = batch.last().map(|e| e.rev) else {
             continue;
         };
         if let Err(e) = wal.write_durable(&records) {
             return fail(&tx, "write-ahead log sync failed", &e);
+        }
+        if records.capacity() <= SPARE_BUFFER_MAX {
+            records.clear();
+            spare = records;
         }
         for ev in &batch {
             if let Err(e) = apply_to_sled(&inner.db, ev) {
@@ -386,6 +399,7 @@ impl SledStore {
                 oldest: AtomicU64::new(oldest.min(last)),
                 recent: Mutex::new(tail),
                 recent_events,
+                fresh: Mutex::default(),
                 events,
                 history: history.max(1),
             }),
@@ -424,7 +438,7 @@ impl SledStore {
             key: key.to_string(),
             object,
             prev: current,
-            value: Some(Arc::new(value)),
+            value: FreshValue::new(value),
         });
         wal::encode(&mut w.wal, rev, &encode_event(&ev));
         let newest = (kind != EventType::Deleted).then(|| Stored {
@@ -476,11 +490,18 @@ impl Inner {
                 if recent.len() == self.recent_events {
                     recent.pop_front();
                 }
-                // Only fresh events carry their parsed value: the history stays small.
-                recent.push_back(Arc::new(Event {
-                    value: None,
-                    ..Event::clone(ev)
-                }));
+                recent.push_back(ev.clone());
+            }
+        }
+        {
+            let mut fresh = self.fresh.lock().expect("fresh");
+            for ev in &ready {
+                if fresh.len() == FRESH_VALUES {
+                    if let Some(old) = fresh.pop_front() {
+                        old.value.clear();
+                    }
+                }
+                fresh.push_back(ev.clone());
             }
         }
         self.published.store(upto, Ordering::Release);
@@ -968,6 +989,36 @@ mod tests {
         assert_eq!(e.kind, EventType::Deleted);
         let v: Value = serde_json::from_slice(&e.object).unwrap();
         assert_eq!(v["metadata"]["resourceVersion"], e.rev.to_string());
+    }
+
+    #[tokio::test]
+    async fn new_events_carry_the_written_value_and_older_ones_let_it_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open_tuned(dir.path(), 10_000, 1 << 20, 4096, false).unwrap();
+        let first = s
+            .put("p/a", Precondition::Absent, obj("a", 1))
+            .await
+            .unwrap();
+        let mut w = s.watch("p/", first.rev - 1).unwrap();
+        let e = w.recv().await.unwrap().unwrap();
+        let v = e.value.get().expect("a fresh event has its value");
+        assert_eq!(*v, serde_json::from_slice::<Value>(&e.object).unwrap());
+        for i in 0..FRESH_VALUES {
+            s.put("p/a", Precondition::Exists(None), obj("a", i as i64))
+                .await
+                .unwrap();
+        }
+        let mut w = s.watch("p/", first.rev - 1).unwrap();
+        let old = w.recv().await.unwrap().unwrap();
+        assert_eq!(old.rev, first.rev);
+        assert!(old.value.get().is_none(), "only the newest keep values");
+        assert!(!old.object.is_empty());
+        let last = s
+            .put("p/a", Precondition::Exists(None), obj("a", -1))
+            .await
+            .unwrap();
+        let mut w = s.watch("p/", last.rev - 1).unwrap();
+        assert!(w.recv().await.unwrap().unwrap().value.get().is_some());
     }
 
     #[tokio::test]
