@@ -235,6 +235,43 @@ async fn finalizers_hold_deletion_until_removed() {
 }
 
 #[tokio::test]
+async fn binding_from_a_stale_copy_rereads_and_keeps_the_newer_pod() {
+    let (o, _d) = setup().await;
+    let pods = rt(&o, "", "pods");
+    let w = WriteOptions::default();
+    let pod =
+        json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "x"}]}});
+    let stale = v(&o
+        .create(pods, Some("default"), pod, &w)
+        .await
+        .unwrap()
+        .object);
+    o.update_with(pods, Some("default"), "p", Target::Main, &w, |cur| {
+        let mut next = cur.clone();
+        next["metadata"]["labels"] = json!({"newer": "yes"});
+        Ok(next)
+    })
+    .await
+    .unwrap();
+    let bound = v(&o
+        .bind_pod_from("default", "p", "n1", Some(&stale))
+        .await
+        .unwrap()
+        .object);
+    assert_eq!(bound["spec"]["nodeName"], "n1");
+    assert_eq!(
+        bound["metadata"]["labels"]["newer"], "yes",
+        "the write that came between is kept"
+    );
+    // A stale copy cannot bind a pod twice.
+    let again = o.bind_pod_from("default", "p", "n2", Some(&stale)).await;
+    assert!(
+        matches!(&again, Err(ObjectError::Conflict { message, .. }) if message.contains("already assigned")),
+        "{again:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_bound_pod_being_deleted_waits_for_its_node_through_status_writes() {
     let (o, _d) = setup().await;
     let pods = rt(&o, "", "pods");
