@@ -9,7 +9,7 @@ mod garbage_collector;
 mod job;
 mod namespace;
 mod node_lifecycle;
-mod pods;
+pub(crate) mod pods;
 mod replicaset;
 mod system_namespaces;
 

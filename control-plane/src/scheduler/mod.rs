@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use serde_json::{json, Value};
 
 use crate::controllers::{Action, Queue};
-use crate::objects::{now_string, ListOptions, ObjectError, Objects, Target, WriteOptions};
+use crate::objects::{now_string, ObjectError, Objects, Target, WriteOptions};
 use crate::registry::decode;
 
 pub(crate) mod framework;
@@ -117,6 +117,27 @@ impl CacheState {
     }
 }
 
+/// What the cache reads of each pod change, read once.
+#[derive(Clone, Copy)]
+struct PodFacts<'a> {
+    uid: &'a str,
+    /// Bound to this node.
+    node: Option<&'a str>,
+    /// Succeeded or Failed.
+    terminal: bool,
+}
+
+impl<'a> PodFacts<'a> {
+    fn of(p: &'a Value) -> PodFacts<'a> {
+        use crate::controllers::pods::{is_terminal, str_at};
+        PodFacts {
+            uid: str_at(p, "/metadata/uid"),
+            node: Some(str_at(p, "/spec/nodeName")).filter(|n| !n.is_empty()),
+            terminal: is_terminal(p),
+        }
+    }
+}
+
 /// The outcome of one scheduling decision.
 enum Decision {
     /// Assumed on this node; the binding is still to be written.
@@ -146,19 +167,12 @@ impl Cache {
     /// Keeps the placement of a bound, unfinished pod (decoded only when new); a pending
     /// pod keeps one the scheduler assumed for it (its own event may come after the
     /// decision); a finished pod's placement goes.
-    fn observe_value(state: &mut CacheState, key: &str, p: &Value) {
-        let node = p
-            .pointer("/spec/nodeName")
-            .and_then(Value::as_str)
-            .filter(|n| !n.is_empty());
-        let terminal = matches!(
-            p.pointer("/status/phase").and_then(Value::as_str),
-            Some("Succeeded" | "Failed")
-        );
-        let uid = p
-            .pointer("/metadata/uid")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+    fn observe(state: &mut CacheState, key: &str, p: &Value, facts: &PodFacts) {
+        let PodFacts {
+            uid,
+            node,
+            terminal,
+        } = *facts;
         match node {
             Some(node) if !terminal => {
                 let known = state
@@ -249,36 +263,6 @@ impl Cache {
         }
     }
 
-    /// Reads every pod and node once.
-    pub async fn load(&self, objects: &Objects) -> Result<(), ObjectError> {
-        self.load_pods(objects).await?;
-        self.load_nodes(objects).await?;
-        Ok(())
-    }
-
-    async fn load_pods(&self, objects: &Objects) -> Result<(), ObjectError> {
-        let pods = list_all::<Value>(objects, "pods").await?;
-        {
-            let mut st = self.state.lock().expect("scheduler cache");
-            for p in &pods {
-                Self::observe_value(&mut st, &crate::controllers::key_of(p), p);
-            }
-        }
-        self.mark_loaded(&self.pods_loaded);
-        Ok(())
-    }
-
-    async fn load_nodes(&self, objects: &Objects) -> Result<(), ObjectError> {
-        let nodes = list_all::<Node>(objects, "nodes").await?;
-        let mut st = self.state.lock().expect("scheduler cache");
-        for n in &nodes {
-            st.upsert_node(n);
-        }
-        drop(st);
-        self.mark_loaded(&self.nodes_loaded);
-        Ok(())
-    }
-
     fn mark_loaded(&self, flag: &std::sync::atomic::AtomicBool) {
         flag.store(true, std::sync::atomic::Ordering::Release);
         self.loaded.notify_waiters();
@@ -295,24 +279,17 @@ impl Cache {
             // each into a typed Pod cost more than scheduling.
             let p = c.object();
             let key = crate::controllers::key_of(p);
-            let node = p
-                .pointer("/spec/nodeName")
-                .and_then(Value::as_str)
-                .filter(|n| !n.is_empty());
-            let terminal = matches!(
-                p.pointer("/status/phase").and_then(Value::as_str),
-                Some("Succeeded" | "Failed")
-            );
-            let uid = p.pointer("/metadata/uid").and_then(Value::as_str);
+            let facts = PodFacts::of(p);
+            let (node, terminal) = (facts.node, facts.terminal);
             let mut st = me.state.lock().expect("scheduler cache");
             match &c.new {
                 None => {
-                    st.forget(&key, uid);
+                    st.forget(&key, Some(facts.uid));
                     st.unschedulable.remove(&key);
                     Self::retry_unschedulable(&mut st, &q);
                 }
                 Some(new) => {
-                    Self::observe_value(&mut st, &key, p);
+                    Self::observe(&mut st, &key, p, &facts);
                     // A status write (ours among them) does not make a pod schedulable.
                     let spec_changed = c
                         .old
@@ -371,23 +348,6 @@ impl Cache {
             queue.add(key);
         }
     }
-}
-
-/// Every object of a core/v1 `resource`, decoded.
-async fn list_all<T: serde::de::DeserializeOwned>(
-    objects: &Objects,
-    resource: &str,
-) -> Result<Vec<T>, ObjectError> {
-    let rt = objects
-        .registry()
-        .find("", "v1", resource)
-        .expect("core/v1 resources are served");
-    let page = objects.list(rt, None, &ListOptions::default()).await?;
-    Ok(page
-        .items
-        .iter()
-        .filter_map(|b| serde_json::from_slice(b).ok())
-        .collect())
 }
 
 /// Starts the scheduler over the shared cache.
@@ -535,6 +495,7 @@ async fn mark_unschedulable(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::objects::ListOptions;
     use crate::registry::Registry;
     use crate::store::SledStore;
 
@@ -574,6 +535,16 @@ mod tests {
         (objects, dir)
     }
 
+    /// A scheduler cache filled from the shared watched cache, as `spawn` makes it (its
+    /// queue is not worked: the tests call `reconcile` themselves).
+    async fn loaded(objects: &Arc<Objects>) -> Arc<Cache> {
+        let shared = crate::controllers::Cache::new(objects.clone());
+        let cache = Arc::new(Cache::default());
+        cache.follow(&shared, &Queue::new());
+        cache.wait_loaded().await;
+        cache
+    }
+
     async fn schedule(objects: &Arc<Objects>, pod: Value) -> (Value, Action) {
         let rt = objects.registry().find("", "v1", "pods").unwrap();
         let name = pod["metadata"]["name"].as_str().unwrap().to_string();
@@ -581,8 +552,7 @@ mod tests {
             .create(rt, Some("default"), pod, &WriteOptions::default())
             .await
             .unwrap();
-        let cache = Arc::new(Cache::default());
-        cache.load(objects).await.unwrap();
+        let cache = loaded(objects).await;
         let created: Value = serde_json::from_slice(&created.object).unwrap();
         let action = reconcile(objects.clone(), cache, &created).await.unwrap();
         (
@@ -701,8 +671,7 @@ mod tests {
                 .unwrap();
             created.push(serde_json::from_slice::<Value>(&c.object).unwrap());
         }
-        let cache = Arc::new(Cache::default());
-        cache.load(&objects).await.unwrap();
+        let cache = loaded(&objects).await;
         let results = futures::future::join_all(
             created
                 .iter()
