@@ -52,7 +52,7 @@ pub fn spawn(cache: &Arc<Cache>) {
             (Some(o), Some(n)) => {
                 o["metadata"]["labels"] != n["metadata"]["labels"]
                     || o["spec"] != n["spec"]
-                    || ready(o) != ready(n)
+                    || pods::is_ready(o) != pods::is_ready(n)
             }
             _ => true,
         };
@@ -63,15 +63,6 @@ pub fn spawn(cache: &Arc<Cache>) {
         }
     });
     super::spawn_controller(COMPONENT, queue, move |key| reconcile(ctx.clone(), key));
-}
-
-fn ready(node: &Value) -> bool {
-    node.pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .is_some_and(|cs| {
-            cs.iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        })
 }
 
 /// The node a daemon pod is for: its nodeName, or the `metadata.name` its required node

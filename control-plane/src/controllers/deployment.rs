@@ -1067,9 +1067,7 @@ async fn sync_status(ctx: &Ctx, r: &Rollout) -> Result<Option<Duration>, ObjectE
     // A ReplicaSet's failure to create or delete pods shows on the deployment too.
     if let Some(f) = r
         .all()
-        .filter_map(|rs| rs.pointer("/status/conditions").and_then(Value::as_array))
-        .flatten()
-        .find(|c| c["type"] == "ReplicaFailure" && c["status"] == "True")
+        .find_map(|rs| pods::condition_true(rs, "ReplicaFailure"))
     {
         conditions.push(keep_or(
             "ReplicaFailure",

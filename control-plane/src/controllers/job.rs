@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::pods::{self, str_at};
+use super::pods::{self, condition_true, str_at};
 use super::{cache, written_rev, Action, Cache, Informer, Queue};
 use crate::objects::{now, now_string, DeleteOptions, ObjectError, Objects, Target, WriteOptions};
 use crate::store::Revision;
@@ -60,13 +60,6 @@ fn has_finalizer(p: &Value) -> bool {
     p.pointer("/metadata/finalizers")
         .and_then(Value::as_array)
         .is_some_and(|fs| fs.iter().any(|f| f == FINALIZER))
-}
-
-fn condition_true<'a>(job: &'a Value, type_: &str) -> Option<&'a Value> {
-    job.pointer("/status/conditions")
-        .and_then(Value::as_array)?
-        .iter()
-        .find(|c| c["type"] == type_ && c["status"] == "True")
 }
 
 fn index_of(p: &Value) -> Option<i64> {

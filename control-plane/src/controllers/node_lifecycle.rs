@@ -95,7 +95,9 @@ pub fn spawn(cache: &Arc<Cache>, config: NodeLifecycleConfig) {
             return;
         };
         let name = str_at(node, "/metadata/name");
-        if let Some(beat) = ready_condition(node).and_then(|r| r["lastHeartbeatTime"].as_str()) {
+        if let Some(beat) =
+            pods::condition(node, "Ready").and_then(|r| r["lastHeartbeatTime"].as_str())
+        {
             c.probe(name, beat.to_string());
         }
         q.add(cache::key_of(node));
@@ -119,20 +121,13 @@ pub fn spawn(cache: &Arc<Cache>, config: NodeLifecycleConfig) {
     super::spawn_controller(COMPONENT, queue, move |key| reconcile(ctx.clone(), key));
 }
 
-fn ready_condition(node: &Value) -> Option<&Value> {
-    node.pointer("/status/conditions")
-        .and_then(Value::as_array)?
-        .iter()
-        .find(|c| c["type"] == "Ready")
-}
-
 async fn reconcile(ctx: Arc<Ctx>, key: String) -> Result<Action, ObjectError> {
     let (_, name) = cache::split_key(&key);
     let Some(node) = ctx.nodes.get(None, name) else {
         ctx.probes.lock().expect("probes").remove(name);
         return Ok(Action::Done);
     };
-    let ready = ready_condition(&node).map(|c| str_at(c, "/status").to_string());
+    let ready = pods::condition(&node, "Ready").map(|c| str_at(c, "/status").to_string());
     let silent = ctx.silent_for(name);
     if silent > ctx.config.grace_period && ready.as_deref() != Some("Unknown") {
         mark_unknown(&ctx, &node).await?;

@@ -27,20 +27,28 @@ pub fn is_active(pod: &Value) -> bool {
     !is_terminal(pod) && !is_terminating(pod)
 }
 
-fn ready_condition(pod: &Value) -> Option<&Value> {
-    pod.pointer("/status/conditions")
+/// The condition of type `type_` in an object's `status.conditions` (a pod's, a node's, a
+/// Job's...).
+pub fn condition<'a>(obj: &'a Value, type_: &str) -> Option<&'a Value> {
+    obj.pointer("/status/conditions")
         .and_then(Value::as_array)?
         .iter()
-        .find(|c| c["type"] == "Ready")
+        .find(|c| c["type"] == type_)
 }
 
-pub fn is_ready(pod: &Value) -> bool {
-    ready_condition(pod).is_some_and(|c| c["status"] == "True")
+/// That condition, when its status is True.
+pub fn condition_true<'a>(obj: &'a Value, type_: &str) -> Option<&'a Value> {
+    condition(obj, type_).filter(|c| c["status"] == "True")
+}
+
+/// Ready=True (a pod's or a node's).
+pub fn is_ready(obj: &Value) -> bool {
+    condition_true(obj, "Ready").is_some()
 }
 
 /// Since when the pod is ready (`None` if it is not).
 fn ready_since(pod: &Value) -> Option<jiff::Timestamp> {
-    let c = ready_condition(pod).filter(|c| c["status"] == "True")?;
+    let c = condition_true(pod, "Ready")?;
     c["lastTransitionTime"].as_str()?.parse().ok()
 }
 
