@@ -384,21 +384,15 @@ mod tests {
         cms.wait_for(crate::controllers::written_rev(&labelled))
             .await;
         assert_eq!(cms.by_index("team", "red").len(), 1);
-        let moved = objects
-            .update_with(
-                cms.rt,
-                Some("b"),
-                "t",
-                crate::objects::Target::Main,
-                &w,
-                |cur| {
-                    let mut next = cur.clone();
-                    next["metadata"]["labels"]["team"] = json!("blue");
-                    Ok(next)
-                },
-            )
-            .await
-            .unwrap();
+        let moved = crate::controllers::testing::edit(
+            &objects,
+            cms.rt,
+            Some("b"),
+            "t",
+            crate::objects::Target::Main,
+            |next| next["metadata"]["labels"]["team"] = json!("blue"),
+        )
+        .await;
         cms.wait_for(crate::controllers::written_rev(&moved)).await;
         assert!(cms.by_index("team", "red").is_empty());
         assert_eq!(cms.by_index("team", "blue").len(), 1);

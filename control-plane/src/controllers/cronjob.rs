@@ -521,22 +521,18 @@ mod tests {
         async fn finish(&self, name: &str, how: &str) {
             let rt = rt(&self.objects, "batch", "jobs");
             let now = seconds(Timestamp::from_second(self.now.load(Ordering::SeqCst)).unwrap());
-            self.objects
-                .update_with(
-                    rt,
-                    Some("default"),
-                    name,
-                    Target::Status,
-                    &WriteOptions::default(),
-                    |cur| {
-                        let mut next = cur.clone();
-                        next["status"]["conditions"] = json!([{"type": how, "status": "True"}]);
-                        next["status"]["completionTime"] = json!(now);
-                        Ok(next)
-                    },
-                )
-                .await
-                .unwrap();
+            crate::controllers::testing::edit(
+                &self.objects,
+                rt,
+                Some("default"),
+                name,
+                Target::Status,
+                |next| {
+                    next["status"]["conditions"] = json!([{"type": how, "status": "True"}]);
+                    next["status"]["completionTime"] = json!(now);
+                },
+            )
+            .await;
             self.settle().await;
         }
     }
@@ -602,21 +598,17 @@ mod tests {
         f.tick("* * * * *", 1).await;
         assert_eq!(f.jobs().await.len(), 1, "Forbid: the second run waits");
         let crt = rt(&f.objects, "batch", "cronjobs");
-        f.objects
-            .update_with(
-                crt,
-                Some("default"),
-                "tick",
-                Target::Main,
-                &WriteOptions::default(),
-                |cur| {
-                    let mut next = cur.clone();
-                    next["spec"]["concurrencyPolicy"] = json!("Replace");
-                    Ok(next)
-                },
-            )
-            .await
-            .unwrap();
+        crate::controllers::testing::edit(
+            &f.objects,
+            crt,
+            Some("default"),
+            "tick",
+            Target::Main,
+            |next| {
+                next["spec"]["concurrencyPolicy"] = json!("Replace");
+            },
+        )
+        .await;
         f.settle().await;
         let first = str_at(&f.jobs().await[0], "/metadata/name").to_string();
         f.tick("* * * * *", 1).await;

@@ -699,21 +699,17 @@ mod tests {
         assert_eq!(ds["status"]["currentNumberScheduled"], 2);
         // A rolling update to v2 replaces both, and the history has two revisions.
         let dsrt = rt(&objects, "apps", "daemonsets");
-        objects
-            .update_with(
-                dsrt,
-                Some("default"),
-                "agent",
-                Target::Main,
-                &WriteOptions::default(),
-                |cur| {
-                    let mut next = cur.clone();
-                    next["spec"]["template"]["spec"]["containers"][0]["image"] = json!("v2");
-                    Ok(next)
-                },
-            )
-            .await
-            .unwrap();
+        crate::controllers::testing::edit(
+            &objects,
+            dsrt,
+            Some("default"),
+            "agent",
+            Target::Main,
+            |next| {
+                next["spec"]["template"]["spec"]["containers"][0]["image"] = json!("v2");
+            },
+        )
+        .await;
         eventually("both on v2", || async {
             let pods = list(&objects, "", "pods").await;
             let want = [
@@ -737,21 +733,17 @@ mod tests {
         numbers.sort();
         assert_eq!(numbers, [1, 2]);
         // A node that stops matching loses its pod.
-        objects
-            .update_with(
-                rt(&objects, "", "nodes"),
-                None,
-                "d",
-                Target::Main,
-                &WriteOptions::default(),
-                |cur| {
-                    let mut next = cur.clone();
-                    next["metadata"]["labels"]["role"] = json!("core");
-                    Ok(next)
-                },
-            )
-            .await
-            .unwrap();
+        crate::controllers::testing::edit(
+            &objects,
+            rt(&objects, "", "nodes"),
+            None,
+            "d",
+            Target::Main,
+            |next| {
+                next["metadata"]["labels"]["role"] = json!("core");
+            },
+        )
+        .await;
         eventually("only a", || async {
             let pods = list(&objects, "", "pods").await;
             (live(&pods) == [("a".to_string(), "v2".to_string())]).then_some(())

@@ -1229,21 +1229,17 @@ mod controller_tests {
     use crate::objects::WatchItem;
 
     async fn set_image(objects: &Objects, image: &str) {
-        objects
-            .update_with(
-                rt(objects, "apps", "deployments"),
-                Some("default"),
-                "web",
-                Target::Main,
-                &WriteOptions::default(),
-                |cur| {
-                    let mut next = cur.clone();
-                    next["spec"]["template"]["spec"]["containers"][0]["image"] = json!(image);
-                    Ok(next)
-                },
-            )
-            .await
-            .unwrap();
+        crate::controllers::testing::edit(
+            objects,
+            rt(objects, "apps", "deployments"),
+            Some("default"),
+            "web",
+            Target::Main,
+            |next| {
+                next["spec"]["template"]["spec"]["containers"][0]["image"] = json!(image);
+            },
+        )
+        .await;
     }
 
     async fn rolled_out(objects: &Objects, image: &str) -> Value {
@@ -1402,21 +1398,15 @@ mod controller_tests {
         let edit = |f: fn(&mut Value)| {
             let objects = objects.clone();
             async move {
-                objects
-                    .update_with(
-                        drt,
-                        Some("default"),
-                        "web",
-                        Target::Main,
-                        &WriteOptions::default(),
-                        |cur| {
-                            let mut next = cur.clone();
-                            f(&mut next);
-                            Ok(next)
-                        },
-                    )
-                    .await
-                    .unwrap();
+                crate::controllers::testing::edit(
+                    &objects,
+                    drt,
+                    Some("default"),
+                    "web",
+                    Target::Main,
+                    f,
+                )
+                .await;
             }
         };
         edit(|d| d["spec"]["paused"] = json!(true)).await;

@@ -930,21 +930,17 @@ mod tests {
             list(&objects, "", "pods").await.is_empty(),
             "a suspended job starts no pod, and its deadline waits"
         );
-        objects
-            .update_with(
-                rt(&objects, "batch", "jobs"),
-                Some("default"),
-                "sus",
-                Target::Main,
-                &WriteOptions::default(),
-                |cur| {
-                    let mut next = cur.clone();
-                    next["spec"]["suspend"] = json!(false);
-                    Ok(next)
-                },
-            )
-            .await
-            .unwrap();
+        crate::controllers::testing::edit(
+            &objects,
+            rt(&objects, "batch", "jobs"),
+            Some("default"),
+            "sus",
+            Target::Main,
+            |next| {
+                next["spec"]["suspend"] = json!(false);
+            },
+        )
+        .await;
         eventually("two running pods", || async {
             let pods = list(&objects, "", "pods").await;
             (pods

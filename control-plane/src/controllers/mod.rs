@@ -425,6 +425,25 @@ pub(crate) mod testing {
             .collect()
     }
 
+    /// Changes an object as `change` says (a test's `kubectl edit`), retrying on conflicts.
+    pub async fn edit(
+        objects: &Objects,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        target: crate::objects::Target,
+        change: impl Fn(&mut Value),
+    ) -> Written {
+        objects
+            .update_with(rt, ns, name, target, &WriteOptions::default(), |cur| {
+                let mut next = cur.clone();
+                change(&mut next);
+                Ok(next)
+            })
+            .await
+            .unwrap()
+    }
+
     /// A watch of every object of `rt` from now on.
     pub fn watch_now(objects: &Objects, rt: &ResourceType) -> crate::objects::WatchStream {
         let from = objects.store().revision();

@@ -568,21 +568,17 @@ mod controller_tests {
         .await;
         // A pod that stops matching is released, and replaced.
         let rts = rt(&objects, "", "pods");
-        objects
-            .update_with(
-                rts,
-                Some("default"),
-                "orphan",
-                Target::Main,
-                &WriteOptions::default(),
-                |p| {
-                    let mut p = p.clone();
-                    p["metadata"]["labels"]["app"] = json!("debug");
-                    Ok(p)
-                },
-            )
-            .await
-            .unwrap();
+        crate::controllers::testing::edit(
+            &objects,
+            rts,
+            Some("default"),
+            "orphan",
+            Target::Main,
+            |p| {
+                p["metadata"]["labels"]["app"] = json!("debug");
+            },
+        )
+        .await;
         eventually("release and replacement", || async {
             let all = list(&objects, "", "pods").await;
             let released = all
@@ -607,21 +603,17 @@ mod controller_tests {
             }
             seen
         });
-        objects
-            .update_with(
-                rt(&objects, "apps", "replicasets"),
-                Some("default"),
-                "web",
-                Target::Main,
-                &WriteOptions::default(),
-                |r| {
-                    let mut r = r.clone();
-                    r["spec"]["replicas"] = json!(1);
-                    Ok(r)
-                },
-            )
-            .await
-            .unwrap();
+        crate::controllers::testing::edit(
+            &objects,
+            rt(&objects, "apps", "replicasets"),
+            Some("default"),
+            "web",
+            Target::Main,
+            |r| {
+                r["spec"]["replicas"] = json!(1);
+            },
+        )
+        .await;
         eventually("scale down", || async {
             let all = list(&objects, "", "pods").await;
             (active_pods(&all, &uid).len() == 1).then_some(())

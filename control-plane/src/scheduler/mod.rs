@@ -653,14 +653,10 @@ mod tests {
         let w = WriteOptions::default();
         // Only "edge" takes Wasm pods; it has room for two more.
         let nodes = reg.find("", "v1", "nodes").unwrap();
-        objects
-            .update_with(nodes, None, "edge", Target::Status, &w, |old| {
-                let mut n = old.clone();
-                n["status"]["allocatable"]["pods"] = json!("2");
-                Ok(n)
-            })
-            .await
-            .unwrap();
+        crate::controllers::testing::edit(&objects, nodes, None, "edge", Target::Status, |n| {
+            n["status"]["allocatable"]["pods"] = json!("2")
+        })
+        .await;
         let pods = reg.find("", "v1", "pods").unwrap();
         let mut created = Vec::new();
         for i in 0..4 {
@@ -737,14 +733,10 @@ mod tests {
         );
         // Room appears: every waiting pod is tried again and bound.
         let nodes = reg.find("", "v1", "nodes").unwrap();
-        objects
-            .update_with(nodes, None, "plain", Target::Status, &w, |old| {
-                let mut n = old.clone();
-                n["status"]["allocatable"]["cpu"] = json!("64");
-                Ok(n)
-            })
-            .await
-            .unwrap();
+        crate::controllers::testing::edit(&objects, nodes, None, "plain", Target::Status, |n| {
+            n["status"]["allocatable"]["cpu"] = json!("64")
+        })
+        .await;
         let mut bound = 0;
         for _ in 0..250 {
             let all = objects
