@@ -207,12 +207,8 @@ fn follow_bindings(objects: Arc<Objects>, total: usize) -> Arc<Bound> {
                 continue;
             };
             while let Some(WatchItem::Event { object, value, .. }) = events.next().await {
-                let v = match value {
-                    Some(v) => v,
-                    None => match serde_json::from_slice::<Value>(&object) {
-                        Ok(v) => Arc::new(v),
-                        Err(_) => continue,
-                    },
+                let Some(v) = crate::objects::parsed_event(&object, value) else {
+                    continue;
                 };
                 if !v["spec"]["nodeName"].is_string() {
                     continue;

@@ -246,12 +246,8 @@ impl Informer {
                 value,
             }) = stream.next().await
             {
-                let v = match value {
-                    Some(v) => v,
-                    None => match serde_json::from_slice::<Value>(&object) {
-                        Ok(v) => Arc::new(v),
-                        Err(_) => continue,
-                    },
+                let Some(v) = crate::objects::parsed_event(&object, value) else {
+                    continue;
                 };
                 let key = key_of(&v);
                 let new = (kind != "DELETED").then_some(v);

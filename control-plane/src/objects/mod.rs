@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value};
 
 pub use error::ObjectError;
 pub use patch::PatchType;
-pub use watch::{WatchFilter, WatchItem, WatchStream};
+pub use watch::{parsed_event, WatchFilter, WatchItem, WatchStream};
 
 use crate::registry::validation::{Errors, FieldError};
 use crate::registry::{

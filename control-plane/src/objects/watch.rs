@@ -48,6 +48,12 @@ pub enum WatchItem {
     Error(ObjectError),
 }
 
+/// An event's object parsed: the writer's value when the event carries it, else `object`
+/// parsed (`None` if it is not JSON).
+pub fn parsed_event(object: &[u8], value: Option<Arc<Value>>) -> Option<Arc<Value>> {
+    value.or_else(|| serde_json::from_slice(object).ok().map(Arc::new))
+}
+
 pub struct WatchStream {
     rx: WatchReceiver,
     filter: WatchFilter,
