@@ -952,12 +952,7 @@ async fn sync_status(ctx: &Ctx, r: &Rollout) -> Result<Option<Duration>, ObjectE
     let want = replicas(d);
     let c = status_counts(r);
     let total = r.total_replicas();
-    let old_conditions: Vec<Value> = d
-        .pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let find = |t: &str| old_conditions.iter().find(|c| c["type"] == t);
+    let find = |t: &str| pods::condition(d, t);
     let mut conditions: Vec<Value> = Vec::new();
     let available_ok = c.available >= want - max_unavailable(d);
     let available = if available_ok {
@@ -1417,13 +1412,7 @@ mod controller_tests {
             (d["status"]["availableReplicas"] == 5).then_some(d)
         })
         .await;
-        let progressing = d["status"]["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["type"] == "Progressing")
-            .unwrap()
-            .clone();
+        let progressing = pods::condition(&d, "Progressing").unwrap().clone();
         assert_eq!(
             (
                 progressing["status"].as_str(),

@@ -610,11 +610,7 @@ mod tests {
         assert_eq!(action, Action::Done);
         assert!(pod["spec"].get("nodeName").is_none());
         let msg = "0/3 nodes are available: 2 Insufficient cpu, 1 node(s) had untolerated taint {node.kubernetes.io/not-ready: }. preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling.";
-        let cond = pod["status"]["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["type"] == "PodScheduled")
+        let cond = crate::controllers::pods::condition(&pod, "PodScheduled")
             .unwrap()
             .clone();
         assert_eq!(
