@@ -315,15 +315,21 @@ async fn register(
 /// The node's status is written at least this often (the kubelet's
 /// `nodeStatusReportFrequency`); the Lease is the heartbeat in between.
 const NODE_STATUS_REPORT: Duration = Duration::from_secs(300);
+/// How often the node's conditions and images are computed and compared with what the
+/// API server shows (the kubelet's `nodeStatusUpdateFrequency`): a read of the node, of
+/// the node's figures and of its image store, so not at every Lease renewal.
+const NODE_STATUS_CHECK: Duration = Duration::from_secs(10);
 
-/// Renews the node's Lease every `lease_renew_interval`; reports its conditions every
-/// [`NODE_STATUS_REPORT`], or at once when they change (a pressure comes or goes, or the
-/// node was marked not Ready while the agent was unreachable).
+/// Renews the node's Lease every `lease_renew_interval`; every [`NODE_STATUS_CHECK`]
+/// reports its conditions and images when they changed (a pressure comes or goes, an image
+/// arrives, or the node was marked not Ready while the agent was unreachable), and at least
+/// every [`NODE_STATUS_REPORT`].
 async fn heartbeat(client: Client, cfg: AgentConfig, ctx: Arc<Ctx>) {
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     let nodes: Api<Node> = Api::all(client);
     // Registration has just reported the status.
-    let mut reported = Some(tokio::time::Instant::now());
+    let mut reported = tokio::time::Instant::now();
+    let mut checked = reported;
     loop {
         let now = MicroTime(jiff::Timestamp::now());
         let lease = Lease {
@@ -346,37 +352,52 @@ async fn heartbeat(client: Client, cfg: AgentConfig, ctx: Arc<Ctx>) {
         {
             tracing::warn!(error = %e, "renewing the node lease failed");
         }
-        match nodes.get_status(&cfg.node_name).await {
-            Ok(node) => {
-                let status = node.status.unwrap_or_default();
-                let previous = status.conditions.unwrap_or_default();
-                let pressure = node_info::Figures::read(&cfg.data_dir).pressure();
-                let conditions =
-                    node_conditions(&Time(jiff::Timestamp::now()), &previous, pressure);
-                // Pulled or imported images count for the scheduler's image locality.
-                let now_images = node_images(&ctx.images);
-                if conditions_changed(&previous, &conditions)
-                    || status.images.unwrap_or_default() != now_images
-                    || reported.is_none_or(|t| t.elapsed() >= NODE_STATUS_REPORT)
-                {
-                    let patch = serde_json::json!({"status": {"conditions": conditions, "images": now_images}});
-                    match nodes
-                        .patch_status(
-                            &cfg.node_name,
-                            &PatchParams::default(),
-                            &Patch::Strategic(patch),
-                        )
-                        .await
-                    {
-                        Ok(_) => reported = Some(tokio::time::Instant::now()),
-                        Err(e) => tracing::warn!(error = %e, "reporting node status failed"),
-                    }
-                }
+        if checked.elapsed() >= NODE_STATUS_CHECK {
+            checked = tokio::time::Instant::now();
+            let due = reported.elapsed() >= NODE_STATUS_REPORT;
+            match report_status(&nodes, &cfg, &ctx.images, due).await {
+                Ok(true) => reported = tokio::time::Instant::now(),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "reporting node status failed"),
             }
-            Err(e) => tracing::warn!(error = %e, "reading the node's status failed"),
         }
         tokio::time::sleep(cfg.lease_renew_interval).await;
     }
+}
+
+/// Writes the node's conditions and images if they differ from what the API server shows
+/// (or `due` says it is time anyway); whether it wrote.
+async fn report_status(
+    nodes: &Api<Node>,
+    cfg: &AgentConfig,
+    images: &ImageStore,
+    due: bool,
+) -> Result<bool, kube::Error> {
+    let status = nodes
+        .get_status(&cfg.node_name)
+        .await?
+        .status
+        .unwrap_or_default();
+    let previous = status.conditions.unwrap_or_default();
+    let pressure = node_info::Figures::read(&cfg.data_dir).pressure();
+    let conditions = node_conditions(&Time(jiff::Timestamp::now()), &previous, pressure);
+    // Pulled or imported images count for the scheduler's image locality.
+    let now_images = node_images(images);
+    if !due
+        && !conditions_changed(&previous, &conditions)
+        && status.images.unwrap_or_default() == now_images
+    {
+        return Ok(false);
+    }
+    let patch = serde_json::json!({"status": {"conditions": conditions, "images": now_images}});
+    nodes
+        .patch_status(
+            &cfg.node_name,
+            &PatchParams::default(),
+            &Patch::Strategic(patch),
+        )
+        .await?;
+    Ok(true)
 }
 
 /// Runs the agent until `shutdown` resolves.
