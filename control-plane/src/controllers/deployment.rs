@@ -1223,6 +1223,16 @@ mod controller_tests {
     use crate::controllers::testing::{create, eventually, list, objects, rt};
     use crate::objects::WatchItem;
 
+    /// A store with the ReplicaSet and Deployment controllers and the stand-in kubelet.
+    async fn started() -> (Arc<Objects>, tempfile::TempDir) {
+        let (objects, dir) = objects().await;
+        let cache = Cache::new(objects.clone());
+        super::super::replicaset::spawn(&cache, &super::super::replicaset::REPLICA_SET);
+        spawn(&cache);
+        crate::controllers::kubelet::spawn(objects.clone());
+        (objects, dir)
+    }
+
     async fn set_image(objects: &Objects, image: &str) {
         crate::controllers::testing::edit(
             objects,
@@ -1256,11 +1266,7 @@ mod controller_tests {
 
     #[tokio::test]
     async fn rolling_updates_keep_availability_and_undo_restores_a_revision() {
-        let (objects, _d) = objects().await;
-        let cache = Cache::new(objects.clone());
-        super::super::replicaset::spawn(&cache, &super::super::replicaset::REPLICA_SET);
-        spawn(&cache);
-        crate::controllers::kubelet::spawn(objects.clone());
+        let (objects, _d) = started().await;
         // Bound pods (as if scheduled) are deleted gracefully: they linger, terminating.
         let d = json!({"metadata": {"name": "web"}, "spec": {"replicas": 3,
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 1}},
@@ -1326,11 +1332,7 @@ mod controller_tests {
 
     #[tokio::test]
     async fn recreate_stops_old_pods_before_starting_new_ones_and_history_is_limited() {
-        let (objects, _d) = objects().await;
-        let cache = Cache::new(objects.clone());
-        super::super::replicaset::spawn(&cache, &super::super::replicaset::REPLICA_SET);
-        spawn(&cache);
-        crate::controllers::kubelet::spawn(objects.clone());
+        let (objects, _d) = started().await;
         let d = json!({"metadata": {"name": "web"}, "spec": {"replicas": 3, "revisionHistoryLimit": 1,
             "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": {"app": "web"}},
@@ -1379,11 +1381,7 @@ mod controller_tests {
 
     #[tokio::test]
     async fn scaling_and_pausing() {
-        let (objects, _d) = objects().await;
-        let cache = Cache::new(objects.clone());
-        super::super::replicaset::spawn(&cache, &super::super::replicaset::REPLICA_SET);
-        spawn(&cache);
-        crate::controllers::kubelet::spawn(objects.clone());
+        let (objects, _d) = started().await;
         let d = json!({"metadata": {"name": "web"}, "spec": {"replicas": 3,
             "selector": {"matchLabels": {"app": "web"}},
             "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "v1"}]}}}});
