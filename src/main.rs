@@ -40,6 +40,15 @@ struct ControlFlags {
     /// most-allocated packs them onto as few nodes as possible.
     #[arg(long, value_enum, default_value_t = Scoring::LeastAllocated)]
     scheduler_scoring: Scoring,
+    /// Give each node a pod range (spec.podCIDR) from --cluster-cidr.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    allocate_node_cidrs: bool,
+    /// The range pod addresses come from.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: skiff_api::cidr::Cidr,
+    /// The prefix length of each node's pod range.
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u8).range(8..=30))]
+    node_cidr_mask_size: u8,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -62,6 +71,12 @@ impl ControlFlags {
                 monitor_period: self.node_monitor_period,
                 grace_period: self.node_monitor_grace_period,
             },
+            node_ipam: self.allocate_node_cidrs.then(|| {
+                skiff_control_plane::controllers::NodeIpamConfig {
+                    cluster_cidr: self.cluster_cidr,
+                    node_mask: self.node_cidr_mask_size,
+                }
+            }),
             scoring: match self.scheduler_scoring {
                 Scoring::LeastAllocated => skiff_control_plane::scheduler::Scoring::LeastAllocated,
                 Scoring::MostAllocated => skiff_control_plane::scheduler::Scoring::MostAllocated,

@@ -8,12 +8,14 @@ mod deployment;
 mod garbage_collector;
 mod job;
 mod namespace;
+mod node_ipam;
 mod node_lifecycle;
 pub(crate) mod pods;
 mod replicaset;
 mod system_namespaces;
 
 pub use cache::{key_of, split_key, Cache, Change, Informer};
+pub use node_ipam::NodeIpamConfig;
 pub use node_lifecycle::NodeLifecycleConfig;
 pub use system_namespaces::ensure as ensure_system_namespaces;
 
@@ -40,6 +42,8 @@ pub enum Action {
 #[derive(Clone, Debug, Default)]
 pub struct ControllerConfig {
     pub node_lifecycle: NodeLifecycleConfig,
+    /// Pod ranges for nodes (kube's `--allocate-node-cidrs`); `None` leaves nodes without.
+    pub node_ipam: Option<NodeIpamConfig>,
     /// How the scheduler ranks nodes that fit (spread or bin-pack).
     pub scoring: crate::scheduler::Scoring,
 }
@@ -60,6 +64,9 @@ pub fn spawn_all(objects: Arc<Objects>, config: ControllerConfig) -> Arc<Cache> 
     job::spawn(&cache, job::BACKOFF_BASE);
     cronjob::spawn(&cache);
     node_lifecycle::spawn(&cache, config.node_lifecycle);
+    if let Some(ipam) = config.node_ipam {
+        node_ipam::spawn(&cache, ipam);
+    }
     replicaset::spawn(&cache, &replicaset::REPLICATION_CONTROLLER);
     crate::scheduler::spawn(&cache, config.scoring);
     cache

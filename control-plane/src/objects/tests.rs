@@ -673,3 +673,41 @@ async fn bodies_that_are_not_objects_are_client_errors() {
     let (s, _) = o.get_value(svc, Some("default"), "s").await.unwrap();
     assert_eq!(s["spec"]["ports"][0]["port"], 80);
 }
+
+#[tokio::test]
+async fn a_nodes_pod_range_is_set_once() {
+    let (o, _d) = setup().await;
+    let nodes = rt(&o, "", "nodes");
+    let opts = WriteOptions::default();
+    let bad = json!({"metadata": {"name": "n0"}, "spec": {"podCIDR": "10.244.1.0"}});
+    let err = o.create(nodes, None, bad, &opts).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "Node \"n0\" is invalid: spec.podCIDRs[0]: Invalid value: \"10.244.1.0\": must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)"
+    );
+    let n = json!({"metadata": {"name": "n1"}});
+    o.create(nodes, None, n, &opts).await.unwrap();
+    // From none to one: allowed (podCIDRs follows podCIDR).
+    let w = o
+        .update_with(nodes, None, "n1", Target::Main, &opts, |cur| {
+            let mut next = cur.clone();
+            next["spec"]["podCIDR"] = json!("10.244.1.0/24");
+            Ok(next)
+        })
+        .await
+        .unwrap();
+    assert_eq!(v(&w.object)["spec"]["podCIDRs"], json!(["10.244.1.0/24"]));
+    let err = o
+        .update_with(nodes, None, "n1", Target::Main, &opts, |cur| {
+            let mut next = cur.clone();
+            next["spec"]["podCIDR"] = json!("10.244.2.0/24");
+            next["spec"]["podCIDRs"] = json!(["10.244.2.0/24"]);
+            Ok(next)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "Node \"n1\" is invalid: spec.podCIDRs: Forbidden: node updates may not change podCIDR except from \"\" to valid"
+    );
+}

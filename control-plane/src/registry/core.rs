@@ -212,6 +212,57 @@ const NODE_COLUMNS: &[Column] = &[
 ];
 
 impl Kind for Node {
+    /// `podCIDR` is `podCIDRs[0]` (the v1 conversion keeps them in step).
+    fn default_fields(&mut self, _op: Operation) {
+        let Some(spec) = self.spec.as_mut() else {
+            return;
+        };
+        match (&spec.pod_cidr, &spec.pod_cidrs) {
+            (Some(one), None) if !one.is_empty() => spec.pod_cidrs = Some(vec![one.clone()]),
+            (None, Some(all)) if !all.is_empty() => spec.pod_cidr = Some(all[0].clone()),
+            _ => {}
+        }
+    }
+    fn validate(&self, errs: &mut Errors) {
+        let cidrs = self.spec.as_ref().and_then(|s| s.pod_cidrs.as_deref());
+        let cidrs = cidrs.unwrap_or_default();
+        let mut parsed = Vec::new();
+        for (i, c) in cidrs.iter().enumerate() {
+            match c.parse::<skiff_api::cidr::Cidr>() {
+                Ok(c) => parsed.push(c),
+                Err(e) => errs.invalid_str(format!("spec.podCIDRs[{i}]"), c, e.to_string()),
+            }
+        }
+        let v4 = parsed.iter().filter(|c| c.addr.is_ipv4()).count();
+        if cidrs.len() > 2 || (parsed.len() == 2 && v4 != 1) {
+            let quoted: Vec<String> = cidrs.iter().map(|c| format!("{c:?}")).collect();
+            errs.invalid(
+                "spec.podCIDRs",
+                format!("[]string{{{}}}", quoted.join(", ")),
+                "may specify no more than one CIDR for each IP family",
+            );
+        }
+        if let Some(spec) = &self.spec {
+            if spec.pod_cidr.as_deref().unwrap_or_default() != cidrs.first().map_or("", |c| c) {
+                errs.invalid_str(
+                    "spec.podCIDR",
+                    spec.pod_cidr.as_deref().unwrap_or_default(),
+                    "must equal the first of spec.podCIDRs",
+                );
+            }
+        }
+    }
+    /// The controller manager may give a node a pod range once; it never changes after.
+    fn validate_update(&self, old: &Self, errs: &mut Errors) {
+        let cidrs = |n: &Node| n.spec.as_ref().and_then(|s| s.pod_cidrs.clone());
+        let before = cidrs(old).unwrap_or_default();
+        if !before.is_empty() && before != cidrs(self).unwrap_or_default() {
+            errs.forbidden(
+                "spec.podCIDRs",
+                "node updates may not change podCIDR except from \"\" to valid",
+            );
+        }
+    }
     fn columns() -> &'static [Column] {
         NODE_COLUMNS
     }
