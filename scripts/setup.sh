@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything the tests and examples need on a fresh Debian machine (idempotent):
-# Debian packages (fuse3: the power-loss test's file system), the pinned kubectl and helm,
+# Debian packages (fuse3: the power-loss test's file system; runc, CNI plugins), the pinned kubectl and helm,
 # and the Python Kubernetes client.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -8,7 +8,10 @@ tools="$root/.tools"
 mkdir -p "$tools"
 
 need_pkgs=()
-for p in unzip python3-venv curl clang lld wasi-libc libclang-rt-14-dev-wasm32 docker-registry apache2-utils umoci skopeo fuse3; do
+# runc, the CNI plugins (with iptables, which bridge and portmap drive), nftables and
+# busybox-static: OCI containers and pod networks; iproute2: the agent's bridge cleanup.
+for p in unzip python3-venv curl clang lld wasi-libc libclang-rt-14-dev-wasm32 docker-registry apache2-utils umoci skopeo fuse3 \
+    runc containernetworking-plugins iptables nftables iproute2 busybox-static; do
   dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

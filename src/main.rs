@@ -51,6 +51,38 @@ struct ControlFlags {
     node_cidr_mask_size: u8,
 }
 
+/// How the agent networks its pods.
+#[derive(clap::Args)]
+struct NetworkFlags {
+    /// auto: a network namespace per pod through CNI where the agent can make one (root,
+    /// plugins installed), else the node's network; cni: always (or fail); node: never.
+    #[arg(long, value_enum, default_value_t = PodNetwork::Auto)]
+    pod_network: PodNetwork,
+    /// Where the CNI plugins are.
+    #[arg(long, default_value = skiff_node::sandbox::network::DEFAULT_BIN_DIR)]
+    cni_bin_dir: PathBuf,
+    /// The bridge the node's pods are attached to.
+    #[arg(long, default_value = "skiff0")]
+    cni_bridge: String,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PodNetwork {
+    Auto,
+    Cni,
+    Node,
+}
+
+impl NetworkFlags {
+    fn mode(&self) -> skiff_node::agent::PodNetworkMode {
+        match self.pod_network {
+            PodNetwork::Auto => skiff_node::agent::PodNetworkMode::Auto,
+            PodNetwork::Cni => skiff_node::agent::PodNetworkMode::Cni,
+            PodNetwork::Node => skiff_node::agent::PodNetworkMode::Node,
+        }
+    }
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Scoring {
     LeastAllocated,
@@ -71,12 +103,12 @@ impl ControlFlags {
                 monitor_period: self.node_monitor_period,
                 grace_period: self.node_monitor_grace_period,
             },
-            node_ipam: self.allocate_node_cidrs.then(|| {
+            node_ipam: self.allocate_node_cidrs.then_some(
                 skiff_control_plane::controllers::NodeIpamConfig {
                     cluster_cidr: self.cluster_cidr,
                     node_mask: self.node_cidr_mask_size,
-                }
-            }),
+                },
+            ),
             scoring: match self.scheduler_scoring {
                 Scoring::LeastAllocated => skiff_control_plane::scheduler::Scoring::LeastAllocated,
                 Scoring::MostAllocated => skiff_control_plane::scheduler::Scoring::MostAllocated,
@@ -129,6 +161,8 @@ enum Command {
         /// How often the node's Lease is renewed (the heartbeat), e.g. 2s.
         #[arg(long, default_value = "2s", value_parser = skiff_api::duration::parse)]
         lease_renew_interval: std::time::Duration,
+        #[command(flatten)]
+        network: NetworkFlags,
     },
     /// An all-in-one cluster: the API server and an agent on this machine, the agent
     /// connecting over loopback as a remote one would. Needs no root for Wasm pods.
@@ -148,6 +182,19 @@ enum Command {
         max_pods: u32,
         #[command(flatten)]
         control: ControlFlags,
+        #[command(flatten)]
+        network: NetworkFlags,
+    },
+    /// Tear down what a stopped agent's pods left on this node (their containers, network
+    /// namespaces and addresses, files) and the pods' bridge, as `kubeadm reset` does. Run
+    /// with the agent stopped.
+    Reset {
+        /// The agent's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The pods' bridge, removed too.
+        #[arg(long, default_value = "skiff0")]
+        cni_bridge: String,
     },
     /// Publish a Wasm module or component to an OCI registry as a CNCF Wasm artifact.
     Push {
@@ -284,6 +331,7 @@ async fn main() -> anyhow::Result<()> {
             port,
             insecure_registries,
             lease_renew_interval,
+            network,
         } => {
             let node_name = node_name.unwrap_or_else(hostname);
             let config = skiff_node::agent::AgentConfig {
@@ -295,6 +343,9 @@ async fn main() -> anyhow::Result<()> {
                 port,
                 insecure_registries,
                 lease_renew_interval,
+                pod_network: network.mode(),
+                cni_bin_dir: network.cni_bin_dir,
+                cni_bridge: network.cni_bridge,
             };
             skiff_node::agent::run(config, shutdown_signal()).await?;
         }
@@ -306,6 +357,7 @@ async fn main() -> anyhow::Result<()> {
             node_name,
             max_pods,
             control,
+            network,
         } => {
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -334,6 +386,9 @@ async fn main() -> anyhow::Result<()> {
                 port: 0,
                 insecure_registries: Vec::new(),
                 lease_renew_interval: skiff_node::agent::LEASE_RENEW_INTERVAL,
+                pod_network: network.mode(),
+                cni_bin_dir: network.cni_bin_dir.clone(),
+                cni_bridge: network.cni_bridge.clone(),
             };
             let mut agent = tokio::spawn(skiff_node::agent::run(agent_config, stopped(stop_rx)));
             // Stop on a signal, or when the agent fails (the whole cluster goes down with it).
@@ -366,6 +421,10 @@ async fn main() -> anyhow::Result<()> {
             let url = skiff_node::registry::push(wasm, &image, &auth, &insecure).await?;
             println!("pushed {image} ({url})");
         }
+        Command::Reset {
+            data_dir,
+            cni_bridge,
+        } => skiff_node::agent::reset(&data_dir, &cni_bridge).await?,
         Command::Images {
             what:
                 Images::Import {

@@ -16,9 +16,10 @@ const V1: &str = "registry.example/dozer:1";
 const V2: &str = "registry.example/dozer:2";
 const ONCE: &str = "registry.example/hello:1";
 
+/// Fields drop in order: the agents (reset) before the server (whose directory holds theirs).
 struct Cluster {
-    server: Server,
     agents: Vec<Agent>,
+    server: Server,
 }
 
 impl Cluster {

@@ -49,12 +49,15 @@ struct Dev {
     cache: tempfile::TempDir,
     /// The unprivileged user the cluster runs as, if not root.
     uid: Option<u32>,
+    /// Its pods' bridge.
+    bridge: String,
 }
 
 impl Drop for Dev {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        common::reset_node(&self.dir.path().join("data/agent"), &self.bridge);
     }
 }
 
@@ -67,6 +70,8 @@ impl Dev {
     fn start_as(uid: Option<u32>) -> Dev {
         let dir = tempfile::tempdir().unwrap();
         let port = common::free_port();
+        let net = common::network_id();
+        let bridge = format!("skd{}", net + 1000 * (std::process::id() % 100));
         let log = std::fs::File::create(dir.path().join("dev.log")).unwrap();
         let mut cmd = Command::new(Dev::binary(&dir, uid));
         if let Some(uid) = uid {
@@ -79,6 +84,10 @@ impl Dev {
             "edge-1",
             "--listen",
             &format!("127.0.0.1:{port}"),
+            "--cluster-cidr",
+            &common::cluster_cidr(net),
+            "--cni-bridge",
+            &bridge,
             "--data-dir",
         ])
         .arg(dir.path().join("data"))
@@ -100,6 +109,7 @@ impl Dev {
             child,
             cache: tempfile::tempdir().unwrap(),
             uid,
+            bridge,
         };
         eventually(30, "the dev cluster to start", || {
             dev.kubeconfig().exists().then_some(())
@@ -518,7 +528,8 @@ fn a_deleted_pod_waiting_in_a_wasi_call_is_gone_with_its_files() {
     d.pod("dozer", "registry.example/dozer:1.0", "Always", "");
     let agent_data = d.dir.path().join("data/agent");
     eventually(30, "dozer's first tick", || {
-        d.ok(&["logs", "dozer"]).contains("tick").then_some(())
+        let (_, logs, _) = d.kubectl(&["logs", "dozer"], None);
+        logs.contains("tick").then_some(())
     });
     let t = Instant::now();
     d.ok(&["delete", "pod", "dozer"]);
@@ -591,7 +602,8 @@ fn system_namespaces_outlive_delete_all() {
 }
 
 /// A separate `skiff agent` process (node n1) for server `s`, with its data in `data`.
-fn agent_for(s: &common::Server, data: &std::path::Path) -> Child {
+fn agent_for(s: &common::Server, node: &common::Node) -> Child {
+    let data = &node.data;
     let log = s.dir.path().join(format!(
         "agent-{}.log",
         std::time::SystemTime::now()
@@ -604,6 +616,7 @@ fn agent_for(s: &common::Server, data: &std::path::Path) -> Child {
         .arg(s.kubeconfig())
         .arg("--data-dir")
         .arg(data)
+        .args(["--cni-bridge", &node.bridge])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
@@ -628,8 +641,9 @@ fn import_wat(s: &common::Server, data: &std::path::Path, name: &str, wat: &str)
 #[test]
 fn a_status_written_while_the_server_is_down_arrives_later() {
     let mut s = common::Server::start();
-    let data = s.dir.path().join("agent");
-    let mut agent = agent_for(&s, &data);
+    let node = common::Node::new(s.dir.path().join("agent"));
+    let data = node.data.clone();
+    let mut agent = agent_for(&s, &node);
     import_wat(&s, &data, "ticker", TICKER);
     eventually(30, "node n1", || {
         s.kubectl(&["get", "node", "n1"])
@@ -661,9 +675,10 @@ fn a_status_written_while_the_server_is_down_arrives_later() {
 #[test]
 fn an_agent_started_before_its_server_waits_for_it() {
     let mut s = common::Server::start();
-    let data = s.dir.path().join("agent");
+    let node = common::Node::new(s.dir.path().join("agent"));
+    let data = node.data.clone();
     s.kill9();
-    let mut agent = agent_for(&s, &data);
+    let mut agent = agent_for(&s, &node);
     std::thread::sleep(Duration::from_secs(2));
     assert!(
         agent.try_wait().unwrap().is_none(),
@@ -685,8 +700,9 @@ fn an_agent_started_before_its_server_waits_for_it() {
 #[test]
 fn agent_restart_adopts_its_pods() {
     let s = common::Server::start();
-    let data = s.dir.path().join("agent");
-    let spawn_agent = || agent_for(&s, &data);
+    let node = common::Node::new(s.dir.path().join("agent"));
+    let data = node.data.clone();
+    let spawn_agent = || agent_for(&s, &node);
     let mut agent = spawn_agent();
     eventually(30, "node n1", || {
         s.kubectl(&["get", "node", "n1"])

@@ -54,10 +54,142 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Pod networks of the test clusters running at once must not meet: each cluster takes
+/// its own pod range (`10.N.0.0/16`) and each agent its own bridge.
+static NETWORKS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+pub fn network_id() -> u32 {
+    NETWORKS.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+}
+
+/// `--cluster-cidr` of test cluster `id`.
+pub fn cluster_cidr(id: u32) -> String {
+    format!("10.{}.0.0/16", 20 + id % 200)
+}
+
+/// Tears down what a killed agent's pods left on the node (`skiff reset`): their network
+/// namespaces, addresses and masquerade rules, and the bridge.
+pub fn reset_node(agent_data: &Path, bridge: &str) {
+    let o = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["reset", "--cni-bridge", bridge, "--data-dir"])
+        .arg(agent_data)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "skiff reset: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Makes a spawned process die with the test process (a shared cluster is never dropped):
+/// it gets SIGKILL when the thread that spawned it ends, so shared ones are spawned from a
+/// thread that lives as long as the process (see [`Shared`]).
+pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // Safety: prctl is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A node's data directory and bridge for agents a test starts by hand; dropped, it resets
+/// the node (declare it after the server, so it goes first).
+pub struct Node {
+    pub data: PathBuf,
+    pub bridge: String,
+}
+
+impl Node {
+    pub fn new(data: PathBuf) -> Node {
+        Node {
+            data,
+            bridge: format!("skn{}", network_id() + 1000 * (std::process::id() % 100)),
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        reset_node(&self.data, &self.bridge);
+    }
+}
+
+/// A fixture shared by the `users` tests of a file (a cluster started once), dropped (its
+/// processes stopped, its node reset) when the last of them ends, pass or fail.
+pub struct Shared<T: Send + Sync + 'static> {
+    state: std::sync::Mutex<(Option<std::sync::Arc<T>>, usize)>,
+}
+
+pub struct SharedGuard<T: Send + Sync + 'static> {
+    value: std::sync::Arc<T>,
+    owner: &'static Shared<T>,
+    users: usize,
+}
+
+impl<T: Send + Sync + 'static> Shared<T> {
+    pub const fn new() -> Self {
+        Shared {
+            state: std::sync::Mutex::new((None, 0)),
+        }
+    }
+
+    /// The fixture, made by `init` for the first user (on a thread that outlives the test,
+    /// see [`die_with_parent`]).
+    pub fn get(&'static self, users: usize, init: fn() -> T) -> SharedGuard<T> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let value = match &state.0 {
+            Some(v) => v.clone(),
+            None => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                std::thread::spawn(move || {
+                    let v = std::sync::Arc::new(init());
+                    tx.send(v).unwrap();
+                    loop {
+                        std::thread::park();
+                    }
+                });
+                let v = rx.recv().expect("the shared fixture failed to start");
+                state.0 = Some(v.clone());
+                v
+            }
+        };
+        SharedGuard {
+            value,
+            owner: self,
+            users,
+        }
+    }
+}
+
+impl<T: Send + Sync + 'static> std::ops::Deref for SharedGuard<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T: Send + Sync + 'static> Drop for SharedGuard<T> {
+    fn drop(&mut self) {
+        let mut state = self.owner.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.1 += 1;
+        if state.1 == self.users {
+            state.0 = None;
+        }
+    }
+}
+
 /// A running `skiff server` in its own data directory.
 pub struct Server {
     pub dir: tempfile::TempDir,
     pub port: u16,
+    /// Its pod range's number (see [`network_id`]).
+    pub net: u32,
     child: Option<Child>,
     cache: tempfile::TempDir,
 }
@@ -73,6 +205,7 @@ impl Server {
         let mut s = Server {
             dir,
             port: free_port(),
+            net: network_id(),
             child: None,
             cache: tempfile::tempdir().unwrap(),
         };
@@ -86,10 +219,11 @@ impl Server {
 
     fn spawn_with(&mut self, extra: &[&str]) {
         let log = std::fs::File::create(self.dir.path().join("server.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        let child = die_with_parent(&mut Command::new(env!("CARGO_BIN_EXE_skiff")))
             .args(["server", "--data-dir"])
             .arg(self.dir.path().join("data"))
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(["--cluster-cidr", &cluster_cidr(self.net)])
             .args(extra)
             .env("SKIFF_LOG", "info")
             .stdout(Stdio::null())
@@ -275,6 +409,8 @@ pub const DOZER: &str = r#"(module
 pub struct Agent {
     pub name: String,
     pub data: PathBuf,
+    /// Its pods' bridge.
+    pub bridge: String,
     kubeconfig: PathBuf,
     logs: PathBuf,
     child: Option<Child>,
@@ -285,6 +421,7 @@ impl Agent {
         let mut a = Agent {
             name: name.to_string(),
             data: server.dir.path().join("agents").join(name),
+            bridge: format!("skt{}", network_id() + 1000 * (std::process::id() % 100)),
             kubeconfig: server.kubeconfig(),
             logs: server.dir.path().join("agents"),
             child: None,
@@ -300,7 +437,7 @@ impl Agent {
             .append(true)
             .open(self.logs.join(format!("{}.log", self.name)))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        let child = die_with_parent(&mut Command::new(env!("CARGO_BIN_EXE_skiff")))
             .args([
                 "agent",
                 "--node-name",
@@ -312,6 +449,7 @@ impl Agent {
             .arg(&self.kubeconfig)
             .arg("--data-dir")
             .arg(&self.data)
+            .args(["--cni-bridge", &self.bridge])
             .env("SKIFF_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -357,6 +495,7 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill9();
+        reset_node(&self.data, &self.bridge);
     }
 }
 

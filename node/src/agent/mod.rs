@@ -47,6 +47,102 @@ pub struct AgentConfig {
     pub insecure_registries: Vec<String>,
     /// How often the node's Lease is renewed.
     pub lease_renew_interval: Duration,
+    /// How pods get their network.
+    pub pod_network: PodNetworkMode,
+    /// Where the CNI plugins are.
+    pub cni_bin_dir: PathBuf,
+    /// The bridge the node's pods hang on.
+    pub cni_bridge: String,
+}
+
+/// How the agent networks its pods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodNetworkMode {
+    /// A namespace per pod through CNI where the agent can make one (root, the plugins
+    /// installed), else the node's network.
+    Auto,
+    /// A namespace per pod through CNI; the agent will not start without.
+    Cni,
+    /// Every pod on the node's network (an unprivileged agent, say in a CI container).
+    Node,
+}
+
+/// The node's pod network, once known.
+#[derive(Clone)]
+pub(crate) enum Networks {
+    /// Waiting for the control plane to give the node its pod range.
+    Waiting,
+    Cni(Arc<crate::sandbox::network::Cni>),
+    /// Pods live on the node's network, for this reason.
+    Node {
+        reason: String,
+    },
+}
+
+/// Why this agent cannot give pods namespaces of their own, if it cannot.
+fn cni_unavailable(cfg: &AgentConfig) -> Option<String> {
+    // Safety: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("the agent does not run as root".into());
+    }
+    for plugin in ["bridge", "host-local", "loopback", "portmap"] {
+        if !cfg.cni_bin_dir.join(plugin).exists() {
+            return Some(format!(
+                "the CNI plugin {plugin} is not in {}",
+                cfg.cni_bin_dir.display()
+            ));
+        }
+    }
+    let probe = std::path::Path::new(crate::sandbox::netns::NETNS_DIR)
+        .join(format!("skiff-probe-{}", std::process::id()));
+    match crate::sandbox::netns::create(&probe) {
+        Ok(()) => {
+            let _ = crate::sandbox::netns::remove(&probe);
+            None
+        }
+        Err(e) => Some(format!("cannot create network namespaces: {e}")),
+    }
+}
+
+/// Waits for the control plane to give the node a pod range, then sets up the pod network
+/// over it.
+async fn await_pod_cidr(
+    client: Client,
+    cfg: AgentConfig,
+    networks: tokio::sync::watch::Sender<Networks>,
+) {
+    let nodes: Api<Node> = Api::all(client);
+    let mut told = false;
+    loop {
+        let cidr = match nodes.get(&cfg.node_name).await {
+            Ok(n) => n.spec.and_then(|s| s.pod_cidr).unwrap_or_default(),
+            Err(e) => {
+                tracing::debug!(error = %e, "reading the node for its pod CIDR");
+                String::new()
+            }
+        };
+        if let Ok(cidr) = cidr.parse::<skiff_api::cidr::Cidr>() {
+            let made = crate::sandbox::network::Cni::new(
+                &cfg.cni_bin_dir,
+                &cfg.data_dir.join("cni"),
+                std::path::Path::new(crate::sandbox::netns::NETNS_DIR),
+                &cfg.cni_bridge,
+                cidr,
+            );
+            match made {
+                Ok(cni) => {
+                    tracing::info!(pod_cidr = %cidr, bridge = %cfg.cni_bridge, "pod network ready");
+                    networks.send_replace(Networks::Cni(Arc::new(cni)));
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, "setting up the pod network"),
+            }
+        } else if !told {
+            told = true;
+            tracing::info!("waiting for the control plane to give this node a pod CIDR");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +162,16 @@ pub enum AgentError {
     },
     #[error(transparent)]
     Server(#[from] crate::server::ServerError),
+    #[error("pod network: {0}")]
+    Network(String),
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort()
+    }
 }
 
 /// Everything pod workers share.
@@ -77,6 +183,8 @@ pub(crate) struct Ctx {
     pub wasm: WasmRuntime,
     pub events: events::Recorder,
     pub insecure_registries: Vec<String>,
+    /// The node's pod network (pods wait for it).
+    pub networks: tokio::sync::watch::Receiver<Networks>,
     /// Log files of container runs still writing (followers wait for more).
     pub active_logs: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
 }
@@ -400,6 +508,18 @@ async fn report_status(
     Ok(true)
 }
 
+/// Tears down every pod sandbox under the data directory of a stopped agent (their
+/// networks, then their files) and removes the pods' bridge.
+pub async fn reset(data_dir: &std::path::Path, bridge: &str) -> Result<(), AgentError> {
+    let live = HashSet::new();
+    for path in pod::orphans(data_dir, &live) {
+        crate::sandbox::Sandbox::remove(&path)
+            .await
+            .map_err(|e| AgentError::Network(e.to_string()))?;
+    }
+    crate::sandbox::network::remove_bridge(bridge).map_err(|e| AgentError::Network(e.to_string()))
+}
+
 /// Runs the agent until `shutdown` resolves.
 /// Pods keep their volumes (and guests their mounts and files) open: a node with
 /// thousands of pods needs more descriptors than the usual soft limit of 1,024, so the
@@ -457,7 +577,23 @@ pub async fn run(
         path: cfg.data_dir.clone(),
         source,
     })?;
+    let unavailable = match cfg.pod_network {
+        PodNetworkMode::Node => Some("the agent was told to use the node's network".into()),
+        PodNetworkMode::Auto | PodNetworkMode::Cni => cni_unavailable(&cfg),
+    };
+    let initial = match unavailable {
+        Some(reason) if cfg.pod_network == PodNetworkMode::Cni => {
+            return Err(AgentError::Network(reason));
+        }
+        Some(reason) => {
+            tracing::warn!(%reason, "pods will use the node's network");
+            Networks::Node { reason }
+        }
+        None => Networks::Waiting,
+    };
+    let (networks_tx, networks) = tokio::sync::watch::channel(initial);
     let ctx = Arc::new(Ctx {
+        networks,
         client: client.clone(),
         node_ip: ip.clone(),
         data_dir: cfg.data_dir.clone(),
@@ -488,6 +624,14 @@ pub async fn run(
     let ready = format!("Node {} status is now: NodeReady", cfg.node_name);
     ctx.events.node("Normal", "NodeReady", ready);
     let beat = tokio::spawn(heartbeat(client.clone(), cfg.clone(), ctx.clone()));
+    let waiting = matches!(*ctx.networks.borrow(), Networks::Waiting);
+    let network_setup = waiting.then(|| {
+        AbortOnDrop(tokio::spawn(await_pod_cidr(
+            client.clone(),
+            cfg.clone(),
+            networks_tx,
+        )))
+    });
     let pods: Api<Pod> = Api::all(client);
     let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.node_name));
     let mut stream = watcher(pods, wc).boxed();
@@ -524,7 +668,7 @@ pub async fn run(
                     if let Some(w) = worker {
                         w.end().await;
                     }
-                    dirs.remove();
+                    dirs.remove().await;
                 });
             }
             Some(Ok(watcher::Event::Init)) => listed = Some(HashSet::new()),
@@ -542,8 +686,10 @@ pub async fn run(
                         w.end().await;
                     }
                     for path in orphans {
-                        tracing::info!(path = %path.display(), "removing files of a deleted pod");
-                        let _ = std::fs::remove_dir_all(path);
+                        tracing::info!(path = %path.display(), "removing the sandbox and files of a deleted pod");
+                        if let Err(e) = crate::sandbox::Sandbox::remove(&path).await {
+                            tracing::warn!(error = %e, "tearing down a pod sandbox failed");
+                        }
                     }
                 });
             }
@@ -555,6 +701,7 @@ pub async fn run(
         }
     }
     beat.abort();
+    drop(network_setup);
     for (_, w) in workers {
         w.stop();
     }

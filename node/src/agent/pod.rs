@@ -20,7 +20,7 @@ use tracing::Instrument;
 use super::Ctx;
 use crate::logs::LogFile;
 use crate::runtime::{ContainerSpec, Containers, Exit, Running, Runtime};
-use crate::sandbox::{path_element, Sandbox, Sources};
+use crate::sandbox::{path_element, Network, PodNamespace, Sandbox, Sources};
 
 const BACKOFF_START: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
@@ -147,8 +147,10 @@ impl PodDirs {
         }
     }
 
-    pub fn remove(&self) {
-        Sandbox::remove(&self.sandbox);
+    pub async fn remove(&self) {
+        if let Err(e) = Sandbox::remove(&self.sandbox).await {
+            tracing::warn!(error = %e, "tearing down a pod sandbox failed");
+        }
         let _ = std::fs::remove_dir_all(&self.logs);
     }
 }
@@ -190,6 +192,8 @@ struct PodCtx {
     dirs: PodDirs,
     restart_policy: String,
     sandbox: Sandbox,
+    /// The pod's address (its own, or the node's on the node's network).
+    pod_ip: String,
     /// Every container the pod starts holds a token of it until it is gone.
     containers: Containers,
 }
@@ -211,6 +215,7 @@ impl PodCtx {
             ctx,
             pod,
             sandbox: Sandbox::default(),
+            pod_ip: String::new(),
             containers,
         }
     }
@@ -322,7 +327,8 @@ impl PodCtx {
             "metadata.uid" => self.uid.clone(),
             "spec.nodeName" => spec.node_name.unwrap_or_default(),
             "spec.serviceAccountName" => spec.service_account_name.unwrap_or_default(),
-            "status.hostIP" | "status.podIP" => self.ctx.node_ip.clone(),
+            "status.hostIP" => self.ctx.node_ip.clone(),
+            "status.podIP" => self.pod_ip.clone(),
             p if p.starts_with("metadata.labels") => {
                 keyed(&m.labels, "metadata.labels").unwrap_or_default()
             }
@@ -516,6 +522,7 @@ async fn supervise(
                     .filter(|d| !d.is_empty())
             }),
             mounts,
+            network: pc.sandbox.network.clone(),
             log,
             memory_limit: limit(c, "memory").map(|m| (m / 1000) as u64),
             cpu_limit_millis: limit(c, "cpu").map(|m| m as u64),
@@ -812,10 +819,82 @@ fn condition(type_: &str, ok: bool, reason: Option<&str>) -> PodCondition {
     }
 }
 
+/// The pod's sandbox: its volumes, then its network (and address). An error is the
+/// event's reason and message.
+async fn prepare_sandbox(
+    pc: &PodCtx,
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+) -> Result<(Sandbox, String), (&'static str, String)> {
+    let volumes = spec.volumes.as_deref().unwrap_or_default();
+    let mut sandbox = Sandbox::create(&pc.dirs.sandbox, volumes, pc)
+        .await
+        .map_err(|e| ("FailedMount", e.to_string()))?;
+    let node_ip = pc.ctx.node_ip.clone();
+    if spec.host_network == Some(true) {
+        return Ok((sandbox, node_ip));
+    }
+    let mut networks = pc.ctx.networks.clone();
+    let ready = networks
+        .wait_for(|n| !matches!(n, super::Networks::Waiting))
+        .await
+        .map(|n| n.clone());
+    match ready {
+        Ok(super::Networks::Cni(cni)) => {
+            let who = crate::sandbox::network::PodRef {
+                namespace: &pc.ns,
+                name: &pc.name,
+                uid: &pc.uid,
+            };
+            let net = cni
+                .setup(&pc.dirs.sandbox, &who, port_mappings(spec))
+                .await
+                .map_err(|e| {
+                    let msg = format!("Failed to create pod sandbox: {e}");
+                    ("FailedCreatePodSandBox", msg)
+                })?;
+            sandbox.network = Network::Pod(Arc::new(PodNamespace::new(net.netns)));
+            Ok((sandbox, net.ip))
+        }
+        Ok(super::Networks::Node { reason }) => {
+            let msg = format!(
+                "This node cannot give pods a network of their own ({reason}): the pod's containers use the node's network"
+            );
+            pc.ctx
+                .events
+                .pod(&pc.pod, None, "Warning", "NodeNetwork", msg);
+            Ok((sandbox, node_ip))
+        }
+        Ok(super::Networks::Waiting) | Err(_) => Err((
+            "FailedCreatePodSandBox",
+            "the node's pod network is not ready".into(),
+        )),
+    }
+}
+
+/// The `hostPort`s a pod's containers ask for, as the portmap plugin takes them.
+fn port_mappings(
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+) -> Vec<crate::sandbox::network::PortMapping> {
+    spec.containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter(|p| p.host_port.is_some_and(|h| h > 0))
+        .map(|p| crate::sandbox::network::PortMapping {
+            host_port: p.host_port.unwrap_or_default(),
+            container_port: p.container_port,
+            protocol: p.protocol.as_deref().unwrap_or("TCP").to_lowercase(),
+            host_ip: p.host_ip.clone().unwrap_or_default(),
+        })
+        .collect()
+}
+
 /// Reports a pod's status: computes it from the containers' states and hands it to the
 /// pod's status writer.
 struct Reporter {
     host_ip: String,
+    /// Known once the sandbox has its network.
+    pod_ip: std::sync::Mutex<Option<String>>,
     start: Time,
     restart_policy: String,
     qos_class: Option<String>,
@@ -891,7 +970,12 @@ impl Reporter {
             }
         }
         last.clone_from(&conditions);
+        let pod_ip = self.pod_ip.lock().expect("pod ip").clone();
         PodStatus {
+            pod_ips: pod_ip
+                .clone()
+                .map(|ip| vec![k8s_openapi::api::core::v1::PodIP { ip }]),
+            pod_ip,
             phase: Some(phase.into()),
             conditions: Some(conditions),
             host_ip: Some(host_ip.into()),
@@ -1016,6 +1100,7 @@ async fn run_pod(
     // Status goes to the API server through one writer that always sends the latest state.
     let reporter = Reporter {
         host_ip: ctx.node_ip.clone(),
+        pod_ip: std::sync::Mutex::new(prev.pod_ip.clone()),
         start: start.clone(),
         restart_policy: pc.restart_policy.clone(),
         qos_class: prev.qos_class.clone(),
@@ -1047,19 +1132,26 @@ async fn run_pod(
     let never = || tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
     let mut deadline = deadline_of(&rx.borrow());
     if !finished {
-        let volumes = spec.volumes.as_deref().unwrap_or_default();
-        match Box::pin(Sandbox::create(&pc.dirs.sandbox, volumes, &pc)).await {
-            Err(e) => {
-                let msg = e.to_string();
-                ctx.events
-                    .pod(&pod, None, "Warning", "FailedMount", msg.clone());
+        // The sandbox may wait for the node's pod network: a deletion meanwhile wins.
+        let prepared = tokio::select! {
+            r = Box::pin(prepare_sandbox(&pc, spec)) => Some(r),
+            _ = rx.wait_for(|c| c.deleting) => None,
+        };
+        let Some(prepared) = prepared else {
+            return Box::pin(finish_deletion(&api, &pod, &dirs, &containers)).await;
+        };
+        match prepared {
+            Err((reason, msg)) => {
+                ctx.events.pod(&pod, None, "Warning", reason, msg.clone());
                 for s in main.iter_mut() {
                     s.state = Some(waiting("ContainerCreating", Some(msg.clone())));
                 }
                 sync(&init, &main, false);
             }
-            Ok(sandbox) => {
+            Ok((sandbox, pod_ip)) => {
                 pc.sandbox = sandbox;
+                *reporter.pod_ip.lock().expect("pod ip") = Some(pod_ip.clone());
+                pc.pod_ip = pod_ip;
                 let pc = Arc::new(pc);
                 sync(&init, &main, init_done);
                 // Init containers, in order, each to completion.
@@ -1238,10 +1330,12 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// Once the containers are gone (they were told to stop), deletes the pod object for good
-/// (grace period 0), and its files.
+/// Once the containers are gone (they were told to stop), removes the pod's sandbox (its
+/// network, then its files) and deletes the pod object for good (grace period 0): as the
+/// kubelet, only a pod whose resources are reclaimed goes.
 async fn finish_deletion(api: &Api<Pod>, pod: &Pod, dirs: &PodDirs, containers: &Containers) {
     containers.gone().await;
+    dirs.remove().await;
     let name = pod.metadata.name.clone().unwrap_or_default();
     let dp = DeleteParams {
         grace_period_seconds: Some(0),
@@ -1254,7 +1348,6 @@ async fn finish_deletion(api: &Api<Pod>, pod: &Pod, dirs: &PodDirs, containers: 
     if let Err(e) = api.delete(&name, &dp).await {
         tracing::debug!(error = %e, "final pod deletion failed");
     }
-    dirs.remove();
 }
 
 #[cfg(test)]

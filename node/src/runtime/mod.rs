@@ -28,6 +28,8 @@ pub struct ContainerSpec {
     pub env: Vec<(String, String)>,
     pub working_dir: Option<String>,
     pub mounts: Vec<Mount>,
+    /// The pod's network: the container's sockets are made there.
+    pub network: crate::sandbox::Network,
     pub log: LogFile,
     /// Bytes of memory (linear memories and tables) the container may use.
     pub memory_limit: Option<u64>,

@@ -270,6 +270,10 @@ impl WasmRuntime {
         let mut b = WasiCtxBuilder::new();
         b.args(&spec.argv);
         b.envs(&spec.env);
+        // Sockets in the pod's network (its namespace, or the node's where the pod lives
+        // on it): any address there, and name lookup.
+        b.inherit_network();
+        b.allow_ip_name_lookup(true);
         b.stdout(LogStream(spec.log.clone(), Stream::Stdout));
         b.stderr(LogStream(spec.log.clone(), Stream::Stderr));
         for m in &spec.mounts {
@@ -378,7 +382,7 @@ async fn supervise_guest(
     run: impl std::future::Future<Output = (wasmtime::Result<()>, bool)>,
     kill: Arc<tokio::sync::Notify>,
     log: LogFile,
-    alive: super::Alive,
+    alive: (super::Alive, Option<Arc<crate::sandbox::netns::Executor>>),
 ) -> Exit {
     let ended = tokio::select! {
         biased;
@@ -442,7 +446,19 @@ impl Runtime for WasmRuntime {
         };
         let kill = Arc::new(tokio::sync::Notify::new());
         let log = spec.log.clone();
-        let alive = spec.alive;
+        // A guest in a pod namespace runs on threads inside it (its sockets are made there);
+        // the executor lives as long as the guest's task holds it.
+        let (spawner, executor) = match &spec.network {
+            crate::sandbox::Network::Node => (tokio::runtime::Handle::current(), None),
+            crate::sandbox::Network::Pod(ns) => {
+                let ex = ns.executor().map_err(|e| RuntimeError::Start {
+                    id: spec.id.clone(),
+                    reason: format!("joining the pod's network namespace: {e}"),
+                })?;
+                (ex.handle().clone(), Some(ex))
+            }
+        };
+        let alive = (spec.alive, executor);
         let task = match prepared {
             Prepared::Module(pre) => {
                 let mut wasi = wasi;
@@ -463,7 +479,7 @@ impl Runtime for WasmRuntime {
                     .await;
                     (result, store.data_mut().limits().exceeded)
                 };
-                tokio::spawn(supervise_guest(run, kill.clone(), log, alive))
+                spawner.spawn(supervise_guest(run, kill.clone(), log, alive))
             }
             Prepared::Command(command) => {
                 let mut wasi = wasi;
@@ -488,7 +504,7 @@ impl Runtime for WasmRuntime {
                     .await;
                     (result, store.data_mut().limits().exceeded)
                 };
-                tokio::spawn(supervise_guest(run, kill.clone(), log, alive))
+                spawner.spawn(supervise_guest(run, kill.clone(), log, alive))
             }
         };
         Ok(Box::new(WasmContainer { task, kill }))
@@ -544,6 +560,7 @@ mod tests {
                 env: vec![],
                 working_dir: None,
                 mounts: vec![],
+                network: crate::sandbox::Network::Node,
                 log: LogFile::new(
                     &self.dir.path().join(format!("{name}.log")),
                     crate::logs::MAX_LOG_BYTES,

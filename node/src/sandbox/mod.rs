@@ -1,8 +1,7 @@
-//! The pod sandbox: what a pod's containers share whatever runtime runs them. Today that is
-//! the pod's volumes, each a directory on the node (emptyDir under the pod's directory,
-//! hostPath as given, configMap and secret projected as files with their modes) that the
-//! runtimes mount at each container's `volumeMounts`; the pod's network namespace joins it
-//! with pod networking.
+//! The pod sandbox: what a pod's containers share whatever runtime runs them: the pod's
+//! volumes, each a directory on the node (emptyDir under the pod's directory, hostPath as
+//! given, configMap and secret projected as files with their modes) that the runtimes mount
+//! at each container's `volumeMounts`, and its network namespace ([`network`], [`netns`]).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -13,6 +12,9 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, KeyToPath, Secret, Volume, VolumeMount};
 
 use crate::runtime::Mount;
+
+pub mod netns;
+pub mod network;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -137,11 +139,49 @@ pub trait Sources: Sync {
     async fn secret(&self, name: &str) -> Result<Secret, String>;
 }
 
-/// A pod's volumes, ready to mount.
+/// A pod's volumes, ready to mount, and the network its containers live in.
 #[derive(Default)]
 pub struct Sandbox {
     /// Volume name -> (its root, open; read-only source).
     volumes: BTreeMap<String, (HostDir, bool)>,
+    pub network: Network,
+}
+
+/// The network a pod's containers live in.
+#[derive(Clone, Default)]
+pub enum Network {
+    /// The node's own (`hostNetwork` pods; nodes that cannot isolate pods).
+    #[default]
+    Node,
+    /// The pod's own namespace.
+    Pod(Arc<PodNamespace>),
+}
+
+/// A pod's network namespace; its Wasm guests run on threads inside it, started when the
+/// first guest is, stopped when the last holder of the sandbox goes.
+pub struct PodNamespace {
+    pub path: PathBuf,
+    executor: std::sync::Mutex<Option<Arc<netns::Executor>>>,
+}
+
+impl PodNamespace {
+    pub fn new(path: PathBuf) -> PodNamespace {
+        PodNamespace {
+            path,
+            executor: Default::default(),
+        }
+    }
+
+    /// Where tasks that must make their sockets in the pod's namespace run.
+    pub fn executor(&self) -> std::io::Result<Arc<netns::Executor>> {
+        let mut ex = self.executor.lock().expect("executor");
+        if let Some(ex) = ex.as_ref() {
+            return Ok(ex.clone());
+        }
+        let started = Arc::new(netns::Executor::start(&self.path)?);
+        *ex = Some(started.clone());
+        Ok(started)
+    }
 }
 
 impl Sandbox {
@@ -221,7 +261,10 @@ impl Sandbox {
             }
             out.insert(v.name.clone(), (root, projected.is_some()));
         }
-        Ok(Sandbox { volumes: out })
+        Ok(Sandbox {
+            volumes: out,
+            network: Network::Node,
+        })
     }
 
     /// What `c` mounts: its `volumeMounts` onto the sandbox's volumes, a `subPath` (or a
@@ -260,9 +303,13 @@ impl Sandbox {
     }
 
     /// Removes what the sandbox created under the pod's directory `dir` (hostPath volumes
-    /// are the node's and stay).
-    pub fn remove(dir: &Path) {
+    /// are the node's and stay): its network first (the plugins' DEL and the namespace, as
+    /// recorded there), then its files. The files stay if the network could not go, so that
+    /// a later attempt still knows what to undo.
+    pub async fn remove(dir: &Path) -> Result<(), network::NetworkError> {
+        network::teardown(dir).await?;
         let _ = std::fs::remove_dir_all(dir);
+        Ok(())
     }
 }
 

@@ -1,0 +1,483 @@
+//! Pod networking through the CNI plugins (Debian's `containernetworking-plugins`): a
+//! network namespace per pod, given its `eth0` and address by a conflist the agent writes
+//! (bridge + host-local IPAM over the node's `podCIDR` + portmap for `hostPort`s) and its
+//! `lo` by the loopback plugin, as the kubelet's CRI runtime does. What a teardown needs
+//! (the namespace, the conflist used, the plugins' result) is kept in the pod's directory,
+//! so a pod is torn down exactly even by a later agent.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use skiff_api::cidr::Cidr;
+
+use super::netns;
+
+/// The CNI spec version the conflist speaks (Debian 12's plugins speak up to 1.0.0).
+const CNI_VERSION: &str = "1.0.0";
+const NETWORK_NAME: &str = "skiff";
+const STATE_FILE: &str = "network.json";
+const IFNAME: &str = "eth0";
+/// A plugin that takes longer than this has hung.
+const PLUGIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error("network namespace {path}: {source}")]
+    Netns {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("CNI plugin {plugin} failed to {command} the pod network: {message}")]
+    Plugin {
+        plugin: String,
+        command: &'static str,
+        message: String,
+    },
+    #[error("pod network state {path}: {reason}")]
+    State { path: PathBuf, reason: String },
+    #[error("removing the pods' bridge: {0}")]
+    Bridge(String),
+}
+
+/// The node's pod network: where the plugins are and the conflist they run with.
+#[derive(Clone, Debug)]
+pub struct Cni {
+    bin_dir: PathBuf,
+    conflist: Value,
+    /// Where pinned namespaces go; per agent, so several agents on one host do not meet.
+    netns_dir: PathBuf,
+    pub pod_cidr: Cidr,
+}
+
+/// A port a container asks the node to forward (`hostPort`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortMapping {
+    pub host_port: i32,
+    pub container_port: i32,
+    pub protocol: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host_ip: String,
+}
+
+/// Who the network is for (the plugins' `CNI_ARGS`, as the kubelet passes them).
+pub struct PodRef<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub uid: &'a str,
+}
+
+/// What a pod's network directory records, written before the plugins run (so a crash
+/// half way is still torn down) and again with their result.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct State {
+    netns: PathBuf,
+    bin_dir: PathBuf,
+    container_id: String,
+    cni_args: String,
+    conflist: Value,
+    #[serde(default)]
+    port_mappings: Vec<PortMapping>,
+    #[serde(default)]
+    result: Option<Value>,
+}
+
+/// A pod's network: its namespace and address.
+#[derive(Clone, Debug)]
+pub struct PodNetwork {
+    pub netns: PathBuf,
+    pub ip: String,
+}
+
+impl Cni {
+    /// The pod network of a node whose pod range is `pod_cidr`: writes the conflist into
+    /// `conf_dir` (for people and tools to read; the agent runs what it keeps in memory).
+    pub fn new(
+        bin_dir: &Path,
+        conf_dir: &Path,
+        netns_dir: &Path,
+        bridge: &str,
+        pod_cidr: Cidr,
+    ) -> Result<Cni, NetworkError> {
+        let network = pod_cidr.network();
+        let conflist = json!({
+            "cniVersion": CNI_VERSION,
+            "name": NETWORK_NAME,
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": bridge,
+                    "isGateway": true,
+                    // Pods reach beyond the node with the node's address.
+                    "ipMasq": true,
+                    // A pod reaches itself through a Service (later) by hairpin.
+                    "hairpinMode": true,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{"subnet": network.to_string()}]],
+                        "routes": [{"dst": "0.0.0.0/0"}],
+                        "dataDir": conf_dir.join("ipam"),
+                    },
+                },
+                {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true},
+            ],
+        });
+        let state = |reason: String| NetworkError::State {
+            path: conf_dir.to_path_buf(),
+            reason,
+        };
+        std::fs::create_dir_all(conf_dir).map_err(|e| state(e.to_string()))?;
+        let text = serde_json::to_vec_pretty(&conflist).expect("JSON");
+        std::fs::write(conf_dir.join("10-skiff.conflist"), text)
+            .map_err(|e| state(e.to_string()))?;
+        Ok(Cni {
+            bin_dir: bin_dir.to_path_buf(),
+            conflist,
+            netns_dir: netns_dir.to_path_buf(),
+            pod_cidr,
+        })
+    }
+
+    /// The pod's network, set up now, or the one a previous agent set up (its namespace
+    /// still there): a pod keeps its address across agent restarts.
+    pub async fn setup(
+        &self,
+        dir: &Path,
+        pod: &PodRef<'_>,
+        port_mappings: Vec<PortMapping>,
+    ) -> Result<PodNetwork, NetworkError> {
+        let state_path = dir.join(STATE_FILE);
+        if let Ok(state) = read_state(&state_path) {
+            if let (Some(result), true) = (&state.result, netns::exists(&state.netns)) {
+                if let Some(ip) = first_ip(result) {
+                    return Ok(PodNetwork {
+                        netns: state.netns,
+                        ip,
+                    });
+                }
+            }
+            // Half set up: undo it and start again.
+            teardown(dir).await?;
+        }
+        let netns_path = self.netns_dir.join(format!("skiff-{}", pod.uid));
+        let state = State {
+            netns: netns_path.clone(),
+            bin_dir: self.bin_dir.clone(),
+            container_id: pod.uid.to_string(),
+            cni_args: format!(
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID={}",
+                pod.namespace, pod.name, pod.uid, pod.uid
+            ),
+            conflist: self.conflist.clone(),
+            port_mappings,
+            result: None,
+        };
+        write_state(&state_path, &state)?;
+        let done = async {
+            netns::create(&netns_path).map_err(|source| NetworkError::Netns {
+                path: netns_path.clone(),
+                source,
+            })?;
+            run_loopback(&self.bin_dir, &state).await?;
+            let result = run_list(&self.bin_dir, "ADD", &state, None).await?;
+            let ip = first_ip(&result).ok_or_else(|| NetworkError::Plugin {
+                plugin: "bridge".into(),
+                command: "ADD",
+                message: format!("no IPv4 address in its result {result}"),
+            })?;
+            Ok::<_, NetworkError>((result, ip))
+        };
+        match done.await {
+            Ok((result, ip)) => {
+                let state = State {
+                    result: Some(result),
+                    ..state
+                };
+                write_state(&state_path, &state)?;
+                Ok(PodNetwork {
+                    netns: netns_path,
+                    ip,
+                })
+            }
+            Err(e) => {
+                if let Err(undo) = teardown(dir).await {
+                    tracing::warn!(error = %undo, "undoing a failed pod network setup");
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Tears down the network recorded in the pod directory `dir` (the plugins' DEL in reverse
+/// order, then the namespace); nothing recorded, nothing to do. Safe to repeat.
+pub async fn teardown(dir: &Path) -> Result<(), NetworkError> {
+    let state_path = dir.join(STATE_FILE);
+    let state = match read_state(&state_path) {
+        Ok(s) => s,
+        Err(_) if !state_path.exists() => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    run_list(&state.bin_dir, "DEL", &state, state.result.clone()).await?;
+    netns::remove(&state.netns).map_err(|source| NetworkError::Netns {
+        path: state.netns.clone(),
+        source,
+    })?;
+    let _ = std::fs::remove_file(&state_path);
+    Ok(())
+}
+
+/// Removes the pods' bridge (the plugins create it, and leave it when the last pod goes).
+/// Missing is fine.
+pub fn remove_bridge(bridge: &str) -> Result<(), NetworkError> {
+    let out = std::process::Command::new("ip")
+        .args(["link", "del", "dev", bridge])
+        .output()
+        .map_err(|e| NetworkError::Bridge(e.to_string()))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() || err.contains("Cannot find device") {
+        return Ok(());
+    }
+    Err(NetworkError::Bridge(err.trim().to_string()))
+}
+
+/// Where Debian's `containernetworking-plugins` puts the plugins.
+pub const DEFAULT_BIN_DIR: &str = "/usr/lib/cni";
+
+fn read_state(path: &Path) -> Result<State, NetworkError> {
+    let bad = |reason: String| NetworkError::State {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))
+}
+
+/// Writes the state durably (a crash must not lose what a teardown needs).
+fn write_state(path: &Path, state: &State) -> Result<(), NetworkError> {
+    let bad = |e: std::io::Error| NetworkError::State {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(bad)?;
+    }
+    let tmp = path.with_extension("tmp");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp).map_err(bad)?;
+        f.write_all(&serde_json::to_vec(state).expect("JSON"))
+            .map_err(bad)?;
+        f.sync_all().map_err(bad)?;
+    }
+    std::fs::rename(&tmp, path).map_err(bad)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(bad)?;
+    }
+    Ok(())
+}
+
+/// The first IPv4 address of a CNI result, without its prefix length.
+fn first_ip(result: &Value) -> Option<String> {
+    result["ips"]
+        .as_array()?
+        .iter()
+        .filter_map(|ip| ip["address"].as_str())
+        .filter_map(|a| a.split('/').next())
+        .find(|a| a.parse::<std::net::Ipv4Addr>().is_ok())
+        .map(str::to_string)
+}
+
+/// Brings up the pod's `lo` (a network of its own, as the CRI runtimes do).
+async fn run_loopback(bin_dir: &Path, state: &State) -> Result<(), NetworkError> {
+    let conf = json!({"cniVersion": CNI_VERSION, "name": "cni-loopback", "type": "loopback"});
+    run_plugin(bin_dir, "ADD", state, "lo", &conf).await?;
+    Ok(())
+}
+
+/// Runs the conflist's plugins for `command`: ADD in order (each gets the previous one's
+/// result), DEL in reverse (each gets the cached result). DEL errors that only say the
+/// thing is gone are not errors.
+async fn run_list(
+    bin_dir: &Path,
+    command: &'static str,
+    state: &State,
+    cached: Option<Value>,
+) -> Result<Value, NetworkError> {
+    let plugins: Vec<Value> = state.conflist["plugins"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let ordered: Vec<&Value> = if command == "DEL" {
+        plugins.iter().rev().collect()
+    } else {
+        plugins.iter().collect()
+    };
+    let mut prev = cached;
+    for plugin in ordered {
+        let mut conf = plugin.clone();
+        conf["cniVersion"] = state.conflist["cniVersion"].clone();
+        conf["name"] = state.conflist["name"].clone();
+        if let Some(p) = &prev {
+            conf["prevResult"] = p.clone();
+        }
+        if conf.pointer("/capabilities/portMappings") == Some(&json!(true)) {
+            conf["runtimeConfig"] = json!({"portMappings": state.port_mappings});
+        }
+        let out = run_plugin(bin_dir, command, state, IFNAME, &conf).await?;
+        if command == "ADD" {
+            prev = Some(out);
+        }
+    }
+    Ok(prev.unwrap_or(Value::Null))
+}
+
+async fn run_plugin(
+    bin_dir: &Path,
+    command: &'static str,
+    state: &State,
+    ifname: &str,
+    conf: &Value,
+) -> Result<Value, NetworkError> {
+    let plugin = conf["type"].as_str().unwrap_or_default().to_string();
+    let fail = |message: String| NetworkError::Plugin {
+        plugin: plugin.clone(),
+        command,
+        message,
+    };
+    if plugin.is_empty() || plugin.contains('/') {
+        return Err(fail("no valid plugin type".into()));
+    }
+    // A namespace that is gone already (DEL after a crash) is passed empty, as the spec says.
+    let netns = if netns::exists(&state.netns) {
+        state.netns.to_string_lossy().into_owned()
+    } else {
+        String::new()
+    };
+    let mut child = tokio::process::Command::new(bin_dir.join(&plugin))
+        .env_clear()
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", &state.container_id)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", ifname)
+        .env("CNI_ARGS", &state.cni_args)
+        .env("CNI_PATH", bin_dir)
+        // The plugins run iptables, found on the PATH.
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| fail(format!("{}: {e}", bin_dir.join(&plugin).display())))?;
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().expect("piped");
+        stdin
+            .write_all(&serde_json::to_vec(conf).expect("JSON"))
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    let out = tokio::time::timeout(PLUGIN_TIMEOUT, child.wait_with_output())
+        .await
+        .map_err(|_| fail(format!("no answer within {PLUGIN_TIMEOUT:?}")))?
+        .map_err(|e| fail(e.to_string()))?;
+    let parsed: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    if out.status.success() {
+        return Ok(parsed);
+    }
+    let msg = parsed["msg"].as_str().map_or_else(
+        || String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        |m| match parsed["details"].as_str() {
+            Some(d) if !d.is_empty() => format!("{m}: {d}"),
+            _ => m.to_string(),
+        },
+    );
+    Err(fail(msg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::netns::tests::{privileged, run_on};
+
+    #[test]
+    fn results_give_the_ipv4_address() {
+        let r = json!({"ips": [{"address": "fd00::2/64"}, {"address": "10.244.1.5/24", "gateway": "10.244.1.1"}]});
+        assert_eq!(first_ip(&r).as_deref(), Some("10.244.1.5"));
+        assert_eq!(first_ip(&json!({})), None);
+    }
+
+    /// A pod network set up and torn down for real: the pod has its address on eth0, the
+    /// host reaches it, a second setup of the same pod gives the same network, teardown
+    /// leaves no namespace, veth or address allocation.
+    #[tokio::test]
+    async fn pods_get_an_address_the_host_reaches_and_leave_nothing() {
+        assert!(privileged(), "this test needs root (CI runs as root)");
+        let dir = tempfile::tempdir().unwrap();
+        let bridge = format!("sktest{}", std::process::id() % 100000);
+        let cni = Cni::new(
+            Path::new(DEFAULT_BIN_DIR),
+            &dir.path().join("cni"),
+            &dir.path().join("netns"),
+            &bridge,
+            "10.250.7.0/24".parse().unwrap(),
+        )
+        .unwrap();
+        let pod_dir = dir.path().join("pod");
+        let pod = PodRef {
+            namespace: "default",
+            name: "web",
+            uid: "0b3c6a2e-uid",
+        };
+        let net = cni.setup(&pod_dir, &pod, vec![]).await.unwrap();
+        assert!(cni.pod_cidr.contains(net.ip.parse().unwrap()), "{}", net.ip);
+        assert_ne!(net.ip, "10.250.7.1", "the gateway is the bridge's");
+        // Again (an agent restart): the same network, not a second one.
+        let again = cni.setup(&pod_dir, &pod, vec![]).await.unwrap();
+        assert_eq!(
+            (again.ip.as_str(), &again.netns),
+            (net.ip.as_str(), &net.netns)
+        );
+        // A listener in the pod's namespace is reached from the host at the pod's address.
+        let ex = netns::Executor::start(&net.netns).unwrap();
+        let listener = run_on(&ex, async { std::net::TcpListener::bind("0.0.0.0:8080") }).unwrap();
+        let ip = net.ip.clone();
+        let reached = tokio::task::spawn_blocking(move || {
+            std::net::TcpStream::connect_timeout(
+                &format!("{ip}:8080").parse().unwrap(),
+                Duration::from_secs(2),
+            )
+        })
+        .await
+        .unwrap();
+        assert!(reached.is_ok(), "{reached:?}");
+        drop((listener, ex));
+        teardown(&pod_dir).await.unwrap();
+        teardown(&pod_dir).await.unwrap();
+        assert!(!net.netns.exists());
+        let leases: Vec<_> = std::fs::read_dir(dir.path().join("cni/ipam/skiff"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.parse::<std::net::Ipv4Addr>().is_ok())
+            .collect();
+        assert_eq!(leases, Vec::<String>::new());
+        let links = std::process::Command::new("ip")
+            .args(["-o", "link", "show", "master", &bridge])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&links.stdout).trim(), "");
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &bridge])
+            .status();
+    }
+}

@@ -1,0 +1,211 @@
+//! Pod networking end to end: a server and an agent (real processes) whose pods get network
+//! namespaces through the real CNI plugins, driven with the real kubectl. One cluster for
+//! the whole file; each scenario in its own namespace.
+
+mod common;
+
+use std::path::Path;
+
+use common::{eventually, Agent, Server, Shared, SharedGuard, DOZER};
+use serde_json::Value;
+
+const IMAGE: &str = "registry.example/dozer:1";
+
+/// Fields drop in order: the agent (reset) before the server (whose directory holds its).
+struct Cluster {
+    agent: Agent,
+    server: Server,
+}
+
+/// How many tests of this file share the cluster.
+const TESTS: usize = 3;
+
+fn cluster() -> SharedGuard<Cluster> {
+    static CLUSTER: Shared<Cluster> = Shared::new();
+    CLUSTER.get(TESTS, || {
+        let server = Server::start();
+        let agent = Agent::start(&server, "net1");
+        agent.import_wat(DOZER, IMAGE);
+        eventually(60, "the node's pod range", || {
+            let n = server.json(&["get", "node", "net1"]);
+            n["spec"]["podCIDR"].as_str().map(str::to_string)
+        });
+        Cluster { server, agent }
+    })
+}
+
+fn pod(ns: &str, name: &str, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  runtimeClassName: wasmtime\n  terminationGracePeriodSeconds: 1\n{extra_spec}  containers:\n  - name: main\n    image: {IMAGE}\n    imagePullPolicy: Never\n    env:\n    - name: MY_IP\n      valueFrom:\n        fieldRef:\n          fieldPath: status.podIP\n"
+    )
+}
+
+fn namespace(c: &Cluster, ns: &str) {
+    c.server.ok(&["create", "namespace", ns]);
+}
+
+/// The pod's status once it runs.
+fn running(c: &Cluster, ns: &str, name: &str) -> Value {
+    eventually(60, &format!("pod {name} running"), || {
+        let p = c.server.json(&["get", "pod", name, "-n", ns]);
+        (p["status"]["phase"] == "Running").then(|| p["status"].clone())
+    })
+}
+
+fn ip_in(cidr: &str, ip: &str) -> bool {
+    let (net, bits) = cidr.split_once('/').unwrap();
+    let bits: u32 = bits.parse().unwrap();
+    let n = u32::from(net.parse::<std::net::Ipv4Addr>().unwrap());
+    let i = u32::from(ip.parse::<std::net::Ipv4Addr>().unwrap());
+    let mask = u32::MAX << (32 - bits);
+    n & mask == i & mask
+}
+
+#[test]
+fn a_pod_gets_an_address_from_its_nodes_range() {
+    let c = &*cluster();
+    namespace(c, "addr");
+    c.server.apply_stdin(&[], &pod("addr", "web", ""));
+    let status = running(c, "addr", "web");
+    let node = c.server.json(&["get", "node", "net1"]);
+    let cidr = node["spec"]["podCIDR"].as_str().unwrap();
+    assert_eq!(node["spec"]["podCIDRs"], serde_json::json!([cidr]));
+    let ip = status["podIP"].as_str().expect("a pod IP");
+    assert!(ip_in(cidr, ip), "{ip} not in {cidr}");
+    assert_eq!(status["podIPs"], serde_json::json!([{"ip": ip}]));
+    assert_ne!(status["podIP"], status["hostIP"]);
+    // kubectl shows it.
+    let wide = c
+        .server
+        .ok(&["get", "pod", "web", "-n", "addr", "-o", "wide"]);
+    assert!(wide.contains(ip), "{wide}");
+    // The pod's namespace holds it on eth0.
+    let uid = c.server.json(&["get", "pod", "web", "-n", "addr"])["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let addr = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &format!("skiff-{uid}"),
+            "ip",
+            "-4",
+            "-o",
+            "addr",
+            "show",
+            "eth0",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&addr.stdout).contains(&format!("{ip}/")),
+        "{addr:?}"
+    );
+    // The node reaches the pod's address (its namespace answers ICMP-less TCP with a reset:
+    // nothing listens, but the address is there and routed).
+    let refused = std::net::TcpStream::connect_timeout(
+        &format!("{ip}:9").parse().unwrap(),
+        std::time::Duration::from_secs(3),
+    );
+    assert_eq!(
+        refused.map_err(|e| e.kind()).unwrap_err(),
+        std::io::ErrorKind::ConnectionRefused
+    );
+}
+
+#[test]
+fn a_host_network_pod_has_the_nodes_address() {
+    let c = &*cluster();
+    namespace(c, "hostnet");
+    c.server
+        .apply_stdin(&[], &pod("hostnet", "h", "  hostNetwork: true\n"));
+    let status = running(c, "hostnet", "h");
+    assert_eq!(status["podIP"], status["hostIP"]);
+}
+
+/// The leak check of the issue: pods created and deleted over and over leave no network
+/// namespace, veth, address allocation or pod directory behind.
+#[test]
+fn created_and_deleted_pods_leave_nothing_behind() {
+    let c = &*cluster();
+    namespace(c, "churn");
+    let rounds = 20;
+    let mut uids = Vec::new();
+    for _ in 0..rounds {
+        let manifests: String = (0..3)
+            .map(|i| pod("churn", &format!("p{i}"), ""))
+            .collect::<Vec<_>>()
+            .join("---\n");
+        c.server.apply_stdin(&[], &manifests);
+        for i in 0..3 {
+            running(c, "churn", &format!("p{i}"));
+            let p = c
+                .server
+                .json(&["get", "pod", &format!("p{i}"), "-n", "churn"]);
+            uids.push(p["metadata"]["uid"].as_str().unwrap().to_string());
+        }
+        c.server.ok(&[
+            "delete",
+            "pods",
+            "--all",
+            "-n",
+            "churn",
+            "--wait=true",
+            "--timeout=60s",
+        ]);
+        // Deleted means gone: the pod's network went before its object did.
+        let left = leftovers(c, &uids);
+        assert!(left.is_empty(), "{left:?}");
+    }
+    // Every veth on the bridge belongs to a pod that still has its namespace.
+    eventually(30, "only live pods' veths", || {
+        let veths = std::process::Command::new("ip")
+            .args(["-o", "link", "show", "master", &c.agent.bridge])
+            .output()
+            .unwrap();
+        let veths = String::from_utf8_lossy(&veths.stdout).lines().count();
+        (veths == pinned(c)).then_some(())
+    });
+}
+
+/// What the pods `uids` (all deleted) left: their directories, pinned namespaces and
+/// address allocations (host-local records the owner's id in each).
+fn leftovers(c: &Cluster, uids: &[String]) -> Vec<String> {
+    let mut left = Vec::new();
+    for uid in uids {
+        if c.agent.data.join("pods").join(uid).exists() {
+            left.push(format!("pod directory {uid}"));
+        }
+        if Path::new(&format!("/run/netns/skiff-{uid}")).exists() {
+            left.push(format!("network namespace of {uid}"));
+        }
+    }
+    for e in std::fs::read_dir(c.agent.data.join("cni/ipam/skiff"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let owner = std::fs::read_to_string(e.path()).unwrap_or_default();
+        if uids.iter().any(|u| owner.contains(u.as_str())) {
+            left.push(format!("address {:?} of {owner:?}", e.file_name()));
+        }
+    }
+    left
+}
+
+/// How many of the agent's pods have a pinned namespace.
+fn pinned(c: &Cluster) -> usize {
+    std::fs::read_dir(c.agent.data.join("pods"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            Path::new(&format!(
+                "/run/netns/skiff-{}",
+                e.file_name().to_string_lossy()
+            ))
+            .exists()
+        })
+        .count()
+}
