@@ -676,7 +676,6 @@ fn a_status_written_while_the_server_is_down_arrives_later() {
 fn an_agent_started_before_its_server_waits_for_it() {
     let mut s = common::Server::start();
     let node = common::Node::new(s.dir.path().join("agent"));
-    let data = node.data.clone();
     s.kill9();
     let mut agent = agent_for(&s, &node);
     std::thread::sleep(Duration::from_secs(2));
@@ -1163,19 +1162,20 @@ fn oci_images_with_a_wasm_entrypoint_run() {
         "a regular image is known by its manifest digest"
     );
 
-    step("an image whose entrypoint is not Wasm is refused with the reason");
+    step("an image whose entrypoint is not Wasm is refused to a Wasm-only pod, with the reason");
     let (ok, _, err) = d.kubectl(&["apply", "-f", "-"], Some(&pod("native", &native)));
     assert!(ok, "{err}");
-    let msg = eventually(30, "native to fail pulling", || {
+    let msg = eventually(30, "native to fail", || {
         let w = d.json(&["get", "pod", "native"])["status"]["containerStatuses"][0]["state"]
             ["waiting"]
             .clone();
-        matches!(
-            w["reason"].as_str(),
-            Some("ErrImagePull" | "ImagePullBackOff")
-        )
-        .then(|| w["message"].as_str().unwrap_or_default().to_string())
+        (w["reason"] == "CreateContainerError")
+            .then(|| w["message"].as_str().unwrap_or_default().to_string())
     });
+    assert!(
+        msg.contains("pods of RuntimeClass wasmtime run Wasm only"),
+        "{msg}"
+    );
     let events = d.ok(&[
         "get",
         "events",
@@ -1183,7 +1183,7 @@ fn oci_images_with_a_wasm_entrypoint_run() {
         "involvedObject.name=native",
     ]);
     assert!(
-        events.contains("the entrypoint /app/program is not a Wasm module"),
+        events.contains("is not a Wasm image (its entrypoint is not a Wasm module)"),
         "{msg}\n{events}"
     );
 }

@@ -20,15 +20,26 @@ pub enum ImageError {
     Corrupt(String),
 }
 
-/// A stored image: its digest and the Wasm bytes' path.
+/// A stored image: its digest and content.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Image {
     pub reference: String,
     /// The Wasm blob's digest, or for a regular OCI image its manifest's.
     pub digest: String,
-    pub path: PathBuf,
+    pub content: Content,
+    /// Bytes it takes (the Wasm blob, or the compressed layers).
+    pub size: u64,
     /// How a regular OCI image says to run it (Wasm artifacts carry none).
     pub run: Option<RunConfig>,
+}
+
+/// What an image holds, which decides the runtime that runs it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Content {
+    /// A Wasm module or component (an artifact, or a regular image's Wasm entrypoint).
+    Wasm(PathBuf),
+    /// A root file system: the unpacked layer directories, bottom first.
+    Rootfs(Vec<PathBuf>),
 }
 
 /// The parts of an OCI image config that say how to run it (`config.Entrypoint`, ...).
@@ -43,17 +54,29 @@ pub struct RunConfig {
     pub env: Option<Vec<String>>,
     #[serde(default)]
     pub working_dir: Option<String>,
+    /// `user`, `uid`, `user:group` or `uid:gid` (regular images only).
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
-/// A regular OCI image: which blob holds its Wasm entrypoint, and how to run it.
+/// A regular OCI image: which blob holds its Wasm entrypoint, or which layers make its
+/// root file system; and how to run it.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Record {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     wasm: String,
+    /// Layer digests, bottom first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    layers: Vec<String>,
+    #[serde(default)]
+    size: u64,
     run: RunConfig,
 }
 
 pub struct ImageStore {
     dir: PathBuf,
+    /// Unpacked layers of regular images.
+    pub layers: crate::layers::LayerStore,
     /// The references, and the modification time of the file they were read from (other
     /// processes, like `skiff images import`, may change it).
     refs: Mutex<(BTreeMap<String, String>, Option<std::time::SystemTime>)>,
@@ -92,7 +115,9 @@ impl ImageStore {
         let blobs = dir.join("blobs/sha256");
         std::fs::create_dir_all(&blobs).map_err(io(&blobs))?;
         let refs = read_refs(&dir.join("refs.json"))?;
+        let layers = dir.join("layers");
         Ok(ImageStore {
+            layers: crate::layers::LayerStore::open(&layers).map_err(io(&layers))?,
             dir: dir.to_path_buf(),
             refs: Mutex::new(refs),
         })
@@ -160,14 +185,43 @@ impl ImageStore {
         wasm: &str,
         run: &RunConfig,
     ) -> Result<(), ImageError> {
+        let size = std::fs::metadata(self.blob_path(wasm)).map_or(0, |m| m.len());
+        self.write_record(
+            manifest_digest,
+            Record {
+                wasm: wasm.to_string(),
+                layers: Vec::new(),
+                size,
+                run: run.clone(),
+            },
+        )
+    }
+
+    /// Records a regular OCI image (by its manifest digest) whose root file system is the
+    /// unpacked `layers` (digests, bottom first) taking `size` bytes compressed.
+    pub fn put_rootfs_record(
+        &self,
+        manifest_digest: &str,
+        layers: Vec<String>,
+        size: u64,
+        run: &RunConfig,
+    ) -> Result<(), ImageError> {
+        self.write_record(
+            manifest_digest,
+            Record {
+                wasm: String::new(),
+                layers,
+                size,
+                run: run.clone(),
+            },
+        )
+    }
+
+    fn write_record(&self, manifest_digest: &str, record: Record) -> Result<(), ImageError> {
         let path = self.record_path(manifest_digest);
         let dir = self.dir.join("records");
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let tmp = path.with_extension("tmp");
-        let record = Record {
-            wasm: wasm.to_string(),
-            run: run.clone(),
-        };
         std::fs::write(&tmp, serde_json::to_vec(&record).expect("serializable"))
             .map_err(io(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(io(&path))
@@ -175,19 +229,37 @@ impl ImageStore {
 
     /// The image stored under `digest` (a Wasm blob, or a regular image's record).
     fn image(&self, reference: String, digest: String) -> Option<Image> {
-        let (wasm, run) = match std::fs::read(self.record_path(&digest)) {
-            Ok(b) => {
-                let r: Record = serde_json::from_slice(&b).ok()?;
-                (r.wasm, Some(r.run))
+        let record = match std::fs::read(self.record_path(&digest)) {
+            Ok(b) => serde_json::from_slice::<Record>(&b).ok()?,
+            Err(_) => {
+                let path = self.blob_path(&digest);
+                let size = std::fs::metadata(&path).ok()?.len();
+                return Some(Image {
+                    reference,
+                    digest,
+                    content: Content::Wasm(path),
+                    size,
+                    run: None,
+                });
             }
-            Err(_) => (digest.clone(), None),
         };
-        let path = self.blob_path(&wasm);
-        path.exists().then_some(Image {
+        let content = if record.layers.is_empty() {
+            let path = self.blob_path(&record.wasm);
+            path.exists().then_some(Content::Wasm(path))?
+        } else {
+            let dirs: Option<Vec<PathBuf>> = record
+                .layers
+                .iter()
+                .map(|d| self.layers.path(d).filter(|p| p.is_dir()))
+                .collect();
+            Content::Rootfs(dirs?)
+        };
+        Some(Image {
             reference,
             digest,
-            path,
-            run,
+            content,
+            size: record.size,
+            run: Some(record.run),
         })
     }
 
@@ -235,8 +307,7 @@ impl ImageStore {
         by_digest
             .into_iter()
             .filter_map(|(digest, mut names)| {
-                let image = self.image(names[0].clone(), digest.clone())?;
-                let size = std::fs::metadata(&image.path).map_or(0, |m| m.len());
+                let size = self.image(names[0].clone(), digest.clone())?.size;
                 let repo = names[0]
                     .rsplit_once(':')
                     .map_or(names[0].as_str(), |(r, _)| r)

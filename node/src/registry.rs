@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 
 use crate::images::{Image, ImageError, ImageStore, RunConfig};
+use crate::layers::Compression;
 
 /// Registry credentials.
 pub use oci_client::secrets::RegistryAuth as Auth;
@@ -27,13 +28,6 @@ const WASM_TO_OCI_LAYER: &str = "application/vnd.wasm.content.layer.v1+wasm";
 const RUNWASI_COMPONENT_LAYER: &str =
     "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm";
 const WASM_LAYERS: &[&str] = &[WASM_LAYER, WASM_TO_OCI_LAYER, RUNWASI_COMPONENT_LAYER];
-/// Filesystem layers of regular OCI and Docker images: one whose entrypoint file is Wasm
-/// (starts with `\0asm`) runs on the Wasm runtime.
-const TAR_LAYERS: &[&str] = &[
-    "application/vnd.oci.image.layer.v1.tar",
-    "application/vnd.oci.image.layer.v1.tar+gzip",
-    "application/vnd.docker.image.rootfs.diff.tar.gzip",
-];
 /// Symbolic links followed to find an entrypoint, at most.
 const MAX_LINKS: usize = 8;
 
@@ -121,11 +115,13 @@ pub async fn pull(
         .iter()
         .find(|l| WASM_LAYERS.contains(&l.media_type.as_str()));
     let Some(layer) = wasm_layer else {
+        // Filesystem layers of regular OCI and Docker images: one whose entrypoint file is
+        // Wasm (starts with `\0asm`) runs on the Wasm runtime, any other on runc.
         let all_tar = !manifest.layers.is_empty()
             && manifest
                 .layers
                 .iter()
-                .all(|l| TAR_LAYERS.contains(&l.media_type.as_str()));
+                .all(|l| Compression::of(&l.media_type).is_some());
         if all_tar {
             return pull_filesystem_image(
                 store,
@@ -166,7 +162,8 @@ pub async fn pull(
 }
 
 /// A regular OCI image: finds its entrypoint (`Entrypoint`, else `Cmd`, resolved against
-/// `WorkingDir`) in its layers, from the top one down, and keeps it if it is Wasm. (The
+/// `WorkingDir`) in its layers, from the top one down, and keeps it alone if it is Wasm;
+/// any other image is unpacked whole, layer by layer, as a root file system for runc. (The
 /// client holds the registry token from the manifest pull.)
 async fn pull_filesystem_image(
     store: &ImageStore,
@@ -185,43 +182,122 @@ async fn pull_filesystem_image(
         .ok()
         .and_then(|v| serde_json::from_value(v["config"].clone()).ok())
         .unwrap_or_default();
+    // Layers are fetched once each, on demand, top first (they may be large: kept on disk).
+    let tmp =
+        tempfile::tempdir_in(store.dir()).map_err(|e| fail(format!("temporary directory: {e}")))?;
+    let mut fetched: Vec<Option<PathBuf>> = vec![None; layers.len()];
     let program = run
         .entrypoint
         .iter()
         .flatten()
         .chain(run.cmd.iter().flatten())
-        .next()
-        .ok_or_else(|| fail("the image config has no Entrypoint or Cmd".into()))?;
+        .next();
+    let wasm = match program {
+        Some(program) => {
+            find_entrypoint(
+                client,
+                reference,
+                layers,
+                &run,
+                program,
+                &tmp,
+                &mut fetched,
+                &fail,
+            )
+            .await?
+        }
+        None => None,
+    };
+    if let Some(wasm) = wasm.filter(|w| w.starts_with(b"\0asm")) {
+        let wasm_digest = store.put_blob(&wasm)?;
+        store.put_record(manifest_digest, &wasm_digest, &run)?;
+        return Ok(store.tag(image, manifest_digest)?);
+    }
+    // A root file system: every layer unpacked (once per node), its digest checked.
+    let mut digests = Vec::with_capacity(layers.len());
+    let mut size = 0u64;
+    for (i, layer) in layers.iter().enumerate() {
+        digests.push(layer.digest.clone());
+        size += layer.size.max(0) as u64;
+        if store.layers.has(&layer.digest) {
+            continue;
+        }
+        let file = match &fetched[i] {
+            Some(f) => f.clone(),
+            None => fetch_layer(client, reference, layer, tmp.path(), i, &fail).await?,
+        };
+        let (layer_store, digest, media_type) = (
+            store.layers.clone(),
+            layer.digest.clone(),
+            layer.media_type.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let blob = std::fs::File::open(&file)?;
+            layer_store
+                .unpack(std::io::BufReader::new(blob), &digest, &media_type)
+                .map_err(std::io::Error::other)
+        })
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .map_err(|e| fail(e.to_string()))?;
+    }
+    store.put_rootfs_record(manifest_digest, digests, size, &run)?;
+    Ok(store.tag(image, manifest_digest)?)
+}
+
+/// Downloads layer `i` into `dir`.
+async fn fetch_layer(
+    client: &Client,
+    reference: &Reference,
+    layer: &OciDescriptor,
+    dir: &std::path::Path,
+    i: usize,
+    fail: &impl Fn(String) -> RegistryError,
+) -> Result<PathBuf, RegistryError> {
+    let f = dir.join(format!("layer-{i}"));
+    let out = tokio::fs::File::create(&f)
+        .await
+        .map_err(|e| fail(format!("{}: {e}", f.display())))?;
+    client
+        .pull_blob(reference, layer, out)
+        .await
+        .map_err(registry_err)?;
+    Ok(f)
+}
+
+/// The entrypoint file's bytes, looked up through the layers top first (following links
+/// and whiteouts); `None` if the image does not have it.
+#[allow(clippy::too_many_arguments)]
+async fn find_entrypoint(
+    client: &Client,
+    reference: &Reference,
+    layers: &[OciDescriptor],
+    run: &RunConfig,
+    program: &str,
+    tmp: &tempfile::TempDir,
+    fetched: &mut [Option<PathBuf>],
+    fail: &impl Fn(String) -> RegistryError,
+) -> Result<Option<Vec<u8>>, RegistryError> {
     let workdir = run.working_dir.as_deref().unwrap_or("/");
     let mut target = clean_path(&format!("{workdir}/{program}"));
-    // Layers are fetched once each, on demand, top first (they may be large: kept on disk).
-    let tmp =
-        tempfile::tempdir_in(store.dir()).map_err(|e| fail(format!("temporary directory: {e}")))?;
-    let mut fetched: Vec<Option<PathBuf>> = vec![None; layers.len()];
     let mut links = 0;
     let wasm = 'search: loop {
         for (i, layer) in layers.iter().enumerate().rev() {
             let file = match &fetched[i] {
                 Some(f) => f.clone(),
                 None => {
-                    let f = tmp.path().join(format!("layer-{i}"));
-                    let out = tokio::fs::File::create(&f)
-                        .await
-                        .map_err(|e| fail(format!("{}: {e}", f.display())))?;
-                    client
-                        .pull_blob(reference, layer, out)
-                        .await
-                        .map_err(registry_err)?;
+                    let f = fetch_layer(client, reference, layer, tmp.path(), i, fail).await?;
                     fetched[i] = Some(f.clone());
                     f
                 }
             };
-            let gzip = layer.media_type.ends_with("gzip");
+            let compression = Compression::of(&layer.media_type).unwrap_or(Compression::None);
             let wanted = target.clone();
-            let found = tokio::task::spawn_blocking(move || find_in_layer(&file, gzip, &wanted))
-                .await
-                .map_err(|e| fail(e.to_string()))?
-                .map_err(|e| fail(format!("reading layer {}: {e}", layer.digest)))?;
+            let found =
+                tokio::task::spawn_blocking(move || find_in_layer(&file, compression, &wanted))
+                    .await
+                    .map_err(|e| fail(e.to_string()))?
+                    .map_err(|e| fail(format!("reading layer {}: {e}", layer.digest)))?;
             match found {
                 Found::File(bytes) => break 'search bytes,
                 Found::Link(to) if links < MAX_LINKS => {
@@ -235,22 +311,13 @@ async fn pull_filesystem_image(
                 Found::Link(_) => {
                     return Err(fail(format!("too many symbolic links resolving /{target}")))
                 }
-                Found::Deleted => break,
+                Found::Deleted => return Ok(None),
                 Found::Absent => {}
             }
         }
-        return Err(fail(format!(
-            "the entrypoint /{target} is not in the image"
-        )));
+        return Ok(None);
     };
-    if !wasm.starts_with(b"\0asm") {
-        return Err(fail(format!(
-            "the entrypoint /{target} is not a Wasm module (an OCI container image needs the OCI runtime, which this node does not offer)"
-        )));
-    }
-    let wasm_digest = store.put_blob(&wasm)?;
-    store.put_record(manifest_digest, &wasm_digest, &run)?;
-    Ok(store.tag(image, manifest_digest)?)
+    Ok(Some(wasm))
 }
 
 /// What a layer says about a path.
@@ -281,13 +348,17 @@ fn parent(p: &str) -> &str {
     p.rsplit_once('/').map_or("", |(dir, _)| dir)
 }
 
-fn find_in_layer(file: &std::path::Path, gzip: bool, target: &str) -> std::io::Result<Found> {
+fn find_in_layer(
+    file: &std::path::Path,
+    compression: Compression,
+    target: &str,
+) -> std::io::Result<Found> {
     use std::io::Read;
-    let f = std::fs::File::open(file)?;
-    let reader: Box<dyn Read> = if gzip {
-        Box::new(flate2::read::GzDecoder::new(f))
-    } else {
-        Box::new(f)
+    let f = std::io::BufReader::new(std::fs::File::open(file)?);
+    let reader: Box<dyn Read> = match compression {
+        Compression::None => Box::new(f),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(f)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(f)?),
     };
     let name = target.rsplit('/').next().unwrap_or(target);
     let dir = parent(target);
@@ -460,21 +531,21 @@ mod tests {
             ],
         );
         assert!(
-            matches!(find_in_layer(&l, true, "app/prog.wasm").unwrap(), Found::File(b) if b == b"\0asm")
+            matches!(find_in_layer(&l, Compression::Gzip, "app/prog.wasm").unwrap(), Found::File(b) if b == b"\0asm")
         );
         assert!(
-            matches!(find_in_layer(&l, true, "app/run").unwrap(), Found::Link(t) if t == "prog.wasm")
+            matches!(find_in_layer(&l, Compression::Gzip, "app/run").unwrap(), Found::Link(t) if t == "prog.wasm")
         );
         assert!(matches!(
-            find_in_layer(&l, true, "app/gone").unwrap(),
+            find_in_layer(&l, Compression::Gzip, "app/gone").unwrap(),
             Found::Deleted
         ));
         assert!(matches!(
-            find_in_layer(&l, true, "data/x.wasm").unwrap(),
+            find_in_layer(&l, Compression::Gzip, "data/x.wasm").unwrap(),
             Found::Deleted
         ));
         assert!(matches!(
-            find_in_layer(&l, true, "bin/other").unwrap(),
+            find_in_layer(&l, Compression::Gzip, "bin/other").unwrap(),
             Found::Absent
         ));
         assert_eq!(clean_path("/app/./x/../prog.wasm"), "app/prog.wasm");

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use super::Ctx;
+use crate::images::Content;
 use crate::logs::LogFile;
 use crate::runtime::{ContainerSpec, Containers, Exit, Running, Runtime};
 use crate::sandbox::{path_element, Network, PodNamespace, Sandbox, Sources};
@@ -465,6 +466,23 @@ async fn supervise(
                 continue;
             }
         };
+        let runtime = match runtime_for(&pc, &img) {
+            Ok(r) => r,
+            Err(msg) => {
+                create_failed(
+                    &pc,
+                    &c.name,
+                    idx,
+                    &mut status,
+                    &updates,
+                    "CreateContainerError",
+                    msg,
+                    &mut backoff,
+                )
+                .await;
+                continue;
+            }
+        };
         status.image = image.clone();
         status.image_id = format!(
             "{}@{}",
@@ -511,7 +529,7 @@ async fn supervise(
         };
         let spec = ContainerSpec {
             id: format!("{}/{}/{}", pc.ns, pc.name, c.name),
-            image_path: img.path.clone(),
+            image: img.content.clone(),
             image_digest: img.digest.clone(),
             argv,
             env,
@@ -528,13 +546,13 @@ async fn supervise(
             cpu_limit_millis: limit(c, "cpu").map(|m| m as u64),
             alive: pc.containers.token(),
         };
-        let container_id = format!("wasm://{run_id}");
+        let container_id = format!("{}://{run_id}", runtime.name());
         let started = now();
         ctx.active_logs
             .lock()
             .expect("active logs")
             .insert(log_path.clone());
-        let mut running: Box<dyn Running> = match ctx.wasm.start(spec).await {
+        let mut running: Box<dyn Running> = match runtime.start(spec).await {
             Ok(r) => r,
             Err(e) => {
                 ctx.active_logs
@@ -637,6 +655,31 @@ async fn supervise(
         crash_backoff = (crash_backoff * 2).min(BACKOFF_MAX);
     }
 }
+
+/// The runtime for an image: Wasm content runs on wasmtime; a root file system on runc,
+/// unless the pod asked for Wasm only (RuntimeClass `wasmtime`) or the node has no runc.
+fn runtime_for<'a>(pc: &'a PodCtx, img: &crate::images::Image) -> Result<&'a dyn Runtime, String> {
+    let wasm_only = pc
+        .pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.runtime_class_name.as_deref())
+        == Some(WASMTIME_CLASS);
+    match &img.content {
+        Content::Wasm(_) => Ok(&pc.ctx.wasm),
+        Content::Rootfs(_) if wasm_only => Err(format!(
+            "the image {} is not a Wasm image (its entrypoint is not a Wasm module): pods of RuntimeClass {WASMTIME_CLASS} run Wasm only",
+            img.reference
+        )),
+        Content::Rootfs(_) => Err(format!(
+            "the image {} is an OCI container image, which needs the OCI runtime (runc): this node does not offer it",
+            img.reference
+        )),
+    }
+}
+
+/// The RuntimeClass of pods whose containers are all Wasm.
+const WASMTIME_CLASS: &str = "wasmtime";
 
 /// A container's arguments as Kubernetes composes them: `command` replaces the image's
 /// Entrypoint (and then its Cmd is dropped), `args` replaces its Cmd. A Wasm artifact has
@@ -759,7 +802,7 @@ async fn obtain_image(
             let auth = pc.registry_auth(image).await;
             match crate::registry::pull(&ctx.images, image, &auth, &ctx.insecure_registries).await {
                 Ok(img) => {
-                    let size = std::fs::metadata(&img.path).map_or(0, |m| m.len());
+                    let size = img.size;
                     let took = started.elapsed().as_secs_f64();
                     ctx.events.pod(&pc.pod, Some(container), "Normal", "Pulled", format!("Successfully pulled image \"{image}\" in {took:.3}s. Image size: {size} bytes."));
                     Ok(img)

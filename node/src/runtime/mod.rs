@@ -4,8 +4,6 @@
 
 pub mod wasm;
 
-use std::path::PathBuf;
-
 use crate::logs::LogFile;
 
 /// A directory of the pod sandbox, visible to a container at `guest_path`.
@@ -20,8 +18,9 @@ pub struct Mount {
 pub struct ContainerSpec {
     /// `<namespace>/<pod>/<container>`, for logs and errors.
     pub id: String,
-    /// The image's content (a Wasm module or component) and its digest.
-    pub image_path: PathBuf,
+    /// The image's content (a Wasm module or component, or a root file system) and its
+    /// digest.
+    pub image: crate::images::Content,
     pub image_digest: String,
     /// `command` followed by `args`; the first is the program name.
     pub argv: Vec<String>,

@@ -221,7 +221,10 @@ impl WasmRuntime {
             image: spec.image_digest.clone(),
             reason,
         };
-        let bytes = std::fs::read(&spec.image_path).map_err(|e| invalid(e.to_string()))?;
+        let crate::images::Content::Wasm(path) = &spec.image else {
+            return Err(invalid("not a Wasm image (a root file system)".into()));
+        };
+        let bytes = std::fs::read(path).map_err(|e| invalid(e.to_string()))?;
         let component = is_component(&bytes);
         let cached = self.cache_dir.join(format!(
             "{}.{}",
@@ -554,7 +557,7 @@ mod tests {
             std::fs::write(&image, wat).unwrap();
             ContainerSpec {
                 id: name.into(),
-                image_path: image,
+                image: crate::images::Content::Wasm(image),
                 image_digest: format!("sha256:{name}"),
                 argv: vec![name.into()],
                 env: vec![],

@@ -1,0 +1,407 @@
+//! Unpacked image layers, content-addressed: each layer blob is unpacked once, into
+//! `<dir>/<hex of its digest>/`, and shared by every image and container that uses it. OCI
+//! whiteouts become overlayfs ones (`.wh.NAME` a 0/0 character device, `.wh..wh..opq` the
+//! `trusted.overlay.opaque` attribute), so a container's root file system is an overlay of
+//! the layer directories with a writable layer of its own on top. The blob's digest is
+//! checked as it is read; a layer whose digest does not match is not kept.
+
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    #[error("layer {digest}: {source}")]
+    Io {
+        digest: String,
+        source: std::io::Error,
+    },
+    #[error("layer digest mismatch: expected {expected}, got {actual}")]
+    Digest { expected: String, actual: String },
+    #[error("layer {digest}: unsupported media type {media_type}")]
+    MediaType { digest: String, media_type: String },
+    #[error("layer {digest}: entry {path:?}: {reason}")]
+    Entry {
+        digest: String,
+        path: String,
+        reason: String,
+    },
+}
+
+/// How a layer blob is compressed, from its media type.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    pub fn of(media_type: &str) -> Option<Compression> {
+        match media_type {
+            "application/vnd.oci.image.layer.v1.tar"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar" => Some(Compression::None),
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+            | "application/vnd.docker.image.rootfs.diff.tar.gzip"
+            | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => {
+                Some(Compression::Gzip)
+            }
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => {
+                Some(Compression::Zstd)
+            }
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct LayerStore {
+    dir: PathBuf,
+}
+
+/// Reads through to `inner`, hashing what passes.
+struct Hashing<R> {
+    inner: R,
+    hash: Sha256,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+fn hex_of(digest: &str) -> Option<&str> {
+    let hex = digest.strip_prefix("sha256:")?;
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hex)
+}
+
+impl LayerStore {
+    pub fn open(dir: &Path) -> std::io::Result<LayerStore> {
+        std::fs::create_dir_all(dir)?;
+        Ok(LayerStore {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Where layer `digest` is (or would be) unpacked.
+    pub fn path(&self, digest: &str) -> Option<PathBuf> {
+        hex_of(digest).map(|hex| self.dir.join(hex))
+    }
+
+    /// Whether layer `digest` is unpacked already.
+    pub fn has(&self, digest: &str) -> bool {
+        self.path(digest).is_some_and(|p| p.is_dir())
+    }
+
+    /// Unpacks the layer blob read from `blob` (whose digest must be `digest`) unless it is
+    /// already; returns its directory. Blocking: run it off the async threads.
+    pub fn unpack(
+        &self,
+        blob: impl Read,
+        digest: &str,
+        media_type: &str,
+    ) -> Result<PathBuf, LayerError> {
+        let io = |source| LayerError::Io {
+            digest: digest.into(),
+            source,
+        };
+        let target = self.path(digest).ok_or_else(|| LayerError::Digest {
+            expected: "a sha256 digest".into(),
+            actual: digest.into(),
+        })?;
+        if target.is_dir() {
+            return Ok(target);
+        }
+        let compression = Compression::of(media_type).ok_or_else(|| LayerError::MediaType {
+            digest: digest.into(),
+            media_type: media_type.into(),
+        })?;
+        // Unpacked beside its final place, then renamed: a crash or a bad digest leaves
+        // no half layer under the final name.
+        let tmp = tempfile::Builder::new()
+            .prefix(".unpacking-")
+            .tempdir_in(&self.dir)
+            .map_err(io)?;
+        let root = tmp.path().join("root");
+        std::fs::create_dir(&root).map_err(io)?;
+        let mut hashing = Hashing {
+            inner: blob,
+            hash: Sha256::new(),
+        };
+        {
+            let decompressed: Box<dyn Read + '_> = match compression {
+                Compression::None => Box::new(&mut hashing),
+                Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&mut hashing)),
+                Compression::Zstd => {
+                    Box::new(zstd::stream::read::Decoder::new(&mut hashing).map_err(io)?)
+                }
+            };
+            unpack_tar(decompressed, &root, digest)?;
+        }
+        // Whatever the tar reader left unread still counts for the digest.
+        std::io::copy(&mut hashing, &mut std::io::sink()).map_err(io)?;
+        let actual = format!("sha256:{:x}", hashing.hash.finalize());
+        if actual != digest {
+            return Err(LayerError::Digest {
+                expected: digest.into(),
+                actual,
+            });
+        }
+        match std::fs::rename(&root, &target) {
+            Ok(()) => Ok(target),
+            // Another pull unpacked it meanwhile.
+            Err(_) if target.is_dir() => Ok(target),
+            Err(e) => Err(io(e)),
+        }
+    }
+}
+
+/// The entry's path made relative and checked: no `..`, nothing outside the layer.
+fn relative(path: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(p) => out.push(p),
+            Component::CurDir | Component::RootDir => {}
+            Component::ParentDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
+}
+
+const WHITEOUT: &str = ".wh.";
+const OPAQUE: &str = ".wh..wh..opq";
+
+fn unpack_tar(reader: impl Read, root: &Path, digest: &str) -> Result<(), LayerError> {
+    let entry_err = |path: &Path, reason: String| LayerError::Entry {
+        digest: digest.into(),
+        path: path.display().to_string(),
+        reason,
+    };
+    let mut archive = tar::Archive::new(reader);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_ownerships(true);
+    archive.set_preserve_mtime(true);
+    archive.set_unpack_xattrs(true);
+    archive.set_overwrite(true);
+    let entries = archive
+        .entries()
+        .map_err(|e| entry_err(Path::new(""), e.to_string()))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| entry_err(Path::new(""), e.to_string()))?;
+        let path = entry
+            .path()
+            .map_err(|e| entry_err(Path::new(""), e.to_string()))?
+            .into_owned();
+        let rel = relative(&path).ok_or_else(|| entry_err(&path, "leaves the layer".into()))?;
+        let name = rel
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name == OPAQUE || name.starts_with(WHITEOUT) {
+            let parent = rel.parent().unwrap_or(Path::new(""));
+            let dir = beneath(root, parent).map_err(|e| entry_err(&path, e.to_string()))?;
+            if name == OPAQUE {
+                set_opaque(&dir).map_err(|e| entry_err(&path, e.to_string()))?;
+            } else {
+                let hidden = &name[WHITEOUT.len()..];
+                whiteout(&dir.join(hidden)).map_err(|e| entry_err(&path, e.to_string()))?;
+            }
+            continue;
+        }
+        // tar refuses entries (and link targets) that would land outside `root`.
+        entry
+            .unpack_in(root)
+            .map_err(|e| entry_err(&path, with_causes(&e)))?;
+    }
+    Ok(())
+}
+
+/// An error with its causes (tar's say only "failed to unpack" on top).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        msg = format!("{msg}: {c}");
+        cause = c.source();
+    }
+    msg
+}
+
+/// `root/rel` as a directory (created), checked to be inside `root` after symbolic links.
+fn beneath(root: &Path, rel: &Path) -> std::io::Result<PathBuf> {
+    let dir = root.join(rel);
+    std::fs::create_dir_all(&dir)?;
+    let real = dir.canonicalize()?;
+    if !real.starts_with(root.canonicalize()?) {
+        return Err(std::io::Error::other(
+            "a symbolic link leads outside the layer",
+        ));
+    }
+    Ok(real)
+}
+
+fn cpath(p: &Path) -> std::io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other)
+}
+
+/// An overlayfs whiteout: a character device 0/0 hiding `path` of lower layers.
+fn whiteout(path: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path)?,
+        Ok(_) => std::fs::remove_file(path)?,
+        Err(_) => {}
+    }
+    let p = cpath(path)?;
+    // Safety: mknod with a valid path.
+    if unsafe { libc::mknod(p.as_ptr(), libc::S_IFCHR, libc::makedev(0, 0)) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Marks a directory opaque: lower layers' entries of it are hidden.
+fn set_opaque(dir: &Path) -> std::io::Result<()> {
+    let p = cpath(dir)?;
+    let (name, value) = (c"trusted.overlay.opaque", b"y");
+    // Safety: lsetxattr with valid strings and buffer.
+    let r = unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(entries: &[(&str, Option<&[u8]>)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            match data {
+                Some(d) => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(d.len() as u64);
+                    h.set_mode(0o644);
+                    h.set_cksum();
+                    b.append_data(&mut h, path, *d).unwrap();
+                }
+                None => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_size(0);
+                    h.set_mode(0o755);
+                    h.set_cksum();
+                    b.append_data(&mut h, path, &[][..]).unwrap();
+                }
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn digest(b: &[u8]) -> String {
+        format!("sha256:{:x}", Sha256::digest(b))
+    }
+
+    fn gzip(b: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(b).unwrap();
+        e.finish().unwrap()
+    }
+
+    const GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+    const ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+
+    #[test]
+    fn layers_unpack_once_with_whiteouts_for_overlayfs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LayerStore::open(dir.path()).unwrap();
+        let blob = gzip(&layer(&[
+            ("etc/", None),
+            ("etc/motd", Some(b"hi\n")),
+            ("etc/.wh.passwd", Some(b"")),
+            ("var/cache/", None),
+            ("var/cache/.wh..wh..opq", Some(b"")),
+        ]));
+        let d = digest(&blob);
+        let root = store.unpack(&blob[..], &d, GZIP).unwrap();
+        assert_eq!(std::fs::read(root.join("etc/motd")).unwrap(), b"hi\n");
+        use std::os::unix::fs::FileTypeExt;
+        let wh = std::fs::symlink_metadata(root.join("etc/passwd")).unwrap();
+        assert!(wh.file_type().is_char_device());
+        assert!(!root.join("etc/.wh.passwd").exists());
+        let mut buf = [0u8; 4];
+        let c = cpath(&root.join("var/cache")).unwrap();
+        // Safety: lgetxattr into an owned buffer.
+        let n = unsafe {
+            libc::lgetxattr(
+                c.as_ptr(),
+                c"trusted.overlay.opaque".as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        assert_eq!(&buf[..n as usize], b"y");
+        // Once: a second unpack reads nothing.
+        assert_eq!(store.unpack(std::io::empty(), &d, GZIP).unwrap(), root);
+        assert!(store.has(&d));
+    }
+
+    #[test]
+    fn zstd_layers_unpack_and_bad_digests_or_escapes_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LayerStore::open(dir.path()).unwrap();
+        let tar = layer(&[("a.txt", Some(b"zstd\n"))]);
+        let blob = zstd::stream::encode_all(&tar[..], 3).unwrap();
+        let root = store.unpack(&blob[..], &digest(&blob), ZSTD).unwrap();
+        assert_eq!(std::fs::read(root.join("a.txt")).unwrap(), b"zstd\n");
+        // A blob that is not what its digest says is not kept.
+        let other = digest(b"something else");
+        let err = store.unpack(&blob[..], &other, ZSTD).unwrap_err();
+        assert!(matches!(err, LayerError::Digest { .. }), "{err}");
+        assert!(!store.has(&other));
+        // Escaping entries are refused.
+        let mut raw = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_mode(0o644);
+        h.set_size(1);
+        h.set_entry_type(tar::EntryType::Regular);
+        // `append_data` refuses `..`; write the name the way a hostile tar would.
+        h.as_gnu_mut().unwrap().name[..9].copy_from_slice(b"../escape");
+        h.set_cksum();
+        raw.append(&h, &b"x"[..]).unwrap();
+        let evil = raw.into_inner().unwrap();
+        let err = store
+            .unpack(
+                &evil[..],
+                &digest(&evil),
+                "application/vnd.oci.image.layer.v1.tar",
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("leaves the layer"), "{err}");
+        assert!(!dir.path().parent().unwrap().join("escape").exists());
+    }
+}
