@@ -73,6 +73,34 @@ enum PodNetwork {
     Node,
 }
 
+/// The node's OCI runtime.
+#[derive(clap::Args)]
+struct OciFlags {
+    /// Offer the OCI runtime (runc) where the node can (root, runc, overlayfs).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    oci_runtime: bool,
+    /// The runc binary.
+    #[arg(long, default_value = "runc")]
+    runc: PathBuf,
+    /// The most processes one container may run (-1: no limit).
+    #[arg(long, default_value_t = 4096, allow_negative_numbers = true)]
+    pod_max_pids: i64,
+    /// Let containers with `privileged: true` run on this node.
+    #[arg(long)]
+    allow_privileged: bool,
+}
+
+impl OciFlags {
+    fn config(&self) -> Option<skiff_node::runtime::oci::OciConfig> {
+        self.oci_runtime
+            .then(|| skiff_node::runtime::oci::OciConfig {
+                runc: self.runc.clone(),
+                pids_limit: (self.pod_max_pids > 0).then_some(self.pod_max_pids),
+                allow_privileged: self.allow_privileged,
+            })
+    }
+}
+
 impl NetworkFlags {
     fn mode(&self) -> skiff_node::agent::PodNetworkMode {
         match self.pod_network {
@@ -163,6 +191,8 @@ enum Command {
         lease_renew_interval: std::time::Duration,
         #[command(flatten)]
         network: NetworkFlags,
+        #[command(flatten)]
+        oci: OciFlags,
     },
     /// An all-in-one cluster: the API server and an agent on this machine, the agent
     /// connecting over loopback as a remote one would. Needs no root for Wasm pods.
@@ -184,6 +214,8 @@ enum Command {
         control: ControlFlags,
         #[command(flatten)]
         network: NetworkFlags,
+        #[command(flatten)]
+        oci: OciFlags,
     },
     /// Tear down what a stopped agent's pods left on this node (their containers, network
     /// namespaces and addresses, files) and the pods' bridge, as `kubeadm reset` does. Run
@@ -195,6 +227,27 @@ enum Command {
         /// The pods' bridge, removed too.
         #[arg(long, default_value = "skiff0")]
         cni_bridge: String,
+        /// The runc binary the agent used.
+        #[arg(long, default_value = "runc")]
+        runc: PathBuf,
+    },
+    /// A runc container's shim (started by the agent, one per container).
+    #[command(hide = true)]
+    Shim {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        bundle: PathBuf,
+        #[arg(long)]
+        runc: PathBuf,
+        #[arg(long)]
+        runc_root: PathBuf,
+        #[arg(long)]
+        log: PathBuf,
+        #[arg(long)]
+        max_log_bytes: u64,
+        #[arg(long)]
+        cgroup: String,
     },
     /// Publish a Wasm module or component to an OCI registry as a CNCF Wasm artifact.
     Push {
@@ -297,12 +350,42 @@ async fn shutdown_signal() {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // The shim forks first thing: it must do so while the process has a single thread.
+    if let Command::Shim {
+        id,
+        bundle,
+        runc,
+        runc_root,
+        log,
+        max_log_bytes,
+        cgroup,
+    } = cli.command
+    {
+        let args = skiff_node::runtime::oci::shim::ShimArgs {
+            id,
+            bundle,
+            runc,
+            runc_root,
+            log,
+            max_log_bytes,
+            cgroup,
+        };
+        std::process::exit(skiff_node::runtime::oci::shim::run(args));
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     init_tracing();
     // One TLS crypto provider for the whole process (clients and servers alike).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    match Cli::parse().command {
+    match cli.command {
+        Command::Shim { .. } => unreachable!("handled before the runtime starts"),
         Command::Server {
             data_dir,
             listen,
@@ -332,6 +415,7 @@ async fn main() -> anyhow::Result<()> {
             insecure_registries,
             lease_renew_interval,
             network,
+            oci,
         } => {
             let node_name = node_name.unwrap_or_else(hostname);
             let config = skiff_node::agent::AgentConfig {
@@ -346,6 +430,7 @@ async fn main() -> anyhow::Result<()> {
                 pod_network: network.mode(),
                 cni_bin_dir: network.cni_bin_dir,
                 cni_bridge: network.cni_bridge,
+                oci: oci.config(),
             };
             skiff_node::agent::run(config, shutdown_signal()).await?;
         }
@@ -358,6 +443,7 @@ async fn main() -> anyhow::Result<()> {
             max_pods,
             control,
             network,
+            oci,
         } => {
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -389,6 +475,7 @@ async fn main() -> anyhow::Result<()> {
                 pod_network: network.mode(),
                 cni_bin_dir: network.cni_bin_dir.clone(),
                 cni_bridge: network.cni_bridge.clone(),
+                oci: oci.config(),
             };
             let mut agent = tokio::spawn(skiff_node::agent::run(agent_config, stopped(stop_rx)));
             // Stop on a signal, or when the agent fails (the whole cluster goes down with it).
@@ -424,7 +511,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Reset {
             data_dir,
             cni_bridge,
-        } => skiff_node::agent::reset(&data_dir, &cni_bridge).await?,
+            runc,
+        } => skiff_node::agent::reset(&data_dir, &cni_bridge, &runc).await?,
         Command::Images {
             what:
                 Images::Import {

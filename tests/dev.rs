@@ -909,86 +909,18 @@ fn wasm_examples_run() {
     );
 }
 
-/// A real registry (CNCF distribution) on loopback, with basic auth.
-struct Registry {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Registry {
-    fn start(htpasswd: Option<(&str, &str)>) -> Registry {
-        let dir = tempfile::tempdir().unwrap();
-        let port = common::free_port();
-        let mut config = format!("version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n", dir.path().join("data").display());
-        if let Some((user, pass)) = htpasswd {
-            let o = Command::new("htpasswd")
-                .args(["-Bbn", user, pass])
-                .output()
-                .expect("htpasswd (apache2-utils)");
-            std::fs::write(dir.path().join("htpasswd"), o.stdout).unwrap();
-            config.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: skiff-test\n    path: {}\n",
-                dir.path().join("htpasswd").display()
-            ));
-        }
-        std::fs::write(dir.path().join("config.yml"), config).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(dir.path().join("config.yml"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("docker-registry (Debian package; run scripts/setup.sh)");
-        eventually(20, "the registry", || {
-            std::net::TcpStream::connect(("127.0.0.1", port))
-                .is_ok()
-                .then_some(())
-        });
-        Registry {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-}
-
-fn push(file: &std::path::Path, image: &str, creds: Option<(&str, &str)>) -> (bool, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_skiff"));
-    c.arg("push").arg(file).arg(image);
-    if let Some((u, p)) = creds {
-        c.args(["--username", u, "--password", p]);
-    }
-    let o = c.output().unwrap();
-    (
-        o.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        ),
-    )
-}
-
 #[test]
 fn wasm_images_are_pulled_from_a_registry() {
-    let reg = Registry::start(None);
-    let secured = Registry::start(Some(("skiff", "s3cret")));
+    let reg = common::oci::Registry::start(None);
+    let secured = common::oci::Registry::start(Some(("skiff", "s3cret")));
     let hello = common::root().join("wasm-examples/out/hello.wasm");
     let image = format!("127.0.0.1:{}/examples/hello:1.0", reg.port);
-    let (ok, out) = push(&hello, &image, None);
+    let (ok, out) = common::oci::push(&hello, &image, None);
     assert!(ok, "{out}");
     let private = format!("127.0.0.1:{}/private/hello:1.0", secured.port);
-    let (ok, _) = push(&hello, &private, None);
+    let (ok, _) = common::oci::push(&hello, &private, None);
     assert!(!ok, "pushing without credentials must fail");
-    let (ok, out) = push(&hello, &private, Some(("skiff", "s3cret")));
+    let (ok, out) = common::oci::push(&hello, &private, Some(("skiff", "s3cret")));
     assert!(ok, "{out}");
 
     let d = Dev::start();
@@ -1053,82 +985,16 @@ fn wasm_images_are_pulled_from_a_registry() {
     assert_eq!(done("allowed")["status"]["phase"], "Succeeded");
 }
 
-/// Builds a regular OCI image (umoci) holding `payload` as /app/program, with the
-/// entrypoint `./main` (a symbolic link to it) in WorkingDir /app, and pushes it (skopeo)
-/// to `image`.
-fn push_oci_image(payload: &std::path::Path, image: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let layout = dir.path().join("layout");
-    let bundle = dir.path().join("bundle");
-    let tagged = format!("{}:1", layout.display());
-    let run = |cmd: &str, args: &[&str]| {
-        let o = Command::new(cmd)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("{cmd} (run scripts/setup.sh): {e}"));
-        assert!(
-            o.status.success(),
-            "{cmd} {args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-    };
-    run("umoci", &["init", "--layout", layout.to_str().unwrap()]);
-    run("umoci", &["new", "--image", &tagged]);
-    run(
-        "umoci",
-        &[
-            "unpack",
-            "--rootless",
-            "--image",
-            &tagged,
-            bundle.to_str().unwrap(),
-        ],
-    );
-    let app = bundle.join("rootfs/app");
-    std::fs::create_dir_all(&app).unwrap();
-    std::fs::copy(payload, app.join("program")).unwrap();
-    std::os::unix::fs::symlink("program", app.join("main")).unwrap();
-    run(
-        "umoci",
-        &["repack", "--image", &tagged, bundle.to_str().unwrap()],
-    );
-    run(
-        "umoci",
-        &[
-            "config",
-            "--image",
-            &tagged,
-            "--config.workingdir",
-            "/app",
-            "--config.entrypoint",
-            "./main",
-            "--config.cmd",
-            "from",
-            "--config.cmd",
-            "an-oci-image",
-        ],
-    );
-    run(
-        "skopeo",
-        &[
-            "copy",
-            "--dest-tls-verify=false",
-            &format!("oci:{tagged}"),
-            &format!("docker://{image}"),
-        ],
-    );
-}
-
 #[test]
 fn oci_images_with_a_wasm_entrypoint_run() {
-    let reg = Registry::start(None);
+    let reg = common::oci::Registry::start(None);
     let hello = common::root().join("wasm-examples/out/hello.wasm");
     let image = format!("127.0.0.1:{}/examples/hello-oci:1", reg.port);
-    push_oci_image(&hello, &image);
+    common::oci::push_app_image(&hello, &image);
     let script = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(script.path(), "#!/bin/sh\necho native\n").unwrap();
     let native = format!("127.0.0.1:{}/examples/native:1", reg.port);
-    push_oci_image(script.path(), &native);
+    common::oci::push_app_image(script.path(), &native);
 
     let d = Dev::start();
     eventually(30, "node Ready", || {
@@ -1220,5 +1086,35 @@ fn dev_runs_wasm_pods_without_root() {
     assert_eq!(
         d.ok(&["logs", "hello-wasm"]),
         "Hello from a Wasm pod on Skiff!\narg 1: from\narg 2: kubectl\n"
+    );
+    // Without root the pod lives on the node's network, and an Event says so.
+    let events = d.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=hello-wasm",
+    ]);
+    assert!(
+        events.contains("NodeNetwork")
+            && events.contains("the pod's containers use the node's network"),
+        "{events}"
+    );
+    // The node does not offer runc: a pod that may hold OCI containers is kept off it.
+    let node = d.json(&["get", "node", "edge-1"]);
+    assert_eq!(node["metadata"]["labels"]["runtime.skiff.dev/oci"], "false");
+    let (ok, _, err) = d.kubectl(&["run", "oci", "--image=busybox", "--restart=Never"], None);
+    assert!(ok, "{err}");
+    let msg = eventually(30, "the scheduler's reason", || {
+        let p = d.json(&["get", "pod", "oci"]);
+        let c = p["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "PodScheduled")?
+            .clone();
+        (c["reason"] == "Unschedulable").then(|| c["message"].to_string())
+    });
+    assert!(
+        msg.contains("node(s) didn't offer the OCI runtime (runc)"),
+        "{msg}"
     );
 }

@@ -83,6 +83,16 @@ impl LogFile {
         })))
     }
 
+    /// The file the log is written to.
+    pub fn path(&self) -> PathBuf {
+        self.0.lock().expect("log lock").path.clone()
+    }
+
+    /// The size past which the log is rotated.
+    pub fn max_bytes(&self) -> u64 {
+        self.0.lock().expect("log lock").max_bytes
+    }
+
     fn line(inner: &mut Inner, stream: Stream, tag: char, text: &[u8]) -> io::Result<()> {
         let mut out = Vec::with_capacity(text.len() + 48);
         out.extend_from_slice(timestamp().as_bytes());

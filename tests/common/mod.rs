@@ -1,6 +1,8 @@
 //! Shared harness for end-to-end tests: real `skiff` processes and the real kubectl.
 #![allow(dead_code)]
 
+pub mod oci;
+
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

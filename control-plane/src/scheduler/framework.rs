@@ -677,6 +677,20 @@ pub const FILTERS: &[Filter] = &[
         },
     },
     Filter {
+        // Skiff's: a pod that may hold OCI containers (any RuntimeClass but `wasmtime`)
+        // stays off nodes that say they cannot run them (an unprivileged agent's).
+        name: "NodeRuntime",
+        applies: |p, _| !p.wasm_only,
+        check: |p, n, _| {
+            let label = n.entry.labels.get(skiff_api::OCI_RUNTIME_LABEL);
+            if !p.wasm_only && label.map(String::as_str) == Some("false") {
+                Err("node(s) didn't offer the OCI runtime (runc)".into())
+            } else {
+                Ok(())
+            }
+        },
+    },
+    Filter {
         name: "NodePorts",
         applies: |p, _| !p.host_ports.is_empty(),
         check: |p, n, _| {
@@ -1068,7 +1082,7 @@ mod tests {
     }
 
     #[test]
-    fn the_filter_table_is_kube_schedulers() {
+    fn the_filter_table_is_kube_schedulers_with_skiffs_runtime_filter() {
         let names: Vec<&str> = FILTERS.iter().map(|f| f.name).collect();
         assert_eq!(
             names,
@@ -1077,6 +1091,7 @@ mod tests {
                 "NodeName",
                 "TaintToleration",
                 "NodeAffinity",
+                "NodeRuntime",
                 "NodePorts",
                 "NodeResourcesFit",
                 "InterPodAffinity",
@@ -1096,6 +1111,31 @@ mod tests {
                 ("ImageLocality", 1)
             ]
         );
+    }
+
+    #[test]
+    fn pods_that_may_hold_oci_containers_avoid_nodes_without_runc() {
+        let pre = Prepared::default();
+        let wasm_only = node(
+            "w",
+            json!({skiff_api::OCI_RUNTIME_LABEL: "false"}),
+            json!({}),
+        );
+        let both = node(
+            "b",
+            json!({skiff_api::OCI_RUNTIME_LABEL: "true"}),
+            json!({}),
+        );
+        let oci = pod(json!({}));
+        assert_eq!(
+            filter(&oci, &wasm_only, &pre).unwrap_err(),
+            "node(s) didn't offer the OCI runtime (runc)"
+        );
+        assert!(filter(&oci, &both, &pre).is_ok());
+        // A node that says nothing (a kubelet of another kind) is taken to run them.
+        assert!(filter(&oci, &plain("k"), &pre).is_ok());
+        let wasm = pod(json!({"runtimeClassName": "wasmtime"}));
+        assert!(filter(&wasm, &wasm_only, &pre).is_ok());
     }
 
     #[test]

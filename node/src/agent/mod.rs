@@ -53,6 +53,8 @@ pub struct AgentConfig {
     pub cni_bin_dir: PathBuf,
     /// The bridge the node's pods hang on.
     pub cni_bridge: String,
+    /// The OCI runtime's settings; `None`: the node runs Wasm only.
+    pub oci: Option<crate::runtime::oci::OciConfig>,
 }
 
 /// How the agent networks its pods.
@@ -181,6 +183,8 @@ pub(crate) struct Ctx {
     pub data_dir: PathBuf,
     pub images: ImageStore,
     pub wasm: WasmRuntime,
+    /// runc, where the node can run OCI containers.
+    pub oci: Option<crate::runtime::oci::OciRuntime>,
     pub events: events::Recorder,
     pub insecure_registries: Vec<String>,
     /// The node's pod network (pods wait for it).
@@ -373,13 +377,14 @@ async fn register(
     ip: &str,
     port: u16,
     images: &ImageStore,
+    oci: bool,
 ) -> Result<(), AgentError> {
     let nodes: Api<Node> = Api::all(client.clone());
     let status = node_status(cfg, ip, port, images);
     let node = Node {
         metadata: ObjectMeta {
             name: Some(cfg.node_name.clone()),
-            labels: Some(node_info::labels(&cfg.node_name)),
+            labels: Some(node_info::labels(&cfg.node_name, oci)),
             ..Default::default()
         },
         spec: None,
@@ -398,7 +403,7 @@ async fn register(
         Ok(_) => tracing::info!(node = %cfg.node_name, "registered node"),
         Err(kube::Error::Api(e)) if e.code == 409 => {
             let labels =
-                serde_json::json!({"metadata": {"labels": node_info::labels(&cfg.node_name)}});
+                serde_json::json!({"metadata": {"labels": node_info::labels(&cfg.node_name, oci)}});
             nodes
                 .patch(
                     &cfg.node_name,
@@ -508,9 +513,14 @@ async fn report_status(
     Ok(true)
 }
 
-/// Tears down every pod sandbox under the data directory of a stopped agent (their
-/// networks, then their files) and removes the pods' bridge.
-pub async fn reset(data_dir: &std::path::Path, bridge: &str) -> Result<(), AgentError> {
+/// Tears down what a stopped agent's pods left: their runc containers, then every pod
+/// sandbox under its data directory (networks, then files), and the pods' bridge.
+pub async fn reset(
+    data_dir: &std::path::Path,
+    bridge: &str,
+    runc: &std::path::Path,
+) -> Result<(), AgentError> {
+    crate::runtime::oci::OciRuntime::reset(data_dir, runc).await;
     let live = HashSet::new();
     for path in pod::orphans(data_dir, &live) {
         crate::sandbox::Sandbox::remove(&path)
@@ -592,8 +602,19 @@ pub async fn run(
         None => Networks::Waiting,
     };
     let (networks_tx, networks) = tokio::sync::watch::channel(initial);
+    let oci = match &cfg.oci {
+        None => None,
+        Some(oc) => match crate::runtime::oci::OciRuntime::detect(&cfg.data_dir, oc) {
+            Ok(rt) => Some(rt),
+            Err(reason) => {
+                tracing::warn!(%reason, "this node does not offer the OCI runtime");
+                None
+            }
+        },
+    };
     let ctx = Arc::new(Ctx {
         networks,
+        oci,
         client: client.clone(),
         node_ip: ip.clone(),
         data_dir: cfg.data_dir.clone(),
@@ -616,7 +637,16 @@ pub async fn run(
     // As the kubelet does, wait for the API server rather than give up: an edge node may
     // boot before its control plane.
     let mut retry = Duration::from_millis(500);
-    while let Err(e) = register(&client, &cfg, &ip, endpoint.port(), &ctx.images).await {
+    while let Err(e) = register(
+        &client,
+        &cfg,
+        &ip,
+        endpoint.port(),
+        &ctx.images,
+        ctx.oci.is_some(),
+    )
+    .await
+    {
         tracing::warn!(error = %e, retry_in = ?retry, "unable to register the node with the API server");
         tokio::time::sleep(retry).await;
         retry = (retry * 2).min(Duration::from_secs(10));
@@ -681,9 +711,17 @@ pub async fn run(
                     .map(|(_, w)| w)
                     .collect();
                 let orphans = pod::orphans(&ctx.data_dir, &listed);
+                let ctx2 = ctx.clone();
                 tokio::spawn(async move {
                     for w in stale {
                         w.end().await;
+                    }
+                    // runc containers of pods deleted while no agent watched.
+                    if let Some(oci) = &ctx2.oci {
+                        for uid in oci.pods().into_iter().filter(|u| !listed.contains(u)) {
+                            tracing::info!(pod_uid = %uid, "removing the containers of a deleted pod");
+                            oci.remove_pod(&uid).await;
+                        }
                     }
                     for path in orphans {
                         tracing::info!(path = %path.display(), "removing the sandbox and files of a deleted pod");
@@ -702,6 +740,10 @@ pub async fn run(
     }
     beat.abort();
     drop(network_setup);
+    // The pods' runc containers stay for the next agent to adopt.
+    if let Some(oci) = &ctx.oci {
+        oci.detach();
+    }
     for (_, w) in workers {
         w.stop();
     }

@@ -6,7 +6,7 @@ use std::path::Path;
 use k8s_openapi::api::core::v1::{NodeAddress, NodeSystemInfo};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
-pub use skiff_api::WASM_RUNTIME_LABEL;
+pub use skiff_api::{OCI_RUNTIME_LABEL, WASM_RUNTIME_LABEL};
 pub const KUBELET_VERSION: &str = "v1.33.0-skiff";
 
 fn read(path: &str) -> String {
@@ -145,15 +145,19 @@ pub fn system_info() -> NodeSystemInfo {
     }
 }
 
-pub fn labels(node_name: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
+/// The node's labels; `oci`: whether it offers the OCI runtime.
+pub fn labels(node_name: &str, oci: bool) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::from([
         ("kubernetes.io/hostname".to_string(), node_name.to_string()),
         ("kubernetes.io/os".to_string(), "linux".to_string()),
         ("kubernetes.io/arch".to_string(), arch().to_string()),
         ("beta.kubernetes.io/os".to_string(), "linux".to_string()),
         ("beta.kubernetes.io/arch".to_string(), arch().to_string()),
         (WASM_RUNTIME_LABEL.to_string(), "true".to_string()),
-    ])
+    ]);
+    // Said either way: pods that may hold OCI containers stay off a node saying "false".
+    labels.insert(OCI_RUNTIME_LABEL.to_string(), oci.to_string());
+    labels
 }
 
 pub fn addresses(node_name: &str, ip: &str) -> Vec<NodeAddress> {
@@ -167,6 +171,17 @@ pub fn addresses(node_name: &str, ip: &str) -> Vec<NodeAddress> {
             address: node_name.into(),
         },
     ]
+}
+
+/// The machine's host name (what a hostNetwork pod sees as its own).
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // Safety: gethostname writes at most `len` bytes into the buffer.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return "localhost".into();
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 #[cfg(test)]

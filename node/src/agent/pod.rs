@@ -131,6 +131,8 @@ fn terminated(exit: &Exit, started: Option<Time>, container_id: &str) -> Contain
 pub struct PodDirs {
     pub sandbox: PathBuf,
     pub logs: PathBuf,
+    /// The pod's runc bundles (each removed with its container).
+    pub containers: PathBuf,
 }
 
 impl PodDirs {
@@ -145,6 +147,7 @@ impl PodDirs {
         PodDirs {
             sandbox: data_dir.join(SANDBOXES).join(&uid),
             logs: data_dir.join(LOGS).join(format!("{ns}_{name}_{uid}")),
+            containers: data_dir.join("containers").join(&uid),
         }
     }
 
@@ -153,6 +156,12 @@ impl PodDirs {
             tracing::warn!(error = %e, "tearing down a pod sandbox failed");
         }
         let _ = std::fs::remove_dir_all(&self.logs);
+        // Empty by now (a bundle goes with its container); never recursively: a bundle
+        // still there has a mounted root file system.
+        let _ = std::fs::remove_dir(&self.containers);
+        if let Some(uid) = self.containers.file_name() {
+            crate::runtime::oci::remove_pod_cgroups(&uid.to_string_lossy());
+        }
     }
 }
 
@@ -429,6 +438,7 @@ async fn supervise(
     idx: usize,
     init: bool,
     mut status: ContainerStatus,
+    previous: Option<ContainerStatus>,
     updates: mpsc::Sender<Update>,
 ) -> bool {
     let ctx = pc.ctx.clone();
@@ -438,165 +448,208 @@ async fn supervise(
     // first restart is immediate, later ones wait 10 s doubling to 5 min.
     let mut backoff = BACKOFF_START;
     let mut crash_backoff = Duration::ZERO;
+    // A container an earlier agent started and that outlived it goes on.
+    let mut adopted = match previous {
+        Some(prev) => adopt(&pc, prev).await,
+        None => None,
+    };
     loop {
-        let image = c.image.clone().unwrap_or_default();
-        let policy = c
-            .image_pull_policy
-            .clone()
-            .unwrap_or_else(|| "IfNotPresent".into());
-        let img = match Box::pin(obtain_image(&pc, &c.name, &image, &policy)).await {
-            Ok(img) => img,
-            Err((reason, msg)) => {
-                status.state = Some(waiting(reason, Some(msg)));
-                let _ = updates
-                    .send(Update::Status(idx, Box::new(status.clone())))
-                    .await;
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                // Later attempts wait in ImagePullBackOff, as the kubelet's do.
-                if reason == "ErrImagePull" {
-                    status.state = Some(waiting(
-                        "ImagePullBackOff",
-                        Some(format!("Back-off pulling image \"{image}\"")),
-                    ));
-                    let _ = updates
-                        .send(Update::Status(idx, Box::new(status.clone())))
-                        .await;
-                }
-                continue;
-            }
-        };
-        let runtime = match runtime_for(&pc, &img) {
-            Ok(r) => r,
-            Err(msg) => {
-                create_failed(
-                    &pc,
-                    &c.name,
-                    idx,
-                    &mut status,
-                    &updates,
-                    "CreateContainerError",
-                    msg,
-                    &mut backoff,
-                )
-                .await;
-                continue;
-            }
-        };
-        status.image = image.clone();
-        status.image_id = format!(
-            "{}@{}",
-            image.split('@').next().unwrap_or(&image),
-            img.digest
-        );
-        // The environment, then the mounts (a subPathExpr expands with it).
-        let config = async {
-            let env = pc.env(c).await?;
-            let mounts = pc.sandbox.mounts(c, &env).map_err(|e| e.to_string())?;
-            Ok::<_, String>((env, mounts))
-        };
-        let (env, mounts) = match Box::pin(config).await {
-            Ok(config) => config,
-            Err(msg) => {
-                create_failed(
-                    &pc,
-                    &c.name,
-                    idx,
-                    &mut status,
-                    &updates,
-                    "CreateContainerConfigError",
-                    msg,
-                    &mut backoff,
-                )
-                .await;
-                continue;
-            }
-        };
-        // `restartCount` numbers the latest instance; a container that ran before (under
-        // this agent or an earlier one: it has a last state) starts one higher.
-        let run = status.restart_count + i32::from(status.last_state.is_some());
-        let run_id = format!("{}-{}-{}", pc.uid, c.name, run);
-        let log_path = pc
-            .dirs
-            .logs
-            .join(path_element(&c.name))
-            .join(format!("{run}.log"));
-        let log = LogFile::new(&log_path, crate::logs::MAX_LOG_BYTES);
-        let argv = argv(c, img.run.as_ref());
-        let env = match &img.run {
-            Some(run) => image_env(run, env),
-            None => env,
-        };
-        let spec = ContainerSpec {
-            id: format!("{}/{}/{}", pc.ns, pc.name, c.name),
-            image: img.content.clone(),
-            image_digest: img.digest.clone(),
-            argv,
-            env,
-            working_dir: c.working_dir.clone().or_else(|| {
-                img.run
+        let (mut running, started, container_id, log_path) =
+            if let Some((running, prev)) = adopted.take() {
+                let started = prev
+                    .state
                     .as_ref()
-                    .and_then(|r| r.working_dir.clone())
-                    .filter(|d| !d.is_empty())
-            }),
-            mounts,
-            network: pc.sandbox.network.clone(),
-            log,
-            memory_limit: limit(c, "memory").map(|m| (m / 1000) as u64),
-            cpu_limit_millis: limit(c, "cpu").map(|m| m as u64),
-            alive: pc.containers.token(),
-        };
-        let container_id = format!("{}://{run_id}", runtime.name());
-        let started = now();
-        ctx.active_logs
-            .lock()
-            .expect("active logs")
-            .insert(log_path.clone());
-        let mut running: Box<dyn Running> = match runtime.start(spec).await {
-            Ok(r) => r,
-            Err(e) => {
+                    .and_then(|s| s.running.as_ref())
+                    .and_then(|r| r.started_at.clone())
+                    .unwrap_or_else(now);
+                let id = prev.container_id.clone().unwrap_or_default();
+                let log_path = pc
+                    .dirs
+                    .logs
+                    .join(path_element(&c.name))
+                    .join(format!("{}.log", prev.restart_count));
                 ctx.active_logs
                     .lock()
                     .expect("active logs")
-                    .remove(&log_path);
-                create_failed(
-                    &pc,
-                    &c.name,
-                    idx,
-                    &mut status,
-                    &updates,
-                    "CreateContainerError",
-                    e.to_string(),
-                    &mut backoff,
-                )
-                .await;
-                continue;
-            }
-        };
-        ctx.events.pod(
-            &pc.pod,
-            Some(&c.name),
-            "Normal",
-            "Created",
-            format!("Created container: {}", c.name),
-        );
-        ctx.events.pod(
-            &pc.pod,
-            Some(&c.name),
-            "Normal",
-            "Started",
-            format!("Started container {}", c.name),
-        );
-        status.restart_count = run;
-        status.container_id = Some(container_id.clone());
-        status.started = Some(true);
-        status.ready = !init;
-        status.state = Some(ContainerState {
-            running: Some(ContainerStateRunning {
-                started_at: Some(started.clone()),
-            }),
-            ..Default::default()
-        });
+                    .insert(log_path.clone());
+                status = prev;
+                (running, started, id, log_path)
+            } else {
+                let image = c.image.clone().unwrap_or_default();
+                let policy = c
+                    .image_pull_policy
+                    .clone()
+                    .unwrap_or_else(|| "IfNotPresent".into());
+                let img = match Box::pin(obtain_image(&pc, &c.name, &image, &policy)).await {
+                    Ok(img) => img,
+                    Err((reason, msg)) => {
+                        status.state = Some(waiting(reason, Some(msg)));
+                        let _ = updates
+                            .send(Update::Status(idx, Box::new(status.clone())))
+                            .await;
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        // Later attempts wait in ImagePullBackOff, as the kubelet's do.
+                        if reason == "ErrImagePull" {
+                            status.state = Some(waiting(
+                                "ImagePullBackOff",
+                                Some(format!("Back-off pulling image \"{image}\"")),
+                            ));
+                            let _ = updates
+                                .send(Update::Status(idx, Box::new(status.clone())))
+                                .await;
+                        }
+                        continue;
+                    }
+                };
+                let runtime = match runtime_for(&pc, &img) {
+                    Ok(r) => r,
+                    Err(msg) => {
+                        create_failed(
+                            &pc,
+                            &c.name,
+                            idx,
+                            &mut status,
+                            &updates,
+                            "CreateContainerError",
+                            msg,
+                            &mut backoff,
+                        )
+                        .await;
+                        continue;
+                    }
+                };
+                status.image = image.clone();
+                status.image_id = format!(
+                    "{}@{}",
+                    image.split('@').next().unwrap_or(&image),
+                    img.digest
+                );
+                // The environment, then the mounts (a subPathExpr expands with it).
+                let config = async {
+                    let env = pc.env(c).await?;
+                    let mounts = pc.sandbox.mounts(c, &env).map_err(|e| e.to_string())?;
+                    Ok::<_, String>((env, mounts))
+                };
+                let (env, mounts) = match Box::pin(config).await {
+                    Ok(config) => config,
+                    Err(msg) => {
+                        create_failed(
+                            &pc,
+                            &c.name,
+                            idx,
+                            &mut status,
+                            &updates,
+                            "CreateContainerConfigError",
+                            msg,
+                            &mut backoff,
+                        )
+                        .await;
+                        continue;
+                    }
+                };
+                // `restartCount` numbers the latest instance; a container that ran before (under
+                // this agent or an earlier one: it has a last state) starts one higher.
+                let run = status.restart_count + i32::from(status.last_state.is_some());
+                let run_id = format!("{}-{}-{}", pc.uid, c.name, run);
+                let log_path = pc
+                    .dirs
+                    .logs
+                    .join(path_element(&c.name))
+                    .join(format!("{run}.log"));
+                let log = LogFile::new(&log_path, crate::logs::MAX_LOG_BYTES);
+                let argv = argv(c, img.run.as_ref());
+                let env = match &img.run {
+                    Some(run) => image_env(run, env),
+                    None => env,
+                };
+                let spec = ContainerSpec {
+                    id: format!("{}/{}/{}", pc.ns, pc.name, c.name),
+                    run_id: run_id.clone(),
+                    pod_uid: pc.uid.clone(),
+                    hostname: pc.sandbox.hostname.clone(),
+                    files: pc.sandbox.files.clone(),
+                    security: security(&pc.pod, c),
+                    image_user: img
+                        .run
+                        .as_ref()
+                        .and_then(|r| r.user.clone())
+                        .filter(|u| !u.is_empty()),
+                    cpu_request_millis: request(c, "cpu").map(|m| m as u64),
+                    image: img.content.clone(),
+                    image_digest: img.digest.clone(),
+                    argv,
+                    env,
+                    working_dir: c.working_dir.clone().or_else(|| {
+                        img.run
+                            .as_ref()
+                            .and_then(|r| r.working_dir.clone())
+                            .filter(|d| !d.is_empty())
+                    }),
+                    mounts,
+                    network: pc.sandbox.network.clone(),
+                    log,
+                    memory_limit: limit(c, "memory").map(|m| (m / 1000) as u64),
+                    cpu_limit_millis: limit(c, "cpu").map(|m| m as u64),
+                    alive: pc.containers.token(),
+                };
+                let container_id = format!("{}://{run_id}", runtime.name());
+                let started = now();
+                ctx.active_logs
+                    .lock()
+                    .expect("active logs")
+                    .insert(log_path.clone());
+                let running: Box<dyn Running> = match runtime.start(spec).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        ctx.active_logs
+                            .lock()
+                            .expect("active logs")
+                            .remove(&log_path);
+                        let reason = match e {
+                            crate::runtime::RuntimeError::Config(_) => "CreateContainerConfigError",
+                            _ => "CreateContainerError",
+                        };
+                        create_failed(
+                            &pc,
+                            &c.name,
+                            idx,
+                            &mut status,
+                            &updates,
+                            reason,
+                            e.to_string(),
+                            &mut backoff,
+                        )
+                        .await;
+                        continue;
+                    }
+                };
+                ctx.events.pod(
+                    &pc.pod,
+                    Some(&c.name),
+                    "Normal",
+                    "Created",
+                    format!("Created container: {}", c.name),
+                );
+                ctx.events.pod(
+                    &pc.pod,
+                    Some(&c.name),
+                    "Normal",
+                    "Started",
+                    format!("Started container {}", c.name),
+                );
+                status.restart_count = run;
+                status.container_id = Some(container_id.clone());
+                status.started = Some(true);
+                status.ready = !init;
+                status.state = Some(ContainerState {
+                    running: Some(ContainerStateRunning {
+                        started_at: Some(started.clone()),
+                    }),
+                    ..Default::default()
+                });
+                (running, started, container_id, log_path)
+            };
         let _ = updates
             .send(Update::Status(idx, Box::new(status.clone())))
             .await;
@@ -656,6 +709,52 @@ async fn supervise(
     }
 }
 
+/// A container the pod's status shows running under an earlier agent, if its runtime
+/// still has it (runc containers outlive the agent; Wasm guests do not).
+async fn adopt(pc: &PodCtx, prev: ContainerStatus) -> Option<(Box<dyn Running>, ContainerStatus)> {
+    prev.state.as_ref()?.running.as_ref()?;
+    let id = prev.container_id.as_deref()?;
+    let (runtime, run_id) = id.split_once("://")?;
+    let oci = pc.ctx.oci.as_ref().filter(|o| o.name() == runtime)?;
+    let running = oci.adopt(run_id, pc.containers.token()).await?;
+    tracing::info!(container = %prev.name, id, "adopted a running container");
+    Some((running, prev))
+}
+
+/// The container's securityContext over its pod's.
+fn security(pod: &Pod, c: &Container) -> crate::runtime::Security {
+    let p = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.security_context.clone())
+        .unwrap_or_default();
+    let own = c.security_context.clone().unwrap_or_default();
+    let caps = own.capabilities.clone().unwrap_or_default();
+    crate::runtime::Security {
+        run_as_user: own.run_as_user.or(p.run_as_user),
+        run_as_group: own.run_as_group.or(p.run_as_group),
+        run_as_non_root: own.run_as_non_root.or(p.run_as_non_root) == Some(true),
+        supplemental_groups: p.supplemental_groups.unwrap_or_default(),
+        read_only_root_filesystem: own.read_only_root_filesystem == Some(true),
+        privileged: own.privileged == Some(true),
+        allow_privilege_escalation: own.allow_privilege_escalation,
+        add_capabilities: caps.add.unwrap_or_default(),
+        drop_capabilities: caps.drop.unwrap_or_default(),
+    }
+}
+
+/// A container's resource request in milli-units (its limit when it states none, as the
+/// API server defaults it).
+fn request(c: &Container, res: &str) -> Option<i128> {
+    c.resources
+        .as_ref()
+        .and_then(|r| r.requests.as_ref())
+        .and_then(|l| l.get(res))
+        .and_then(|q| skiff_api::quantity::parse(&q.0).ok())
+        .map(|m| m.0)
+        .or_else(|| limit(c, res))
+}
+
 /// The runtime for an image: Wasm content runs on wasmtime; a root file system on runc,
 /// unless the pod asked for Wasm only (RuntimeClass `wasmtime`) or the node has no runc.
 fn runtime_for<'a>(pc: &'a PodCtx, img: &crate::images::Image) -> Result<&'a dyn Runtime, String> {
@@ -665,13 +764,14 @@ fn runtime_for<'a>(pc: &'a PodCtx, img: &crate::images::Image) -> Result<&'a dyn
         .as_ref()
         .and_then(|s| s.runtime_class_name.as_deref())
         == Some(WASMTIME_CLASS);
-    match &img.content {
-        Content::Wasm(_) => Ok(&pc.ctx.wasm),
-        Content::Rootfs(_) if wasm_only => Err(format!(
+    match (&img.content, &pc.ctx.oci) {
+        (Content::Wasm(_), _) => Ok(&pc.ctx.wasm),
+        (Content::Rootfs(_), _) if wasm_only => Err(format!(
             "the image {} is not a Wasm image (its entrypoint is not a Wasm module): pods of RuntimeClass {WASMTIME_CLASS} run Wasm only",
             img.reference
         )),
-        Content::Rootfs(_) => Err(format!(
+        (Content::Rootfs(_), Some(oci)) => Ok(oci),
+        (Content::Rootfs(_), None) => Err(format!(
             "the image {} is an OCI container image, which needs the OCI runtime (runc): this node does not offer it",
             img.reference
         )),
@@ -869,13 +969,53 @@ async fn prepare_sandbox(
     spec: &k8s_openapi::api::core::v1::PodSpec,
 ) -> Result<(Sandbox, String), (&'static str, String)> {
     let volumes = spec.volumes.as_deref().unwrap_or_default();
-    let mut sandbox = Sandbox::create(&pc.dirs.sandbox, volumes, pc)
+    let sandbox = Sandbox::create(&pc.dirs.sandbox, volumes, pc)
         .await
         .map_err(|e| ("FailedMount", e.to_string()))?;
     let node_ip = pc.ctx.node_ip.clone();
-    if spec.host_network == Some(true) {
-        return Ok((sandbox, node_ip));
-    }
+    let (sandbox, ip) = if spec.host_network == Some(true) {
+        (sandbox, node_ip)
+    } else {
+        pod_network(pc, spec, sandbox).await?
+    };
+    let (hostname, host_network) = match spec.host_network {
+        Some(true) => (super::node_info::hostname(), true),
+        _ => (
+            spec.hostname
+                .clone()
+                .unwrap_or_else(|| pc.name.chars().take(63).collect()),
+            false,
+        ),
+    };
+    let aliases = spec
+        .host_aliases
+        .iter()
+        .flatten()
+        .map(|a| (a.ip.clone(), a.hostnames.clone().unwrap_or_default()))
+        .collect();
+    let entries = crate::sandbox::HostsEntries {
+        hostname: &hostname,
+        pod_ip: &ip,
+        aliases,
+        host_network,
+    };
+    let mut sandbox = sandbox;
+    sandbox.write_etc(&pc.dirs.sandbox, &entries).map_err(|e| {
+        (
+            "FailedCreatePodSandBox",
+            format!("Failed to create pod sandbox: writing /etc files: {e}"),
+        )
+    })?;
+    Ok((sandbox, ip))
+}
+
+/// The pod's own network (or the node's where the node cannot give it one).
+async fn pod_network(
+    pc: &PodCtx,
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    mut sandbox: Sandbox,
+) -> Result<(Sandbox, String), (&'static str, String)> {
+    let node_ip = pc.ctx.node_ip.clone();
     let mut networks = pc.ctx.networks.clone();
     let ready = networks
         .wait_for(|n| !matches!(n, super::Networks::Waiting))
@@ -1150,6 +1290,22 @@ async fn run_pod(
         conditions: std::sync::Mutex::new(prev.conditions.clone().unwrap_or_default()),
         slot: Default::default(),
     };
+    // What each container was, for adopting those that outlived an earlier agent.
+    let before = |containers: Option<&Vec<Container>>, list: Option<&Vec<ContainerStatus>>| {
+        containers
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                list.and_then(|l| l.iter().find(|s| s.name == c.name))
+                    .cloned()
+            })
+            .collect::<Vec<_>>()
+    };
+    let init_before = before(
+        spec.init_containers.as_ref(),
+        prev.init_container_statuses.as_ref(),
+    );
+    let main_before = before(Some(&spec.containers), prev.container_statuses.as_ref());
     drop(prev);
     let _writer = AbortOnDrop(tokio::spawn(write_status(
         api.clone(),
@@ -1205,6 +1361,7 @@ async fn run_pod(
                         i,
                         true,
                         init[i].clone(),
+                        init_before[i].clone(),
                         tx.clone(),
                     )));
                     loop {
@@ -1243,6 +1400,7 @@ async fn run_pod(
                             i,
                             false,
                             st.clone(),
+                            main_before[i].clone(),
                             tx.clone(),
                         ))));
                     }

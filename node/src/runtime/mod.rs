@@ -2,6 +2,7 @@
 //! environment, mounts, limits and where output goes — never the whole pod spec. The pod
 //! sandbox (volumes, and later the network namespace) is prepared outside and shared.
 
+pub mod oci;
 pub mod wasm;
 
 use crate::logs::LogFile;
@@ -14,10 +15,39 @@ pub struct Mount {
     pub read_only: bool,
 }
 
+/// A container's securityContext merged with its pod's (the container's fields win).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Security {
+    pub run_as_user: Option<i64>,
+    pub run_as_group: Option<i64>,
+    pub run_as_non_root: bool,
+    pub supplemental_groups: Vec<i64>,
+    pub read_only_root_filesystem: bool,
+    pub privileged: bool,
+    /// `None`: not set (Kubernetes then allows escalation; Skiff does not).
+    pub allow_privilege_escalation: Option<bool>,
+    pub add_capabilities: Vec<String>,
+    pub drop_capabilities: Vec<String>,
+}
+
 /// What a runtime needs to start one container.
 pub struct ContainerSpec {
     /// `<namespace>/<pod>/<container>`, for logs and errors.
     pub id: String,
+    /// This run's unique name on the node (`<pod uid>-<container>-<run>`): a runtime's
+    /// container ID.
+    pub run_id: String,
+    /// The pod's uid (its containers are grouped by it on the node).
+    pub pod_uid: String,
+    /// The container's host name (the pod's).
+    pub hostname: String,
+    /// Files of the pod sandbox bound at these paths (`/etc/hosts`, `/etc/resolv.conf`).
+    pub files: Vec<(String, std::path::PathBuf)>,
+    pub security: Security,
+    /// The image's `User`, if it names one.
+    pub image_user: Option<String>,
+    /// Thousandths of a CPU the container asks for (its share under contention).
+    pub cpu_request_millis: Option<u64>,
     /// The image's content (a Wasm module or component, or a root file system) and its
     /// digest.
     pub image: crate::images::Content,
@@ -100,6 +130,9 @@ pub enum RuntimeError {
     InvalidImage { image: String, reason: String },
     #[error("cannot start container {id}: {reason}")]
     Start { id: String, reason: String },
+    /// The container's settings cannot be honoured (the kubelet's CreateContainerConfigError).
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Stops a container (it then ends with exit code 137) whatever it is doing; cheap to
@@ -137,4 +170,10 @@ pub trait Runtime: Send + Sync {
     /// Prepares the image (compiling it, once per digest).
     async fn prepare(&self, spec: &ContainerSpec) -> Result<(), RuntimeError>;
     async fn start(&self, spec: ContainerSpec) -> Result<Box<dyn Running>, RuntimeError>;
+    /// A container a previous agent started (its ID without the `name://` prefix), if it
+    /// still runs or left its exit: a restarted agent goes on with it. Runtimes whose
+    /// containers live in the agent's process have none.
+    async fn adopt(&self, _run_id: &str, _alive: Alive) -> Option<Box<dyn Running>> {
+        None
+    }
 }

@@ -557,6 +557,13 @@ mod tests {
             std::fs::write(&image, wat).unwrap();
             ContainerSpec {
                 id: name.into(),
+                run_id: format!("uid-{name}-0"),
+                pod_uid: "uid".into(),
+                hostname: name.into(),
+                files: vec![],
+                security: Default::default(),
+                image_user: None,
+                cpu_request_millis: None,
                 image: crate::images::Content::Wasm(image),
                 image_digest: format!("sha256:{name}"),
                 argv: vec![name.into()],

@@ -145,6 +145,40 @@ pub struct Sandbox {
     /// Volume name -> (its root, open; read-only source).
     volumes: BTreeMap<String, (HostDir, bool)>,
     pub network: Network,
+    /// The containers' host name.
+    pub hostname: String,
+    /// Files of the sandbox containers see (`/etc/hosts`, `/etc/hostname`,
+    /// `/etc/resolv.conf`): guest path, file on the node.
+    pub files: Vec<(String, PathBuf)>,
+}
+
+/// Who a pod's `/etc/hosts` names.
+pub struct HostsEntries<'a> {
+    pub hostname: &'a str,
+    pub pod_ip: &'a str,
+    /// `hostAliases`: an address and its names.
+    pub aliases: Vec<(String, Vec<String>)>,
+    pub host_network: bool,
+}
+
+/// The kubelet's managed `/etc/hosts` of a pod.
+pub fn hosts_file(e: &HostsEntries<'_>) -> String {
+    let mut out = if e.host_network {
+        let node = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+        format!("# Kubernetes-managed hosts file (host network).\n{node}")
+    } else {
+        format!(
+            "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n{}\t{}\n",
+            e.pod_ip, e.hostname
+        )
+    };
+    if !e.aliases.is_empty() {
+        out.push_str("\n# Entries added by HostAliases.\n");
+        for (ip, names) in &e.aliases {
+            out.push_str(&format!("{ip}\t{}\n", names.join("\t")));
+        }
+    }
+    out
 }
 
 /// The network a pod's containers live in.
@@ -264,6 +298,8 @@ impl Sandbox {
         Ok(Sandbox {
             volumes: out,
             network: Network::Node,
+            hostname: String::new(),
+            files: Vec::new(),
         })
     }
 
@@ -300,6 +336,27 @@ impl Sandbox {
             });
         }
         Ok(out)
+    }
+
+    /// Writes the pod's `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` (the node's)
+    /// under the pod's directory `dir`, for the containers to see.
+    pub fn write_etc(&mut self, dir: &Path, hosts: &HostsEntries<'_>) -> std::io::Result<()> {
+        let etc = dir.join("etc");
+        std::fs::create_dir_all(&etc)?;
+        let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+        let files: [(&str, Vec<u8>); 3] = [
+            ("hosts", hosts_file(hosts).into_bytes()),
+            ("hostname", format!("{}\n", hosts.hostname).into_bytes()),
+            ("resolv.conf", resolv),
+        ];
+        self.files.clear();
+        for (name, bytes) in files {
+            let path = etc.join(name);
+            std::fs::write(&path, bytes)?;
+            self.files.push((format!("/etc/{name}"), path));
+        }
+        self.hostname = hosts.hostname.to_string();
+        Ok(())
     }
 
     /// Removes what the sandbox created under the pod's directory `dir` (hostPath volumes

@@ -1,0 +1,216 @@
+//! OCI registries and images for tests: a real registry (Debian's docker-registry, CNCF
+//! distribution) on loopback, images built with umoci from busybox-static and pushed with
+//! skopeo, Wasm pushed with `skiff push`.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// A real registry (CNCF distribution) on loopback, with basic auth.
+pub struct Registry {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Registry {
+    pub fn start(htpasswd: Option<(&str, &str)>) -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let port = super::free_port();
+        let mut config = format!("version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n", dir.path().join("data").display());
+        if let Some((user, pass)) = htpasswd {
+            let o = Command::new("htpasswd")
+                .args(["-Bbn", user, pass])
+                .output()
+                .expect("htpasswd (apache2-utils)");
+            std::fs::write(dir.path().join("htpasswd"), o.stdout).unwrap();
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: skiff-test\n    path: {}\n",
+                dir.path().join("htpasswd").display()
+            ));
+        }
+        std::fs::write(dir.path().join("config.yml"), config).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.path().join("config.yml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry (Debian package; run scripts/setup.sh)");
+        super::eventually(20, "the registry", || {
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .is_ok()
+                .then_some(())
+        });
+        Registry {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+pub fn push(file: &std::path::Path, image: &str, creds: Option<(&str, &str)>) -> (bool, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_skiff"));
+    c.arg("push").arg(file).arg(image);
+    if let Some((u, p)) = creds {
+        c.args(["--username", u, "--password", p]);
+    }
+    let o = c.output().unwrap();
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
+
+/// Builds a regular OCI image (umoci) holding `payload` as /app/program, with the
+/// entrypoint `./main` (a symbolic link to it) in WorkingDir /app, and pushes it (skopeo)
+/// to `image`.
+pub fn push_app_image(payload: &std::path::Path, image: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    let bundle = dir.path().join("bundle");
+    let tagged = format!("{}:1", layout.display());
+    let run = |cmd: &str, args: &[&str]| {
+        let o = Command::new(cmd)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{cmd} (run scripts/setup.sh): {e}"));
+        assert!(
+            o.status.success(),
+            "{cmd} {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    run("umoci", &["init", "--layout", layout.to_str().unwrap()]);
+    run("umoci", &["new", "--image", &tagged]);
+    run(
+        "umoci",
+        &[
+            "unpack",
+            "--rootless",
+            "--image",
+            &tagged,
+            bundle.to_str().unwrap(),
+        ],
+    );
+    let app = bundle.join("rootfs/app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::copy(payload, app.join("program")).unwrap();
+    std::os::unix::fs::symlink("program", app.join("main")).unwrap();
+    run(
+        "umoci",
+        &["repack", "--image", &tagged, bundle.to_str().unwrap()],
+    );
+    run(
+        "umoci",
+        &[
+            "config",
+            "--image",
+            &tagged,
+            "--config.workingdir",
+            "/app",
+            "--config.entrypoint",
+            "./main",
+            "--config.cmd",
+            "from",
+            "--config.cmd",
+            "an-oci-image",
+        ],
+    );
+    run(
+        "skopeo",
+        &[
+            "copy",
+            "--dest-tls-verify=false",
+            &format!("oci:{tagged}"),
+            &format!("docker://{image}"),
+        ],
+    );
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let o = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd} (run scripts/setup.sh): {e}"));
+    assert!(
+        o.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Builds a busybox image (Debian's busybox-static with every applet linked in /bin, Cmd
+/// `sh`), compressed with `compression` (`gzip` or `zstd`), and pushes it to `image`
+/// (with `creds` if the registry wants them).
+pub fn push_busybox(image: &str, compression: &str, creds: Option<(&str, &str)>) {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    let bundle = dir.path().join("bundle");
+    let tagged = format!("{}:1", layout.display());
+    run("umoci", &["init", "--layout", layout.to_str().unwrap()]);
+    run("umoci", &["new", "--image", &tagged]);
+    run(
+        "umoci",
+        &["unpack", "--image", &tagged, bundle.to_str().unwrap()],
+    );
+    let bin = bundle.join("rootfs/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy("/bin/busybox", bin.join("busybox"))
+        .expect("busybox-static (run scripts/setup.sh)");
+    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" {
+            std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+        }
+    }
+    // A user to run as by name.
+    let etc = bundle.join("rootfs/etc");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(
+        etc.join("passwd"),
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1234:1234:app:/home/app:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(etc.join("group"), "root:x:0:\napp:x:1234:\n").unwrap();
+    run(
+        "umoci",
+        &["repack", "--image", &tagged, bundle.to_str().unwrap()],
+    );
+    run(
+        "umoci",
+        &["config", "--image", &tagged, "--config.cmd", "sh"],
+    );
+    let mut args = vec!["copy".to_string(), "--dest-tls-verify=false".to_string()];
+    if compression == "zstd" {
+        args.extend([
+            "--dest-compress-format".into(),
+            "zstd".into(),
+            "--dest-compress".into(),
+        ]);
+    }
+    if let Some((u, p)) = creds {
+        args.push(format!("--dest-creds={u}:{p}"));
+    }
+    args.push(format!("oci:{tagged}"));
+    args.push(format!("docker://{image}"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run("skopeo", &args);
+}
+
+/// Pushes a Wasm file as a CNCF Wasm artifact; panics on failure.
+pub fn push_wasm(file: &Path, image: &str) {
+    let (ok, out) = push(file, image, None);
+    assert!(ok, "{out}");
+}

@@ -1,0 +1,427 @@
+//! OCI containers end to end: a real registry holding a busybox image the tests build
+//! (umoci + busybox-static, pushed with skopeo), a server and an agent running it through
+//! runc in pods with their own network namespaces, driven with the real kubectl. One
+//! cluster for the file (each scenario in its own namespace); the agent-restart scenario
+//! has its own.
+
+mod common;
+
+use std::time::Duration;
+
+use common::oci::Registry;
+use common::{eventually, Agent, Server, Shared, SharedGuard};
+use serde_json::Value;
+
+/// How many tests of this file share the cluster.
+const TESTS: usize = 9;
+
+struct Cluster {
+    agent: Agent,
+    server: Server,
+    registry: Registry,
+    secured: Registry,
+}
+
+impl Cluster {
+    fn busybox(&self) -> String {
+        format!("127.0.0.1:{}/test/busybox:1", self.registry.port)
+    }
+
+    fn wasm(&self) -> String {
+        format!("127.0.0.1:{}/test/shared-volume:1", self.registry.port)
+    }
+}
+
+fn cluster() -> SharedGuard<Cluster> {
+    static CLUSTER: Shared<Cluster> = Shared::new();
+    CLUSTER.get(TESTS, || {
+        let registry = Registry::start(None);
+        let secured = Registry::start(Some(("skiff", "s3cret")));
+        common::oci::push_busybox(
+            &format!("127.0.0.1:{}/test/busybox:1", registry.port),
+            "gzip",
+            None,
+        );
+        common::oci::push_busybox(
+            &format!("127.0.0.1:{}/private/busybox:zstd", secured.port),
+            "zstd",
+            Some(("skiff", "s3cret")),
+        );
+        let wasm = common::root().join("wasm-examples/out/shared-volume.wasm");
+        common::oci::push_wasm(
+            &wasm,
+            &format!("127.0.0.1:{}/test/shared-volume:1", registry.port),
+        );
+        let server = Server::start();
+        let agent = Agent::start(&server, "oci1");
+        eventually(60, "a node offering runc with its pod range", || {
+            let n = server.json(&["get", "node", "oci1"]);
+            (n["metadata"]["labels"]["runtime.skiff.dev/oci"] == "true"
+                && n["spec"]["podCIDR"].is_string())
+            .then_some(())
+        });
+        Cluster {
+            agent,
+            server,
+            registry,
+            secured,
+        }
+    })
+}
+
+fn namespace(c: &Cluster, ns: &str) {
+    c.server.ok(&["create", "namespace", ns]);
+}
+
+/// Waits for the pod to end; its status.
+fn finished(c: &Cluster, ns: &str, name: &str) -> Value {
+    eventually(90, &format!("pod {name} to finish"), || {
+        let p = c.server.json(&["get", "pod", name, "-n", ns]);
+        matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+            .then(|| p["status"].clone())
+    })
+}
+
+fn running(c: &Cluster, ns: &str, name: &str) -> Value {
+    eventually(90, &format!("pod {name} running"), || {
+        let p = c.server.json(&["get", "pod", name, "-n", ns]);
+        (p["status"]["phase"] == "Running").then(|| p["status"].clone())
+    })
+}
+
+fn logs(c: &Cluster, ns: &str, pod: &str, container: &str) -> String {
+    c.server.ok(&["logs", pod, "-n", ns, "-c", container])
+}
+
+#[test]
+fn busybox_runs_in_its_pod_as_its_security_context_and_limits_say() {
+    let c = &*cluster();
+    namespace(c, "basics");
+    let script = "id; hostname; grep ^CapBnd /proc/self/status; \
+        cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/memory.max 2>/dev/null; \
+        cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu.max 2>/dev/null; \
+        cat /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/pids.max 2>/dev/null; \
+        ip -4 -o addr show eth0; tail -1 /etc/hosts; \
+        touch /rootfs-is-writable 2>/dev/null || echo read-only root; \
+        echo to stderr >&2; exit 3";
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: bb\n  namespace: basics\nspec:\n  restartPolicy: Never\n  containers:\n  - name: main\n    image: {}\n    command: [\"sh\", \"-c\", {script:?}]\n    securityContext:\n      runAsUser: 1000\n      runAsGroup: 2000\n      readOnlyRootFilesystem: true\n      capabilities:\n        drop: [\"ALL\"]\n        add: [\"NET_BIND_SERVICE\"]\n    resources:\n      limits:\n        cpu: 250m\n        memory: 64Mi\n",
+        c.busybox()
+    );
+    c.server.apply_stdin(&[], &pod);
+    let status = finished(c, "basics", "bb");
+    let cs = &status["containerStatuses"][0];
+    assert_eq!(cs["state"]["terminated"]["exitCode"], 3, "{status}");
+    assert_eq!(cs["state"]["terminated"]["reason"], "Error");
+    assert!(cs["containerID"].as_str().unwrap().starts_with("runc://"));
+    assert!(cs["imageID"].as_str().unwrap().contains("@sha256:"));
+    let out = logs(c, "basics", "bb", "main");
+    assert!(out.contains("uid=1000 gid=2000"), "{out}");
+    assert!(out.lines().any(|l| l == "bb"), "the pod's host name: {out}");
+    // NET_BIND_SERVICE (bit 10) alone is left to gain (a non-root process's effective
+    // set is empty after exec, as in Kubernetes).
+    assert!(out.contains("CapBnd:\t0000000000000400"), "{out}");
+    assert!(
+        out.contains(&(64 * 1024 * 1024).to_string()),
+        "memory limit: {out}"
+    );
+    assert!(out.contains("25000"), "cpu quota: {out}");
+    assert!(out.contains("4096"), "pids limit: {out}");
+    let ip = status["podIP"].as_str().unwrap();
+    assert!(out.contains(&format!("inet {ip}/")), "{out}");
+    assert!(out.contains(&format!("{ip}\tbb")), "/etc/hosts: {out}");
+    assert!(out.contains("read-only root"), "{out}");
+    assert!(out.contains("to stderr"), "{out}");
+}
+
+#[test]
+fn an_oom_killed_container_says_so() {
+    let c = &*cluster();
+    namespace(c, "oom");
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: hog\n  namespace: oom\nspec:\n  restartPolicy: Never\n  containers:\n  - name: main\n    image: {}\n    command: [\"sh\", \"-c\", \"tail /dev/zero\"]\n    resources:\n      limits:\n        memory: 16Mi\n",
+        c.busybox()
+    );
+    c.server.apply_stdin(&[], &pod);
+    let status = finished(c, "oom", "hog");
+    let t = &status["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(t["reason"], "OOMKilled", "{status}");
+    assert_eq!(t["exitCode"], 137);
+    let table = c.server.ok(&["get", "pod", "hog", "-n", "oom"]);
+    assert!(table.contains("OOMKilled"), "{table}");
+}
+
+#[test]
+fn a_wasm_init_container_leaves_a_file_that_busybox_reads() {
+    let c = &*cluster();
+    namespace(c, "mixed");
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: mixed\n  namespace: mixed\nspec:\n  restartPolicy: Never\n  volumes:\n  - name: shared\n    emptyDir: {{}}\n  initContainers:\n  - name: writer\n    image: {}\n    args: [\"write\"]\n    volumeMounts:\n    - name: shared\n      mountPath: /shared\n  containers:\n  - name: reader\n    image: {}\n    command: [\"cat\", \"/shared/note.txt\"]\n    volumeMounts:\n    - name: shared\n      mountPath: /shared\n      readOnly: true\n",
+        c.wasm(),
+        c.busybox()
+    );
+    c.server.apply_stdin(&[], &pod);
+    let status = finished(c, "mixed", "mixed");
+    assert_eq!(status["phase"], "Succeeded", "{status}");
+    let init = &status["initContainerStatuses"][0];
+    assert!(init["containerID"].as_str().unwrap().starts_with("wasm://"));
+    assert_eq!(logs(c, "mixed", "mixed", "writer"), "note written\n");
+    assert_eq!(
+        logs(c, "mixed", "mixed", "reader"),
+        "written by the writer container\n"
+    );
+}
+
+#[test]
+fn pods_reach_each_other_and_the_node_reaches_them() {
+    let c = &*cluster();
+    namespace(c, "traffic");
+    let server = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  namespace: traffic\nspec:\n  containers:\n  - name: httpd\n    image: {}\n    command: [\"sh\", \"-c\", \"mkdir -p /www && echo served by $(hostname) > /www/index.html && exec httpd -f -p 8080 -h /www\"]\n",
+        c.busybox()
+    );
+    c.server.apply_stdin(&[], &server);
+    let ip = running(c, "traffic", "web")["podIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // From the node.
+    let body = eventually(30, "the node to reach the pod", || {
+        http_get(&format!("{ip}:8080"), "/index.html")
+    });
+    assert!(body.contains("served by web"), "{body}");
+    // From another pod.
+    let client = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: client\n  namespace: traffic\nspec:\n  restartPolicy: Never\n  containers:\n  - name: wget\n    image: {}\n    command: [\"wget\", \"-qO-\", \"http://{ip}:8080/index.html\"]\n",
+        c.busybox()
+    );
+    c.server.apply_stdin(&[], &client);
+    let status = finished(c, "traffic", "client");
+    assert_eq!(status["phase"], "Succeeded", "{status}");
+    assert_eq!(logs(c, "traffic", "client", "wget"), "served by web\n");
+}
+
+/// A plain HTTP/1.0 GET; the body, if the server answered.
+fn http_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+}
+
+#[test]
+fn a_private_zstd_image_needs_the_pods_pull_secret() {
+    let c = &*cluster();
+    namespace(c, "private");
+    let image = format!("127.0.0.1:{}/private/busybox:zstd", c.secured.port);
+    let pod = |name: &str, secret: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: private\nspec:\n  restartPolicy: Never\n{secret}  containers:\n  - name: main\n    image: {image}\n    command: [\"echo\", \"pulled\"]\n")
+    };
+    c.server.apply_stdin(&[], &pod("denied", ""));
+    eventually(60, "the pull to be refused", || {
+        let s = c.server.json(&["get", "pod", "denied", "-n", "private"]);
+        let reason = s["status"]["containerStatuses"][0]["state"]["waiting"]["reason"].clone();
+        matches!(reason.as_str(), Some("ErrImagePull" | "ImagePullBackOff")).then_some(())
+    });
+    c.server.ok(&[
+        "create",
+        "secret",
+        "docker-registry",
+        "regcred",
+        "-n",
+        "private",
+        &format!("--docker-server=127.0.0.1:{}", c.secured.port),
+        "--docker-username=skiff",
+        "--docker-password=s3cret",
+    ]);
+    c.server.apply_stdin(
+        &[],
+        &pod("allowed", "  imagePullSecrets:\n  - name: regcred\n"),
+    );
+    let status = finished(c, "private", "allowed");
+    assert_eq!(status["phase"], "Succeeded", "{status}");
+    assert_eq!(logs(c, "private", "allowed", "main"), "pulled\n");
+}
+
+#[test]
+fn run_as_non_root_refuses_an_image_that_runs_as_root() {
+    let c = &*cluster();
+    namespace(c, "nonroot");
+    let pod = |name: &str, user: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: nonroot\nspec:\n  restartPolicy: Never\n  securityContext:\n    runAsNonRoot: true\n{user}  containers:\n  - name: main\n    image: {}\n    command: [\"id\"]\n",
+            c.busybox()
+        )
+    };
+    c.server.apply_stdin(&[], &pod("root", ""));
+    let msg = eventually(60, "the refusal", || {
+        let s = c.server.json(&["get", "pod", "root", "-n", "nonroot"]);
+        let w = s["status"]["containerStatuses"][0]["state"]["waiting"].clone();
+        (w["reason"] == "CreateContainerConfigError").then(|| w["message"].to_string())
+    });
+    assert!(
+        msg.contains("container has runAsNonRoot and image will run as root"),
+        "{msg}"
+    );
+    c.server
+        .apply_stdin(&[], &pod("user", "    runAsUser: 4321\n"));
+    let status = finished(c, "nonroot", "user");
+    assert_eq!(status["phase"], "Succeeded", "{status}");
+    assert!(logs(c, "nonroot", "user", "main").starts_with("uid=4321"));
+}
+
+#[test]
+fn a_crashing_container_restarts_and_keeps_its_previous_log() {
+    let c = &*cluster();
+    namespace(c, "crash");
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: crash\n  namespace: crash\nspec:\n  restartPolicy: OnFailure\n  volumes:\n  - name: state\n    emptyDir: {{}}\n  containers:\n  - name: main\n    image: {}\n    command: [\"sh\", \"-c\", \"if [ -e /state/ran ]; then echo second run; exit 0; fi; touch /state/ran; echo first run; exit 7\"]\n    volumeMounts:\n    - name: state\n      mountPath: /state\n",
+        c.busybox()
+    );
+    c.server.apply_stdin(&[], &pod);
+    let status = finished(c, "crash", "crash");
+    assert_eq!(status["phase"], "Succeeded", "{status}");
+    let cs = &status["containerStatuses"][0];
+    assert_eq!(cs["restartCount"], 1);
+    assert_eq!(cs["lastState"]["terminated"]["exitCode"], 7);
+    assert_eq!(logs(c, "crash", "crash", "main"), "second run\n");
+    let previous = c.server.ok(&["logs", "crash", "-n", "crash", "--previous"]);
+    assert_eq!(previous, "first run\n");
+}
+
+/// Containers created and deleted over and over leave no shim, runc container, mount,
+/// bundle or cgroup behind.
+#[test]
+fn deleted_containers_leave_nothing_behind() {
+    let c = &*cluster();
+    namespace(c, "churn");
+    let mut uids = Vec::new();
+    for _ in 0..8 {
+        let manifests: String = (0..3)
+            .map(|i| {
+                format!(
+                    "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p{i}\n  namespace: churn\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {}\n    command: [\"sleep\", \"3600\"]\n    resources:\n      limits:\n        memory: 32Mi\n",
+                    c.busybox()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("---\n");
+        c.server.apply_stdin(&[], &manifests);
+        for i in 0..3 {
+            running(c, "churn", &format!("p{i}"));
+            let p = c
+                .server
+                .json(&["get", "pod", &format!("p{i}"), "-n", "churn"]);
+            uids.push(p["metadata"]["uid"].as_str().unwrap().to_string());
+        }
+        c.server.ok(&[
+            "delete",
+            "pods",
+            "--all",
+            "-n",
+            "churn",
+            "--wait=true",
+            "--timeout=60s",
+        ]);
+        let left = leftovers(c, &uids);
+        assert!(left.is_empty(), "{left:?}");
+    }
+}
+
+fn leftovers(c: &Cluster, uids: &[String]) -> Vec<String> {
+    let mut left = Vec::new();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let ps = std::process::Command::new("ps")
+        .args(["-eo", "args"])
+        .output()
+        .unwrap();
+    let ps = String::from_utf8_lossy(&ps.stdout).into_owned();
+    let runc = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(c.agent.data.join("runc"))
+        .args(["list", "-q"])
+        .output()
+        .unwrap();
+    let runc = String::from_utf8_lossy(&runc.stdout).into_owned();
+    for uid in uids {
+        if mounts.contains(uid.as_str()) {
+            left.push(format!("a mount of {uid}"));
+        }
+        if ps
+            .lines()
+            .any(|l| l.contains("shim") && l.contains(uid.as_str()))
+        {
+            left.push(format!("a shim of {uid}"));
+        }
+        if runc.contains(uid.as_str()) {
+            left.push(format!("a runc container of {uid}"));
+        }
+        if c.agent.data.join("containers").join(uid).exists() {
+            left.push(format!("bundles of {uid}"));
+        }
+        for hierarchy in ["memory/", "pids/", "cpu/", ""] {
+            let dir = format!("/sys/fs/cgroup/{hierarchy}skiff/{uid}");
+            if std::path::Path::new(&dir).exists() {
+                left.push(format!("cgroup {dir}"));
+            }
+        }
+    }
+    left
+}
+
+/// A killed agent's containers keep running; the restarted agent adopts them (same
+/// container, no restart) and can still stop them.
+#[test]
+fn a_restarted_agent_adopts_running_containers() {
+    let c = &*cluster();
+    let server = Server::start();
+    let mut agent = Agent::start(&server, "adopter");
+    eventually(60, "the node", || {
+        let n = server.json(&["get", "node", "adopter"]);
+        n["spec"]["podCIDR"].is_string().then_some(())
+    });
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: steady\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {}\n    command: [\"sh\", \"-c\", \"echo started; exec sleep 3601\"]\n",
+        c.busybox()
+    );
+    server.apply_stdin(&[], &pod);
+    let status = eventually(90, "steady running", || {
+        let p = server.json(&["get", "pod", "steady"]);
+        (p["status"]["phase"] == "Running").then(|| p["status"].clone())
+    });
+    let id = status["containerStatuses"][0]["containerID"].clone();
+    agent.kill9();
+    // The container outlives its agent.
+    let sleeping = || {
+        let ps = std::process::Command::new("pgrep")
+            .args(["-f", "sleep 3601"])
+            .output()
+            .unwrap();
+        !ps.stdout.is_empty()
+    };
+    assert!(sleeping());
+    agent.restart();
+    std::thread::sleep(Duration::from_secs(3));
+    let after = server.json(&["get", "pod", "steady"])["status"].clone();
+    assert_eq!(after["phase"], "Running", "{after}");
+    assert_eq!(after["containerStatuses"][0]["containerID"], id, "{after}");
+    assert_eq!(after["containerStatuses"][0]["restartCount"], 0, "{after}");
+    assert_eq!(server.ok(&["logs", "steady"]), "started\n");
+    server.ok(&["delete", "pod", "steady", "--wait=true", "--timeout=60s"]);
+    let uid = status["containerStatuses"][0]["containerID"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("runc://")
+        .to_string();
+    let runc = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(agent.data.join("runc"))
+        .args(["list", "-q"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&runc.stdout).contains(&uid));
+}
