@@ -892,20 +892,24 @@ fn wasm_examples_run() {
         "read: written by the writer container\n"
     );
 
-    step(
-        "http-hello: a wasi:http handler component, recognized as one (served with pod networking)",
-    );
-    let waiting = eventually(30, "http-hello's container to report why it waits", || {
+    step("http-hello: a wasi:http handler component, served at the pod's IP");
+    let ip = eventually(30, "http-hello running", || {
         let pod = d.json(&["get", "pod", "http-hello"]);
-        let w = pod["status"]["containerStatuses"][0]["state"]["waiting"].clone();
-        (w["reason"] == "CreateContainerError").then_some(w)
+        (pod["status"]["phase"] == "Running")
+            .then(|| pod["status"]["podIP"].as_str().unwrap().to_string())
     });
-    let msg = waiting["message"].as_str().unwrap_or_default();
-    assert!(
-        msg.contains(
-            "wasi:http/proxy component (it exports wasi:http/incoming-handler, not wasi:cli/run)"
-        ),
-        "{msg}"
+    let body = eventually(30, "an answer from http-hello", || {
+        let o = std::process::Command::new("curl")
+            .args(["-s", "-m", "3", &format!("http://{ip}:8080/from/the/node")])
+            .output()
+            .ok()?;
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+    });
+    assert_eq!(
+        body,
+        "Hello from a Wasm HTTP handler on Skiff: GET /from/the/node\n"
     );
 }
 

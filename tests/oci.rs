@@ -13,7 +13,7 @@ use common::{eventually, Agent, Server, Shared, SharedGuard};
 use serde_json::Value;
 
 /// How many tests of this file share the cluster.
-const TESTS: usize = 9;
+const TESTS: usize = 12;
 
 struct Cluster {
     agent: Agent,
@@ -29,6 +29,10 @@ impl Cluster {
 
     fn wasm(&self) -> String {
         format!("127.0.0.1:{}/test/shared-volume:1", self.registry.port)
+    }
+
+    fn http_hello(&self) -> String {
+        format!("127.0.0.1:{}/test/http-hello:1", self.registry.port)
     }
 }
 
@@ -51,6 +55,10 @@ fn cluster() -> SharedGuard<Cluster> {
         common::oci::push_wasm(
             &wasm,
             &format!("127.0.0.1:{}/test/shared-volume:1", registry.port),
+        );
+        common::oci::push_wasm(
+            &common::root().join("wasm-examples/out/http-hello.wasm"),
+            &format!("127.0.0.1:{}/test/http-hello:1", registry.port),
         );
         let server = Server::start();
         let agent = Agent::start(&server, "oci1");
@@ -169,6 +177,161 @@ fn a_wasm_init_container_leaves_a_file_that_busybox_reads() {
     assert_eq!(
         logs(c, "mixed", "mixed", "reader"),
         "written by the writer container\n"
+    );
+}
+
+/// The headline: a pod whose containers are a Wasm HTTP component and busybox;
+/// busybox reaches the component over localhost, the node at the pod's IP.
+#[test]
+fn busybox_reaches_a_wasm_http_component_of_its_pod_over_localhost() {
+    let c = &*cluster();
+    namespace(c, "sidecar");
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  namespace: sidecar\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: hello\n    image: {}\n    ports:\n    - containerPort: 8080\n  - name: client\n    image: {}\n    command: [\"sh\", \"-c\", \"until wget -qO- http://localhost:8080/from/busybox 2>/dev/null; do sleep 0.2; done; exec sleep 3600\"]\n",
+        c.http_hello(),
+        c.busybox()
+    );
+    c.server.apply_stdin(&[], &pod);
+    let status = eventually(90, "both containers running", || {
+        let p = c.server.json(&["get", "pod", "web", "-n", "sidecar"]);
+        let all = p["status"]["containerStatuses"]
+            .as_array()?
+            .iter()
+            .all(|s| s["ready"] == true);
+        all.then(|| p["status"].clone())
+    });
+    let ids: Vec<&str> = status["containerStatuses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["containerID"].as_str().unwrap_or_default())
+        .collect();
+    assert!(
+        ids.iter().any(|i| i.starts_with("wasm://"))
+            && ids.iter().any(|i| i.starts_with("runc://")),
+        "{ids:?}"
+    );
+    let got = eventually(30, "busybox's answer", || {
+        let l = logs(c, "sidecar", "web", "client");
+        (!l.is_empty()).then_some(l)
+    });
+    assert_eq!(
+        got,
+        "Hello from a Wasm HTTP handler on Skiff: GET /from/busybox\n"
+    );
+    let ip = status["podIP"].as_str().unwrap();
+    let body = eventually(30, "the node's answer", || {
+        http_get(&format!("{ip}:8080"), "/from/the/node")
+    });
+    assert_eq!(
+        body,
+        "Hello from a Wasm HTTP handler on Skiff: GET /from/the/node\n"
+    );
+    // Each request had an instance of its own: the component logged both.
+    let served = logs(c, "sidecar", "web", "hello");
+    assert!(
+        served.contains("GET /from/busybox") && served.contains("GET /from/the/node"),
+        "{served}"
+    );
+    c.server.ok(&[
+        "delete",
+        "pod",
+        "web",
+        "-n",
+        "sidecar",
+        "--wait=true",
+        "--timeout=60s",
+    ]);
+    assert!(
+        http_get(&format!("{ip}:8080"), "/").is_none(),
+        "still served after deletion"
+    );
+}
+
+/// A native sidecar (an init container with `restartPolicy: Always`): a Wasm HTTP
+/// component started before the main busybox container, which reaches it over localhost;
+/// when the main container is done, the sidecar is stopped and the pod Succeeded.
+#[test]
+fn a_native_wasm_sidecar_serves_the_main_container_and_stops_after_it() {
+    let c = &*cluster();
+    namespace(c, "native");
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: job\n  namespace: native\nspec:\n  restartPolicy: Never\n  initContainers:\n  - name: server\n    image: {}\n    restartPolicy: Always\n    ports:\n    - containerPort: 8080\n  containers:\n  - name: main\n    image: {}\n    command: [\"wget\", \"-qO-\", \"http://localhost:8080/from/main\"]\n",
+        c.http_hello(),
+        c.busybox()
+    );
+    c.server.apply_stdin(&[], &pod);
+    let status = finished(c, "native", "job");
+    assert_eq!(status["phase"], "Succeeded", "{status}");
+    // The sidecar was up before the main container ran (its first try got the answer).
+    assert_eq!(
+        logs(c, "native", "job", "main"),
+        "Hello from a Wasm HTTP handler on Skiff: GET /from/main\n"
+    );
+    let sidecar = &status["initContainerStatuses"][0];
+    assert!(sidecar["state"]["terminated"].is_object(), "{status}");
+    let started = sidecar["state"]["terminated"]["startedAt"]
+        .as_str()
+        .unwrap();
+    let main_started = status["containerStatuses"][0]["state"]["terminated"]["startedAt"]
+        .as_str()
+        .unwrap();
+    assert!(started <= main_started, "{status}");
+}
+
+/// Deleting a pod sends its runc containers SIGTERM and gives them the grace period: a
+/// container that handles it ends cleanly (and the deletion does not wait the whole
+/// period); one that ignores it is killed when the period is over.
+#[test]
+fn deletion_terminates_runc_containers_gracefully() {
+    let c = &*cluster();
+    namespace(c, "graceful");
+    let out = tempfile::tempdir().unwrap();
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: polite\n  namespace: graceful\nspec:\n  terminationGracePeriodSeconds: 20\n  volumes:\n  - name: out\n    hostPath:\n      path: {}\n  containers:\n  - name: main\n    image: {}\n    command: [\"sh\", \"-c\", \"trap 'echo terminated > /out/signal; exit 0' TERM; echo up > /out/signal; while true; do sleep 0.1; done\"]\n    volumeMounts:\n    - name: out\n      mountPath: /out\n",
+        out.path().display(),
+        c.busybox()
+    );
+    c.server.apply_stdin(&[], &pod);
+    running(c, "graceful", "polite");
+    let signal = out.path().join("signal");
+    eventually(30, "the container to be up", || {
+        (std::fs::read_to_string(&signal).ok()? == "up\n").then_some(())
+    });
+    let t = std::time::Instant::now();
+    c.server.ok(&[
+        "delete",
+        "pod",
+        "polite",
+        "-n",
+        "graceful",
+        "--wait=true",
+        "--timeout=60s",
+    ]);
+    assert_eq!(std::fs::read_to_string(&signal).unwrap(), "terminated\n");
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    // A container that ignores SIGTERM (a shell as PID 1 without a trap) is killed after
+    // the grace period.
+    let stubborn = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: stubborn\n  namespace: graceful\nspec:\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: main\n    image: {}\n    command: [\"sh\", \"-c\", \"while true; do sleep 0.1; done\"]\n",
+        c.busybox()
+    );
+    c.server.apply_stdin(&[], &stubborn);
+    running(c, "graceful", "stubborn");
+    let t = std::time::Instant::now();
+    c.server.ok(&[
+        "delete",
+        "pod",
+        "stubborn",
+        "-n",
+        "graceful",
+        "--wait=true",
+        "--timeout=60s",
+    ]);
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(15),
+        "{took:?}"
     );
 }
 

@@ -61,7 +61,33 @@ pub fn free_port() -> u16 {
 static NETWORKS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 pub fn network_id() -> u32 {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(remove_stale_bridges);
     NETWORKS.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Test bridges an earlier, interrupted run left (a test process killed before its
+/// clusters were reset): their routes would shadow this run's pod ranges. Run before this
+/// process makes any bridge of its own (test processes run one at a time).
+fn remove_stale_bridges() {
+    let Ok(out) = Command::new("ip")
+        .args(["-o", "link", "show", "type", "bridge"])
+        .output()
+    else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(name) = line
+            .split(": ")
+            .nth(1)
+            .map(|n| n.split('@').next().unwrap_or(n))
+        else {
+            continue;
+        };
+        if ["skt", "skd", "skn"].iter().any(|p| name.starts_with(p)) {
+            let _ = Command::new("ip").args(["link", "del", name]).status();
+        }
+    }
 }
 
 /// `--cluster-cidr` of test cluster `id`.

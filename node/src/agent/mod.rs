@@ -3,6 +3,7 @@
 //! the Kubernetes API (`kube`).
 
 mod events;
+mod lifecycle;
 mod node_info;
 mod pod;
 pub(crate) use pod::LOGS;

@@ -17,6 +17,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
+use super::lifecycle::{Action, Event, Lifecycle, Shape, Stage, Which};
 use super::Ctx;
 use crate::images::Content;
 use crate::logs::LogFile;
@@ -40,13 +41,23 @@ pub struct Worker {
 struct PodChange {
     deleting: bool,
     active_deadline_seconds: Option<i64>,
+    /// How long containers have between SIGTERM and SIGKILL when the pod goes: the
+    /// deletion's grace period, else the pod's `terminationGracePeriodSeconds` (30).
+    grace_seconds: i64,
 }
 
 impl PodChange {
     fn of(pod: &Pod) -> PodChange {
+        let spec = pod.spec.as_ref();
         PodChange {
             deleting: pod.metadata.deletion_timestamp.is_some(),
-            active_deadline_seconds: pod.spec.as_ref().and_then(|s| s.active_deadline_seconds),
+            active_deadline_seconds: spec.and_then(|s| s.active_deadline_seconds),
+            grace_seconds: pod
+                .metadata
+                .deletion_grace_period_seconds
+                .or_else(|| spec.and_then(|s| s.termination_grace_period_seconds))
+                .unwrap_or(30)
+                .max(0),
         }
     }
 }
@@ -97,7 +108,9 @@ fn now() -> Time {
 /// What a container supervisor reports.
 enum Update {
     /// Boxed: a channel allocates its slots up front, 32 at a time.
-    Status(usize, Box<ContainerStatus>),
+    Status(Which, Box<ContainerStatus>),
+    /// The supervisor ended: the container will not start again (whether it succeeded).
+    Exited(Which, bool),
 }
 
 fn waiting(reason: &str, message: Option<String>) -> ContainerState {
@@ -201,9 +214,10 @@ struct PodCtx {
     uid: String,
     dirs: PodDirs,
     restart_policy: String,
-    sandbox: Sandbox,
-    /// The pod's address (its own, or the node's on the node's network).
-    pod_ip: String,
+    /// Set once the sandbox is ready (containers start only then).
+    sandbox: std::sync::OnceLock<Sandbox>,
+    /// The pod's address (its own, or the node's on the node's network), with the sandbox.
+    pod_ip: std::sync::OnceLock<String>,
     /// Every container the pod starts holds a token of it until it is gone.
     containers: Containers,
 }
@@ -224,19 +238,24 @@ impl PodCtx {
                 .unwrap_or_else(|| "Always".into()),
             ctx,
             pod,
-            sandbox: Sandbox::default(),
-            pod_ip: String::new(),
+            sandbox: Default::default(),
+            pod_ip: Default::default(),
             containers,
         }
     }
 
-    /// The `idx`th init container or container.
-    fn container(&self, init: bool, idx: usize) -> &Container {
+    fn sandbox(&self) -> &Sandbox {
+        self.sandbox
+            .get()
+            .expect("containers start once the sandbox is ready")
+    }
+
+    /// An init container or a container.
+    fn container(&self, which: Which) -> &Container {
         let spec = self.pod.spec.as_ref().expect("a running pod has a spec");
-        if init {
-            &spec.init_containers.as_ref().expect("init containers")[idx]
-        } else {
-            &spec.containers[idx]
+        match which {
+            Which::Init(i) => &spec.init_containers.as_ref().expect("init containers")[i],
+            Which::Main(i) => &spec.containers[i],
         }
     }
 
@@ -338,7 +357,7 @@ impl PodCtx {
             "spec.nodeName" => spec.node_name.unwrap_or_default(),
             "spec.serviceAccountName" => spec.service_account_name.unwrap_or_default(),
             "status.hostIP" => self.ctx.node_ip.clone(),
-            "status.podIP" => self.pod_ip.clone(),
+            "status.podIP" => self.pod_ip.get().cloned().unwrap_or_default(),
             p if p.starts_with("metadata.labels") => {
                 keyed(&m.labels, "metadata.labels").unwrap_or_default()
             }
@@ -435,15 +454,22 @@ fn limit(c: &Container, res: &str) -> Option<i128> {
 #[allow(clippy::too_many_arguments)]
 async fn supervise(
     pc: Arc<PodCtx>,
-    idx: usize,
-    init: bool,
+    which: Which,
     mut status: ContainerStatus,
     previous: Option<ContainerStatus>,
     updates: mpsc::Sender<Update>,
+    mut stop: watch::Receiver<Option<tokio::time::Instant>>,
 ) -> bool {
     let ctx = pc.ctx.clone();
-    let c = pc.container(init, idx);
-    let restart_policy = &pc.restart_policy;
+    let c = pc.container(which);
+    let init = matches!(which, Which::Init(_));
+    // A native sidecar restarts whatever the pod's policy says.
+    let sidecar = init && c.restart_policy.as_deref() == Some("Always");
+    let restart_policy = if sidecar {
+        "Always"
+    } else {
+        pc.restart_policy.as_str()
+    };
     // Failed pulls and creations retry after `backoff`. Crashes follow the kubelet: the
     // first restart is immediate, later ones wait 10 s doubling to 5 min.
     let mut backoff = BACKOFF_START;
@@ -454,6 +480,9 @@ async fn supervise(
         None => None,
     };
     loop {
+        if stop.borrow().is_some() {
+            return false;
+        }
         let (mut running, started, container_id, log_path) =
             if let Some((running, prev)) = adopted.take() {
                 let started = prev
@@ -480,14 +509,27 @@ async fn supervise(
                     .image_pull_policy
                     .clone()
                     .unwrap_or_else(|| "IfNotPresent".into());
-                let img = match Box::pin(obtain_image(&pc, &c.name, &image, &policy)).await {
+                let pulled = unless_stopped(
+                    Box::pin(obtain_image(&pc, &c.name, &image, &policy)),
+                    &mut stop,
+                )
+                .await;
+                let Some(pulled) = pulled else {
+                    return false;
+                };
+                let img = match pulled {
                     Ok(img) => img,
                     Err((reason, msg)) => {
                         status.state = Some(waiting(reason, Some(msg)));
                         let _ = updates
-                            .send(Update::Status(idx, Box::new(status.clone())))
+                            .send(Update::Status(which, Box::new(status.clone())))
                             .await;
-                        tokio::time::sleep(backoff).await;
+                        if unless_stopped(tokio::time::sleep(backoff), &mut stop)
+                            .await
+                            .is_none()
+                        {
+                            return false;
+                        }
                         backoff = (backoff * 2).min(BACKOFF_MAX);
                         // Later attempts wait in ImagePullBackOff, as the kubelet's do.
                         if reason == "ErrImagePull" {
@@ -496,7 +538,7 @@ async fn supervise(
                                 Some(format!("Back-off pulling image \"{image}\"")),
                             ));
                             let _ = updates
-                                .send(Update::Status(idx, Box::new(status.clone())))
+                                .send(Update::Status(which, Box::new(status.clone())))
                                 .await;
                         }
                         continue;
@@ -505,10 +547,10 @@ async fn supervise(
                 let runtime = match runtime_for(&pc, &img) {
                     Ok(r) => r,
                     Err(msg) => {
-                        create_failed(
+                        let wait = create_failed(
                             &pc,
                             &c.name,
-                            idx,
+                            which,
                             &mut status,
                             &updates,
                             "CreateContainerError",
@@ -516,6 +558,12 @@ async fn supervise(
                             &mut backoff,
                         )
                         .await;
+                        if unless_stopped(tokio::time::sleep(wait), &mut stop)
+                            .await
+                            .is_none()
+                        {
+                            return false;
+                        }
                         continue;
                     }
                 };
@@ -528,16 +576,16 @@ async fn supervise(
                 // The environment, then the mounts (a subPathExpr expands with it).
                 let config = async {
                     let env = pc.env(c).await?;
-                    let mounts = pc.sandbox.mounts(c, &env).map_err(|e| e.to_string())?;
+                    let mounts = pc.sandbox().mounts(c, &env).map_err(|e| e.to_string())?;
                     Ok::<_, String>((env, mounts))
                 };
                 let (env, mounts) = match Box::pin(config).await {
                     Ok(config) => config,
                     Err(msg) => {
-                        create_failed(
+                        let wait = create_failed(
                             &pc,
                             &c.name,
-                            idx,
+                            which,
                             &mut status,
                             &updates,
                             "CreateContainerConfigError",
@@ -545,6 +593,12 @@ async fn supervise(
                             &mut backoff,
                         )
                         .await;
+                        if unless_stopped(tokio::time::sleep(wait), &mut stop)
+                            .await
+                            .is_none()
+                        {
+                            return false;
+                        }
                         continue;
                     }
                 };
@@ -567,8 +621,8 @@ async fn supervise(
                     id: format!("{}/{}/{}", pc.ns, pc.name, c.name),
                     run_id: run_id.clone(),
                     pod_uid: pc.uid.clone(),
-                    hostname: pc.sandbox.hostname.clone(),
-                    files: pc.sandbox.files.clone(),
+                    hostname: pc.sandbox().hostname.clone(),
+                    files: pc.sandbox().files.clone(),
                     security: security(&pc.pod, c),
                     image_user: img
                         .run
@@ -576,6 +630,13 @@ async fn supervise(
                         .and_then(|r| r.user.clone())
                         .filter(|u| !u.is_empty()),
                     cpu_request_millis: request(c, "cpu").map(|m| m as u64),
+                    ports: c
+                        .ports
+                        .iter()
+                        .flatten()
+                        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+                        .map(|p| p.container_port as u16)
+                        .collect(),
                     image: img.content.clone(),
                     image_digest: img.digest.clone(),
                     argv,
@@ -587,7 +648,7 @@ async fn supervise(
                             .filter(|d| !d.is_empty())
                     }),
                     mounts,
-                    network: pc.sandbox.network.clone(),
+                    network: pc.sandbox().network.clone(),
                     log,
                     memory_limit: limit(c, "memory").map(|m| (m / 1000) as u64),
                     cpu_limit_millis: limit(c, "cpu").map(|m| m as u64),
@@ -610,10 +671,10 @@ async fn supervise(
                             crate::runtime::RuntimeError::Config(_) => "CreateContainerConfigError",
                             _ => "CreateContainerError",
                         };
-                        create_failed(
+                        let wait = create_failed(
                             &pc,
                             &c.name,
-                            idx,
+                            which,
                             &mut status,
                             &updates,
                             reason,
@@ -621,6 +682,12 @@ async fn supervise(
                             &mut backoff,
                         )
                         .await;
+                        if unless_stopped(tokio::time::sleep(wait), &mut stop)
+                            .await
+                            .is_none()
+                        {
+                            return false;
+                        }
                         continue;
                     }
                 };
@@ -651,11 +718,37 @@ async fn supervise(
                 (running, started, container_id, log_path)
             };
         let _ = updates
-            .send(Update::Status(idx, Box::new(status.clone())))
+            .send(Update::Status(which, Box::new(status.clone())))
             .await;
         let began = Instant::now();
-        // An aborted worker drops `running`, which kills the container.
-        let exit = running.wait().await;
+        // Told to stop: SIGTERM (for a Wasm guest, the end), then a kill when the grace
+        // period is over. An aborted worker drops `running`, which kills the container.
+        let (terminate, kill) = (running.terminate_switch(), running.kill_switch());
+        let mut stopping: Option<tokio::time::Instant> = None;
+        let exit = {
+            let wait = running.wait();
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    exit = &mut wait => break exit,
+                    deadline = stop_requested(&mut stop), if stopping.is_none() => {
+                        ctx.events.pod(
+                            &pc.pod,
+                            Some(&c.name),
+                            "Normal",
+                            "Killing",
+                            format!("Stopping container {}", c.name),
+                        );
+                        terminate.kill();
+                        stopping = Some(deadline);
+                    }
+                    _ = tokio::time::sleep_until(stopping.unwrap_or_else(tokio::time::Instant::now)), if stopping.is_some() => {
+                        kill.kill();
+                        stopping = Some(tokio::time::Instant::now() + Duration::from_secs(86400));
+                    }
+                }
+            }
+        };
         ctx.active_logs
             .lock()
             .expect("active logs")
@@ -663,15 +756,16 @@ async fn supervise(
         let term = terminated(&exit, Some(started), &container_id);
         status.ready = false;
         status.started = Some(false);
-        let restart = match restart_policy.as_str() {
-            "Always" => !init || exit.code != 0,
-            "OnFailure" => exit.code != 0,
-            _ => false,
-        };
+        let restart = stopping.is_none()
+            && match restart_policy {
+                "Always" => !init || sidecar || exit.code != 0,
+                "OnFailure" => exit.code != 0,
+                _ => false,
+            };
         if !restart {
             status.state = Some(term);
             let _ = updates
-                .send(Update::Status(idx, Box::new(status.clone())))
+                .send(Update::Status(which, Box::new(status.clone())))
                 .await;
             return exit.code == 0;
         }
@@ -691,7 +785,7 @@ async fn supervise(
         );
         status.state = Some(waiting("CrashLoopBackOff", Some(msg)));
         let _ = updates
-            .send(Update::Status(idx, Box::new(status.clone())))
+            .send(Update::Status(which, Box::new(status.clone())))
             .await;
         ctx.events.pod(
             &pc.pod,
@@ -704,7 +798,12 @@ async fn supervise(
                 pc.pod_id()
             ),
         );
-        tokio::time::sleep(crash_backoff).await;
+        if unless_stopped(tokio::time::sleep(crash_backoff), &mut stop)
+            .await
+            .is_none()
+        {
+            return false;
+        }
         crash_backoff = (crash_backoff * 2).min(BACKOFF_MAX);
     }
 }
@@ -836,13 +935,13 @@ fn image_env(run: &crate::images::RunConfig, own: Vec<(String, String)>) -> Vec<
 async fn create_failed(
     pc: &PodCtx,
     container: &str,
-    idx: usize,
+    which: Which,
     status: &mut ContainerStatus,
     updates: &mpsc::Sender<Update>,
     reason: &str,
     msg: String,
     backoff: &mut Duration,
-) {
+) -> Duration {
     pc.ctx.events.pod(
         &pc.pod,
         Some(container),
@@ -852,10 +951,33 @@ async fn create_failed(
     );
     status.state = Some(waiting(reason, Some(msg)));
     let _ = updates
-        .send(Update::Status(idx, Box::new(status.clone())))
+        .send(Update::Status(which, Box::new(status.clone())))
         .await;
-    tokio::time::sleep(*backoff).await;
+    let wait = *backoff;
     *backoff = (*backoff * 2).min(BACKOFF_MAX);
+    wait
+}
+
+/// `fut`, unless the container is told to stop first.
+async fn unless_stopped<T>(
+    fut: impl std::future::Future<Output = T>,
+    stop: &mut watch::Receiver<Option<tokio::time::Instant>>,
+) -> Option<T> {
+    tokio::select! {
+        v = fut => Some(v),
+        _ = stop_requested(stop) => None,
+    }
+}
+
+/// Resolves when the container is told to stop: with the time its grace period ends (now,
+/// if its pod worker is gone).
+async fn stop_requested(
+    stop: &mut watch::Receiver<Option<tokio::time::Instant>>,
+) -> tokio::time::Instant {
+    match stop.wait_for(|s| s.is_some()).await {
+        Ok(s) => s.unwrap_or_else(tokio::time::Instant::now),
+        Err(_) => tokio::time::Instant::now(),
+    }
 }
 
 /// The image for a container, per its pull policy: from the node's store, or pulled.
@@ -1083,6 +1205,10 @@ struct Reporter {
     qos_class: Option<String>,
     /// The last conditions reported (their transition times carry over).
     conditions: std::sync::Mutex<Vec<PodCondition>>,
+    /// Why the pod failed for good, if the worker ended it (reason, message).
+    failure: std::sync::Mutex<Option<(&'static str, String)>>,
+    /// Per init container: whether it is a native sidecar.
+    sidecars: Vec<bool>,
     slot: Arc<StatusSlot>,
 }
 
@@ -1107,8 +1233,12 @@ impl Reporter {
                 .map(|t| t.exit_code)
         };
         let all_terminated = !main.is_empty() && main.iter().all(|s| term(s).is_some());
-        let init_failed =
-            init.iter().any(|s| term(s).is_some_and(|c| c != 0)) && restart_policy == "Never";
+        // Sidecars end when the pod does; only regular init containers fail it.
+        let init_failed = init
+            .iter()
+            .zip(&self.sidecars)
+            .any(|(s, sidecar)| !sidecar && term(s).is_some_and(|c| c != 0))
+            && restart_policy == "Never";
         let phase = if init_failed {
             "Failed"
         } else if all_terminated {
@@ -1154,7 +1284,13 @@ impl Reporter {
         }
         last.clone_from(&conditions);
         let pod_ip = self.pod_ip.lock().expect("pod ip").clone();
+        let failure = self.failure.lock().expect("failure").clone();
+        let phase = if failure.is_some() { "Failed" } else { phase };
+        let (reason, message) =
+            failure.map_or((None, None), |(r, m)| (Some(r.to_string()), Some(m)));
         PodStatus {
+            reason,
+            message,
             pod_ips: pod_ip
                 .clone()
                 .map(|ip| vec![k8s_openapi::api::core::v1::PodIP { ip }]),
@@ -1231,14 +1367,6 @@ async fn run(ctx: Arc<Ctx>, pod: Box<Pod>, rx: watch::Receiver<PodChange>, conta
     run_pod(ctx, rx, pod, containers).instrument(span).await
 }
 
-/// What the pod worker waits for while its containers run.
-enum Wake {
-    Update(usize, Box<ContainerStatus>),
-    /// The pod object changed (or the worker is being stopped: `false`).
-    Changed(bool),
-    Deadline,
-}
-
 async fn run_pod(
     ctx: Arc<Ctx>,
     mut rx: watch::Receiver<PodChange>,
@@ -1277,9 +1405,6 @@ async fn run_pod(
     );
     let mut main = statuses(Some(&spec.containers), prev.container_statuses.as_ref());
     let (tx, mut updates) = mpsc::channel::<Update>(64);
-    let mut init_done = init.is_empty();
-    // Container supervisors: dropping the pod's task (the pod object is gone) ends them.
-    let mut tasks: Vec<AbortOnDrop<bool>> = Vec::new();
     // Status goes to the API server through one writer that always sends the latest state.
     let reporter = Reporter {
         host_ip: ctx.node_ip.clone(),
@@ -1288,6 +1413,13 @@ async fn run_pod(
         restart_policy: pc.restart_policy.clone(),
         qos_class: prev.qos_class.clone(),
         conditions: std::sync::Mutex::new(prev.conditions.clone().unwrap_or_default()),
+        failure: Default::default(),
+        sidecars: spec
+            .init_containers
+            .iter()
+            .flatten()
+            .map(|c| c.restart_policy.as_deref() == Some("Always"))
+            .collect(),
         slot: Default::default(),
     };
     // What each container was, for adopting those that outlived an earlier agent.
@@ -1312,10 +1444,6 @@ async fn run_pod(
         pc.name.clone(),
         reporter.slot.clone(),
     )));
-    let sync = |init: &[ContainerStatus], main: &[ContainerStatus], init_done: bool| {
-        reporter.report(init, main, init_done);
-    };
-    let deleting = |rx: &watch::Receiver<PodChange>| rx.borrow().deleting;
     // activeDeadlineSeconds counts from the pod's start (init containers included) and
     // may be changed while it runs.
     let deadline_of = |c: &PodChange| {
@@ -1328,153 +1456,160 @@ async fn run_pod(
                 + Duration::from_secs((secs.max(0) as u64).saturating_sub(elapsed))
         })
     };
-    let never = || tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
     let mut deadline = deadline_of(&rx.borrow());
-    if !finished {
-        // The sandbox may wait for the node's pod network: a deletion meanwhile wins.
-        let prepared = tokio::select! {
-            r = Box::pin(prepare_sandbox(&pc, spec)) => Some(r),
-            _ = rx.wait_for(|c| c.deleting) => None,
-        };
-        let Some(prepared) = prepared else {
-            return Box::pin(finish_deletion(&api, &pod, &dirs, &containers)).await;
-        };
-        match prepared {
-            Err((reason, msg)) => {
-                ctx.events.pod(&pod, None, "Warning", reason, msg.clone());
-                for s in main.iter_mut() {
-                    s.state = Some(waiting("ContainerCreating", Some(msg.clone())));
+    let shape = Shape {
+        sidecars: reporter.sidecars.clone(),
+        mains: spec.containers.len(),
+    };
+    let mut life = Lifecycle::new(shape);
+    let pc = {
+        pc.pod_ip = Default::default();
+        Arc::new(pc)
+    };
+    // Each running supervisor, and the signal that tells its container to stop.
+    let mut supervisors: BTreeMap<
+        Which,
+        (AbortOnDrop<()>, watch::Sender<Option<tokio::time::Instant>>),
+    > = BTreeMap::new();
+    let mut init_done = init.is_empty();
+    let mut sandbox_job: Option<std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>> =
+        None;
+    let mut sandbox_retry: Option<tokio::time::Instant> = None;
+    let mut sandbox_backoff = BACKOFF_START;
+    let mut pending = life.step(Event::Begin {
+        deleting: rx.borrow().deleting,
+        finished,
+    });
+    // A pod that had ended before this worker began keeps the status it ended with.
+    let report = |init: &[ContainerStatus], main: &[ContainerStatus], done: bool| {
+        if !finished {
+            reporter.report(init, main, done);
+        }
+    };
+    report(&init, &main, init_done);
+    loop {
+        for action in std::mem::take(&mut pending) {
+            match action {
+                Action::PrepareSandbox => {
+                    let pc = pc.clone();
+                    sandbox_job = Some(Box::pin(async move {
+                        let spec = pc.pod.spec.as_ref().expect("a running pod has a spec");
+                        prepare_sandbox(&pc, spec).await
+                    }));
                 }
-                sync(&init, &main, false);
-            }
-            Ok((sandbox, pod_ip)) => {
-                pc.sandbox = sandbox;
-                *reporter.pod_ip.lock().expect("pod ip") = Some(pod_ip.clone());
-                pc.pod_ip = pod_ip;
-                let pc = Arc::new(pc);
-                sync(&init, &main, init_done);
-                // Init containers, in order, each to completion.
-                let mut init_ok = true;
-                for i in 0..init.len() {
-                    let mut t = AbortOnDrop(tokio::spawn(supervise(
-                        pc.clone(),
-                        i,
-                        true,
-                        init[i].clone(),
-                        init_before[i].clone(),
-                        tx.clone(),
-                    )));
-                    loop {
-                        let until = deadline.unwrap_or_else(never);
-                        tokio::select! {
-                            ok = &mut t.0 => { init_ok = ok.unwrap_or(false); break; }
-                            Some(Update::Status(idx, st)) = updates.recv() => { init[idx] = *st; sync(&init, &main, false); }
-                            changed = rx.changed() => {
-                                if changed.is_err() || deleting(&rx) {
-                                    t.0.abort();
-                                    return Box::pin(finish_deletion(&api, &pod, &dirs, &containers)).await;
-                                }
-                                deadline = deadline_of(&rx.borrow());
-                            }
-                            // Past the deadline: stop here; the loop below reports it.
-                            _ = tokio::time::sleep_until(until), if deadline.is_some() => {
-                                t.0.abort();
-                                init_ok = false;
-                                break;
-                            }
+                Action::RetrySandbox => {
+                    sandbox_retry = Some(tokio::time::Instant::now() + sandbox_backoff);
+                    sandbox_backoff = (sandbox_backoff * 2).min(BACKOFF_MAX);
+                }
+                Action::Start(which) => {
+                    if matches!(which, Which::Main(_)) {
+                        init_done = true;
+                    }
+                    let (status, previous) = match which {
+                        Which::Init(i) => (init[i].clone(), init_before[i].clone()),
+                        Which::Main(i) => (main[i].clone(), main_before[i].clone()),
+                    };
+                    let (stop_tx, stop_rx) = watch::channel(None);
+                    let (pc, tx) = (pc.clone(), tx.clone());
+                    let task = tokio::spawn(async move {
+                        let ok = supervise(pc, which, status, previous, tx.clone(), stop_rx).await;
+                        let _ = tx.send(Update::Exited(which, ok)).await;
+                    });
+                    supervisors.insert(which, (AbortOnDrop(task), stop_tx));
+                }
+                Action::Stop { which, graceful } => {
+                    let grace = if graceful {
+                        Duration::from_secs(rx.borrow().grace_seconds as u64)
+                    } else {
+                        Duration::ZERO
+                    };
+                    let until = tokio::time::Instant::now() + grace;
+                    for w in which {
+                        if let Some((_, stop)) = supervisors.get(&w) {
+                            stop.send_replace(Some(until));
                         }
                     }
-                    while let Ok(Update::Status(idx, st)) = updates.try_recv() {
-                        init[idx] = *st;
-                    }
-                    if !init_ok {
-                        break;
-                    }
                 }
-                init_done = init_ok;
-                sync(&init, &main, init_done);
-                if init_ok {
-                    for (i, st) in main.iter().enumerate() {
-                        tasks.push(AbortOnDrop(tokio::spawn(supervise(
-                            pc.clone(),
-                            i,
-                            false,
-                            st.clone(),
-                            main_before[i].clone(),
-                            tx.clone(),
-                        ))));
-                    }
+                Action::ReportDeadline => {
+                    let msg = "Pod was active on the node longer than the specified deadline";
+                    *reporter.failure.lock().expect("failure") =
+                        Some(("DeadlineExceeded", msg.to_string()));
+                    ctx.events
+                        .pod(&pod, None, "Normal", "DeadlineExceeded", msg.into());
                 }
-            }
-        }
-    }
-    drop(tx);
-    let is_running = |s: &ContainerStatus| s.state.as_ref().is_some_and(|st| st.running.is_some());
-    let killing = |name: &str| {
-        let msg = format!("Stopping container {name}");
-        ctx.events.pod(&pod, Some(name), "Normal", "Killing", msg);
-    };
-    loop {
-        let until = deadline.unwrap_or_else(never);
-        let wake = tokio::select! {
-            Some(Update::Status(idx, st)) = updates.recv() => Wake::Update(idx, st),
-            changed = rx.changed() => Wake::Changed(changed.is_ok()),
-            _ = tokio::time::sleep_until(until), if deadline.is_some() => Wake::Deadline,
-        };
-        match wake {
-            Wake::Update(idx, st) => {
-                main[idx] = *st;
-                while let Ok(Update::Status(idx, st)) = updates.try_recv() {
-                    main[idx] = *st;
-                }
-                sync(&init, &main, init_done);
-            }
-            Wake::Changed(false) => return,
-            Wake::Changed(true) => {
-                deadline = deadline_of(&rx.borrow());
-                if deleting(&rx) {
-                    for t in &tasks {
-                        t.0.abort();
-                    }
-                    for s in init.iter().chain(main.iter()).filter(|s| is_running(s)) {
-                        killing(&s.name);
-                    }
+                Action::FinishDeletion => {
+                    // Whatever still runs is killed with its supervisor.
+                    supervisors.clear();
                     return Box::pin(finish_deletion(&api, &pod, &dirs, &containers)).await;
                 }
             }
-            Wake::Deadline => {
-                for t in &tasks {
-                    t.0.abort();
-                }
-                // Their containers are killed, as the kubelet's are.
-                for s in init.iter_mut().chain(main.iter_mut()) {
-                    let Some(run) = s.state.as_ref().and_then(|st| st.running.clone()) else {
-                        continue;
-                    };
-                    killing(&s.name);
-                    let id = s.container_id.clone().unwrap_or_default();
-                    s.state = Some(terminated(&Exit::killed(None), run.started_at, &id));
-                    s.ready = false;
-                    s.started = Some(false);
-                }
-                let msg =
-                    "Pod was active on the node longer than the specified deadline".to_string();
-                let mut status = reporter.status(&init, &main, init_done);
-                status.phase = Some("Failed".into());
-                status.reason = Some("DeadlineExceeded".into());
-                status.message = Some(msg.clone());
-                reporter.slot.put(status);
-                ctx.events
-                    .pod(&pod, None, "Normal", "DeadlineExceeded", msg);
-                // Wait for the deletion (or the pod's end) now.
-                while rx.changed().await.is_ok() {
-                    if deleting(&rx) {
-                        return Box::pin(finish_deletion(&api, &pod, &dirs, &containers)).await;
+        }
+        report(&init, &main, init_done);
+        let never = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
+        let event = tokio::select! {
+            prepared = async { sandbox_job.as_mut().expect("guarded").await }, if sandbox_job.is_some() => {
+                sandbox_job = None;
+                match prepared {
+                    Ok((sandbox, ip)) => {
+                        let _ = pc.sandbox.set(sandbox);
+                        let _ = pc.pod_ip.set(ip.clone());
+                        *reporter.pod_ip.lock().expect("pod ip") = Some(ip);
+                        Event::SandboxReady
+                    }
+                    Err((reason, msg)) => {
+                        ctx.events.pod(&pod, None, "Warning", reason, msg.clone());
+                        for s in main.iter_mut() {
+                            s.state = Some(waiting("ContainerCreating", Some(msg.clone())));
+                        }
+                        Event::SandboxFailed
                     }
                 }
-                return;
             }
+            _ = tokio::time::sleep_until(sandbox_retry.unwrap_or(never)), if sandbox_retry.is_some() => {
+                sandbox_retry = None;
+                pending.push(Action::PrepareSandbox);
+                continue;
+            }
+            Some(update) = updates.recv() => match update {
+                Update::Status(which, st) => {
+                    let started = st.state.as_ref().is_some_and(|s| s.running.is_some())
+                        && st.started == Some(true);
+                    match which {
+                        Which::Init(i) => init[i] = *st,
+                        Which::Main(i) => main[i] = *st,
+                    }
+                    if !started {
+                        continue;
+                    }
+                    Event::Started(which)
+                }
+                Update::Exited(which, ok) => {
+                    supervisors.remove(&which);
+                    Event::Exited { which, ok }
+                }
+            },
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    // The worker is being stopped.
+                    return;
+                }
+                deadline = deadline_of(&rx.borrow());
+                if !rx.borrow().deleting {
+                    continue;
+                }
+                Event::Deleting
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or(never)), if deadline.is_some() && !matches!(life.stage, Stage::Done | Stage::Terminating | Stage::Gone) => {
+                deadline = None;
+                Event::DeadlineExceeded
+            }
+        };
+        if event == Event::Deleting {
+            // A sandbox still being made is abandoned (the deletion removes what it made).
+            sandbox_job = None;
+            sandbox_retry = None;
         }
+        pending = life.step(event);
     }
 }
 

@@ -48,6 +48,8 @@ pub struct ContainerSpec {
     pub image_user: Option<String>,
     /// Thousandths of a CPU the container asks for (its share under contention).
     pub cpu_request_millis: Option<u64>,
+    /// The TCP ports the container declares (`containerPort`), in order.
+    pub ports: Vec<u16>,
     /// The image's content (a Wasm module or component, or a root file system) and its
     /// digest.
     pub image: crate::images::Content,
@@ -156,6 +158,10 @@ pub trait Running: Send {
     /// Waits for the container to end.
     async fn wait(&mut self) -> Exit;
     fn kill_switch(&self) -> KillSwitch;
+    /// Asks the container to stop (SIGTERM); a runtime without signals stops it at once.
+    fn terminate_switch(&self) -> KillSwitch {
+        self.kill_switch()
+    }
 
     /// Stops the container now.
     fn kill(&self) {

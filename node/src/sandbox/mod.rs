@@ -196,6 +196,7 @@ pub enum Network {
 pub struct PodNamespace {
     pub path: PathBuf,
     executor: std::sync::Mutex<Option<Arc<netns::Executor>>>,
+    server: std::sync::Mutex<Option<Arc<netns::Executor>>>,
 }
 
 impl PodNamespace {
@@ -203,16 +204,32 @@ impl PodNamespace {
         PodNamespace {
             path,
             executor: Default::default(),
+            server: Default::default(),
         }
     }
 
-    /// Where tasks that must make their sockets in the pod's namespace run.
+    /// Where tasks that must make their sockets in the pod's namespace run (one thread:
+    /// command guests).
     pub fn executor(&self) -> std::io::Result<Arc<netns::Executor>> {
-        let mut ex = self.executor.lock().expect("executor");
+        Self::started(&self.executor, &self.path, 1)
+    }
+
+    /// Like [`Self::executor`], with a thread per core: served components' requests.
+    pub fn server_executor(&self) -> std::io::Result<Arc<netns::Executor>> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::started(&self.server, &self.path, cores)
+    }
+
+    fn started(
+        slot: &std::sync::Mutex<Option<Arc<netns::Executor>>>,
+        path: &Path,
+        threads: usize,
+    ) -> std::io::Result<Arc<netns::Executor>> {
+        let mut ex = slot.lock().expect("executor");
         if let Some(ex) = ex.as_ref() {
             return Ok(ex.clone());
         }
-        let started = Arc::new(netns::Executor::start(&self.path)?);
+        let started = Arc::new(netns::Executor::start(path, threads)?);
         *ex = Some(started.clone());
         Ok(started)
     }

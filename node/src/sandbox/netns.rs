@@ -113,7 +113,8 @@ pub struct Executor {
 const EXECUTOR_STACK: usize = 512 * 1024;
 
 impl Executor {
-    pub fn start(netns: &Path) -> std::io::Result<Executor> {
+    /// An executor of `threads` threads (1: a current-thread runtime) inside `netns`.
+    pub fn start(netns: &Path, threads: usize) -> std::io::Result<Executor> {
         let fd: Arc<OwnedFd> = Arc::new(File::open(netns)?.into());
         let (handle_tx, handle_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -127,7 +128,14 @@ impl Executor {
             .spawn(move || {
                 let built = enter(&fd).and_then(|()| {
                     let each = fd.clone();
-                    tokio::runtime::Builder::new_current_thread()
+                    let mut builder = if threads > 1 {
+                        let mut b = tokio::runtime::Builder::new_multi_thread();
+                        b.worker_threads(threads);
+                        b
+                    } else {
+                        tokio::runtime::Builder::new_current_thread()
+                    };
+                    builder
                         .enable_all()
                         .thread_stack_size(EXECUTOR_STACK)
                         .on_thread_start(move || {
@@ -204,7 +212,7 @@ pub(crate) mod tests {
             std::fs::metadata(&path).unwrap().ino()
         };
         assert_ne!(ns_inode, inode("/proc/self/ns/net"));
-        let ex = Executor::start(&path).unwrap();
+        let ex = Executor::start(&path, 1).unwrap();
         let (main, blocking) = run_on(&ex, async {
             let main = inode("/proc/thread-self/ns/net");
             let blocking = tokio::task::spawn_blocking(|| inode("/proc/thread-self/ns/net"))

@@ -448,7 +448,7 @@ mod tests {
             (net.ip.as_str(), &net.netns)
         );
         // A listener in the pod's namespace is reached from the host at the pod's address.
-        let ex = netns::Executor::start(&net.netns).unwrap();
+        let ex = netns::Executor::start(&net.netns, 1).unwrap();
         let listener = run_on(&ex, async { std::net::TcpListener::bind("0.0.0.0:8080") }).unwrap();
         let ip = net.ip.clone();
         let reached = tokio::task::spawn_blocking(move || {

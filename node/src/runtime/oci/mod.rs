@@ -158,9 +158,13 @@ impl Inner {
     /// SIGKILL to every process of the container (whatever it is doing); nothing if it is
     /// gone.
     fn kill(&self, id: &str) {
+        self.signal(id, "KILL");
+    }
+
+    fn signal(&self, id: &str, signal: &str) {
         let _ = self
             .runc()
-            .args(["kill", "--all", id, "KILL"])
+            .args(["kill", "--all", id, signal])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status();
@@ -547,6 +551,15 @@ impl Running for OciContainer {
         KillSwitch::new(move || {
             let (rt, id) = (rt.clone(), id.clone());
             std::thread::spawn(move || rt.kill(&id));
+        })
+    }
+
+    /// SIGTERM to the container's processes.
+    fn terminate_switch(&self) -> KillSwitch {
+        let (rt, id) = (self.rt.clone(), self.id.clone());
+        KillSwitch::new(move || {
+            let (rt, id) = (rt.clone(), id.clone());
+            std::thread::spawn(move || rt.signal(&id, "TERM"));
         })
     }
 }

@@ -16,6 +16,8 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::{ContainerSpec, Exit, KillSwitch, Running, Runtime, RuntimeError};
+
+mod http;
 use crate::logs::{LogFile, Stream};
 
 /// The epoch ticks this often: the granularity of yields, CPU accounting and kills.
@@ -110,12 +112,16 @@ enum Compiled {
 enum Prepared {
     Module(wasmtime::InstancePre<P1Host>),
     Command(wasmtime_wasi::p2::bindings::CommandPre<P2Host>),
+    /// A `wasi:http/proxy` component, served with an instance per request.
+    Proxy(wasmtime_wasi_http::p2::bindings::ProxyPre<http::HttpHost>),
 }
 
 pub struct WasmRuntime {
     engine: Engine,
     p1: Linker<P1Host>,
     p2: wasmtime::component::Linker<P2Host>,
+    /// Served components: an engine of their own, with pooled instances.
+    http: http::HttpEngine,
     prepared: Mutex<HashMap<String, Prepared>>,
     cache_dir: PathBuf,
 }
@@ -126,6 +132,10 @@ fn start_error(id: &str) -> impl Fn(&dyn std::fmt::Display) -> RuntimeError + '_
         reason: format!("{e:#}"),
     }
 }
+
+/// The port a served component listens on when its container declares none (as
+/// `wasmtime serve`'s default).
+const DEFAULT_HTTP_PORT: u16 = 8080;
 
 const CLI_RUN: &str = "wasi:cli/run";
 const HTTP_HANDLER: &str = "wasi:http/incoming-handler";
@@ -171,6 +181,7 @@ impl WasmRuntime {
             .map_err(|e| fail(&e))?;
         std::fs::create_dir_all(cache_dir).map_err(|e| fail(&e))?;
         Ok(WasmRuntime {
+            http: http::HttpEngine::new().map_err(|e| fail(&e))?,
             engine,
             p1,
             p2,
@@ -195,12 +206,29 @@ impl WasmRuntime {
                 Prepared::Module(self.p1.instantiate_pre(&module).map_err(|e| fail(&e))?)
             }
             Compiled::Component(component) => {
-                if let Some(world) = served_world(&self.engine, &component) {
-                    return Err(fail(&format!(
-                        "the image is a {world} component (it exports {HTTP_HANDLER}, not {CLI_RUN}): \
-                         HTTP handlers are served at the pod's IP, which needs a pod network; \
-                         this node runs command modules and components only"
-                    )));
+                if served_world(&self.engine, &component).is_some() {
+                    let bytes = image_bytes(spec)?;
+                    let compiled = compile(
+                        self.http.engine(),
+                        &self.cache_dir,
+                        "cwasm-http",
+                        &spec.image_digest,
+                        &bytes,
+                    )
+                    .map_err(|reason| RuntimeError::InvalidImage {
+                        image: spec.image_digest.clone(),
+                        reason,
+                    })?;
+                    let Compiled::Component(component) = compiled else {
+                        unreachable!("a component compiles to a component");
+                    };
+                    let pre = self.http.prepare(&component).map_err(|e| fail(&e))?;
+                    let prepared = Prepared::Proxy(pre);
+                    self.prepared
+                        .lock()
+                        .expect("prepared")
+                        .insert(spec.image_digest.clone(), prepared.clone());
+                    return Ok(prepared);
                 }
                 let pre = self.p2.instantiate_pre(&component).map_err(|e| fail(&e))?;
                 Prepared::Command(
@@ -217,69 +245,58 @@ impl WasmRuntime {
 
     /// The compiled image: from the disk cache, or compiled now (and cached).
     fn compiled(&self, spec: &ContainerSpec) -> Result<Compiled, RuntimeError> {
-        let invalid = |reason: String| RuntimeError::InvalidImage {
+        let bytes = image_bytes(spec)?;
+        let suffix = if is_component(&bytes) {
+            "cwasm-component"
+        } else {
+            "cwasm"
+        };
+        compile(
+            &self.engine,
+            &self.cache_dir,
+            suffix,
+            &spec.image_digest,
+            &bytes,
+        )
+        .map_err(|reason| RuntimeError::InvalidImage {
             image: spec.image_digest.clone(),
             reason,
-        };
-        let crate::images::Content::Wasm(path) = &spec.image else {
-            return Err(invalid("not a Wasm image (a root file system)".into()));
-        };
-        let bytes = std::fs::read(path).map_err(|e| invalid(e.to_string()))?;
-        let component = is_component(&bytes);
-        let cached = self.cache_dir.join(format!(
-            "{}.{}",
-            spec.image_digest.replace(':', "-"),
-            if component {
-                "cwasm-component"
-            } else {
-                "cwasm"
-            }
-        ));
-        // Safety: the cache is written only by this agent with this engine's settings;
-        // wasmtime checks the version and configuration and refuses anything else.
-        let from_cache = if component {
-            unsafe { Component::deserialize_file(&self.engine, &cached) }.map(Compiled::Component)
-        } else {
-            unsafe { Module::deserialize_file(&self.engine, &cached) }.map(Compiled::Module)
-        };
-        let compiled = match from_cache {
-            Ok(c) => c,
-            Err(_) => {
-                let (c, serialized) = if component {
-                    let c = Component::new(&self.engine, &bytes)
-                        .map_err(|e| invalid(format!("{e:#}")))?;
-                    let s = c.serialize();
-                    (Compiled::Component(c), s)
-                } else {
-                    let m =
-                        Module::new(&self.engine, &bytes).map_err(|e| invalid(format!("{e:#}")))?;
-                    let s = m.serialize();
-                    (Compiled::Module(m), s)
-                };
-                if let Ok(serialized) = serialized {
-                    let tmp = cached.with_extension("tmp");
-                    if std::fs::write(&tmp, serialized).is_ok() {
-                        let _ = std::fs::rename(&tmp, &cached);
-                    }
-                }
-                c
-            }
-        };
-        Ok(compiled)
+        })
+    }
+}
+
+/// What a container's guests are given (each request of a served component gets it anew).
+pub(crate) struct GuestConfig {
+    id: String,
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+    mounts: Vec<super::Mount>,
+    log: LogFile,
+}
+
+impl GuestConfig {
+    fn of(spec: &ContainerSpec) -> GuestConfig {
+        GuestConfig {
+            id: spec.id.clone(),
+            argv: spec.argv.clone(),
+            env: spec.env.clone(),
+            mounts: spec.mounts.clone(),
+            log: spec.log.clone(),
+        }
     }
 
-    /// WASI for a container: nothing but its args, env, output and mounts.
-    fn wasi(spec: &ContainerSpec) -> Result<WasiCtxBuilder, RuntimeError> {
+    /// WASI for a guest: nothing but its args, env, output, mounts and its pod's sockets.
+    fn builder(&self) -> Result<WasiCtxBuilder, RuntimeError> {
         let mut b = WasiCtxBuilder::new();
-        b.args(&spec.argv);
-        b.envs(&spec.env);
+        b.args(&self.argv);
+        b.envs(&self.env);
         // Sockets in the pod's network (its namespace, or the node's where the pod lives
         // on it): any address there, and name lookup.
         b.inherit_network();
         b.allow_ip_name_lookup(true);
-        b.stdout(LogStream(spec.log.clone(), Stream::Stdout));
-        b.stderr(LogStream(spec.log.clone(), Stream::Stderr));
-        for m in &spec.mounts {
+        b.stdout(LogStream(self.log.clone(), Stream::Stdout));
+        b.stderr(LogStream(self.log.clone(), Stream::Stderr));
+        for m in &self.mounts {
             let perms = if m.read_only {
                 FsPerms::ReadOnly
             } else {
@@ -287,12 +304,70 @@ impl WasmRuntime {
             };
             b.preopened_dir(m.dir.path(), &m.guest_path, perms)
                 .map_err(|e| RuntimeError::Start {
-                    id: spec.id.clone(),
+                    id: self.id.clone(),
                     reason: format!("mount {}: {e}", m.guest_path),
                 })?;
         }
         Ok(b)
     }
+
+    /// A line of the host's own on the container's stderr.
+    fn log_error(&self, msg: &str) {
+        let _ = self
+            .log
+            .write(Stream::Stderr, format!("{msg}\n").as_bytes());
+    }
+}
+
+/// The Wasm bytes of a container's image.
+fn image_bytes(spec: &ContainerSpec) -> Result<Vec<u8>, RuntimeError> {
+    let invalid = |reason: String| RuntimeError::InvalidImage {
+        image: spec.image_digest.clone(),
+        reason,
+    };
+    let crate::images::Content::Wasm(path) = &spec.image else {
+        return Err(invalid("not a Wasm image (a root file system)".into()));
+    };
+    std::fs::read(path).map_err(|e| invalid(e.to_string()))
+}
+
+/// `bytes` compiled for `engine`: from the disk cache (`<digest>.<suffix>`), or compiled
+/// now and cached.
+fn compile(
+    engine: &Engine,
+    cache_dir: &Path,
+    suffix: &str,
+    digest: &str,
+    bytes: &[u8],
+) -> Result<Compiled, String> {
+    let component = is_component(bytes);
+    let cached = cache_dir.join(format!("{}.{suffix}", digest.replace(':', "-")));
+    // Safety: the cache is written only by this agent with this engine's settings;
+    // wasmtime checks the version and configuration and refuses anything else.
+    let from_cache = if component {
+        unsafe { Component::deserialize_file(engine, &cached) }.map(Compiled::Component)
+    } else {
+        unsafe { Module::deserialize_file(engine, &cached) }.map(Compiled::Module)
+    };
+    if let Ok(c) = from_cache {
+        return Ok(c);
+    }
+    let (c, serialized) = if component {
+        let c = Component::new(engine, bytes).map_err(|e| format!("{e:#}"))?;
+        let s = c.serialize();
+        (Compiled::Component(c), s)
+    } else {
+        let m = Module::new(engine, bytes).map_err(|e| format!("{e:#}"))?;
+        let s = m.serialize();
+        (Compiled::Module(m), s)
+    };
+    if let Ok(serialized) = serialized {
+        let tmp = cached.with_extension("tmp");
+        if std::fs::write(&tmp, serialized).is_ok() {
+            let _ = std::fs::rename(&tmp, &cached);
+        }
+    }
+    Ok(c)
 }
 
 /// Limits and CPU shares for a container's store: each epoch tick the guest yields (so a
@@ -442,7 +517,8 @@ impl Runtime for WasmRuntime {
 
     async fn start(&self, spec: ContainerSpec) -> Result<Box<dyn Running>, RuntimeError> {
         let prepared = self.prepared(&spec)?;
-        let wasi = Self::wasi(&spec)?;
+        let guest = GuestConfig::of(&spec);
+        let wasi = guest.builder()?;
         let limits = Limits {
             memory: spec.memory_limit.map(|b| b as usize),
             exceeded: false,
@@ -451,10 +527,17 @@ impl Runtime for WasmRuntime {
         let log = spec.log.clone();
         // A guest in a pod namespace runs on threads inside it (its sockets are made there);
         // the executor lives as long as the guest's task holds it.
+        // A served component gets every core of the node for its requests.
+        let serving = matches!(prepared, Prepared::Proxy(_));
         let (spawner, executor) = match &spec.network {
             crate::sandbox::Network::Node => (tokio::runtime::Handle::current(), None),
             crate::sandbox::Network::Pod(ns) => {
-                let ex = ns.executor().map_err(|e| RuntimeError::Start {
+                let ex = if serving {
+                    ns.server_executor()
+                } else {
+                    ns.executor()
+                }
+                .map_err(|e| RuntimeError::Start {
                     id: spec.id.clone(),
                     reason: format!("joining the pod's network namespace: {e}"),
                 })?;
@@ -507,6 +590,27 @@ impl Runtime for WasmRuntime {
                     .await;
                     (result, store.data_mut().limits().exceeded)
                 };
+                spawner.spawn(supervise_guest(run, kill.clone(), log, alive))
+            }
+            Prepared::Proxy(pre) => {
+                let port = spec.ports.first().copied().unwrap_or(DEFAULT_HTTP_PORT);
+                // The listener is made by a thread inside the pod's network namespace.
+                let listener = spawner
+                    .spawn(async move { http::bind(port) })
+                    .await
+                    .map_err(|e| start_error(&spec.id)(&e))?
+                    .map_err(|e| RuntimeError::Start {
+                        id: spec.id.clone(),
+                        reason: format!("listening on port {port}: {e}"),
+                    })?;
+                let served = http::Served {
+                    engine: self.http.engine().clone(),
+                    pre,
+                    guest,
+                    memory_limit: limits.memory,
+                    cpu_limit_millis: spec.cpu_limit_millis,
+                };
+                let run = async move { (served.serve(listener).await, false) };
                 spawner.spawn(supervise_guest(run, kill.clone(), log, alive))
             }
         };
@@ -564,6 +668,7 @@ mod tests {
                 security: Default::default(),
                 image_user: None,
                 cpu_request_millis: None,
+                ports: vec![],
                 image: crate::images::Content::Wasm(image),
                 image_digest: format!("sha256:{name}"),
                 argv: vec![name.into()],

@@ -1,0 +1,224 @@
+//! `wasi:http/proxy` components served at the pod IP, as `wasmtime serve` serves them: an
+//! engine of their own with the pooling allocator, one `ProxyPre` per image, and a fresh
+//! store and instance per request (with the container's WASI, limits and log), at most
+//! [`MAX_IN_FLIGHT`] at once per container (more wait: back-pressure). The listener is made
+//! inside the pod's network namespace, and requests run on threads inside it, so a
+//! component's outgoing requests leave from the pod.
+
+use std::sync::Arc;
+
+use hyper::server::conn::http1;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use super::{govern, GuestConfig, HasLimits, Limits};
+
+/// Requests one container handles at once; more wait for a free slot.
+const MAX_IN_FLIGHT: usize = 128;
+/// Instances the pool holds ready (across all served containers of the node).
+const POOL_INSTANCES: u32 = 1_000;
+
+/// Store data of a served request.
+pub(crate) struct HttpHost {
+    ctx: WasiCtx,
+    table: ResourceTable,
+    http: WasiHttpCtx,
+    limits: Limits,
+}
+
+impl WasiView for HttpHost {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.ctx,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HttpHost {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: wasmtime_wasi_http::default_hooks(),
+        }
+    }
+}
+
+impl HasLimits for HttpHost {
+    fn limits(&mut self) -> &mut Limits {
+        &mut self.limits
+    }
+}
+
+/// The engine of served components, and their linker (all of WASI p2 plus wasi:http, as
+/// components built from other languages import the CLI interfaces too).
+pub(super) struct HttpEngine {
+    engine: Engine,
+    linker: Linker<HttpHost>,
+}
+
+impl HttpEngine {
+    pub fn new() -> wasmtime::Result<HttpEngine> {
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(POOL_INSTANCES)
+            .total_core_instances(POOL_INSTANCES)
+            .total_memories(POOL_INSTANCES)
+            .total_tables(POOL_INSTANCES)
+            .total_stacks(POOL_INSTANCES);
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        // Ticks for this engine's guests (yields, CPU limits, kills).
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("skiff-http-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(super::TICK);
+                }
+            })?;
+        Ok(HttpEngine { engine, linker })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn prepare(&self, component: &Component) -> wasmtime::Result<ProxyPre<HttpHost>> {
+        ProxyPre::new(self.linker.instantiate_pre(component)?)
+    }
+}
+
+/// A served container: what each request's instance gets.
+pub(super) struct Served {
+    pub engine: Engine,
+    pub pre: ProxyPre<HttpHost>,
+    pub guest: GuestConfig,
+    pub memory_limit: Option<usize>,
+    pub cpu_limit_millis: Option<u64>,
+}
+
+/// Binds the container's port on all addresses of the current network namespace (run it
+/// on a thread inside the pod's).
+pub(super) fn bind(port: u16) -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, port))
+        .or_else(|_| std::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, port)))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+impl Served {
+    /// Serves HTTP/1.1 on `listener` until dropped (dropping also ends every connection
+    /// and request in flight); returns only if the listener fails.
+    pub async fn serve(self, listener: std::net::TcpListener) -> wasmtime::Result<()> {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let served = Arc::new(self);
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+        // Connections end with the container: the set aborts them when dropped.
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            let (stream, _) = tokio::select! {
+                accepted = listener.accept() => accepted?,
+                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            };
+            let _ = stream.set_nodelay(true);
+            let (served, slots) = (served.clone(), slots.clone());
+            connections.spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let (served, slots) = (served.clone(), slots.clone());
+                    async move {
+                        let _slot = slots.acquire_owned().await;
+                        Ok::<_, std::convert::Infallible>(match served.handle(req).await {
+                            Ok(resp) => resp,
+                            Err(e) => {
+                                served.guest.log_error(&format!("{e:#}"));
+                                internal_error()
+                            }
+                        })
+                    }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                if let Err(e) = http1::Builder::new()
+                    .keep_alive(true)
+                    .serve_connection(io, service)
+                    .await
+                {
+                    tracing::debug!(error = %e, "an HTTP connection ended");
+                }
+            });
+        }
+    }
+
+    /// One request, on a fresh instance.
+    async fn handle(
+        &self,
+        req: hyper::Request<hyper::body::Incoming>,
+    ) -> Result<hyper::Response<HyperOutgoingBody>, wasmtime::Error> {
+        let wasi = self.guest.builder().map_err(wasmtime::Error::msg)?.build();
+        let mut store = Store::new(
+            &self.engine,
+            HttpHost {
+                ctx: wasi,
+                table: ResourceTable::new(),
+                http: WasiHttpCtx::new(),
+                limits: Limits {
+                    memory: self.memory_limit,
+                    exceeded: false,
+                },
+            },
+        );
+        govern(&mut store, self.cpu_limit_millis);
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let req = store.data_mut().http().new_incoming_request(
+            wasmtime_wasi_http::p2::bindings::http::types::Scheme::Http,
+            req,
+        )?;
+        let out = store.data_mut().http().new_response_outparam(sender)?;
+        let proxy = self.pre.instantiate_async(&mut store).await?;
+        // The guest may go on (streaming the body) after it has given the response head.
+        let task = tokio::spawn(async move {
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, req, out)
+                .await
+        });
+        match receiver.await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(code)) => Err(wasmtime::Error::msg(format!(
+                "the component failed: {code:?}"
+            ))),
+            Err(_) => {
+                let why = match task.await {
+                    Ok(Err(e)) => format!("{e:#}"),
+                    Ok(Ok(())) => "it returned without one".into(),
+                    Err(e) => e.to_string(),
+                };
+                Err(wasmtime::Error::msg(format!(
+                    "the component gave no response: {why}"
+                )))
+            }
+        }
+    }
+}
+
+/// The answer to a request the component could not handle.
+fn internal_error() -> hyper::Response<HyperOutgoingBody> {
+    use http_body_util::BodyExt;
+    let body = http_body_util::Full::new(bytes::Bytes::from_static(b"the component failed\n"))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let mut resp = hyper::Response::new(body);
+    *resp.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+    resp
+}
