@@ -701,10 +701,10 @@ fn service_account_tokens_authenticate_while_their_account_exists() {
         .filter_map(|r| r["name"].as_str())
         .collect();
     assert!(names.contains(&"serviceaccounts/token"), "{names:?}");
+    assert!(names.contains(&"pods/exec"), "{names:?}");
+    assert!(names.contains(&"pods/portforward"), "{names:?}");
     for unserved in [
-        "pods/exec",
         "pods/attach",
-        "pods/portforward",
         "pods/ephemeralcontainers",
         "pods/resize",
         "nodes/proxy",

@@ -13,7 +13,7 @@ use common::{eventually, Agent, Server, Shared, SharedGuard};
 use serde_json::Value;
 
 /// How many tests of this file share the cluster.
-const TESTS: usize = 12;
+const TESTS: usize = 17;
 
 struct Cluster {
     agent: Agent,
@@ -63,7 +63,7 @@ fn cluster() -> SharedGuard<Cluster> {
         let server = Server::start();
         let agent = Agent::start(&server, "oci1");
         eventually(60, "a node offering runc with its pod range", || {
-            let n = server.json(&["get", "node", "oci1"]);
+            let n = server.try_json(&["get", "node", "oci1"])?;
             (n["metadata"]["labels"]["runtime.skiff.dev/oci"] == "true"
                 && n["spec"]["podCIDR"].is_string())
             .then_some(())
@@ -335,6 +335,381 @@ fn deletion_terminates_runc_containers_gracefully() {
     );
 }
 
+/// `kubectl exec` (websocket v5 through the API server to the agent, `runc exec` there):
+/// output streams apart, stdin and its end, exit codes; `kubectl cp` both ways; a Wasm
+/// container refuses with the reason.
+#[test]
+fn kubectl_exec_and_cp_reach_a_runc_container() {
+    let c = &*cluster();
+    namespace(c, "exec");
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: box\n  namespace: exec\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: bb\n    image: {}\n    command: [\"sleep\", \"3600\"]\n  - name: wasm\n    image: {}\n",
+        c.busybox(),
+        c.http_hello()
+    );
+    c.server.apply_stdin(&[], &pod);
+    eventually(90, "both containers running", || {
+        let p = c.server.json(&["get", "pod", "box", "-n", "exec"]);
+        let all = p["status"]["containerStatuses"]
+            .as_array()?
+            .iter()
+            .all(|s| s["ready"] == true);
+        all.then_some(())
+    });
+    let o = c.server.kubectl(&[
+        "exec",
+        "box",
+        "-n",
+        "exec",
+        "-c",
+        "bb",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; hostname; exit 3",
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "out\nbox\n");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("err\n") && err.contains("command terminated with exit code 3"),
+        "{err}"
+    );
+    // Input, to its end (cat ends when stdin closes).
+    let o = c.server.kubectl_stdin(
+        &[
+            "exec",
+            "-i",
+            "box",
+            "-n",
+            "exec",
+            "-c",
+            "bb",
+            "--",
+            "sh",
+            "-c",
+            "cat; echo done",
+        ],
+        "line one\nline two\n",
+    );
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "line one\nline two\ndone\n"
+    );
+    // kubectl cp is exec with tar, both ways.
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("note.txt");
+    std::fs::write(&local, "copied in\n").unwrap();
+    c.server.ok(&[
+        "cp",
+        local.to_str().unwrap(),
+        "exec/box:/etc/note.txt",
+        "-c",
+        "bb",
+    ]);
+    assert_eq!(
+        c.server.ok(&[
+            "exec",
+            "box",
+            "-n",
+            "exec",
+            "-c",
+            "bb",
+            "--",
+            "cat",
+            "/etc/note.txt"
+        ]),
+        "copied in\n"
+    );
+    let back = dir.path().join("back.txt");
+    c.server.ok(&[
+        "cp",
+        "exec/box:/etc/note.txt",
+        back.to_str().unwrap(),
+        "-c",
+        "bb",
+    ]);
+    assert_eq!(std::fs::read_to_string(&back).unwrap(), "copied in\n");
+    // The same over SPDY (kubectl's fallback, and older clients' way).
+    let o = c
+        .server
+        .kubectl_cmd(&[
+            "exec",
+            "-i",
+            "box",
+            "-n",
+            "exec",
+            "-c",
+            "bb",
+            "--",
+            "sh",
+            "-c",
+            "cat; echo spdy >&2; exit 6",
+        ])
+        .env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(b"over spdy\n")?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(o.status.code(), Some(6), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "over spdy\n");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("spdy\n"),
+        "{o:?}"
+    );
+    // A Wasm container has nothing to run commands with: a clear error.
+    let o = c
+        .server
+        .kubectl(&["exec", "box", "-n", "exec", "-c", "wasm", "--", "ls"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("cannot exec in a Wasm container"), "{err}");
+}
+
+/// `kubectl exec -it` on a terminal (util-linux `script` gives kubectl one): the process
+/// has a terminal of its own in the container, reads what is typed and its exit code
+/// comes back.
+#[test]
+fn kubectl_exec_with_a_terminal() {
+    let c = &*cluster();
+    namespace(c, "tty");
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: box\n  namespace: tty\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: bb\n    image: {}\n    command: [\"sleep\", \"3600\"]\n",
+        c.busybox()
+    );
+    c.server.apply_stdin(&[], &pod);
+    running(c, "tty", "box");
+    let kubectl = format!(
+        "{} --kubeconfig {} exec -it box -n tty -- sh -c 'tty; read line; echo got-$line; exit 4'",
+        common::kubectl_bin().display(),
+        c.server.kubeconfig().display()
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-qfec", &kubectl, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (util-linux)");
+    std::thread::sleep(Duration::from_secs(3));
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"typed\n").unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let o = child.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("/dev/pts/"), "{out}");
+    assert!(out.contains("got-typed"), "{out}");
+    assert!(out.contains("command terminated with exit code 4"), "{out}");
+}
+
+/// A failing liveness probe (exec, in a runc container) restarts the container, with the
+/// kubelet's events; the restarted container gets a fresh root file system.
+#[test]
+fn a_failing_liveness_probe_restarts_the_container() {
+    let c = &*cluster();
+    namespace(c, "liveness");
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: live\n  namespace: liveness\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: bb\n    image: {}\n    command: [\"sh\", \"-c\", \"touch /etc/healthy; exec sleep 3600\"]\n    livenessProbe:\n      exec:\n        command: [\"test\", \"-f\", \"/etc/healthy\"]\n      periodSeconds: 1\n      failureThreshold: 2\n",
+        c.busybox()
+    );
+    c.server.apply_stdin(&[], &pod);
+    running(c, "liveness", "live");
+    std::thread::sleep(Duration::from_secs(3));
+    let p = c.server.json(&["get", "pod", "live", "-n", "liveness"]);
+    assert_eq!(
+        p["status"]["containerStatuses"][0]["restartCount"], 0,
+        "a passing probe restarts nothing"
+    );
+    c.server
+        .ok(&["exec", "live", "-n", "liveness", "--", "rm", "/etc/healthy"]);
+    let p = eventually(60, "the restart", || {
+        let p = c.server.json(&["get", "pod", "live", "-n", "liveness"]);
+        let cs = &p["status"]["containerStatuses"][0];
+        (cs["restartCount"] == 1 && cs["state"]["running"].is_object()).then(|| p.clone())
+    });
+    assert_eq!(p["status"]["phase"], "Running");
+    let events = c.server.ok(&[
+        "get",
+        "events",
+        "-n",
+        "liveness",
+        "--field-selector",
+        "involvedObject.name=live",
+    ]);
+    assert!(events.contains("Liveness probe failed"), "{events}");
+    assert!(
+        events.contains("failed liveness probe, will be restarted"),
+        "{events}"
+    );
+}
+
+/// Readiness probes (httpGet against a Wasm component, exec in busybox) drive the
+/// containers' `ready` and the pod's Ready condition.
+#[test]
+fn readiness_probes_drive_the_pods_ready_condition() {
+    let c = &*cluster();
+    namespace(c, "readiness");
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: ready\n  namespace: readiness\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: web\n    image: {}\n    ports:\n    - name: http\n      containerPort: 8080\n    readinessProbe:\n      httpGet:\n        path: /healthz\n        port: http\n      periodSeconds: 1\n  - name: bb\n    image: {}\n    command: [\"sleep\", \"3600\"]\n    readinessProbe:\n      exec:\n        command: [\"test\", \"-f\", \"/etc/ready\"]\n      periodSeconds: 1\n",
+        c.http_hello(),
+        c.busybox()
+    );
+    c.server.apply_stdin(&[], &pod);
+    let ready_of = |p: &Value, name: &str| {
+        p["status"]["containerStatuses"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["name"] == name))
+            .map(|s| s["ready"].clone())
+    };
+    let condition = |p: &Value| {
+        p["status"]["conditions"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["type"] == "Ready"))
+            .map(|c| c["status"].clone())
+    };
+    // The component answers its probe; busybox is not ready yet, so neither is the pod.
+    let p = eventually(60, "web ready", || {
+        let p = c.server.json(&["get", "pod", "ready", "-n", "readiness"]);
+        (ready_of(&p, "web") == Some(Value::Bool(true))).then_some(p)
+    });
+    assert_eq!(ready_of(&p, "bb"), Some(Value::Bool(false)), "{p}");
+    assert_eq!(condition(&p), Some(Value::from("False")), "{p}");
+    eventually(60, "bb running", || {
+        let p = c.server.json(&["get", "pod", "ready", "-n", "readiness"]);
+        let bb = p["status"]["containerStatuses"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == "bb")?
+            .clone();
+        bb["state"]["running"].is_object().then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let p = c.server.json(&["get", "pod", "ready", "-n", "readiness"]);
+    assert_eq!(
+        ready_of(&p, "bb"),
+        Some(Value::Bool(false)),
+        "running but not ready: {p}"
+    );
+    assert_eq!(condition(&p), Some(Value::from("False")), "{p}");
+    c.server.ok(&[
+        "exec",
+        "ready",
+        "-n",
+        "readiness",
+        "-c",
+        "bb",
+        "--",
+        "touch",
+        "/etc/ready",
+    ]);
+    eventually(30, "the pod Ready", || {
+        let p = c.server.json(&["get", "pod", "ready", "-n", "readiness"]);
+        (condition(&p) == Some(Value::from("True"))).then_some(())
+    });
+    let served = logs(c, "readiness", "ready", "web");
+    assert!(
+        served.contains("GET /healthz"),
+        "the probe reached the component: {served}"
+    );
+    assert!(c
+        .server
+        .ok(&["get", "pod", "ready", "-n", "readiness"])
+        .contains("2/2"));
+}
+
+/// `kubectl port-forward` to a Wasm component and to busybox's httpd bound to the pod's
+/// own localhost only, over the websocket tunnel kubectl 1.33 speaks first and over SPDY
+/// (its fallback); a port nothing listens on is reported.
+#[test]
+fn kubectl_port_forward_reaches_both_runtimes() {
+    let c = &*cluster();
+    namespace(c, "forward");
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: both\n  namespace: forward\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: hello\n    image: {}\n    ports:\n    - containerPort: 8080\n  - name: httpd\n    image: {}\n    command: [\"sh\", \"-c\", \"mkdir -p /www && echo local only > /www/index.html && exec httpd -f -p 127.0.0.1:9090 -h /www\"]\n",
+        c.http_hello(),
+        c.busybox()
+    );
+    c.server.apply_stdin(&[], &pod);
+    eventually(90, "both containers running", || {
+        let p = c.server.json(&["get", "pod", "both", "-n", "forward"]);
+        let all = p["status"]["containerStatuses"]
+            .as_array()?
+            .iter()
+            .all(|s| s["ready"] == true);
+        all.then_some(())
+    });
+    for (websockets, local) in [
+        ("true", common::free_port()),
+        ("false", common::free_port()),
+    ] {
+        let other = common::free_port();
+        let mut pf = c
+            .server
+            .kubectl_cmd(&[
+                "port-forward",
+                "pod/both",
+                "-n",
+                "forward",
+                &format!("{local}:8080"),
+                &format!("{other}:9090"),
+            ])
+            .env("KUBECTL_PORT_FORWARD_WEBSOCKETS", websockets)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let body = eventually(30, "the component through port-forward", || {
+            http_get(&format!("127.0.0.1:{local}"), "/forwarded")
+        });
+        assert_eq!(
+            body, "Hello from a Wasm HTTP handler on Skiff: GET /forwarded\n",
+            "websockets={websockets}"
+        );
+        let body = eventually(30, "httpd through port-forward", || {
+            http_get(&format!("127.0.0.1:{other}"), "/index.html")
+        });
+        assert_eq!(body, "local only\n", "websockets={websockets}");
+        let _ = pf.kill();
+        let _ = pf.wait();
+    }
+    // Nothing listens on 7777: kubectl says why.
+    let local = common::free_port();
+    let mut pf = c
+        .server
+        .kubectl_cmd(&[
+            "port-forward",
+            "pod/both",
+            "-n",
+            "forward",
+            &format!("{local}:7777"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually(30, "the forward to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", local))
+            .ok()
+            .map(|_| ())
+    });
+    let _ = http_get(&format!("127.0.0.1:{local}"), "/");
+    std::thread::sleep(Duration::from_secs(1));
+    let _ = pf.kill();
+    let o = pf.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("error forwarding port 7777"), "{err}");
+}
+
 #[test]
 fn pods_reach_each_other_and_the_node_reaches_them() {
     let c = &*cluster();
@@ -544,7 +919,7 @@ fn a_restarted_agent_adopts_running_containers() {
     let server = Server::start();
     let mut agent = Agent::start(&server, "adopter");
     eventually(60, "the node", || {
-        let n = server.json(&["get", "node", "adopter"]);
+        let n = server.try_json(&["get", "node", "adopter"])?;
         n["spec"]["podCIDR"].is_string().then_some(())
     });
     let pod = format!(

@@ -27,7 +27,7 @@ fn cluster() -> SharedGuard<Cluster> {
         let agent = Agent::start(&server, "net1");
         agent.import_wat(DOZER, IMAGE);
         eventually(60, "the node's pod range", || {
-            let n = server.json(&["get", "node", "net1"]);
+            let n = server.try_json(&["get", "node", "net1"])?;
             n["spec"]["podCIDR"].as_str().map(str::to_string)
         });
         Cluster { server, agent }

@@ -1,4 +1,5 @@
-//! The agent's own HTTPS endpoint, which the API server proxies `kubectl logs` to. Its
+//! The agent's own HTTPS endpoint, which the API server proxies `kubectl logs` and
+//! `kubectl exec` to. Its
 //! certificate is self-signed; it admits only clients with a certificate signed by the
 //! cluster CA (the API server).
 
@@ -227,6 +228,252 @@ fn tls_config(ca_pem: &[u8], hosts: Vec<String>) -> Result<rustls::ServerConfig,
 }
 
 /// Binds the agent endpoint and serves it in the background; returns the bound address.
+/// What an exec asks for (its query: `command` repeats).
+#[derive(Debug, Default, PartialEq)]
+struct ExecQuery {
+    command: Vec<String>,
+    stdin: bool,
+    stdout: bool,
+    stderr: bool,
+    tty: bool,
+}
+
+impl ExecQuery {
+    fn parse(query: &str) -> ExecQuery {
+        let mut q = ExecQuery::default();
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            let on = flag(&Some(v.to_string()));
+            match k.as_ref() {
+                "command" => q.command.push(v.into_owned()),
+                "stdin" | "input" => q.stdin = on,
+                "stdout" | "output" => q.stdout = on,
+                "stderr" | "error" => q.stderr = on,
+                "tty" => q.tty = on,
+                _ => {}
+            }
+        }
+        q
+    }
+}
+
+/// The running container `name` of a pod: its runtime's name and its ID there.
+async fn running_container(
+    ctx: &Ctx,
+    ns: &str,
+    pod: &str,
+    name: &str,
+) -> Result<(String, String), (StatusCode, String)> {
+    let api: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(ctx.client.clone(), ns);
+    let p = api.get(pod).await.map_err(|e| match e {
+        kube::Error::Api(s) if s.code == 404 => {
+            (StatusCode::NOT_FOUND, format!("pod {pod} not found"))
+        }
+        e => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    })?;
+    let status = p.status.unwrap_or_default();
+    let found = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .chain(status.init_container_statuses.iter().flatten())
+        .find(|c| c.name == name && c.state.as_ref().is_some_and(|s| s.running.is_some()))
+        .and_then(|c| c.container_id.clone());
+    let id = found.ok_or_else(|| {
+        (
+            StatusCode::NOT_FOUND,
+            format!("container not found (\"{name}\")"),
+        )
+    })?;
+    let (runtime, run_id) = id.split_once("://").ok_or_else(|| {
+        (
+            StatusCode::NOT_FOUND,
+            format!("container not found (\"{name}\")"),
+        )
+    })?;
+    Ok((runtime.to_string(), run_id.to_string()))
+}
+
+/// `GET /exec/{ns}/{pod}/{container}?command=…`: a process in a running container,
+/// connected over a websocket (the API server forwards kubectl's upgraded connection).
+async fn exec(
+    State(ctx): State<Arc<Ctx>>,
+    Path((ns, pod, container)): Path<(String, String, String)>,
+    req: axum::extract::Request,
+) -> Response {
+    let q = ExecQuery::parse(req.uri().query().unwrap_or_default());
+    if q.command.is_empty() {
+        return (
+            StatusCode::BAD_REQUEST,
+            "you must specify at least one command for the container",
+        )
+            .into_response();
+    }
+    let (runtime, run_id) = match running_container(&ctx, &ns, &pod, &container).await {
+        Ok(found) => found,
+        Err((code, msg)) => return (code, msg).into_response(),
+    };
+    let upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if upgrade.starts_with("spdy/3.1") {
+        let offered = req
+            .headers()
+            .get_all("x-stream-protocol-version")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|v| v.trim() == crate::streams::SPDY_PROTOCOL);
+        if !offered {
+            return (
+                StatusCode::FORBIDDEN,
+                "the client offers no streaming protocol the node speaks (v4.channel.k8s.io)",
+            )
+                .into_response();
+        }
+        let on = hyper::upgrade::on(req);
+        let wanted = crate::streams::Wanted {
+            stdin: q.stdin,
+            stdout: q.stdout,
+            stderr: q.stderr,
+            tty: q.tty,
+        };
+        tokio::spawn(async move {
+            let Ok(upgraded) = on.await else {
+                return;
+            };
+            let argv = q.command.clone();
+            let start = async {
+                let rt = ctx
+                    .runtime(&runtime)
+                    .ok_or_else(|| format!("no {runtime} runtime on this node"))?;
+                rt.exec(&run_id, &q.command, q.stdin, q.tty)
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            let io = hyper_util::rt::TokioIo::new(upgraded);
+            crate::streams::serve_spdy(io, wanted, argv, start).await;
+        });
+        return Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::CONNECTION, "Upgrade")
+            .header(header::UPGRADE, "SPDY/3.1")
+            .header("X-Stream-Protocol-Version", crate::streams::SPDY_PROTOCOL)
+            .body(Body::empty())
+            .expect("valid response");
+    }
+    use axum::extract::FromRequest;
+    let ws = match axum::extract::ws::WebSocketUpgrade::from_request(req, &()).await {
+        Ok(ws) => ws.protocols(crate::streams::PROTOCOLS),
+        Err(rejection) => return rejection.into_response(),
+    };
+    if ws.selected_protocol().is_none() {
+        return (
+            StatusCode::BAD_REQUEST,
+            "unsupported streaming protocol: v5.channel.k8s.io or v4.channel.k8s.io",
+        )
+            .into_response();
+    }
+    ws.on_upgrade(move |socket| async move {
+        let Some(rt) = ctx.runtime(&runtime) else {
+            return crate::streams::fail(socket, &format!("no {runtime} runtime on this node"))
+                .await;
+        };
+        match rt.exec(&run_id, &q.command, q.stdin, q.tty).await {
+            Ok(process) => crate::streams::serve(socket, process, q.command).await,
+            Err(e) => crate::streams::fail(socket, &e.to_string()).await,
+        }
+    })
+}
+
+/// Where a pod's ports are (its own namespace, or the node's network).
+async fn pod_net(
+    ctx: &Ctx,
+    ns: &str,
+    pod: &str,
+) -> Result<(crate::portforward::PodNet, String), (StatusCode, String)> {
+    let api: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(ctx.client.clone(), ns);
+    let p = api.get(pod).await.map_err(|e| match e {
+        kube::Error::Api(s) if s.code == 404 => {
+            (StatusCode::NOT_FOUND, format!("pod {pod} not found"))
+        }
+        e => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    })?;
+    let uid = p.metadata.uid.clone().unwrap_or_default();
+    let netns = std::path::Path::new(crate::sandbox::netns::NETNS_DIR).join(format!("skiff-{uid}"));
+    let host = p.spec.as_ref().and_then(|s| s.host_network) == Some(true);
+    let net = if !host && crate::sandbox::netns::exists(&netns) {
+        crate::portforward::PodNet::Namespace(netns)
+    } else {
+        crate::portforward::PodNet::Node
+    };
+    Ok((net, uid))
+}
+
+/// `GET /portForward/{ns}/{pod}`: a port-forward session, over a websocket tunnelling SPDY
+/// (kubectl 1.31+) or over SPDY itself.
+async fn port_forward(
+    State(ctx): State<Arc<Ctx>>,
+    Path((ns, pod)): Path<(String, String)>,
+    req: axum::extract::Request,
+) -> Response {
+    let (net, uid) = match pod_net(&ctx, &ns, &pod).await {
+        Ok(found) => found,
+        Err((code, msg)) => return (code, msg).into_response(),
+    };
+    let upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let name = format!("{ns}/{pod} ({uid})");
+    if upgrade == "websocket" {
+        use axum::extract::FromRequest;
+        let ws = match axum::extract::ws::WebSocketUpgrade::from_request(req, &()).await {
+            Ok(ws) => ws.protocols([crate::portforward::TUNNEL_PROTOCOL]),
+            Err(rejection) => return rejection.into_response(),
+        };
+        if ws.selected_protocol().is_none() {
+            return (StatusCode::BAD_REQUEST, "unsupported port-forward protocol").into_response();
+        }
+        return ws.on_upgrade(move |socket| {
+            crate::portforward::session(crate::portforward::tunnel(socket), net, name)
+        });
+    }
+    if upgrade.starts_with("spdy/3.1") {
+        let on = hyper::upgrade::on(req);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = on.await {
+                crate::portforward::session(hyper_util::rt::TokioIo::new(upgraded), net, name)
+                    .await;
+            }
+        });
+        return Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::CONNECTION, "Upgrade")
+            .header(header::UPGRADE, "SPDY/3.1")
+            .header("X-Stream-Protocol-Version", crate::portforward::PROTOCOL)
+            .body(Body::empty())
+            .expect("valid response");
+    }
+    (StatusCode::BAD_REQUEST, "Upgrade request required").into_response()
+}
+
+/// The same, under the path the API server forwards to (it names a container, which
+/// port-forward does not need).
+async fn port_forward_with_container(
+    state: State<Arc<Ctx>>,
+    Path((ns, pod, _container)): Path<(String, String, String)>,
+    req: axum::extract::Request,
+) -> Response {
+    port_forward(state, Path((ns, pod)), req).await
+}
+
 pub(crate) async fn start(
     ctx: Arc<Ctx>,
     listen: SocketAddr,
@@ -248,6 +495,12 @@ pub(crate) async fn start(
         })?;
     let app = Router::new()
         .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
+        .route("/exec/{ns}/{pod}/{container}", get(exec))
+        .route("/portForward/{ns}/{pod}", get(port_forward))
+        .route(
+            "/portforward/{ns}/{pod}/{container}",
+            get(port_forward_with_container),
+        )
         .with_state(ctx);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     tokio::spawn(async move {
@@ -264,7 +517,7 @@ pub(crate) async fn start(
                 let _ = hyper_util::server::conn::auto::Builder::new(
                     hyper_util::rt::TokioExecutor::new(),
                 )
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), svc)
                 .await;
             });
         }

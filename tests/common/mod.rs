@@ -394,6 +394,17 @@ impl Server {
         a.extend(["-o", "json"]);
         serde_json::from_str(&self.ok(&a)).unwrap()
     }
+
+    /// The object as JSON, or `None` if kubectl cannot get it (yet).
+    pub fn try_json(&self, args: &[&str]) -> Option<serde_json::Value> {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        let o = self.kubectl(&a);
+        o.status
+            .success()
+            .then(|| serde_json::from_slice(&o.stdout).ok())
+            .flatten()
+    }
 }
 
 impl Drop for Server {

@@ -31,6 +31,9 @@ fn subresource_info(rt: &ResourceType, sub: &str) -> (Value, &'static [&'static 
         ),
         "binding" => (gvk("", "v1", "Binding"), &["create"]),
         "log" => (own, &["get"]),
+        "exec" => (gvk("", "v1", "PodExecOptions"), &["create", "get"]),
+        "attach" => (gvk("", "v1", "PodAttachOptions"), &["create", "get"]),
+        "portforward" => (gvk("", "v1", "PodPortForwardOptions"), &["create", "get"]),
         "eviction" => (gvk("policy", "v1", "Eviction"), &["create"]),
         "finalize" => (own, &["update"]),
         "token" => (

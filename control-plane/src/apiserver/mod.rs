@@ -293,6 +293,9 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
     .await
 }
 
+/// Pod subresources served by the node agent over an upgraded connection.
+const STREAMING: &[&str] = &["exec", "portforward"];
+
 async fn route(state: Arc<AppState>, req: Request) -> Result<Response, ApiError> {
     let path = req.uri().path().to_string();
     match path.as_str() {
@@ -300,10 +303,29 @@ async fn route(state: Arc<AppState>, req: Request) -> Result<Response, ApiError>
         "/version" => return Ok(json_ok(version(), "application/json")),
         _ => {}
     }
-    let (parts, body) = req.into_parts();
-    if !authenticated(&state, &parts.headers).await {
+    if !authenticated(&state, req.headers()).await {
         return Err(ApiError::Unauthorized);
     }
+    // Streaming subresources keep the whole request: the connection is upgraded.
+    if let Some(ApiPath::Resource(rp)) = parse_path(&path) {
+        if let (true, Some(name), Some(sub)) = (
+            rp.group.is_empty() && rp.resource == "pods",
+            rp.name.as_deref(),
+            rp.subresource.as_deref().filter(|s| STREAMING.contains(s)),
+        ) {
+            let ns = rp.namespace.as_deref().unwrap_or("default");
+            return node_proxy::pod_stream(
+                &state.objects,
+                state.node_tls.clone(),
+                ns,
+                name,
+                sub,
+                req,
+            )
+            .await;
+        }
+    }
+    let (parts, body) = req.into_parts();
     let query = Query::parse(parts.uri.query())?;
     let accept = parts
         .headers

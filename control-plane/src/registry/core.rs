@@ -36,7 +36,14 @@ pub(super) fn register(out: &mut Vec<ResourceType>) {
         categories: &["all"],
         // exec, attach, portforward, ephemeralcontainers and resize come with the pod
         // sandbox; discovery lists only what works.
-        subresources: &["status", "binding", "log", "eviction"],
+        subresources: &[
+            "status",
+            "binding",
+            "log",
+            "eviction",
+            "exec",
+            "portforward",
+        ],
         status: StatusPolicy::Subresource,
         has_spec: true,
         field_selectors: const {

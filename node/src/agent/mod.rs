@@ -6,6 +6,7 @@ mod events;
 mod lifecycle;
 mod node_info;
 mod pod;
+mod probes;
 pub(crate) use pod::LOGS;
 
 use std::collections::{HashMap, HashSet};
@@ -192,6 +193,21 @@ pub(crate) struct Ctx {
     pub networks: tokio::sync::watch::Receiver<Networks>,
     /// Log files of container runs still writing (followers wait for more).
     pub active_logs: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
+}
+
+impl Ctx {
+    /// The runtime of that name (as container IDs name it), if the node has it.
+    pub fn runtime(&self, name: &str) -> Option<&dyn crate::runtime::Runtime> {
+        use crate::runtime::Runtime;
+        match name {
+            n if n == self.wasm.name() => Some(&self.wasm),
+            n => self
+                .oci
+                .as_ref()
+                .filter(|o| o.name() == n)
+                .map(|o| o as &dyn Runtime),
+        }
+    }
 }
 
 /// A client for the API server in `kubeconfig`, over HTTP/2 when the server offers it: all

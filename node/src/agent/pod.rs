@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use super::lifecycle::{Action, Event, Lifecycle, Shape, Stage, Which};
+use super::probes;
 use super::Ctx;
 use crate::images::Content;
 use crate::logs::LogFile;
@@ -483,7 +484,7 @@ async fn supervise(
         if stop.borrow().is_some() {
             return false;
         }
-        let (mut running, started, container_id, log_path) =
+        let (mut running, started, container_id, log_path, runtime, run_id) =
             if let Some((running, prev)) = adopted.take() {
                 let started = prev
                     .state
@@ -502,7 +503,15 @@ async fn supervise(
                     .expect("active logs")
                     .insert(log_path.clone());
                 status = prev;
-                (running, started, id, log_path)
+                let run_id = id
+                    .split_once("://")
+                    .map(|(_, r)| r.to_string())
+                    .unwrap_or_default();
+                let runtime: &dyn Runtime = match pc.ctx.oci.as_ref() {
+                    Some(oci) => oci,
+                    None => &pc.ctx.wasm,
+                };
+                (running, started, id, log_path, runtime, run_id)
             } else {
                 let image = c.image.clone().unwrap_or_default();
                 let policy = c
@@ -707,15 +716,17 @@ async fn supervise(
                 );
                 status.restart_count = run;
                 status.container_id = Some(container_id.clone());
-                status.started = Some(true);
-                status.ready = !init;
+                // Started and ready now, unless probes say when.
+                status.started = Some(c.startup_probe.is_none());
+                status.ready =
+                    (!init || sidecar) && c.startup_probe.is_none() && c.readiness_probe.is_none();
                 status.state = Some(ContainerState {
                     running: Some(ContainerStateRunning {
                         started_at: Some(started.clone()),
                     }),
                     ..Default::default()
                 });
-                (running, started, container_id, log_path)
+                (running, started, container_id, log_path, runtime, run_id)
             };
         let _ = updates
             .send(Update::Status(which, Box::new(status.clone())))
@@ -725,13 +736,86 @@ async fn supervise(
         // period is over. An aborted worker drops `running`, which kills the container.
         let (terminate, kill) = (running.terminate_switch(), running.kill_switch());
         let mut stopping: Option<tokio::time::Instant> = None;
+        // Probes: the startup probe first; liveness and readiness once it has passed.
+        let (probe_tx, mut probe_rx) = mpsc::channel::<ProbeResult>(8);
+        let exec: probes::Exec = {
+            let (ctx, name, run_id) = (ctx.clone(), runtime.name(), run_id.clone());
+            std::sync::Arc::new(move |argv: Vec<String>| {
+                let (ctx, run_id) = (ctx.clone(), run_id.clone());
+                Box::pin(async move {
+                    match ctx.runtime(name) {
+                        Some(rt) => rt.exec(&run_id, &argv, false, false).await,
+                        None => Err(crate::runtime::RuntimeError::Exec(format!(
+                            "no {name} runtime"
+                        ))),
+                    }
+                })
+            })
+        };
+        let target = probes::Target {
+            ip: pc
+                .pod_ip
+                .get()
+                .cloned()
+                .unwrap_or_else(|| ctx.node_ip.clone()),
+            container: c.clone(),
+            exec,
+        };
+        let mut probing = ProbeSet::default();
+        if c.startup_probe.is_some() {
+            probing.start(ProbeKind::Startup, c, &target, &probe_tx);
+        } else {
+            probing.start(ProbeKind::Liveness, c, &target, &probe_tx);
+            probing.start(ProbeKind::Readiness, c, &target, &probe_tx);
+        }
+        let mut liveness_failed = false;
         let exit = {
             let wait = running.wait();
             tokio::pin!(wait);
             loop {
                 tokio::select! {
                     exit = &mut wait => break exit,
-                    deadline = stop_requested(&mut stop), if stopping.is_none() => {
+                    Some(result) = probe_rx.recv() => {
+                        if let probes::Outcome::Failure(why) = &result.outcome {
+                            ctx.events.pod(&pc.pod, Some(&c.name), "Warning", "Unhealthy", format!("{} probe failed: {why}", result.kind.name()));
+                        }
+                        let changed = match (result.kind, result.verdict) {
+                            (ProbeKind::Startup, probes::Verdict::Passed) => {
+                                probing.stop(ProbeKind::Startup);
+                                probing.start(ProbeKind::Liveness, c, &target, &probe_tx);
+                                probing.start(ProbeKind::Readiness, c, &target, &probe_tx);
+                                status.started = Some(true);
+                                status.ready = (!init || sidecar) && c.readiness_probe.is_none();
+                                true
+                            }
+                            (ProbeKind::Readiness, probes::Verdict::Passed) => {
+                                status.ready = true;
+                                true
+                            }
+                            (ProbeKind::Readiness, probes::Verdict::Failed(_)) => {
+                                status.ready = false;
+                                true
+                            }
+                            (kind @ (ProbeKind::Startup | ProbeKind::Liveness), probes::Verdict::Failed(_)) if stopping.is_none() => {
+                                ctx.events.pod(&pc.pod, Some(&c.name), "Normal", "Killing", format!("Container {} failed {} probe, will be restarted", c.name, kind.name().to_lowercase()));
+                                probing = ProbeSet::default();
+                                liveness_failed = true;
+                                terminate.kill();
+                                let grace = c.liveness_probe.as_ref().and_then(|p| p.termination_grace_period_seconds)
+                                    .or_else(|| pc.pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+                                    .unwrap_or(30)
+                                    .max(0) as u64;
+                                stopping = Some(tokio::time::Instant::now() + Duration::from_secs(grace));
+                                false
+                            }
+                            _ => false,
+                        };
+                        if changed {
+                            let _ = updates.send(Update::Status(which, Box::new(status.clone()))).await;
+                        }
+                    }
+                    deadline = stop_requested(&mut stop), if stopping.is_none() || liveness_failed => {
+                        liveness_failed = false;
                         ctx.events.pod(
                             &pc.pod,
                             Some(&c.name),
@@ -756,7 +840,10 @@ async fn supervise(
         let term = terminated(&exit, Some(started), &container_id);
         status.ready = false;
         status.started = Some(false);
-        let restart = stopping.is_none()
+        drop(probing);
+        // A container killed for failing its probes restarts per the policy; one stopped
+        // because its pod goes does not.
+        let restart = (stopping.is_none() || liveness_failed)
             && match restart_policy {
                 "Always" => !init || sidecar || exit.code != 0,
                 "OnFailure" => exit.code != 0,
@@ -805,6 +892,85 @@ async fn supervise(
             return false;
         }
         crash_backoff = (crash_backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Which of a container's probes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ProbeKind {
+    Startup,
+    Liveness,
+    Readiness,
+}
+
+impl ProbeKind {
+    fn name(self) -> &'static str {
+        match self {
+            ProbeKind::Startup => "Startup",
+            ProbeKind::Liveness => "Liveness",
+            ProbeKind::Readiness => "Readiness",
+        }
+    }
+
+    fn of(self, c: &Container) -> Option<&k8s_openapi::api::core::v1::Probe> {
+        match self {
+            ProbeKind::Startup => c.startup_probe.as_ref(),
+            ProbeKind::Liveness => c.liveness_probe.as_ref(),
+            ProbeKind::Readiness => c.readiness_probe.as_ref(),
+        }
+    }
+}
+
+/// A probe run's result, and what it makes of the probe's verdict.
+struct ProbeResult {
+    kind: ProbeKind,
+    outcome: probes::Outcome,
+    verdict: probes::Verdict,
+}
+
+/// The probe loops of a running container (they stop when dropped).
+#[derive(Default)]
+struct ProbeSet(Vec<(ProbeKind, AbortOnDrop<()>)>);
+
+impl ProbeSet {
+    /// Starts probing `kind`, if the container has such a probe: after its initial delay,
+    /// every period, each run's result sent to `tx`.
+    fn start(
+        &mut self,
+        kind: ProbeKind,
+        c: &Container,
+        target: &probes::Target,
+        tx: &mpsc::Sender<ProbeResult>,
+    ) {
+        let Some(probe) = kind.of(c).cloned() else {
+            return;
+        };
+        let (target, tx) = (target.clone(), tx.clone());
+        let task = tokio::spawn(async move {
+            let mut prober = probes::Prober::new(probes::Timing::of(&probe));
+            tokio::time::sleep(prober.timing.initial_delay).await;
+            loop {
+                let outcome = probes::run(&probe, &target, prober.timing.timeout).await;
+                let verdict = prober.record(outcome.clone());
+                if tx
+                    .send(ProbeResult {
+                        kind,
+                        outcome,
+                        verdict,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                tokio::time::sleep(prober.timing.period).await;
+            }
+        });
+        self.0.push((kind, AbortOnDrop(task)));
+    }
+
+    fn stop(&mut self, kind: ProbeKind) {
+        self.0.retain(|(k, _)| *k != kind);
     }
 }
 

@@ -135,6 +135,8 @@ pub enum RuntimeError {
     /// The container's settings cannot be honoured (the kubelet's CreateContainerConfigError).
     #[error("{0}")]
     Config(String),
+    #[error("{0}")]
+    Exec(String),
 }
 
 /// Stops a container (it then ends with exit code 137) whatever it is doing; cheap to
@@ -169,6 +171,17 @@ pub trait Running: Send {
     }
 }
 
+/// A process run in a container (`kubectl exec`): its streams, a way to resize its
+/// terminal (if it has one; its stderr then goes to the terminal too), and its exit code.
+pub struct ExecProcess {
+    pub stdin: Option<Box<dyn tokio::io::AsyncWrite + Send + Unpin>>,
+    pub stdout: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    pub stderr: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>>,
+    /// Columns, rows.
+    pub resize: Option<Box<dyn Fn(u16, u16) + Send + Sync>>,
+    pub exit: std::pin::Pin<Box<dyn std::future::Future<Output = i32> + Send>>,
+}
+
 #[async_trait::async_trait]
 pub trait Runtime: Send + Sync {
     /// The runtime's name, as node labels and container IDs show it.
@@ -181,5 +194,18 @@ pub trait Runtime: Send + Sync {
     /// containers live in the agent's process have none.
     async fn adopt(&self, _run_id: &str, _alive: Alive) -> Option<Box<dyn Running>> {
         None
+    }
+    /// Runs `argv` in a running container (its ID without the `name://` prefix).
+    async fn exec(
+        &self,
+        _run_id: &str,
+        _argv: &[String],
+        _stdin: bool,
+        _tty: bool,
+    ) -> Result<ExecProcess, RuntimeError> {
+        Err(RuntimeError::Exec(format!(
+            "the {} runtime cannot run commands in its containers",
+            self.name()
+        )))
     }
 }

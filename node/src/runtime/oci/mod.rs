@@ -4,6 +4,7 @@
 //! and outlives the agent, so a restarted agent adopts running containers. A container's
 //! end is read from the exit file its shim leaves; a kill is `runc kill --all … KILL`.
 
+mod exec;
 pub mod shim;
 pub mod spec;
 
@@ -705,6 +706,20 @@ impl Runtime for OciRuntime {
             shim,
             alive: Some(spec.alive),
         }))
+    }
+
+    async fn exec(
+        &self,
+        run_id: &str,
+        argv: &[String],
+        stdin: bool,
+        tty: bool,
+    ) -> Result<super::ExecProcess, RuntimeError> {
+        if tty {
+            exec::with_terminal(self.0.runc(), run_id, argv)
+        } else {
+            exec::with_pipes(self.0.runc(), run_id, argv, stdin)
+        }
     }
 
     async fn adopt(&self, run_id: &str, alive: Alive) -> Option<Box<dyn Running>> {

@@ -515,6 +515,18 @@ impl Runtime for WasmRuntime {
         self.prepared(spec).map(|_| ())
     }
 
+    async fn exec(
+        &self,
+        _run_id: &str,
+        _argv: &[String],
+        _stdin: bool,
+        _tty: bool,
+    ) -> Result<super::ExecProcess, RuntimeError> {
+        Err(RuntimeError::Exec(
+            "cannot exec in a Wasm container: a Wasm guest is one sandboxed module with no processes or shell to run commands in (exec into an OCI container of the pod instead)".into(),
+        ))
+    }
+
     async fn start(&self, spec: ContainerSpec) -> Result<Box<dyn Running>, RuntimeError> {
         let prepared = self.prepared(&spec)?;
         let guest = GuestConfig::of(&spec);
