@@ -13,7 +13,7 @@ use common::{eventually, Agent, Server, Shared, SharedGuard};
 use serde_json::Value;
 
 /// How many tests of this file share the cluster.
-const TESTS: usize = 17;
+const TESTS: usize = 18;
 
 struct Cluster {
     agent: Agent,
@@ -708,6 +708,45 @@ fn kubectl_port_forward_reaches_both_runtimes() {
     let o = pf.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("error forwarding port 7777"), "{err}");
+}
+
+/// A `hostPort` forwards the node's port to the pod (the portmap plugin), and goes with
+/// the pod.
+#[test]
+fn a_host_port_reaches_the_pod_and_goes_with_it() {
+    let c = &*cluster();
+    namespace(c, "hostport");
+    let port = common::free_port();
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: hp\n  namespace: hostport\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: hello\n    image: {}\n    ports:\n    - containerPort: 8080\n      hostPort: {port}\n",
+        c.http_hello()
+    );
+    c.server.apply_stdin(&[], &pod);
+    running(c, "hostport", "hp");
+    let body = eventually(30, "the pod through its host port", || {
+        http_get(&format!("127.0.0.1:{port}"), "/via/host/port")
+    });
+    assert_eq!(
+        body,
+        "Hello from a Wasm HTTP handler on Skiff: GET /via/host/port\n"
+    );
+    c.server.ok(&[
+        "delete",
+        "pod",
+        "hp",
+        "-n",
+        "hostport",
+        "--wait=true",
+        "--timeout=60s",
+    ]);
+    let nat = std::process::Command::new("iptables-save")
+        .args(["-t", "nat"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&nat.stdout).contains(&format!("--dport {port}")),
+        "the forwarding rule outlived the pod"
+    );
 }
 
 #[test]

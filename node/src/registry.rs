@@ -226,6 +226,7 @@ async fn pull_filesystem_image(
             Some(f) => f.clone(),
             None => fetch_layer(client, reference, layer, tmp.path(), i, &fail).await?,
         };
+        tracing::info!(%image, layer = %layer.digest, size = layer.size, n = i + 1, of = layers.len(), "layer pulled; unpacking");
         let (layer_store, digest, media_type) = (
             store.layers.clone(),
             layer.digest.clone(),
@@ -241,6 +242,7 @@ async fn pull_filesystem_image(
         .map_err(|e| fail(e.to_string()))?
         .map_err(|e| fail(e.to_string()))?;
     }
+    tracing::info!(%image, layers = layers.len(), bytes = size, "image unpacked");
     store.put_rootfs_record(manifest_digest, digests, size, &run)?;
     Ok(store.tag(image, manifest_digest)?)
 }

@@ -228,6 +228,26 @@ fn tls_config(ca_pem: &[u8], hosts: Vec<String>) -> Result<rustls::ServerConfig,
 }
 
 /// Binds the agent endpoint and serves it in the background; returns the bound address.
+/// The protocol a request asks to upgrade to, lower-cased (`websocket`, `spdy/3.1`).
+fn upgrade_of(req: &axum::extract::Request) -> String {
+    req.headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+}
+
+/// The answer that switches a connection to SPDY/3.1 speaking `protocol`.
+fn switching_to_spdy(protocol: &'static str) -> Response {
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "SPDY/3.1")
+        .header("X-Stream-Protocol-Version", protocol)
+        .body(Body::empty())
+        .expect("valid response")
+}
+
 /// What an exec asks for (its query: `command` repeats).
 #[derive(Debug, Default, PartialEq)]
 struct ExecQuery {
@@ -313,12 +333,7 @@ async fn exec(
         Ok(found) => found,
         Err((code, msg)) => return (code, msg).into_response(),
     };
-    let upgrade = req
-        .headers()
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_ascii_lowercase();
+    let upgrade = upgrade_of(&req);
     if upgrade.starts_with("spdy/3.1") {
         let offered = req
             .headers()
@@ -357,13 +372,7 @@ async fn exec(
             let io = hyper_util::rt::TokioIo::new(upgraded);
             crate::streams::serve_spdy(io, wanted, argv, start).await;
         });
-        return Response::builder()
-            .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header(header::CONNECTION, "Upgrade")
-            .header(header::UPGRADE, "SPDY/3.1")
-            .header("X-Stream-Protocol-Version", crate::streams::SPDY_PROTOCOL)
-            .body(Body::empty())
-            .expect("valid response");
+        return switching_to_spdy(crate::streams::SPDY_PROTOCOL);
     }
     use axum::extract::FromRequest;
     let ws = match axum::extract::ws::WebSocketUpgrade::from_request(req, &()).await {
@@ -425,12 +434,7 @@ async fn port_forward(
         Ok(found) => found,
         Err((code, msg)) => return (code, msg).into_response(),
     };
-    let upgrade = req
-        .headers()
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_ascii_lowercase();
+    let upgrade = upgrade_of(&req);
     let name = format!("{ns}/{pod} ({uid})");
     if upgrade == "websocket" {
         use axum::extract::FromRequest;
@@ -453,13 +457,7 @@ async fn port_forward(
                     .await;
             }
         });
-        return Response::builder()
-            .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header(header::CONNECTION, "Upgrade")
-            .header(header::UPGRADE, "SPDY/3.1")
-            .header("X-Stream-Protocol-Version", crate::portforward::PROTOCOL)
-            .body(Body::empty())
-            .expect("valid response");
+        return switching_to_spdy(crate::portforward::PROTOCOL);
     }
     (StatusCode::BAD_REQUEST, "Upgrade request required").into_response()
 }

@@ -270,6 +270,7 @@ pub(crate) struct GuestConfig {
     id: String,
     argv: Vec<String>,
     env: Vec<(String, String)>,
+    working_dir: Option<String>,
     mounts: Vec<super::Mount>,
     log: LogFile,
 }
@@ -280,6 +281,7 @@ impl GuestConfig {
             id: spec.id.clone(),
             argv: spec.argv.clone(),
             env: spec.env.clone(),
+            working_dir: spec.working_dir.clone().filter(|d| !d.is_empty()),
             mounts: spec.mounts.clone(),
             log: spec.log.clone(),
         }
@@ -290,6 +292,14 @@ impl GuestConfig {
         let mut b = WasiCtxBuilder::new();
         b.args(&self.argv);
         b.envs(&self.env);
+        // `workingDir`: WASI's initial working directory (`wasi:cli/environment`), and
+        // `PWD`, which guests built for preview 1 read by convention.
+        if let Some(dir) = &self.working_dir {
+            b.initial_cwd(dir);
+            if !self.env.iter().any(|(k, _)| k == "PWD") {
+                b.env("PWD", dir);
+            }
+        }
         // Sockets in the pod's network (its namespace, or the node's where the pod lives
         // on it): any address there, and name lookup.
         b.inherit_network();
@@ -743,6 +753,39 @@ mod tests {
         );
         // The compiled module is cached on disk for the next agent.
         assert!(f.dir.path().join("cache/sha256-hello.cwasm").exists());
+    }
+
+    /// A guest that prints its environment (one variable per line).
+    const PRINTENV: &str = r#"(module
+      (import "wasi_snapshot_preview1" "environ_sizes_get" (func $sizes (param i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "environ_get" (func $get (param i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (func (export "_start") (local $i i32)
+        (drop (call $sizes (i32.const 0) (i32.const 4)))
+        (drop (call $get (i32.const 64) (i32.const 1024)))
+        ;; NULs between variables become newlines.
+        (local.set $i (i32.const 1024))
+        (block $done (loop $l
+          (br_if $done (i32.ge_u (local.get $i) (i32.add (i32.const 1024) (i32.load (i32.const 4)))))
+          (if (i32.eqz (i32.load8_u (local.get $i))) (then (i32.store8 (local.get $i) (i32.const 10))))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br $l)))
+        (i32.store (i32.const 16) (i32.const 1024))
+        (i32.store (i32.const 20) (i32.load (i32.const 4)))
+        (drop (call $write (i32.const 1) (i32.const 16) (i32.const 1) (i32.const 24)))))"#;
+
+    #[tokio::test]
+    async fn the_working_directory_is_given_to_the_guest() {
+        let f = Fixture::new().await;
+        let mut spec = f.spec("printenv", PRINTENV);
+        spec.env = vec![("A".into(), "1".into())];
+        spec.working_dir = Some("/data".into());
+        let mut c = f.rt.start(spec).await.unwrap();
+        assert_eq!(c.wait().await.code, 0);
+        let log = crate::logs::read(&f.dir.path().join("printenv.log")).unwrap();
+        let lines: Vec<&str> = log.iter().map(|e| e.text.as_str()).collect();
+        assert_eq!(lines, ["A=1", "PWD=/data"]);
     }
 
     /// A guest that opens `path` relative to its first preopened directory (fd 3) and
