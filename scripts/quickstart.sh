@@ -24,11 +24,15 @@ for ex in hello config-reader shared-volume hello-component http-hello; do
   target/debug/skiff images import "wasm-examples/out/$ex.wasm" --name "skiff.local/examples/$ex:1.0" --data-dir "$data/agent" >/dev/null
 done
 $kubectl wait --for=condition=Ready node --all --timeout=60s >/dev/null
-$kubectl apply -f wasm-examples/hello/pod.yaml -f wasm-examples/config-reader/pod.yaml
+$kubectl apply -f wasm-examples/hello/pod.yaml -f wasm-examples/config-reader/pod.yaml -f wasm-examples/http-hello/pod.yaml
 $kubectl wait --for=jsonpath='{.status.phase}'=Succeeded pod/hello-wasm pod/config-reader --timeout=60s >/dev/null
+$kubectl wait --for=condition=Ready pod/http-hello --timeout=60s >/dev/null
 $kubectl get nodes,pods -o wide
 echo
 $kubectl logs hello-wasm
 $kubectl logs config-reader
+# The wasi:http component, served at its pod's IP (an instance per request).
+ip=$($kubectl get pod http-hello -o jsonpath='{.status.podIP}')
+curl -s "http://$ip:8080/from/quickstart"
 echo
 echo "Skiff is running. Use it with:  export KUBECONFIG=$data/kubeconfig; $root/.tools/bin/kubectl get pods"

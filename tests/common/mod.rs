@@ -95,19 +95,20 @@ pub fn cluster_cidr(id: u32) -> String {
     format!("10.{}.0.0/16", 20 + id % 200)
 }
 
-/// Tears down what a killed agent's pods left on the node (`skiff reset`): their network
-/// namespaces, addresses and masquerade rules, and the bridge.
+/// Tears down what a killed agent's pods left on the node (`skiff reset`): their
+/// containers, network namespaces, addresses and masquerade rules, and the bridge. Called
+/// from `Drop`s (maybe while a failed test unwinds): says what went wrong rather than panic
+/// again.
 pub fn reset_node(agent_data: &Path, bridge: &str) {
     let o = Command::new(env!("CARGO_BIN_EXE_skiff"))
         .args(["reset", "--cni-bridge", bridge, "--data-dir"])
         .arg(agent_data)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "skiff reset: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+        .output();
+    match o {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => eprintln!("skiff reset failed: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => eprintln!("skiff reset did not run: {e}"),
+    }
 }
 
 /// Makes a spawned process die with the test process (a shared cluster is never dropped):
