@@ -1,6 +1,7 @@
 //! `skiff bench pods`: Wasm pod start latency (create → Running seen by a watch, module
-//! cached) and idle-pod density (agent RSS per pod), next to the peer measured in the same
-//! run: a bare wasmtime host keeping the same idle guests, one async task and Store each.
+//! cached), next to OCI pods of the same shape (busybox through runc) in the same run, and
+//! idle-pod density (agent RSS per pod), next to the peer measured in the same run: a bare
+//! wasmtime host keeping the same idle guests, one async task and Store each.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -37,6 +38,60 @@ pub struct PodBenchArgs {
     /// Pods created at once.
     #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
+    /// OCI pods of the same shape (busybox through runc) timed one at a time next to the
+    /// Wasm ones (0: none; needs root, runc and Debian's busybox-static).
+    #[arg(long, default_value_t = 100)]
+    pub oci_pods: usize,
+}
+
+/// The OCI image of the comparison: Debian's busybox-static as a one-layer image whose
+/// command idles, imported into the node's store as a registry pull would leave it.
+const OCI_IMAGE: &str = "bench.local/busybox:1";
+
+fn import_busybox(store: &crate::images::ImageStore) -> Result<(), BenchError> {
+    use sha2::Digest;
+    let busybox = std::fs::read("/bin/busybox")
+        .map_err(|e| BenchError::Failed(format!("/bin/busybox (Debian's busybox-static): {e}")))?;
+    let mut tar = tar::Builder::new(Vec::new());
+    let header = |path: &str, kind: tar::EntryType, size: u64, mode: u32| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        let _ = h.set_path(path);
+        h.set_cksum();
+        h
+    };
+    let dir = header("bin/", tar::EntryType::Directory, 0, 0o755);
+    tar.append(&dir, &[][..])?;
+    let bin = header("bin/busybox", tar::EntryType::Regular, busybox.len() as u64, 0o755);
+    tar.append(&bin, &busybox[..])?;
+    for applet in ["sh", "sleep"] {
+        let mut link = header(&format!("bin/{applet}"), tar::EntryType::Symlink, 0, 0o777);
+        link.set_link_name("busybox")?;
+        link.set_cksum();
+        tar.append(&link, &[][..])?;
+    }
+    let raw = tar.into_inner()?;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &raw)?;
+    let layer = gz.finish()?;
+    let digest = format!("sha256:{:x}", sha2::Sha256::digest(&layer));
+    store
+        .layers
+        .unpack(&layer[..], &digest, "application/vnd.oci.image.layer.v1.tar+gzip")
+        .map_err(|e| BenchError::Failed(e.to_string()))?;
+    let run = crate::images::RunConfig {
+        cmd: Some(vec!["sleep".into(), "3600".into()]),
+        ..Default::default()
+    };
+    let manifest = format!("sha256:{:x}", sha2::Sha256::digest(digest.as_bytes()));
+    store.put_rootfs_record(&manifest, vec![digest], layer.len() as u64, &run)?;
+    store.tag(OCI_IMAGE, &manifest)?;
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,12 +148,17 @@ fn pct(samples: &mut [Duration], p: f64) -> Duration {
         .unwrap_or_default()
 }
 
+/// The pods of the bench: one idle container, no volumes; Wasm ones of RuntimeClass
+/// `wasmtime`, OCI ones of the default class. They go at once when deleted.
 fn pod(name: &str, image: &str) -> Pod {
-    serde_json::from_value(serde_json::json!({
+    let mut p = serde_json::json!({
         "metadata": {"name": name},
-        "spec": {"runtimeClassName": "wasmtime", "containers": [{"name": "idle", "image": image, "imagePullPolicy": "IfNotPresent"}]},
-    }))
-    .expect("valid pod")
+        "spec": {"terminationGracePeriodSeconds": 0, "containers": [{"name": "idle", "image": image, "imagePullPolicy": "IfNotPresent"}]},
+    });
+    if image != OCI_IMAGE {
+        p["spec"]["runtimeClassName"] = serde_json::json!("wasmtime");
+    }
+    serde_json::from_value(p).expect("valid pod")
 }
 
 fn is_running(p: &Pod) -> bool {
@@ -297,8 +357,12 @@ pub async fn run_pods(args: PodBenchArgs, cluster: BenchCluster<'_>) -> Result<(
     let exe = std::env::current_exe()?;
     let agent_dir = dir.join("agent");
     let image = "bench.local/idle:1";
-    crate::images::ImageStore::open(&agent_dir.join("images"))?
-        .import(&write(dir, "idle.wat", IDLE_WAT)?, image)?;
+    let store = crate::images::ImageStore::open(&agent_dir.join("images"))?;
+    store.import(&write(dir, "idle.wat", IDLE_WAT)?, image)?;
+    if args.oci_pods > 0 {
+        import_busybox(&store)?;
+    }
+    drop(store);
     let agent = std::process::Command::new(&exe)
         .args([
             "agent",
@@ -377,6 +441,16 @@ pub async fn run_pods(args: PodBenchArgs, cluster: BenchCluster<'_>) -> Result<(
         minus(procs_cpu(), cpu),
         args.pods,
     );
+    if args.oci_pods > 0 {
+        let oci = oci_start_latency(&pods, args.oci_pods, &procs_cpu).await?;
+        let wasm = p50_to_running(&sent, &serial);
+        println!(
+            "Wasm vs OCI (same pod shape, one at a time): p50 {:.1} ms vs {:.1} ms: Wasm starts {:.1}x faster",
+            wasm * 1000.0,
+            oci * 1000.0,
+            oci / wasm.max(1e-9)
+        );
+    }
 
     // Back to back: `concurrency` creations always in flight.
     let names: Vec<String> = (0..args.pods).map(|i| format!("p-{i}")).collect();
@@ -428,6 +502,53 @@ pub async fn run_pods(args: PodBenchArgs, cluster: BenchCluster<'_>) -> Result<(
     );
     drop(procs);
     Ok(())
+}
+
+/// The median time from creation to Running.
+fn p50_to_running(sent: &HashMap<String, Instant>, seen: &Stages) -> f64 {
+    let mut d: Vec<Duration> = sent
+        .iter()
+        .filter_map(|(n, t)| seen.running.get(n).map(|r| r.saturating_duration_since(*t)))
+        .collect();
+    pct(&mut d, 0.5).as_secs_f64()
+}
+
+/// `n` OCI pods (busybox through runc) started one at a time, after a warm-up one; their
+/// report, and the median start in seconds. They are deleted afterwards.
+async fn oci_start_latency(
+    pods: &Api<Pod>,
+    n: usize,
+    procs_cpu: &impl Fn() -> (f64, f64),
+) -> Result<f64, BenchError> {
+    let mut events = watch_from_now(pods).await?;
+    create_all(pods, vec!["oci-warm".into()], OCI_IMAGE, 1).await?;
+    running_times(&mut events, &mut Stages::default(), |s| {
+        s.running.contains_key("oci-warm")
+    })
+    .await?;
+    let cpu = procs_cpu();
+    let started = Instant::now();
+    let mut seen = Stages::default();
+    let mut sent = HashMap::new();
+    let mut events = watch_from_now(pods).await?;
+    for i in 0..n {
+        let name = format!("oci-{i}");
+        sent.extend(create_all(pods, vec![name.clone()], OCI_IMAGE, 1).await?);
+        running_times(&mut events, &mut seen, |s| s.running.contains_key(&name)).await?;
+    }
+    report(
+        "OCI (busybox through runc), one at a time",
+        &sent,
+        &seen,
+        started.elapsed(),
+        minus(procs_cpu(), cpu),
+        n,
+    );
+    let p50 = p50_to_running(&sent, &seen);
+    for name in sent.keys().cloned().chain(["oci-warm".to_string()]) {
+        let _ = pods.delete(&name, &Default::default()).await;
+    }
+    Ok(p50)
 }
 
 /// A watch of the pods from now on.
