@@ -117,13 +117,24 @@ pub struct BenchCluster<'a> {
     pub server_pid: u32,
 }
 
-struct Procs(Vec<std::process::Child>);
+/// The bench node's pod bridge (not a dev cluster's `skiff0`).
+const BENCH_BRIDGE: &str = "skbench0";
+
+/// The bench's agent (and, once stopped, a reset of its node: runc containers outlive
+/// their agent).
+struct Procs(Vec<std::process::Child>, Option<PathBuf>);
 
 impl Drop for Procs {
     fn drop(&mut self) {
         for c in &mut self.0 {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if let (Some(data), Ok(exe)) = (&self.1, std::env::current_exe()) {
+            let _ = std::process::Command::new(exe)
+                .args(["reset", "--cni-bridge", BENCH_BRIDGE, "--data-dir"])
+                .arg(data)
+                .status();
         }
     }
 }
@@ -157,6 +168,10 @@ fn pod(name: &str, image: &str) -> Pod {
     });
     if image != OCI_IMAGE {
         p["spec"]["runtimeClassName"] = serde_json::json!("wasmtime");
+    }
+    // The density pods outnumber a node's pod range (a /24): they use the node's network.
+    if name.starts_with("idle-") {
+        p["spec"]["hostNetwork"] = serde_json::json!(true);
     }
     serde_json::from_value(p).expect("valid pod")
 }
@@ -377,11 +392,12 @@ pub async fn run_pods(args: PodBenchArgs, cluster: BenchCluster<'_>) -> Result<(
         .arg(kubeconfig)
         .arg("--data-dir")
         .arg(&agent_dir)
+        .args(["--cni-bridge", BENCH_BRIDGE])
         .env("SKIFF_LOG", "warn")
         .spawn()?;
     let agent_pid = agent.id();
     let server_pid = cluster.server_pid;
-    let procs = Procs(vec![agent]);
+    let procs = Procs(vec![agent], Some(agent_dir.clone()));
     let client = crate::agent::client_from(kubeconfig).await?;
     let nodes: Api<Node> = Api::all(client.clone());
     let ready = || async {
