@@ -67,7 +67,12 @@ fn import_busybox(store: &crate::images::ImageStore) -> Result<(), BenchError> {
     };
     let dir = header("bin/", tar::EntryType::Directory, 0, 0o755);
     tar.append(&dir, &[][..])?;
-    let bin = header("bin/busybox", tar::EntryType::Regular, busybox.len() as u64, 0o755);
+    let bin = header(
+        "bin/busybox",
+        tar::EntryType::Regular,
+        busybox.len() as u64,
+        0o755,
+    );
     tar.append(&bin, &busybox[..])?;
     for applet in ["sh", "sleep"] {
         let mut link = header(&format!("bin/{applet}"), tar::EntryType::Symlink, 0, 0o777);
@@ -82,7 +87,11 @@ fn import_busybox(store: &crate::images::ImageStore) -> Result<(), BenchError> {
     let digest = format!("sha256:{:x}", sha2::Sha256::digest(&layer));
     store
         .layers
-        .unpack(&layer[..], &digest, "application/vnd.oci.image.layer.v1.tar+gzip")
+        .unpack(
+            &layer[..],
+            &digest,
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+        )
         .map_err(|e| BenchError::Failed(e.to_string()))?;
     let run = crate::images::RunConfig {
         cmd: Some(vec!["sleep".into(), "3600".into()]),

@@ -1697,6 +1697,17 @@ async fn run_pod(
                     }
                 }
                 Action::ReportDeadline => {
+                    // Its containers are being killed: the status says so at once (their
+                    // supervisors' own final word follows).
+                    for st in init.iter_mut().chain(main.iter_mut()) {
+                        let Some(run) = st.state.as_ref().and_then(|x| x.running.clone()) else {
+                            continue;
+                        };
+                        let id = st.container_id.clone().unwrap_or_default();
+                        st.state = Some(terminated(&Exit::killed(None), run.started_at, &id));
+                        st.ready = false;
+                        st.started = Some(false);
+                    }
                     let msg = "Pod was active on the node longer than the specified deadline";
                     *reporter.failure.lock().expect("failure") =
                         Some(("DeadlineExceeded", msg.to_string()));

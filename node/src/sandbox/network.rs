@@ -111,8 +111,10 @@ impl Cni {
                     "type": "bridge",
                     "bridge": bridge,
                     "isGateway": true,
-                    // Pods reach beyond the node with the node's address.
-                    "ipMasq": true,
+                    // Pods reach beyond the node with the node's address: one rule for the
+                    // node's whole range (see `ensure_masquerade`), not iptables runs and a
+                    // chain per pod on every start and stop.
+                    "ipMasq": false,
                     // A pod reaches itself through a Service (later) by hairpin.
                     "hairpinMode": true,
                     "ipam": {
@@ -130,6 +132,7 @@ impl Cni {
             reason,
         };
         std::fs::create_dir_all(conf_dir).map_err(|e| state(e.to_string()))?;
+        ensure_masquerade(&network.to_string(), bridge).map_err(state)?;
         let text = serde_json::to_vec_pretty(&conflist).expect("JSON");
         std::fs::write(conf_dir.join("10-skiff.conflist"), text)
             .map_err(|e| state(e.to_string()))?;
@@ -230,9 +233,91 @@ pub async fn teardown(dir: &Path) -> Result<(), NetworkError> {
     Ok(())
 }
 
-/// Removes the pods' bridge (the plugins create it, and leave it when the last pod goes).
-/// Missing is fine.
+/// The comment marking the masquerade rule of a bridge's pods.
+fn masquerade_comment(bridge: &str) -> String {
+    format!("skiff pods of {bridge}")
+}
+
+fn iptables(args: &[&str]) -> std::io::Result<std::process::Output> {
+    std::process::Command::new("iptables")
+        .args(["-w", "-t", "nat"])
+        .args(args)
+        .output()
+}
+
+/// Masquerades traffic from the node's pod range to anywhere else (one rule, added once).
+fn ensure_masquerade(cidr: &str, bridge: &str) -> Result<(), String> {
+    let comment = masquerade_comment(bridge);
+    let rule = [
+        "POSTROUTING",
+        "-s",
+        cidr,
+        "!",
+        "-d",
+        cidr,
+        "-m",
+        "comment",
+        "--comment",
+        &comment,
+        "-j",
+        "MASQUERADE",
+    ];
+    let check: Vec<&str> = ["-C"].into_iter().chain(rule).collect();
+    if iptables(&check).is_ok_and(|o| o.status.success()) {
+        return Ok(());
+    }
+    let add: Vec<&str> = ["-A"].into_iter().chain(rule).collect();
+    match iptables(&add) {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!(
+            "iptables: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => Err(format!("iptables: {e}")),
+    }
+}
+
+/// Removes the masquerade rule of a bridge's pods, if there is one.
+fn remove_masquerade(bridge: &str) {
+    let Ok(out) = iptables(&["-S", "POSTROUTING"]) else {
+        return;
+    };
+    let comment = masquerade_comment(bridge);
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if !line.contains(&format!("\"{comment}\"")) {
+            continue;
+        }
+        // `-A POSTROUTING -s ... --comment "skiff pods of X" -j MASQUERADE`: the same words
+        // after -D (the quoted comment is one of them).
+        let mut words: Vec<String> = Vec::new();
+        let mut quoted: Option<String> = None;
+        for w in line.split(' ').skip(1) {
+            match quoted.as_mut() {
+                Some(q) => {
+                    q.push(' ');
+                    q.push_str(w.trim_end_matches('"'));
+                    if w.ends_with('"') {
+                        words.push(quoted.take().unwrap_or_default());
+                    }
+                }
+                None if w.starts_with('"') && !(w.len() > 1 && w.ends_with('"')) => {
+                    quoted = Some(w.trim_start_matches('"').to_string())
+                }
+                None => words.push(w.trim_matches('"').to_string()),
+            }
+        }
+        let args: Vec<&str> = ["-D"]
+            .into_iter()
+            .chain(words.iter().map(String::as_str))
+            .collect();
+        let _ = iptables(&args);
+    }
+}
+
+/// Removes the pods' bridge (the plugins create it, and leave it when the last pod goes)
+/// and the masquerade rule of its pods. Missing is fine.
 pub fn remove_bridge(bridge: &str) -> Result<(), NetworkError> {
+    remove_masquerade(bridge);
     let out = std::process::Command::new("ip")
         .args(["link", "del", "dev", bridge])
         .output()
@@ -476,8 +561,20 @@ mod tests {
             .output()
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&links.stdout).trim(), "");
-        let _ = std::process::Command::new("ip")
-            .args(["link", "del", &bridge])
-            .status();
+        // One masquerade rule for the node's range, gone with the bridge.
+        let rules = || {
+            String::from_utf8_lossy(&iptables(&["-S", "POSTROUTING"]).unwrap().stdout).into_owned()
+        };
+        assert!(
+            rules().contains(&masquerade_comment(&bridge)),
+            "{}",
+            rules()
+        );
+        remove_bridge(&bridge).unwrap();
+        assert!(
+            !rules().contains(&masquerade_comment(&bridge)),
+            "{}",
+            rules()
+        );
     }
 }
