@@ -81,17 +81,6 @@ pub fn push_app_image(payload: &std::path::Path, image: &str) {
     let layout = dir.path().join("layout");
     let bundle = dir.path().join("bundle");
     let tagged = format!("{}:1", layout.display());
-    let run = |cmd: &str, args: &[&str]| {
-        let o = Command::new(cmd)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("{cmd} (run scripts/setup.sh): {e}"));
-        assert!(
-            o.status.success(),
-            "{cmd} {args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-    };
     run("umoci", &["init", "--layout", layout.to_str().unwrap()]);
     run("umoci", &["new", "--image", &tagged]);
     run(

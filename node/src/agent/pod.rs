@@ -1546,7 +1546,7 @@ async fn run_pod(
     let Some(spec) = pod.spec.as_ref() else {
         return;
     };
-    let mut pc = PodCtx::new(ctx.clone(), pod.clone(), containers.clone());
+    let pc = PodCtx::new(ctx.clone(), pod.clone(), containers.clone());
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pc.ns);
     let dirs = pc.dirs.clone();
     // A pod deleted while this agent was away: nothing of it may start again.
@@ -1628,10 +1628,7 @@ async fn run_pod(
         mains: spec.containers.len(),
     };
     let mut life = Lifecycle::new(shape);
-    let pc = {
-        pc.pod_ip = Default::default();
-        Arc::new(pc)
-    };
+    let pc = Arc::new(pc);
     // Each running supervisor, and the signal that tells its container to stop.
     let mut supervisors: BTreeMap<
         Which,
