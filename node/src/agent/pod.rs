@@ -1375,12 +1375,22 @@ struct Reporter {
     failure: std::sync::Mutex<Option<(&'static str, String)>>,
     /// Per init container: whether it is a native sidecar.
     sidecars: Vec<bool>,
+    /// The status last handed to the writer.
+    last: std::sync::Mutex<Option<PodStatus>>,
     slot: Arc<StatusSlot>,
 }
 
 impl Reporter {
+    /// Hands the writer the status, unless it is the one handed last (the worker reports
+    /// after every event, and most change nothing).
     fn report(&self, init: &[ContainerStatus], main: &[ContainerStatus], init_done: bool) {
-        self.slot.put(self.status(init, main, init_done));
+        let status = self.status(init, main, init_done);
+        let mut last = self.last.lock().expect("last status");
+        if last.as_ref() == Some(&status) {
+            return;
+        }
+        *last = Some(status.clone());
+        self.slot.put(status);
     }
 
     /// The pod's phase and conditions from its containers' states.
@@ -1586,6 +1596,7 @@ async fn run_pod(
             .flatten()
             .map(|c| c.restart_policy.as_deref() == Some("Always"))
             .collect(),
+        last: Default::default(),
         slot: Default::default(),
     };
     // What each container was, for adopting those that outlived an earlier agent.
