@@ -64,6 +64,10 @@ struct NetworkFlags {
     /// The bridge the node's pods are attached to.
     #[arg(long, default_value = "skiff0")]
     cni_bridge: String,
+    /// Pod networks kept set up ahead of the pods that will take them (pods without
+    /// hostPorts start without waiting for the CNI plugins); each holds an address.
+    #[arg(long, default_value_t = 4)]
+    warm_pod_networks: usize,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -430,6 +434,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 pod_network: network.mode(),
                 cni_bin_dir: network.cni_bin_dir,
                 cni_bridge: network.cni_bridge,
+                warm_pod_networks: network.warm_pod_networks,
                 oci: oci.config(),
             };
             skiff_node::agent::run(config, shutdown_signal()).await?;
@@ -475,6 +480,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 pod_network: network.mode(),
                 cni_bin_dir: network.cni_bin_dir.clone(),
                 cni_bridge: network.cni_bridge.clone(),
+                warm_pod_networks: network.warm_pod_networks,
                 oci: oci.config(),
             };
             let mut agent = tokio::spawn(skiff_node::agent::run(agent_config, stopped(stop_rx)));

@@ -870,13 +870,13 @@ fn a_crashing_container_restarts_and_keeps_its_previous_log() {
     assert_eq!(previous, "first run\n");
 }
 
-/// Containers created and deleted over and over leave no shim, runc container, mount,
+/// Containers created and deleted over and over leave no network, shim, runc container, mount,
 /// bundle or cgroup behind.
 #[test]
 fn deleted_containers_leave_nothing_behind() {
     let c = &*cluster();
     namespace(c, "churn");
-    let mut uids = Vec::new();
+    let mut pods = Vec::new();
     for _ in 0..8 {
         let manifests: String = (0..3)
             .map(|i| {
@@ -893,7 +893,7 @@ fn deleted_containers_leave_nothing_behind() {
             let p = c
                 .server
                 .json(&["get", "pod", &format!("p{i}"), "-n", "churn"]);
-            uids.push(p["metadata"]["uid"].as_str().unwrap().to_string());
+            pods.push(c.agent.trace(p["metadata"]["uid"].as_str().unwrap()));
         }
         c.server.ok(&[
             "delete",
@@ -904,50 +904,9 @@ fn deleted_containers_leave_nothing_behind() {
             "--wait=true",
             "--timeout=60s",
         ]);
-        let left = leftovers(c, &uids);
+        let left = c.agent.leftovers(&pods);
         assert!(left.is_empty(), "{left:?}");
     }
-}
-
-fn leftovers(c: &Cluster, uids: &[String]) -> Vec<String> {
-    let mut left = Vec::new();
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let ps = std::process::Command::new("ps")
-        .args(["-eo", "args"])
-        .output()
-        .unwrap();
-    let ps = String::from_utf8_lossy(&ps.stdout).into_owned();
-    let runc = std::process::Command::new("runc")
-        .arg("--root")
-        .arg(c.agent.data.join("runc"))
-        .args(["list", "-q"])
-        .output()
-        .unwrap();
-    let runc = String::from_utf8_lossy(&runc.stdout).into_owned();
-    for uid in uids {
-        if mounts.contains(uid.as_str()) {
-            left.push(format!("a mount of {uid}"));
-        }
-        if ps
-            .lines()
-            .any(|l| l.contains("shim") && l.contains(uid.as_str()))
-        {
-            left.push(format!("a shim of {uid}"));
-        }
-        if runc.contains(uid.as_str()) {
-            left.push(format!("a runc container of {uid}"));
-        }
-        if c.agent.data.join("containers").join(uid).exists() {
-            left.push(format!("bundles of {uid}"));
-        }
-        for hierarchy in ["memory/", "pids/", "cpu/", ""] {
-            let dir = format!("/sys/fs/cgroup/{hierarchy}skiff/{uid}");
-            if std::path::Path::new(&dir).exists() {
-                left.push(format!("cgroup {dir}"));
-            }
-        }
-    }
-    left
 }
 
 /// A killed agent's containers keep running; the restarted agent adopts them (same

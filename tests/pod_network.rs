@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::{eventually, Agent, Server, Shared, SharedGuard, DOZER};
 use serde_json::Value;
 
@@ -84,18 +82,14 @@ fn a_pod_gets_an_address_from_its_nodes_range() {
         .as_str()
         .unwrap()
         .to_string();
-    let addr = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &format!("skiff-{uid}"),
-            "ip",
-            "-4",
-            "-o",
-            "addr",
-            "show",
-            "eth0",
-        ])
+    let netns = c
+        .agent
+        .trace(&uid)
+        .netns
+        .expect("the pod's network namespace");
+    let addr = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["ip", "-4", "-o", "addr", "show", "eth0"])
         .output()
         .unwrap();
     assert!(
@@ -131,7 +125,7 @@ fn created_and_deleted_pods_leave_nothing_behind() {
     let c = &*cluster();
     namespace(c, "churn");
     let rounds = 20;
-    let mut uids = Vec::new();
+    let mut pods = Vec::new();
     for _ in 0..rounds {
         let manifests: String = (0..3)
             .map(|i| pod("churn", &format!("p{i}"), ""))
@@ -143,7 +137,9 @@ fn created_and_deleted_pods_leave_nothing_behind() {
             let p = c
                 .server
                 .json(&["get", "pod", &format!("p{i}"), "-n", "churn"]);
-            uids.push(p["metadata"]["uid"].as_str().unwrap().to_string());
+            let trace = c.agent.trace(p["metadata"]["uid"].as_str().unwrap());
+            assert!(trace.netns.is_some(), "{trace:?}");
+            pods.push(trace);
         }
         c.server.ok(&[
             "delete",
@@ -155,57 +151,17 @@ fn created_and_deleted_pods_leave_nothing_behind() {
             "--timeout=60s",
         ]);
         // Deleted means gone: the pod's network went before its object did.
-        let left = leftovers(c, &uids);
+        let left = c.agent.leftovers(&pods);
         assert!(left.is_empty(), "{left:?}");
     }
-    // Every veth on the bridge belongs to a pod that still has its namespace.
-    eventually(30, "only live pods' veths", || {
+    // Every veth on the bridge belongs to a namespace the agent holds (its pods' or one
+    // made ahead).
+    eventually(30, "only held namespaces' veths", || {
         let veths = std::process::Command::new("ip")
             .args(["-o", "link", "show", "master", &c.agent.bridge])
             .output()
             .unwrap();
         let veths = String::from_utf8_lossy(&veths.stdout).lines().count();
-        (veths == pinned(c)).then_some(())
+        (veths == c.agent.namespaces_held()).then_some(())
     });
-}
-
-/// What the pods `uids` (all deleted) left: their directories, pinned namespaces and
-/// address allocations (host-local records the owner's id in each).
-fn leftovers(c: &Cluster, uids: &[String]) -> Vec<String> {
-    let mut left = Vec::new();
-    for uid in uids {
-        if c.agent.data.join("pods").join(uid).exists() {
-            left.push(format!("pod directory {uid}"));
-        }
-        if Path::new(&format!("/run/netns/skiff-{uid}")).exists() {
-            left.push(format!("network namespace of {uid}"));
-        }
-    }
-    for e in std::fs::read_dir(c.agent.data.join("cni/ipam/skiff"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let owner = std::fs::read_to_string(e.path()).unwrap_or_default();
-        if uids.iter().any(|u| owner.contains(u.as_str())) {
-            left.push(format!("address {:?} of {owner:?}", e.file_name()));
-        }
-    }
-    left
-}
-
-/// How many of the agent's pods have a pinned namespace.
-fn pinned(c: &Cluster) -> usize {
-    std::fs::read_dir(c.agent.data.join("pods"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            Path::new(&format!(
-                "/run/netns/skiff-{}",
-                e.file_name().to_string_lossy()
-            ))
-            .exists()
-        })
-        .count()
 }

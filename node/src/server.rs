@@ -413,12 +413,11 @@ async fn pod_net(
         e => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     })?;
     let uid = p.metadata.uid.clone().unwrap_or_default();
-    let netns = std::path::Path::new(crate::sandbox::netns::NETNS_DIR).join(format!("skiff-{uid}"));
     let host = p.spec.as_ref().and_then(|s| s.host_network) == Some(true);
-    let net = if !host && crate::sandbox::netns::exists(&netns) {
-        crate::portforward::PodNet::Namespace(netns)
-    } else {
-        crate::portforward::PodNet::Node
+    let sandbox = crate::agent::PodDirs::of(&ctx.data_dir, &p).sandbox;
+    let net = match crate::sandbox::network::recorded_netns(&sandbox) {
+        Some(netns) if !host => crate::portforward::PodNet::Namespace(netns),
+        _ => crate::portforward::PodNet::Node,
     };
     Ok((net, uid))
 }

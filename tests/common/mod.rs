@@ -532,6 +532,109 @@ impl Agent {
     }
 }
 
+/// What a pod of an agent's was given, read while it runs, so that after its deletion a
+/// test can check all of it went.
+#[derive(Clone, Debug)]
+pub struct PodTrace {
+    pub uid: String,
+    /// Its network namespace and the CNI container ID its address is leased to, as the
+    /// sandbox records them (`pods/<uid>/network.json`); none for host-network pods.
+    pub netns: Option<PathBuf>,
+    pub container_id: Option<String>,
+}
+
+impl Agent {
+    /// The record of a running pod's sandbox.
+    pub fn trace(&self, uid: &str) -> PodTrace {
+        let record: serde_json::Value =
+            std::fs::read(self.data.join("pods").join(uid).join("network.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
+        PodTrace {
+            uid: uid.to_string(),
+            netns: record["netns"].as_str().map(PathBuf::from),
+            container_id: record["containerId"].as_str().map(str::to_string),
+        }
+    }
+
+    /// What deleted pods left on the node: their directories, network namespaces and
+    /// address leases, mounts, shim processes, runc containers, bundles and cgroups.
+    pub fn leftovers(&self, pods: &[PodTrace]) -> Vec<String> {
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+        let ps = String::from_utf8_lossy(&ps.stdout).into_owned();
+        let runc = Command::new("runc")
+            .arg("--root")
+            .arg(self.data.join("runc"))
+            .args(["list", "-q"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let leases: Vec<(String, String)> = std::fs::read_dir(self.data.join("cni/ipam/skiff"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| {
+                let owner = std::fs::read_to_string(e.path()).unwrap_or_default();
+                (e.file_name().to_string_lossy().into_owned(), owner)
+            })
+            .collect();
+        let mut left = Vec::new();
+        for pod in pods {
+            let uid = pod.uid.as_str();
+            for dir in ["pods", "containers"] {
+                if self.data.join(dir).join(uid).exists() {
+                    left.push(format!("{dir} directory of {uid}"));
+                }
+            }
+            if let Some(netns) = pod.netns.as_ref().filter(|n| n.exists()) {
+                left.push(format!("network namespace {} of {uid}", netns.display()));
+            }
+            if let Some(id) = &pod.container_id {
+                for (ip, _) in leases.iter().filter(|(_, o)| o.lines().next() == Some(id)) {
+                    left.push(format!("address {ip} of {uid}"));
+                }
+            }
+            if mounts.contains(uid) {
+                left.push(format!("a mount of {uid}"));
+            }
+            if ps.lines().any(|l| l.contains("shim") && l.contains(uid)) {
+                left.push(format!("a shim of {uid}"));
+            }
+            if runc.contains(uid) {
+                left.push(format!("a runc container of {uid}"));
+            }
+            for hierarchy in ["memory/", "pids/", "cpu/", ""] {
+                let dir = format!("/sys/fs/cgroup/{hierarchy}skiff/{uid}");
+                if Path::new(&dir).exists() {
+                    left.push(format!("cgroup {dir}"));
+                }
+            }
+        }
+        left
+    }
+
+    /// The network namespaces the agent holds: its pods' and those made ahead for pods to come.
+    pub fn namespaces_held(&self) -> usize {
+        let dirs = |d: &str| {
+            std::fs::read_dir(self.data.join(d))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .collect::<Vec<_>>()
+        };
+        dirs("pods")
+            .into_iter()
+            .chain(dirs("cni/warm"))
+            .filter_map(|d| std::fs::read(d.join("network.json")).ok())
+            .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .filter(|r| r["netns"].as_str().is_some_and(|n| Path::new(n).exists()))
+            .count()
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill9();

@@ -7,7 +7,7 @@ mod lifecycle;
 mod node_info;
 mod pod;
 mod probes;
-pub(crate) use pod::LOGS;
+pub(crate) use pod::{PodDirs, LOGS};
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -55,6 +55,8 @@ pub struct AgentConfig {
     pub cni_bin_dir: PathBuf,
     /// The bridge the node's pods hang on.
     pub cni_bridge: String,
+    /// Pod networks kept made ahead of their pods (0: each pod makes its own).
+    pub warm_pod_networks: usize,
     /// The OCI runtime's settings; `None`: the node runs Wasm only.
     pub oci: Option<crate::runtime::oci::OciConfig>,
 }
@@ -132,11 +134,15 @@ async fn await_pod_cidr(
                 std::path::Path::new(crate::sandbox::netns::NETNS_DIR),
                 &cfg.cni_bridge,
                 cidr,
+                cfg.warm_pod_networks,
             );
             match made {
                 Ok(cni) => {
                     tracing::info!(pod_cidr = %cidr, bridge = %cfg.cni_bridge, "pod network ready");
-                    networks.send_replace(Networks::Cni(Arc::new(cni)));
+                    let cni = Arc::new(cni);
+                    networks.send_replace(Networks::Cni(cni.clone()));
+                    // Until the agent stops (this task is aborted then).
+                    cni.keep_warm().await;
                     return;
                 }
                 Err(e) => tracing::warn!(error = %e, "setting up the pod network"),
@@ -539,7 +545,8 @@ pub async fn reset(
 ) -> Result<(), AgentError> {
     crate::runtime::oci::OciRuntime::reset(data_dir, runc).await;
     let live = HashSet::new();
-    for path in pod::orphans(data_dir, &live) {
+    let warm = crate::sandbox::network::warm_dirs(&data_dir.join("cni"));
+    for path in pod::orphans(data_dir, &live).into_iter().chain(warm) {
         crate::sandbox::Sandbox::remove(&path)
             .await
             .map_err(|e| AgentError::Network(e.to_string()))?;

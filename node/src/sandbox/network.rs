@@ -41,14 +41,28 @@ pub enum NetworkError {
     Bridge(String),
 }
 
-/// The node's pod network: where the plugins are and the conflist they run with.
-#[derive(Clone, Debug)]
+/// The node's pod network: where the plugins are, the conflist they run with, and pod
+/// networks made ahead of their pods.
+#[derive(Debug)]
 pub struct Cni {
     bin_dir: PathBuf,
     conflist: Value,
     /// Where pinned namespaces go; per agent, so several agents on one host do not meet.
     netns_dir: PathBuf,
     pub pod_cidr: Cidr,
+    warm: Warm,
+}
+
+/// Pod networks set up ahead (namespace, `lo`, `eth0` and address), each in a directory
+/// of its own under `dir` as a pod's would be, handed whole to pods that need no
+/// `hostPort`: the plugins' ~15 ms leave a pod's start and run between starts instead.
+#[derive(Debug)]
+struct Warm {
+    dir: PathBuf,
+    target: usize,
+    ready: std::sync::Mutex<std::collections::VecDeque<PathBuf>>,
+    /// Wakes the refill when a network is taken.
+    taken: tokio::sync::Notify,
 }
 
 /// A port a container asks the node to forward (`hostPort`).
@@ -78,11 +92,23 @@ struct State {
     bin_dir: PathBuf,
     container_id: String,
     cni_args: String,
+    /// The plugins run for this pod (the portmap plugin only where there are ports to map).
     conflist: Value,
     #[serde(default)]
     port_mappings: Vec<PortMapping>,
     #[serde(default)]
     result: Option<Value>,
+}
+
+impl State {
+    /// The network this state describes, if it was set up whole and its namespace is there.
+    fn network(&self) -> Option<PodNetwork> {
+        let ip = first_ip(self.result.as_ref()?)?;
+        netns::exists(&self.netns).then(|| PodNetwork {
+            netns: self.netns.clone(),
+            ip,
+        })
+    }
 }
 
 /// A pod's network: its namespace and address.
@@ -92,15 +118,35 @@ pub struct PodNetwork {
     pub ip: String,
 }
 
+/// The network namespace recorded in the pod directory `dir`, if there is one and it exists.
+pub fn recorded_netns(dir: &Path) -> Option<PathBuf> {
+    let state = read_state(&dir.join(STATE_FILE)).ok()?;
+    netns::exists(&state.netns).then_some(state.netns)
+}
+
+/// The directories of the pod networks made ahead under the conf dir `conf_dir`.
+pub fn warm_dirs(conf_dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(conf_dir.join(WARM_DIR))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect()
+}
+
+const WARM_DIR: &str = "warm";
+
 impl Cni {
     /// The pod network of a node whose pod range is `pod_cidr`: writes the conflist into
     /// `conf_dir` (for people and tools to read; the agent runs what it keeps in memory).
+    /// Up to `warm` pod networks are kept made ahead once [`Cni::keep_warm`] runs.
     pub fn new(
         bin_dir: &Path,
         conf_dir: &Path,
         netns_dir: &Path,
         bridge: &str,
         pod_cidr: Cidr,
+        warm: usize,
     ) -> Result<Cni, NetworkError> {
         let network = pod_cidr.network();
         let conflist = json!({
@@ -141,11 +187,18 @@ impl Cni {
             conflist,
             netns_dir: netns_dir.to_path_buf(),
             pod_cidr,
+            warm: Warm {
+                dir: conf_dir.join(WARM_DIR),
+                target: warm,
+                ready: Default::default(),
+                taken: Default::default(),
+            },
         })
     }
 
     /// The pod's network, set up now, or the one a previous agent set up (its namespace
-    /// still there): a pod keeps its address across agent restarts.
+    /// still there): a pod keeps its address across agent restarts. A pod without
+    /// `hostPort`s takes one made ahead when there is one.
     pub async fn setup(
         &self,
         dir: &Path,
@@ -154,27 +207,48 @@ impl Cni {
     ) -> Result<PodNetwork, NetworkError> {
         let state_path = dir.join(STATE_FILE);
         if let Ok(state) = read_state(&state_path) {
-            if let (Some(result), true) = (&state.result, netns::exists(&state.netns)) {
-                if let Some(ip) = first_ip(result) {
-                    return Ok(PodNetwork {
-                        netns: state.netns,
-                        ip,
-                    });
-                }
+            if let Some(net) = state.network() {
+                return Ok(net);
             }
             // Half set up: undo it and start again.
             teardown(dir).await?;
         }
-        let netns_path = self.netns_dir.join(format!("skiff-{}", pod.uid));
+        if port_mappings.is_empty() {
+            if let Some(net) = self.take_warm(dir).await {
+                return Ok(net);
+            }
+        }
+        let cni_args = format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID={}",
+            pod.namespace, pod.name, pod.uid, pod.uid
+        );
+        self.make(dir, pod.uid, cni_args, port_mappings).await
+    }
+
+    /// Sets up a network for `container_id` recorded in `dir`; undone whole on failure.
+    async fn make(
+        &self,
+        dir: &Path,
+        container_id: &str,
+        cni_args: String,
+        port_mappings: Vec<PortMapping>,
+    ) -> Result<PodNetwork, NetworkError> {
+        let state_path = dir.join(STATE_FILE);
+        let netns_path = self.netns_dir.join(format!("skiff-{container_id}"));
+        let mut conflist = self.conflist.clone();
+        if port_mappings.is_empty() {
+            // Nothing to map: the portmap plugin would only cost a run on ADD and an
+            // iptables sweep on DEL.
+            if let Some(plugins) = conflist["plugins"].as_array_mut() {
+                plugins.retain(|p| p.pointer("/capabilities/portMappings").is_none());
+            }
+        }
         let state = State {
             netns: netns_path.clone(),
             bin_dir: self.bin_dir.clone(),
-            container_id: pod.uid.to_string(),
-            cni_args: format!(
-                "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID={}",
-                pod.namespace, pod.name, pod.uid, pod.uid
-            ),
-            conflist: self.conflist.clone(),
+            container_id: container_id.to_string(),
+            cni_args,
+            conflist,
             port_mappings,
             result: None,
         };
@@ -184,8 +258,11 @@ impl Cni {
                 path: netns_path.clone(),
                 source,
             })?;
-            run_loopback(&self.bin_dir, &state).await?;
-            let result = run_list(&self.bin_dir, "ADD", &state, None).await?;
+            // `lo` and `eth0` are independent: their plugins run side by side.
+            let ((), result) = tokio::try_join!(
+                run_loopback(&self.bin_dir, &state),
+                run_list(&self.bin_dir, "ADD", &state, None)
+            )?;
             let ip = first_ip(&result).ok_or_else(|| NetworkError::Plugin {
                 plugin: "bridge".into(),
                 command: "ADD",
@@ -212,6 +289,87 @@ impl Cni {
                 Err(e)
             }
         }
+    }
+
+    /// Moves a network made ahead into the pod directory `dir` (its record renamed there:
+    /// at any instant it belongs to the pool or to the pod, whatever crashes).
+    async fn take_warm(&self, dir: &Path) -> Option<PodNetwork> {
+        loop {
+            let from = self.warm.ready.lock().expect("warm").pop_front()?;
+            self.warm.taken.notify_one();
+            let moved = (|| {
+                let net = read_state(&from.join(STATE_FILE))
+                    .ok()
+                    .and_then(|s| s.network())
+                    .ok_or_else(|| std::io::Error::other("not set up whole"))?;
+                std::fs::create_dir_all(dir)?;
+                std::fs::rename(from.join(STATE_FILE), dir.join(STATE_FILE))?;
+                std::fs::File::open(dir)?.sync_all()?;
+                let _ = std::fs::remove_dir(&from);
+                Ok::<_, std::io::Error>(net)
+            })();
+            match moved {
+                Ok(net) => return Some(net),
+                Err(e) => {
+                    tracing::warn!(path = %from.display(), error = %e, "a pod network made ahead is unusable");
+                    remove_dir(&from).await;
+                }
+            }
+        }
+    }
+
+    /// Keeps the pool of networks made ahead full: adopts (or removes) what an earlier
+    /// agent left, then makes one whenever one is taken. Runs until dropped.
+    pub async fn keep_warm(self: std::sync::Arc<Self>) {
+        for dir in warm_dirs(self.warm.dir.parent().unwrap_or(Path::new("."))) {
+            let whole = read_state(&dir.join(STATE_FILE))
+                .ok()
+                .and_then(|s| s.network())
+                .is_some();
+            let kept = whole && {
+                let mut ready = self.warm.ready.lock().expect("warm");
+                let room = ready.len() < self.warm.target;
+                if room {
+                    ready.push_back(dir.clone());
+                }
+                room
+            };
+            if !kept {
+                remove_dir(&dir).await;
+            }
+        }
+        let mut made = 0u64;
+        loop {
+            while self.warm.ready.lock().expect("warm").len() < self.warm.target {
+                made += 1;
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos();
+                let id = format!("warm-{:x}-{made}", nanos);
+                let dir = self.warm.dir.join(&id);
+                match self.make(&dir, &id, "IgnoreUnknown=1".into(), vec![]).await {
+                    Ok(_) => self.warm.ready.lock().expect("warm").push_back(dir),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "making a pod network ahead failed");
+                        let _ = std::fs::remove_dir_all(&dir);
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                    }
+                }
+            }
+            self.warm.taken.notified().await;
+        }
+    }
+}
+
+/// Tears down the network recorded in `dir` and removes the directory (kept if the
+/// teardown fails, for a later attempt).
+async fn remove_dir(dir: &Path) {
+    match teardown(dir).await {
+        Ok(()) => {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        Err(e) => tracing::warn!(path = %dir.display(), error = %e, "tearing down a pod network"),
     }
 }
 
@@ -515,6 +673,7 @@ mod tests {
             &dir.path().join("netns"),
             &bridge,
             "10.250.7.0/24".parse().unwrap(),
+            0,
         )
         .unwrap();
         let pod_dir = dir.path().join("pod");
@@ -576,5 +735,104 @@ mod tests {
             "{}",
             rules()
         );
+    }
+
+    fn leases(conf_dir: &Path) -> usize {
+        std::fs::read_dir(conf_dir.join("ipam/skiff"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .parse::<std::net::Ipv4Addr>()
+                    .is_ok()
+            })
+            .count()
+    }
+
+    async fn until(what: &str, f: impl Fn() -> bool) {
+        for _ in 0..200 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{what}");
+    }
+
+    /// Networks made ahead: a pod without hostPorts takes one (its record moves into the
+    /// pod's directory) and the pool refills; a pod with hostPorts gets its own; a later
+    /// agent adopts what it needs of the pool and removes the rest.
+    #[tokio::test]
+    async fn pods_take_networks_made_ahead_and_the_pool_refills() {
+        assert!(privileged(), "this test needs root (CI runs as root)");
+        let dir = tempfile::tempdir().unwrap();
+        let bridge = format!("skwarm{}", std::process::id() % 100000);
+        let conf = dir.path().join("cni");
+        let cni = |warm| {
+            std::sync::Arc::new(
+                Cni::new(
+                    Path::new(DEFAULT_BIN_DIR),
+                    &conf,
+                    &dir.path().join("netns"),
+                    &bridge,
+                    "10.250.8.0/24".parse().unwrap(),
+                    warm,
+                )
+                .unwrap(),
+            )
+        };
+        let first = cni(2);
+        let keeper = tokio::spawn(first.clone().keep_warm());
+        let ready = |c: &Cni| c.warm.ready.lock().unwrap().len();
+        until("two networks made ahead", || ready(&first) == 2).await;
+        assert_eq!(leases(&conf), 2);
+        let pod = |uid| PodRef {
+            namespace: "default",
+            name: "web",
+            uid,
+        };
+        let a_dir = dir.path().join("a");
+        let a = first.setup(&a_dir, &pod("uid-a"), vec![]).await.unwrap();
+        assert!(a.netns.to_string_lossy().contains("skiff-warm-"), "{a:?}");
+        assert_eq!(recorded_netns(&a_dir), Some(a.netns.clone()));
+        let addr = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", a.netns.display()))
+            .args(["ip", "-4", "-o", "addr", "show", "eth0"])
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&addr.stdout).contains(&format!("{}/", a.ip)));
+        until("the pool refilled", || ready(&first) == 2).await;
+        assert_eq!(warm_dirs(&conf).len(), 2);
+        let ports = vec![PortMapping {
+            host_port: 18080,
+            container_port: 80,
+            protocol: "tcp".into(),
+            host_ip: String::new(),
+        }];
+        let b_dir = dir.path().join("b");
+        let b = first.setup(&b_dir, &pod("uid-b"), ports).await.unwrap();
+        assert!(b.netns.ends_with("skiff-uid-b"), "{b:?}");
+        assert_eq!(ready(&first), 2);
+        assert_eq!(leases(&conf), 4);
+        // A later agent wanting one: adopts one, removes the other.
+        keeper.abort();
+        let _ = keeper.await;
+        let second = cni(1);
+        let keeper = tokio::spawn(second.clone().keep_warm());
+        until("one network adopted, one removed", || {
+            ready(&second) == 1 && warm_dirs(&conf).len() == 1
+        })
+        .await;
+        assert_eq!(leases(&conf), 3);
+        keeper.abort();
+        let _ = keeper.await;
+        for d in [a_dir, b_dir].into_iter().chain(warm_dirs(&conf)) {
+            teardown(&d).await.unwrap();
+        }
+        assert_eq!(leases(&conf), 0);
+        assert!(!a.netns.exists() && !b.netns.exists());
+        remove_bridge(&bridge).unwrap();
     }
 }
