@@ -1812,8 +1812,18 @@ async fn write_status(api: Api<Pod>, name: String, slot: Arc<StatusSlot>) {
     let mut retry = STATUS_RETRY_START;
     loop {
         slot.changed.notified().await;
-        if first && slot.creating() {
-            let _ = tokio::time::timeout(FIRST_REPORT_DELAY, slot.changed.notified()).await;
+        if first {
+            // Other news (the pod's address, say) before the containers run does not end
+            // the wait.
+            let until = tokio::time::Instant::now() + FIRST_REPORT_DELAY;
+            while slot.creating() {
+                if tokio::time::timeout_at(until, slot.changed.notified())
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
         }
         first = false;
         let Some(status) = slot.take() else {
