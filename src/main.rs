@@ -324,6 +324,9 @@ enum Bench {
     Api(skiff_control_plane::bench::ApiBenchArgs),
     /// Wasm pod start latency and idle-pod density on one node.
     Pods(skiff_node::bench::PodBenchArgs),
+    /// Requests per second of a wasi:http component served at its pod's IP, next to
+    /// `wasmtime serve` of the same component.
+    Http(skiff_node::bench::http::HttpBenchArgs),
     /// Scheduling throughput and latency on simulated nodes (kube's SchedulingBasic).
     Scheduler(skiff_control_plane::bench::scheduler::SchedulerBenchArgs),
 }
@@ -584,6 +587,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 server_pid: server.pid(),
             };
             skiff_node::bench::run_pods(args, cluster).await?
+        }
+        Command::Bench {
+            what: Bench::Http(args),
+        } => {
+            let server = skiff_control_plane::bench::BenchServer::start("skiff-bench-http")?;
+            let cluster = skiff_node::bench::BenchCluster {
+                dir: server.dir.path(),
+                kubeconfig: &server.kubeconfig,
+                server_pid: server.pid(),
+            };
+            skiff_node::bench::http::run(args, cluster).await?
         }
     }
     Ok(())

@@ -1,7 +1,10 @@
 //! `skiff bench pods`: Wasm pod start latency (create → Running seen by a watch, module
 //! cached), next to OCI pods of the same shape (busybox through runc) in the same run, and
 //! idle-pod density (agent RSS per pod), next to the peer measured in the same run: a bare
-//! wasmtime host keeping the same idle guests, one async task and Store each.
+//! wasmtime host keeping the same idle guests, one async task and Store each. And
+//! `skiff bench http` ([`http`]).
+
+pub mod http;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -150,6 +153,71 @@ impl Drop for Procs {
                 .arg(data)
                 .status();
         }
+    }
+}
+
+/// The bench's node: an agent (process) over `<dir>/agent`, Ready, and the namespace
+/// `bench` its pods go in.
+pub(crate) struct BenchNode {
+    _procs: Procs,
+    pub agent_pid: u32,
+    pub pods: Api<Pod>,
+}
+
+impl BenchNode {
+    pub async fn start(
+        cluster: &BenchCluster<'_>,
+        max_pods: usize,
+    ) -> Result<BenchNode, BenchError> {
+        let agent_dir = cluster.dir.join("agent");
+        let agent = std::process::Command::new(std::env::current_exe()?)
+            .args([
+                "agent",
+                "--node-name",
+                "bench-node",
+                "--port",
+                "0",
+                "--max-pods",
+                &max_pods.to_string(),
+                "--kubeconfig",
+            ])
+            .arg(cluster.kubeconfig)
+            .arg("--data-dir")
+            .arg(&agent_dir)
+            .args(["--cni-bridge", BENCH_BRIDGE])
+            .env("SKIFF_LOG", "warn")
+            .spawn()?;
+        let agent_pid = agent.id();
+        let procs = Procs(vec![agent], Some(agent_dir));
+        let client = crate::agent::client_from(cluster.kubeconfig).await?;
+        let nodes: Api<Node> = Api::all(client.clone());
+        let ready = || async {
+            nodes.get("bench-node").await.ok().is_some_and(|n| {
+                n.status
+                    .and_then(|s| s.conditions)
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !ready().await {
+            if Instant::now() > deadline {
+                return Err(BenchError::Failed("the node did not become Ready".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        namespaces
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(serde_json::json!({"metadata": {"name": "bench"}}))
+                    .expect("namespace"),
+            )
+            .await?;
+        Ok(BenchNode {
+            _procs: procs,
+            agent_pid,
+            pods: Api::namespaced(client, "bench"),
+        })
     }
 }
 
@@ -382,61 +450,17 @@ async fn bare_wasmtime_peer(n: usize) -> Result<u64, BenchError> {
 pub async fn run_pods(args: PodBenchArgs, cluster: BenchCluster<'_>) -> Result<(), BenchError> {
     // The timed pods stay, and idle ones are added up to `idle`.
     let total = (2 * args.pods).max(args.idle);
-    let (dir, kubeconfig) = (cluster.dir, cluster.kubeconfig);
-    let exe = std::env::current_exe()?;
-    let agent_dir = dir.join("agent");
+    let agent_dir = cluster.dir.join("agent");
     let image = "bench.local/idle:1";
     let store = crate::images::ImageStore::open(&agent_dir.join("images"))?;
-    store.import(&write(dir, "idle.wat", IDLE_WAT)?, image)?;
+    store.import(&write(cluster.dir, "idle.wat", IDLE_WAT)?, image)?;
     if args.oci_pods > 0 {
         import_busybox(&store)?;
     }
     drop(store);
-    let agent = std::process::Command::new(&exe)
-        .args([
-            "agent",
-            "--node-name",
-            "bench-node",
-            "--port",
-            "0",
-            "--max-pods",
-            &(total + 10).to_string(),
-            "--kubeconfig",
-        ])
-        .arg(kubeconfig)
-        .arg("--data-dir")
-        .arg(&agent_dir)
-        .args(["--cni-bridge", BENCH_BRIDGE])
-        .env("SKIFF_LOG", "warn")
-        .spawn()?;
-    let agent_pid = agent.id();
-    let server_pid = cluster.server_pid;
-    let procs = Procs(vec![agent], Some(agent_dir.clone()));
-    let client = crate::agent::client_from(kubeconfig).await?;
-    let nodes: Api<Node> = Api::all(client.clone());
-    let ready = || async {
-        nodes.get("bench-node").await.ok().is_some_and(|n| {
-            n.status
-                .and_then(|s| s.conditions)
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        })
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ready().await {
-        if Instant::now() > deadline {
-            return Err(BenchError::Failed("the node did not become Ready".into()));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(serde_json::json!({"metadata": {"name": "bench"}}))
-                .expect("namespace"),
-        )
-        .await?;
-    let pods: Api<Pod> = Api::namespaced(client, "bench");
+    let node = BenchNode::start(&cluster, total + 10).await?;
+    let (agent_pid, server_pid) = (node.agent_pid, cluster.server_pid);
+    let pods = node.pods.clone();
     println!(
         "skiff bench pods: {} pods timed one at a time and {} at a time, {} idle pods for density",
         args.pods, args.concurrency, args.idle
@@ -534,7 +558,7 @@ pub async fn run_pods(args: PodBenchArgs, cluster: BenchCluster<'_>) -> Result<(
         "peer (bare wasmtime host, same guest): {peer:.1} KiB per guest; agent/peer = {:.1}x",
         per_pod / peer.max(0.001)
     );
-    drop(procs);
+    drop(node);
     Ok(())
 }
 
