@@ -252,6 +252,12 @@ enum Command {
         max_log_bytes: u64,
         #[arg(long)]
         cgroup: String,
+        #[arg(long)]
+        stdin: bool,
+        #[arg(long)]
+        stdin_once: bool,
+        #[arg(long)]
+        tty: bool,
     },
     /// Publish a Wasm module or component to an OCI registry as a CNCF Wasm artifact.
     Push {
@@ -368,6 +374,9 @@ fn main() -> anyhow::Result<()> {
         log,
         max_log_bytes,
         cgroup,
+        stdin,
+        stdin_once,
+        tty,
     } = cli.command
     {
         let args = skiff_node::runtime::oci::shim::ShimArgs {
@@ -378,6 +387,9 @@ fn main() -> anyhow::Result<()> {
             log,
             max_log_bytes,
             cgroup,
+            stdin,
+            stdin_once,
+            tty,
         };
         std::process::exit(skiff_node::runtime::oci::shim::run(args));
     }

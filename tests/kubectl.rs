@@ -703,8 +703,8 @@ fn service_account_tokens_authenticate_while_their_account_exists() {
     assert!(names.contains(&"serviceaccounts/token"), "{names:?}");
     assert!(names.contains(&"pods/exec"), "{names:?}");
     assert!(names.contains(&"pods/portforward"), "{names:?}");
+    assert!(names.contains(&"pods/attach"), "{names:?}");
     for unserved in [
-        "pods/attach",
         "pods/ephemeralcontainers",
         "pods/resize",
         "nodes/proxy",

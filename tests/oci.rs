@@ -13,7 +13,7 @@ use common::{eventually, Agent, Server, Shared, SharedGuard};
 use serde_json::Value;
 
 /// How many tests of this file share the cluster.
-const TESTS: usize = 18;
+const TESTS: usize = 20;
 
 struct Cluster {
     agent: Agent,
@@ -510,6 +510,84 @@ fn kubectl_exec_with_a_terminal() {
     assert!(out.contains("/dev/pts/"), "{out}");
     assert!(out.contains("got-typed"), "{out}");
     assert!(out.contains("command terminated with exit code 4"), "{out}");
+}
+
+/// `kubectl run -i --rm` attaches to the new container: what is piped in reaches its stdin
+/// (closed at the end: stdinOnce), its output comes back, and the pod goes afterwards.
+#[test]
+fn kubectl_run_attaches_to_a_runc_container() {
+    let c = &*cluster();
+    namespace(c, "attach");
+    let image = c.busybox();
+    let o = c.server.kubectl_stdin(
+        &[
+            "run",
+            "att",
+            "-n",
+            "attach",
+            "-i",
+            "--rm",
+            "--restart=Never",
+            "--image",
+            &image,
+            "--command",
+            "--",
+            "sh",
+            "-c",
+            "read line; echo got-$line; cat; echo eof",
+        ],
+        "hello\nworld\n",
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{o:?}");
+    assert!(out.contains("got-hello\nworld\neof\n"), "{out}");
+    assert!(out.contains("pod \"att\" deleted"), "{out}");
+}
+
+/// `kubectl attach -it` to a container on a terminal: the shell's terminal is the
+/// session's, what is typed reaches it, and the session ends when it exits.
+#[test]
+fn kubectl_attach_with_a_terminal() {
+    let c = &*cluster();
+    namespace(c, "attach-tty");
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: sh\n  namespace: attach-tty\nspec:\n  restartPolicy: Never\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: sh\n    image: {}\n    command: [\"sh\"]\n    stdin: true\n    tty: true\n",
+        c.busybox()
+    );
+    c.server.apply_stdin(&[], &pod);
+    running(c, "attach-tty", "sh");
+    let kubectl = format!(
+        "{} --kubeconfig {} attach -it sh -n attach-tty",
+        common::kubectl_bin().display(),
+        c.server.kubeconfig().display()
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-qfec", &kubectl, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (util-linux)");
+    std::thread::sleep(Duration::from_secs(3));
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(b"tty; echo got-$((6*7)); exit 3\n")
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let o = child.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("/dev/pts/"), "{out}");
+    assert!(out.contains("got-42"), "{out}");
+    let status = finished(c, "attach-tty", "sh");
+    assert_eq!(
+        status["containerStatuses"][0]["state"]["terminated"]["exitCode"], 3,
+        "{status}"
+    );
+    // What the terminal showed is the container's log too.
+    assert!(logs(c, "attach-tty", "sh", "sh").contains("got-42"));
 }
 
 /// A failing liveness probe (exec, in a runc container) restarts the container, with the

@@ -315,7 +315,8 @@ async fn running_container(
 }
 
 /// `GET /exec/{ns}/{pod}/{container}?command=…`: a process in a running container,
-/// connected over a websocket (the API server forwards kubectl's upgraded connection).
+/// connected over a websocket or SPDY (the API server forwards kubectl's upgraded
+/// connection).
 async fn exec(
     State(ctx): State<Arc<Ctx>>,
     Path((ns, pod, container)): Path<(String, String, String)>,
@@ -329,9 +330,43 @@ async fn exec(
         )
             .into_response();
     }
+    stream(ctx, (ns, pod, container), q, req).await
+}
+
+/// `GET /attach/{ns}/{pod}/{container}`: the main process of a running container (its
+/// output from now on, its stdin and terminal), over a websocket or SPDY.
+async fn attach(
+    State(ctx): State<Arc<Ctx>>,
+    Path((ns, pod, container)): Path<(String, String, String)>,
+    req: axum::extract::Request,
+) -> Response {
+    let mut q = ExecQuery::parse(req.uri().query().unwrap_or_default());
+    q.command.clear();
+    stream(ctx, (ns, pod, container), q, req).await
+}
+
+/// Serves an exec (a command in `q`) or an attach (none) over the protocol the client
+/// upgrades to.
+async fn stream(
+    ctx: Arc<Ctx>,
+    (ns, pod, container): (String, String, String),
+    q: ExecQuery,
+    req: axum::extract::Request,
+) -> Response {
     let (runtime, run_id) = match running_container(&ctx, &ns, &pod, &container).await {
         Ok(found) => found,
         Err((code, msg)) => return (code, msg).into_response(),
+    };
+    let process = move |ctx: Arc<Ctx>, q: ExecQuery| async move {
+        let rt = ctx
+            .runtime(&runtime)
+            .ok_or_else(|| format!("no {runtime} runtime on this node"))?;
+        let started = if q.command.is_empty() {
+            rt.attach(&run_id, q.stdin, q.tty).await
+        } else {
+            rt.exec(&run_id, &q.command, q.stdin, q.tty).await
+        };
+        started.map_err(|e| e.to_string())
     };
     let upgrade = upgrade_of(&req);
     if upgrade.starts_with("spdy/3.1") {
@@ -361,16 +396,8 @@ async fn exec(
                 return;
             };
             let argv = q.command.clone();
-            let start = async {
-                let rt = ctx
-                    .runtime(&runtime)
-                    .ok_or_else(|| format!("no {runtime} runtime on this node"))?;
-                rt.exec(&run_id, &q.command, q.stdin, q.tty)
-                    .await
-                    .map_err(|e| e.to_string())
-            };
             let io = hyper_util::rt::TokioIo::new(upgraded);
-            crate::streams::serve_spdy(io, wanted, argv, start).await;
+            crate::streams::serve_spdy(io, wanted, argv, process(ctx, q)).await;
         });
         return switching_to_spdy(crate::streams::SPDY_PROTOCOL);
     }
@@ -387,13 +414,10 @@ async fn exec(
             .into_response();
     }
     ws.on_upgrade(move |socket| async move {
-        let Some(rt) = ctx.runtime(&runtime) else {
-            return crate::streams::fail(socket, &format!("no {runtime} runtime on this node"))
-                .await;
-        };
-        match rt.exec(&run_id, &q.command, q.stdin, q.tty).await {
-            Ok(process) => crate::streams::serve(socket, process, q.command).await,
-            Err(e) => crate::streams::fail(socket, &e.to_string()).await,
+        let argv = q.command.clone();
+        match process(ctx, q).await {
+            Ok(process) => crate::streams::serve(socket, process, argv).await,
+            Err(e) => crate::streams::fail(socket, &e).await,
         }
     })
 }
@@ -493,6 +517,7 @@ pub(crate) async fn start(
     let app = Router::new()
         .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
         .route("/exec/{ns}/{pod}/{container}", get(exec))
+        .route("/attach/{ns}/{pod}/{container}", get(attach))
         .route("/portForward/{ns}/{pod}", get(port_forward))
         .route(
             "/portforward/{ns}/{pod}/{container}",

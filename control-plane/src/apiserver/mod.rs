@@ -294,7 +294,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
 }
 
 /// Pod subresources served by the node agent over an upgraded connection.
-const STREAMING: &[&str] = &["exec", "portforward"];
+const STREAMING: &[&str] = &["exec", "attach", "portforward"];
 
 async fn route(state: Arc<AppState>, req: Request) -> Result<Response, ApiError> {
     let path = req.uri().path().to_string();

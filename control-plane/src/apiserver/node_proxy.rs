@@ -1,5 +1,5 @@
 //! Requests the API server forwards to a pod's node agent (`pods/log`, and the streaming
-//! `pods/exec`), over HTTPS with the API server's client certificate, streaming the agent's
+//! `pods/exec`, `attach` and `portforward`), over HTTPS with the API server's client certificate, streaming the agent's
 //! answer back.
 
 use std::sync::Arc;
@@ -162,7 +162,7 @@ const UPGRADE_HEADERS: &[&str] = &[
     "x-stream-protocol-version",
 ];
 
-/// `pods/NAME/exec` (websocket or SPDY): forwarded to the pod's node agent, and once the
+/// `pods/NAME/exec`, `attach` and `portforward` (websocket or SPDY): forwarded to the pod's node agent, and once the
 /// agent has switched protocols, the client's connection and the agent's are joined, as
 /// kube-apiserver's upgrade-aware proxy does.
 pub async fn pod_stream(

@@ -34,14 +34,15 @@ pub(super) fn register(out: &mut Vec<ResourceType>) {
     out.push(ResourceType {
         short_names: &["po"],
         categories: &["all"],
-        // exec, attach, portforward, ephemeralcontainers and resize come with the pod
-        // sandbox; discovery lists only what works.
+        // ephemeralcontainers and resize are not served yet; discovery lists only what
+        // works.
         subresources: &[
             "status",
             "binding",
             "log",
             "eviction",
             "exec",
+            "attach",
             "portforward",
         ],
         status: StatusPolicy::Subresource,

@@ -657,6 +657,9 @@ async fn supervise(
                             .filter(|d| !d.is_empty())
                     }),
                     mounts,
+                    stdin: c.stdin == Some(true),
+                    stdin_once: c.stdin_once == Some(true),
+                    tty: c.tty == Some(true),
                     network: pc.sandbox().network.clone(),
                     log,
                     memory_limit: limit(c, "memory").map(|m| (m / 1000) as u64),

@@ -59,6 +59,11 @@ pub struct ContainerSpec {
     pub env: Vec<(String, String)>,
     pub working_dir: Option<String>,
     pub mounts: Vec<Mount>,
+    /// The container keeps a stdin open for `kubectl attach` (`stdin`), closed after the
+    /// first session (`stdinOnce`); it runs on a terminal (`tty`).
+    pub stdin: bool,
+    pub stdin_once: bool,
+    pub tty: bool,
     /// The pod's network: the container's sockets are made there.
     pub network: crate::sandbox::Network,
     pub log: LogFile,
@@ -194,6 +199,19 @@ pub trait Runtime: Send + Sync {
     /// containers live in the agent's process have none.
     async fn adopt(&self, _run_id: &str, _alive: Alive) -> Option<Box<dyn Running>> {
         None
+    }
+    /// Attaches to a running container's main process (its ID without the `name://`
+    /// prefix): its output from now on, its stdin, its terminal.
+    async fn attach(
+        &self,
+        _run_id: &str,
+        _stdin: bool,
+        _tty: bool,
+    ) -> Result<ExecProcess, RuntimeError> {
+        Err(RuntimeError::Exec(format!(
+            "the {} runtime cannot attach to its containers",
+            self.name()
+        )))
     }
     /// Runs `argv` in a running container (its ID without the `name://` prefix).
     async fn exec(

@@ -49,7 +49,7 @@ pub fn with_pipes(
 }
 
 /// Sets a terminal's size.
-fn set_size(fd: i32, cols: u16, rows: u16) {
+pub(super) fn set_size(fd: i32, cols: u16, rows: u16) {
     let ws = libc::winsize {
         ws_row: rows,
         ws_col: cols,

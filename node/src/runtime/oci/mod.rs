@@ -4,6 +4,7 @@
 //! and outlives the agent, so a restarted agent adopts running containers. A container's
 //! end is read from the exit file its shim leaves; a kill is `runc kill --all … KILL`.
 
+mod attach;
 mod exec;
 pub mod shim;
 pub mod spec;
@@ -146,6 +147,16 @@ impl OciRuntime {
             .dir
             .join(crate::sandbox::path_element(pod_uid))
             .join(crate::sandbox::path_element(run_id))
+    }
+
+    /// The bundle of container `run_id`, whichever pod's it is.
+    fn find_bundle(&self, run_id: &str) -> Option<PathBuf> {
+        let name = crate::sandbox::path_element(run_id);
+        std::fs::read_dir(&self.0.dir)
+            .ok()?
+            .flatten()
+            .map(|e| e.path().join(&name))
+            .find(|b| b.is_dir())
     }
 }
 
@@ -495,7 +506,7 @@ impl OciRuntime {
             cpu_request_millis: spec.cpu_request_millis.map(|m| m as i64),
             pids_limit: self.0.pids_limit,
             cgroups_path: cgroup.to_string(),
-            terminal: false,
+            terminal: spec.tty,
         })
     }
 }
@@ -661,6 +672,9 @@ impl Runtime for OciRuntime {
             log: spec.log.path(),
             max_log_bytes: spec.log.max_bytes(),
             cgroup,
+            stdin: spec.stdin,
+            stdin_once: spec.stdin_once,
+            tty: spec.tty,
         };
         let mut child = tokio::process::Command::from(args.command(&self.0.exe))
             .stdin(std::process::Stdio::null())
@@ -722,12 +736,20 @@ impl Runtime for OciRuntime {
         }
     }
 
+    async fn attach(
+        &self,
+        run_id: &str,
+        stdin: bool,
+        tty: bool,
+    ) -> Result<super::ExecProcess, RuntimeError> {
+        let bundle = self
+            .find_bundle(run_id)
+            .ok_or_else(|| RuntimeError::Exec(format!("container {run_id} not found")))?;
+        attach::connect(&bundle, stdin, tty).await
+    }
+
     async fn adopt(&self, run_id: &str, alive: Alive) -> Option<Box<dyn Running>> {
-        let pod = std::fs::read_dir(&self.0.dir)
-            .ok()?
-            .flatten()
-            .find(|e| e.path().join(crate::sandbox::path_element(run_id)).is_dir())?;
-        let bundle = pod.path().join(crate::sandbox::path_element(run_id));
+        let bundle = self.find_bundle(run_id)?;
         let shim = match shim_pid(&bundle, run_id) {
             Some(pid) => pid,
             None if bundle.join(EXIT_FILE).exists() => -1,

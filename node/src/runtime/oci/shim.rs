@@ -2,7 +2,10 @@
 //! shims: it outlives the agent, so a restarted agent adopts its running containers
 //! instead of restarting them. It detaches (forks, starts a session), becomes the
 //! container's subreaper, runs `runc create` and `runc start` with pipes for the
-//! container's stdout and stderr, copies them into the container's CRI log, waits for the
+//! container's stdout and stderr (or, for a `tty` container, the terminal runc hands to
+//! its console socket), copies them into the container's CRI log and to clients attached
+//! through the bundle's attach socket (`kubectl attach`: they also feed the container's
+//! stdin), waits for the
 //! container's init to end, reads whether the cgroup OOM-killed it, deletes the runc
 //! container and writes the exit status into the bundle (`exit.json`, durably).
 //!
@@ -11,9 +14,13 @@
 
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
+
+use super::attach;
 
 use crate::logs::{LogFile, Stream};
 
@@ -28,6 +35,11 @@ pub struct ShimArgs {
     pub max_log_bytes: u64,
     /// The container's cgroup (as in its spec), read for OOM kills.
     pub cgroup: String,
+    /// The container's stdin is kept open for attached clients (`stdin`), closed after the
+    /// first session (`stdinOnce`); it runs on a terminal (`tty`).
+    pub stdin: bool,
+    pub stdin_once: bool,
+    pub tty: bool,
 }
 
 impl ShimArgs {
@@ -46,6 +58,15 @@ impl ShimArgs {
             .arg(&self.log)
             .args(["--max-log-bytes", &self.max_log_bytes.to_string()])
             .args(["--cgroup", &self.cgroup]);
+        for (on, flag) in [
+            (self.stdin, "--stdin"),
+            (self.stdin_once, "--stdin-once"),
+            (self.tty, "--tty"),
+        ] {
+            if on {
+                c.arg(flag);
+            }
+        }
         c
     }
 }
@@ -68,8 +89,10 @@ pub const EXIT_FILE: &str = "exit.json";
 pub const PID_FILE: &str = "shim.pid";
 const INIT_PID_FILE: &str = "init.pid";
 const RUNC_LOG: &str = "runc.log";
+/// Where runc hands over the terminal of a `tty` container.
+const CONSOLE_SOCKET: &str = "console.sock";
 
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+pub(crate) fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // Safety: pipe2 fills two descriptors we then own.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
@@ -152,13 +175,13 @@ pub fn run(args: ShimArgs) -> i32 {
     let mut report = std::io::stdout();
     let _ = std::fs::write(args.bundle.join(PID_FILE), std::process::id().to_string());
     let exit = match start(&args) {
-        Ok((init, out, err)) => {
-            let _ = writeln!(report, "started {init}");
+        Ok(started) => {
+            let _ = writeln!(report, "started {}", started.init);
             let _ = report.flush();
             // The agent reads one line; then nothing of ours goes there.
             // Safety: closing our stdout, which nothing else uses.
             unsafe { libc::close(1) };
-            supervise(&args, init, out, err)
+            supervise(&args, started)
         }
         Err(e) => {
             let _ = writeln!(report, "error {}", e.replace('\n', " "));
@@ -184,29 +207,104 @@ pub fn run(args: ShimArgs) -> i32 {
     0
 }
 
-/// `runc create` then `runc start`; the container's init pid and its output pipes.
-fn start(args: &ShimArgs) -> Result<(i32, OwnedFd, OwnedFd), String> {
-    let (out_r, out_w) = pipe().map_err(|e| e.to_string())?;
-    let (err_r, err_w) = pipe().map_err(|e| e.to_string())?;
-    let created = runc(args)
+/// The container's output: two pipes, or its terminal.
+enum Streams {
+    Pipes { out: OwnedFd, err: OwnedFd },
+    Terminal(OwnedFd),
+}
+
+/// A started container: its init's pid, its output, and the attach socket served.
+struct Started {
+    init: i32,
+    streams: Streams,
+    hub: Arc<attach::Hub>,
+}
+
+/// `runc create` then `runc start`; serves the attach socket from before the container
+/// runs, so that a client attaching at once misses nothing.
+fn start(args: &ShimArgs) -> Result<Started, String> {
+    let bundle = std::fs::File::open(&args.bundle).map_err(|e| e.to_string())?;
+    let me = std::process::id();
+    let mut create = runc(args);
+    create
         .arg("create")
         .arg("--bundle")
         .arg(&args.bundle)
         .arg("--pid-file")
-        .arg(args.bundle.join(INIT_PID_FILE))
-        .arg(&args.id)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out_w))
-        .stderr(Stdio::from(err_w))
-        .status()
-        .map_err(|e| format!("running {}: {e}", args.runc.display()))?;
-    if !created.success() {
-        return Err(runc_error(&args.bundle, "runc create failed"));
-    }
+        .arg(args.bundle.join(INIT_PID_FILE));
+    let (streams, sink, terminal) = if args.tty {
+        // runc makes the terminal and hands its master to a console socket.
+        let path = attach::socket_path(me, &bundle, CONSOLE_SOCKET);
+        let console = UnixListener::bind(&path).map_err(|e| format!("console socket: {e}"))?;
+        create.arg("--console-socket").arg(&path);
+        let receiver = std::thread::spawn(move || {
+            let (conn, _) = console.accept()?;
+            attach::receive_fd(&conn)
+        });
+        let created = create
+            .arg(&args.id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|e| format!("running {}: {e}", args.runc.display()))?;
+        if !created.success() {
+            // Unblock the receiver if runc never connected.
+            let _ = UnixStream::connect(&path);
+            let _ = receiver.join();
+            return Err(runc_error(&args.bundle, "runc create failed"));
+        }
+        let master = receiver
+            .join()
+            .map_err(|_| "the console receiver panicked".to_string())?
+            .map_err(|e| format!("the container's terminal: {e}"))?;
+        let input = args
+            .stdin
+            .then(|| master.try_clone())
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        let sizer = master.try_clone().map_err(|e| e.to_string())?;
+        (Streams::Terminal(master), input, Some(sizer))
+    } else {
+        let (out_r, out_w) = pipe().map_err(|e| e.to_string())?;
+        let (err_r, err_w) = pipe().map_err(|e| e.to_string())?;
+        let (stdin, sink) = if args.stdin {
+            let (r, w) = pipe().map_err(|e| e.to_string())?;
+            (Stdio::from(r), Some(w))
+        } else {
+            (Stdio::null(), None)
+        };
+        let created = create
+            .arg(&args.id)
+            .stdin(stdin)
+            .stdout(Stdio::from(out_w))
+            .stderr(Stdio::from(err_w))
+            .status()
+            .map_err(|e| format!("running {}: {e}", args.runc.display()))?;
+        if !created.success() {
+            return Err(runc_error(&args.bundle, "runc create failed"));
+        }
+        (
+            Streams::Pipes {
+                out: out_r,
+                err: err_r,
+            },
+            sink,
+            None,
+        )
+    };
     let init: i32 = std::fs::read_to_string(args.bundle.join(INIT_PID_FILE))
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .ok_or("runc left no init pid")?;
+    let hub = Arc::new(attach::Hub::default());
+    let listener = UnixListener::bind(attach::socket_path(me, &bundle, attach::SOCKET))
+        .map_err(|e| format!("attach socket: {e}"))?;
+    attach::serve(
+        listener,
+        hub.clone(),
+        Arc::new(attach::Input::new(sink, args.stdin_once, terminal)),
+    );
     let started = runc(args)
         .args(["start", &args.id])
         .stdin(Stdio::null())
@@ -217,19 +315,30 @@ fn start(args: &ShimArgs) -> Result<(i32, OwnedFd, OwnedFd), String> {
     if !started.success() {
         return Err(runc_error(&args.bundle, "runc start failed"));
     }
-    Ok((init, out_r, err_r))
+    Ok(Started { init, streams, hub })
 }
 
-/// Copies one output pipe into the log until every writer is gone.
-fn copy(pipe: OwnedFd, log: LogFile, stream: Stream) -> std::thread::JoinHandle<()> {
+/// Copies one output stream into the log and to attached clients until every writer is
+/// gone (a terminal's master then fails to read).
+fn copy(
+    pipe: OwnedFd,
+    log: LogFile,
+    hub: Arc<attach::Hub>,
+    stream: Stream,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut f = std::fs::File::from(pipe);
         let mut buf = vec![0u8; 32 * 1024];
+        let to = match stream {
+            Stream::Stdout => attach::Output::Stdout,
+            Stream::Stderr => attach::Output::Stderr,
+        };
         loop {
             match f.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     let _ = log.write(stream, &buf[..n]);
+                    hub.send(to, &buf[..n]);
                 }
             }
         }
@@ -238,12 +347,16 @@ fn copy(pipe: OwnedFd, log: LogFile, stream: Stream) -> std::thread::JoinHandle<
 
 /// Waits for the container's init to end (reaping whatever else is reparented here),
 /// finishes its log, and removes the runc container.
-fn supervise(args: &ShimArgs, init: i32, out: OwnedFd, err: OwnedFd) -> ExitFile {
+fn supervise(args: &ShimArgs, started: Started) -> ExitFile {
     let log = LogFile::new(&args.log, args.max_log_bytes);
-    let copiers = [
-        copy(out, log.clone(), Stream::Stdout),
-        copy(err, log.clone(), Stream::Stderr),
-    ];
+    let Started { init, streams, hub } = started;
+    let copiers = match streams {
+        Streams::Pipes { out, err } => vec![
+            copy(out, log.clone(), hub.clone(), Stream::Stdout),
+            copy(err, log.clone(), hub.clone(), Stream::Stderr),
+        ],
+        Streams::Terminal(master) => vec![copy(master, log.clone(), hub.clone(), Stream::Stdout)],
+    };
     let (code, signal) = loop {
         let mut status = 0;
         // Safety: waitpid into an owned int.
@@ -276,6 +389,7 @@ fn supervise(args: &ShimArgs, init: i32, out: OwnedFd, err: OwnedFd) -> ExitFile
         }
     }
     let _ = log.finish();
+    hub.close();
     let oom = oom_killed(&args.cgroup);
     let _ = runc(args)
         .args(["delete", "--force", &args.id])

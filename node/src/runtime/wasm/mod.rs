@@ -697,6 +697,9 @@ mod tests {
                 env: vec![],
                 working_dir: None,
                 mounts: vec![],
+                stdin: false,
+                stdin_once: false,
+                tty: false,
                 network: crate::sandbox::Network::Node,
                 log: LogFile::new(
                     &self.dir.path().join(format!("{name}.log")),
