@@ -259,6 +259,12 @@ enum Command {
         #[arg(long)]
         tty: bool,
     },
+    /// The holder of a pod's shared PID namespace (started by the agent).
+    #[command(hide = true)]
+    Pause {
+        #[arg(long)]
+        pod: String,
+    },
     /// Publish a Wasm module or component to an OCI registry as a CNCF Wasm artifact.
     Push {
         file: PathBuf,
@@ -393,6 +399,10 @@ fn main() -> anyhow::Result<()> {
         };
         std::process::exit(skiff_node::runtime::oci::shim::run(args));
     }
+    // The pause process forks into a new PID namespace: single-threaded too.
+    if let Command::Pause { pod } = &cli.command {
+        std::process::exit(skiff_node::sandbox::pause::run(pod));
+    }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
@@ -404,7 +414,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // One TLS crypto provider for the whole process (clients and servers alike).
     let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command {
-        Command::Shim { .. } => unreachable!("handled before the runtime starts"),
+        Command::Shim { .. } | Command::Pause { .. } => {
+            unreachable!("handled before the runtime starts")
+        }
         Command::Server {
             data_dir,
             listen,

@@ -13,7 +13,7 @@ use common::{eventually, Agent, Server, Shared, SharedGuard};
 use serde_json::Value;
 
 /// How many tests of this file share the cluster.
-const TESTS: usize = 20;
+const TESTS: usize = 21;
 
 struct Cluster {
     agent: Agent,
@@ -588,6 +588,61 @@ fn kubectl_attach_with_a_terminal() {
     );
     // What the terminal showed is the container's log too.
     assert!(logs(c, "attach-tty", "sh", "sh").contains("got-42"));
+}
+
+/// `shareProcessNamespace`: a pod's containers see each other's processes (PID 1 is the
+/// pod's, not theirs) and can signal them.
+#[test]
+fn containers_of_a_pod_sharing_its_process_namespace_see_each_other() {
+    let c = &*cluster();
+    namespace(c, "sharepid");
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: shared\n  namespace: sharepid\nspec:\n  shareProcessNamespace: true\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: a\n    image: {image}\n    command: [\"sleep\", \"3601\"]\n  - name: b\n    image: {image}\n    command: [\"sleep\", \"3602\"]\n",
+        image = c.busybox()
+    );
+    c.server.apply_stdin(&[], &pod);
+    running(c, "sharepid", "shared");
+    let ps = c.server.ok(&[
+        "exec", "shared", "-n", "sharepid", "-c", "b", "--", "ps", "-o", "pid,args",
+    ]);
+    assert!(
+        ps.contains("sleep 3601") && ps.contains("sleep 3602"),
+        "{ps}"
+    );
+    let first = ps.lines().nth(1).unwrap_or_default();
+    assert!(
+        first.trim().starts_with("1 ") && !first.contains("sleep"),
+        "{ps}"
+    );
+    // b ends a's process: a restarts.
+    let pid = ps
+        .lines()
+        .find(|l| l.contains("sleep 3601"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    c.server.ok(&[
+        "exec", "shared", "-n", "sharepid", "-c", "b", "--", "kill", &pid,
+    ]);
+    eventually(60, "a restarted", || {
+        let p = c.server.json(&["get", "pod", "shared", "-n", "sharepid"]);
+        let a = p["status"]["containerStatuses"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == "a")?
+            .clone();
+        (a["restartCount"] == 1 && a["state"]["running"].is_object()).then_some(())
+    });
+    // The namespace's holder goes with the pod.
+    let uid = c.server.json(&["get", "pod", "shared", "-n", "sharepid"])["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let trace = c.agent.trace(&uid);
+    c.server
+        .ok(&["delete", "pod", "shared", "-n", "sharepid", "--wait=true"]);
+    let left = c.agent.leftovers(&[trace]);
+    assert!(left.is_empty(), "{left:?}");
 }
 
 /// A failing liveness probe (exec, in a runc container) restarts the container, with the

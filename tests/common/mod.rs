@@ -559,7 +559,8 @@ impl Agent {
     }
 
     /// What deleted pods left on the node: their directories, network namespaces and
-    /// address leases, mounts, shim processes, runc containers, bundles and cgroups.
+    /// address leases, mounts, processes (shims, PID namespace holders), runc containers,
+    /// bundles and cgroups.
     pub fn leftovers(&self, pods: &[PodTrace]) -> Vec<String> {
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
@@ -599,8 +600,9 @@ impl Agent {
             if mounts.contains(uid) {
                 left.push(format!("a mount of {uid}"));
             }
-            if ps.lines().any(|l| l.contains("shim") && l.contains(uid)) {
-                left.push(format!("a shim of {uid}"));
+            // Its shims, its PID namespace's holder.
+            for p in ps.lines().filter(|l| l.contains(uid)) {
+                left.push(format!("process {p:?}"));
             }
             if runc.contains(uid) {
                 left.push(format!("a runc container of {uid}"));

@@ -660,6 +660,7 @@ async fn supervise(
                     stdin: c.stdin == Some(true),
                     stdin_once: c.stdin_once == Some(true),
                     tty: c.tty == Some(true),
+                    pid_namespace: pc.sandbox().pid_namespace.clone(),
                     network: pc.sandbox().network.clone(),
                     log,
                     memory_limit: limit(c, "memory").map(|m| (m / 1000) as u64),
@@ -1291,6 +1292,22 @@ async fn prepare_sandbox(
         host_network,
     };
     let mut sandbox = sandbox;
+    // Only processes share a PID namespace: a node without runc has none to share.
+    if spec.share_process_namespace == Some(true) && pc.ctx.oci.is_some() {
+        let dir = pc.dirs.sandbox.clone();
+        let made = tokio::task::spawn_blocking(move || {
+            crate::sandbox::pause::ensure(&dir, &std::env::current_exe()?)
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+        sandbox.pid_namespace = Some(made.map_err(|e| {
+            (
+                "FailedCreatePodSandBox",
+                format!("Failed to create pod sandbox: the shared PID namespace: {e}"),
+            )
+        })?);
+    }
     sandbox.write_etc(&pc.dirs.sandbox, &entries).map_err(|e| {
         (
             "FailedCreatePodSandBox",

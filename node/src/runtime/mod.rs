@@ -64,6 +64,8 @@ pub struct ContainerSpec {
     pub stdin: bool,
     pub stdin_once: bool,
     pub tty: bool,
+    /// The PID namespace the pod's containers share, if they do (`shareProcessNamespace`).
+    pub pid_namespace: Option<std::path::PathBuf>,
     /// The pod's network: the container's sockets are made there.
     pub network: crate::sandbox::Network,
     pub log: LogFile,

@@ -1,7 +1,8 @@
 //! The pod sandbox: what a pod's containers share whatever runtime runs them: the pod's
 //! volumes, each a directory on the node (emptyDir under the pod's directory, hostPath as
 //! given, configMap and secret projected as files with their modes) that the runtimes mount
-//! at each container's `volumeMounts`, and its network namespace ([`network`], [`netns`]).
+//! at each container's `volumeMounts`, its network namespace ([`network`], [`netns`]) and,
+//! with `shareProcessNamespace`, its PID namespace ([`pause`]).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -15,6 +16,7 @@ use crate::runtime::Mount;
 
 pub mod netns;
 pub mod network;
+pub mod pause;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -145,6 +147,8 @@ pub struct Sandbox {
     /// Volume name -> (its root, open; read-only source).
     volumes: BTreeMap<String, (HostDir, bool)>,
     pub network: Network,
+    /// The PID namespace the pod's containers share (`shareProcessNamespace`), if they do.
+    pub pid_namespace: Option<PathBuf>,
     /// The containers' host name.
     pub hostname: String,
     /// Files of the sandbox containers see (`/etc/hosts`, `/etc/hostname`,
@@ -315,6 +319,7 @@ impl Sandbox {
         Ok(Sandbox {
             volumes: out,
             network: Network::Node,
+            pid_namespace: None,
             hostname: String::new(),
             files: Vec::new(),
         })
@@ -377,10 +382,11 @@ impl Sandbox {
     }
 
     /// Removes what the sandbox created under the pod's directory `dir` (hostPath volumes
-    /// are the node's and stay): its network first (the plugins' DEL and the namespace, as
+    /// are the node's and stay): its PID namespace, its network (the plugins' DEL and the namespace, as
     /// recorded there), then its files. The files stay if the network could not go, so that
     /// a later attempt still knows what to undo.
     pub async fn remove(dir: &Path) -> Result<(), network::NetworkError> {
+        pause::stop(dir);
         network::teardown(dir).await?;
         let _ = std::fs::remove_dir_all(dir);
         Ok(())

@@ -495,6 +495,7 @@ impl OciRuntime {
             additional_gids: sec.supplemental_groups.iter().map(|g| *g as u32).collect(),
             read_only_root: sec.read_only_root_filesystem,
             netns,
+            pidns: spec.pid_namespace.clone(),
             binds,
             capabilities,
             privileged: sec.privileged,

@@ -95,6 +95,8 @@ pub struct Config {
     pub read_only_root: bool,
     /// The pod's network namespace; `None`: the node's.
     pub netns: Option<PathBuf>,
+    /// The pod's shared PID namespace; `None`: the container's own.
+    pub pidns: Option<PathBuf>,
     pub binds: Vec<Bind>,
     pub capabilities: HashSet<String>,
     pub privileged: bool,
@@ -325,7 +327,7 @@ pub fn build(c: &Config) -> Result<Spec, SpecError> {
         )?);
     }
     let mut namespaces = vec![
-        namespace(LinuxNamespaceType::Pid, None)?,
+        namespace(LinuxNamespaceType::Pid, c.pidns.as_deref())?,
         namespace(LinuxNamespaceType::Ipc, None)?,
         namespace(LinuxNamespaceType::Uts, None)?,
         namespace(LinuxNamespaceType::Mount, None)?,
@@ -431,6 +433,7 @@ mod tests {
             additional_gids: vec![],
             read_only_root: true,
             netns: Some("/run/netns/skiff-x".into()),
+            pidns: None,
             binds: vec![Bind {
                 source: "/data/v".into(),
                 destination: "/data".into(),
@@ -475,6 +478,18 @@ mod tests {
             .as_array()
             .unwrap()
             .contains(&serde_json::json!("ro")));
+        // A PID namespace of its own, unless the pod shares one.
+        assert!(ns.iter().any(|n| n["type"] == "pid" && n["path"].is_null()));
+        let shared = Config {
+            pidns: Some("/proc/42/ns/pid".into()),
+            ..c.clone()
+        };
+        let v = serde_json::to_value(build(&shared).unwrap()).unwrap();
+        assert!(v["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["type"] == "pid" && n["path"] == "/proc/42/ns/pid"));
         // The node's network: no network namespace at all.
         let host = Config { netns: None, ..c };
         let v = serde_json::to_value(build(&host).unwrap()).unwrap();

@@ -700,6 +700,7 @@ mod tests {
                 stdin: false,
                 stdin_once: false,
                 tty: false,
+                pid_namespace: None,
                 network: crate::sandbox::Network::Node,
                 log: LogFile::new(
                     &self.dir.path().join(format!("{name}.log")),
