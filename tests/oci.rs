@@ -13,7 +13,7 @@ use common::{eventually, Agent, Server, Shared, SharedGuard};
 use serde_json::Value;
 
 /// How many tests of this file share the cluster.
-const TESTS: usize = 21;
+const TESTS: usize = 22;
 
 struct Cluster {
     agent: Agent,
@@ -955,6 +955,41 @@ fn a_private_zstd_image_needs_the_pods_pull_secret() {
     let status = finished(c, "private", "allowed");
     assert_eq!(status["phase"], "Succeeded", "{status}");
     assert_eq!(logs(c, "private", "allowed", "main"), "pulled\n");
+}
+
+/// A container cannot reach the node's files through a volume: a symbolic link another
+/// container planted in an emptyDir (`escape -> /`) is refused as a `subPath`
+/// (CVE-2017-1002101's shape), while a real directory there mounts.
+#[test]
+fn a_sub_path_through_a_planted_symlink_is_refused() {
+    let c = &*cluster();
+    namespace(c, "subpath");
+    let pod = |name: &str, sub: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: subpath\nspec:\n  restartPolicy: Never\n  terminationGracePeriodSeconds: 1\n  initContainers:\n  - name: plant\n    image: {image}\n    command: [\"sh\", \"-c\", \"ln -s / /data/escape && ln -s ../.. /data/up && mkdir /data/ok && echo inside > /data/ok/f\"]\n    volumeMounts:\n    - name: data\n      mountPath: /data\n  containers:\n  - name: main\n    image: {image}\n    command: [\"sh\", \"-c\", \"ls /mnt; cat /mnt/f\"]\n    volumeMounts:\n    - name: data\n      mountPath: /mnt\n      subPath: {sub}\n  volumes:\n  - name: data\n    emptyDir: {{}}\n",
+            image = c.busybox()
+        )
+    };
+    for (name, sub) in [("root", "escape"), ("parent", "up")] {
+        c.server.apply_stdin(&[], &pod(name, sub));
+        let msg = eventually(60, "the refusal", || {
+            let s = c.server.json(&["get", "pod", name, "-n", "subpath"]);
+            let w = s["status"]["containerStatuses"][0]["state"]["waiting"].clone();
+            (w["reason"] == "CreateContainerConfigError").then(|| w["message"].to_string())
+        });
+        assert!(msg.contains(sub), "{msg}");
+        let s = c.server.json(&["get", "pod", name, "-n", "subpath"]);
+        assert!(s["status"]["containerStatuses"][0]["state"]["running"].is_null());
+        let never = c.server.fails(&["logs", name, "-n", "subpath", "-c", "main"]);
+        assert!(
+            never.contains("is waiting to start: CreateContainerConfigError"),
+            "{never}"
+        );
+    }
+    c.server.apply_stdin(&[], &pod("fine", "ok"));
+    let status = finished(c, "subpath", "fine");
+    assert_eq!(status["phase"], "Succeeded", "{status}");
+    assert_eq!(logs(c, "subpath", "fine", "main"), "f\ninside\n");
 }
 
 #[test]

@@ -403,5 +403,30 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("leaves the layer"), "{err}");
         assert!(!dir.path().parent().unwrap().join("escape").exists());
+        // Nor through a symbolic link the layer itself makes: `out -> <outside>`, then
+        // `out/planted`.
+        let outside = tempfile::tempdir().unwrap();
+        let mut raw = tar::Builder::new(Vec::new());
+        let mut link = tar::Header::new_gnu();
+        link.set_entry_type(tar::EntryType::Symlink);
+        link.set_size(0);
+        link.set_mode(0o777);
+        raw.append_link(&mut link, "out", outside.path()).unwrap();
+        let mut file = tar::Header::new_gnu();
+        file.set_entry_type(tar::EntryType::Regular);
+        file.set_size(1);
+        file.set_mode(0o644);
+        raw.append_data(&mut file, "out/planted", &b"x"[..])
+            .unwrap();
+        let evil = raw.into_inner().unwrap();
+        let err = store
+            .unpack(
+                &evil[..],
+                &digest(&evil),
+                "application/vnd.oci.image.layer.v1.tar",
+            )
+            .unwrap_err();
+        assert!(matches!(err, LayerError::Entry { .. }), "{err}");
+        assert!(!outside.path().join("planted").exists());
     }
 }

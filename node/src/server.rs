@@ -137,6 +137,30 @@ fn render(entries: &[logs::Entry], q: &LogQuery) -> Vec<u8> {
     out
 }
 
+/// Why a container that never ran waits, in the kubelet's words for `kubectl logs`.
+async fn waiting_reason(ctx: &Ctx, ns: &str, pod: &str, container: &str) -> String {
+    let api: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(ctx.client.clone(), ns);
+    let reason = api.get(pod).await.ok().and_then(|p| {
+        let status = p.status?;
+        status
+            .container_statuses
+            .into_iter()
+            .flatten()
+            .chain(status.init_container_statuses.into_iter().flatten())
+            .find(|c| c.name == container)?
+            .state?
+            .waiting?
+            .reason
+    });
+    match reason.as_deref() {
+        Some("ErrImagePull") => "image can't be pulled".into(),
+        Some("ImagePullBackOff") => "trying and failing to pull image".into(),
+        Some(r) => r.into(),
+        None => "ContainerCreating".into(),
+    }
+}
+
 async fn container_logs(
     State(ctx): State<Arc<Ctx>>,
     Path((ns, pod, container)): Path<(String, String, String)>,
@@ -152,9 +176,8 @@ async fn container_logs(
         let msg = if flag(&q.previous) {
             format!("previous terminated container \"{container}\" in pod \"{pod}\" not found")
         } else {
-            format!(
-                "container \"{container}\" in pod \"{pod}\" is waiting to start: ContainerCreating"
-            )
+            let why = waiting_reason(&ctx, &ns, &pod, &container).await;
+            format!("container \"{container}\" in pod \"{pod}\" is waiting to start: {why}")
         };
         return (StatusCode::BAD_REQUEST, msg).into_response();
     };
