@@ -13,7 +13,7 @@ use common::{eventually, Agent, Server, Shared, SharedGuard};
 use serde_json::Value;
 
 /// How many tests of this file share the cluster.
-const TESTS: usize = 22;
+const TESTS: usize = 23;
 
 struct Cluster {
     agent: Agent,
@@ -957,6 +957,60 @@ fn a_private_zstd_image_needs_the_pods_pull_secret() {
     assert_eq!(logs(c, "private", "allowed", "main"), "pulled\n");
 }
 
+/// Docker v2 schema 2 images, OCI image indexes and Docker manifest lists run; an index
+/// is resolved to this node's platform (the other platform's image comes first).
+#[test]
+fn docker_images_and_multi_platform_indexes_resolve_to_this_platform() {
+    let c = &*cluster();
+    namespace(c, "formats");
+    let registry = format!("127.0.0.1:{}", c.registry.port);
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let other = if arch == "amd64" { "arm64" } else { "amd64" };
+    for a in [arch, other] {
+        let image = format!("{registry}/test/multi:{a}");
+        common::oci::push_busybox_with(&image, "gzip", None, &[("/platform", a)]);
+        common::oci::copy_as_docker(&image, &format!("{registry}/test/multi:{a}-docker"));
+    }
+    let this_docker = format!("{arch}-docker");
+    let other_docker = format!("{other}-docker");
+    common::oci::push_index(
+        &registry,
+        "test/multi",
+        "oci-index",
+        &[(other, other), (arch, arch)],
+        false,
+    );
+    common::oci::push_index(
+        &registry,
+        "test/multi",
+        "docker-list",
+        &[(other, &other_docker), (arch, &this_docker)],
+        true,
+    );
+    for (name, tag) in [
+        ("docker", this_docker.as_str()),
+        ("index", "oci-index"),
+        ("list", "docker-list"),
+    ] {
+        let pod = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: formats\nspec:\n  restartPolicy: Never\n  containers:\n  - name: main\n    image: {registry}/test/multi:{tag}\n    command: [\"cat\", \"/platform\"]\n"
+        );
+        c.server.apply_stdin(&[], &pod);
+        let status = finished(c, "formats", name);
+        assert_eq!(status["phase"], "Succeeded", "{name}: {status}");
+        // The last line, unterminated, ends as a full log line (as containerd logs it).
+        assert_eq!(
+            logs(c, "formats", name, "main"),
+            format!("{arch}\n"),
+            "{name}"
+        );
+    }
+}
+
 /// A container cannot reach the node's files through a volume: a symbolic link another
 /// container planted in an emptyDir (`escape -> /`) is refused as a `subPath`
 /// (CVE-2017-1002101's shape), while a real directory there mounts.
@@ -980,7 +1034,9 @@ fn a_sub_path_through_a_planted_symlink_is_refused() {
         assert!(msg.contains(sub), "{msg}");
         let s = c.server.json(&["get", "pod", name, "-n", "subpath"]);
         assert!(s["status"]["containerStatuses"][0]["state"]["running"].is_null());
-        let never = c.server.fails(&["logs", name, "-n", "subpath", "-c", "main"]);
+        let never = c
+            .server
+            .fails(&["logs", name, "-n", "subpath", "-c", "main"]);
         assert!(
             never.contains("is waiting to start: CreateContainerConfigError"),
             "{never}"

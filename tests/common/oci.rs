@@ -144,6 +144,16 @@ fn run(cmd: &str, args: &[&str]) {
 /// `sh`), compressed with `compression` (`gzip` or `zstd`), and pushes it to `image`
 /// (with `creds` if the registry wants them).
 pub fn push_busybox(image: &str, compression: &str, creds: Option<(&str, &str)>) {
+    push_busybox_with(image, compression, creds, &[]);
+}
+
+/// [`push_busybox`] with extra files (path in the image, content).
+pub fn push_busybox_with(
+    image: &str,
+    compression: &str,
+    creds: Option<(&str, &str)>,
+    files: &[(&str, &str)],
+) {
     let dir = tempfile::tempdir().unwrap();
     let layout = dir.path().join("layout");
     let bundle = dir.path().join("bundle");
@@ -173,6 +183,11 @@ pub fn push_busybox(image: &str, compression: &str, creds: Option<(&str, &str)>)
     )
     .unwrap();
     std::fs::write(etc.join("group"), "root:x:0:\napp:x:1234:\n").unwrap();
+    for (path, content) in files {
+        let file = bundle.join("rootfs").join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, content).unwrap();
+    }
     run(
         "umoci",
         &["repack", "--image", &tagged, bundle.to_str().unwrap()],
@@ -202,4 +217,87 @@ pub fn push_busybox(image: &str, compression: &str, creds: Option<(&str, &str)>)
 pub fn push_wasm(file: &Path, image: &str) {
     let (ok, out) = push(file, image, None);
     assert!(ok, "{out}");
+}
+
+/// Copies an image within a loopback registry, written as a Docker v2 schema 2 image.
+pub fn copy_as_docker(from: &str, to: &str) {
+    run(
+        "skopeo",
+        &[
+            "copy",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            "--format",
+            "v2s2",
+            &format!("docker://{from}"),
+            &format!("docker://{to}"),
+        ],
+    );
+}
+
+/// Puts a multi-platform index at `registry/repo:tag` (an OCI image index, or a Docker
+/// manifest list if `docker`) whose entries are the manifests of tags of the same
+/// repository, each for the architecture given (linux).
+pub fn push_index(registry: &str, repo: &str, tag: &str, entries: &[(&str, &str)], docker: bool) {
+    let manifests: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|(arch, from)| {
+            let dir = tempfile::tempdir().unwrap();
+            let body = dir.path().join("manifest");
+            // The manifest's media type is its Content-Type (OCI manifests need not say).
+            let o = Command::new("curl")
+                .args(["-sSf", "-o"])
+                .arg(&body)
+                .args([
+                    "-w",
+                    "%{content_type}",
+                    "-H",
+                    "Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json",
+                    &format!("http://{registry}/v2/{repo}/manifests/{from}"),
+                ])
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{o:?}");
+            let media_type = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            let bytes = std::fs::read(&body).unwrap();
+            let sum = Command::new("sha256sum").arg(&body).output().unwrap();
+            let hex = String::from_utf8_lossy(&sum.stdout)
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_string();
+            serde_json::json!({
+                "mediaType": media_type,
+                "digest": format!("sha256:{hex}"),
+                "size": bytes.len(),
+                "platform": {"architecture": arch, "os": "linux"},
+            })
+        })
+        .collect();
+    let media_type = if docker {
+        "application/vnd.docker.distribution.manifest.list.v2+json"
+    } else {
+        "application/vnd.oci.image.index.v1+json"
+    };
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media_type,
+        "manifests": manifests,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("index.json");
+    std::fs::write(&file, index.to_string()).unwrap();
+    run(
+        "curl",
+        &[
+            "-sSf",
+            "-X",
+            "PUT",
+            "-H",
+            &format!("Content-Type: {media_type}"),
+            "--data-binary",
+            &format!("@{}", file.display()),
+            &format!("http://{registry}/v2/{repo}/manifests/{tag}"),
+        ],
+    );
 }
