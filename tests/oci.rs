@@ -13,7 +13,7 @@ use common::{eventually, Agent, Server, Shared, SharedGuard};
 use serde_json::Value;
 
 /// How many tests of this file share the cluster.
-const TESTS: usize = 23;
+const TESTS: usize = 24;
 
 struct Cluster {
     agent: Agent,
@@ -33,6 +33,10 @@ impl Cluster {
 
     fn http_hello(&self) -> String {
         format!("127.0.0.1:{}/test/http-hello:1", self.registry.port)
+    }
+
+    fn net_probe(&self) -> String {
+        format!("127.0.0.1:{}/test/net-probe:1", self.registry.port)
     }
 }
 
@@ -59,6 +63,10 @@ fn cluster() -> SharedGuard<Cluster> {
         common::oci::push_wasm(
             &common::root().join("wasm-examples/out/http-hello.wasm"),
             &format!("127.0.0.1:{}/test/http-hello:1", registry.port),
+        );
+        common::oci::push_wasm(
+            &common::root().join("wasm-examples/out/net-probe.wasm"),
+            &format!("127.0.0.1:{}/test/net-probe:1", registry.port),
         );
         let server = Server::start();
         let agent = Agent::start(&server, "oci1");
@@ -955,6 +963,70 @@ fn a_private_zstd_image_needs_the_pods_pull_secret() {
     let status = finished(c, "private", "allowed");
     assert_eq!(status["phase"], "Succeeded", "{status}");
     assert_eq!(logs(c, "private", "allowed", "main"), "pulled\n");
+}
+
+/// A Wasm guest's wasi:sockets and outgoing wasi:http live in its pod's network: over
+/// the pod's localhost it reaches busybox's TCP echo and web server and another Wasm
+/// container's UDP echo, resolves names, and reaches the node through the pod's gateway;
+/// a port open only on the node's own loopback is not its localhost's.
+#[test]
+fn wasm_guests_use_sockets_and_http_in_their_pods_network() {
+    let c = &*cluster();
+    namespace(c, "sockets");
+    // Open on the node's loopback only: the guest's 127.0.0.1 is the pod's, so refused.
+    let node_only = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let node_only = node_only.local_addr().unwrap().port();
+    // On every address of the node: reached through the pod's gateway.
+    let node = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let node_port = node.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut conn in node.incoming().flatten() {
+            let mut req = [0u8; 1024];
+            let _ = conn.read(&mut req);
+            let _ = conn.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\nConnection: close\r\n\r\nnode says hi\n",
+            );
+        }
+    });
+    let cidr = c.server.json(&["get", "node", "oci1"])["spec"]["podCIDR"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let net = cidr.split('/').next().unwrap().rsplit_once('.').unwrap().0;
+    let gateway = format!("{net}.1");
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: net\n  namespace: sockets\nspec:\n  restartPolicy: Never\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: servers\n    image: {busybox}\n    command: [\"sh\", \"-c\", \"mkdir -p /tmp/www && echo hello-from-busybox > /tmp/www/index.html && httpd -p 8080 -h /tmp/www && exec nc -ll -p 7000 -e cat\"]\n  - name: echo\n    image: {probe}\n    args: [\"udp-echo=7001\"]\n  - name: probe\n    image: {probe}\n    args: [\"tcp=127.0.0.1:7000:ping\", \"udp=127.0.0.1:7001:hey\", \"lookup=localhost\", \"refused=127.0.0.1:{node_only}\", \"http=127.0.0.1:8080/index.html\", \"http={gateway}:{node_port}/\"]\n",
+        busybox = c.busybox(),
+        probe = c.net_probe(),
+    );
+    c.server.apply_stdin(&[], &pod);
+    let probe = eventually(90, "the probe's end", || {
+        let p = c.server.json(&["get", "pod", "net", "-n", "sockets"]);
+        let s = p["status"]["containerStatuses"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == "probe")?
+            .clone();
+        s["state"]["terminated"].is_object().then_some(s)
+    });
+    let out = logs(c, "sockets", "net", "probe");
+    assert_eq!(
+        out,
+        format!(
+            "tcp: ping\nudp: hey\nlookup localhost: 127.0.0.1\nrefused: connection-refused\nhttp 200: hello-from-busybox\nhttp 200: node says hi\n"
+        ),
+        "{probe}"
+    );
+    assert_eq!(probe["state"]["terminated"]["exitCode"], 0, "{probe}");
+    assert_eq!(
+        logs(c, "sockets", "net", "echo"),
+        "udp-echo: hey answered\n"
+    );
+    assert!(probe["containerID"]
+        .as_str()
+        .unwrap()
+        .starts_with("wasm://"));
 }
 
 /// Docker v2 schema 2 images, OCI image indexes and Docker manifest lists run; an index

@@ -31,11 +31,22 @@ struct P1Host {
     limits: Limits,
 }
 
-/// Store data of a preview 2 component.
+/// Store data of a preview 2 component (its outgoing wasi:http requests included).
 struct P2Host {
     ctx: WasiCtx,
     table: ResourceTable,
+    http: wasmtime_wasi_http::WasiHttpCtx,
     limits: Limits,
+}
+
+impl wasmtime_wasi_http::WasiHttpView for P2Host {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: wasmtime_wasi_http::default_hooks(),
+        }
+    }
 }
 
 impl WasiView for P2Host {
@@ -167,6 +178,8 @@ impl WasmRuntime {
         wasmtime_wasi::p1::add_to_linker_async(&mut p1, |h| &mut h.wasi).map_err(|e| fail(&e))?;
         let mut p2 = wasmtime::component::Linker::<P2Host>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut p2).map_err(|e| fail(&e))?;
+        // Commands may make HTTP requests too (as `wasmtime run -S http`).
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut p2).map_err(|e| fail(&e))?;
         // The epoch ticker lives as long as the engine.
         let weak = engine.weak();
         std::thread::Builder::new()
@@ -301,8 +314,11 @@ impl GuestConfig {
             }
         }
         // Sockets in the pod's network (its namespace, or the node's where the pod lives
-        // on it): any address there, and name lookup.
+        // on it): TCP and UDP to and from any address there, and name lookup (wasmtime
+        // allows none of them unless told).
         b.inherit_network();
+        b.allow_tcp(true);
+        b.allow_udp(true);
         b.allow_ip_name_lookup(true);
         b.stdout(LogStream(self.log.clone(), Stream::Stdout));
         b.stderr(LogStream(self.log.clone(), Stream::Stderr));
@@ -596,6 +612,7 @@ impl Runtime for WasmRuntime {
                     P2Host {
                         ctx: wasi.build(),
                         table: ResourceTable::new(),
+                        http: wasmtime_wasi_http::WasiHttpCtx::new(),
                         limits,
                     },
                 );
