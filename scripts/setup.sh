@@ -31,8 +31,9 @@ fi
 # The Wasm examples, built from source.
 "$root/wasm-examples/build.sh" >/dev/null
 
-# The official Python client, pinned, in its own virtualenv.
-if [ ! -x "$tools/venv/bin/python" ] || ! "$tools/venv/bin/python" -c 'import kubernetes' 2>/dev/null; then
+# The official Python client and gRPC's own health server (for grpc probes), pinned, in
+# their own virtualenv.
+if [ ! -x "$tools/venv/bin/python" ] || ! "$tools/venv/bin/python" -c 'import kubernetes, grpc_health' 2>/dev/null; then
   python3 -m venv "$tools/venv"
-  "$tools/venv/bin/pip" install -q kubernetes==33.1.0
+  "$tools/venv/bin/pip" install -q kubernetes==33.1.0 grpcio==1.85.3 grpcio-health-checking==1.85.1
 fi

@@ -13,7 +13,7 @@ use common::{eventually, Agent, Server, Shared, SharedGuard};
 use serde_json::Value;
 
 /// How many tests of this file share the cluster.
-const TESTS: usize = 24;
+const TESTS: usize = 26;
 
 struct Cluster {
     agent: Agent,
@@ -651,6 +651,101 @@ fn containers_of_a_pod_sharing_its_process_namespace_see_each_other() {
         .ok(&["delete", "pod", "shared", "-n", "sharepid", "--wait=true"]);
     let left = c.agent.leftovers(&[trace]);
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// A grpc readiness probe against gRPC's own health server (grpcio, on the node: the pod
+/// uses the node's network): Ready follows SERVING and NOT_SERVING.
+#[test]
+fn a_grpc_readiness_probe_follows_the_health_service() {
+    let c = &*cluster();
+    namespace(c, "grpc");
+    let script = r#"
+import sys
+from concurrent import futures
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+h = health.HealthServicer()
+health_pb2_grpc.add_HealthServicer_to_server(h, server)
+port = server.add_insecure_port("0.0.0.0:0")
+server.start()
+h.set("", health_pb2.HealthCheckResponse.SERVING)
+print(port, flush=True)
+for line in sys.stdin:
+    serving = line.strip() == "serving"
+    h.set("", health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING)
+"#;
+    let mut server = common::die_with_parent(&mut std::process::Command::new(common::python_bin()))
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut port = String::new();
+    {
+        use std::io::BufRead;
+        std::io::BufReader::new(server.stdout.take().unwrap())
+            .read_line(&mut port)
+            .unwrap();
+    }
+    let port = port.trim().to_string();
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: g\n  namespace: grpc\nspec:\n  hostNetwork: true\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {}\n    command: [\"sleep\", \"3600\"]\n    readinessProbe:\n      grpc:\n        port: {port}\n      periodSeconds: 1\n      failureThreshold: 1\n",
+        c.busybox()
+    );
+    c.server.apply_stdin(&[], &pod);
+    let ready = |want: &'static str| {
+        eventually(60, &format!("Ready {want}"), || {
+            let p = c.server.json(&["get", "pod", "g", "-n", "grpc"]);
+            let cond = p["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "Ready")?
+                .clone();
+            (cond["status"] == want).then_some(())
+        })
+    };
+    ready("True");
+    let mut tell = server.stdin.take().unwrap();
+    use std::io::Write;
+    writeln!(tell, "not").unwrap();
+    ready("False");
+    let events = c.server.ok(&["get", "events", "-n", "grpc"]);
+    assert!(events.contains("NOT_SERVING"), "{events}");
+    writeln!(tell, "serving").unwrap();
+    ready("True");
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+/// A startup probe holds liveness back until it passes (a slow starter is not restarted),
+/// and a container whose startup probe never passes is restarted.
+#[test]
+fn startup_probes_hold_liveness_back_and_restart_what_never_starts() {
+    let c = &*cluster();
+    namespace(c, "startup");
+    let pod = |name: &str, start: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: startup\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {}\n    command: [\"sh\", \"-c\", \"{start}; exec sleep 3600\"]\n    startupProbe:\n      exec:\n        command: [\"test\", \"-f\", \"/etc/started\"]\n      periodSeconds: 1\n      failureThreshold: 6\n    livenessProbe:\n      exec:\n        command: [\"test\", \"-f\", \"/etc/started\"]\n      periodSeconds: 1\n      failureThreshold: 1\n",
+            c.busybox()
+        )
+    };
+    c.server
+        .apply_stdin(&[], &pod("slow", "sleep 3; touch /etc/started"));
+    c.server.apply_stdin(&[], &pod("never", "true"));
+    let main = |name: &str| {
+        c.server.json(&["get", "pod", name, "-n", "startup"])["status"]["containerStatuses"][0]
+            .clone()
+    };
+    eventually(60, "the slow starter started", || {
+        (main("slow")["started"] == true && main("slow")["ready"] == true).then_some(())
+    });
+    eventually(60, "the never-starter restarted", || {
+        (main("never")["restartCount"].as_i64() >= Some(1)).then_some(())
+    });
+    assert_eq!(main("slow")["restartCount"], 0, "{}", main("slow"));
+    let events = c.server.ok(&["get", "events", "-n", "startup"]);
+    assert!(events.contains("Startup probe failed"), "{events}");
 }
 
 /// A failing liveness probe (exec, in a runc container) restarts the container, with the
