@@ -1176,7 +1176,12 @@ impl Objects {
                             warnings: vec![],
                         })
                     }
-                    Err(StoreError::Conflict { .. }) => self.store.settle().await?,
+                    // Written meanwhile (a pod's status, say): look again. (Falling through
+                    // took a terminating object for "already marked" and kept it.)
+                    Err(StoreError::Conflict { .. }) => {
+                        self.store.settle().await?;
+                        continue;
+                    }
                     Err(e) => return Err(self.map_write_err(rt, name, e)),
                 }
             }

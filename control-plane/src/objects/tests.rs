@@ -318,6 +318,66 @@ async fn a_bound_pod_being_deleted_waits_for_its_node_through_status_writes() {
     ));
 }
 
+/// Regression: the node agent's final delete (grace 0) of a terminating pod raced with
+/// its own status writes; a delete that met a conflict fell through to "already being
+/// deleted" and answered OK with the pod kept, Terminating for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_delete_racing_status_writes_still_deletes() {
+    let (o, _d) = setup().await;
+    let o = std::sync::Arc::new(o);
+    let w = WriteOptions::default();
+    for i in 0..100 {
+        let pods = rt(&o, "", "pods");
+        let name = format!("p{i}");
+        o.create(
+            pods,
+            Some("default"),
+            json!({"metadata": {"name": name}, "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "c", "image": "x"}]}}),
+            &w,
+        )
+        .await
+        .unwrap();
+        o.bind_pod("default", &name, "n1").await.unwrap();
+        o.delete(pods, Some("default"), &name, &DeleteOptions::default())
+            .await
+            .unwrap();
+        let writer = {
+            let (o, name) = (o.clone(), name.clone());
+            tokio::spawn(async move {
+                let pods = rt(&o, "", "pods");
+                for n in 0..20 {
+                    let status = json!({"status": {"message": format!("write {n}")}});
+                    let _ = o
+                        .patch(
+                            pods,
+                            Some("default"),
+                            &name,
+                            PatchType::Merge,
+                            status,
+                            Target::Status,
+                            &WriteOptions::default(),
+                        )
+                        .await;
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        let zero = DeleteOptions {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        };
+        o.delete(pods, Some("default"), &name, &zero).await.unwrap();
+        writer.await.unwrap();
+        assert!(
+            matches!(
+                o.get(pods, Some("default"), &name).await,
+                Err(ObjectError::NotFound { .. })
+            ),
+            "{name} kept"
+        );
+    }
+}
+
 #[tokio::test]
 async fn server_side_apply_creates_then_conflicts() {
     let (o, _d) = setup().await;

@@ -1814,7 +1814,9 @@ async fn run_pod(
             sandbox_job = None;
             sandbox_retry = None;
         }
+        let (stage, seen) = (life.stage, format!("{event:?}"));
         pending = life.step(event);
+        tracing::debug!(pod = %pc.name, event = %seen, from = ?stage, to = ?life.stage, actions = ?pending, "pod worker step");
     }
 }
 
@@ -1885,9 +1887,12 @@ impl<T> Drop for AbortOnDrop<T> {
 /// network, then its files) and deletes the pod object for good (grace period 0): as the
 /// kubelet, only a pod whose resources are reclaimed goes.
 async fn finish_deletion(api: &Api<Pod>, pod: &Pod, dirs: &PodDirs, containers: &Containers) {
-    containers.gone().await;
-    dirs.remove().await;
     let name = pod.metadata.name.clone().unwrap_or_default();
+    tracing::debug!(pod = %name, "deletion: waiting for the containers to go");
+    containers.gone().await;
+    tracing::debug!(pod = %name, "deletion: removing the sandbox");
+    dirs.remove().await;
+    tracing::debug!(pod = %name, "deletion: deleting the object");
     let dp = DeleteParams {
         grace_period_seconds: Some(0),
         preconditions: Some(Preconditions {
@@ -1896,8 +1901,28 @@ async fn finish_deletion(api: &Api<Pod>, pod: &Pod, dirs: &PodDirs, containers: 
         }),
         ..Default::default()
     };
-    if let Err(e) = api.delete(&name, &dp).await {
-        tracing::debug!(error = %e, "final pod deletion failed");
+    // As the kubelet's status manager, keep at it until the object is gone: a pod whose
+    // deletion was lost stays Terminating for good.
+    let mut retry = STATUS_RETRY_START;
+    loop {
+        match api.delete(&name, &dp).await {
+            Ok(d) => {
+                tracing::debug!(pod = %name, deleted = d.is_right(), "deletion: done");
+                return;
+            }
+            // Gone already, or the name now belongs to another pod.
+            Err(kube::Error::Api(e))
+                if e.code == 404 || (e.code == 409 && e.message.contains("UID")) =>
+            {
+                tracing::debug!(pod = %name, error = %e.message, "deletion: the object is not ours any more");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(pod = %name, error = %e, "final pod deletion failed; retrying");
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(STATUS_RETRY_MAX);
+            }
+        }
     }
 }
 
