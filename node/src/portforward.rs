@@ -115,22 +115,9 @@ async fn forward(mut data: Stream, error: Option<spdy::StreamWriter>, net: PodNe
             return;
         }
     };
-    let (mut rd, mut wr) = tcp.into_split();
+    let (rd, mut wr) = tcp.into_split();
     let out = data.out.clone();
-    let upstream = async move {
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            match rd.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if !out.send(&buf[..n]).await {
-                        break;
-                    }
-                }
-            }
-        }
-        out.finish().await;
-    };
+    let upstream = async move { out.copy_from(rd).await };
     let downstream = async move {
         while let Some(chunk) = data.incoming.recv().await {
             if wr.write_all(&chunk).await.is_err() {

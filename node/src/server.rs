@@ -139,9 +139,7 @@ fn render(entries: &[logs::Entry], q: &LogQuery) -> Vec<u8> {
 
 /// Why a container that never ran waits, in the kubelet's words for `kubectl logs`.
 async fn waiting_reason(ctx: &Ctx, ns: &str, pod: &str, container: &str) -> String {
-    let api: kube::Api<k8s_openapi::api::core::v1::Pod> =
-        kube::Api::namespaced(ctx.client.clone(), ns);
-    let reason = api.get(pod).await.ok().and_then(|p| {
+    let reason = get_pod(ctx, ns, pod).await.ok().and_then(|p| {
         let status = p.status?;
         status
             .container_statuses
@@ -299,6 +297,22 @@ impl ExecQuery {
     }
 }
 
+/// The pod, from the API server (404 if it is gone).
+async fn get_pod(
+    ctx: &Ctx,
+    ns: &str,
+    pod: &str,
+) -> Result<k8s_openapi::api::core::v1::Pod, (StatusCode, String)> {
+    let api: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(ctx.client.clone(), ns);
+    api.get(pod).await.map_err(|e| match e {
+        kube::Error::Api(s) if s.code == 404 => {
+            (StatusCode::NOT_FOUND, format!("pod {pod} not found"))
+        }
+        e => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    })
+}
+
 /// The running container `name` of a pod: its runtime's name and its ID there.
 async fn running_container(
     ctx: &Ctx,
@@ -306,14 +320,7 @@ async fn running_container(
     pod: &str,
     name: &str,
 ) -> Result<(String, String), (StatusCode, String)> {
-    let api: kube::Api<k8s_openapi::api::core::v1::Pod> =
-        kube::Api::namespaced(ctx.client.clone(), ns);
-    let p = api.get(pod).await.map_err(|e| match e {
-        kube::Error::Api(s) if s.code == 404 => {
-            (StatusCode::NOT_FOUND, format!("pod {pod} not found"))
-        }
-        e => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-    })?;
+    let p = get_pod(ctx, ns, pod).await?;
     let status = p.status.unwrap_or_default();
     let found = status
         .container_statuses
@@ -451,14 +458,7 @@ async fn pod_net(
     ns: &str,
     pod: &str,
 ) -> Result<(crate::portforward::PodNet, String), (StatusCode, String)> {
-    let api: kube::Api<k8s_openapi::api::core::v1::Pod> =
-        kube::Api::namespaced(ctx.client.clone(), ns);
-    let p = api.get(pod).await.map_err(|e| match e {
-        kube::Error::Api(s) if s.code == 404 => {
-            (StatusCode::NOT_FOUND, format!("pod {pod} not found"))
-        }
-        e => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-    })?;
+    let p = get_pod(ctx, ns, pod).await?;
     let uid = p.metadata.uid.clone().unwrap_or_default();
     let host = p.spec.as_ref().and_then(|s| s.host_network) == Some(true);
     let sandbox = crate::agent::PodDirs::of(&ctx.data_dir, &p).sandbox;

@@ -377,6 +377,23 @@ impl StreamWriter {
         true
     }
 
+    /// Sends what `from` yields until it ends (or the session does), then half-closes.
+    pub async fn copy_from(&self, mut from: impl tokio::io::AsyncRead + Unpin) {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match from.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if !self.send(&buf[..n]).await {
+                        break;
+                    }
+                }
+            }
+        }
+        self.finish().await;
+    }
+
     /// Half-closes the stream (no more data from this side).
     pub async fn finish(&self) {
         let _ = self

@@ -262,19 +262,7 @@ where
         exit,
     } = process;
     let relay = |from: Box<dyn tokio::io::AsyncRead + Send + Unpin>, to: spdy::StreamWriter| async move {
-        let mut from = from;
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            match from.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if !to.send(&buf[..n]).await {
-                        break;
-                    }
-                }
-            }
-        }
-        to.finish().await;
+        to.copy_from(from).await
     };
     let mut pumps = Vec::new();
     if let Some(out) = streams.get("stdout") {

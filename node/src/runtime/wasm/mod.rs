@@ -151,15 +151,31 @@ const DEFAULT_HTTP_PORT: u16 = 8080;
 const CLI_RUN: &str = "wasi:cli/run";
 const HTTP_HANDLER: &str = "wasi:http/incoming-handler";
 
-/// `Some("wasi:http/proxy")` for a component that handles HTTP requests rather than
-/// running as a command.
-fn served_world(engine: &Engine, component: &Component) -> Option<&'static str> {
-    let ty = component.component_type();
-    let exports: Vec<&str> = ty
-        .exports(engine)
-        .map(|(name, _)| name.split('@').next().unwrap_or(name))
-        .collect();
-    (exports.contains(&HTTP_HANDLER) && !exports.contains(&CLI_RUN)).then_some("wasi:http/proxy")
+/// Whether a component (its binary) handles HTTP requests rather than running as a
+/// command: read from its export section, so that it is compiled once, for the engine
+/// that serves it.
+fn serves_http(bytes: &[u8]) -> bool {
+    use wasmparser::{Parser, Payload};
+    let mut exports = Vec::new();
+    // Nested modules and components have exports of their own: only the outer ones count.
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload {
+            Ok(Payload::ModuleSection { .. } | Payload::ComponentSection { .. }) => depth += 1,
+            Ok(Payload::End(_)) if depth == 0 => break,
+            Ok(Payload::End(_)) => depth -= 1,
+            Ok(Payload::ComponentExportSection(section)) if depth == 0 => {
+                for export in section.into_iter().flatten() {
+                    let name = export.name.name;
+                    exports.push(name.split('@').next().unwrap_or(name).to_string());
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+    let has = |n: &str| exports.iter().any(|e| e == n);
+    has(HTTP_HANDLER) && !has(CLI_RUN)
 }
 
 /// Whether a Wasm binary is a component (layer 1) rather than a core module.
@@ -214,35 +230,26 @@ impl WasmRuntime {
             return Ok(p.clone());
         }
         let fail = start_error(&spec.id);
-        let prepared = match self.compiled(spec)? {
+        let bytes = image_bytes(spec)?;
+        let served = is_component(&bytes) && serves_http(&bytes);
+        let (engine, suffix) = match (served, is_component(&bytes)) {
+            (true, _) => (self.http.engine(), "cwasm-http"),
+            (false, true) => (&self.engine, "cwasm-component"),
+            (false, false) => (&self.engine, "cwasm"),
+        };
+        let compiled = compile(engine, &self.cache_dir, suffix, &spec.image_digest, &bytes)
+            .map_err(|reason| RuntimeError::InvalidImage {
+                image: spec.image_digest.clone(),
+                reason,
+            })?;
+        let prepared = match compiled {
             Compiled::Module(module) => {
                 Prepared::Module(self.p1.instantiate_pre(&module).map_err(|e| fail(&e))?)
             }
+            Compiled::Component(component) if served => {
+                Prepared::Proxy(self.http.prepare(&component).map_err(|e| fail(&e))?)
+            }
             Compiled::Component(component) => {
-                if served_world(&self.engine, &component).is_some() {
-                    let bytes = image_bytes(spec)?;
-                    let compiled = compile(
-                        self.http.engine(),
-                        &self.cache_dir,
-                        "cwasm-http",
-                        &spec.image_digest,
-                        &bytes,
-                    )
-                    .map_err(|reason| RuntimeError::InvalidImage {
-                        image: spec.image_digest.clone(),
-                        reason,
-                    })?;
-                    let Compiled::Component(component) = compiled else {
-                        unreachable!("a component compiles to a component");
-                    };
-                    let pre = self.http.prepare(&component).map_err(|e| fail(&e))?;
-                    let prepared = Prepared::Proxy(pre);
-                    self.prepared
-                        .lock()
-                        .expect("prepared")
-                        .insert(spec.image_digest.clone(), prepared.clone());
-                    return Ok(prepared);
-                }
                 let pre = self.p2.instantiate_pre(&component).map_err(|e| fail(&e))?;
                 Prepared::Command(
                     wasmtime_wasi::p2::bindings::CommandPre::new(pre).map_err(|e| fail(&e))?,
@@ -254,27 +261,6 @@ impl WasmRuntime {
             .expect("prepared")
             .insert(spec.image_digest.clone(), prepared.clone());
         Ok(prepared)
-    }
-
-    /// The compiled image: from the disk cache, or compiled now (and cached).
-    fn compiled(&self, spec: &ContainerSpec) -> Result<Compiled, RuntimeError> {
-        let bytes = image_bytes(spec)?;
-        let suffix = if is_component(&bytes) {
-            "cwasm-component"
-        } else {
-            "cwasm"
-        };
-        compile(
-            &self.engine,
-            &self.cache_dir,
-            suffix,
-            &spec.image_digest,
-            &bytes,
-        )
-        .map_err(|reason| RuntimeError::InvalidImage {
-            image: spec.image_digest.clone(),
-            reason,
-        })
     }
 }
 
@@ -744,15 +730,20 @@ mod tests {
 
     #[test]
     fn http_handlers_are_told_apart_from_commands() {
-        let engine = Engine::default();
-        let handler = Component::new(
-            &engine,
-            exporting("wasi:http/incoming-handler@0.2.12", "handle"),
-        )
-        .unwrap();
-        assert_eq!(served_world(&engine, &handler), Some("wasi:http/proxy"));
-        let command = Component::new(&engine, exporting("wasi:cli/run@0.2.0", "run")).unwrap();
-        assert_eq!(served_world(&engine, &command), None);
+        let bin = |wat: String| wat::parse_str(wat).unwrap();
+        assert!(serves_http(&bin(exporting(
+            "wasi:http/incoming-handler@0.2.12",
+            "handle"
+        ))));
+        assert!(!serves_http(&bin(exporting("wasi:cli/run@0.2.0", "run"))));
+        // The examples, as built.
+        let example = |name: &str| {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wasm-examples/out");
+            std::fs::read(root.join(name)).unwrap()
+        };
+        assert!(serves_http(&example("http-hello.wasm")));
+        assert!(!serves_http(&example("net-probe.wasm")));
+        assert!(!serves_http(b"not wasm"));
     }
 
     #[tokio::test]
