@@ -494,27 +494,11 @@ fn kubectl_exec_with_a_terminal() {
     );
     c.server.apply_stdin(&[], &pod);
     running(c, "tty", "box");
-    let kubectl = format!(
-        "{} --kubeconfig {} exec -it box -n tty -- sh -c 'tty; read line; echo got-$line; exit 4'",
-        common::kubectl_bin().display(),
-        c.server.kubeconfig().display()
+    let out = common::kubectl_on_a_terminal(
+        &c.server,
+        "exec -it box -n tty -- sh -c 'tty; read line; echo got-$line; exit 4'",
+        b"typed\n",
     );
-    let mut child = std::process::Command::new("script")
-        .args(["-qfec", &kubectl, "/dev/null"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("script (util-linux)");
-    std::thread::sleep(Duration::from_secs(3));
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(b"typed\n").unwrap();
-        std::thread::sleep(Duration::from_secs(2));
-    }
-    let o = child.wait_with_output().unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("/dev/pts/"), "{out}");
     assert!(out.contains("got-typed"), "{out}");
     assert!(out.contains("command terminated with exit code 4"), "{out}");
@@ -564,29 +548,11 @@ fn kubectl_attach_with_a_terminal() {
     );
     c.server.apply_stdin(&[], &pod);
     running(c, "attach-tty", "sh");
-    let kubectl = format!(
-        "{} --kubeconfig {} attach -it sh -n attach-tty",
-        common::kubectl_bin().display(),
-        c.server.kubeconfig().display()
+    let out = common::kubectl_on_a_terminal(
+        &c.server,
+        "attach -it sh -n attach-tty",
+        b"tty; echo got-$((6*7)); exit 3\n",
     );
-    let mut child = std::process::Command::new("script")
-        .args(["-qfec", &kubectl, "/dev/null"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("script (util-linux)");
-    std::thread::sleep(Duration::from_secs(3));
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin
-            .write_all(b"tty; echo got-$((6*7)); exit 3\n")
-            .unwrap();
-        std::thread::sleep(Duration::from_secs(2));
-    }
-    let o = child.wait_with_output().unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("/dev/pts/"), "{out}");
     assert!(out.contains("got-42"), "{out}");
     let status = finished(c, "attach-tty", "sh");
@@ -1322,14 +1288,7 @@ fn a_thousand_created_and_deleted_pods_leave_nothing_behind() {
     // agent holds (made ahead for pods to come).
     let left = c.agent.leftovers(&pods);
     assert!(left.is_empty(), "{left:?}");
-    eventually(30, "only held namespaces' veths", || {
-        let veths = std::process::Command::new("ip")
-            .args(["-o", "link", "show", "master", &c.agent.bridge])
-            .output()
-            .unwrap();
-        let veths = String::from_utf8_lossy(&veths.stdout).lines().count();
-        (veths == c.agent.namespaces_held()).then_some(())
-    });
+    c.agent.only_held_veths();
 }
 
 /// A killed agent's containers keep running; the restarted agent adopts them (same

@@ -156,12 +156,5 @@ fn created_and_deleted_pods_leave_nothing_behind() {
     }
     // Every veth on the bridge belongs to a namespace the agent holds (its pods' or one
     // made ahead).
-    eventually(30, "only held namespaces' veths", || {
-        let veths = std::process::Command::new("ip")
-            .args(["-o", "link", "show", "master", &c.agent.bridge])
-            .output()
-            .unwrap();
-        let veths = String::from_utf8_lossy(&veths.stdout).lines().count();
-        (veths == c.agent.namespaces_held()).then_some(())
-    });
+    c.agent.only_held_veths();
 }

@@ -1,13 +1,16 @@
 //! Skiff's node agent (the kubelet of Skiff).
 //!
 //! - [`agent`]: node registration, heartbeats, pod workers and status reporting.
-//! - [`runtime`]: the `Runtime` trait and its Wasm implementation on wasmtime.
-//! - [`sandbox`]: the pod sandbox the runtimes share (volumes; the network namespace later).
+//! - [`runtime`]: the `Runtime` trait and its implementations: Wasm on wasmtime, OCI
+//!   containers through runc.
+//! - [`sandbox`]: the pod sandbox the runtimes share (volumes, network and PID namespaces);
+//!   [`procs`]: processes that outlive the agent, found again.
 //! - [`images`]: the node's content-addressed image store; [`layers`]: unpacked image
 //!   layers; [`registry`]: OCI pulls and pushes.
 //! - [`logs`]: container logs in the CRI format.
-//! - [`bench`]: `skiff bench pods`.
-//! - [`server`]: the agent's HTTPS endpoint (container logs for `kubectl logs`).
+//! - [`bench`]: `skiff bench pods`, `skiff bench http`.
+//! - [`server`]: the agent's HTTPS endpoint (logs, exec, attach, port-forward; [`streams`],
+//!   [`spdy`], [`portforward`]).
 pub mod agent;
 pub mod bench;
 pub mod expansion;
@@ -15,6 +18,7 @@ pub mod images;
 pub mod layers;
 pub mod logs;
 pub mod portforward;
+pub mod procs;
 pub mod registry;
 pub mod runtime;
 pub mod sandbox;

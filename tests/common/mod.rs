@@ -617,6 +617,20 @@ impl Agent {
         left
     }
 
+    /// Waits until every veth on the pods' bridge belongs to a namespace the agent holds
+    /// (its pods', or one made ahead).
+    #[track_caller]
+    pub fn only_held_veths(&self) {
+        eventually(30, "only held namespaces' veths", || {
+            let veths = Command::new("ip")
+                .args(["-o", "link", "show", "master", &self.bridge])
+                .output()
+                .unwrap();
+            let veths = String::from_utf8_lossy(&veths.stdout).lines().count();
+            (veths == self.namespaces_held()).then_some(())
+        });
+    }
+
     /// The network namespaces the agent holds: its pods' and those made ahead for pods to come.
     pub fn namespaces_held(&self) -> usize {
         let dirs = |d: &str| {
@@ -642,6 +656,32 @@ impl Drop for Agent {
         self.kill9();
         reset_node(&self.data, &self.bridge);
     }
+}
+
+/// Runs kubectl with `args` (a shell command line) on a terminal (util-linux `script`
+/// gives it one), types `input` once it had time to connect, and returns what the
+/// terminal showed when kubectl ended.
+pub fn kubectl_on_a_terminal(server: &Server, args: &str, input: &[u8]) -> String {
+    let kubectl = format!(
+        "{} --kubeconfig {} {args}",
+        kubectl_bin().display(),
+        server.kubeconfig().display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qfec", &kubectl, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script (util-linux)");
+    std::thread::sleep(Duration::from_secs(3));
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input).unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let o = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// Polls `f` until it returns `Some`, or panics after `secs`.

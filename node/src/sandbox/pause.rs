@@ -64,17 +64,7 @@ fn reap() -> ! {
 /// recorded earlier may have been reused).
 fn running(dir: &Path) -> Option<i32> {
     let uid = dir.file_name()?.to_string_lossy().into_owned();
-    let pid: i32 = std::fs::read_to_string(dir.join(PID_FILE))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    let ours = args
-        .windows(3)
-        .any(|w| w[0] == b"pause" && w[1] == b"--pod" && w[2] == uid.as_bytes());
-    ours.then_some(pid)
+    crate::procs::recorded(&dir.join(PID_FILE), &["pause", "--pod", &uid])
 }
 
 /// The shared PID namespace of the pod whose directory is `dir` (named by its uid):

@@ -185,14 +185,7 @@ impl Inner {
 
 /// The pid of a container's shim if it still runs (and is that shim, not a reused pid).
 fn shim_pid(bundle: &Path, id: &str) -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string(bundle.join(PID_FILE))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    (args.contains(&&b"shim"[..]) && args.contains(&id.as_bytes())).then_some(pid)
+    crate::procs::recorded(&bundle.join(PID_FILE), &["shim", "--id", id])
 }
 
 fn pidfd(pid: i32) -> Option<OwnedFd> {
