@@ -16,7 +16,7 @@ struct Cluster {
 }
 
 /// How many tests of this file share the cluster.
-const TESTS: usize = 3;
+const TESTS: usize = 4;
 
 fn cluster() -> SharedGuard<Cluster> {
     static CLUSTER: Shared<Cluster> = Shared::new();
@@ -157,4 +157,81 @@ fn created_and_deleted_pods_leave_nothing_behind() {
     // Every veth on the bridge belongs to a namespace the agent holds (its pods' or one
     // made ahead).
     c.agent.only_held_veths();
+}
+
+/// A Service's endpoints follow its pods: an Endpoints object and an EndpointSlice list the
+/// running pods' addresses with the target port, as kubectl shows them; a deleted pod
+/// leaves both.
+#[test]
+fn a_services_endpoints_follow_its_pods() {
+    let c = &*cluster();
+    namespace(c, "svc");
+    let labelled = |name: &str| {
+        pod("svc", name, "").replace(
+            "  namespace: svc\n",
+            "  namespace: svc\n  labels:\n    app: web\n",
+        )
+    };
+    c.server
+        .apply_stdin(&[], &format!("{}---\n{}", labelled("a"), labelled("b")));
+    let ips: Vec<String> = ["a", "b"]
+        .iter()
+        .map(|n| running(c, "svc", n)["podIP"].as_str().unwrap().to_string())
+        .collect();
+    c.server.ok(&[
+        "create",
+        "service",
+        "clusterip",
+        "web",
+        "-n",
+        "svc",
+        "--tcp=80:8080",
+    ]);
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let slice_ips = |c: &Cluster| {
+        let list = c.server.json(&[
+            "get",
+            "endpointslices",
+            "-n",
+            "svc",
+            "-l",
+            "kubernetes.io/service-name=web",
+        ]);
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        let ips: Vec<String> = items
+            .iter()
+            .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+            .filter(|e| e["conditions"]["ready"] == true)
+            .map(|e| e["addresses"][0].as_str().unwrap_or_default().to_string())
+            .collect();
+        (items, sorted(ips))
+    };
+    let items = eventually(30, "both pods in the slice", || {
+        let (items, found) = slice_ips(c);
+        (found == sorted(ips.clone())).then_some(items)
+    });
+    assert_eq!(
+        items[0]["ports"],
+        serde_json::json!([{"name": "80-8080", "port": 8080, "protocol": "TCP"}])
+    );
+    assert_eq!(items[0]["metadata"]["ownerReferences"][0]["name"], "web");
+    let table = c.server.ok(&["get", "endpointslices", "-n", "svc"]);
+    assert!(table.contains("IPv4") && table.contains("8080"), "{table}");
+    let endpoints = c.server.ok(&["get", "endpoints", "web", "-n", "svc"]);
+    for ip in &ips {
+        assert!(endpoints.contains(&format!("{ip}:8080")), "{endpoints}");
+    }
+    c.server
+        .ok(&["delete", "pod", "a", "-n", "svc", "--wait=true"]);
+    eventually(30, "only b left", || {
+        let (_, found) = slice_ips(c);
+        let ep = c.server.json(&["get", "endpoints", "web", "-n", "svc"]);
+        let addresses = ep["subsets"][0]["addresses"]
+            .as_array()
+            .map_or(0, |a| a.len());
+        (found == vec![ips[1].clone()] && addresses == 1).then_some(())
+    });
 }

@@ -5,6 +5,7 @@ mod cache;
 mod cronjob;
 mod daemonset;
 mod deployment;
+mod endpoints;
 mod garbage_collector;
 mod job;
 mod namespace;
@@ -63,6 +64,7 @@ pub fn spawn_all(objects: Arc<Objects>, config: ControllerConfig) -> Arc<Cache> 
     daemonset::spawn(&cache);
     job::spawn(&cache, job::BACKOFF_BASE);
     cronjob::spawn(&cache);
+    endpoints::spawn(&cache);
     node_lifecycle::spawn(&cache, config.node_lifecycle);
     if let Some(ipam) = config.node_ipam {
         node_ipam::spawn(&cache, ipam);

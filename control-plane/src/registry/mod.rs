@@ -5,6 +5,7 @@
 mod apps;
 mod batch;
 mod core;
+mod discovery;
 mod meta;
 mod other;
 mod pod;
@@ -320,6 +321,7 @@ impl Registry {
         core::register(&mut resources);
         apps::register(&mut resources);
         batch::register(&mut resources);
+        discovery::register(&mut resources);
         other::register(&mut resources);
         Registry {
             resources: Box::leak(resources.into_boxed_slice()),
