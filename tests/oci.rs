@@ -13,7 +13,7 @@ use common::{eventually, Agent, Server, Shared, SharedGuard};
 use serde_json::Value;
 
 /// How many tests of this file share the cluster.
-const TESTS: usize = 26;
+const TESTS: usize = 27;
 
 struct Cluster {
     agent: Agent,
@@ -712,6 +712,56 @@ fn startup_probes_hold_liveness_back_and_restart_what_never_starts() {
     assert_eq!(main("slow")["restartCount"], 0, "{}", main("slow"));
     let events = c.server.ok(&["get", "events", "-n", "startup"]);
     assert!(events.contains("Startup probe failed"), "{events}");
+}
+
+/// Containers get the Services of their namespace as environment variables (the
+/// kubelet's and Docker links'), unless the pod turns service links off; the container's
+/// own `env` wins.
+#[test]
+fn services_of_the_namespace_are_in_the_environment() {
+    let c = &*cluster();
+    namespace(c, "svcenv");
+    c.server.ok(&[
+        "create",
+        "service",
+        "clusterip",
+        "web-api",
+        "-n",
+        "svcenv",
+        "--tcp=80:8080",
+    ]);
+    let ip = c
+        .server
+        .json(&["get", "service", "web-api", "-n", "svcenv"])["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pod = |name: &str, links: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: svcenv\nspec:\n  restartPolicy: Never\n{links}  containers:\n  - name: main\n    image: {}\n    command: [\"sh\", \"-c\", \"env | grep ^WEB_API | sort\"]\n    env:\n    - name: WEB_API_SERVICE_PORT_80_8080\n      value: mine\n",
+            c.busybox()
+        )
+    };
+    c.server.apply_stdin(&[], &pod("linked", ""));
+    c.server
+        .apply_stdin(&[], &pod("unlinked", "  enableServiceLinks: false\n"));
+    for name in ["linked", "unlinked"] {
+        finished(c, "svcenv", name);
+    }
+    let linked = logs(c, "svcenv", "linked", "main");
+    for want in [
+        format!("WEB_API_SERVICE_HOST={ip}"),
+        "WEB_API_SERVICE_PORT=80".to_string(),
+        "WEB_API_SERVICE_PORT_80_8080=mine".to_string(),
+        format!("WEB_API_PORT=tcp://{ip}:80"),
+        format!("WEB_API_PORT_80_TCP_ADDR={ip}"),
+    ] {
+        assert!(linked.lines().any(|l| l == want), "{want} not in {linked}");
+    }
+    assert_eq!(
+        logs(c, "svcenv", "unlinked", "main"),
+        "WEB_API_SERVICE_PORT_80_8080=mine\n"
+    );
 }
 
 /// A failing liveness probe (exec, in a runc container) restarts the container, with the

@@ -187,6 +187,8 @@ impl Drop for AbortOnDrop {
 /// Everything pod workers share.
 pub(crate) struct Ctx {
     pub client: Client,
+    /// Every Service, watched: their environment variables for containers.
+    pub services: kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Service>,
     pub node_ip: String,
     pub data_dir: PathBuf,
     pub images: ImageStore,
@@ -636,7 +638,17 @@ pub async fn run(
             }
         },
     };
+    let (services, services_writer) = kube::runtime::reflector::store();
+    let services_api: Api<k8s_openapi::api::core::v1::Service> = Api::all(client.clone());
+    let services_watch = AbortOnDrop(tokio::spawn(
+        kube::runtime::reflector(
+            services_writer,
+            watcher(services_api, watcher::Config::default()),
+        )
+        .for_each(|_| async {}),
+    ));
     let ctx = Arc::new(Ctx {
+        services,
         networks,
         oci,
         client: client.clone(),
@@ -764,6 +776,7 @@ pub async fn run(
     }
     beat.abort();
     drop(network_setup);
+    drop(services_watch);
     // The pods' runc containers stay for the next agent to adopt.
     if let Some(oci) = &ctx.oci {
         oci.detach();

@@ -264,10 +264,27 @@ impl PodCtx {
         format!("{}_{}({})", self.name, self.ns, self.uid)
     }
 
-    /// Environment for a container: `envFrom`, then `env` (values, and configMap, secret
-    /// and field references).
+    /// Environment for a container: the Services' variables (unless the pod turns service
+    /// links off; the `kubernetes` Service's always), then `envFrom`, then `env` (values,
+    /// and configMap, secret and field references): later ones win.
     async fn env(&self, c: &Container) -> Result<Vec<(String, String)>, String> {
-        let mut env: Vec<(String, String)> = Vec::new();
+        let links = self.pod.spec.as_ref().and_then(|s| s.enable_service_links) != Some(false);
+        let mut services: BTreeMap<String, Arc<k8s_openapi::api::core::v1::Service>> =
+            BTreeMap::new();
+        for svc in self.ctx.services.state() {
+            let (ns, name) = (
+                svc.metadata.namespace.as_deref().unwrap_or_default(),
+                svc.metadata.name.clone().unwrap_or_default(),
+            );
+            if links && ns == self.ns {
+                // The pod's own namespace's Services win over the `kubernetes` one.
+                services.insert(name, svc);
+            } else if ns == "default" && name == "kubernetes" {
+                services.entry(name).or_insert(svc);
+            }
+        }
+        let mut env: Vec<(String, String)> =
+            services.values().flat_map(|s| service_env(s)).collect();
         let set = |env: &mut Vec<(String, String)>, k: String, v: String| {
             env.retain(|(ek, _)| *ek != k);
             env.push((k, v));
@@ -414,6 +431,48 @@ impl Sources for PodCtx {
             .await
             .map_err(|e| source_error("secret", &self.ns, name, e))
     }
+}
+
+/// A Service's variables for containers, as the kubelet's (and Docker links') makes them:
+/// `{NAME}_SERVICE_HOST`, `_SERVICE_PORT` (and per named port), `{NAME}_PORT` and
+/// `{NAME}_PORT_{port}_{PROTO}` with `_PROTO`, `_PORT`, `_ADDR`. None for a Service
+/// without a cluster IP.
+fn service_env(svc: &k8s_openapi::api::core::v1::Service) -> Vec<(String, String)> {
+    let Some(spec) = svc.spec.as_ref() else {
+        return Vec::new();
+    };
+    let ip = spec.cluster_ip.as_deref().unwrap_or_default();
+    let ports = spec.ports.as_deref().unwrap_or_default();
+    if ip.is_empty() || ip == "None" || ports.is_empty() {
+        return Vec::new();
+    }
+    let var = |s: &str| s.replace('-', "_").to_uppercase();
+    let prefix = var(svc.metadata.name.as_deref().unwrap_or_default());
+    let mut out = vec![
+        (format!("{prefix}_SERVICE_HOST"), ip.to_string()),
+        (format!("{prefix}_SERVICE_PORT"), ports[0].port.to_string()),
+    ];
+    for p in ports {
+        if let Some(name) = p.name.as_deref().filter(|n| !n.is_empty()) {
+            out.push((
+                format!("{prefix}_SERVICE_PORT_{}", var(name)),
+                p.port.to_string(),
+            ));
+        }
+    }
+    for (i, p) in ports.iter().enumerate() {
+        let proto = p.protocol.as_deref().unwrap_or("TCP");
+        let url = format!("{}://{ip}:{}", proto.to_lowercase(), p.port);
+        if i == 0 {
+            out.push((format!("{prefix}_PORT"), url.clone()));
+        }
+        let pp = format!("{prefix}_PORT_{}_{}", p.port, proto.to_uppercase());
+        out.push((format!("{pp}_PROTO"), proto.to_lowercase()));
+        out.push((format!("{pp}_PORT"), p.port.to_string()));
+        out.push((format!("{pp}_ADDR"), ip.to_string()));
+        out.push((pp, url));
+    }
+    out
 }
 
 /// Why a configMap or secret a pod uses could not be read, in the kubelet's words.
@@ -1930,6 +1989,43 @@ async fn finish_deletion(api: &Api<Pod>, pod: &Pod, dirs: &PodDirs, containers: 
 mod tests {
     use super::*;
     use crate::images::RunConfig;
+
+    #[test]
+    fn services_give_the_kubelets_variables() {
+        let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-api"},
+            "spec": {"clusterIP": "10.96.3.4", "ports": [
+                {"name": "http", "port": 80, "protocol": "TCP"},
+                {"name": "dns", "port": 53, "protocol": "UDP"},
+            ]},
+        }))
+        .unwrap();
+        let env: BTreeMap<String, String> = service_env(&svc).into_iter().collect();
+        let want: BTreeMap<String, String> = [
+            ("WEB_API_SERVICE_HOST", "10.96.3.4"),
+            ("WEB_API_SERVICE_PORT", "80"),
+            ("WEB_API_SERVICE_PORT_HTTP", "80"),
+            ("WEB_API_SERVICE_PORT_DNS", "53"),
+            ("WEB_API_PORT", "tcp://10.96.3.4:80"),
+            ("WEB_API_PORT_80_TCP", "tcp://10.96.3.4:80"),
+            ("WEB_API_PORT_80_TCP_PROTO", "tcp"),
+            ("WEB_API_PORT_80_TCP_PORT", "80"),
+            ("WEB_API_PORT_80_TCP_ADDR", "10.96.3.4"),
+            ("WEB_API_PORT_53_UDP", "udp://10.96.3.4:53"),
+            ("WEB_API_PORT_53_UDP_PROTO", "udp"),
+            ("WEB_API_PORT_53_UDP_PORT", "53"),
+            ("WEB_API_PORT_53_UDP_ADDR", "10.96.3.4"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(env, want);
+        let headless: k8s_openapi::api::core::v1::Service = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "h"}, "spec": {"clusterIP": "None", "ports": [{"port": 80}]}}),
+        )
+        .unwrap();
+        assert!(service_env(&headless).is_empty());
+    }
 
     #[test]
     fn orphans_are_the_files_of_pods_not_listed() {
