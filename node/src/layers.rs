@@ -393,14 +393,17 @@ mod tests {
         h.as_gnu_mut().unwrap().name[..9].copy_from_slice(b"../escape");
         h.set_cksum();
         raw.append(&h, &b"x"[..]).unwrap();
-        let evil = raw.into_inner().unwrap();
-        let err = store
-            .unpack(
-                &evil[..],
-                &digest(&evil),
-                "application/vnd.oci.image.layer.v1.tar",
-            )
-            .unwrap_err();
+        let refused = |raw: tar::Builder<Vec<u8>>| {
+            let evil = raw.into_inner().unwrap();
+            store
+                .unpack(
+                    &evil[..],
+                    &digest(&evil),
+                    "application/vnd.oci.image.layer.v1.tar",
+                )
+                .unwrap_err()
+        };
+        let err = refused(raw);
         assert!(err.to_string().contains("leaves the layer"), "{err}");
         assert!(!dir.path().parent().unwrap().join("escape").exists());
         // Nor through a symbolic link the layer itself makes: `out -> <outside>`, then
@@ -418,14 +421,7 @@ mod tests {
         file.set_mode(0o644);
         raw.append_data(&mut file, "out/planted", &b"x"[..])
             .unwrap();
-        let evil = raw.into_inner().unwrap();
-        let err = store
-            .unpack(
-                &evil[..],
-                &digest(&evil),
-                "application/vnd.oci.image.layer.v1.tar",
-            )
-            .unwrap_err();
+        let err = refused(raw);
         assert!(matches!(err, LayerError::Entry { .. }), "{err}");
         assert!(!outside.path().join("planted").exists());
     }

@@ -461,12 +461,13 @@ pub(crate) mod testing {
             .unwrap()
     }
 
-    /// Polls `f` until it gives a value (10 s at most).
+    /// Polls `f` until it gives a value (30 s at most: a loaded CI machine runs a hundred
+    /// of these tests at once on two cores).
     pub async fn eventually<T, Fut>(what: &str, mut f: impl FnMut() -> Fut) -> T
     where
         Fut: Future<Output = Option<T>>,
     {
-        for _ in 0..500 {
+        for _ in 0..1500 {
             if let Some(v) = f().await {
                 return v;
             }

@@ -752,7 +752,7 @@ mod tests {
     }
 
     async fn until(what: &str, f: impl Fn() -> bool) {
-        for _ in 0..200 {
+        for _ in 0..600 {
             if f() {
                 return;
             }
