@@ -1873,9 +1873,10 @@ async fn run_pod(
             sandbox_job = None;
             sandbox_retry = None;
         }
-        let (stage, seen) = (life.stage, format!("{event:?}"));
+        // Logged by reference before the step takes it: formatted only when debugging.
+        tracing::debug!(pod = %pc.name, ?event, stage = ?life.stage, "pod worker event");
         pending = life.step(event);
-        tracing::debug!(pod = %pc.name, event = %seen, from = ?stage, to = ?life.stage, actions = ?pending, "pod worker step");
+        tracing::debug!(pod = %pc.name, stage = ?life.stage, actions = ?pending, "pod worker step");
     }
 }
 

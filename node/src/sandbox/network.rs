@@ -126,7 +126,11 @@ pub fn recorded_netns(dir: &Path) -> Option<PathBuf> {
 
 /// The directories of the pod networks made ahead under the conf dir `conf_dir`.
 pub fn warm_dirs(conf_dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(conf_dir.join(WARM_DIR))
+    entries(&conf_dir.join(WARM_DIR))
+}
+
+fn entries(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
@@ -321,7 +325,7 @@ impl Cni {
     /// Keeps the pool of networks made ahead full: adopts (or removes) what an earlier
     /// agent left, then makes one whenever one is taken. Runs until dropped.
     pub async fn keep_warm(self: std::sync::Arc<Self>) {
-        for dir in warm_dirs(self.warm.dir.parent().unwrap_or(Path::new("."))) {
+        for dir in entries(&self.warm.dir) {
             let whole = read_state(&dir.join(STATE_FILE))
                 .ok()
                 .and_then(|s| s.network())
