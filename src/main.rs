@@ -49,6 +49,11 @@ struct ControlFlags {
     /// The prefix length of each node's pod range.
     #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u8).range(8..=30))]
     node_cidr_mask_size: u8,
+    /// The address the `kubernetes` Service's endpoints name (kube-apiserver's
+    /// --advertise-address); default: the listen address, or where it is loopback or
+    /// unspecified, this host's address on its default route.
+    #[arg(long)]
+    advertise_address: Option<std::net::IpAddr>,
 }
 
 /// How the agent networks its pods.
@@ -145,6 +150,7 @@ impl ControlFlags {
                 Scoring::LeastAllocated => skiff_control_plane::scheduler::Scoring::LeastAllocated,
                 Scoring::MostAllocated => skiff_control_plane::scheduler::Scoring::MostAllocated,
             },
+            api_endpoint: None,
         }
     }
 }
@@ -431,6 +437,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     history,
                     repair,
                     admission: control.admission(),
+                    advertise_address: control.advertise_address,
                 },
                 controllers: control.controllers(),
             };
@@ -488,6 +495,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     history,
                     repair,
                     admission: control.admission(),
+                    advertise_address: control.advertise_address,
                 },
                 controllers: control.controllers(),
             };

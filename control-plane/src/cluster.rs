@@ -18,7 +18,11 @@ pub async fn start(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<RunningServer, ServerError> {
     let server = crate::apiserver::start(config.server, shutdown).await?;
-    crate::controllers::spawn_all(server.objects.clone(), config.controllers);
+    let controllers = crate::controllers::ControllerConfig {
+        api_endpoint: server.advertise,
+        ..config.controllers
+    };
+    crate::controllers::spawn_all(server.objects.clone(), controllers);
     Ok(server)
 }
 

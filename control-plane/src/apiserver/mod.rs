@@ -59,6 +59,9 @@ pub struct ServerConfig {
     /// Truncate a damaged write-ahead log at the damage instead of refusing to start.
     pub repair: bool,
     pub admission: crate::objects::Admission,
+    /// The address clients in pods reach this server at (the `kubernetes` Service's
+    /// endpoint); `None`: the listen address, or this host's default-route address.
+    pub advertise_address: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +101,8 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     pub kubeconfig: PathBuf,
     pub objects: Arc<Objects>,
+    /// Where pods reach this server (`None`: no address to offer them).
+    pub advertise: Option<SocketAddr>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -106,6 +111,18 @@ impl RunningServer {
     pub async fn wait(self) {
         let _ = self.task.await;
     }
+}
+
+/// The address to advertise when none is given, as kube-apiserver picks it: the listen
+/// address unless loopback or unspecified, else the address this host sends from on its
+/// default route (a UDP "connect" sends nothing). `None` on a host without a route.
+fn advertise_default(listen: std::net::IpAddr) -> Option<std::net::IpAddr> {
+    if !listen.is_loopback() && !listen.is_unspecified() {
+        return Some(listen);
+    }
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("192.0.2.1:9").ok()?; // TEST-NET-1: any routable address will do.
+    Some(s.local_addr().ok()?.ip()).filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
 }
 
 /// Opens the store, creates credentials and system objects, binds, and serves until
@@ -154,7 +171,11 @@ pub async fn start(
         format!("https://{host}:{}", addr.port())
     };
     let kubeconfig = pki.write_kubeconfig(&server_url)?;
-    let tls = Arc::new(pki.server_tls(addr)?);
+    let advertise = config
+        .advertise_address
+        .or_else(|| advertise_default(addr.ip()))
+        .map(|ip| SocketAddr::new(ip, addr.port()));
+    let tls = Arc::new(pki.server_tls(addr, advertise.map(|a| a.ip()))?);
 
     let state = Arc::new(AppState {
         objects: objects.clone(),
@@ -171,6 +192,7 @@ pub async fn start(
         addr,
         kubeconfig,
         objects,
+        advertise,
         task,
     })
 }

@@ -171,17 +171,27 @@ impl Pki {
     }
 
     /// A rustls server config for the API server on `listen`.
-    pub fn server_tls(&self, listen: SocketAddr) -> Result<rustls::ServerConfig, PkiError> {
+    /// Its names: loopback, the listen and advertised addresses, the `kubernetes`
+    /// Service's IP and DNS names (pods reach the server through them), the host name.
+    pub fn server_tls(
+        &self,
+        listen: SocketAddr,
+        advertise: Option<std::net::IpAddr>,
+    ) -> Result<rustls::ServerConfig, PkiError> {
         let mut names = vec![
             "localhost".to_string(),
             "127.0.0.1".to_string(),
             "::1".to_string(),
+            crate::objects::KUBERNETES_SERVICE_IP.to_string(),
             "kubernetes".into(),
             "kubernetes.default".into(),
             "kubernetes.default.svc".into(),
+            "kubernetes.default.svc.cluster.local".into(),
         ];
-        if !listen.ip().is_unspecified() {
-            names.push(listen.ip().to_string());
+        for ip in [Some(listen.ip()), advertise].into_iter().flatten() {
+            if !ip.is_unspecified() && !names.contains(&ip.to_string()) {
+                names.push(ip.to_string());
+            }
         }
         if let Ok(h) = std::fs::read_to_string("/etc/hostname") {
             let h = h.trim().to_lowercase();

@@ -287,6 +287,7 @@ async fn run_one(
         history: 1_000_000,
         repair: false,
         admission: Default::default(),
+        advertise_address: None,
     };
     let server = apiserver::start(config, async {
         let _ = stop_rx.await;

@@ -8,6 +8,7 @@ mod deployment;
 mod endpoints;
 mod garbage_collector;
 mod job;
+mod kubernetes_service;
 mod namespace;
 mod node_ipam;
 mod node_lifecycle;
@@ -47,6 +48,9 @@ pub struct ControllerConfig {
     pub node_ipam: Option<NodeIpamConfig>,
     /// How the scheduler ranks nodes that fit (spread or bin-pack).
     pub scoring: crate::scheduler::Scoring,
+    /// Where pods reach the API server: the `kubernetes` Service's endpoint (set by
+    /// [`crate::cluster::start`] from the server it started).
+    pub api_endpoint: Option<std::net::SocketAddr>,
 }
 
 /// Starts every control-plane controller and the scheduler over one shared cache.
@@ -58,6 +62,10 @@ pub fn spawn_all(objects: Arc<Objects>, config: ControllerConfig) -> Arc<Cache> 
         .expect("namespaces are served");
     run(&cache, ns, "namespace", namespace::reconcile);
     tokio::spawn(system_namespaces::run(objects.clone()));
+    tokio::spawn(kubernetes_service::run(
+        objects.clone(),
+        config.api_endpoint,
+    ));
     garbage_collector::spawn(&cache);
     replicaset::spawn(&cache, &replicaset::REPLICA_SET);
     deployment::spawn(&cache);

@@ -16,6 +16,7 @@ use serde_json::{json, Map, Value};
 
 pub use error::ObjectError;
 pub use patch::PatchType;
+pub use service_ips::KUBERNETES_SERVICE_IP;
 pub use watch::{parsed_event, WatchFilter, WatchItem, WatchStream};
 
 use crate::registry::validation::{Errors, FieldError};

@@ -14,6 +14,11 @@ const CIDR_BASE: u32 = u32::from_be_bytes([10, 96, 0, 0]);
 const CIDR_SIZE: u32 = 1 << 20;
 /// The first address is the `kubernetes` service's by convention.
 const RESERVED: u32 = 1;
+pub const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
+/// Addresses below this offset are handed out only on request while others are free
+/// (Kubernetes' static subrange: min(max(16, size/16), 256)), so well-known ones such as
+/// the cluster DNS's 10.96.0.10 stay free for whoever asks for them.
+const STATIC_BAND: u32 = 256;
 const NODE_PORTS: std::ops::RangeInclusive<i64> = 30000..=32767;
 
 fn used(existing: &[Value]) -> (HashSet<String>, HashSet<i64>) {
@@ -73,7 +78,7 @@ pub fn allocate(existing: &[Value], svc: &mut Value) -> Result<(), Vec<FieldErro
         "" => {
             let mut rng = rand::rng();
             let free = (0..64)
-                .map(|_| rng.random_range(RESERVED + 1..CIDR_SIZE - 1))
+                .map(|_| rng.random_range(STATIC_BAND..CIDR_SIZE - 1))
                 .map(|o| Ipv4Addr::from(CIDR_BASE + o).to_string())
                 .find(|ip| !used_ips.contains(ip));
             match free.or_else(|| {
