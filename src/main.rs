@@ -73,6 +73,16 @@ struct NetworkFlags {
     /// hostPorts start without waiting for the CNI plugins); each holds an address.
     #[arg(long, default_value_t = 4)]
     warm_pod_networks: usize,
+    /// How Service traffic is proxied on this node: nftables (as kube-proxy's nftables
+    /// mode; needs root and nft), or none.
+    #[arg(long, value_enum, default_value_t = ProxyMode::Nftables)]
+    proxy_mode: ProxyMode,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ProxyMode {
+    Nftables,
+    None,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -199,6 +209,10 @@ enum Command {
         /// How often the node's Lease is renewed (the heartbeat), e.g. 2s.
         #[arg(long, default_value = "2s", value_parser = skiff_api::duration::parse)]
         lease_renew_interval: std::time::Duration,
+        /// The cluster's pod range (the server's --cluster-cidr): Service traffic from
+        /// outside it is masqueraded.
+        #[arg(long, default_value = "10.244.0.0/16")]
+        cluster_cidr: skiff_api::cidr::Cidr,
         #[command(flatten)]
         network: NetworkFlags,
         #[command(flatten)]
@@ -452,6 +466,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             port,
             insecure_registries,
             lease_renew_interval,
+            cluster_cidr,
             network,
             oci,
         } => {
@@ -469,6 +484,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 cni_bin_dir: network.cni_bin_dir,
                 cni_bridge: network.cni_bridge,
                 warm_pod_networks: network.warm_pod_networks,
+                service_proxy: network.proxy_mode == ProxyMode::Nftables,
+                cluster_cidr,
                 oci: oci.config(),
             };
             skiff_node::agent::run(config, shutdown_signal()).await?;
@@ -516,6 +533,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 cni_bin_dir: network.cni_bin_dir.clone(),
                 cni_bridge: network.cni_bridge.clone(),
                 warm_pod_networks: network.warm_pod_networks,
+                service_proxy: network.proxy_mode == ProxyMode::Nftables,
+                cluster_cidr: control.cluster_cidr,
                 oci: oci.config(),
             };
             let mut agent = tokio::spawn(skiff_node::agent::run(agent_config, stopped(stop_rx)));

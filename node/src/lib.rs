@@ -8,6 +8,8 @@
 //! - [`images`]: the node's content-addressed image store; [`layers`]: unpacked image
 //!   layers; [`registry`]: OCI pulls and pushes.
 //! - [`logs`]: container logs in the CRI format.
+//! - [`proxy`]: the Service proxy (nftables, as kube-proxy's nftables mode); [`routes`]:
+//!   routes to other nodes' pods (host-gw).
 //! - [`bench`]: `skiff bench pods`, `skiff bench http`.
 //! - [`server`]: the agent's HTTPS endpoint (logs, exec, attach, port-forward; [`streams`],
 //!   [`spdy`], [`portforward`]).
@@ -19,7 +21,9 @@ pub mod layers;
 pub mod logs;
 pub mod portforward;
 pub mod procs;
+pub mod proxy;
 pub mod registry;
+pub mod routes;
 pub mod runtime;
 pub mod sandbox;
 pub mod server;

@@ -1,6 +1,7 @@
 //! Shared harness for end-to-end tests: real `skiff` processes and the real kubectl.
 #![allow(dead_code)]
 
+pub mod lan;
 pub mod oci;
 
 use std::io::Write;
@@ -84,8 +85,22 @@ fn remove_stale_bridges() {
         else {
             continue;
         };
-        if ["skt", "skd", "skn"].iter().any(|p| name.starts_with(p)) {
+        if ["skt", "skd", "skn", "skl"]
+            .iter()
+            .any(|p| name.starts_with(p))
+        {
             let _ = Command::new("ip").args(["link", "del", name]).status();
+        }
+    }
+    // Hosts of test LANs (see [`lan`]).
+    for e in std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("skh") {
+            let _ = Command::new("ip").args(["netns", "del", &name]).status();
         }
     }
 }
@@ -100,7 +115,24 @@ pub fn cluster_cidr(id: u32) -> String {
 /// from `Drop`s (maybe while a failed test unwinds): says what went wrong rather than panic
 /// again.
 pub fn reset_node(agent_data: &Path, bridge: &str) {
-    let o = Command::new(env!("CARGO_BIN_EXE_skiff"))
+    reset_node_in(None, agent_data, bridge)
+}
+
+/// `program`, run in network namespace `netns` if one is given (with `ip netns exec`).
+pub fn in_netns(netns: Option<&str>, program: &str) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, program]);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+/// [`reset_node`] of an agent that ran in network namespace `netns`.
+pub fn reset_node_in(netns: Option<&str>, agent_data: &Path, bridge: &str) {
+    let o = in_netns(netns, env!("CARGO_BIN_EXE_skiff"))
         .args(["reset", "--cni-bridge", bridge, "--data-dir"])
         .arg(agent_data)
         .output();
@@ -216,6 +248,8 @@ impl<T: Send + Sync + 'static> Drop for SharedGuard<T> {
 /// A running `skiff server` in its own data directory.
 pub struct Server {
     pub dir: tempfile::TempDir,
+    /// The address it listens on (loopback unless started on a LAN).
+    pub host: String,
     pub port: u16,
     /// Its pod range's number (see [`network_id`]).
     pub net: u32,
@@ -231,8 +265,14 @@ impl Server {
     /// A server whose data directory is `dir/data` (prepared by the caller, e.g. with a
     /// file system mounted under it).
     pub fn start_in(dir: tempfile::TempDir) -> Server {
+        Server::start_on(dir, "127.0.0.1")
+    }
+
+    /// A server listening on `host` (say, a test LAN's gateway address).
+    pub fn start_on(dir: tempfile::TempDir, host: &str) -> Server {
         let mut s = Server {
             dir,
+            host: host.to_string(),
             port: free_port(),
             net: network_id(),
             child: None,
@@ -251,7 +291,7 @@ impl Server {
         let child = die_with_parent(&mut Command::new(env!("CARGO_BIN_EXE_skiff")))
             .args(["server", "--data-dir"])
             .arg(self.dir.path().join("data"))
-            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(["--listen", &format!("{}:{}", self.host, self.port)])
             .args(["--cluster-cidr", &cluster_cidr(self.net)])
             .args(extra)
             .env("SKIFF_LOG", "info")
@@ -263,7 +303,7 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if self.kubeconfig().exists()
-                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && std::net::TcpStream::connect((self.host.as_str(), self.port)).is_ok()
             {
                 return;
             }
@@ -288,7 +328,7 @@ impl Server {
     }
 
     pub fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
+        format!("https://{}:{}", self.host, self.port)
     }
 
     pub fn log(&self) -> String {
@@ -454,10 +494,19 @@ pub struct Agent {
     kubeconfig: PathBuf,
     logs: PathBuf,
     child: Option<Child>,
+    /// The network namespace it runs in (a test LAN's host), if not this one.
+    pub netns: Option<String>,
+    /// Extra command-line flags.
+    extra: Vec<String>,
 }
 
 impl Agent {
     pub fn start(server: &Server, name: &str) -> Agent {
+        Agent::start_in(server, name, None, &[])
+    }
+
+    /// An agent in network namespace `netns` (a test LAN's host), with extra flags.
+    pub fn start_in(server: &Server, name: &str, netns: Option<&str>, extra: &[&str]) -> Agent {
         let mut a = Agent {
             name: name.to_string(),
             data: server.dir.path().join("agents").join(name),
@@ -465,6 +514,8 @@ impl Agent {
             kubeconfig: server.kubeconfig(),
             logs: server.dir.path().join("agents"),
             child: None,
+            netns: netns.map(str::to_string),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         std::fs::create_dir_all(&a.data).unwrap();
         a.spawn();
@@ -477,24 +528,28 @@ impl Agent {
             .append(true)
             .open(self.logs.join(format!("{}.log", self.name)))
             .unwrap();
-        let child = die_with_parent(&mut Command::new(env!("CARGO_BIN_EXE_skiff")))
-            .args([
-                "agent",
-                "--node-name",
-                &self.name,
-                "--port",
-                "0",
-                "--kubeconfig",
-            ])
-            .arg(&self.kubeconfig)
-            .arg("--data-dir")
-            .arg(&self.data)
-            .args(["--cni-bridge", &self.bridge])
-            .env("SKIFF_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start skiff agent");
+        let child = die_with_parent(&mut in_netns(
+            self.netns.as_deref(),
+            env!("CARGO_BIN_EXE_skiff"),
+        ))
+        .args([
+            "agent",
+            "--node-name",
+            &self.name,
+            "--port",
+            "0",
+            "--kubeconfig",
+        ])
+        .arg(&self.kubeconfig)
+        .arg("--data-dir")
+        .arg(&self.data)
+        .args(["--cni-bridge", &self.bridge])
+        .args(&self.extra)
+        .env("SKIFF_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start skiff agent");
         self.child = Some(child);
     }
 
@@ -654,7 +709,7 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill9();
-        reset_node(&self.data, &self.bridge);
+        reset_node_in(self.netns.as_deref(), &self.data, &self.bridge);
     }
 }
 

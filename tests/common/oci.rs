@@ -21,9 +21,15 @@ impl Drop for Registry {
 
 impl Registry {
     pub fn start(htpasswd: Option<(&str, &str)>) -> Registry {
+        Registry::start_on("127.0.0.1", htpasswd)
+    }
+
+    /// A registry listening on `host` (say, a test LAN's gateway address; agents then
+    /// need `--insecure-registry host:port`).
+    pub fn start_on(host: &str, htpasswd: Option<(&str, &str)>) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let port = super::free_port();
-        let mut config = format!("version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n", dir.path().join("data").display());
+        let mut config = format!("version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}:{port}\n", dir.path().join("data").display());
         if let Some((user, pass)) = htpasswd {
             let o = Command::new("htpasswd")
                 .args(["-Bbn", user, pass])
@@ -44,7 +50,7 @@ impl Registry {
             .spawn()
             .expect("docker-registry (Debian package; run scripts/setup.sh)");
         super::eventually(20, "the registry", || {
-            std::net::TcpStream::connect(("127.0.0.1", port))
+            std::net::TcpStream::connect((host, port))
                 .is_ok()
                 .then_some(())
         });
@@ -59,6 +65,9 @@ impl Registry {
 pub fn push(file: &std::path::Path, image: &str, creds: Option<(&str, &str)>) -> (bool, String) {
     let mut c = Command::new(env!("CARGO_BIN_EXE_skiff"));
     c.arg("push").arg(file).arg(image);
+    if !image.starts_with("127.0.0.1:") && !image.starts_with("localhost:") {
+        c.arg("--insecure");
+    }
     if let Some((u, p)) = creds {
         c.args(["--username", u, "--password", p]);
     }

@@ -14,6 +14,7 @@ mod node_ipam;
 mod node_lifecycle;
 pub(crate) mod pods;
 mod replicaset;
+mod service_lb;
 mod system_namespaces;
 
 pub use cache::{key_of, split_key, Cache, Change, Informer};
@@ -73,6 +74,7 @@ pub fn spawn_all(objects: Arc<Objects>, config: ControllerConfig) -> Arc<Cache> 
     job::spawn(&cache, job::BACKOFF_BASE);
     cronjob::spawn(&cache);
     endpoints::spawn(&cache);
+    service_lb::spawn(&cache);
     node_lifecycle::spawn(&cache, config.node_lifecycle);
     if let Some(ipam) = config.node_ipam {
         node_ipam::spawn(&cache, ipam);

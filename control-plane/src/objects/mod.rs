@@ -943,6 +943,27 @@ impl Objects {
                 .unwrap_or(0);
             meta_mut(&mut admitted).insert("generation".into(), json!(g + 1));
         }
+        // Held until written, as on create.
+        let alloc = if rt.write.allocates_addresses && target == Target::Main {
+            Some(self.service_alloc.lock().await)
+        } else {
+            None
+        };
+        if alloc.is_some() {
+            // What the new type needs and the old one lacked (a ClusterIP Service made a
+            // NodePort one gets its node ports); the Service's own stay its own.
+            let mine = meta(old).and_then(|m| m.get("uid"));
+            let existing: Vec<Value> = self
+                .list(rt, None, &ListOptions::default())
+                .await?
+                .items
+                .iter()
+                .filter_map(|b| serde_json::from_slice::<Value>(b).ok())
+                .filter(|s| meta(s).and_then(|m| m.get("uid")) != mine)
+                .collect();
+            service_ips::allocate(&existing, &mut admitted)
+                .map_err(|errs| ObjectError::invalid(rt, name, Errors(errs)))?;
+        }
         if let Some(manager) = &opts.field_manager {
             managed::record_update(
                 &mut admitted,

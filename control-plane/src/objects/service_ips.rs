@@ -157,16 +157,52 @@ pub fn allocate(existing: &[Value], svc: &mut Value) -> Result<(), Vec<FieldErro
     }
 }
 
-/// An update may leave out what was allocated; it keeps the old allocation.
+fn type_of(svc: &Value) -> &str {
+    svc.pointer("/spec/type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP")
+}
+
+fn needs_cluster_ip(svc: &Value) -> bool {
+    type_of(svc) != "ExternalName"
+}
+
+fn needs_node_ports(svc: &Value) -> bool {
+    matches!(type_of(svc), "NodePort" | "LoadBalancer")
+}
+
+fn node_ports(svc: &Value) -> Vec<Value> {
+    svc.pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|p| p.get("nodePort").cloned().unwrap_or(Value::Null))
+        .collect()
+}
+
+/// An update keeps what was allocated where the new type still needs it, even if the
+/// request left it out (kube's patchAllocatedValues), and drops what the new type does
+/// not need where the request left it as it was (kube's dropTypeDependentFields): a
+/// NodePort Service patched to ClusterIP loses its node ports, an ExternalName one its
+/// cluster IP.
 pub fn carry_over(old: &Value, new: &mut Value) {
-    // A spec that is not an object is refused by validation later; nothing to carry.
-    let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) else {
+    if !new.get("spec").is_some_and(Value::is_object) {
+        // Refused by validation later; nothing to carry.
         return;
-    };
+    }
+    let keeps_ip = needs_cluster_ip(new);
+    let spec = new["spec"].as_object_mut().expect("an object");
     for f in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
-        if spec.get(f).is_none_or(|v| v.is_null() || v == "") {
+        if keeps_ip && spec.get(f).is_none_or(|v| v.is_null() || v == "") {
             if let Some(v) = old.pointer(&format!("/spec/{f}")) {
                 spec.insert(f.to_string(), v.clone());
+            }
+        }
+    }
+    if needs_cluster_ip(old) && !keeps_ip {
+        for f in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
+            if spec.get(f) == old.pointer(&format!("/spec/{f}")) {
+                spec.remove(f);
             }
         }
     }
@@ -175,21 +211,62 @@ pub fn carry_over(old: &Value, new: &mut Value) {
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    for p in new
-        .pointer_mut("/spec/ports")
-        .and_then(Value::as_array_mut)
-        .into_iter()
-        .flatten()
-    {
-        if p.get("nodePort").is_none_or(|n| n.is_null() || n == 0) {
-            if let Some(n) = old_ports
-                .iter()
-                .find(|o| o.get("port") == p.get("port") && o.get("protocol") == p.get("protocol"))
-                .and_then(|o| o.get("nodePort"))
-            {
-                p["nodePort"] = n.clone();
+    if needs_node_ports(new) {
+        for p in new
+            .pointer_mut("/spec/ports")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            if p.get("nodePort").is_none_or(|n| n.is_null() || n == 0) {
+                if let Some(n) = old_ports
+                    .iter()
+                    .find(|o| {
+                        o.get("port") == p.get("port") && o.get("protocol") == p.get("protocol")
+                    })
+                    .and_then(|o| o.get("nodePort"))
+                {
+                    p["nodePort"] = n.clone();
+                }
             }
         }
+    } else if needs_node_ports(old) && node_ports(new) == node_ports(old) {
+        for p in new
+            .pointer_mut("/spec/ports")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(p) = p.as_object_mut() {
+                p.remove("nodePort");
+            }
+        }
+    }
+    let spec = new["spec"].as_object_mut().expect("an object");
+    let unchanged = |spec: &serde_json::Map<String, Value>, f: &str| {
+        spec.get(f) == old.pointer(&format!("/spec/{f}"))
+    };
+    if type_of(old) == "LoadBalancer"
+        && spec.get("type").and_then(Value::as_str) != Some("LoadBalancer")
+    {
+        for f in [
+            "healthCheckNodePort",
+            "allocateLoadBalancerNodePorts",
+            "loadBalancerClass",
+        ] {
+            if unchanged(spec, f) {
+                spec.remove(f);
+            }
+        }
+    }
+    let external = |t: &str| matches!(t, "NodePort" | "LoadBalancer");
+    let new_type = spec
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP")
+        .to_string();
+    if external(type_of(old)) && !external(&new_type) && unchanged(spec, "externalTrafficPolicy") {
+        spec.remove("externalTrafficPolicy");
     }
 }
 
@@ -214,5 +291,33 @@ mod tests {
         let mut headless = json!({"spec": {"clusterIP": "None"}});
         allocate(&existing, &mut headless).unwrap();
         assert_eq!(headless["spec"]["clusterIPs"], json!(["None"]));
+    }
+
+    #[test]
+    fn an_update_keeps_what_the_type_needs_and_drops_the_rest() {
+        let old = json!({"spec": {"type": "LoadBalancer", "clusterIP": "10.96.1.1", "clusterIPs": ["10.96.1.1"],
+            "externalTrafficPolicy": "Cluster", "allocateLoadBalancerNodePorts": true,
+            "ports": [{"port": 80, "protocol": "TCP", "nodePort": 30080}]}});
+        // A PUT that leaves the allocation out keeps it.
+        let mut put =
+            json!({"spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}]}});
+        carry_over(&old, &mut put);
+        assert_eq!(put["spec"]["clusterIP"], "10.96.1.1");
+        assert_eq!(put["spec"]["ports"][0]["nodePort"], 30080);
+        // A patch to ClusterIP: the node port and external fields go, the IP stays.
+        let mut patched = old.clone();
+        patched["spec"]["type"] = json!("ClusterIP");
+        carry_over(&old, &mut patched);
+        assert_eq!(patched["spec"]["ports"][0].get("nodePort"), None);
+        assert_eq!(patched["spec"].get("externalTrafficPolicy"), None);
+        assert_eq!(patched["spec"].get("allocateLoadBalancerNodePorts"), None);
+        assert_eq!(patched["spec"]["clusterIP"], "10.96.1.1");
+        // To ExternalName: no cluster IP.
+        let mut ext = old.clone();
+        ext["spec"]["type"] = json!("ExternalName");
+        ext["spec"]["externalName"] = json!("example.com");
+        carry_over(&old, &mut ext);
+        assert_eq!(ext["spec"].get("clusterIP"), None);
+        assert_eq!(ext["spec"].get("clusterIPs"), None);
     }
 }

@@ -57,6 +57,10 @@ pub struct AgentConfig {
     pub cni_bridge: String,
     /// Pod networks kept made ahead of their pods (0: each pod makes its own).
     pub warm_pod_networks: usize,
+    /// Proxy Service traffic with nftables where the node can.
+    pub service_proxy: bool,
+    /// The cluster's pod range.
+    pub cluster_cidr: skiff_api::cidr::Cidr,
     /// The OCI runtime's settings; `None`: the node runs Wasm only.
     pub oci: Option<crate::runtime::oci::OciConfig>,
 }
@@ -134,6 +138,7 @@ async fn await_pod_cidr(
                 std::path::Path::new(crate::sandbox::netns::NETNS_DIR),
                 &cfg.cni_bridge,
                 cidr,
+                cfg.cluster_cidr,
                 cfg.warm_pod_networks,
             );
             match made {
@@ -553,7 +558,52 @@ pub async fn reset(
             .await
             .map_err(|e| AgentError::Network(e.to_string()))?;
     }
+    crate::proxy::nft::remove(&crate::proxy::table_name(bridge));
+    if let Err(e) = crate::routes::remove_all() {
+        tracing::warn!(error = %e, "removing the routes to other nodes' pods");
+    }
     crate::sandbox::network::remove_bridge(bridge).map_err(|e| AgentError::Network(e.to_string()))
+}
+
+/// Starts the Service proxy where this agent runs one: its EndpointSlice watch and its
+/// sync loop (the caller feeds it Service events), both ending when dropped.
+fn start_proxy(
+    client: &Client,
+    cfg: &AgentConfig,
+    services: kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Service>,
+) -> Option<(Arc<crate::proxy::Proxy>, [AbortOnDrop; 2])> {
+    if !cfg.service_proxy {
+        return None;
+    }
+    if let Some(reason) = crate::proxy::unavailable() {
+        tracing::warn!(%reason, "this node does not proxy Service traffic");
+        return None;
+    }
+    crate::proxy::enable_forwarding();
+    let (slices, slices_writer) = kube::runtime::reflector::store();
+    let proxy = crate::proxy::Proxy::new(
+        crate::proxy::ProxyConfig {
+            node_name: cfg.node_name.clone(),
+            cluster_cidr: cfg.cluster_cidr.network().to_string(),
+            table: crate::proxy::table_name(&cfg.cni_bridge),
+        },
+        services,
+        slices,
+    );
+    let api: Api<k8s_openapi::api::discovery::v1::EndpointSlice> = Api::all(client.clone());
+    let p = proxy.clone();
+    let watch = AbortOnDrop(tokio::spawn(
+        kube::runtime::reflector(slices_writer, watcher(api, watcher::Config::default())).for_each(
+            move |ev| {
+                if let Ok(ev) = &ev {
+                    p.slice_event(ev);
+                }
+                async {}
+            },
+        ),
+    ));
+    let sync = AbortOnDrop(tokio::spawn(proxy.clone().run()));
+    Some((proxy, [watch, sync]))
 }
 
 /// Runs the agent until `shutdown` resolves.
@@ -639,13 +689,20 @@ pub async fn run(
         },
     };
     let (services, services_writer) = kube::runtime::reflector::store();
+    let proxy = start_proxy(&client, &cfg, services.clone());
     let services_api: Api<k8s_openapi::api::core::v1::Service> = Api::all(client.clone());
+    let proxy_of_services = proxy.as_ref().map(|(p, _)| p.clone());
     let services_watch = AbortOnDrop(tokio::spawn(
         kube::runtime::reflector(
             services_writer,
             watcher(services_api, watcher::Config::default()),
         )
-        .for_each(|_| async {}),
+        .for_each(move |ev| {
+            if let (Ok(ev), Some(p)) = (&ev, &proxy_of_services) {
+                p.service_event(ev);
+            }
+            async {}
+        }),
     ));
     let ctx = Arc::new(Ctx {
         services,
@@ -696,6 +753,14 @@ pub async fn run(
             client.clone(),
             cfg.clone(),
             networks_tx,
+        )))
+    });
+    // Pods in namespaces of their own reach other nodes' pods by routes to their ranges.
+    let routes = waiting.then(|| {
+        AbortOnDrop(tokio::spawn(crate::routes::run(
+            client.clone(),
+            cfg.node_name.clone(),
+            ip.clone(),
         )))
     });
     let pods: Api<Pod> = Api::all(client);
@@ -776,7 +841,9 @@ pub async fn run(
     }
     beat.abort();
     drop(network_setup);
+    drop(routes);
     drop(services_watch);
+    drop(proxy);
     // The pods' runc containers stay for the next agent to adopt.
     if let Some(oci) = &ctx.oci {
         oci.detach();

@@ -150,6 +150,7 @@ impl Cni {
         netns_dir: &Path,
         bridge: &str,
         pod_cidr: Cidr,
+        cluster_cidr: Cidr,
         warm: usize,
     ) -> Result<Cni, NetworkError> {
         let network = pod_cidr.network();
@@ -182,7 +183,12 @@ impl Cni {
             reason,
         };
         std::fs::create_dir_all(conf_dir).map_err(|e| state(e.to_string()))?;
-        ensure_masquerade(&network.to_string(), bridge).map_err(state)?;
+        ensure_masquerade(
+            &network.to_string(),
+            &cluster_cidr.network().to_string(),
+            bridge,
+        )
+        .map_err(state)?;
         let text = serde_json::to_vec_pretty(&conflist).expect("JSON");
         std::fs::write(conf_dir.join("10-skiff.conflist"), text)
             .map_err(|e| state(e.to_string()))?;
@@ -407,8 +413,9 @@ fn iptables(args: &[&str]) -> std::io::Result<std::process::Output> {
         .output()
 }
 
-/// Masquerades traffic from the node's pod range to anywhere else (one rule, added once).
-fn ensure_masquerade(cidr: &str, bridge: &str) -> Result<(), String> {
+/// Masquerades traffic from the node's pod range to anywhere outside the cluster's (one
+/// rule, added once): pods on other nodes see a pod's own address.
+fn ensure_masquerade(cidr: &str, cluster_cidr: &str, bridge: &str) -> Result<(), String> {
     let comment = masquerade_comment(bridge);
     let rule = [
         "POSTROUTING",
@@ -416,7 +423,7 @@ fn ensure_masquerade(cidr: &str, bridge: &str) -> Result<(), String> {
         cidr,
         "!",
         "-d",
-        cidr,
+        cluster_cidr,
         "-m",
         "comment",
         "--comment",
@@ -677,6 +684,7 @@ mod tests {
             &dir.path().join("netns"),
             &bridge,
             "10.250.7.0/24".parse().unwrap(),
+            "10.250.0.0/16".parse().unwrap(),
             0,
         )
         .unwrap();
@@ -782,6 +790,7 @@ mod tests {
                     &dir.path().join("netns"),
                     &bridge,
                     "10.250.8.0/24".parse().unwrap(),
+                    "10.250.0.0/16".parse().unwrap(),
                     warm,
                 )
                 .unwrap(),

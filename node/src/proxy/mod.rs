@@ -1,0 +1,382 @@
+//! The node's Service proxy, as kube-proxy's nftables mode: a table of its own where
+//! cluster IPs, node ports, external and load-balancer IPs are DNATed to endpoints picked
+//! at random (ready ones, else serving terminating ones), with ClientIP affinity, the
+//! Local traffic policies, rejects for Services without endpoints and masquerading
+//! where replies must come back through this node.
+//!
+//! Incremental: watch events name the Services they touch; a sync recomputes only those
+//! Services' parts ([`model::fragment`]) and sends nftables the difference
+//! ([`nft::Transaction`]), so one endpoint turning ready costs the same with 1,000
+//! Services as with one.
+
+pub mod model;
+pub mod nft;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
+
+pub use model::PROXY_NAME_LABEL;
+
+/// The label naming an EndpointSlice's Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// How long a chain nothing uses any more stays (flushed) before it is deleted: kernels
+/// before 6.2 may still see it referenced for a moment after its map element went.
+const STALE_CHAIN_GRACE: Duration = Duration::from_secs(1);
+/// The wait before syncing again after nft refused a batch.
+const RETRY: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    pub node_name: String,
+    /// The cluster's pod range (traffic from elsewhere to a cluster IP is masqueraded).
+    pub cluster_cidr: String,
+    /// The nftables table (`ip` family) the proxy owns.
+    pub table: String,
+}
+
+#[derive(Default)]
+struct Dirty {
+    keys: HashSet<String>,
+    all: bool,
+    services_synced: bool,
+    slices_synced: bool,
+}
+
+/// The proxy: fed watch events, it syncs in [`Proxy::run`].
+pub struct Proxy {
+    cfg: ProxyConfig,
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    dirty: Mutex<Dirty>,
+    wake: tokio::sync::Notify,
+}
+
+fn key(ns: Option<&str>, name: &str) -> String {
+    format!("{}/{name}", ns.unwrap_or_default())
+}
+
+fn slice_service(s: &EndpointSlice) -> Option<String> {
+    let name = s.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    Some(key(s.metadata.namespace.as_deref(), name))
+}
+
+/// The table of the agent whose pods hang on `bridge` (agents sharing a host in tests
+/// keep apart by their bridges).
+pub fn table_name(bridge: &str) -> String {
+    if bridge == "skiff0" {
+        "skiff".into()
+    } else {
+        format!("skiff-{bridge}")
+    }
+}
+
+/// Why this node cannot run the proxy, if it cannot.
+pub fn unavailable() -> Option<String> {
+    // Safety: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("the agent does not run as root".into());
+    }
+    match std::process::Command::new("nft").arg("--version").output() {
+        Ok(o) if o.status.success() => None,
+        Ok(o) => Some(format!(
+            "nft --version failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => Some(format!("nft (Debian's nftables) cannot run: {e}")),
+    }
+}
+
+/// Turns on what Service traffic between pods needs of the node: forwarding, and
+/// netfilter on bridged traffic (a reply from a pod to a pod on the same bridge must be
+/// un-DNATed on its way).
+pub fn enable_forwarding() {
+    for (path, what) in [
+        ("/proc/sys/net/ipv4/ip_forward", "IP forwarding"),
+        (
+            "/proc/sys/net/bridge/bridge-nf-call-iptables",
+            "netfilter on bridged traffic (the br_netfilter module)",
+        ),
+    ] {
+        if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
+            continue;
+        }
+        if let Err(e) = std::fs::write(path, "1") {
+            tracing::warn!(error = %e, path, "cannot turn on {what}: Service traffic may fail");
+        }
+    }
+}
+
+impl Proxy {
+    pub fn new(
+        cfg: ProxyConfig,
+        services: Store<Service>,
+        slices: Store<EndpointSlice>,
+    ) -> Arc<Proxy> {
+        Arc::new(Proxy {
+            cfg,
+            services,
+            slices,
+            dirty: Mutex::default(),
+            wake: tokio::sync::Notify::new(),
+        })
+    }
+
+    fn mark(&self, f: impl FnOnce(&mut Dirty)) {
+        f(&mut self.dirty.lock().expect("dirty"));
+        self.wake.notify_one();
+    }
+
+    /// A Service watch event (after the reflector stored it).
+    pub fn service_event(&self, ev: &watcher::Event<Service>) {
+        match ev {
+            watcher::Event::Apply(s) | watcher::Event::Delete(s) | watcher::Event::InitApply(s) => {
+                let k = key(
+                    s.metadata.namespace.as_deref(),
+                    s.metadata.name.as_deref().unwrap_or_default(),
+                );
+                self.mark(|d| {
+                    d.keys.insert(k);
+                })
+            }
+            watcher::Event::Init => {}
+            watcher::Event::InitDone => self.mark(|d| {
+                d.all = true;
+                d.services_synced = true;
+            }),
+        }
+    }
+
+    /// An EndpointSlice watch event (after the reflector stored it).
+    pub fn slice_event(&self, ev: &watcher::Event<EndpointSlice>) {
+        match ev {
+            watcher::Event::Apply(s) | watcher::Event::Delete(s) | watcher::Event::InitApply(s) => {
+                if let Some(k) = slice_service(s) {
+                    self.mark(|d| {
+                        d.keys.insert(k);
+                    })
+                }
+            }
+            watcher::Event::Init => {}
+            watcher::Event::InitDone => self.mark(|d| {
+                d.all = true;
+                d.slices_synced = true;
+            }),
+        }
+    }
+
+    /// Keeps the table in step with the watched Services and slices until aborted.
+    pub async fn run(self: Arc<Self>) {
+        let table = self.cfg.table.clone();
+        let node = model::Node {
+            name: &self.cfg.node_name,
+            cluster_cidr: &self.cfg.cluster_cidr,
+        };
+        let mut applied: HashMap<String, model::Fragment> = HashMap::new();
+        let mut stale: HashMap<String, Instant> = HashMap::new();
+        // The table is made anew on the first sync and after a refused batch.
+        let mut fresh = true;
+        loop {
+            let due = stale.values().min().map(|t| *t + STALE_CHAIN_GRACE);
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = async {
+                    match due {
+                        Some(at) => tokio::time::sleep_until(at.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+            }
+            let (mut keys, all) = {
+                let mut d = self.dirty.lock().expect("dirty");
+                if !(d.services_synced && d.slices_synced) {
+                    continue;
+                }
+                (std::mem::take(&mut d.keys), std::mem::take(&mut d.all))
+            };
+            let started = Instant::now();
+            let mut tx = nft::Transaction::default();
+            if fresh {
+                tx.base = Some(nft::base(&table));
+                applied.clear();
+                stale.clear();
+            }
+            if fresh || all {
+                keys.extend(applied.keys().cloned());
+                keys.extend(self.services.state().iter().map(|s| {
+                    key(
+                        s.metadata.namespace.as_deref(),
+                        s.metadata.name.as_deref().unwrap_or_default(),
+                    )
+                }));
+            }
+            let slices = self.slices.state();
+            let mut by_service: HashMap<String, Vec<&EndpointSlice>> = HashMap::new();
+            for s in &slices {
+                if let Some(k) = slice_service(s).filter(|k| keys.contains(k)) {
+                    by_service.entry(k).or_default().push(s);
+                }
+            }
+            let empty = model::Fragment::default();
+            let mut next = Vec::with_capacity(keys.len());
+            for k in keys {
+                let (ns, name) = k.split_once('/').unwrap_or_default();
+                let svc = self
+                    .services
+                    .get(&kube::runtime::reflector::ObjectRef::new(name).within(ns));
+                let frag = match svc {
+                    Some(svc) => {
+                        let slices = by_service.get(&k).map(Vec::as_slice).unwrap_or_default();
+                        model::fragment(&svc, slices, &node)
+                    }
+                    None => model::Fragment::default(),
+                };
+                tx.diff(&table, applied.get(&k).unwrap_or(&empty), &frag);
+                next.push((k, frag));
+            }
+            let now = Instant::now();
+            let re_added: HashSet<&String> =
+                next.iter().flat_map(|(_, f)| f.chains.keys()).collect();
+            stale.retain(|c, _| !re_added.contains(c));
+            let due: Vec<String> = stale
+                .iter()
+                .filter(|(_, t)| now.duration_since(**t) >= STALE_CHAIN_GRACE)
+                .map(|(c, _)| c.clone())
+                .collect();
+            for c in &due {
+                tx.delete_chain(&table, c);
+            }
+            if tx.is_empty() {
+                continue;
+            }
+            match nft::apply(&tx.script(&table)).await {
+                Ok(()) => {
+                    fresh = false;
+                    for c in &due {
+                        stale.remove(c);
+                    }
+                    for c in &tx.dropped_chains {
+                        stale.insert(c.clone(), now);
+                    }
+                    let changed = next.len();
+                    for (k, f) in next {
+                        if f == model::Fragment::default() {
+                            applied.remove(&k);
+                        } else {
+                            applied.insert(k, f);
+                        }
+                    }
+                    tracing::debug!(services = changed, elapsed = ?started.elapsed(), "proxy rules synced");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "syncing the Service proxy's rules failed; rebuilding the table");
+                    fresh = true;
+                    self.mark(|d| d.all = true);
+                    tokio::time::sleep(RETRY).await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(spec: serde_json::Value) -> Service {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "ns"}, "spec": spec}))
+        .unwrap()
+    }
+
+    fn slice(ips: &[&str]) -> EndpointSlice {
+        let eps: Vec<_> = ips
+            .iter()
+            .map(|ip| serde_json::json!({"addresses": [ip], "nodeName": "n1", "conditions": {"ready": true}}))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "ns", "labels": {SERVICE_NAME_LABEL: "web"}},
+            "addressType": "IPv4", "endpoints": eps,
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}))
+        .unwrap()
+    }
+
+    fn list(table: &str) -> String {
+        let o = std::process::Command::new("nft")
+            .args(["list", "table", "ip", table])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    /// The batches are what nft accepts, and a change leaves the table as a fresh build
+    /// of the new state would: run by the real nft in a network namespace of its own.
+    #[test]
+    fn nft_takes_the_batches_and_a_change_moves_only_what_it_must() {
+        std::thread::spawn(|| {
+            // Safety: unshare on this thread only; nft children inherit its namespace.
+            assert_eq!(
+                unsafe { libc::unshare(libc::CLONE_NEWNET) },
+                0,
+                "root is needed"
+            );
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let node = model::Node {
+                    name: "n1",
+                    cluster_cidr: "10.244.0.0/16",
+                };
+                let svc = service(
+                    serde_json::json!({"clusterIP": "10.96.5.5", "type": "NodePort",
+                    "sessionAffinity": "ClientIP",
+                    "ports": [{"name": "http", "port": 80, "nodePort": 30080}]}),
+                );
+                let two = slice(&["10.244.1.2", "10.244.1.3"]);
+                let one = slice(&["10.244.1.3"]);
+                let f1 = model::fragment(&svc, &[&two], &node);
+                let f2 = model::fragment(&svc, &[&one], &node);
+                let mut tx = nft::Transaction::default();
+                tx.base = Some(nft::base("t"));
+                tx.diff("t", &model::Fragment::default(), &f1);
+                nft::apply(&tx.script("t")).await.unwrap();
+                let first = list("t");
+                assert!(first.contains("dnat to 10.244.1.2:8080"), "{first}");
+                assert!(
+                    first.contains("10.96.5.5 . tcp . 80 : goto service-"),
+                    "{first}"
+                );
+                assert!(first.contains("tcp . 30080 : goto external-"), "{first}");
+                let mut tx = nft::Transaction::default();
+                tx.diff("t", &f1, &f2);
+                assert_eq!(tx.dropped_chains.len(), 1, "{tx:?}");
+                nft::apply(&tx.script("t")).await.unwrap();
+                let after = list("t");
+                assert!(!after.contains("dnat to 10.244.1.2:8080"), "{after}");
+                assert!(after.contains("numgen random mod 1"), "{after}");
+                // The dropped chain, flushed, goes in a later batch.
+                let mut later = nft::Transaction::default();
+                for c in &tx.dropped_chains {
+                    later.delete_chain("t", c);
+                }
+                nft::apply(&later.script("t")).await.unwrap();
+                // Now the table is what building the new state from nothing makes.
+                let mut fresh = nft::Transaction::default();
+                fresh.base = Some(nft::base("u"));
+                fresh.diff("u", &model::Fragment::default(), &f2);
+                nft::apply(&fresh.script("u")).await.unwrap();
+                assert_eq!(list("t"), list("u").replace("table ip u", "table ip t"));
+            });
+        })
+        .join()
+        .unwrap();
+    }
+}
