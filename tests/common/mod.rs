@@ -118,12 +118,14 @@ pub fn reset_node(agent_data: &Path, bridge: &str) {
     reset_node_in(None, agent_data, bridge)
 }
 
-/// `program`, run in network namespace `netns` if one is given (with `ip netns exec`).
+/// `program`, run in network namespace `netns` (of /run/netns) if one is given. With
+/// nsenter, which enters the network namespace only (`ip netns exec` also remounts /sys,
+/// and runc then finds no cgroup file system).
 pub fn in_netns(netns: Option<&str>, program: &str) -> Command {
     match netns {
         Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns, program]);
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}")).arg(program);
             c
         }
         None => Command::new(program),
@@ -294,7 +296,7 @@ impl Server {
             .args(["--listen", &format!("{}:{}", self.host, self.port)])
             .args(["--cluster-cidr", &cluster_cidr(self.net)])
             .args(extra)
-            .env("SKIFF_LOG", "info")
+            .env("SKIFF_LOG", test_log_level())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -545,7 +547,7 @@ impl Agent {
         .arg(&self.data)
         .args(["--cni-bridge", &self.bridge])
         .args(&self.extra)
-        .env("SKIFF_LOG", "info")
+        .env("SKIFF_LOG", test_log_level())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -838,4 +840,9 @@ pub mod writers {
             assert!(v["data"]["v"] == "1" || v["data"]["v"] == "2");
         }
     }
+}
+
+/// The log filter of the servers and agents tests start: `SKIFF_TEST_LOG`, else info.
+pub fn test_log_level() -> String {
+    std::env::var("SKIFF_TEST_LOG").unwrap_or_else(|_| "info".into())
 }

@@ -1,0 +1,406 @@
+//! Services end to end across nodes: a server and a registry on a test LAN's gateway, two
+//! agents each in a network namespace of its own acting as a host on that LAN (so traffic
+//! between nodes crosses real interfaces and the agents' host-gw routes), busybox httpd
+//! pods (a CGI answering with the pod's name and the client's address) behind Services,
+//! clients in busybox and in Wasm (wasi:http), and the test process as a host outside the
+//! cluster for NodePort and LoadBalancer. One cluster for the file; each scenario in its
+//! own namespace.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::lan::{Host, Lan};
+use common::oci::Registry;
+use common::{eventually, Agent, Server, Shared, SharedGuard};
+use serde_json::Value;
+
+const TESTS: usize = 5;
+
+/// Fields drop in order: agents (reset in their hosts) before the server, the LAN last.
+struct Cluster {
+    _agents: Vec<Agent>,
+    server: Server,
+    registry: Registry,
+    hosts: Vec<Host>,
+    lan: Lan,
+}
+
+const WHO: &str =
+    "#!/bin/sh\necho Content-Type: text/plain\necho\necho \"$(hostname) $REMOTE_ADDR\"\n";
+
+impl Cluster {
+    fn image(&self, name: &str) -> String {
+        format!(
+            "{}:{}/test/{name}:1",
+            self.lan.gateway(),
+            self.registry.port
+        )
+    }
+}
+
+fn cluster() -> SharedGuard<Cluster> {
+    static CLUSTER: Shared<Cluster> = Shared::new();
+    CLUSTER.get(TESTS, || {
+        let mut lan = Lan::new();
+        let gw = lan.gateway();
+        let registry = Registry::start_on(&gw, None);
+        let image = |n: &str| format!("{gw}:{}/test/{n}:1", registry.port);
+        common::oci::push_busybox_with(
+            &image("busybox"),
+            "gzip",
+            None,
+            &[("/www/cgi-bin/who", WHO)],
+        );
+        common::oci::push_wasm(
+            &common::root().join("wasm-examples/out/net-probe.wasm"),
+            &image("net-probe"),
+        );
+        let server = Server::start_on(tempfile::tempdir().unwrap(), &gw);
+        let hosts = vec![lan.host(1), lan.host(2)];
+        let insecure = format!("{gw}:{}", registry.port);
+        let agents: Vec<Agent> = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                Agent::start_in(
+                    &server,
+                    &format!("n{}", i + 1),
+                    Some(&h.netns),
+                    &[
+                        "--insecure-registry",
+                        &insecure,
+                        "--cluster-cidr",
+                        &common::cluster_cidr(server.net),
+                    ],
+                )
+            })
+            .collect();
+        for (a, h) in agents.iter().zip(&hosts) {
+            eventually(90, "nodes with pod ranges and the runc runtime", || {
+                let n = server.try_json(&["get", "node", &a.name])?;
+                (n["spec"]["podCIDR"].is_string()
+                    && n["metadata"]["labels"]["runtime.skiff.dev/oci"] == "true"
+                    && n["status"]["addresses"][0]["address"] == h.ip.as_str())
+                .then_some(())
+            });
+        }
+        Cluster {
+            _agents: agents,
+            server,
+            registry,
+            hosts,
+            lan,
+        }
+    })
+}
+
+fn namespace(c: &Cluster, ns: &str) {
+    c.server.ok(&["create", "namespace", ns]);
+}
+
+fn running(c: &Cluster, ns: &str, name: &str) -> Value {
+    eventually(120, &format!("pod {name} running and ready"), || {
+        let p = c.server.json(&["get", "pod", name, "-n", ns]);
+        let ready = p["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        (p["status"]["phase"] == "Running" && ready).then(|| p["status"].clone())
+    })
+}
+
+/// An httpd pod `name` on node `node` labelled app=`app`, answering /cgi-bin/who.
+fn server_pod(c: &Cluster, ns: &str, name: &str, node: &str, app: &str) -> String {
+    let manifest = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels:\n    app: {app}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: httpd\n    image: {}\n    command: [sh, -c, 'chmod +x /www/cgi-bin/who && exec httpd -f -p 8080 -h /www']\n    ports:\n    - name: http\n      containerPort: 8080\n    readinessProbe:\n      tcpSocket:\n        port: 8080\n      periodSeconds: 1\n",
+        c.image("busybox")
+    );
+    c.server.apply_stdin(&[], &manifest);
+    running(c, ns, name)["podIP"].as_str().unwrap().to_string()
+}
+
+/// A busybox pod on `node` to run clients in (kubectl exec); its IP.
+fn client_pod(c: &Cluster, ns: &str, name: &str, node: &str) -> String {
+    let manifest = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: sh\n    image: {}\n    command: [sleep, '3600']\n",
+        c.image("busybox")
+    );
+    c.server.apply_stdin(&[], &manifest);
+    running(c, ns, name)["podIP"].as_str().unwrap().to_string()
+}
+
+fn service(c: &Cluster, ns: &str, name: &str, app: &str, extra_spec: &str) -> Value {
+    let manifest = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  selector:\n    app: {app}\n  ports:\n  - name: web\n    port: 80\n    targetPort: http\n{extra_spec}"
+    );
+    c.server.apply_stdin(&[], &manifest);
+    c.server.json(&["get", "service", name, "-n", ns])
+}
+
+/// Runs `wget` in the client pod; what it printed (stdout and stderr). (Busybox 1.35's
+/// `wget -T` crashes: the time limit is `timeout`'s.)
+fn wget(c: &Cluster, ns: &str, client: &str, url: &str) -> String {
+    let o = c.server.kubectl(&[
+        "exec", "-n", ns, client, "--", "timeout", "5", "wget", "-q", "-O-", url,
+    ]);
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The pod and client address a /cgi-bin/who answer names (httpd writes IPv4 clients
+/// as IPv4-mapped IPv6 addresses).
+fn who(answer: &str) -> (String, String) {
+    let mut words = answer.split_whitespace();
+    let pod = words.next().unwrap_or_default().to_string();
+    let from = words.next().unwrap_or_default();
+    let from = from.trim_start_matches("[::ffff:").trim_end_matches(']');
+    (pod, from.to_string())
+}
+
+/// GET over plain TCP from this process (a host outside the cluster); the body, or the
+/// error.
+fn get(addr: &str, path: &str) -> Result<String, String> {
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(3))
+            .map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    // A CGI's headers may end lines with a bare newline.
+    let body = out
+        .split_once("\r\n\r\n")
+        .or_else(|| out.split_once("\n\n"))
+        .map(|(_, b)| b.to_string());
+    body.ok_or_else(|| format!("no HTTP answer: {out:?}"))
+}
+
+/// Waits until the endpoints of a Service name `n` ready addresses.
+fn endpoints_ready(c: &Cluster, ns: &str, name: &str, n: usize) {
+    eventually(60, &format!("{n} endpoints of {name}"), || {
+        let ep = c.server.try_json(&["get", "endpoints", name, "-n", ns])?;
+        let ready = ep["subsets"][0]["addresses"].as_array().map_or(0, Vec::len);
+        (ready == n).then_some(())
+    });
+}
+
+/// A ClusterIP spreads requests over pods on both nodes, reached from a busybox pod and
+/// from a Wasm guest (wasi:http); pods see the client pod's own address across nodes.
+#[test]
+fn a_cluster_ip_balances_over_pods_on_both_nodes() {
+    let c = &*cluster();
+    namespace(c, "cip");
+    server_pod(c, "cip", "who-1", "n1", "who");
+    server_pod(c, "cip", "who-2", "n2", "who");
+    let client_ip = client_pod(c, "cip", "client", "n1");
+    let svc = service(c, "cip", "who", "who", "");
+    let ip = svc["spec"]["clusterIP"].as_str().unwrap().to_string();
+    endpoints_ready(c, "cip", "who", 2);
+    let url = format!("http://{ip}/cgi-bin/who");
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        let out = wget(c, "cip", "client", &url);
+        let (pod, from) = who(&out);
+        assert!(pod.starts_with("who-"), "{out}");
+        assert_eq!(
+            from, client_ip,
+            "the client's own address, not masqueraded: {out}"
+        );
+        seen.insert(pod.to_string());
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 2, "both pods answer: {seen:?}");
+    // A Wasm guest's outgoing wasi:http request goes through the same cluster IP.
+    let probe = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: wasm-client\n  namespace: cip\nspec:\n  nodeName: n2\n  restartPolicy: Never\n  runtimeClassName: wasmtime\n  containers:\n  - name: probe\n    image: {}\n    args: [\"http={ip}:80/cgi-bin/who\"]\n",
+        c.image("net-probe")
+    );
+    c.server.apply_stdin(&[], &probe);
+    let logs = eventually(90, "the Wasm client's answer", || {
+        let p = c.server.json(&["get", "pod", "wasm-client", "-n", "cip"]);
+        matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+            .then(|| c.server.ok(&["logs", "wasm-client", "-n", "cip"]))
+    });
+    assert!(logs.starts_with("http 200: who-"), "{logs}");
+}
+
+/// NodePort and LoadBalancer Services answer a host outside the cluster at every node's
+/// address; the LoadBalancer's ingress is the nodes' addresses, as kubectl shows.
+#[test]
+fn node_ports_and_load_balancers_answer_from_outside() {
+    let c = &*cluster();
+    namespace(c, "ext");
+    server_pod(c, "ext", "who-1", "n1", "who");
+    let np = service(c, "ext", "np", "who", "  type: NodePort\n");
+    let node_port = np["spec"]["ports"][0]["nodePort"]
+        .as_i64()
+        .expect("a node port");
+    endpoints_ready(c, "ext", "np", 1);
+    for h in &c.hosts {
+        let body = eventually(30, "the node port answering", || {
+            get(&format!("{}:{node_port}", h.ip), "/cgi-bin/who").ok()
+        });
+        assert!(body.starts_with("who-1 "), "{body}");
+    }
+    service(c, "ext", "lb", "who", "  type: LoadBalancer\n");
+    let ingress = eventually(30, "the load balancer's ingress", || {
+        let s = c.server.json(&["get", "service", "lb", "-n", "ext"]);
+        let ips: Vec<String> = s["status"]["loadBalancer"]["ingress"]
+            .as_array()?
+            .iter()
+            .filter_map(|i| i["ip"].as_str().map(str::to_string))
+            .collect();
+        (ips.len() == 2).then_some(ips)
+    });
+    let mut want: Vec<String> = c.hosts.iter().map(|h| h.ip.clone()).collect();
+    want.sort();
+    assert_eq!(ingress, want);
+    let table = c.server.ok(&["get", "service", "lb", "-n", "ext"]);
+    assert!(table.contains(&want.join(",")), "{table}");
+    for ip in &ingress {
+        let body = eventually(30, "the load balancer answering", || {
+            get(&format!("{ip}:80"), "/cgi-bin/who").ok()
+        });
+        assert!(body.starts_with("who-1 "), "{body}");
+    }
+}
+
+/// ClientIP affinity keeps a client on one pod; Local traffic policies keep traffic on the
+/// node it arrived at, and externalTrafficPolicy: Local keeps the client's address.
+#[test]
+fn affinity_and_local_traffic_policies() {
+    let c = &*cluster();
+    namespace(c, "pol");
+    server_pod(c, "pol", "who-1", "n1", "who");
+    server_pod(c, "pol", "who-2", "n2", "who");
+    client_pod(c, "pol", "client", "n1");
+    let sticky = service(c, "pol", "sticky", "who", "  sessionAffinity: ClientIP\n");
+    let local = service(c, "pol", "local", "who", "  internalTrafficPolicy: Local\n");
+    let ext = service(
+        c,
+        "pol",
+        "ext",
+        "who",
+        "  type: NodePort\n  externalTrafficPolicy: Local\n",
+    );
+    for s in ["sticky", "local", "ext"] {
+        endpoints_ready(c, "pol", s, 2);
+    }
+    let pods = |svc: &Value, n: usize| -> std::collections::BTreeSet<String> {
+        let url = format!(
+            "http://{}/cgi-bin/who",
+            svc["spec"]["clusterIP"].as_str().unwrap()
+        );
+        (0..n)
+            .map(|_| {
+                let out = wget(c, "pol", "client", &url);
+                assert!(out.starts_with("who-"), "{out}");
+                out.split_whitespace().next().unwrap().to_string()
+            })
+            .collect()
+    };
+    assert_eq!(pods(&sticky, 12).len(), 1, "one pod for one client");
+    assert_eq!(
+        pods(&local, 12).into_iter().collect::<Vec<_>>(),
+        ["who-1"],
+        "only the client's node's pod"
+    );
+    let node_port = ext["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
+    for (h, pod) in c.hosts.iter().zip(["who-1", "who-2"]) {
+        for _ in 0..4 {
+            let body = eventually(30, "the local node port", || {
+                get(&format!("{}:{node_port}", h.ip), "/cgi-bin/who").ok()
+            });
+            assert_eq!(
+                who(&body),
+                (pod.to_string(), c.lan.gateway()),
+                "this node's pod, and the outside client's own address"
+            );
+        }
+    }
+}
+
+/// A Service without ready endpoints refuses at once (no waiting for a timeout); the
+/// `kubernetes` Service leads to the API server.
+#[test]
+fn no_endpoints_refuse_and_the_kubernetes_service_leads_to_the_api() {
+    let c = &*cluster();
+    namespace(c, "misc");
+    client_pod(c, "misc", "client", "n2");
+    let empty = service(c, "misc", "empty", "nothing", "");
+    let started = std::time::Instant::now();
+    let out = wget(
+        c,
+        "misc",
+        "client",
+        &format!("http://{}/", empty["spec"]["clusterIP"].as_str().unwrap()),
+    );
+    assert!(out.contains("Connection refused"), "{out}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "refused, not timed out"
+    );
+    let ep = c
+        .server
+        .json(&["get", "endpoints", "kubernetes", "-n", "default"]);
+    assert_eq!(
+        ep["subsets"][0]["addresses"][0]["ip"],
+        c.lan.gateway().as_str()
+    );
+    // From a node (its own processes use cluster IPs too): the API server answers at
+    // the Service's address, with a certificate naming it.
+    let ca = c.server.data_dir().join("pki/ca.crt");
+    let o = common::in_netns(Some(&c.hosts[0].netns), "curl")
+        .args(["-sS", "--max-time", "5", "--cacert"])
+        .arg(&ca)
+        .args([
+            "https://10.96.0.1/healthz",
+            "https://kubernetes.default.svc/healthz",
+        ])
+        .args(["--resolve", "kubernetes.default.svc:443:10.96.0.1"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "okok",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// `kubectl expose` makes a Service that works.
+#[test]
+fn kubectl_expose_makes_a_working_service() {
+    let c = &*cluster();
+    namespace(c, "expose");
+    server_pod(c, "expose", "who-1", "n2", "exposed");
+    client_pod(c, "expose", "client", "n1");
+    c.server.ok(&[
+        "expose",
+        "pod",
+        "who-1",
+        "-n",
+        "expose",
+        "--name",
+        "web",
+        "--port",
+        "80",
+        "--target-port",
+        "8080",
+    ]);
+    endpoints_ready(c, "expose", "web", 1);
+    let ip = c.server.json(&["get", "service", "web", "-n", "expose"])["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = wget(c, "expose", "client", &format!("http://{ip}/cgi-bin/who"));
+    assert!(out.starts_with("who-1 "), "{out}");
+}
