@@ -16,7 +16,7 @@ use common::oci::Registry;
 use common::{eventually, Agent, Server, Shared, SharedGuard};
 use serde_json::Value;
 
-const TESTS: usize = 5;
+const TESTS: usize = 6;
 
 /// Fields drop in order: agents (reset in their hosts) before the server, the LAN last.
 struct Cluster {
@@ -403,4 +403,123 @@ fn kubectl_expose_makes_a_working_service() {
         .to_string();
     let out = wget(c, "expose", "client", &format!("http://{ip}/cgi-bin/who"));
     assert!(out.starts_with("who-1 "), "{out}");
+}
+
+/// Runs a command in a pod; what it printed (stdout and stderr).
+fn exec(c: &Cluster, ns: &str, pod: &str, cmd: &[&str]) -> String {
+    let mut args = vec!["exec", "-n", ns, pod, "--"];
+    args.extend_from_slice(cmd);
+    let o = c.server.kubectl(&args);
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The cluster DNS: a pod's resolv.conf names it with its namespace's search path and
+/// ndots:5; Services resolve (A, SRV, a headless Service to its pods' addresses, short
+/// names through the search path) from busybox, and from a Wasm guest both its lookups
+/// (wasi:sockets) and its HTTP requests by name (wasi:http).
+#[test]
+fn cluster_dns_answers_pods_and_wasm_guests() {
+    let c = &*cluster();
+    namespace(c, "dns");
+    let ip1 = server_pod(c, "dns", "who-1", "n1", "who");
+    let ip2 = server_pod(c, "dns", "who-2", "n2", "who");
+    client_pod(c, "dns", "client", "n1");
+    let svc = service(c, "dns", "who", "who", "");
+    let cip = svc["spec"]["clusterIP"].as_str().unwrap().to_string();
+    service(c, "dns", "db", "who", "  clusterIP: None\n");
+    endpoints_ready(c, "dns", "who", 2);
+    endpoints_ready(c, "dns", "db", 2);
+    let dns = c
+        .server
+        .json(&["get", "service", "kube-dns", "-n", "kube-system"]);
+    assert_eq!(dns["spec"]["clusterIP"], "10.96.0.10");
+    let resolv = exec(c, "dns", "client", &["cat", "/etc/resolv.conf"]);
+    assert!(resolv.contains("nameserver 10.96.0.10\n"), "{resolv}");
+    assert!(
+        resolv.contains("search dns.svc.cluster.local svc.cluster.local cluster.local"),
+        "{resolv}"
+    );
+    assert!(resolv.contains("options ndots:5"), "{resolv}");
+    let a = eventually(30, "the Service's name", || {
+        let out = exec(
+            c,
+            "dns",
+            "client",
+            &["nslookup", "who.dns.svc.cluster.local"],
+        );
+        out.contains(&cip).then_some(out)
+    });
+    assert!(!a.contains("NXDOMAIN"), "{a}");
+    let headless = eventually(30, "the headless Service's pods", || {
+        let out = exec(
+            c,
+            "dns",
+            "client",
+            &["nslookup", "db.dns.svc.cluster.local"],
+        );
+        (out.contains(&ip1) && out.contains(&ip2)).then_some(out)
+    });
+    assert!(!headless.contains(&cip), "{headless}");
+    let srv = exec(
+        c,
+        "dns",
+        "client",
+        &[
+            "nslookup",
+            "-type=srv",
+            "_web._tcp.who.dns.svc.cluster.local",
+        ],
+    );
+    assert!(
+        srv.contains("who.dns.svc.cluster.local") && srv.contains(" 80 "),
+        "{srv}"
+    );
+    // An unknown name in the domain does not exist.
+    let none = exec(
+        c,
+        "dns",
+        "client",
+        &["nslookup", "nothing.dns.svc.cluster.local"],
+    );
+    assert!(none.contains("NXDOMAIN"), "{none}");
+    // A short name through the search path.
+    let out = wget(c, "dns", "client", "http://who/cgi-bin/who");
+    assert!(out.starts_with("who-"), "{out}");
+    // A Wasm guest: its lookups and its HTTP requests by name go to the same resolver.
+    let probe = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: wasm-dns\n  namespace: dns\nspec:\n  nodeName: n2\n  restartPolicy: Never\n  runtimeClassName: wasmtime\n  containers:\n  - name: probe\n    image: {}\n    args: [\"lookup=who\", \"lookup=db.dns.svc.cluster.local\", \"http=who:80/cgi-bin/who\"]\n",
+        c.image("net-probe")
+    );
+    c.server.apply_stdin(&[], &probe);
+    let logs = eventually(90, "the Wasm guest's lookups", || {
+        let p = c.server.json(&["get", "pod", "wasm-dns", "-n", "dns"]);
+        matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+            .then(|| c.server.ok(&["logs", "wasm-dns", "-n", "dns"]))
+    });
+    assert!(logs.contains(&format!("lookup who: {cip}")), "{logs}");
+    let db: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.starts_with("lookup db."))
+        .collect();
+    assert!(
+        db.iter().any(|l| l.ends_with(&ip1)) && db.iter().any(|l| l.ends_with(&ip2)),
+        "{logs}"
+    );
+    assert!(logs.contains("http 200: who-"), "{logs}");
+    // A pod gone from the headless Service is gone from its name.
+    c.server
+        .ok(&["delete", "pod", "who-2", "-n", "dns", "--wait=true"]);
+    eventually(30, "the gone pod leaving the name", || {
+        let out = exec(
+            c,
+            "dns",
+            "client",
+            &["nslookup", "db.dns.svc.cluster.local"],
+        );
+        (out.contains(&ip1) && !out.contains(&ip2)).then_some(())
+    });
 }

@@ -8,6 +8,8 @@
 //! - [`images`]: the node's content-addressed image store; [`layers`]: unpacked image
 //!   layers; [`registry`]: OCI pulls and pushes.
 //! - [`logs`]: container logs in the CRI format.
+//! - [`dns`]: the cluster DNS each agent serves its pods (and their Wasm guests' lookups);
+//!   [`service_watch`]: the Services and EndpointSlices it and the proxy follow.
 //! - [`proxy`]: the Service proxy (nftables, as kube-proxy's nftables mode); [`routes`]:
 //!   routes to other nodes' pods (host-gw).
 //! - [`bench`]: `skiff bench pods`, `skiff bench http`.
@@ -15,6 +17,7 @@
 //!   [`spdy`], [`portforward`]).
 pub mod agent;
 pub mod bench;
+pub mod dns;
 pub mod expansion;
 pub mod images;
 pub mod layers;
@@ -27,5 +30,6 @@ pub mod routes;
 pub mod runtime;
 pub mod sandbox;
 pub mod server;
+pub mod service_watch;
 pub mod spdy;
 pub mod streams;

@@ -1,7 +1,9 @@
 //! The `kubernetes` Service in `default`, and its Endpoints and EndpointSlice naming this
 //! API server, as kube-apiserver's kubernetesservice controller and endpoint reconciler
 //! keep them: made at start and checked again every [`PERIOD`], so a deleted or edited
-//! one comes back.
+//! one comes back. Likewise `kube-system/kube-dns` (kubeadm's DNS addon Service): the
+//! cluster DNS address pods are told of; every node's agent answers on it itself, so the
+//! Service names no endpoints and node proxies leave it alone.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +17,10 @@ use crate::objects::{ObjectError, Objects, Target, WriteOptions, KUBERNETES_SERV
 const PERIOD: Duration = Duration::from_secs(10);
 const NAME: &str = "kubernetes";
 const NAMESPACE: &str = "default";
+/// The cluster DNS address (the kubelet's --cluster-dns default).
+pub const CLUSTER_DNS_IP: &str = "10.96.0.10";
+/// The label that hands a Service to a proxy other than the nodes' default one.
+const PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 /// The apiserver's Endpoints are not mirrored into slices: it writes its own.
 const SKIP_MIRROR: &str = "endpointslice.kubernetes.io/skip-mirror";
 
@@ -47,7 +53,7 @@ async fn reconcile(objects: &Objects, endpoint: Option<SocketAddr>) -> Result<()
                  "ports": ports(endpoint), "sessionAffinity": "None"},
     });
     // As kube: an existing Service is only mended where its ports or type drifted.
-    ensure(objects, services, service, |cur, want| {
+    let mend_ports = |cur: &Value, want: &Value| {
         (cur.pointer("/spec/ports") != want.pointer("/spec/ports")
             || cur.pointer("/spec/type") != want.pointer("/spec/type"))
         .then(|| {
@@ -56,7 +62,24 @@ async fn reconcile(objects: &Objects, endpoint: Option<SocketAddr>) -> Result<()
             next["spec"]["type"] = want["spec"]["type"].clone();
             next
         })
-    })
+    };
+    ensure(objects, services, NAMESPACE, NAME, service, mend_ports).await?;
+    let dns = json!({
+        "metadata": {"name": "kube-dns", "labels": {
+            "k8s-app": "kube-dns", "kubernetes.io/cluster-service": "true",
+            "kubernetes.io/name": "SkiffDNS", PROXY_NAME_LABEL: "skiff-node-dns"}},
+        "spec": {"type": "ClusterIP", "clusterIP": CLUSTER_DNS_IP, "clusterIPs": [CLUSTER_DNS_IP],
+                 "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                           {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]},
+    });
+    ensure(
+        objects,
+        services,
+        "kube-system",
+        "kube-dns",
+        dns,
+        mend_ports,
+    )
     .await?;
     let Some(endpoint) = endpoint else {
         return Ok(());
@@ -70,7 +93,7 @@ async fn reconcile(objects: &Objects, endpoint: Option<SocketAddr>) -> Result<()
         "subsets": [{"addresses": [{"ip": addr}],
                      "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}],
     });
-    ensure(objects, endpoints, want, |cur, want| {
+    ensure(objects, endpoints, NAMESPACE, NAME, want, |cur, want| {
         (cur.get("subsets") != want.get("subsets")
             || cur.pointer("/metadata/labels") != want.pointer("/metadata/labels"))
         .then(|| {
@@ -91,7 +114,7 @@ async fn reconcile(objects: &Objects, endpoint: Option<SocketAddr>) -> Result<()
         "endpoints": [{"addresses": [addr], "conditions": {"ready": true}}],
         "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
     });
-    ensure(objects, slices, want, |cur, want| {
+    ensure(objects, slices, NAMESPACE, NAME, want, |cur, want| {
         let fields = ["/endpoints", "/ports", "/metadata/labels", "/addressType"];
         fields
             .iter()
@@ -108,19 +131,21 @@ async fn reconcile(objects: &Objects, endpoint: Option<SocketAddr>) -> Result<()
     .await
 }
 
-/// Creates `want` in `default`, or where it exists, writes what `mend` makes of it
+/// Creates `want` (`ns/name`), or where it exists, writes what `mend` makes of it
 /// (`None`: it is as it should be).
 async fn ensure(
     objects: &Objects,
     rt: &crate::registry::ResourceType,
+    ns: &str,
+    name: &str,
     want: Value,
     mend: impl Fn(&Value, &Value) -> Option<Value>,
 ) -> Result<(), ObjectError> {
     let opts = WriteOptions::default();
-    match objects.get_value(rt, Some(NAMESPACE), NAME).await {
+    match objects.get_value(rt, Some(ns), name).await {
         Err(ObjectError::NotFound { .. }) => {
-            match objects.create(rt, Some(NAMESPACE), want, &opts).await {
-                Ok(_) => tracing::info!(resource = rt.plural, "created the kubernetes {}", rt.kind),
+            match objects.create(rt, Some(ns), want, &opts).await {
+                Ok(_) => tracing::info!(namespace = ns, name, "created the {} {name}", rt.kind),
                 Err(ObjectError::AlreadyExists { .. }) => {}
                 Err(e) => return Err(e),
             }
@@ -130,7 +155,7 @@ async fn ensure(
         Ok((cur, _)) if mend(&cur, &want).is_none() => Ok(()),
         Ok(_) => {
             let written = objects
-                .update_with(rt, Some(NAMESPACE), NAME, Target::Main, &opts, |cur| {
+                .update_with(rt, Some(ns), name, Target::Main, &opts, |cur| {
                     Ok(mend(cur, &want).unwrap_or_else(|| cur.clone()))
                 })
                 .await;
@@ -165,6 +190,12 @@ mod tests {
         assert_eq!(svc["spec"]["clusterIP"], "10.96.0.1");
         assert_eq!(svc["spec"]["ports"][0]["targetPort"], 6443);
         assert_eq!(svc["metadata"]["labels"]["provider"], "kubernetes");
+        let rt = super::super::testing::rt(&objects, "", "services");
+        let (dns, _) = objects
+            .get_value(rt, Some("kube-system"), "kube-dns")
+            .await
+            .unwrap();
+        assert_eq!(dns["spec"]["clusterIP"], "10.96.0.10");
         let ep = get("", "endpoints").await;
         assert_eq!(ep["subsets"][0]["addresses"][0]["ip"], "192.0.2.7");
         let slice = get("discovery.k8s.io", "endpointslices").await;

@@ -204,6 +204,8 @@ pub(crate) struct Ctx {
     pub insecure_registries: Vec<String>,
     /// The node's pod network (pods wait for it).
     pub networks: tokio::sync::watch::Receiver<Networks>,
+    /// The cluster DNS this agent serves, if it could start it.
+    pub dns: Option<crate::dns::ClusterDns>,
     /// Log files of container runs still writing (followers wait for more).
     pub active_logs: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
 }
@@ -565,45 +567,18 @@ pub async fn reset(
     crate::sandbox::network::remove_bridge(bridge).map_err(|e| AgentError::Network(e.to_string()))
 }
 
-/// Starts the Service proxy where this agent runs one: its EndpointSlice watch and its
-/// sync loop (the caller feeds it Service events), both ending when dropped.
-fn start_proxy(
-    client: &Client,
-    cfg: &AgentConfig,
-    services: kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Service>,
-) -> Option<(Arc<crate::proxy::Proxy>, [AbortOnDrop; 2])> {
+/// Whether this agent proxies Service traffic (asked to, and able to).
+fn proxy_wanted(cfg: &AgentConfig) -> bool {
     if !cfg.service_proxy {
-        return None;
+        return false;
     }
-    if let Some(reason) = crate::proxy::unavailable() {
-        tracing::warn!(%reason, "this node does not proxy Service traffic");
-        return None;
+    match crate::proxy::unavailable() {
+        Some(reason) => {
+            tracing::warn!(%reason, "this node does not proxy Service traffic");
+            false
+        }
+        None => true,
     }
-    crate::proxy::enable_forwarding();
-    let (slices, slices_writer) = kube::runtime::reflector::store();
-    let proxy = crate::proxy::Proxy::new(
-        crate::proxy::ProxyConfig {
-            node_name: cfg.node_name.clone(),
-            cluster_cidr: cfg.cluster_cidr.network().to_string(),
-            table: crate::proxy::table_name(&cfg.cni_bridge),
-        },
-        services,
-        slices,
-    );
-    let api: Api<k8s_openapi::api::discovery::v1::EndpointSlice> = Api::all(client.clone());
-    let p = proxy.clone();
-    let watch = AbortOnDrop(tokio::spawn(
-        kube::runtime::reflector(slices_writer, watcher(api, watcher::Config::default())).for_each(
-            move |ev| {
-                if let Ok(ev) = &ev {
-                    p.slice_event(ev);
-                }
-                async {}
-            },
-        ),
-    ));
-    let sync = AbortOnDrop(tokio::spawn(proxy.clone().run()));
-    Some((proxy, [watch, sync]))
 }
 
 /// Runs the agent until `shutdown` resolves.
@@ -688,23 +663,44 @@ pub async fn run(
             }
         },
     };
-    let (services, services_writer) = kube::runtime::reflector::store();
-    let proxy = start_proxy(&client, &cfg, services.clone());
-    let services_api: Api<k8s_openapi::api::core::v1::Service> = Api::all(client.clone());
-    let proxy_of_services = proxy.as_ref().map(|(p, _)| p.clone());
-    let services_watch = AbortOnDrop(tokio::spawn(
-        kube::runtime::reflector(
-            services_writer,
-            watcher(services_api, watcher::Config::default()),
-        )
-        .for_each(move |ev| {
-            if let (Ok(ev), Some(p)) = (&ev, &proxy_of_services) {
-                p.service_event(ev);
-            }
-            async {}
-        }),
-    ));
+    let proxy_changes = proxy_wanted(&cfg).then(Default::default);
+    let dns_changes: Arc<crate::service_watch::Changes> = Default::default();
+    let mut followers = vec![dns_changes.clone()];
+    followers.extend(proxy_changes.clone());
+    let (watch, watch_tasks) = crate::service_watch::ServiceWatch::start(&client, followers);
+    let services_watch = watch_tasks.map(AbortOnDrop);
+    // Safety: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let (dns, dns_task) = match crate::dns::start(
+        watch.clone(),
+        dns_changes,
+        crate::dns::CLUSTER_DNS_IP,
+        root,
+    )
+    .await
+    {
+        Ok((dns, task)) => (Some(dns), Some(AbortOnDrop(task))),
+        Err(e) => {
+            tracing::warn!(error = %e, "no cluster DNS on this node: pods use the node's resolvers");
+            (None, None)
+        }
+    };
+    let services = watch.services.clone();
+    let proxy = proxy_changes.map(|changes| {
+        crate::proxy::enable_forwarding();
+        let proxy = crate::proxy::Proxy::new(
+            crate::proxy::ProxyConfig {
+                node_name: cfg.node_name.clone(),
+                cluster_cidr: cfg.cluster_cidr.network().to_string(),
+                table: crate::proxy::table_name(&cfg.cni_bridge),
+            },
+            watch.clone(),
+            changes,
+        );
+        AbortOnDrop(tokio::spawn(proxy.run()))
+    });
     let ctx = Arc::new(Ctx {
+        dns,
         services,
         networks,
         oci,
@@ -844,6 +840,7 @@ pub async fn run(
     drop(routes);
     drop(services_watch);
     drop(proxy);
+    drop(dns_task);
     // The pods' runc containers stay for the next agent to adopt.
     if let Some(oci) = &ctx.oci {
         oci.detach();

@@ -721,6 +721,7 @@ async fn supervise(
                     tty: c.tty == Some(true),
                     pid_namespace: pc.sandbox().pid_namespace.clone(),
                     network: pc.sandbox().network.clone(),
+                    resolver: pc.sandbox().resolver.clone(),
                     log,
                     memory_limit: limit(c, "memory").map(|m| (m / 1000) as u64),
                     cpu_limit_millis: limit(c, "cpu").map(|m| m as u64),
@@ -1367,12 +1368,32 @@ async fn prepare_sandbox(
             )
         })?);
     }
-    sandbox.write_etc(&pc.dirs.sandbox, &entries).map_err(|e| {
-        (
-            "FailedCreatePodSandBox",
-            format!("Failed to create pod sandbox: writing /etc files: {e}"),
-        )
-    })?;
+    // The kubelet's resolv.conf for the pod's policy; the same configuration resolves its
+    // Wasm guests' lookups.
+    let node_resolv = crate::dns::resolv::ResolvConf::parse(
+        &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+    );
+    let cluster_ip = crate::dns::CLUSTER_DNS_IP.to_string();
+    let cluster = pc
+        .ctx
+        .dns
+        .as_ref()
+        .map(|d| (cluster_ip.as_str(), d.domain.as_str()));
+    let resolv = crate::dns::resolv::for_pod(spec, &pc.ns, &node_resolv, cluster);
+    sandbox.resolver = crate::dns::lookup::Resolver::new(
+        &resolv,
+        crate::dns::CLUSTER_DNS_IP.into(),
+        pc.ctx.dns.as_ref().map(|d| d.addr),
+    )
+    .map(std::sync::Arc::new);
+    sandbox
+        .write_etc(&pc.dirs.sandbox, &entries, &resolv.render())
+        .map_err(|e| {
+            (
+                "FailedCreatePodSandBox",
+                format!("Failed to create pod sandbox: writing /etc files: {e}"),
+            )
+        })?;
     Ok((sandbox, ip))
 }
 

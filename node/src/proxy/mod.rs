@@ -13,18 +13,15 @@ pub mod model;
 pub mod nft;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
+
+use crate::service_watch::{Changes, ServiceWatch};
 
 pub use model::PROXY_NAME_LABEL;
 
-/// The label naming an EndpointSlice's Service.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// How long a chain nothing uses any more stays (flushed) before it is deleted: kernels
 /// before 6.2 may still see it referenced for a moment after its map element went.
 const STALE_CHAIN_GRACE: Duration = Duration::from_secs(1);
@@ -40,30 +37,11 @@ pub struct ProxyConfig {
     pub table: String,
 }
 
-#[derive(Default)]
-struct Dirty {
-    keys: HashSet<String>,
-    all: bool,
-    services_synced: bool,
-    slices_synced: bool,
-}
-
-/// The proxy: fed watch events, it syncs in [`Proxy::run`].
+/// The proxy: it syncs in [`Proxy::run`] as the Services change.
 pub struct Proxy {
     cfg: ProxyConfig,
-    services: Store<Service>,
-    slices: Store<EndpointSlice>,
-    dirty: Mutex<Dirty>,
-    wake: tokio::sync::Notify,
-}
-
-fn key(ns: Option<&str>, name: &str) -> String {
-    format!("{}/{name}", ns.unwrap_or_default())
-}
-
-fn slice_service(s: &EndpointSlice) -> Option<String> {
-    let name = s.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
-    Some(key(s.metadata.namespace.as_deref(), name))
+    watch: ServiceWatch,
+    changes: Arc<Changes>,
 }
 
 /// The table of the agent whose pods hang on `bridge` (agents sharing a host in tests
@@ -113,61 +91,12 @@ pub fn enable_forwarding() {
 }
 
 impl Proxy {
-    pub fn new(
-        cfg: ProxyConfig,
-        services: Store<Service>,
-        slices: Store<EndpointSlice>,
-    ) -> Arc<Proxy> {
+    pub fn new(cfg: ProxyConfig, watch: ServiceWatch, changes: Arc<Changes>) -> Arc<Proxy> {
         Arc::new(Proxy {
             cfg,
-            services,
-            slices,
-            dirty: Mutex::default(),
-            wake: tokio::sync::Notify::new(),
+            watch,
+            changes,
         })
-    }
-
-    fn mark(&self, f: impl FnOnce(&mut Dirty)) {
-        f(&mut self.dirty.lock().expect("dirty"));
-        self.wake.notify_one();
-    }
-
-    /// A Service watch event (after the reflector stored it).
-    pub fn service_event(&self, ev: &watcher::Event<Service>) {
-        match ev {
-            watcher::Event::Apply(s) | watcher::Event::Delete(s) | watcher::Event::InitApply(s) => {
-                let k = key(
-                    s.metadata.namespace.as_deref(),
-                    s.metadata.name.as_deref().unwrap_or_default(),
-                );
-                self.mark(|d| {
-                    d.keys.insert(k);
-                })
-            }
-            watcher::Event::Init => {}
-            watcher::Event::InitDone => self.mark(|d| {
-                d.all = true;
-                d.services_synced = true;
-            }),
-        }
-    }
-
-    /// An EndpointSlice watch event (after the reflector stored it).
-    pub fn slice_event(&self, ev: &watcher::Event<EndpointSlice>) {
-        match ev {
-            watcher::Event::Apply(s) | watcher::Event::Delete(s) | watcher::Event::InitApply(s) => {
-                if let Some(k) = slice_service(s) {
-                    self.mark(|d| {
-                        d.keys.insert(k);
-                    })
-                }
-            }
-            watcher::Event::Init => {}
-            watcher::Event::InitDone => self.mark(|d| {
-                d.all = true;
-                d.slices_synced = true;
-            }),
-        }
     }
 
     /// Keeps the table in step with the watched Services and slices until aborted.
@@ -183,22 +112,16 @@ impl Proxy {
         let mut fresh = true;
         loop {
             let due = stale.values().min().map(|t| *t + STALE_CHAIN_GRACE);
-            tokio::select! {
-                _ = self.wake.notified() => {}
+            let changed = tokio::select! {
+                c = self.changes.next() => c,
                 _ = async {
                     match due {
                         Some(at) => tokio::time::sleep_until(at.into()).await,
                         None => std::future::pending().await,
                     }
-                } => {}
-            }
-            let (mut keys, all) = {
-                let mut d = self.dirty.lock().expect("dirty");
-                if !(d.services_synced && d.slices_synced) {
-                    continue;
-                }
-                (std::mem::take(&mut d.keys), std::mem::take(&mut d.all))
+                } => self.changes.take(),
             };
+            let (mut keys, all) = (changed.keys, changed.all);
             let started = Instant::now();
             let mut tx = nft::Transaction::default();
             if fresh {
@@ -208,31 +131,17 @@ impl Proxy {
             }
             if fresh || all {
                 keys.extend(applied.keys().cloned());
-                keys.extend(self.services.state().iter().map(|s| {
-                    key(
-                        s.metadata.namespace.as_deref(),
-                        s.metadata.name.as_deref().unwrap_or_default(),
-                    )
-                }));
+                keys.extend(self.watch.service_keys());
             }
-            let slices = self.slices.state();
-            let mut by_service: HashMap<String, Vec<&EndpointSlice>> = HashMap::new();
-            for s in &slices {
-                if let Some(k) = slice_service(s).filter(|k| keys.contains(k)) {
-                    by_service.entry(k).or_default().push(s);
-                }
-            }
+            let slices = self.watch.slices_of(&keys);
             let empty = model::Fragment::default();
             let mut next = Vec::with_capacity(keys.len());
             for k in keys {
-                let (ns, name) = k.split_once('/').unwrap_or_default();
-                let svc = self
-                    .services
-                    .get(&kube::runtime::reflector::ObjectRef::new(name).within(ns));
-                let frag = match svc {
+                let frag = match self.watch.service(&k) {
                     Some(svc) => {
-                        let slices = by_service.get(&k).map(Vec::as_slice).unwrap_or_default();
-                        model::fragment(&svc, slices, &node)
+                        let of: Vec<&EndpointSlice> =
+                            slices.get(&k).into_iter().flatten().map(|s| &**s).collect();
+                        model::fragment(&svc, &of, &node)
                     }
                     None => model::Fragment::default(),
                 };
@@ -276,7 +185,7 @@ impl Proxy {
                 Err(e) => {
                     tracing::warn!(error = %e, "syncing the Service proxy's rules failed; rebuilding the table");
                     fresh = true;
-                    self.mark(|d| d.all = true);
+                    self.changes.mark_all();
                     tokio::time::sleep(RETRY).await;
                 }
             }
@@ -288,7 +197,7 @@ impl Proxy {
 mod tests {
     use super::*;
 
-    fn service(spec: serde_json::Value) -> Service {
+    fn service(spec: serde_json::Value) -> k8s_openapi::api::core::v1::Service {
         serde_json::from_value(serde_json::json!({
             "metadata": {"name": "web", "namespace": "ns"}, "spec": spec}))
         .unwrap()
@@ -300,7 +209,7 @@ mod tests {
             .map(|ip| serde_json::json!({"addresses": [ip], "nodeName": "n1", "conditions": {"ready": true}}))
             .collect();
         serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "web-1", "namespace": "ns", "labels": {SERVICE_NAME_LABEL: "web"}},
+            "metadata": {"name": "web-1", "namespace": "ns", "labels": {"kubernetes.io/service-name": "web"}},
             "addressType": "IPv4", "endpoints": eps,
             "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}))
         .unwrap()

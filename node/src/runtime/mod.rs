@@ -68,6 +68,9 @@ pub struct ContainerSpec {
     pub pid_namespace: Option<std::path::PathBuf>,
     /// The pod's network: the container's sockets are made there.
     pub network: crate::sandbox::Network,
+    /// How the container's name lookups resolve where the runtime resolves them (Wasm
+    /// guests; an OCI container's libc reads the pod's resolv.conf).
+    pub resolver: Option<std::sync::Arc<crate::dns::lookup::Resolver>>,
     pub log: LogFile,
     /// Bytes of memory (linear memories and tables) the container may use.
     pub memory_limit: Option<u64>,

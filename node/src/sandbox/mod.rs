@@ -154,6 +154,8 @@ pub struct Sandbox {
     /// Files of the sandbox containers see (`/etc/hosts`, `/etc/hostname`,
     /// `/etc/resolv.conf`): guest path, file on the node.
     pub files: Vec<(String, PathBuf)>,
+    /// The pod's resolver (its Wasm guests' name lookups).
+    pub resolver: Option<std::sync::Arc<crate::dns::lookup::Resolver>>,
 }
 
 /// Who a pod's `/etc/hosts` names.
@@ -322,6 +324,7 @@ impl Sandbox {
             pid_namespace: None,
             hostname: String::new(),
             files: Vec::new(),
+            resolver: None,
         })
     }
 
@@ -360,16 +363,20 @@ impl Sandbox {
         Ok(out)
     }
 
-    /// Writes the pod's `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` (the node's)
+    /// Writes the pod's `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` (`resolv`)
     /// under the pod's directory `dir`, for the containers to see.
-    pub fn write_etc(&mut self, dir: &Path, hosts: &HostsEntries<'_>) -> std::io::Result<()> {
+    pub fn write_etc(
+        &mut self,
+        dir: &Path,
+        hosts: &HostsEntries<'_>,
+        resolv: &str,
+    ) -> std::io::Result<()> {
         let etc = dir.join("etc");
         std::fs::create_dir_all(&etc)?;
-        let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
         let files: [(&str, Vec<u8>); 3] = [
             ("hosts", hosts_file(hosts).into_bytes()),
             ("hostname", format!("{}\n", hosts.hostname).into_bytes()),
-            ("resolv.conf", resolv),
+            ("resolv.conf", resolv.as_bytes().to_vec()),
         ];
         self.files.clear();
         for (name, bytes) in files {

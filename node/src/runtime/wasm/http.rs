@@ -28,6 +28,14 @@ pub(crate) struct HttpHost {
     table: ResourceTable,
     http: WasiHttpCtx,
     limits: Limits,
+    resolver: Option<std::sync::Arc<crate::dns::lookup::Resolver>>,
+    hooks: crate::dns::lookup::PodHttpHooks,
+}
+
+impl crate::dns::lookup::PodLookups for HttpHost {
+    fn resolver(&self) -> Option<std::sync::Arc<crate::dns::lookup::Resolver>> {
+        self.resolver.clone()
+    }
 }
 
 impl WasiView for HttpHost {
@@ -44,7 +52,7 @@ impl WasiHttpView for HttpHost {
         WasiHttpCtxView {
             ctx: &mut self.http,
             table: &mut self.table,
-            hooks: wasmtime_wasi_http::default_hooks(),
+            hooks: &mut self.hooks,
         }
     }
 }
@@ -77,6 +85,7 @@ impl HttpEngine {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        crate::dns::lookup::add_to_linker(&mut linker)?;
         // Ticks for this engine's guests (yields, CPU limits, kills).
         let weak = engine.weak();
         std::thread::Builder::new()
@@ -175,6 +184,10 @@ impl Served {
                 limits: Limits {
                     memory: self.memory_limit,
                     exceeded: false,
+                },
+                resolver: self.guest.resolver.clone(),
+                hooks: crate::dns::lookup::PodHttpHooks {
+                    resolver: self.guest.resolver.clone(),
                 },
             },
         );

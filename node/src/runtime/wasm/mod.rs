@@ -37,6 +37,14 @@ struct P2Host {
     table: ResourceTable,
     http: wasmtime_wasi_http::WasiHttpCtx,
     limits: Limits,
+    resolver: Option<Arc<crate::dns::lookup::Resolver>>,
+    hooks: crate::dns::lookup::PodHttpHooks,
+}
+
+impl crate::dns::lookup::PodLookups for P2Host {
+    fn resolver(&self) -> Option<Arc<crate::dns::lookup::Resolver>> {
+        self.resolver.clone()
+    }
 }
 
 impl wasmtime_wasi_http::WasiHttpView for P2Host {
@@ -44,7 +52,7 @@ impl wasmtime_wasi_http::WasiHttpView for P2Host {
         wasmtime_wasi_http::WasiHttpCtxView {
             ctx: &mut self.http,
             table: &mut self.table,
-            hooks: wasmtime_wasi_http::default_hooks(),
+            hooks: &mut self.hooks,
         }
     }
 }
@@ -196,6 +204,7 @@ impl WasmRuntime {
         wasmtime_wasi::p2::add_to_linker_async(&mut p2).map_err(|e| fail(&e))?;
         // Commands may make HTTP requests too (as `wasmtime run -S http`).
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut p2).map_err(|e| fail(&e))?;
+        crate::dns::lookup::add_to_linker(&mut p2).map_err(|e| fail(&e))?;
         // The epoch ticker lives as long as the engine.
         let weak = engine.weak();
         std::thread::Builder::new()
@@ -272,6 +281,8 @@ pub(crate) struct GuestConfig {
     working_dir: Option<String>,
     mounts: Vec<super::Mount>,
     log: LogFile,
+    /// The pod's resolver for the guest's name lookups.
+    pub(crate) resolver: Option<Arc<crate::dns::lookup::Resolver>>,
 }
 
 impl GuestConfig {
@@ -283,6 +294,7 @@ impl GuestConfig {
             working_dir: spec.working_dir.clone().filter(|d| !d.is_empty()),
             mounts: spec.mounts.clone(),
             log: spec.log.clone(),
+            resolver: spec.resolver.clone(),
         }
     }
 
@@ -600,6 +612,10 @@ impl Runtime for WasmRuntime {
                         table: ResourceTable::new(),
                         http: wasmtime_wasi_http::WasiHttpCtx::new(),
                         limits,
+                        resolver: spec.resolver.clone(),
+                        hooks: crate::dns::lookup::PodHttpHooks {
+                            resolver: spec.resolver.clone(),
+                        },
                     },
                 );
                 govern(&mut store, spec.cpu_limit_millis);
@@ -705,6 +721,7 @@ mod tests {
                 tty: false,
                 pid_namespace: None,
                 network: crate::sandbox::Network::Node,
+                resolver: None,
                 log: LogFile::new(
                     &self.dir.path().join(format!("{name}.log")),
                     crate::logs::MAX_LOG_BYTES,

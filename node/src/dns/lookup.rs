@@ -1,0 +1,321 @@
+//! Name lookups of Wasm guests (`wasi:sockets/ip-name-lookup`) through the pod's resolver
+//! configuration, as an OCI container's libc reads its resolv.conf: the cluster DNS with
+//! the namespace's search path and `ndots:5` under ClusterFirst, the node's resolvers
+//! under Default. wasmtime's own implementation asks the node's libc (the node's
+//! resolv.conf, the node's /etc/hosts), so the agent puts this one in its place.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::Name;
+use wasmtime::component::{Linker, Resource, ResourceType};
+use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, IpAddress};
+use wasmtime_wasi::p2::{DynPollable, Network, Pollable};
+use wasmtime_wasi::WasiView;
+
+use super::resolv::ResolvConf;
+
+/// The interface replaced (the version wasmtime-wasi 48 defines; older imports match it).
+const INTERFACE: &str = "wasi:sockets/ip-name-lookup@0.2.12";
+
+/// A pod's resolver.
+pub struct Resolver {
+    inner: hickory_resolver::Resolver<TokioRuntimeProvider>,
+}
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Resolver")
+    }
+}
+
+impl Resolver {
+    /// A resolver following `conf`; queries to `cluster_ip` go to `cluster_addr` (the
+    /// cluster DNS, which may answer on another port where the agent has no root).
+    pub fn new(
+        conf: &ResolvConf,
+        cluster_ip: IpAddr,
+        cluster_addr: Option<SocketAddr>,
+    ) -> Option<Resolver> {
+        let mut servers = Vec::new();
+        for ns in &conf.nameservers {
+            let Ok(ip) = ns.parse::<IpAddr>() else {
+                continue;
+            };
+            let (ip, port) = match cluster_addr {
+                Some(a) if ip == cluster_ip => (a.ip(), a.port()),
+                _ => (ip, 53),
+            };
+            let mut s = NameServerConfig::udp_and_tcp(ip);
+            for c in &mut s.connections {
+                c.port = port;
+            }
+            servers.push(s);
+        }
+        if servers.is_empty() {
+            return None;
+        }
+        let search: Vec<Name> = conf
+            .searches
+            .iter()
+            .filter_map(|s| Name::from_str(&format!("{}.", s.trim_end_matches('.'))).ok())
+            .collect();
+        let config = ResolverConfig::from_parts(None, search, servers);
+        let mut opts = ResolverOpts::default();
+        opts.ndots = conf.ndots();
+        // The guest sees its pod's names, not the node's /etc/hosts.
+        opts.use_hosts_file = ResolveHosts::Never;
+        opts.timeout = std::time::Duration::from_secs(5);
+        opts.attempts = 2;
+        let inner = hickory_resolver::Resolver::builder_with_config(
+            config,
+            TokioRuntimeProvider::default(),
+        )
+        .with_options(opts)
+        .build()
+        .ok()?;
+        Some(Resolver { inner })
+    }
+
+    /// The addresses of `name` (an address stands for itself; `localhost` is loopback).
+    pub async fn resolve(&self, name: &str) -> Result<Vec<IpAddr>, ErrorCode> {
+        if let Ok(ip) = name.parse::<IpAddr>() {
+            return Ok(vec![ip]);
+        }
+        let trimmed = name.trim_end_matches('.');
+        if trimmed.eq_ignore_ascii_case("localhost") {
+            return Ok(vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()]);
+        }
+        if trimmed.is_empty() || Name::from_str(trimmed).is_err() {
+            return Err(ErrorCode::InvalidArgument);
+        }
+        match self.inner.lookup_ip(name).await {
+            Ok(found) => {
+                let ips: Vec<IpAddr> = found.iter().map(|ip| ip.to_canonical()).collect();
+                if ips.is_empty() {
+                    Err(ErrorCode::NameUnresolvable)
+                } else {
+                    Ok(ips)
+                }
+            }
+            Err(e) if e.is_no_records_found() || e.is_nx_domain() => {
+                Err(ErrorCode::NameUnresolvable)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, name, "a guest's lookup failed");
+                Err(ErrorCode::TemporaryResolverFailure)
+            }
+        }
+    }
+}
+
+/// Hosts whose guests look names up through their pod's resolver.
+pub trait PodLookups: WasiView + Send {
+    fn resolver(&self) -> Option<Arc<Resolver>>;
+}
+
+/// A lookup under way, then its addresses.
+pub struct Lookup {
+    task: Option<tokio::task::JoinHandle<Result<Vec<IpAddr>, ErrorCode>>>,
+    result: Option<Result<std::vec::IntoIter<IpAddr>, ErrorCode>>,
+}
+
+impl Lookup {
+    async fn settle(&mut self) {
+        if let Some(task) = self.task.take() {
+            let r = task
+                .await
+                .unwrap_or(Err(ErrorCode::TemporaryResolverFailure));
+            self.result = Some(r.map(Vec::into_iter));
+        }
+    }
+
+    fn settle_now(&mut self) {
+        if self.task.as_ref().is_some_and(|t| t.is_finished()) {
+            let task = self.task.take().expect("there");
+            let r = futures::FutureExt::now_or_never(task)
+                .and_then(Result::ok)
+                .unwrap_or(Err(ErrorCode::TemporaryResolverFailure));
+            self.result = Some(r.map(Vec::into_iter));
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for Lookup {
+    async fn ready(&mut self) {
+        self.settle().await
+    }
+}
+
+impl Drop for Lookup {
+    fn drop(&mut self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}
+
+fn ip_address(ip: IpAddr) -> IpAddress {
+    match ip {
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            IpAddress::Ipv4((o[0], o[1], o[2], o[3]))
+        }
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            IpAddress::Ipv6((s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]))
+        }
+    }
+}
+
+/// Puts the pod's resolver in place of wasmtime's `ip-name-lookup` in `linker` (after
+/// wasmtime-wasi's own interfaces are added).
+pub fn add_to_linker<T: PodLookups + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let mut i = linker.instance(INTERFACE)?;
+    i.resource(
+        "resolve-address-stream",
+        ResourceType::host::<Lookup>(),
+        |mut store, rep| {
+            store
+                .data_mut()
+                .ctx()
+                .table
+                .delete(Resource::<Lookup>::new_own(rep))?;
+            Ok(())
+        },
+    )?;
+    i.func_wrap(
+        "resolve-addresses",
+        |mut store, (network, name): (Resource<Network>, String)| {
+            let host = store.data_mut();
+            // The network handle is the capability to look names up.
+            host.ctx().table.get(&network)?;
+            let Some(resolver) = host.resolver() else {
+                return Ok((Err(ErrorCode::PermanentResolverFailure),));
+            };
+            let task = tokio::spawn(async move { resolver.resolve(&name).await });
+            let lookup = Lookup {
+                task: Some(task),
+                result: None,
+            };
+            Ok((Ok(host.ctx().table.push(lookup)?),))
+        },
+    )?;
+    i.func_wrap(
+        "[method]resolve-address-stream.resolve-next-address",
+        |mut store, (this,): (Resource<Lookup>,)| {
+            let lookup = store.data_mut().ctx().table.get_mut(&this)?;
+            lookup.settle_now();
+            let answer = match &mut lookup.result {
+                None => Err(ErrorCode::WouldBlock),
+                Some(Ok(addrs)) => Ok(addrs.next().map(ip_address)),
+                Some(Err(e)) => Err(*e),
+            };
+            Ok((answer,))
+        },
+    )?;
+    i.func_wrap(
+        "[method]resolve-address-stream.subscribe",
+        |mut store, (this,): (Resource<Lookup>,)| -> wasmtime::Result<(Resource<DynPollable>,)> {
+            let table = store.data_mut().ctx().table;
+            Ok((wasmtime_wasi::p2::subscribe(table, this)?,))
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// wasi:http hooks that resolve a plain-HTTP request's host through the pod's resolver
+/// (`http://web/` reaches the Service `web` of the guest's namespace). HTTPS requests
+/// keep their name for TLS and resolve as wasmtime does.
+#[derive(Default)]
+pub struct PodHttpHooks {
+    pub resolver: Option<Arc<Resolver>>,
+}
+
+impl wasmtime_wasi_http::WasiHttpHooks for PodHttpHooks {
+    fn send_request(
+        &mut self,
+        mut request: hyper::http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        fut: Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn std::future::Future<
+                Output = Result<
+                    (
+                        hyper::http::Response<wasmtime_wasi_http::WasiBody>,
+                        Box<
+                            dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>>
+                                + Send,
+                        >,
+                    ),
+                    wasmtime_wasi_http::Error,
+                >,
+            > + Send,
+    > {
+        drop(fut);
+        let resolver = self.resolver.clone();
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let uri = request.uri().clone();
+            let plain = uri.scheme() == Some(&hyper::http::uri::Scheme::HTTP);
+            if let (Some(r), Some(auth), true) = (resolver, uri.authority(), plain) {
+                if auth.host().parse::<IpAddr>().is_err() {
+                    let ips = r.resolve(auth.host()).await.map_err(|_| {
+                        wasmtime_wasi_http::Error::DnsError {
+                            rcode: Some("NXDOMAIN".into()),
+                            info_code: None,
+                        }
+                    })?;
+                    let ip = ips.iter().find(|i| i.is_ipv4()).or(ips.first()).copied();
+                    if let Some(ip) = ip {
+                        let port = auth.port_u16().unwrap_or(80);
+                        let host = match ip {
+                            IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+                            v4 => format!("{v4}:{port}"),
+                        };
+                        let mut parts = uri.into_parts();
+                        parts.authority = host.parse().ok();
+                        if let Ok(u) = hyper::http::Uri::from_parts(parts) {
+                            *request.uri_mut() = u;
+                        }
+                    }
+                }
+            }
+            let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                res.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn std::future::Future<Output = _> + Send>,
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn addresses_and_localhost_need_no_server() {
+        let conf = ResolvConf::parse("nameserver 127.0.0.1\noptions ndots:5\n");
+        let r = Resolver::new(&conf, "10.96.0.10".parse().unwrap(), None).unwrap();
+        assert_eq!(
+            r.resolve("10.1.2.3").await.unwrap(),
+            ["10.1.2.3".parse::<IpAddr>().unwrap()]
+        );
+        assert!(r
+            .resolve("localhost")
+            .await
+            .unwrap()
+            .contains(&"127.0.0.1".parse().unwrap()));
+        assert!(matches!(
+            r.resolve("bad..name").await,
+            Err(ErrorCode::InvalidArgument)
+        ));
+    }
+}
