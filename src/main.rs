@@ -359,8 +359,22 @@ enum Bench {
     /// Requests per second of a wasi:http component served at its pod's IP, next to
     /// `wasmtime serve` of the same component.
     Http(skiff_node::bench::http::HttpBenchArgs),
+    /// How long a new endpoint takes to be reachable through its Service after its pod
+    /// turns Ready, with many Services in the node's proxy.
+    Endpoints(skiff_node::bench::endpoints::EndpointsBenchArgs),
     /// Scheduling throughput and latency on simulated nodes (kube's SchedulingBasic).
     Scheduler(skiff_control_plane::bench::scheduler::SchedulerBenchArgs),
+}
+
+/// What a node bench needs of the API server it started.
+fn bench_cluster(
+    server: &skiff_control_plane::bench::BenchServer,
+) -> skiff_node::bench::BenchCluster<'_> {
+    skiff_node::bench::BenchCluster {
+        dir: server.dir.path(),
+        kubeconfig: &server.kubeconfig,
+        server_pid: server.pid(),
+    }
 }
 
 fn init_tracing() {
@@ -632,23 +646,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             what: Bench::Pods(args),
         } => {
             let server = skiff_control_plane::bench::BenchServer::start("skiff-bench-pods")?;
-            let cluster = skiff_node::bench::BenchCluster {
-                dir: server.dir.path(),
-                kubeconfig: &server.kubeconfig,
-                server_pid: server.pid(),
-            };
-            skiff_node::bench::run_pods(args, cluster).await?
+            skiff_node::bench::run_pods(args, bench_cluster(&server)).await?
         }
         Command::Bench {
             what: Bench::Http(args),
         } => {
             let server = skiff_control_plane::bench::BenchServer::start("skiff-bench-http")?;
-            let cluster = skiff_node::bench::BenchCluster {
-                dir: server.dir.path(),
-                kubeconfig: &server.kubeconfig,
-                server_pid: server.pid(),
-            };
-            skiff_node::bench::http::run(args, cluster).await?
+            skiff_node::bench::http::run(args, bench_cluster(&server)).await?
+        }
+        Command::Bench {
+            what: Bench::Endpoints(args),
+        } => {
+            let server = skiff_control_plane::bench::BenchServer::start("skiff-bench-endpoints")?;
+            skiff_node::bench::endpoints::run(args, bench_cluster(&server)).await?
         }
     }
     Ok(())

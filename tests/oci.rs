@@ -1125,7 +1125,7 @@ fn wasm_guests_use_sockets_and_http_in_their_pods_network() {
     assert_eq!(
         out,
         format!(
-            "tcp: ping\nudp: hey\nlookup localhost: 127.0.0.1\nrefused: connection-refused\nhttp 200: hello-from-busybox\nhttp 200: node says hi\n"
+            "tcp: ping\nudp: hey\nlookup localhost: 127.0.0.1\nlookup localhost: 0:0:0:0:0:0:0:1\nrefused: connection-refused\nhttp 200: hello-from-busybox\nhttp 200: node says hi\n"
         ),
         "{probe}"
     );

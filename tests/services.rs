@@ -16,7 +16,7 @@ use common::oci::Registry;
 use common::{eventually, Agent, Server, Shared, SharedGuard};
 use serde_json::Value;
 
-const TESTS: usize = 6;
+const TESTS: usize = 7;
 
 /// Fields drop in order: agents (reset in their hosts) before the server, the LAN last.
 struct Cluster {
@@ -56,6 +56,10 @@ fn cluster() -> SharedGuard<Cluster> {
         common::oci::push_wasm(
             &common::root().join("wasm-examples/out/net-probe.wasm"),
             &image("net-probe"),
+        );
+        common::oci::push_wasm(
+            &common::root().join("wasm-examples/out/http-hello.wasm"),
+            &image("http-hello"),
         );
         let server = Server::start_on(tempfile::tempdir().unwrap(), &gw);
         let hosts = vec![lan.host(1), lan.host(2)];
@@ -522,4 +526,103 @@ fn cluster_dns_answers_pods_and_wasm_guests() {
         );
         (out.contains(&ip1) && !out.contains(&ip2)).then_some(())
     });
+}
+
+/// Sends GET requests to `addr` from inside host `netns` (a node's own network), one
+/// fresh connection each, until `stop`; (answered with 200, failed: what went wrong).
+fn load_from(
+    netns: &str,
+    addr: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(usize, Vec<String>)> {
+    let path = format!("/run/netns/{netns}");
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        let ns = std::fs::File::open(&path).unwrap();
+        // Safety: setns on this thread only, with an open namespace file.
+        assert_eq!(
+            unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
+        let (mut ok, mut failed) = (0, Vec::new());
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            match get(&addr, "/load") {
+                Ok(body) if body.starts_with("Hello from a Wasm HTTP handler") => ok += 1,
+                Ok(body) => failed.push(format!("unexpected answer {body:?}")),
+                Err(e) => failed.push(e),
+            }
+        }
+        (ok, failed)
+    })
+}
+
+/// A Deployment of Wasm HTTP pods rolls to a new template while a client sends requests
+/// through its Service: not one fails. Endpoints of pods going away leave the Service
+/// before the pods stop (a preStop sleep keeps them serving meanwhile), new pods join it
+/// once their readiness probe passes, and a stopping server finishes what it has begun.
+#[test]
+fn a_rolling_update_under_load_loses_no_request() {
+    let c = &*cluster();
+    namespace(c, "roll");
+    let deployment = |version: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: roll\nspec:\n  replicas: 3\n  selector:\n    matchLabels:\n      app: web\n  strategy:\n    rollingUpdate:\n      maxSurge: 1\n      maxUnavailable: 0\n  template:\n    metadata:\n      labels:\n        app: web\n    spec:\n      runtimeClassName: wasmtime\n      terminationGracePeriodSeconds: 10\n      containers:\n      - name: hello\n        image: {}\n        env:\n        - name: VERSION\n          value: \"{version}\"\n        ports:\n        - name: http\n          containerPort: 8080\n        readinessProbe:\n          httpGet:\n            path: /ready\n            port: http\n          periodSeconds: 1\n        lifecycle:\n          preStop:\n            sleep:\n              seconds: 2\n",
+            c.image("http-hello")
+        )
+    };
+    c.server.apply_stdin(&[], &deployment("1"));
+    let svc = service(c, "roll", "web", "web", "");
+    c.server.ok(&[
+        "rollout",
+        "status",
+        "deployment/web",
+        "-n",
+        "roll",
+        "--timeout=120s",
+    ]);
+    endpoints_ready(c, "roll", "web", 3);
+    let addr = format!("{}:80", svc["spec"]["clusterIP"].as_str().unwrap());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = load_from(&c.hosts[0].netns, addr, stop.clone());
+    std::thread::sleep(Duration::from_secs(1));
+    let before: Vec<String> = c
+        .server
+        .json(&["get", "pods", "-n", "roll", "-l", "app=web"])["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    c.server.apply_stdin(&[], &deployment("2"));
+    c.server.ok(&[
+        "rollout",
+        "status",
+        "deployment/web",
+        "-n",
+        "roll",
+        "--timeout=180s",
+    ]);
+    // Until the old pods are gone, not just replaced.
+    eventually(60, "the old pods gone", || {
+        let pods = c
+            .server
+            .json(&["get", "pods", "-n", "roll", "-l", "app=web"]);
+        let names: Vec<&str> = pods["items"]
+            .as_array()?
+            .iter()
+            .filter_map(|p| p["metadata"]["name"].as_str())
+            .collect();
+        (names.len() == 3 && names.iter().all(|n| !before.iter().any(|b| b == n))).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 50, "only {ok} requests were made");
 }

@@ -833,6 +833,8 @@ async fn supervise(
             probing.start(ProbeKind::Readiness, c, &target, &probe_tx);
         }
         let mut liveness_failed = false;
+        // A preStop hook under way: the container is told to stop once it is done.
+        let mut pre_stop: Option<futures::future::BoxFuture<'static, probes::Outcome>> = None;
         let exit = {
             let wait = running.wait();
             tokio::pin!(wait);
@@ -887,8 +889,26 @@ async fn supervise(
                             "Killing",
                             format!("Stopping container {}", c.name),
                         );
-                        terminate.kill();
                         stopping = Some(deadline);
+                        // The preStop hook first (the kubelet's order), within the grace
+                        // period; then SIGTERM.
+                        match c.lifecycle.as_ref().and_then(|l| l.pre_stop.clone()) {
+                            Some(hook) => {
+                                let target = target.clone();
+                                let budget = deadline.saturating_duration_since(tokio::time::Instant::now());
+                                pre_stop = Some(Box::pin(async move {
+                                    probes::run_hook(&hook, &target, budget).await
+                                }));
+                            }
+                            None => terminate.kill(),
+                        }
+                    }
+                    outcome = async { pre_stop.as_mut().expect("a hook").await }, if pre_stop.is_some() => {
+                        pre_stop = None;
+                        if let probes::Outcome::Failure(why) = outcome {
+                            ctx.events.pod(&pc.pod, Some(&c.name), "Warning", "FailedPreStopHook", format!("PreStopHook failed: {why}"));
+                        }
+                        terminate.kill();
                     }
                     _ = tokio::time::sleep_until(stopping.unwrap_or_else(tokio::time::Instant::now)), if stopping.is_some() => {
                         kill.kill();

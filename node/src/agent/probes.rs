@@ -136,6 +136,26 @@ pub async fn run(p: &Probe, t: &Target, timeout: Duration) -> Outcome {
     }
 }
 
+/// Runs a lifecycle hook (`preStop`, `postStart`) within `budget`: a sleep, or an exec,
+/// HTTP GET or TCP handler run as a probe's would be.
+pub async fn run_hook(
+    h: &k8s_openapi::api::core::v1::LifecycleHandler,
+    t: &Target,
+    budget: Duration,
+) -> Outcome {
+    if let Some(s) = &h.sleep {
+        tokio::time::sleep(Duration::from_secs(s.seconds.max(0) as u64).min(budget)).await;
+        return Outcome::Success;
+    }
+    let probe = Probe {
+        exec: h.exec.clone(),
+        http_get: h.http_get.clone(),
+        tcp_socket: h.tcp_socket.clone(),
+        ..Default::default()
+    };
+    run(&probe, t, budget).await
+}
+
 async fn http_get(
     host: &str,
     port: u16,

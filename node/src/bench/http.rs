@@ -1,7 +1,9 @@
 //! `skiff bench http`: requests per second and latency of a wasi:http component served by
-//! Skiff at its pod's IP, next to `wasmtime serve` of the same component on the same
-//! machine, in the same run and by the same load generator: keep-alive HTTP/1.1
-//! connections, each sending its next request as soon as it has read an answer.
+//! Skiff (a Deployment of one pod behind a NodePort Service) at its pod's IP, through the
+//! Service's cluster IP and through its node port, next to `wasmtime serve` of the same
+//! component on the same machine, in the same run and by the same load generator:
+//! keep-alive HTTP/1.1 connections, each sending its next request as soon as it has read
+//! an answer.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use kube::api::PostParams;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, PostParams};
 
 use super::{cpu_ms, BenchCluster, BenchError, BenchNode};
 
@@ -211,35 +215,79 @@ pub async fn run(args: HttpBenchArgs, cluster: BenchCluster<'_>) -> Result<(), B
     store.import(&args.component, IMAGE)?;
     drop(store);
     let node = BenchNode::start(&cluster, 10).await?;
-    let pod = serde_json::json!({
+    let deployment = serde_json::json!({
         "metadata": {"name": "http"},
         "spec": {
-            "runtimeClassName": "wasmtime",
-            "terminationGracePeriodSeconds": 0,
-            "containers": [{"name": "http", "image": IMAGE, "imagePullPolicy": "IfNotPresent",
-                            "ports": [{"containerPort": PORT}]}],
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "http"}},
+            "template": {
+                "metadata": {"labels": {"app": "http"}},
+                "spec": {
+                    "runtimeClassName": "wasmtime",
+                    "terminationGracePeriodSeconds": 0,
+                    "containers": [{"name": "http", "image": IMAGE, "imagePullPolicy": "IfNotPresent",
+                                    "ports": [{"containerPort": PORT}]}],
+                },
+            },
         },
     });
-    let pod = serde_json::from_value(pod).expect("valid pod");
-    node.pods.create(&PostParams::default(), &pod).await?;
+    let deployments: Api<Deployment> = Api::namespaced(node.client.clone(), "bench");
+    deployments
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(deployment).expect("valid"),
+        )
+        .await?;
+    let service = serde_json::json!({
+        "metadata": {"name": "http"},
+        "spec": {"type": "NodePort", "selector": {"app": "http"},
+                 "ports": [{"port": 80, "targetPort": PORT}]},
+    });
+    let services: Api<Service> = Api::namespaced(node.client.clone(), "bench");
+    let service = services
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(service).expect("valid"),
+        )
+        .await?;
+    let spec = service.spec.unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(60);
     let ip = loop {
-        let p = node.pods.get("http").await?;
-        let status = p.status.unwrap_or_default();
-        if status.phase.as_deref() == Some("Running") {
-            if let Some(ip) = status.pod_ip {
-                break ip;
-            }
+        let pods = node.pods.list(&Default::default()).await?;
+        let running = pods.items.into_iter().find_map(|p| {
+            let status = p.status?;
+            (status.phase.as_deref() == Some("Running")).then_some(status.pod_ip)?
+        });
+        if let Some(ip) = running {
+            break ip;
         }
         if Instant::now() > deadline {
             return Err(BenchError::Failed("the pod did not run".into()));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let skiff: SocketAddr = format!("{ip}:{PORT}")
-        .parse()
-        .map_err(|e| BenchError::Failed(format!("pod IP {ip}: {e}")))?;
+    let parse = |s: String| {
+        s.parse::<SocketAddr>()
+            .map_err(|e| BenchError::Failed(format!("address {s}: {e}")))
+    };
+    let skiff = parse(format!("{ip}:{PORT}"))?;
+    let cluster_ip = parse(format!("{}:80", spec.cluster_ip.unwrap_or_default()))?;
+    let node_port = spec
+        .ports
+        .unwrap_or_default()
+        .first()
+        .and_then(|p| p.node_port)
+        .unwrap_or_default();
+    // A node port answers on the node's addresses (not loopback ones).
+    let host_ip = {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        s.connect("192.0.2.1:9")?;
+        s.local_addr()?.ip()
+    };
+    let node_port = SocketAddr::new(host_ip, node_port as u16);
     accepting(skiff, "the pod").await?;
+    accepting(cluster_ip, "the Service's cluster IP").await?;
+    accepting(node_port, "the Service's node port").await?;
     let peer = Peer::start(&args, cluster.dir).await?;
     println!(
         "skiff bench http: {} ({} bytes), {} connections, {} s per server per round; peer: {version} `serve` (it runs the component as WASIp2: wasi:http/proxy)",
@@ -248,13 +296,32 @@ pub async fn run(args: HttpBenchArgs, cluster: BenchCluster<'_>) -> Result<(), B
         args.connections,
         args.seconds
     );
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let (mut ours, mut theirs, mut via_ip, mut via_port) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 1..=args.rounds {
         println!("round {round}");
         ours.push(
             measure(
                 &format!("Skiff, pod IP {skiff}"),
                 skiff,
+                node.agent_pid,
+                &args,
+            )
+            .await?,
+        );
+        via_ip.push(
+            measure(
+                &format!("Skiff, Service cluster IP {cluster_ip}"),
+                cluster_ip,
+                node.agent_pid,
+                &args,
+            )
+            .await?,
+        );
+        via_port.push(
+            measure(
+                &format!("Skiff, Service node port {node_port}"),
+                node_port,
                 node.agent_pid,
                 &args,
             )
@@ -277,6 +344,14 @@ pub async fn run(args: HttpBenchArgs, cluster: BenchCluster<'_>) -> Result<(), B
         best(&theirs),
         best(&ours) / best(&theirs).max(1e-9)
     );
+    for (what, v) in [("cluster IP", &via_ip), ("node port", &via_port)] {
+        println!(
+            "through the Service's {what} / to the pod IP (best round each): {:.0} / {:.0} req/s = {:.2}x",
+            best(v),
+            best(&ours),
+            best(v) / best(&ours).max(1e-9)
+        );
+    }
     drop(node);
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! wasmtime host keeping the same idle guests, one async task and Store each. And
 //! `skiff bench http` ([`http`]).
 
+pub mod endpoints;
 pub mod http;
 
 use std::collections::HashMap;
@@ -162,6 +163,7 @@ pub(crate) struct BenchNode {
     _procs: Procs,
     pub agent_pid: u32,
     pub pods: Api<Pod>,
+    pub client: kube::Client,
 }
 
 impl BenchNode {
@@ -216,7 +218,8 @@ impl BenchNode {
         Ok(BenchNode {
             _procs: procs,
             agent_pid,
-            pods: Api::namespaced(client, "bench"),
+            pods: Api::namespaced(client.clone(), "bench"),
+            client,
         })
     }
 }

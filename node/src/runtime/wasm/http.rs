@@ -129,44 +129,56 @@ pub(super) fn bind(port: u16) -> std::io::Result<std::net::TcpListener> {
 
 impl Served {
     /// Serves HTTP/1.1 on `listener` until dropped (dropping also ends every connection
-    /// and request in flight); returns only if the listener fails.
-    pub async fn serve(self, listener: std::net::TcpListener) -> wasmtime::Result<()> {
+    /// and request in flight), or until `drain` is notified (the container's SIGTERM):
+    /// then it takes no new connection, lets the requests in flight finish, closes idle
+    /// connections and returns.
+    pub async fn serve(
+        self,
+        listener: std::net::TcpListener,
+        drain: Arc<tokio::sync::Notify>,
+    ) -> wasmtime::Result<()> {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let served = Arc::new(self);
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
         // Connections end with the container: the set aborts them when dropped.
         let mut connections = tokio::task::JoinSet::new();
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         loop {
             let (stream, _) = tokio::select! {
                 accepted = listener.accept() => accepted?,
                 Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+                _ = drain.notified() => break,
             };
             let _ = stream.set_nodelay(true);
             let (served, slots) = (served.clone(), slots.clone());
+            let service = hyper::service::service_fn(move |req| {
+                let (served, slots) = (served.clone(), slots.clone());
+                async move {
+                    let _slot = slots.acquire_owned().await;
+                    Ok::<_, std::convert::Infallible>(match served.handle(req).await {
+                        Ok(resp) => resp,
+                        Err(e) => {
+                            served.guest.log_error(&format!("{e:#}"));
+                            internal_error()
+                        }
+                    })
+                }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let conn = http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(io, service);
+            let conn = graceful.watch(conn);
             connections.spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let (served, slots) = (served.clone(), slots.clone());
-                    async move {
-                        let _slot = slots.acquire_owned().await;
-                        Ok::<_, std::convert::Infallible>(match served.handle(req).await {
-                            Ok(resp) => resp,
-                            Err(e) => {
-                                served.guest.log_error(&format!("{e:#}"));
-                                internal_error()
-                            }
-                        })
-                    }
-                });
-                let io = hyper_util::rt::TokioIo::new(stream);
-                if let Err(e) = http1::Builder::new()
-                    .keep_alive(true)
-                    .serve_connection(io, service)
-                    .await
-                {
+                if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "an HTTP connection ended");
                 }
             });
         }
+        drop(listener);
+        graceful.shutdown().await;
+        while connections.join_next().await.is_some() {}
+        Ok(())
     }
 
     /// One request, on a fresh instance.

@@ -448,6 +448,9 @@ impl wasmtime_wasi::cli::StdoutStream for LogStream {
 struct WasmContainer {
     task: tokio::task::JoinHandle<Exit>,
     kill: Arc<tokio::sync::Notify>,
+    /// A served component's SIGTERM: it drains (commands have no signals: a stop ends
+    /// them at once).
+    drain: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Drop for WasmContainer {
@@ -473,6 +476,16 @@ impl Running for WasmContainer {
         let kill = self.kill.clone();
         // `notify_one` keeps the signal for a task not waiting yet.
         KillSwitch::new(move || kill.notify_one())
+    }
+
+    fn terminate_switch(&self) -> KillSwitch {
+        match &self.drain {
+            Some(drain) => {
+                let drain = drain.clone();
+                KillSwitch::new(move || drain.notify_one())
+            }
+            None => self.kill_switch(),
+        }
     }
 }
 
@@ -560,6 +573,7 @@ impl Runtime for WasmRuntime {
             exceeded: false,
         };
         let kill = Arc::new(tokio::sync::Notify::new());
+        let drain = Arc::new(tokio::sync::Notify::new());
         let log = spec.log.clone();
         // A guest in a pod namespace runs on threads inside it (its sockets are made there);
         // the executor lives as long as the guest's task holds it.
@@ -651,11 +665,13 @@ impl Runtime for WasmRuntime {
                     memory_limit: limits.memory,
                     cpu_limit_millis: spec.cpu_limit_millis,
                 };
-                let run = async move { (served.serve(listener).await, false) };
+                let d = drain.clone();
+                let run = async move { (served.serve(listener, d).await, false) };
                 spawner.spawn(supervise_guest(run, kill.clone(), log, alive))
             }
         };
-        Ok(Box::new(WasmContainer { task, kill }))
+        let drain = serving.then_some(drain);
+        Ok(Box::new(WasmContainer { task, kill, drain }))
     }
 }
 
