@@ -561,6 +561,7 @@ pub async fn reset(
             .map_err(|e| AgentError::Network(e.to_string()))?;
     }
     crate::proxy::nft::remove(&crate::proxy::table_name(bridge));
+    crate::dns::remove_address(crate::dns::CLUSTER_DNS_IP);
     if let Err(e) = crate::routes::remove_all() {
         tracing::warn!(error = %e, "removing the routes to other nodes' pods");
     }

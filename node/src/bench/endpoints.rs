@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::watcher;
 
@@ -140,7 +141,36 @@ pub async fn run(args: EndpointsBenchArgs, cluster: BenchCluster<'_>) -> Result<
         started.elapsed().as_secs_f64(),
         args.samples
     );
-    let mut samples = Vec::new();
+    // When each probe Service's slice first names a ready endpoint: the time splits into
+    // Ready -> EndpointSlice (the control plane) and EndpointSlice -> reachable (the node).
+    let sliced: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>> =
+        Default::default();
+    let slices_api: Api<EndpointSlice> = Api::namespaced(node.client.clone(), "bench");
+    let seen = sliced.clone();
+    let slice_watch = tokio::spawn(watcher(slices_api, watcher::Config::default()).for_each(
+        move |ev| {
+            if let Ok(watcher::Event::Apply(s)) = ev {
+                let svc = s
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("kubernetes.io/service-name").cloned())
+                    .unwrap_or_default();
+                let ready = s
+                    .endpoints
+                    .iter()
+                    .any(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false));
+                if ready && svc.starts_with("probe-") {
+                    seen.lock()
+                        .expect("seen")
+                        .entry(svc)
+                        .or_insert_with(Instant::now);
+                }
+            }
+            async {}
+        },
+    ));
+    let (mut samples, mut to_slice, mut from_slice) = (Vec::new(), Vec::new(), Vec::new());
     for (i, ip) in ips.iter().enumerate() {
         let name = format!("probe-{i}");
         let addr: SocketAddr = format!("{ip}:80")
@@ -174,6 +204,10 @@ pub async fn run(args: EndpointsBenchArgs, cluster: BenchCluster<'_>) -> Result<
             tokio::time::sleep(Duration::from_micros(500)).await;
         };
         samples.push(reached_at.saturating_duration_since(ready_at));
+        if let Some(at) = sliced.lock().expect("seen").get(&name).copied() {
+            to_slice.push(at.saturating_duration_since(ready_at));
+            from_slice.push(reached_at.saturating_duration_since(at));
+        }
         node.pods.delete(&name, &DeleteParams::default()).await?;
     }
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -183,6 +217,14 @@ pub async fn run(args: EndpointsBenchArgs, cluster: BenchCluster<'_>) -> Result<
         super::pct(&mut samples, 0.99),
     );
     let max = samples.iter().max().copied().unwrap_or_default();
+    slice_watch.abort();
+    println!(
+        "  of which pod Ready -> EndpointSlice with it (control plane): p50 {:.1} ms, p99 {:.1} ms; EndpointSlice -> reachable (watch, proxy sync, nft): p50 {:.1} ms, p99 {:.1} ms",
+        ms(super::pct(&mut to_slice, 0.5)),
+        ms(super::pct(&mut to_slice, 0.99)),
+        ms(super::pct(&mut from_slice, 0.5)),
+        ms(super::pct(&mut from_slice, 0.99)),
+    );
     println!(
         "new endpoint reachable through its Service after its pod turned Ready: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms (target p99 <= 100 ms)",
         ms(p50),

@@ -187,7 +187,11 @@ impl BenchNode {
             .arg("--data-dir")
             .arg(&agent_dir)
             .args(["--cni-bridge", BENCH_BRIDGE])
-            .env("SKIFF_LOG", "warn")
+            // SKIFF_BENCH_AGENT_LOG: the agent's log filter (to see where time goes).
+            .env(
+                "SKIFF_LOG",
+                std::env::var("SKIFF_BENCH_AGENT_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .spawn()?;
         let agent_pid = agent.id();
         let procs = Procs(vec![agent], Some(agent_dir));

@@ -195,6 +195,14 @@ fn ensure_address(ip: Ipv4Addr) -> Result<(), DnsError> {
     }
 }
 
+/// Takes the cluster DNS address off this node (the agent's reset); missing is fine.
+pub fn remove_address(ip: Ipv4Addr) {
+    let _ = std::process::Command::new("ip")
+        .args(["addr", "del", &format!("{ip}/32"), "dev", "lo"])
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
 /// A socket on `addr` that other agents on this host may share (SO_REUSEPORT): agents
 /// sharing a host answer for the same cluster.
 fn bind(addr: SocketAddr, kind: socket2::Type) -> Result<socket2::Socket, DnsError> {

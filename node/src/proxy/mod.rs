@@ -110,6 +110,7 @@ impl Proxy {
         let mut stale: HashMap<String, Instant> = HashMap::new();
         // The table is made anew on the first sync and after a refused batch.
         let mut fresh = true;
+        let mut nft = nft::Nft::default();
         loop {
             let due = stale.values().min().map(|t| *t + STALE_CHAIN_GRACE);
             let changed = tokio::select! {
@@ -163,7 +164,8 @@ impl Proxy {
             if tx.is_empty() {
                 continue;
             }
-            match nft::apply(&tx.script(&table)).await {
+            let computed = started.elapsed();
+            match nft.apply(&tx.script(&table)).await {
                 Ok(()) => {
                     fresh = false;
                     for c in &due {
@@ -180,7 +182,7 @@ impl Proxy {
                             applied.insert(k, f);
                         }
                     }
-                    tracing::debug!(services = changed, elapsed = ?started.elapsed(), "proxy rules synced");
+                    tracing::debug!(services = changed, ?computed, elapsed = ?started.elapsed(), "proxy rules synced");
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "syncing the Service proxy's rules failed; rebuilding the table");
@@ -267,7 +269,13 @@ mod tests {
                 let mut tx = nft::Transaction::default();
                 tx.diff("t", &f1, &f2);
                 assert_eq!(tx.dropped_chains.len(), 1, "{tx:?}");
-                nft::apply(&tx.script("t")).await.unwrap();
+                // Through libnftables this time (the agent's way).
+                let mut lib = nft::Nft::default();
+                lib.apply(&tx.script("t")).await.unwrap();
+                assert!(lib
+                    .apply("add chain ip t bad-batch\nno such command\n")
+                    .await
+                    .is_err());
                 let after = list("t");
                 assert!(!after.contains("dnat to 10.244.1.2:8080"), "{after}");
                 assert!(after.contains("numgen random mod 1"), "{after}");
