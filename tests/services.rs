@@ -144,17 +144,26 @@ fn service(c: &Cluster, ns: &str, name: &str, app: &str, extra_spec: &str) -> Va
     c.server.json(&["get", "service", name, "-n", ns])
 }
 
+/// Runs net-probe (wasm-examples/net-probe) with `steps` in a Wasm pod on `node`; its log.
+fn wasm_probe(c: &Cluster, ns: &str, node: &str, steps: &[&str]) -> String {
+    let args: Vec<String> = steps.iter().map(|s| format!("{s:?}")).collect();
+    let probe = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: wasm-probe\n  namespace: {ns}\nspec:\n  nodeName: {node}\n  restartPolicy: Never\n  runtimeClassName: wasmtime\n  containers:\n  - name: probe\n    image: {}\n    args: [{}]\n",
+        c.image("net-probe"),
+        args.join(", ")
+    );
+    c.server.apply_stdin(&[], &probe);
+    eventually(90, "the Wasm probe's end", || {
+        let p = c.server.json(&["get", "pod", "wasm-probe", "-n", ns]);
+        matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+            .then(|| c.server.ok(&["logs", "wasm-probe", "-n", ns]))
+    })
+}
+
 /// Runs `wget` in the client pod; what it printed (stdout and stderr). (Busybox 1.35's
 /// `wget -T` crashes: the time limit is `timeout`'s.)
 fn wget(c: &Cluster, ns: &str, client: &str, url: &str) -> String {
-    let o = c.server.kubectl(&[
-        "exec", "-n", ns, client, "--", "timeout", "5", "wget", "-q", "-O-", url,
-    ]);
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    exec(c, ns, client, &["timeout", "5", "wget", "-q", "-O-", url])
 }
 
 /// The pod and client address a /cgi-bin/who answer names (httpd writes IPv4 clients
@@ -223,16 +232,7 @@ fn a_cluster_ip_balances_over_pods_on_both_nodes() {
     }
     assert_eq!(seen.len(), 2, "both pods answer: {seen:?}");
     // A Wasm guest's outgoing wasi:http request goes through the same cluster IP.
-    let probe = format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: wasm-client\n  namespace: cip\nspec:\n  nodeName: n2\n  restartPolicy: Never\n  runtimeClassName: wasmtime\n  containers:\n  - name: probe\n    image: {}\n    args: [\"http={ip}:80/cgi-bin/who\"]\n",
-        c.image("net-probe")
-    );
-    c.server.apply_stdin(&[], &probe);
-    let logs = eventually(90, "the Wasm client's answer", || {
-        let p = c.server.json(&["get", "pod", "wasm-client", "-n", "cip"]);
-        matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
-            .then(|| c.server.ok(&["logs", "wasm-client", "-n", "cip"]))
-    });
+    let logs = wasm_probe(c, "cip", "n2", &[&format!("http={ip}:80/cgi-bin/who")]);
     assert!(logs.starts_with("http 200: who-"), "{logs}");
 }
 
@@ -482,6 +482,21 @@ fn cluster_dns_answers_pods_and_wasm_guests() {
         srv.contains("who.dns.svc.cluster.local") && srv.contains(" 80 "),
         "{srv}"
     );
+    // An ExternalName Service is a CNAME.
+    c.server.apply_stdin(
+        &[],
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: alias\n  namespace: dns\nspec:\n  type: ExternalName\n  externalName: who.dns.svc.cluster.local\n",
+    );
+    let cname = eventually(30, "the ExternalName Service's name", || {
+        let out = exec(
+            c,
+            "dns",
+            "client",
+            &["nslookup", "alias.dns.svc.cluster.local"],
+        );
+        out.contains("who.dns.svc.cluster.local").then_some(out)
+    });
+    assert!(cname.contains("canonical name"), "{cname}");
     // An unknown name in the domain does not exist.
     let none = exec(
         c,
@@ -494,16 +509,16 @@ fn cluster_dns_answers_pods_and_wasm_guests() {
     let out = wget(c, "dns", "client", "http://who/cgi-bin/who");
     assert!(out.starts_with("who-"), "{out}");
     // A Wasm guest: its lookups and its HTTP requests by name go to the same resolver.
-    let probe = format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: wasm-dns\n  namespace: dns\nspec:\n  nodeName: n2\n  restartPolicy: Never\n  runtimeClassName: wasmtime\n  containers:\n  - name: probe\n    image: {}\n    args: [\"lookup=who\", \"lookup=db.dns.svc.cluster.local\", \"http=who:80/cgi-bin/who\"]\n",
-        c.image("net-probe")
+    let logs = wasm_probe(
+        c,
+        "dns",
+        "n2",
+        &[
+            "lookup=who",
+            "lookup=db.dns.svc.cluster.local",
+            "http=who:80/cgi-bin/who",
+        ],
     );
-    c.server.apply_stdin(&[], &probe);
-    let logs = eventually(90, "the Wasm guest's lookups", || {
-        let p = c.server.json(&["get", "pod", "wasm-dns", "-n", "dns"]);
-        matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
-            .then(|| c.server.ok(&["logs", "wasm-dns", "-n", "dns"]))
-    });
     assert!(logs.contains(&format!("lookup who: {cip}")), "{logs}");
     let db: Vec<&str> = logs
         .lines()
