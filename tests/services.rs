@@ -16,7 +16,7 @@ use common::oci::Registry;
 use common::{eventually, Agent, Server, Shared, SharedGuard};
 use serde_json::Value;
 
-const TESTS: usize = 7;
+const TESTS: usize = 8;
 
 /// Fields drop in order: agents (reset in their hosts) before the server, the LAN last.
 struct Cluster {
@@ -640,4 +640,44 @@ fn a_rolling_update_under_load_loses_no_request() {
         &failed[..failed.len().min(5)]
     );
     assert!(ok > 50, "only {ok} requests were made");
+}
+
+/// Lifecycle hooks: a postStart hook runs before the container counts as running (here it
+/// writes the file the container waits for); a failing one kills the container, with the
+/// kubelet's event; a preStop hook (exec) runs before the container is told to stop.
+#[test]
+fn lifecycle_hooks_run_around_the_container() {
+    let c = &*cluster();
+    namespace(c, "hooks");
+    let manifest = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: hooked\n  namespace: hooks\nspec:\n  nodeName: n1\n  terminationGracePeriodSeconds: 5\n  volumes:\n  - name: out\n    hostPath:\n      path: /tmp\n  containers:\n  - name: main\n    image: {img}\n    command: [sh, -c, 'while [ ! -f /started ]; do sleep 0.1; done; cat /started; exec sleep 3600']\n    lifecycle:\n      postStart:\n        exec:\n          command: [sh, -c, 'echo post-start ran > /started']\n      preStop:\n        exec:\n          command: [sh, -c, 'echo pre-stop ran > /out/skiff-pre-stop-$HOSTNAME']\n    volumeMounts:\n    - name: out\n      mountPath: /out\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: failing\n  namespace: hooks\nspec:\n  nodeName: n1\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {img}\n    command: [sleep, '3600']\n    lifecycle:\n      postStart:\n        exec:\n          command: ['false']\n",
+        img = c.image("busybox")
+    );
+    c.server.apply_stdin(&[], &manifest);
+    running(c, "hooks", "hooked");
+    let logs = eventually(30, "the container's output", || {
+        let l = c.server.ok(&["logs", "hooked", "-n", "hooks"]);
+        (!l.is_empty()).then_some(l)
+    });
+    assert_eq!(logs, "post-start ran\n");
+    let events = eventually(60, "the failed hook's event", || {
+        let e = c.server.ok(&[
+            "get",
+            "events",
+            "-n",
+            "hooks",
+            "--field-selector",
+            "involvedObject.name=failing",
+        ]);
+        e.contains("FailedPostStartHook").then_some(e)
+    });
+    assert!(events.contains("PostStartHook failed"), "{events}");
+    // The preStop hook writes into a hostPath on the node before the container stops.
+    let marker = std::path::Path::new("/tmp/skiff-pre-stop-hooked");
+    let _ = std::fs::remove_file(marker);
+    c.server
+        .ok(&["delete", "pod", "hooked", "-n", "hooks", "--wait=true"]);
+    let written = std::fs::read_to_string(marker).unwrap_or_default();
+    let _ = std::fs::remove_file(marker);
+    assert_eq!(written, "pre-stop ran\n");
 }

@@ -138,6 +138,51 @@ fn validate_resources(r: Option<&ResourceRequirements>, path: &str, errs: &mut E
     }
 }
 
+/// A container's `postStart` and `preStop` hooks (kube's validateLifecycle): one handler
+/// each; a sleep within the pod's grace period (zero allowed, as kube 1.33).
+fn validate_lifecycle(c: &Container, path: &str, grace: Option<i64>, errs: &mut Errors) {
+    let Some(l) = &c.lifecycle else {
+        return;
+    };
+    for (name, hook) in [("postStart", &l.post_start), ("preStop", &l.pre_stop)] {
+        let Some(h) = hook else {
+            continue;
+        };
+        let hp = format!("{path}.lifecycle.{name}");
+        let set: Vec<&str> = [
+            ("exec", h.exec.is_some()),
+            ("httpGet", h.http_get.is_some()),
+            ("tcpSocket", h.tcp_socket.is_some()),
+            ("sleep", h.sleep.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(f, on)| on.then_some(f))
+        .collect();
+        match set.as_slice() {
+            [] => errs.required_msg(hp.clone(), "must specify a handler type"),
+            [_] => {}
+            [_, more @ ..] => {
+                for f in more {
+                    errs.forbidden(
+                        format!("{hp}.{f}"),
+                        "may not specify more than 1 handler type",
+                    );
+                }
+            }
+        }
+        if let Some(s) = &h.sleep {
+            let grace = grace.unwrap_or(30);
+            if s.seconds < 0 || s.seconds > grace {
+                errs.invalid(
+                    format!("{hp}.sleep"),
+                    s.seconds,
+                    format!("must be non-negative and less than terminationGracePeriodSeconds ({grace})"),
+                );
+            }
+        }
+    }
+}
+
 fn validate_container(c: &Container, path: &str, volumes: &HashSet<&str>, errs: &mut Errors) {
     if c.name.is_empty() {
         errs.required(format!("{path}.name"));
@@ -538,6 +583,7 @@ pub fn validate_pod_spec(spec: &PodSpec, path: &str, errs: &mut Errors) {
         for (i, c) in list.iter().enumerate() {
             let cp = format!("{path}.{field}[{i}]");
             validate_container(c, &cp, &volumes, errs);
+            validate_lifecycle(c, &cp, spec.termination_grace_period_seconds, errs);
             if !c.name.is_empty() && !names.insert(c.name.as_str()) {
                 errs.duplicate(format!("{cp}.name"), &c.name);
             }
@@ -1020,6 +1066,23 @@ mod tests {
                 .any(|m| m.starts_with("spec.restartPolicy: Unsupported value: \"Sometimes\"")),
             "{msgs:?}"
         );
+    }
+
+    #[test]
+    fn lifecycle_hooks_take_one_handler_and_sleep_within_the_grace_period() {
+        let p = pod(
+            json!({"spec": {"terminationGracePeriodSeconds": 10, "containers": [
+            {"name": "a", "image": "x", "lifecycle": {
+                "preStop": {"sleep": {"seconds": 11}},
+                "postStart": {"exec": {"command": ["true"]}, "sleep": {"seconds": 1}}}},
+            {"name": "b", "image": "x", "lifecycle": {"preStop": {}}}]}}),
+        );
+        let mut errs = Errors::default();
+        p.validate(&mut errs);
+        let msgs: Vec<String> = errs.0.iter().map(|e| e.to_string()).collect();
+        assert!(msgs.contains(&"spec.containers[0].lifecycle.preStop.sleep: Invalid value: 11: must be non-negative and less than terminationGracePeriodSeconds (10)".to_string()), "{msgs:?}");
+        assert!(msgs.contains(&"spec.containers[0].lifecycle.postStart.sleep: Forbidden: may not specify more than 1 handler type".to_string()), "{msgs:?}");
+        assert!(msgs.contains(&"spec.containers[1].lifecycle.preStop: Required value: must specify a handler type".to_string()), "{msgs:?}");
     }
 
     /// Regression: `subPath: ../../etc` and `items: [{path: ../../../x}]` were accepted and

@@ -792,9 +792,6 @@ async fn supervise(
                 });
                 (running, started, container_id, log_path, runtime, run_id)
             };
-        let _ = updates
-            .send(Update::Status(which, Box::new(status.clone())))
-            .await;
         let began = Instant::now();
         // Told to stop: SIGTERM (for a Wasm guest, the end), then a kill when the grace
         // period is over. An aborted worker drops `running`, which kills the container.
@@ -825,6 +822,28 @@ async fn supervise(
             container: c.clone(),
             exec,
         };
+        // The postStart hook runs before the container counts as running (the kubelet's
+        // order); if it fails, the container is killed and restarts as its policy says.
+        if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
+            let mut told = stop.clone();
+            let outcome = tokio::select! {
+                o = probes::run_hook(hook, &target, Duration::from_secs(24 * 3600)) => Some(o),
+                _ = stop_requested(&mut told) => None,
+            };
+            if let Some(probes::Outcome::Failure(why)) = outcome {
+                ctx.events.pod(
+                    &pc.pod,
+                    Some(&c.name),
+                    "Warning",
+                    "FailedPostStartHook",
+                    format!("PostStartHook failed: {why}"),
+                );
+                kill.kill();
+            }
+        }
+        let _ = updates
+            .send(Update::Status(which, Box::new(status.clone())))
+            .await;
         let mut probing = ProbeSet::default();
         if c.startup_probe.is_some() {
             probing.start(ProbeKind::Startup, c, &target, &probe_tx);
