@@ -194,6 +194,13 @@ fn get(addr: &str, path: &str) -> Result<String, String> {
     body.ok_or_else(|| format!("no HTTP answer: {out:?}"))
 }
 
+/// The /cgi-bin/who answer at `addr` from this process, once something answers there.
+fn who_at(addr: &str) -> String {
+    eventually(30, &format!("an answer at {addr}"), || {
+        get(addr, "/cgi-bin/who").ok()
+    })
+}
+
 /// Waits until the endpoints of a Service name `n` ready addresses.
 fn endpoints_ready(c: &Cluster, ns: &str, name: &str, n: usize) {
     eventually(60, &format!("{n} endpoints of {name}"), || {
@@ -249,9 +256,7 @@ fn node_ports_and_load_balancers_answer_from_outside() {
         .expect("a node port");
     endpoints_ready(c, "ext", "np", 1);
     for h in &c.hosts {
-        let body = eventually(30, "the node port answering", || {
-            get(&format!("{}:{node_port}", h.ip), "/cgi-bin/who").ok()
-        });
+        let body = who_at(&format!("{}:{node_port}", h.ip));
         assert!(body.starts_with("who-1 "), "{body}");
     }
     service(c, "ext", "lb", "who", "  type: LoadBalancer\n");
@@ -270,9 +275,7 @@ fn node_ports_and_load_balancers_answer_from_outside() {
     let table = c.server.ok(&["get", "service", "lb", "-n", "ext"]);
     assert!(table.contains(&want.join(",")), "{table}");
     for ip in &ingress {
-        let body = eventually(30, "the load balancer answering", || {
-            get(&format!("{ip}:80"), "/cgi-bin/who").ok()
-        });
+        let body = who_at(&format!("{ip}:80"));
         assert!(body.starts_with("who-1 "), "{body}");
     }
 }
@@ -320,9 +323,7 @@ fn affinity_and_local_traffic_policies() {
     let node_port = ext["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
     for (h, pod) in c.hosts.iter().zip(["who-1", "who-2"]) {
         for _ in 0..4 {
-            let body = eventually(30, "the local node port", || {
-                get(&format!("{}:{node_port}", h.ip), "/cgi-bin/who").ok()
-            });
+            let body = who_at(&format!("{}:{node_port}", h.ip));
             assert_eq!(
                 who(&body),
                 (pod.to_string(), c.lan.gateway()),
