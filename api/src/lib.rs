@@ -7,6 +7,8 @@
 //! - [`quantity`]: resource quantities (`500m`, `1Gi`) in milli-units.
 //! - [`WASM_RUNTIME_LABEL`], [`OCI_RUNTIME_LABEL`]: the node labels of the runtimes a
 //!   node offers.
+//! - [`SERVICE_NAME_LABEL`], [`SERVICE_PROXY_NAME_LABEL`], [`CLUSTER_DNS_IP`]: what the
+//!   endpoints controller writes and the nodes' proxies and DNS read.
 
 pub mod cidr;
 pub mod duration;
@@ -18,3 +20,10 @@ pub const WASM_RUNTIME_LABEL: &str = "runtime.skiff.dev/wasm";
 /// The node label of nodes that run OCI containers through runc (pods that may hold them
 /// are kept to such nodes).
 pub const OCI_RUNTIME_LABEL: &str = "runtime.skiff.dev/oci";
+/// The label naming an EndpointSlice's Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Services carrying it are some other proxy's: node proxies leave them alone.
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+/// The cluster DNS address: `kube-system/kube-dns`'s cluster IP, where every node's DNS
+/// answers (the kubelet's --cluster-dns default).
+pub const CLUSTER_DNS_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 96, 0, 10);

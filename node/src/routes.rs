@@ -21,7 +21,8 @@ pub enum RouteError {
     Ip { args: String, reason: String },
 }
 
-fn ip(args: &[&str]) -> Result<String, RouteError> {
+/// Runs iproute2's `ip`; its output, or why it failed.
+pub(crate) fn ip(args: &[&str]) -> Result<String, RouteError> {
     let failed = |reason: String| RouteError::Ip {
         args: args.join(" "),
         reason,

@@ -13,12 +13,18 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client};
 
-/// The label naming an EndpointSlice's Service.
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+use skiff_api::SERVICE_NAME_LABEL;
 
 /// `namespace/name` of a Service.
 pub fn key(ns: Option<&str>, name: &str) -> String {
     format!("{}/{name}", ns.unwrap_or_default())
+}
+
+fn service_key(s: &Service) -> String {
+    key(
+        s.metadata.namespace.as_deref(),
+        s.metadata.name.as_deref().unwrap_or_default(),
+    )
 }
 
 /// The key of the Service an EndpointSlice belongs to.
@@ -62,57 +68,39 @@ impl Changes {
     /// Waits for changes once both watches have listed everything.
     pub async fn next(&self) -> Changed {
         loop {
-            {
-                let mut p = self.pending.lock().expect("pending");
-                if p.services_synced && p.slices_synced && (p.all || !p.keys.is_empty()) {
-                    return Changed {
-                        keys: std::mem::take(&mut p.keys),
-                        all: std::mem::take(&mut p.all),
-                    };
-                }
+            let c = self.take();
+            if c.all || !c.keys.is_empty() {
+                return c;
             }
             self.wake.notified().await;
         }
     }
 
-    /// Takes what changed without waiting (empty while the watches list).
+    /// Takes what changed without waiting (nothing while the watches list).
     pub fn take(&self) -> Changed {
         let mut p = self.pending.lock().expect("pending");
-        if !(p.services_synced && p.slices_synced) {
-            return Changed {
-                keys: HashSet::new(),
-                all: false,
-            };
-        }
+        let listed = p.services_synced && p.slices_synced;
         Changed {
-            keys: std::mem::take(&mut p.keys),
-            all: std::mem::take(&mut p.all),
+            keys: if listed {
+                std::mem::take(&mut p.keys)
+            } else {
+                HashSet::new()
+            },
+            all: listed && std::mem::take(&mut p.all),
         }
     }
 
-    fn service_event(&self, ev: &watcher::Event<Service>) {
+    /// A watch event of either kind: the Service it names (`key`) changed; `listed` marks
+    /// that kind's first listing done.
+    fn event<K>(
+        &self,
+        ev: &watcher::Event<K>,
+        key: impl Fn(&K) -> Option<String>,
+        listed: fn(&mut Pending),
+    ) {
         match ev {
-            watcher::Event::Apply(s) | watcher::Event::Delete(s) | watcher::Event::InitApply(s) => {
-                let k = key(
-                    s.metadata.namespace.as_deref(),
-                    s.metadata.name.as_deref().unwrap_or_default(),
-                );
-                self.mark(|p| {
-                    p.keys.insert(k);
-                })
-            }
-            watcher::Event::Init => {}
-            watcher::Event::InitDone => self.mark(|p| {
-                p.all = true;
-                p.services_synced = true;
-            }),
-        }
-    }
-
-    fn slice_event(&self, ev: &watcher::Event<EndpointSlice>) {
-        match ev {
-            watcher::Event::Apply(s) | watcher::Event::Delete(s) | watcher::Event::InitApply(s) => {
-                if let Some(k) = slice_service(s) {
+            watcher::Event::Apply(o) | watcher::Event::Delete(o) | watcher::Event::InitApply(o) => {
+                if let Some(k) = key(o) {
                     self.mark(|p| {
                         p.keys.insert(k);
                     })
@@ -121,7 +109,7 @@ impl Changes {
             watcher::Event::Init => {}
             watcher::Event::InitDone => self.mark(|p| {
                 p.all = true;
-                p.slices_synced = true;
+                listed(p);
             }),
         }
     }
@@ -132,7 +120,6 @@ impl Changes {
 pub struct ServiceWatch {
     pub services: Store<Service>,
     pub slices: Store<EndpointSlice>,
-    followers: Arc<Vec<Arc<Changes>>>,
 }
 
 impl ServiceWatch {
@@ -144,12 +131,9 @@ impl ServiceWatch {
     ) -> (ServiceWatch, [tokio::task::JoinHandle<()>; 2]) {
         let (services, services_writer) = kube::runtime::reflector::store();
         let (slices, slices_writer) = kube::runtime::reflector::store();
-        let watch = ServiceWatch {
-            services,
-            slices,
-            followers: Arc::new(followers),
-        };
-        let followers = watch.followers.clone();
+        let watch = ServiceWatch { services, slices };
+        let followers = Arc::new(followers);
+        let of_slices = followers.clone();
         let services_task = tokio::spawn(
             kube::runtime::reflector(
                 services_writer,
@@ -161,13 +145,16 @@ impl ServiceWatch {
             .for_each(move |ev| {
                 if let Ok(ev) = &ev {
                     for f in followers.iter() {
-                        f.service_event(ev);
+                        f.event(
+                            ev,
+                            |s: &Service| Some(service_key(s)),
+                            |p| p.services_synced = true,
+                        );
                     }
                 }
                 async {}
             }),
         );
-        let followers = watch.followers.clone();
         let slices_task = tokio::spawn(
             kube::runtime::reflector(
                 slices_writer,
@@ -178,8 +165,8 @@ impl ServiceWatch {
             )
             .for_each(move |ev| {
                 if let Ok(ev) = &ev {
-                    for f in followers.iter() {
-                        f.slice_event(ev);
+                    for f in of_slices.iter() {
+                        f.event(ev, slice_service, |p| p.slices_synced = true);
                     }
                 }
                 async {}
@@ -210,11 +197,6 @@ impl ServiceWatch {
 
     /// Every Service's key.
     pub fn service_keys(&self) -> impl Iterator<Item = String> {
-        self.services.state().into_iter().map(|s| {
-            key(
-                s.metadata.namespace.as_deref(),
-                s.metadata.name.as_deref().unwrap_or_default(),
-            )
-        })
+        self.services.state().into_iter().map(|s| service_key(&s))
     }
 }

@@ -15,7 +15,7 @@ use super::{cache, written_rev, Action, Cache, Informer, Queue};
 use crate::objects::{DeleteOptions, ObjectError, Objects, Target, WriteOptions};
 use crate::selectors::label_selector_matches_json;
 
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub use skiff_api::SERVICE_NAME_LABEL;
 pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 pub const CONTROLLER_NAME: &str = "endpointslice-controller.k8s.io";
 const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";

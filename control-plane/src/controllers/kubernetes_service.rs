@@ -17,10 +17,7 @@ use crate::objects::{ObjectError, Objects, Target, WriteOptions, KUBERNETES_SERV
 const PERIOD: Duration = Duration::from_secs(10);
 const NAME: &str = "kubernetes";
 const NAMESPACE: &str = "default";
-/// The cluster DNS address (the kubelet's --cluster-dns default).
-pub const CLUSTER_DNS_IP: &str = "10.96.0.10";
-/// The label that hands a Service to a proxy other than the nodes' default one.
-const PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+use skiff_api::{CLUSTER_DNS_IP, SERVICE_PROXY_NAME_LABEL as PROXY_NAME_LABEL};
 /// The apiserver's Endpoints are not mirrored into slices: it writes its own.
 const SKIP_MIRROR: &str = "endpointslice.kubernetes.io/skip-mirror";
 
@@ -64,11 +61,12 @@ async fn reconcile(objects: &Objects, endpoint: Option<SocketAddr>) -> Result<()
         })
     };
     ensure(objects, services, NAMESPACE, NAME, service, mend_ports).await?;
+    let dns_ip = CLUSTER_DNS_IP.to_string();
     let dns = json!({
         "metadata": {"name": "kube-dns", "labels": {
             "k8s-app": "kube-dns", "kubernetes.io/cluster-service": "true",
             "kubernetes.io/name": "SkiffDNS", PROXY_NAME_LABEL: "skiff-node-dns"}},
-        "spec": {"type": "ClusterIP", "clusterIP": CLUSTER_DNS_IP, "clusterIPs": [CLUSTER_DNS_IP],
+        "spec": {"type": "ClusterIP", "clusterIP": dns_ip, "clusterIPs": [dns_ip],
                  "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
                            {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]},
     });

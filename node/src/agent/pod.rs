@@ -1407,24 +1407,27 @@ async fn prepare_sandbox(
             )
         })?);
     }
-    // The kubelet's resolv.conf for the pod's policy; the same configuration resolves its
-    // Wasm guests' lookups.
+    // The kubelet's resolv.conf for the pod's policy. Its Wasm guests resolve with the same
+    // configuration, through the cluster DNS wherever it answers (on a loopback port too,
+    // which a resolv.conf cannot name).
     let node_resolv = crate::dns::resolv::ResolvConf::parse(
         &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
     );
     let cluster_ip = crate::dns::CLUSTER_DNS_IP.to_string();
-    let cluster = pc
-        .ctx
-        .dns
-        .as_ref()
-        .map(|d| (cluster_ip.as_str(), d.domain.as_str()));
-    let resolv = crate::dns::resolv::for_pod(spec, &pc.ns, &node_resolv, cluster);
+    let dns = pc.ctx.dns.as_ref();
+    let cluster = dns.map(|d| (cluster_ip.as_str(), d.domain.as_str()));
+    let guests = crate::dns::resolv::for_pod(spec, &pc.ns, &node_resolv, cluster);
     sandbox.resolver = crate::dns::lookup::Resolver::new(
-        &resolv,
+        &guests,
         crate::dns::CLUSTER_DNS_IP.into(),
-        pc.ctx.dns.as_ref().map(|d| d.addr),
+        dns.map(|d| d.addr),
     )
     .map(std::sync::Arc::new);
+    let resolv = if dns.is_some_and(|d| d.for_pods) {
+        guests
+    } else {
+        crate::dns::resolv::for_pod(spec, &pc.ns, &node_resolv, None)
+    };
     sandbox
         .write_etc(&pc.dirs.sandbox, &entries, &resolv.render())
         .map_err(|e| {

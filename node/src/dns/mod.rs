@@ -30,8 +30,7 @@ use crate::service_watch::{Changes, ServiceWatch};
 
 /// The cluster's DNS domain (the kubelet's --cluster-domain).
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
-/// The cluster DNS address pods are told of (the kubelet's --cluster-dns; kube-dns's IP).
-pub const CLUSTER_DNS_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+pub use skiff_api::CLUSTER_DNS_IP;
 /// Time to live of the answers (CoreDNS's kubernetes plugin's default).
 const TTL: u32 = 5;
 
@@ -177,30 +176,19 @@ fn soa(domain: &str, serial: u32) -> Result<Record, DnsError> {
 /// puts it on an interface of its own; kernels without dummy links have lo): pods route
 /// to it through their gateway and the node takes it as its own.
 fn ensure_address(ip: Ipv4Addr) -> Result<(), DnsError> {
-    let o = std::process::Command::new("ip")
-        .args(["addr", "add", &format!("{ip}/32"), "dev", "lo"])
-        .output()
-        .map_err(|e| DnsError::Address {
-            addr: ip,
-            reason: e.to_string(),
-        })?;
-    let err = String::from_utf8_lossy(&o.stderr);
-    if o.status.success() || err.contains("File exists") || err.contains("already assigned") {
-        Ok(())
-    } else {
-        Err(DnsError::Address {
-            addr: ip,
-            reason: err.trim().to_string(),
-        })
+    match crate::routes::ip(&["addr", "add", &format!("{ip}/32"), "dev", "lo"]) {
+        Err(crate::routes::RouteError::Ip { reason, .. })
+            if !reason.contains("File exists") && !reason.contains("already assigned") =>
+        {
+            Err(DnsError::Address { addr: ip, reason })
+        }
+        _ => Ok(()),
     }
 }
 
 /// Takes the cluster DNS address off this node (the agent's reset); missing is fine.
 pub fn remove_address(ip: Ipv4Addr) {
-    let _ = std::process::Command::new("ip")
-        .args(["addr", "del", &format!("{ip}/32"), "dev", "lo"])
-        .stderr(std::process::Stdio::null())
-        .status();
+    let _ = crate::routes::ip(&["addr", "del", &format!("{ip}/32"), "dev", "lo"]);
 }
 
 /// A socket on `addr` that other agents on this host may share (SO_REUSEPORT): agents

@@ -20,8 +20,6 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::service_watch::{Changes, ServiceWatch};
 
-pub use model::PROXY_NAME_LABEL;
-
 /// How long a chain nothing uses any more stays (flushed) before it is deleted: kernels
 /// before 6.2 may still see it referenced for a moment after its map element went.
 const STALE_CHAIN_GRACE: Duration = Duration::from_secs(1);

@@ -11,8 +11,7 @@ use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use sha2::Digest;
 
-/// Services carrying it are some other proxy's (kube-proxy skips them too).
-pub const PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+use skiff_api::SERVICE_PROXY_NAME_LABEL as PROXY_NAME_LABEL;
 /// A ClientIP affinity's default timeout (Kubernetes: 3 hours).
 const DEFAULT_AFFINITY_SECONDS: i32 = 10800;
 pub const MARK_MASQ_CHAIN: &str = "mark-for-masquerade";

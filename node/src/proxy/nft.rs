@@ -224,8 +224,14 @@ impl Libnftables {
             buffer_out(ctx);
             Some(Libnftables {
                 ctx,
-                run: std::mem::transmute(run),
-                error: std::mem::transmute(error),
+                run: std::mem::transmute::<
+                    *mut libc::c_void,
+                    unsafe extern "C" fn(*mut libc::c_void, *const libc::c_char) -> libc::c_int,
+                >(run),
+                error: std::mem::transmute::<
+                    *mut libc::c_void,
+                    unsafe extern "C" fn(*mut libc::c_void) -> *const libc::c_char,
+                >(error),
             })
         }
     }
