@@ -25,20 +25,30 @@ use super::attach;
 use crate::logs::{LogFile, Stream};
 
 /// What `skiff shim` is told.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct ShimArgs {
+    #[arg(long)]
     pub id: String,
+    #[arg(long)]
     pub bundle: PathBuf,
+    #[arg(long)]
     pub runc: PathBuf,
+    #[arg(long)]
     pub runc_root: PathBuf,
+    #[arg(long)]
     pub log: PathBuf,
+    #[arg(long)]
     pub max_log_bytes: u64,
     /// The container's cgroup (as in its spec), read for OOM kills.
+    #[arg(long)]
     pub cgroup: String,
     /// The container's stdin is kept open for attached clients (`stdin`), closed after the
     /// first session (`stdinOnce`); it runs on a terminal (`tty`).
+    #[arg(long)]
     pub stdin: bool,
+    #[arg(long)]
     pub stdin_once: bool,
+    #[arg(long)]
     pub tty: bool,
 }
 
