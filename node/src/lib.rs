@@ -7,6 +7,8 @@
 //!   [`procs`]: processes that outlive the agent, found again.
 //! - [`images`]: the node's content-addressed image store; [`layers`]: unpacked image
 //!   layers; [`registry`]: OCI pulls and pushes.
+//! - [`layout`]: every path under the agent's data directory, and container IDs
+//!   (`runtime://id`).
 //! - [`logs`]: container logs in the CRI format.
 //! - [`dns`]: the cluster DNS each agent serves its pods (and their Wasm guests' lookups);
 //!   [`service_watch`]: the Services and EndpointSlices it and the proxy follow.
@@ -14,13 +16,14 @@
 //!   routes to other nodes' pods (host-gw).
 //! - [`bench`]: `skiff bench pods`, `skiff bench http`.
 //! - [`server`]: the agent's HTTPS endpoint (logs, exec, attach, port-forward; [`streams`],
-//!   [`spdy`], [`portforward`]).
+//!   [`spdy`], [`portforward`]), served from what the agent gives it ([`server::Host`]).
 pub mod agent;
 pub mod bench;
 pub mod dns;
 pub mod expansion;
 pub mod images;
 pub mod layers;
+pub mod layout;
 pub mod logs;
 pub mod portforward;
 pub mod procs;

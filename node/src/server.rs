@@ -1,10 +1,10 @@
-//! The agent's own HTTPS endpoint, which the API server proxies `kubectl logs` and
-//! `kubectl exec` to. Its
-//! certificate is self-signed; it admits only clients with a certificate signed by the
-//! cluster CA (the API server).
+//! The agent's own HTTPS endpoint, which the API server proxies `kubectl logs`, `exec`,
+//! `attach` and `port-forward` to. It serves from a [`Host`] (the agent), which gives it no
+//! more than these need. Its certificate is self-signed; it admits only clients with a
+//! certificate signed by the cluster CA (the API server).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path as FilePath, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,8 +16,28 @@ use axum::routing::get;
 use axum::Router;
 use serde::Deserialize;
 
-use crate::agent::Ctx;
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::layout::ContainerId;
 use crate::logs;
+use crate::runtime::Runtime;
+
+/// What the endpoint needs of the node (the kubelet server's `HostInterface`): the
+/// agent implements it; tests fake it.
+#[async_trait::async_trait]
+pub trait Host: Send + Sync + 'static {
+    /// The pod, as the API server has it; `None` if there is no such pod.
+    async fn pod(&self, ns: &str, name: &str) -> Result<Option<Pod>, kube::Error>;
+    /// A container's runs' log files, oldest first; the running one's file may not exist
+    /// yet (a log file is made on its first line).
+    fn container_runs(&self, ns: &str, pod: &str, container: &str) -> Vec<PathBuf>;
+    /// Whether a running container still writes to the log file.
+    fn log_active(&self, path: &FilePath) -> bool;
+    /// The runtime that runs the container, if the node has it.
+    fn runtime(&self, id: &ContainerId) -> Option<&dyn Runtime>;
+    /// The network namespace of a pod's sandbox, if it has one of its own.
+    fn pod_netns(&self, pod_uid: &str) -> Option<PathBuf>;
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -44,64 +64,6 @@ struct LogQuery {
 
 fn flag(v: &Option<String>) -> bool {
     matches!(v.as_deref(), Some("true" | "1" | "True" | "t"))
-}
-
-/// A container's runs, oldest first: their log files, plus the running one, whose file may
-/// not exist yet (a log file is made on the first line).
-fn runs(ctx: &Ctx, ns: &str, pod: &str, container: &str) -> Vec<PathBuf> {
-    // Named as the pod worker names them (see `PodDirs`).
-    let (ns, pod, container) = (
-        crate::sandbox::path_element(ns),
-        crate::sandbox::path_element(pod),
-        crate::sandbox::path_element(container),
-    );
-    let container = container.as_str();
-    let prefix = format!("{ns}_{pod}_");
-    let of_container = |p: &&PathBuf| {
-        let dir = p.parent();
-        dir.and_then(|d| d.file_name())
-            .is_some_and(|n| n == container)
-            && dir
-                .and_then(|d| d.parent())
-                .and_then(|d| d.file_name())
-                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
-    };
-    let active = ctx
-        .active_logs
-        .lock()
-        .expect("active logs")
-        .iter()
-        .find(of_container)
-        .cloned();
-    // The running pod's directory, else the newest pod of that name (a recreated pod has
-    // a new uid).
-    let pod_dir = match active.as_ref().and_then(|p| p.parent()?.parent()) {
-        Some(d) => Some(d.to_path_buf()),
-        None => std::fs::read_dir(ctx.data_dir.join(crate::agent::LOGS))
-            .into_iter()
-            .flatten()
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-            .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
-            .map(|e| e.path()),
-    };
-    let Some(dir) = pod_dir else { return vec![] };
-    let run_of = |p: &std::path::Path| -> Option<u64> {
-        p.file_name()?.to_str()?.strip_suffix(".log")?.parse().ok()
-    };
-    let mut runs: Vec<(u64, PathBuf)> = std::fs::read_dir(dir.join(container))
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .filter_map(|e| run_of(&e.path()).map(|n| (n, e.path())))
-        .collect();
-    if let Some(p) = active {
-        if let Some(n) = run_of(&p).filter(|n| !runs.iter().any(|(m, _)| m == n)) {
-            runs.push((n, p));
-        }
-    }
-    runs.sort();
-    runs.into_iter().map(|(_, p)| p).collect()
 }
 
 fn render(entries: &[logs::Entry], q: &LogQuery) -> Vec<u8> {
@@ -138,8 +100,8 @@ fn render(entries: &[logs::Entry], q: &LogQuery) -> Vec<u8> {
 }
 
 /// Why a container that never ran waits, in the kubelet's words for `kubectl logs`.
-async fn waiting_reason(ctx: &Ctx, ns: &str, pod: &str, container: &str) -> String {
-    let reason = get_pod(ctx, ns, pod).await.ok().and_then(|p| {
+async fn waiting_reason(host: &impl Host, ns: &str, pod: &str, container: &str) -> String {
+    let reason = get_pod(host, ns, pod).await.ok().and_then(|p| {
         let status = p.status?;
         status
             .container_statuses
@@ -159,12 +121,12 @@ async fn waiting_reason(ctx: &Ctx, ns: &str, pod: &str, container: &str) -> Stri
     }
 }
 
-async fn container_logs(
-    State(ctx): State<Arc<Ctx>>,
+async fn container_logs<H: Host>(
+    State(host): State<Arc<H>>,
     Path((ns, pod, container)): Path<(String, String, String)>,
     Query(q): Query<LogQuery>,
 ) -> Response {
-    let runs = runs(&ctx, &ns, &pod, &container);
+    let runs = host.container_runs(&ns, &pod, &container);
     let path = if flag(&q.previous) {
         runs.len().checked_sub(2).map(|i| runs[i].clone())
     } else {
@@ -174,7 +136,7 @@ async fn container_logs(
         let msg = if flag(&q.previous) {
             format!("previous terminated container \"{container}\" in pod \"{pod}\" not found")
         } else {
-            let why = waiting_reason(&ctx, &ns, &pod, &container).await;
+            let why = waiting_reason(host.as_ref(), &ns, &pod, &container).await;
             format!("container \"{container}\" in pod \"{pod}\" is waiting to start: {why}")
         };
         return (StatusCode::BAD_REQUEST, msg).into_response();
@@ -197,7 +159,7 @@ async fn container_logs(
         }
         let mut seen = seen;
         loop {
-            let active = ctx.active_logs.lock().expect("active logs").contains(&path);
+            let active = host.log_active(&path);
             let entries = logs::read(&path).unwrap_or_default();
             if entries.len() > seen {
                 let q = LogQuery {
@@ -248,7 +210,6 @@ fn tls_config(ca_pem: &[u8], hosts: Vec<String>) -> Result<rustls::ServerConfig,
         .map_err(|e| tls(&e))
 }
 
-/// Binds the agent endpoint and serves it in the background; returns the bound address.
 /// The protocol a request asks to upgrade to, lower-cased (`websocket`, `spdy/3.1`).
 fn upgrade_of(req: &axum::extract::Request) -> String {
     req.headers()
@@ -298,29 +259,22 @@ impl ExecQuery {
 }
 
 /// The pod, from the API server (404 if it is gone).
-async fn get_pod(
-    ctx: &Ctx,
-    ns: &str,
-    pod: &str,
-) -> Result<k8s_openapi::api::core::v1::Pod, (StatusCode, String)> {
-    let api: kube::Api<k8s_openapi::api::core::v1::Pod> =
-        kube::Api::namespaced(ctx.client.clone(), ns);
-    api.get(pod).await.map_err(|e| match e {
-        kube::Error::Api(s) if s.code == 404 => {
-            (StatusCode::NOT_FOUND, format!("pod {pod} not found"))
-        }
-        e => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-    })
+async fn get_pod(host: &impl Host, ns: &str, pod: &str) -> Result<Pod, (StatusCode, String)> {
+    match host.pod(ns, pod).await {
+        Ok(Some(p)) => Ok(p),
+        Ok(None) => Err((StatusCode::NOT_FOUND, format!("pod {pod} not found"))),
+        Err(e) => Err((StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+    }
 }
 
-/// The running container `name` of a pod: its runtime's name and its ID there.
+/// The ID of a pod's running container `name`.
 async fn running_container(
-    ctx: &Ctx,
+    host: &impl Host,
     ns: &str,
     pod: &str,
     name: &str,
-) -> Result<(String, String), (StatusCode, String)> {
-    let p = get_pod(ctx, ns, pod).await?;
+) -> Result<ContainerId, (StatusCode, String)> {
+    let p = get_pod(host, ns, pod).await?;
     let status = p.status.unwrap_or_default();
     let found = status
         .container_statuses
@@ -329,26 +283,21 @@ async fn running_container(
         .chain(status.init_container_statuses.iter().flatten())
         .find(|c| c.name == name && c.state.as_ref().is_some_and(|s| s.running.is_some()))
         .and_then(|c| c.container_id.clone());
-    let id = found.ok_or_else(|| {
-        (
-            StatusCode::NOT_FOUND,
-            format!("container not found (\"{name}\")"),
-        )
-    })?;
-    let (runtime, run_id) = id.split_once("://").ok_or_else(|| {
-        (
-            StatusCode::NOT_FOUND,
-            format!("container not found (\"{name}\")"),
-        )
-    })?;
-    Ok((runtime.to_string(), run_id.to_string()))
+    found
+        .and_then(|id| id.parse().ok())
+        .ok_or_else(|| {
+            (
+                StatusCode::NOT_FOUND,
+                format!("container not found (\"{name}\")"),
+            )
+        })
 }
 
 /// `GET /exec/{ns}/{pod}/{container}?command=…`: a process in a running container,
 /// connected over a websocket or SPDY (the API server forwards kubectl's upgraded
 /// connection).
-async fn exec(
-    State(ctx): State<Arc<Ctx>>,
+async fn exec<H: Host>(
+    State(host): State<Arc<H>>,
     Path((ns, pod, container)): Path<(String, String, String)>,
     req: axum::extract::Request,
 ) -> Response {
@@ -360,41 +309,41 @@ async fn exec(
         )
             .into_response();
     }
-    stream(ctx, (ns, pod, container), q, req).await
+    stream(host, (ns, pod, container), q, req).await
 }
 
 /// `GET /attach/{ns}/{pod}/{container}`: the main process of a running container (its
 /// output from now on, its stdin and terminal), over a websocket or SPDY.
-async fn attach(
-    State(ctx): State<Arc<Ctx>>,
+async fn attach<H: Host>(
+    State(host): State<Arc<H>>,
     Path((ns, pod, container)): Path<(String, String, String)>,
     req: axum::extract::Request,
 ) -> Response {
     let mut q = ExecQuery::parse(req.uri().query().unwrap_or_default());
     q.command.clear();
-    stream(ctx, (ns, pod, container), q, req).await
+    stream(host, (ns, pod, container), q, req).await
 }
 
 /// Serves an exec (a command in `q`) or an attach (none) over the protocol the client
 /// upgrades to.
-async fn stream(
-    ctx: Arc<Ctx>,
+async fn stream<H: Host>(
+    host: Arc<H>,
     (ns, pod, container): (String, String, String),
     q: ExecQuery,
     req: axum::extract::Request,
 ) -> Response {
-    let (runtime, run_id) = match running_container(&ctx, &ns, &pod, &container).await {
+    let id = match running_container(host.as_ref(), &ns, &pod, &container).await {
         Ok(found) => found,
         Err((code, msg)) => return (code, msg).into_response(),
     };
-    let process = move |ctx: Arc<Ctx>, q: ExecQuery| async move {
-        let rt = ctx
-            .runtime(&runtime)
-            .ok_or_else(|| format!("no {runtime} runtime on this node"))?;
+    let process = move |host: Arc<H>, q: ExecQuery| async move {
+        let rt = host
+            .runtime(&id)
+            .ok_or_else(|| format!("no {} runtime on this node", id.runtime()))?;
         let started = if q.command.is_empty() {
-            rt.attach(&run_id, q.stdin, q.tty).await
+            rt.attach(id.run_id(), q.stdin, q.tty).await
         } else {
-            rt.exec(&run_id, &q.command, q.stdin, q.tty).await
+            rt.exec(id.run_id(), &q.command, q.stdin, q.tty).await
         };
         started.map_err(|e| e.to_string())
     };
@@ -427,7 +376,7 @@ async fn stream(
             };
             let argv = q.command.clone();
             let io = hyper_util::rt::TokioIo::new(upgraded);
-            crate::streams::serve_spdy(io, wanted, argv, process(ctx, q)).await;
+            crate::streams::serve_spdy(io, wanted, argv, process(host, q)).await;
         });
         return switching_to_spdy(crate::streams::SPDY_PROTOCOL);
     }
@@ -445,7 +394,7 @@ async fn stream(
     }
     ws.on_upgrade(move |socket| async move {
         let argv = q.command.clone();
-        match process(ctx, q).await {
+        match process(host, q).await {
             Ok(process) => crate::streams::serve(socket, process, argv).await,
             Err(e) => crate::streams::fail(socket, &e).await,
         }
@@ -454,16 +403,15 @@ async fn stream(
 
 /// Where a pod's ports are (its own namespace, or the node's network).
 async fn pod_net(
-    ctx: &Ctx,
+    host: &impl Host,
     ns: &str,
     pod: &str,
 ) -> Result<(crate::portforward::PodNet, String), (StatusCode, String)> {
-    let p = get_pod(ctx, ns, pod).await?;
+    let p = get_pod(host, ns, pod).await?;
     let uid = p.metadata.uid.clone().unwrap_or_default();
-    let host = p.spec.as_ref().and_then(|s| s.host_network) == Some(true);
-    let sandbox = crate::agent::PodDirs::of(&ctx.data_dir, &p).sandbox;
-    let net = match crate::sandbox::network::recorded_netns(&sandbox) {
-        Some(netns) if !host => crate::portforward::PodNet::Namespace(netns),
+    let host_network = p.spec.as_ref().and_then(|s| s.host_network) == Some(true);
+    let net = match host.pod_netns(&uid) {
+        Some(netns) if !host_network => crate::portforward::PodNet::Namespace(netns),
         _ => crate::portforward::PodNet::Node,
     };
     Ok((net, uid))
@@ -471,12 +419,12 @@ async fn pod_net(
 
 /// `GET /portForward/{ns}/{pod}`: a port-forward session, over a websocket tunnelling SPDY
 /// (kubectl 1.31+) or over SPDY itself.
-async fn port_forward(
-    State(ctx): State<Arc<Ctx>>,
+async fn port_forward<H: Host>(
+    State(host): State<Arc<H>>,
     Path((ns, pod)): Path<(String, String)>,
     req: axum::extract::Request,
 ) -> Response {
-    let (net, uid) = match pod_net(&ctx, &ns, &pod).await {
+    let (net, uid) = match pod_net(host.as_ref(), &ns, &pod).await {
         Ok(found) => found,
         Err((code, msg)) => return (code, msg).into_response(),
     };
@@ -510,16 +458,35 @@ async fn port_forward(
 
 /// The same, under the path the API server forwards to (it names a container, which
 /// port-forward does not need).
-async fn port_forward_with_container(
-    state: State<Arc<Ctx>>,
+async fn port_forward_with_container<H: Host>(
+    state: State<Arc<H>>,
     Path((ns, pod, _container)): Path<(String, String, String)>,
     req: axum::extract::Request,
 ) -> Response {
     port_forward(state, Path((ns, pod)), req).await
 }
 
-pub(crate) async fn start(
-    ctx: Arc<Ctx>,
+/// The endpoint's routes, served from `host`.
+fn app<H: Host>(host: Arc<H>) -> Router {
+    Router::new()
+        .route(
+            "/containerLogs/{ns}/{pod}/{container}",
+            get(container_logs::<H>),
+        )
+        .route("/exec/{ns}/{pod}/{container}", get(exec::<H>))
+        .route("/attach/{ns}/{pod}/{container}", get(attach::<H>))
+        .route("/portForward/{ns}/{pod}", get(port_forward::<H>))
+        .route(
+            "/portforward/{ns}/{pod}/{container}",
+            get(port_forward_with_container::<H>),
+        )
+        .with_state(host)
+}
+
+/// Binds the agent endpoint and serves it from `host` in the background; returns the
+/// bound address.
+pub async fn start<H: Host>(
+    host: Arc<H>,
     listen: SocketAddr,
     ca_pem: &[u8],
     hosts: Vec<String>,
@@ -537,16 +504,7 @@ pub(crate) async fn start(
             addr: listen,
             source,
         })?;
-    let app = Router::new()
-        .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
-        .route("/exec/{ns}/{pod}/{container}", get(exec))
-        .route("/attach/{ns}/{pod}/{container}", get(attach))
-        .route("/portForward/{ns}/{pod}", get(port_forward))
-        .route(
-            "/portforward/{ns}/{pod}/{container}",
-            get(port_forward_with_container),
-        )
-        .with_state(ctx);
+    let app = app(host);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     tokio::spawn(async move {
         loop {
@@ -568,4 +526,116 @@ pub(crate) async fn start(
         }
     });
     Ok(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    /// A node with one pod, `ns/web`, whose container `app` ran twice (`runs`); nothing
+    /// runs.
+    struct FakeHost {
+        pod: Option<Pod>,
+        runs: Vec<PathBuf>,
+    }
+
+    #[async_trait::async_trait]
+    impl Host for FakeHost {
+        async fn pod(&self, ns: &str, name: &str) -> Result<Option<Pod>, kube::Error> {
+            Ok(self
+                .pod
+                .clone()
+                .filter(|p| (ns, name) == ("ns", p.metadata.name.as_deref().unwrap_or_default())))
+        }
+
+        fn container_runs(&self, ns: &str, pod: &str, container: &str) -> Vec<PathBuf> {
+            match (ns, pod, container) {
+                ("ns", "web", "app") => self.runs.clone(),
+                _ => vec![],
+            }
+        }
+
+        fn log_active(&self, _path: &FilePath) -> bool {
+            false
+        }
+
+        fn runtime(&self, _id: &ContainerId) -> Option<&dyn Runtime> {
+            None
+        }
+
+        fn pod_netns(&self, _pod_uid: &str) -> Option<PathBuf> {
+            None
+        }
+    }
+
+    fn host(dir: &FilePath) -> Arc<FakeHost> {
+        let runs: Vec<PathBuf> = (0..2).map(|n| dir.join(format!("{n}.log"))).collect();
+        for (n, path) in runs.iter().enumerate() {
+            let log = logs::LogFile::new(path, logs::MAX_LOG_BYTES);
+            log.write(logs::Stream::Stdout, format!("run {n}\n").as_bytes())
+                .unwrap();
+            log.finish().unwrap();
+        }
+        let pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "ns", "uid": "uid-1"},
+            "status": {"containerStatuses": [{
+                "name": "app", "image": "i", "imageID": "", "ready": false, "restartCount": 1,
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            }]},
+        }))
+        .unwrap();
+        Arc::new(FakeHost {
+            pod: Some(pod),
+            runs,
+        })
+    }
+
+    async fn get(host: Arc<FakeHost>, uri: &str) -> (StatusCode, String) {
+        let req = axum::extract::Request::get(uri).body(Body::empty()).unwrap();
+        let resp = app(host).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn logs_are_the_latest_run_or_the_one_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = host(dir.path());
+        let latest = get(h.clone(), "/containerLogs/ns/web/app").await;
+        assert_eq!(latest, (StatusCode::OK, "run 1\n".into()));
+        let previous = get(h.clone(), "/containerLogs/ns/web/app?previous=true").await;
+        assert_eq!(previous, (StatusCode::OK, "run 0\n".into()));
+        let stamped = get(h, "/containerLogs/ns/web/app?timestamps=true").await;
+        assert!(stamped.1.ends_with("Z run 1\n"), "{stamped:?}");
+    }
+
+    #[tokio::test]
+    async fn a_container_without_logs_says_why_it_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut h = host(dir.path());
+        Arc::get_mut(&mut h).unwrap().runs.clear();
+        let (status, msg) = get(h, "/containerLogs/ns/web/app").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            msg,
+            "container \"app\" in pod \"web\" is waiting to start: CrashLoopBackOff"
+        );
+    }
+
+    #[tokio::test]
+    async fn exec_needs_a_pod_and_a_running_container() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = host(dir.path());
+        let (status, msg) = get(h.clone(), "/exec/ns/gone/app?command=sh").await;
+        assert_eq!((status, msg.as_str()), (StatusCode::NOT_FOUND, "pod gone not found"));
+        let (status, msg) = get(h.clone(), "/exec/ns/web/app?command=sh").await;
+        assert_eq!(
+            (status, msg.as_str()),
+            (StatusCode::NOT_FOUND, "container not found (\"app\")")
+        );
+        let (status, _) = get(h, "/exec/ns/web/app").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
 }

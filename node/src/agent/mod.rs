@@ -1,34 +1,35 @@
 //! The agent: registers its Node, keeps it Ready with a Lease heartbeat, and runs the pods
-//! bound to it (one worker per pod, see [`pod`]), talking to the API server only through
-//! the Kubernetes API (`kube`).
+//! bound to it ([`pods`] follows them, a worker per pod in [`pod`]), talking to the API
+//! server only through the Kubernetes API (`kube`). It serves the agent endpoint
+//! ([`crate::server`]) as its [`crate::server::Host`].
 
 mod events;
 mod lifecycle;
 mod node_info;
 mod pod;
+mod pods;
 mod probes;
-pub(crate) use pod::{PodDirs, LOGS};
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
     DaemonEndpoint, Node, NodeCondition, NodeDaemonEndpoints, NodeStatus, Pod,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::watcher;
 use kube::Client;
 
 pub use node_info::WASM_RUNTIME_LABEL;
 
 use crate::images::ImageStore;
+use crate::layout::{ContainerId, Layout};
 use crate::runtime::wasm::WasmRuntime;
+use crate::runtime::{Runtime, Runtimes};
 
 /// How often the agent renews its Lease by default: a node that stops is noticed within
 /// the control plane's grace period (6 s by default), so its pods move in seconds.
@@ -134,7 +135,7 @@ async fn await_pod_cidr(
         if let Ok(cidr) = cidr.parse::<skiff_api::cidr::Cidr>() {
             let made = crate::sandbox::network::Cni::new(
                 &cfg.cni_bin_dir,
-                &cfg.data_dir.join("cni"),
+                &Layout::new(&cfg.data_dir).cni(),
                 std::path::Path::new(crate::sandbox::netns::NETNS_DIR),
                 &cfg.cni_bridge,
                 cidr,
@@ -181,9 +182,10 @@ pub enum AgentError {
     Network(String),
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// A background task that ends with its owner.
+pub(crate) struct AbortOnDrop<T = ()>(pub tokio::task::JoinHandle<T>);
 
-impl Drop for AbortOnDrop {
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort()
     }
@@ -195,11 +197,9 @@ pub(crate) struct Ctx {
     /// Every Service, watched: their environment variables for containers.
     pub services: kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Service>,
     pub node_ip: String,
-    pub data_dir: PathBuf,
+    pub layout: Layout,
     pub images: ImageStore,
-    pub wasm: WasmRuntime,
-    /// runc, where the node can run OCI containers.
-    pub oci: Option<crate::runtime::oci::OciRuntime>,
+    pub runtimes: Runtimes,
     pub events: events::Recorder,
     pub insecure_registries: Vec<String>,
     /// The node's pod network (pods wait for it).
@@ -210,18 +210,31 @@ pub(crate) struct Ctx {
     pub active_logs: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
 }
 
-impl Ctx {
-    /// The runtime of that name (as container IDs name it), if the node has it.
-    pub fn runtime(&self, name: &str) -> Option<&dyn crate::runtime::Runtime> {
-        use crate::runtime::Runtime;
-        match name {
-            n if n == self.wasm.name() => Some(&self.wasm),
-            n => self
-                .oci
-                .as_ref()
-                .filter(|o| o.name() == n)
-                .map(|o| o as &dyn Runtime),
-        }
+/// What the agent endpoint serves from: the API server's pods, the node's logs, its
+/// runtimes and pod sandboxes.
+#[async_trait::async_trait]
+impl crate::server::Host for Ctx {
+    async fn pod(&self, ns: &str, name: &str) -> Result<Option<Pod>, kube::Error> {
+        Api::<Pod>::namespaced(self.client.clone(), ns)
+            .get_opt(name)
+            .await
+    }
+
+    fn container_runs(&self, ns: &str, pod: &str, container: &str) -> Vec<PathBuf> {
+        let active = self.active_logs.lock().expect("active logs");
+        self.layout.container_runs(ns, pod, container, &active)
+    }
+
+    fn log_active(&self, path: &std::path::Path) -> bool {
+        self.active_logs.lock().expect("active logs").contains(path)
+    }
+
+    fn runtime(&self, id: &ContainerId) -> Option<&dyn Runtime> {
+        self.runtimes.of(id)
+    }
+
+    fn pod_netns(&self, pod_uid: &str) -> Option<PathBuf> {
+        crate::sandbox::network::recorded_netns(&self.layout.sandbox(pod_uid))
     }
 }
 
@@ -552,10 +565,10 @@ pub async fn reset(
     bridge: &str,
     runc: &std::path::Path,
 ) -> Result<(), AgentError> {
-    crate::runtime::oci::OciRuntime::reset(data_dir, runc).await;
-    let live = HashSet::new();
-    let warm = crate::sandbox::network::warm_dirs(&data_dir.join("cni"));
-    for path in pod::orphans(data_dir, &live).into_iter().chain(warm) {
+    let layout = Layout::new(data_dir);
+    crate::runtime::oci::OciRuntime::reset(&layout, runc).await;
+    let warm = crate::sandbox::network::warm_dirs(&layout.cni());
+    for path in layout.orphans(&HashSet::new()).into_iter().chain(warm) {
         crate::sandbox::Sandbox::remove(&path)
             .await
             .map_err(|e| AgentError::Network(e.to_string()))?;
@@ -582,7 +595,6 @@ fn proxy_wanted(cfg: &AgentConfig) -> bool {
     }
 }
 
-/// Runs the agent until `shutdown` resolves.
 /// Pods keep their volumes (and guests their mounts and files) open: a node with
 /// thousands of pods needs more descriptors than the usual soft limit of 1,024, so the
 /// agent takes what the hard limit allows, as container runtimes' service units do.
@@ -600,24 +612,18 @@ fn raise_open_files_limit() {
     }
 }
 
-pub async fn run(
-    cfg: AgentConfig,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), AgentError> {
-    raise_open_files_limit();
-    let client = client_from(&cfg.kubeconfig).await?;
-    let kc = kube::config::Kubeconfig::read_from(&cfg.kubeconfig).map_err(|e| {
-        AgentError::Kubeconfig {
-            path: cfg.kubeconfig.clone(),
-            reason: e.to_string(),
-        }
-    })?;
+/// The API server's address and the cluster CA (PEM) the kubeconfig names.
+fn cluster_of(kubeconfig: &std::path::Path) -> Result<(String, Vec<u8>), AgentError> {
+    let bad = |reason: String| AgentError::Kubeconfig {
+        path: kubeconfig.to_path_buf(),
+        reason,
+    };
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).map_err(|e| bad(e.to_string()))?;
     let cluster = kc
         .clusters
         .first()
         .and_then(|c| c.cluster.clone())
         .unwrap_or_default();
-    let server = cluster.server.clone().unwrap_or_default();
     let ca_pem = {
         use base64::Engine;
         let data = cluster
@@ -626,68 +632,65 @@ pub async fn run(
             .unwrap_or_default();
         base64::engine::general_purpose::STANDARD
             .decode(data)
-            .map_err(|e| AgentError::Kubeconfig {
-                path: cfg.kubeconfig.clone(),
-                reason: format!("certificate-authority-data: {e}"),
-            })?
+            .map_err(|e| bad(format!("certificate-authority-data: {e}")))?
     };
-    let ip = cfg
-        .node_ip
-        .clone()
-        .unwrap_or_else(|| local_ip_towards(&server));
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| AgentError::Io {
-        path: cfg.data_dir.clone(),
-        source,
-    })?;
+    Ok((cluster.server.unwrap_or_default(), ca_pem))
+}
+
+/// The pod network the agent starts with: the node's when it cannot (or is told not to)
+/// give pods namespaces of their own; an error when it must and cannot.
+fn initial_networks(cfg: &AgentConfig) -> Result<Networks, AgentError> {
     let unavailable = match cfg.pod_network {
         PodNetworkMode::Node => Some("the agent was told to use the node's network".into()),
-        PodNetworkMode::Auto | PodNetworkMode::Cni => cni_unavailable(&cfg),
+        PodNetworkMode::Auto | PodNetworkMode::Cni => cni_unavailable(cfg),
     };
-    let initial = match unavailable {
-        Some(reason) if cfg.pod_network == PodNetworkMode::Cni => {
-            return Err(AgentError::Network(reason));
-        }
+    match unavailable {
+        Some(reason) if cfg.pod_network == PodNetworkMode::Cni => Err(AgentError::Network(reason)),
         Some(reason) => {
             tracing::warn!(%reason, "pods will use the node's network");
-            Networks::Node { reason }
+            Ok(Networks::Node { reason })
         }
-        None => Networks::Waiting,
-    };
-    let (networks_tx, networks) = tokio::sync::watch::channel(initial);
-    let oci = match &cfg.oci {
-        None => None,
-        Some(oc) => match crate::runtime::oci::OciRuntime::detect(&cfg.data_dir, oc) {
-            Ok(rt) => Some(rt),
-            Err(reason) => {
-                tracing::warn!(%reason, "this node does not offer the OCI runtime");
-                None
-            }
-        },
-    };
-    let proxy_changes = proxy_wanted(&cfg).then(Default::default);
+        None => Ok(Networks::Waiting),
+    }
+}
+
+/// What follows the cluster's Services: their store (containers' environment), the
+/// cluster DNS, and the Service proxy where the node runs one.
+struct ServiceFollowers {
+    services: kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Service>,
+    dns: Option<crate::dns::ClusterDns>,
+    /// The watches, the DNS server and the proxy: they stop with the agent.
+    tasks: Vec<AbortOnDrop>,
+}
+
+async fn follow_services(client: &Client, cfg: &AgentConfig) -> ServiceFollowers {
+    let proxy_changes = proxy_wanted(cfg).then(Default::default);
     let dns_changes: Arc<crate::service_watch::Changes> = Default::default();
     let mut followers = vec![dns_changes.clone()];
     followers.extend(proxy_changes.clone());
-    let (watch, watch_tasks) = crate::service_watch::ServiceWatch::start(&client, followers);
-    let services_watch = watch_tasks.map(AbortOnDrop);
+    let (watch, watch_tasks) = crate::service_watch::ServiceWatch::start(client, followers);
+    let mut tasks: Vec<AbortOnDrop> = watch_tasks.map(AbortOnDrop).into();
     // Safety: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    let (dns, dns_task) = match crate::dns::start(
+    let dns = crate::dns::start(
         watch.clone(),
         dns_changes,
         crate::dns::CLUSTER_DNS_IP,
         root,
     )
-    .await
-    {
-        Ok((dns, task)) => (Some(dns), Some(AbortOnDrop(task))),
+    .await;
+    let dns = match dns {
+        Ok((dns, task)) => {
+            tasks.push(AbortOnDrop(task));
+            Some(dns)
+        }
         Err(e) => {
             tracing::warn!(error = %e, "no cluster DNS on this node: pods use the node's resolvers");
-            (None, None)
+            None
         }
     };
     let services = watch.services.clone();
-    let proxy = proxy_changes.map(|changes| {
+    if let Some(changes) = proxy_changes {
         crate::proxy::enable_forwarding();
         let proxy = crate::proxy::Proxy::new(
             crate::proxy::ProxyConfig {
@@ -695,160 +698,109 @@ pub async fn run(
                 cluster_cidr: cfg.cluster_cidr.network().to_string(),
                 table: crate::proxy::table_name(&cfg.cni_bridge),
             },
-            watch.clone(),
+            watch,
             changes,
         );
-        AbortOnDrop(tokio::spawn(proxy.run()))
+        tasks.push(AbortOnDrop(tokio::spawn(proxy.run())));
+    }
+    ServiceFollowers {
+        services,
+        dns,
+        tasks,
+    }
+}
+
+/// The node's runtimes: wasmtime, and runc where the node offers it.
+fn runtimes(cfg: &AgentConfig, layout: &Layout) -> Result<Runtimes, AgentError> {
+    let oci = cfg.oci.as_ref().and_then(|oc| {
+        crate::runtime::oci::OciRuntime::detect(layout, oc)
+            .map_err(|reason| tracing::warn!(%reason, "this node does not offer the OCI runtime"))
+            .ok()
     });
+    Ok(Runtimes {
+        wasm: WasmRuntime::new(&layout.compiled())?,
+        oci,
+    })
+}
+
+/// Registers the node, waiting for the API server rather than giving up (as the kubelet
+/// does: an edge node may boot before its control plane).
+async fn register_until_done(client: &Client, cfg: &AgentConfig, ctx: &Ctx, ip: &str, port: u16) {
+    let mut retry = Duration::from_millis(500);
+    let oci = ctx.runtimes.oci.is_some();
+    while let Err(e) = register(client, cfg, ip, port, &ctx.images, oci).await {
+        tracing::warn!(error = %e, retry_in = ?retry, "unable to register the node with the API server");
+        tokio::time::sleep(retry).await;
+        retry = (retry * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Runs the agent until `shutdown` resolves: sets up what pods share, serves the agent
+/// endpoint, registers the node, then runs the pods bound to it (see [`pods`]).
+pub async fn run(
+    cfg: AgentConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), AgentError> {
+    raise_open_files_limit();
+    let client = client_from(&cfg.kubeconfig).await?;
+    let (server, ca_pem) = cluster_of(&cfg.kubeconfig)?;
+    let ip = cfg
+        .node_ip
+        .clone()
+        .unwrap_or_else(|| local_ip_towards(&server));
+    let layout = Layout::new(&cfg.data_dir);
+    std::fs::create_dir_all(layout.root()).map_err(|source| AgentError::Io {
+        path: cfg.data_dir.clone(),
+        source,
+    })?;
+    let (networks_tx, networks) = tokio::sync::watch::channel(initial_networks(&cfg)?);
+    let runtimes = runtimes(&cfg, &layout)?;
+    let ServiceFollowers {
+        services,
+        dns,
+        mut tasks,
+    } = follow_services(&client, &cfg).await;
     let ctx = Arc::new(Ctx {
         dns,
         services,
         networks,
-        oci,
+        runtimes,
         client: client.clone(),
         node_ip: ip.clone(),
-        data_dir: cfg.data_dir.clone(),
-        images: ImageStore::open(&cfg.data_dir.join("images"))?,
-        wasm: WasmRuntime::new(&cfg.data_dir.join("compiled"))?,
+        images: ImageStore::open(&layout.images())?,
+        layout,
         events: events::Recorder::new(client.clone(), &cfg.node_name),
         active_logs: Default::default(),
         insecure_registries: cfg.insecure_registries.clone(),
     });
     let listen = std::net::SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), cfg.port);
-    let endpoint = crate::server::start(
-        ctx.clone(),
-        listen,
-        &ca_pem,
-        vec![ip.clone(), cfg.node_name.clone()],
-    )
-    .await?;
+    let hosts = vec![ip.clone(), cfg.node_name.clone()];
+    let endpoint = crate::server::start(ctx.clone(), listen, &ca_pem, hosts).await?;
     ctx.events
         .node("Normal", "Starting", "Starting kubelet.".into());
-    // As the kubelet does, wait for the API server rather than give up: an edge node may
-    // boot before its control plane.
-    let mut retry = Duration::from_millis(500);
-    while let Err(e) = register(
-        &client,
-        &cfg,
-        &ip,
-        endpoint.port(),
-        &ctx.images,
-        ctx.oci.is_some(),
-    )
-    .await
-    {
-        tracing::warn!(error = %e, retry_in = ?retry, "unable to register the node with the API server");
-        tokio::time::sleep(retry).await;
-        retry = (retry * 2).min(Duration::from_secs(10));
-    }
+    register_until_done(&client, &cfg, &ctx, &ip, endpoint.port()).await;
     let ready = format!("Node {} status is now: NodeReady", cfg.node_name);
     ctx.events.node("Normal", "NodeReady", ready);
-    let beat = tokio::spawn(heartbeat(client.clone(), cfg.clone(), ctx.clone()));
-    let waiting = matches!(*ctx.networks.borrow(), Networks::Waiting);
-    let network_setup = waiting.then(|| {
-        AbortOnDrop(tokio::spawn(await_pod_cidr(
-            client.clone(),
-            cfg.clone(),
-            networks_tx,
-        )))
-    });
-    // Pods in namespaces of their own reach other nodes' pods by routes to their ranges.
-    let routes = waiting.then(|| {
-        AbortOnDrop(tokio::spawn(crate::routes::run(
-            client.clone(),
-            cfg.node_name.clone(),
-            ip.clone(),
-        )))
-    });
-    let pods: Api<Pod> = Api::all(client);
-    let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.node_name));
-    let mut stream = watcher(pods, wc).boxed();
-    let mut workers: HashMap<String, pod::Worker> = HashMap::new();
-    // The uids a (re)list has named so far, while one is under way.
-    let mut listed: Option<HashSet<String>> = None;
-    tokio::pin!(shutdown);
-    tracing::info!(node = %cfg.node_name, "agent running");
-    loop {
-        let ev = tokio::select! {
-            ev = stream.next() => ev,
-            _ = &mut shutdown => break,
-        };
-        match ev {
-            Some(Ok(watcher::Event::Apply(mut p) | watcher::Event::InitApply(mut p))) => {
-                let uid = p.metadata.uid.clone().unwrap_or_default();
-                if let Some(listed) = listed.as_mut() {
-                    listed.insert(uid.clone());
-                }
-                workers.retain(|_, w| !w.finished());
-                match workers.get(&uid) {
-                    Some(w) => w.update(&p),
-                    None => {
-                        // Workers never need managedFields (often the largest part of a pod).
-                        p.metadata.managed_fields = None;
-                        workers.insert(uid, pod::Worker::spawn(ctx.clone(), p));
-                    }
-                }
-            }
-            Some(Ok(watcher::Event::Delete(p))) => {
-                let worker = workers.remove(p.metadata.uid.as_deref().unwrap_or_default());
-                let dirs = pod::PodDirs::of(&ctx.data_dir, &p);
-                tokio::spawn(async move {
-                    if let Some(w) = worker {
-                        w.end().await;
-                    }
-                    dirs.remove().await;
-                });
-            }
-            Some(Ok(watcher::Event::Init)) => listed = Some(HashSet::new()),
-            Some(Ok(watcher::Event::InitDone)) => {
-                // A (re)list names every pod bound here: workers of others, and files of
-                // pods without a worker, belong to pods deleted unseen.
-                let listed = listed.take().unwrap_or_default();
-                let stale: Vec<pod::Worker> = workers
-                    .extract_if(|uid, _| !listed.contains(uid))
-                    .map(|(_, w)| w)
-                    .collect();
-                let orphans = pod::orphans(&ctx.data_dir, &listed);
-                let ctx2 = ctx.clone();
-                tokio::spawn(async move {
-                    for w in stale {
-                        w.end().await;
-                    }
-                    // runc containers of pods deleted while no agent watched.
-                    if let Some(oci) = &ctx2.oci {
-                        for uid in oci.pods().into_iter().filter(|u| !listed.contains(u)) {
-                            tracing::info!(pod_uid = %uid, "removing the containers of a deleted pod");
-                            oci.remove_pod(&uid).await;
-                        }
-                    }
-                    for path in orphans {
-                        tracing::info!(path = %path.display(), "removing the sandbox and files of a deleted pod");
-                        if let Err(e) = crate::sandbox::Sandbox::remove(&path).await {
-                            tracing::warn!(error = %e, "tearing down a pod sandbox failed");
-                        }
-                    }
-                });
-            }
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "pod watch failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            None => break,
-        }
+    tasks.push(AbortOnDrop(tokio::spawn(heartbeat(
+        client.clone(),
+        cfg.clone(),
+        ctx.clone(),
+    ))));
+    if matches!(*ctx.networks.borrow(), Networks::Waiting) {
+        let setup = await_pod_cidr(client.clone(), cfg.clone(), networks_tx);
+        tasks.push(AbortOnDrop(tokio::spawn(setup)));
+        // Pods in namespaces of their own reach other nodes' pods by routes to their ranges.
+        let routes = crate::routes::run(client.clone(), cfg.node_name.clone(), ip.clone());
+        tasks.push(AbortOnDrop(tokio::spawn(routes)));
     }
-    beat.abort();
-    drop(network_setup);
-    drop(routes);
-    drop(services_watch);
-    drop(proxy);
-    drop(dns_task);
+    tracing::info!(node = %cfg.node_name, "agent running");
+    let workers = pods::run(ctx.clone(), &cfg.node_name, shutdown).await;
+    drop(tasks);
     // The pods' runc containers stay for the next agent to adopt.
-    if let Some(oci) = &ctx.oci {
+    if let Some(oci) = &ctx.runtimes.oci {
         oci.detach();
     }
-    for (_, w) in workers {
-        w.stop();
-    }
+    workers.stop();
     Ok(())
 }
 

@@ -19,11 +19,11 @@ use tracing::Instrument;
 
 use super::lifecycle::{Action, Event, Lifecycle, Shape, Stage, Which};
 use super::probes;
-use super::Ctx;
-use crate::images::Content;
+use super::{AbortOnDrop, Ctx};
+use crate::layout::{self, ContainerId, Layout};
 use crate::logs::LogFile;
 use crate::runtime::{ContainerSpec, Containers, Exit, Running, Runtime};
-use crate::sandbox::{path_element, Network, PodNamespace, Sandbox, Sources};
+use crate::sandbox::{Network, PodNamespace, Sandbox, Sources};
 
 const BACKOFF_START: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
@@ -150,18 +150,17 @@ pub struct PodDirs {
 }
 
 impl PodDirs {
-    pub fn of(data_dir: &std::path::Path, pod: &Pod) -> PodDirs {
+    pub fn of(layout: &Layout, pod: &Pod) -> PodDirs {
         let m = &pod.metadata;
         let (ns, name, uid) = (
             m.namespace.as_deref().unwrap_or_default(),
             m.name.as_deref().unwrap_or_default(),
             m.uid.as_deref().unwrap_or_default(),
         );
-        let [ns, name, uid] = [ns, name, uid].map(path_element);
         PodDirs {
-            sandbox: data_dir.join(SANDBOXES).join(&uid),
-            logs: data_dir.join(LOGS).join(format!("{ns}_{name}_{uid}")),
-            containers: data_dir.join("containers").join(&uid),
+            sandbox: layout.sandbox(uid),
+            logs: layout.pod_logs(ns, name, uid),
+            containers: layout.pod_bundles(uid),
         }
     }
 
@@ -177,33 +176,6 @@ impl PodDirs {
             crate::runtime::oci::remove_pod_cgroups(&uid.to_string_lossy());
         }
     }
-}
-
-/// Under the agent's data directory: pod sandboxes by uid, logs by `<ns>_<name>_<uid>`.
-const SANDBOXES: &str = "pods";
-pub(crate) const LOGS: &str = "logs";
-
-/// The sandboxes and logs of pods not in `live` (uids): pods deleted while the agent was
-/// away or its watch was broken.
-pub fn orphans(
-    data_dir: &std::path::Path,
-    live: &std::collections::HashSet<String>,
-) -> Vec<PathBuf> {
-    let uid_of = |dir: &str, name: &str| match dir {
-        LOGS => name.rsplit('_').next().unwrap_or_default().to_string(),
-        _ => name.to_string(),
-    };
-    [SANDBOXES, LOGS]
-        .into_iter()
-        .flat_map(|dir| {
-            std::fs::read_dir(data_dir.join(dir))
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter(move |e| !live.contains(&uid_of(dir, &e.file_name().to_string_lossy())))
-                .map(|e| e.path())
-        })
-        .collect()
 }
 
 /// A pod as its container supervisors see it.
@@ -230,7 +202,7 @@ impl PodCtx {
         PodCtx {
             ns: m.namespace.clone().unwrap_or_default(),
             name: m.name.clone().unwrap_or_default(),
-            dirs: PodDirs::of(&ctx.data_dir, &pod),
+            dirs: PodDirs::of(&ctx.layout, &pod),
             uid,
             restart_policy: pod
                 .spec
@@ -544,7 +516,7 @@ async fn supervise(
             return false;
         }
         let (mut running, started, container_id, log_path, runtime, run_id) =
-            if let Some((running, prev)) = adopted.take() {
+            if let Some((running, prev, runtime, cid)) = adopted.take() {
                 let started = prev
                     .state
                     .as_ref()
@@ -552,24 +524,13 @@ async fn supervise(
                     .and_then(|r| r.started_at.clone())
                     .unwrap_or_else(now);
                 let id = prev.container_id.clone().unwrap_or_default();
-                let log_path = pc
-                    .dirs
-                    .logs
-                    .join(path_element(&c.name))
-                    .join(format!("{}.log", prev.restart_count));
+                let log_path = layout::run_log(&pc.dirs.logs, &c.name, prev.restart_count);
                 ctx.active_logs
                     .lock()
                     .expect("active logs")
                     .insert(log_path.clone());
                 status = prev;
-                let run_id = id
-                    .split_once("://")
-                    .map(|(_, r)| r.to_string())
-                    .unwrap_or_default();
-                let runtime: &dyn Runtime = match pc.ctx.oci.as_ref() {
-                    Some(oci) => oci,
-                    None => &pc.ctx.wasm,
-                };
+                let run_id = cid.run_id().to_string();
                 (running, started, id, log_path, runtime, run_id)
             } else {
                 let image = c.image.clone().unwrap_or_default();
@@ -612,7 +573,8 @@ async fn supervise(
                         continue;
                     }
                 };
-                let runtime = match runtime_for(&pc, &img) {
+                let class = pc.pod.spec.as_ref().and_then(|s| s.runtime_class_name.as_deref());
+                let runtime = match pc.ctx.runtimes.for_image(&img, class) {
                     Ok(r) => r,
                     Err(msg) => {
                         let wait = create_failed(
@@ -673,12 +635,8 @@ async fn supervise(
                 // `restartCount` numbers the latest instance; a container that ran before (under
                 // this agent or an earlier one: it has a last state) starts one higher.
                 let run = status.restart_count + i32::from(status.last_state.is_some());
-                let run_id = format!("{}-{}-{}", pc.uid, c.name, run);
-                let log_path = pc
-                    .dirs
-                    .logs
-                    .join(path_element(&c.name))
-                    .join(format!("{run}.log"));
+                let run_id = layout::run_id(&pc.uid, &c.name, run);
+                let log_path = layout::run_log(&pc.dirs.logs, &c.name, run);
                 let log = LogFile::new(&log_path, crate::logs::MAX_LOG_BYTES);
                 let argv = argv(c, img.run.as_ref());
                 let env = match &img.run {
@@ -727,7 +685,7 @@ async fn supervise(
                     cpu_limit_millis: limit(c, "cpu").map(|m| m as u64),
                     alive: pc.containers.token(),
                 };
-                let container_id = format!("{}://{run_id}", runtime.name());
+                let container_id = ContainerId::new(runtime.name(), &run_id).to_string();
                 let started = now();
                 ctx.active_logs
                     .lock()
@@ -804,7 +762,7 @@ async fn supervise(
             std::sync::Arc::new(move |argv: Vec<String>| {
                 let (ctx, run_id) = (ctx.clone(), run_id.clone());
                 Box::pin(async move {
-                    match ctx.runtime(name) {
+                    match ctx.runtimes.named(name) {
                         Some(rt) => rt.exec(&run_id, &argv, false, false).await,
                         None => Err(crate::runtime::RuntimeError::Exec(format!(
                             "no {name} runtime"
@@ -1079,15 +1037,17 @@ impl ProbeSet {
 
 /// A container the pod's status shows running under an earlier agent, if its runtime
 /// still has it (runc containers outlive the agent; Wasm guests do not).
-async fn adopt(pc: &PodCtx, prev: ContainerStatus) -> Option<(Box<dyn Running>, ContainerStatus)> {
+async fn adopt(pc: &PodCtx, prev: ContainerStatus) -> Option<Adopted<'_>> {
     prev.state.as_ref()?.running.as_ref()?;
-    let id = prev.container_id.as_deref()?;
-    let (runtime, run_id) = id.split_once("://")?;
-    let oci = pc.ctx.oci.as_ref().filter(|o| o.name() == runtime)?;
-    let running = oci.adopt(run_id, pc.containers.token()).await?;
-    tracing::info!(container = %prev.name, id, "adopted a running container");
-    Some((running, prev))
+    let id: ContainerId = prev.container_id.as_deref()?.parse().ok()?;
+    let runtime = pc.ctx.runtimes.of(&id)?;
+    let running = runtime.adopt(id.run_id(), pc.containers.token()).await?;
+    tracing::info!(container = %prev.name, %id, "adopted a running container");
+    Some((running, prev, runtime, id))
 }
+
+/// An adopted container, its status, the runtime that runs it and its ID there.
+type Adopted<'a> = (Box<dyn Running>, ContainerStatus, &'a dyn Runtime, ContainerId);
 
 /// The container's securityContext over its pod's.
 fn security(pod: &Pod, c: &Container) -> crate::runtime::Security {
@@ -1122,32 +1082,6 @@ fn request(c: &Container, res: &str) -> Option<i128> {
         .map(|m| m.0)
         .or_else(|| limit(c, res))
 }
-
-/// The runtime for an image: Wasm content runs on wasmtime; a root file system on runc,
-/// unless the pod asked for Wasm only (RuntimeClass `wasmtime`) or the node has no runc.
-fn runtime_for<'a>(pc: &'a PodCtx, img: &crate::images::Image) -> Result<&'a dyn Runtime, String> {
-    let wasm_only = pc
-        .pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.runtime_class_name.as_deref())
-        == Some(WASMTIME_CLASS);
-    match (&img.content, &pc.ctx.oci) {
-        (Content::Wasm(_), _) => Ok(&pc.ctx.wasm),
-        (Content::Rootfs(_), _) if wasm_only => Err(format!(
-            "the image {} is not a Wasm image (its entrypoint is not a Wasm module): pods of RuntimeClass {WASMTIME_CLASS} run Wasm only",
-            img.reference
-        )),
-        (Content::Rootfs(_), Some(oci)) => Ok(oci),
-        (Content::Rootfs(_), None) => Err(format!(
-            "the image {} is an OCI container image, which needs the OCI runtime (runc): this node does not offer it",
-            img.reference
-        )),
-    }
-}
-
-/// The RuntimeClass of pods whose containers are all Wasm.
-const WASMTIME_CLASS: &str = "wasmtime";
 
 /// A container's arguments as Kubernetes composes them: `command` replaces the image's
 /// Entrypoint (and then its Cmd is dropped), `args` replaces its Cmd. A Wasm artifact has
@@ -1392,7 +1326,7 @@ async fn prepare_sandbox(
     };
     let mut sandbox = sandbox;
     // Only processes share a PID namespace: a node without runc has none to share.
-    if spec.share_process_namespace == Some(true) && pc.ctx.oci.is_some() {
+    if spec.share_process_namespace == Some(true) && pc.ctx.runtimes.oci.is_some() {
         let dir = pc.dirs.sandbox.clone();
         let made = tokio::task::spawn_blocking(move || {
             crate::sandbox::pause::ensure(&dir, &std::env::current_exe()?)
@@ -1998,14 +1932,6 @@ async fn write_status(api: Api<Pod>, name: String, slot: Arc<StatusSlot>) {
     }
 }
 
-struct AbortOnDrop<T = ()>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort()
-    }
-}
-
 /// Once the containers are gone (they were told to stop), removes the pod's sandbox (its
 /// network, then its files) and deletes the pod object for good (grace period 0): as the
 /// kubelet, only a pod whose resources are reclaimed goes.
@@ -2089,27 +2015,6 @@ mod tests {
         )
         .unwrap();
         assert!(service_env(&headless).is_empty());
-    }
-
-    #[test]
-    fn orphans_are_the_files_of_pods_not_listed() {
-        let data = tempfile::tempdir().unwrap();
-        let pod = |ns: &str, name: &str, uid: &str| {
-            let mut p = Pod::default();
-            p.metadata.namespace = Some(ns.into());
-            p.metadata.name = Some(name.into());
-            p.metadata.uid = Some(uid.into());
-            PodDirs::of(data.path(), &p)
-        };
-        let (kept, gone) = (pod("default", "a", "uid-1"), pod("other", "b", "uid-2"));
-        for d in [&kept, &gone] {
-            std::fs::create_dir_all(d.sandbox.join("volumes")).unwrap();
-            std::fs::create_dir_all(d.logs.join("main")).unwrap();
-        }
-        let live = ["uid-1".to_string()].into();
-        let mut found = orphans(data.path(), &live);
-        found.sort();
-        assert_eq!(found, [gone.logs, gone.sandbox]);
     }
 
     fn container(command: Option<&[&str]>, args: Option<&[&str]>) -> Container {

@@ -5,6 +5,8 @@
 pub mod oci;
 pub mod wasm;
 
+use crate::images::{Content, Image};
+use crate::layout::ContainerId;
 use crate::logs::LogFile;
 
 /// A directory of the pod sandbox, visible to a container at `guest_path`.
@@ -196,8 +198,6 @@ pub struct ExecProcess {
 pub trait Runtime: Send + Sync {
     /// The runtime's name, as node labels and container IDs show it.
     fn name(&self) -> &'static str;
-    /// Prepares the image (compiling it, once per digest).
-    async fn prepare(&self, spec: &ContainerSpec) -> Result<(), RuntimeError>;
     async fn start(&self, spec: ContainerSpec) -> Result<Box<dyn Running>, RuntimeError>;
     /// A container a previous agent started (its ID without the `name://` prefix), if it
     /// still runs or left its exit: a restarted agent goes on with it. Runtimes whose
@@ -230,5 +230,89 @@ pub trait Runtime: Send + Sync {
             "the {} runtime cannot run commands in its containers",
             self.name()
         )))
+    }
+}
+
+/// The RuntimeClass of pods whose containers are all Wasm.
+pub const WASMTIME_CLASS: &str = "wasmtime";
+
+/// The node's runtimes: wasmtime always, runc where the node can run it. Which of them
+/// runs a container is decided here only: by its image when it starts
+/// ([`Runtimes::for_image`]), then by the runtime its ID names ([`Runtimes::of`]).
+pub struct Runtimes {
+    pub wasm: wasm::WasmRuntime,
+    pub oci: Option<oci::OciRuntime>,
+}
+
+impl Runtimes {
+    /// The runtime for a new container of `image` in a pod of RuntimeClass `class`: Wasm
+    /// content runs on wasmtime; a root file system on runc, unless the pod asked for
+    /// Wasm only ([`WASMTIME_CLASS`]) or the node has no runc. The error is the
+    /// container's waiting message.
+    pub fn for_image(&self, image: &Image, class: Option<&str>) -> Result<&dyn Runtime, String> {
+        match (&image.content, &self.oci) {
+            (Content::Wasm(_), _) => Ok(&self.wasm),
+            (Content::Rootfs(_), _) if class == Some(WASMTIME_CLASS) => Err(format!(
+                "the image {} is not a Wasm image (its entrypoint is not a Wasm module): pods of RuntimeClass {WASMTIME_CLASS} run Wasm only",
+                image.reference
+            )),
+            (Content::Rootfs(_), Some(oci)) => Ok(oci),
+            (Content::Rootfs(_), None) => Err(format!(
+                "the image {} is an OCI container image, which needs the OCI runtime (runc): this node does not offer it",
+                image.reference
+            )),
+        }
+    }
+
+    /// The runtime a container's ID names, if the node has it.
+    pub fn of(&self, id: &ContainerId) -> Option<&dyn Runtime> {
+        self.named(id.runtime())
+    }
+
+    /// The runtime of that name, if the node has it.
+    pub fn named(&self, name: &str) -> Option<&dyn Runtime> {
+        if name == self.wasm.name() {
+            return Some(&self.wasm);
+        }
+        self.oci
+            .as_ref()
+            .filter(|o| o.name() == name)
+            .map(|o| o as &dyn Runtime)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(content: Content) -> Image {
+        Image {
+            reference: "example/app:1".into(),
+            digest: "sha256:0".into(),
+            content,
+            size: 0,
+            run: None,
+        }
+    }
+
+    #[test]
+    fn the_image_chooses_the_runtime_then_the_id_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let rts = Runtimes {
+            wasm: wasm::WasmRuntime::new(dir.path()).unwrap(),
+            oci: None,
+        };
+        let wasm = image(Content::Wasm("app.wasm".into()));
+        let rootfs = image(Content::Rootfs(vec![]));
+        assert_eq!(rts.for_image(&wasm, None).unwrap().name(), "wasm");
+        assert_eq!(rts.for_image(&wasm, Some(WASMTIME_CLASS)).unwrap().name(), "wasm");
+        let err = rts.for_image(&rootfs, Some(WASMTIME_CLASS)).err().unwrap();
+        assert!(err.contains("RuntimeClass wasmtime run Wasm only"), "{err}");
+        let err = rts.for_image(&rootfs, None).err().unwrap();
+        assert!(err.contains("this node does not offer it"), "{err}");
+        let id = |s: &str| s.parse::<ContainerId>().unwrap();
+        assert_eq!(rts.of(&id("wasm://u-c-0")).map(|r| r.name()), Some("wasm"));
+        // A runc container on a node without runc (say, adopted after a reconfiguration).
+        assert!(rts.of(&id("runc://u-c-0")).is_none());
     }
 }

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use super::{Alive, ContainerSpec, Exit, KillSwitch, Running, Runtime, RuntimeError};
 use crate::images::Content;
+use crate::layout::Layout;
 use shim::{ExitFile, ShimArgs, EXIT_FILE, PID_FILE};
 
 /// How long a shim may take to say it started the container.
@@ -30,8 +31,8 @@ struct Inner {
     runc: PathBuf,
     /// runc's state directory (`runc --root`): per agent.
     root: PathBuf,
-    /// The bundles, by pod.
-    dir: PathBuf,
+    /// Where the bundles are (by pod).
+    layout: Layout,
     /// The agent's own binary, which is also the shim.
     exe: PathBuf,
     /// Set when the agent shuts down: containers stay, for the next agent to adopt.
@@ -61,7 +62,7 @@ fn start_error(id: &str, reason: impl std::fmt::Display) -> RuntimeError {
 impl OciRuntime {
     /// The runtime, if this node can run OCI containers (root, runc, overlayfs); else why
     /// not.
-    pub fn detect(data_dir: &Path, config: &OciConfig) -> Result<OciRuntime, String> {
+    pub fn detect(layout: &Layout, config: &OciConfig) -> Result<OciRuntime, String> {
         // Safety: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return Err("the agent does not run as root".into());
@@ -80,15 +81,15 @@ impl OciRuntime {
         let exe = std::env::current_exe().map_err(|e| format!("the agent's own binary: {e}"))?;
         let inner = Inner {
             runc: config.runc.clone(),
-            root: data_dir.join("runc"),
-            dir: data_dir.join("containers"),
+            root: layout.runc_state(),
+            layout: layout.clone(),
             exe,
             detached: AtomicBool::new(false),
             pids_limit: config.pids_limit,
             allow_privileged: config.allow_privileged,
         };
-        for d in [&inner.root, &inner.dir] {
-            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+        for d in [inner.root.clone(), inner.layout.bundles()] {
+            std::fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
         }
         Ok(OciRuntime(Arc::new(inner)))
     }
@@ -100,7 +101,7 @@ impl OciRuntime {
 
     /// Kills and removes every container of pod `uid` still on the node (its pod is gone).
     pub async fn remove_pod(&self, uid: &str) {
-        let dir = self.0.dir.join(crate::sandbox::path_element(uid));
+        let dir = self.0.layout.pod_bundles(uid);
         for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let bundle = e.path();
             let id = e.file_name().to_string_lossy().into_owned();
@@ -117,11 +118,11 @@ impl OciRuntime {
     /// A stopped agent's containers, all gone (`skiff reset`): killed through runc, their
     /// shims waited for, their bundles unmounted and removed, their pods' cgroups removed.
     /// Needs no detection: a node reset after runc went still gets its mounts back.
-    pub async fn reset(data_dir: &Path, runc: &Path) {
+    pub async fn reset(layout: &Layout, runc: &Path) {
         let rt = OciRuntime(Arc::new(Inner {
             runc: runc.to_path_buf(),
-            root: data_dir.join("runc"),
-            dir: data_dir.join("containers"),
+            root: layout.runc_state(),
+            layout: layout.clone(),
             exe: PathBuf::new(),
             detached: AtomicBool::new(false),
             pids_limit: None,
@@ -134,29 +135,12 @@ impl OciRuntime {
 
     /// The pods (uids) that have containers on the node.
     pub fn pods(&self) -> Vec<String> {
-        std::fs::read_dir(&self.0.dir)
+        std::fs::read_dir(self.0.layout.bundles())
             .into_iter()
             .flatten()
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect()
-    }
-
-    fn bundle(&self, pod_uid: &str, run_id: &str) -> PathBuf {
-        self.0
-            .dir
-            .join(crate::sandbox::path_element(pod_uid))
-            .join(crate::sandbox::path_element(run_id))
-    }
-
-    /// The bundle of container `run_id`, whichever pod's it is.
-    fn find_bundle(&self, run_id: &str) -> Option<PathBuf> {
-        let name = crate::sandbox::path_element(run_id);
-        std::fs::read_dir(&self.0.dir)
-            .ok()?
-            .flatten()
-            .map(|e| e.path().join(&name))
-            .find(|b| b.is_dir())
     }
 }
 
@@ -614,10 +598,6 @@ impl Runtime for OciRuntime {
         "runc"
     }
 
-    async fn prepare(&self, _spec: &ContainerSpec) -> Result<(), RuntimeError> {
-        Ok(())
-    }
-
     async fn start(&self, spec: ContainerSpec) -> Result<Box<dyn Running>, RuntimeError> {
         let Content::Rootfs(layers) = &spec.image else {
             return Err(RuntimeError::InvalidImage {
@@ -626,7 +606,7 @@ impl Runtime for OciRuntime {
             });
         };
         let id = spec.run_id.clone();
-        let bundle = self.bundle(&spec.pod_uid, &id);
+        let bundle = self.0.layout.bundle(&spec.pod_uid, &id);
         // A leftover of an earlier attempt with this name goes first.
         self.0.kill(&id);
         let _ = self
@@ -737,13 +717,15 @@ impl Runtime for OciRuntime {
         tty: bool,
     ) -> Result<super::ExecProcess, RuntimeError> {
         let bundle = self
+            .0
+            .layout
             .find_bundle(run_id)
             .ok_or_else(|| RuntimeError::Exec(format!("container {run_id} not found")))?;
         attach::connect(&bundle, stdin, tty).await
     }
 
     async fn adopt(&self, run_id: &str, alive: Alive) -> Option<Box<dyn Running>> {
-        let bundle = self.find_bundle(run_id)?;
+        let bundle = self.0.layout.find_bundle(run_id)?;
         let shim = match shim_pid(&bundle, run_id) {
             Some(pid) => pid,
             None if bundle.join(EXIT_FILE).exists() => -1,

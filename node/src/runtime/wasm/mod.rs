@@ -548,10 +548,6 @@ impl Runtime for WasmRuntime {
         "wasm"
     }
 
-    async fn prepare(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
-        self.prepared(spec).map(|_| ())
-    }
-
     async fn exec(
         &self,
         _run_id: &str,
@@ -567,7 +563,7 @@ impl Runtime for WasmRuntime {
     async fn start(&self, spec: ContainerSpec) -> Result<Box<dyn Running>, RuntimeError> {
         let prepared = self.prepared(&spec)?;
         let guest = GuestConfig::of(&spec);
-        let wasi = guest.builder()?;
+        let mut wasi = guest.builder()?;
         let limits = Limits {
             memory: spec.memory_limit.map(|b| b as usize),
             exceeded: false,
@@ -595,9 +591,11 @@ impl Runtime for WasmRuntime {
             }
         };
         let alive = (spec.alive, executor);
-        let task = match prepared {
+        // Each kind of guest runs its own way; each run ends with the guest's result and
+        // whether it went over its memory limit, and is supervised the same way. Boxed:
+        // each run takes its own size, not the largest kind's.
+        let run: futures::future::BoxFuture<'static, (wasmtime::Result<()>, bool)> = match prepared {
             Prepared::Module(pre) => {
-                let mut wasi = wasi;
                 let mut store = Store::new(
                     &self.engine,
                     P1Host {
@@ -606,7 +604,7 @@ impl Runtime for WasmRuntime {
                     },
                 );
                 govern(&mut store, spec.cpu_limit_millis);
-                let run = async move {
+                Box::pin(async move {
                     let result = async {
                         let instance = pre.instantiate_async(&mut store).await?;
                         let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
@@ -614,11 +612,9 @@ impl Runtime for WasmRuntime {
                     }
                     .await;
                     (result, store.data_mut().limits().exceeded)
-                };
-                spawner.spawn(supervise_guest(run, kill.clone(), log, alive))
+                })
             }
             Prepared::Command(command) => {
-                let mut wasi = wasi;
                 let mut store = Store::new(
                     &self.engine,
                     P2Host {
@@ -633,7 +629,7 @@ impl Runtime for WasmRuntime {
                     },
                 );
                 govern(&mut store, spec.cpu_limit_millis);
-                let run = async move {
+                Box::pin(async move {
                     let result = async {
                         let command = command.instantiate_async(&mut store).await?;
                         // `wasi:cli/run` returns Err(()) for a non-zero exit without a code.
@@ -644,8 +640,7 @@ impl Runtime for WasmRuntime {
                     }
                     .await;
                     (result, store.data_mut().limits().exceeded)
-                };
-                spawner.spawn(supervise_guest(run, kill.clone(), log, alive))
+                })
             }
             Prepared::Proxy(pre) => {
                 let port = spec.ports.first().copied().unwrap_or(DEFAULT_HTTP_PORT);
@@ -666,10 +661,10 @@ impl Runtime for WasmRuntime {
                     cpu_limit_millis: spec.cpu_limit_millis,
                 };
                 let d = drain.clone();
-                let run = async move { (served.serve(listener, d).await, false) };
-                spawner.spawn(supervise_guest(run, kill.clone(), log, alive))
+                Box::pin(async move { (served.serve(listener, d).await, false) })
             }
         };
+        let task = spawner.spawn(supervise_guest(run, kill.clone(), log, alive));
         let drain = serving.then_some(drain);
         Ok(Box::new(WasmContainer { task, kill, drain }))
     }
