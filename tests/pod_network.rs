@@ -15,12 +15,9 @@ struct Cluster {
     server: Server,
 }
 
-/// How many tests of this file share the cluster.
-const TESTS: usize = 4;
-
 fn cluster() -> SharedGuard<Cluster> {
     static CLUSTER: Shared<Cluster> = Shared::new();
-    CLUSTER.get(TESTS, || {
+    CLUSTER.get(|| {
         let server = Server::start();
         let agent = Agent::start(&server, "net1");
         agent.import_wat(DOZER, IMAGE);
