@@ -94,6 +94,13 @@ fn app(ns: &str) -> String {
     APP.replace("demo", ns)
 }
 
+/// Namespace `ns` holding only [`APP`]'s pod hello (for scenarios about one pod).
+fn hello_pod(ns: &str) -> String {
+    let app = app(ns);
+    let pod = app.rfind("---\n").unwrap();
+    format!("{}{}", &app[..app.find("---\n").unwrap() + 4], &app[pod + 4..])
+}
+
 /// [`app`] as changed by a second version: a new image and a new label.
 fn changed_app(ns: &str) -> String {
     app(ns)
@@ -307,7 +314,7 @@ fn get_prints_tables_yaml_and_json_and_selects_by_label() {
 #[test]
 fn get_watch_sees_a_change_made_by_another_client() {
     let s = &*server();
-    s.apply_stdin(&[], &app("watch"));
+    s.apply_stdin(&[], &hello_pod("watch"));
     let mut watch = s
         .kubectl_cmd(&["get", "pods", "-n", "watch", "-l", "app=hello", "-w"])
         .stdout(Stdio::piped())
@@ -351,7 +358,7 @@ fn relabel_and_annotate(s: &Server, ns: &str) {
 #[test]
 fn label_needs_overwrite_to_change_a_value_and_annotate_adds() {
     let s = &*server();
-    s.apply_stdin(&[], &app("label"));
+    s.apply_stdin(&[], &hello_pod("label"));
     relabel_and_annotate(s, "label");
     let p = s.json(&["get", "pod", "hello", "-n", "label"]);
     assert_eq!(p["metadata"]["labels"]["watched"], "again");
@@ -361,7 +368,7 @@ fn label_needs_overwrite_to_change_a_value_and_annotate_adds() {
 #[test]
 fn describe_shows_the_object_and_its_events() {
     let s = &*server();
-    s.apply_stdin(&[], &app("describe"));
+    s.apply_stdin(&[], &hello_pod("describe"));
     relabel_and_annotate(s, "describe");
     let p = s.json(&["get", "pod", "hello", "-n", "describe"]);
     let event = format!(
