@@ -1,6 +1,8 @@
 //! `skiff dev` (server + agent in one process, the agent connecting over loopback) runs
 //! Wasm pods: the node registers and heartbeats, pods run to completion, crash-loop with
 //! back-off, are OOM-killed past their memory limit, and spinning ones are deleted promptly.
+//! One dev cluster for the file (each scenario in its own namespace); scenarios that
+//! delete namespaces, run without root or stop servers and agents start their own.
 
 mod common;
 
@@ -8,7 +10,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::eventually;
+use common::{eventually, Shared, SharedGuard};
 use serde_json::Value;
 
 /// Says "failing" and exits 1.
@@ -74,6 +76,7 @@ impl Dev {
         let bridge = format!("skd{}", net + 1000 * (std::process::id() % 100));
         let log = std::fs::File::create(dir.path().join("dev.log")).unwrap();
         let mut cmd = Command::new(Dev::binary(&dir, uid));
+        common::die_with_parent(&mut cmd);
         if let Some(uid) = uid {
             use std::os::unix::process::CommandExt;
             cmd.uid(uid).gid(uid);
@@ -199,12 +202,109 @@ impl Dev {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
 
-    fn pod(&self, name: &str, image: &str, restart: &str, extra: &str) {
-        let manifest = format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  runtimeClassName: wasmtime\n  restartPolicy: {restart}\n  containers:\n  - name: main\n    image: {image}\n    imagePullPolicy: IfNotPresent\n{extra}"
-        );
-        let (ok, _, err) = self.kubectl(&["apply", "-f", "-"], Some(&manifest));
+    /// Namespace `ns`, created, for one scenario's kubectl commands.
+    fn namespace(&self, ns: &str) -> Ns<'_> {
+        self.ok(&["create", "namespace", ns]);
+        Ns {
+            dev: self,
+            ns: ns.to_string(),
+        }
+    }
+}
+
+/// The modules the scenarios on the shared cluster run, as `registry.example/NAME:1.0`.
+const MODULES: [(&str, &str); 6] = [
+    ("hello", common::HELLO),
+    ("fail", FAIL),
+    ("grow", GROW),
+    ("spin", SPIN),
+    ("ticker", TICKER),
+    ("dozer", common::DOZER),
+];
+
+/// The examples in wasm-examples/ (built by scripts/setup.sh), as
+/// `skiff.local/examples/NAME:1.0`.
+const EXAMPLES: [&str; 5] = [
+    "hello",
+    "config-reader",
+    "shared-volume",
+    "hello-component",
+    "http-hello",
+];
+
+/// One `skiff dev` cluster for the scenarios that need no cluster of their own (each in its
+/// own namespace): its node Ready, [`MODULES`] and [`EXAMPLES`] in its image store.
+fn dev() -> SharedGuard<Dev> {
+    static DEV: Shared<Dev> = Shared::new();
+    DEV.get(|| {
+        let d = Dev::start();
+        for (name, wat) in MODULES {
+            d.import(name, wat, &format!("registry.example/{name}:1.0"));
+        }
+        let out = common::root().join("wasm-examples/out");
+        for ex in EXAMPLES {
+            let wasm = out.join(format!("{ex}.wasm"));
+            assert!(
+                wasm.exists(),
+                "{} missing: run scripts/setup.sh",
+                wasm.display()
+            );
+            d.import_file(&wasm, &format!("skiff.local/examples/{ex}:1.0"));
+        }
+        node_ready(&d);
+        d
+    })
+}
+
+/// Node edge-1 once Ready.
+fn node_ready(d: &Dev) -> Value {
+    eventually(30, "node edge-1 Ready", || {
+        let (ok, out, _) = d.kubectl(&["get", "node", "edge-1", "-o", "json"], None);
+        let n: Value = serde_json::from_str(&out).ok()?;
+        let ready = n["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        (ok && ready).then_some(n)
+    })
+}
+
+/// A scenario's namespace on a dev cluster: its kubectl commands run there.
+struct Ns<'a> {
+    dev: &'a Dev,
+    ns: String,
+}
+
+impl Ns<'_> {
+    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+        let mut a = args.to_vec();
+        a.extend(["-n", &self.ns]);
+        self.dev.kubectl(&a, stdin)
+    }
+
+    #[track_caller]
+    fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.kubectl(args, None);
+        assert!(ok, "kubectl {args:?}: {err}\n{}", self.dev.log());
+        out
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    #[track_caller]
+    fn apply(&self, manifest: &str) {
+        let (ok, _, err) = self.kubectl(&["apply", "-f", "-"], Some(manifest));
         assert!(ok, "{err}");
+    }
+
+    fn pod(&self, name: &str, image: &str, restart: &str, extra: &str) {
+        self.apply(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  runtimeClassName: wasmtime\n  restartPolicy: {restart}\n  containers:\n  - name: main\n    image: {image}\n    imagePullPolicy: IfNotPresent\n{extra}"
+        ));
     }
 
     fn container_status(&self, pod: &str) -> Value {
@@ -220,6 +320,11 @@ impl Dev {
             (st.is_object() && reason.is_none_or(|r| st["reason"] == r)).then_some(s)
         })
     }
+
+    /// The log directories the node keeps for pod `name` of this namespace.
+    fn pod_logs(&self, name: &str) -> Vec<PathBuf> {
+        pod_logs_in(&self.dev.dir.path().join("data/agent"), &self.ns, name)
+    }
 }
 
 fn step(s: &str) {
@@ -227,19 +332,9 @@ fn step(s: &str) {
 }
 
 #[test]
-fn dev_cluster_runs_wasm_pods() {
-    let d = Dev::start();
-
-    step("the node registers, is Ready and heartbeats");
-    let node = eventually(30, "node edge-1 Ready", || {
-        let (ok, out, _) = d.kubectl(&["get", "node", "edge-1", "-o", "json"], None);
-        let n: Value = serde_json::from_str(&out).ok()?;
-        let ready = n["status"]["conditions"]
-            .as_array()?
-            .iter()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True");
-        (ok && ready).then_some(n)
-    });
+fn the_node_registers_is_ready_and_heartbeats() {
+    let d = &*dev();
+    let node = node_ready(d);
     let labels = &node["metadata"]["labels"];
     assert_eq!(labels["kubernetes.io/hostname"], "edge-1");
     assert_eq!(labels["kubernetes.io/os"], "linux");
@@ -267,39 +362,56 @@ fn dev_cluster_runs_wasm_pods() {
         wide.contains("edge-1") && wide.contains("Ready") && wide.contains("skiff://"),
         "{wide}"
     );
+}
 
-    d.import("hello", common::HELLO, "registry.example/hello:1.0");
-    d.import("fail", FAIL, "registry.example/fail:1.0");
-    d.import("grow", GROW, "registry.example/grow:1.0");
-    d.import("spin", SPIN, "registry.example/spin:1.0");
-
-    step("a Wasm pod runs to completion");
-    d.pod("hello", "registry.example/hello:1.0", "Never", "");
-    let st = d.wait_state("hello", "terminated", None);
+#[test]
+fn a_wasm_pod_runs_to_completion() {
+    let d = &*dev();
+    let n = d.namespace("complete");
+    n.pod("hello", "registry.example/hello:1.0", "Never", "");
+    let st = n.wait_state("hello", "terminated", None);
     assert_eq!(st["state"]["terminated"]["exitCode"], 0);
     assert_eq!(st["state"]["terminated"]["reason"], "Completed");
     assert!(st["imageID"].as_str().unwrap().contains("@sha256:"), "{st}");
-    let pod = d.json(&["get", "pod", "hello"]);
+    let pod = n.json(&["get", "pod", "hello"]);
     assert_eq!(pod["status"]["phase"], "Succeeded");
     assert_eq!(pod["spec"]["nodeName"], "edge-1");
     assert_eq!(pod["status"]["hostIP"], "127.0.0.1");
-    let get = d.ok(&["get", "pod", "hello"]);
+    let get = n.ok(&["get", "pod", "hello"]);
     assert!(get.contains("Completed"), "{get}");
-    let describe = d.ok(&["describe", "pod", "hello"]);
+    let describe = n.ok(&["describe", "pod", "hello"]);
     for ev in ["Scheduled", "Pulled", "Created", "Started"] {
         assert!(describe.contains(ev), "describe lacks {ev}:\n{describe}");
     }
+}
 
-    step("kubectl logs reads the container's output through the agent");
-    assert_eq!(d.ok(&["logs", "hello"]), "hello from wasm\n");
-    let ts = d.ok(&["logs", "hello", "--timestamps"]);
+#[test]
+fn kubectl_logs_reads_a_containers_output_through_the_agent() {
+    let d = &*dev();
+    let n = d.namespace("logs");
+    n.pod("hello", "registry.example/hello:1.0", "Never", "");
+    n.wait_state("hello", "terminated", None);
+    assert_eq!(n.ok(&["logs", "hello"]), "hello from wasm\n");
+    let ts = n.ok(&["logs", "hello", "--timestamps"]);
     assert!(
         ts.starts_with("20") && ts.trim_end().ends_with("Z hello from wasm"),
         "{ts}"
     );
-    // The agent's own port serves only the API server (client certificates of the
-    // cluster CA): a client without one is refused.
+    let (ok, _, err) = n.kubectl(&["logs", "hello", "-c", "nope"], None);
+    assert!(
+        !ok && err.contains("container nope is not valid for pod hello"),
+        "{err}"
+    );
+}
+
+/// The agent's own port serves only the API server (client certificates of the cluster
+/// CA): a client without one is refused.
+#[test]
+fn the_agents_port_refuses_a_client_without_a_cluster_certificate() {
+    let d = &*dev();
+    let node = node_ready(d);
     let port = &node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"];
+    assert!(port.as_u64().is_some_and(|p| p > 0), "{node}");
     let url = format!("https://127.0.0.1:{port}/containerLogs/default/hello/main");
     let anonymous = Command::new("curl")
         .args([
@@ -321,62 +433,68 @@ fn dev_cluster_runs_wasm_pods() {
         anonymous.status.code(),
         String::from_utf8_lossy(&anonymous.stdout)
     );
-    let (ok, _, err) = d.kubectl(&["logs", "hello", "-c", "nope"], None);
-    assert!(
-        !ok && err.contains("container nope is not valid for pod hello"),
-        "{err}"
-    );
+}
 
-    step("kubectl logs -f streams a running container's output until it ends");
-    d.import("ticker", TICKER, "registry.example/ticker:1.0");
-    d.pod("ticker", "registry.example/ticker:1.0", "Never", "");
+#[test]
+fn kubectl_logs_follows_a_running_container_until_it_ends() {
+    let d = &*dev();
+    let n = d.namespace("follow");
+    n.pod("ticker", "registry.example/ticker:1.0", "Never", "");
     eventually(30, "ticker to run", || {
-        d.container_status("ticker")["state"]["running"]
+        n.container_status("ticker")["state"]["running"]
             .is_object()
             .then_some(())
     });
     let t = Instant::now();
-    let followed = d.ok(&["logs", "-f", "ticker"]);
+    let followed = n.ok(&["logs", "-f", "ticker"]);
     assert_eq!(followed, "tick\ntick\ntick\ntick\ntick\n");
     assert!(t.elapsed() < Duration::from_secs(10));
-    assert_eq!(d.ok(&["logs", "ticker", "--tail=2"]), "tick\ntick\n");
-    assert_eq!(d.ok(&["logs", "ticker", "--since=1h"]), followed);
+    assert_eq!(n.ok(&["logs", "ticker", "--tail=2"]), "tick\ntick\n");
+    assert_eq!(n.ok(&["logs", "ticker", "--since=1h"]), followed);
     assert_eq!(
-        d.ok(&["logs", "ticker", "--since-time=2099-01-01T00:00:00Z"]),
+        n.ok(&["logs", "ticker", "--since-time=2099-01-01T00:00:00Z"]),
         ""
     );
-    let (ok, _, err) = d.kubectl(&["logs", "ticker", "--previous"], None);
+    let (ok, _, err) = n.kubectl(&["logs", "ticker", "--previous"], None);
     assert!(
         !ok && err.contains("previous terminated container \"main\" in pod \"ticker\" not found"),
         "{err}"
     );
+}
 
-    step("a failing container crash-loops with back-off");
-    d.pod("crash", "registry.example/fail:1.0", "Always", "");
-    let st = d.wait_state("crash", "waiting", Some("CrashLoopBackOff"));
+#[test]
+fn a_failing_container_crash_loops_with_back_off() {
+    let d = &*dev();
+    let n = d.namespace("crashloop");
+    n.pod("crash", "registry.example/fail:1.0", "Always", "");
+    let st = n.wait_state("crash", "waiting", Some("CrashLoopBackOff"));
     assert!(st["restartCount"].as_i64().unwrap() >= 1);
     assert_eq!(st["lastState"]["terminated"]["exitCode"], 1);
     assert!(
         st["state"]["waiting"]["message"]
             .as_str()
             .unwrap()
-            .starts_with("back-off 10s restarting failed container=main pod=crash_default("),
+            .starts_with("back-off 10s restarting failed container=main pod=crash_crashloop("),
         "{st}"
     );
-    let get = d.ok(&["get", "pod", "crash"]);
+    let get = n.ok(&["get", "pod", "crash"]);
     assert!(get.contains("CrashLoopBackOff"), "{get}");
-    assert!(d.ok(&["describe", "pod", "crash"]).contains("BackOff"));
+    assert!(n.ok(&["describe", "pod", "crash"]).contains("BackOff"));
     // The run before the current one, from stderr.
-    assert_eq!(d.ok(&["logs", "crash", "--previous"]), "failing\n");
+    assert_eq!(n.ok(&["logs", "crash", "--previous"]), "failing\n");
+}
 
-    step("a container whose env needs a missing ConfigMap waits, saying so");
-    d.pod(
+#[test]
+fn a_container_whose_env_needs_a_missing_config_map_waits_saying_so() {
+    let d = &*dev();
+    let n = d.namespace("needs-config");
+    n.pod(
         "needs-config",
         "registry.example/hello:1.0",
         "Never",
         "    env:\n    - name: X\n      valueFrom:\n        configMapKeyRef:\n          name: nope\n          key: k\n",
     );
-    let st = d.wait_state(
+    let st = n.wait_state(
         "needs-config",
         "waiting",
         Some("CreateContainerConfigError"),
@@ -385,24 +503,30 @@ fn dev_cluster_runs_wasm_pods() {
         st["state"]["waiting"]["message"], "configmap \"nope\" not found",
         "{st}"
     );
+}
 
-    step("growing past the memory limit is OOMKilled");
-    d.pod(
+#[test]
+fn growing_past_the_memory_limit_is_oom_killed() {
+    let d = &*dev();
+    let n = d.namespace("oom");
+    n.pod(
         "oom",
         "registry.example/grow:1.0",
         "Never",
         "    resources:\n      limits:\n        memory: 4Mi\n",
     );
-    let st = d.wait_state("oom", "terminated", None);
+    let st = n.wait_state("oom", "terminated", None);
     assert_eq!(st["state"]["terminated"]["reason"], "OOMKilled", "{st}");
-    assert_eq!(d.json(&["get", "pod", "oom"])["status"]["phase"], "Failed");
+    assert_eq!(n.json(&["get", "pod", "oom"])["status"]["phase"], "Failed");
+}
 
-    step("init containers run first, in order; activeDeadlineSeconds ends a pod");
-    let manifest = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: with-init\nspec:\n  runtimeClassName: wasmtime\n  restartPolicy: Never\n  initContainers:\n  - name: first\n    image: registry.example/hello:1.0\n    imagePullPolicy: IfNotPresent\n  - name: second\n    image: registry.example/hello:1.0\n    imagePullPolicy: IfNotPresent\n  containers:\n  - name: main\n    image: registry.example/hello:1.0\n    imagePullPolicy: IfNotPresent\n";
-    let (ok, _, err) = d.kubectl(&["apply", "-f", "-"], Some(manifest));
-    assert!(ok, "{err}");
+#[test]
+fn init_containers_run_first_in_order() {
+    let d = &*dev();
+    let n = d.namespace("init");
+    n.apply("apiVersion: v1\nkind: Pod\nmetadata:\n  name: with-init\nspec:\n  runtimeClassName: wasmtime\n  restartPolicy: Never\n  initContainers:\n  - name: first\n    image: registry.example/hello:1.0\n    imagePullPolicy: IfNotPresent\n  - name: second\n    image: registry.example/hello:1.0\n    imagePullPolicy: IfNotPresent\n  containers:\n  - name: main\n    image: registry.example/hello:1.0\n    imagePullPolicy: IfNotPresent\n");
     let pod = eventually(30, "with-init to succeed", || {
-        let p = d.json(&["get", "pod", "with-init"]);
+        let p = n.json(&["get", "pod", "with-init"]);
         (p["status"]["phase"] == "Succeeded").then_some(p)
     });
     let inits = pod["status"]["initContainerStatuses"].as_array().unwrap();
@@ -425,43 +549,49 @@ fn dev_cluster_runs_wasm_pods() {
         "{pod}"
     );
     assert_eq!(
-        d.ok(&["logs", "with-init", "-c", "second"]),
+        n.ok(&["logs", "with-init", "-c", "second"]),
         "hello from wasm\n"
     );
-    d.pod(
+}
+
+#[test]
+fn active_deadline_seconds_stops_a_running_pod() {
+    let d = &*dev();
+    let n = d.namespace("deadline");
+    n.pod(
         "deadline",
         "registry.example/spin:1.0",
         "Never",
         "    resources:\n      limits:\n        cpu: 100m\n",
     );
-    let (ok, _, err) = d.kubectl(
-        &[
-            "patch",
-            "pod",
-            "deadline",
-            "-p",
-            "{\"spec\":{\"activeDeadlineSeconds\":1}}",
-        ],
-        None,
-    );
-    assert!(ok, "{err}");
+    n.ok(&[
+        "patch",
+        "pod",
+        "deadline",
+        "-p",
+        "{\"spec\":{\"activeDeadlineSeconds\":1}}",
+    ]);
     let p = eventually(30, "deadline to be exceeded", || {
-        let p = d.json(&["get", "pod", "deadline"]);
+        let p = n.json(&["get", "pod", "deadline"]);
         (p["status"]["reason"] == "DeadlineExceeded").then_some(p)
     });
     assert_eq!(p["status"]["phase"], "Failed");
     let killed = &p["status"]["containerStatuses"][0];
     assert_eq!(killed["state"]["terminated"]["exitCode"], 137, "{p}");
     assert_eq!(killed["ready"], false, "{p}");
-    assert!(d
+    assert!(n
         .ok(&["describe", "pod", "deadline"])
         .contains("Stopping container main"));
-    // The deadline counts from the pod's start: a spinning init container is stopped too.
-    let manifest = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: init-deadline\nspec:\n  runtimeClassName: wasmtime\n  restartPolicy: Never\n  activeDeadlineSeconds: 1\n  initContainers:\n  - name: spin\n    image: registry.example/spin:1.0\n    imagePullPolicy: IfNotPresent\n    resources:\n      limits:\n        cpu: 100m\n  containers:\n  - name: main\n    image: registry.example/hello:1.0\n    imagePullPolicy: IfNotPresent\n";
-    let (ok, _, err) = d.kubectl(&["apply", "-f", "-"], Some(manifest));
-    assert!(ok, "{err}");
+}
+
+/// The deadline counts from the pod's start: a spinning init container is stopped too.
+#[test]
+fn active_deadline_seconds_stops_a_spinning_init_container() {
+    let d = &*dev();
+    let n = d.namespace("init-deadline");
+    n.apply("apiVersion: v1\nkind: Pod\nmetadata:\n  name: init-deadline\nspec:\n  runtimeClassName: wasmtime\n  restartPolicy: Never\n  activeDeadlineSeconds: 1\n  initContainers:\n  - name: spin\n    image: registry.example/spin:1.0\n    imagePullPolicy: IfNotPresent\n    resources:\n      limits:\n        cpu: 100m\n  containers:\n  - name: main\n    image: registry.example/hello:1.0\n    imagePullPolicy: IfNotPresent\n");
     let p = eventually(30, "init-deadline to be exceeded", || {
-        let p = d.json(&["get", "pod", "init-deadline"]);
+        let p = n.json(&["get", "pod", "init-deadline"]);
         (p["status"]["reason"] == "DeadlineExceeded").then_some(p)
     });
     assert_eq!(p["status"]["phase"], "Failed");
@@ -473,43 +603,37 @@ fn dev_cluster_runs_wasm_pods() {
         p["status"]["containerStatuses"][0]["state"]["waiting"].is_object(),
         "{p}"
     );
+}
 
-    step("a spinning container is deleted promptly");
-    d.pod(
+#[test]
+fn a_spinning_container_is_deleted_promptly() {
+    let d = &*dev();
+    let n = d.namespace("spin");
+    n.pod(
         "spin",
         "registry.example/spin:1.0",
         "Always",
         "    resources:\n      limits:\n        cpu: 200m\n",
     );
     eventually(30, "spin to run", || {
-        (d.container_status("spin")["state"]["running"].is_object()).then_some(())
+        (n.container_status("spin")["state"]["running"].is_object()).then_some(())
     });
-    assert_eq!(d.ok(&["logs", "spin"]), "", "a silent running container");
+    assert_eq!(n.ok(&["logs", "spin"]), "", "a silent running container");
     let t = Instant::now();
-    d.ok(&["delete", "pod", "spin"]);
+    n.ok(&["delete", "pod", "spin"]);
     assert!(
         t.elapsed() < Duration::from_secs(10),
         "deleting a spinning pod took {:?}",
         t.elapsed()
     );
-    let (exists, _, _) = d.kubectl(&["get", "pod", "spin"], None);
-    assert!(!exists);
-    let agent_data = d.dir.path().join("data/agent");
-
-    step("a pod's files go with it, also when force-deleted");
-    assert!(!pod_logs(&agent_data, "ticker").is_empty());
-    d.ok(&["delete", "pod", "ticker", "--force", "--grace-period=0"]);
-    eventually(10, "ticker's logs to be removed", || {
-        pod_logs(&agent_data, "ticker").is_empty().then_some(())
-    });
-    assert!(!pod_logs(&agent_data, "crash").is_empty());
-    d.ok(&["delete", "pod", "crash"]);
-    eventually(10, "crash's logs to be removed", || {
-        pod_logs(&agent_data, "crash").is_empty().then_some(())
-    });
-    assert!(!pod_logs(&agent_data, "hello").is_empty());
+    // Gone, not merely unreadable.
+    let (exists, _, err) = n.kubectl(&["get", "pod", "spin"], None);
+    assert!(
+        !exists && err.contains("pods \"spin\" not found"),
+        "a deleted pod is still there, or kubectl failed otherwise: {err}"
+    );
     eventually(10, "a Killing event for spin", || {
-        let events = d.ok(&[
+        let events = n.ok(&[
             "get",
             "events",
             "--field-selector",
@@ -519,30 +643,52 @@ fn dev_cluster_runs_wasm_pods() {
     });
 }
 
+#[test]
+fn a_pods_log_files_go_with_it_also_when_force_deleted() {
+    let d = &*dev();
+    let n = d.namespace("files");
+    n.pod("forced", "registry.example/ticker:1.0", "Never", "");
+    n.pod("crash", "registry.example/fail:1.0", "Always", "");
+    n.pod("kept", "registry.example/hello:1.0", "Never", "");
+    n.wait_state("forced", "terminated", None);
+    n.wait_state("crash", "waiting", Some("CrashLoopBackOff"));
+    n.wait_state("kept", "terminated", None);
+    assert!(!n.pod_logs("forced").is_empty());
+    n.ok(&["delete", "pod", "forced", "--force", "--grace-period=0"]);
+    eventually(10, "forced's logs to be removed", || {
+        n.pod_logs("forced").is_empty().then_some(())
+    });
+    assert!(!n.pod_logs("crash").is_empty());
+    n.ok(&["delete", "pod", "crash"]);
+    eventually(10, "crash's logs to be removed", || {
+        n.pod_logs("crash").is_empty().then_some(())
+    });
+    assert!(!n.pod_logs("kept").is_empty(), "a pod not deleted keeps its logs");
+}
+
 /// Regression: a kill was a flag read at epoch ticks, so a guest waiting in `poll_oneoff`
 /// outlived its deleted pod and its next line recreated the pod's log directory.
 #[test]
 fn a_deleted_pod_waiting_in_a_wasi_call_is_gone_with_its_files() {
-    let d = Dev::start();
-    d.import("dozer", common::DOZER, "registry.example/dozer:1.0");
-    d.pod("dozer", "registry.example/dozer:1.0", "Always", "");
-    let agent_data = d.dir.path().join("data/agent");
+    let d = &*dev();
+    let n = d.namespace("dozer");
+    n.pod("dozer", "registry.example/dozer:1.0", "Always", "");
     eventually(30, "dozer's first tick", || {
-        let (_, logs, _) = d.kubectl(&["logs", "dozer"], None);
+        let (_, logs, _) = n.kubectl(&["logs", "dozer"], None);
         logs.contains("tick").then_some(())
     });
     let t = Instant::now();
-    d.ok(&["delete", "pod", "dozer"]);
+    n.ok(&["delete", "pod", "dozer"]);
     assert!(
         t.elapsed() < Duration::from_secs(10),
         "deleting a waiting pod took {:?}",
         t.elapsed()
     );
-    assert!(pod_logs(&agent_data, "dozer").is_empty());
+    assert!(n.pod_logs("dozer").is_empty());
     // Past the guest's next wake-up: had it survived, it would have written again.
     std::thread::sleep(Duration::from_secs(3));
     assert!(
-        pod_logs(&agent_data, "dozer").is_empty(),
+        n.pod_logs("dozer").is_empty(),
         "a deleted pod's guest still writes its log"
     );
 }
@@ -787,22 +933,22 @@ fn agent_restart_adopts_its_pods() {
     );
 
     step("the files of a pod force-deleted while its agent is down go when it is back");
-    assert!(!pod_logs(&data, "done").is_empty());
+    assert!(!pod_logs_in(&data, "default", "done").is_empty());
     let _ = agent.kill();
     let _ = agent.wait();
     let o = s.kubectl(&["delete", "pod", "done", "--force", "--grace-period=0"]);
     assert!(o.status.success());
     let mut agent = spawn_agent();
     eventually(30, "done's logs to be removed", || {
-        pod_logs(&data, "done").is_empty().then_some(())
+        pod_logs_in(&data, "default", "done").is_empty().then_some(())
     });
     let _ = agent.kill();
     let _ = agent.wait();
 }
 
-/// The log directories an agent (data directory `data`) keeps for pod `name` in `default`.
-fn pod_logs(data: &std::path::Path, name: &str) -> Vec<PathBuf> {
-    let prefix = format!("default_{name}_");
+/// The log directories an agent (data directory `data`) keeps for pod `name` of `ns`.
+fn pod_logs_in(data: &std::path::Path, ns: &str, name: &str) -> Vec<PathBuf> {
+    let prefix = format!("{ns}_{name}_");
     std::fs::read_dir(data.join("logs"))
         .into_iter()
         .flatten()
@@ -812,63 +958,60 @@ fn pod_logs(data: &std::path::Path, name: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-/// The examples in wasm-examples/ (built by scripts/setup.sh), applied from their manifests.
-#[test]
-fn wasm_examples_run() {
-    let d = Dev::start();
-    let out = common::root().join("wasm-examples/out");
-    let examples = [
-        "hello",
-        "config-reader",
-        "shared-volume",
-        "hello-component",
-        "http-hello",
-    ];
-    for ex in examples {
-        let wasm = out.join(format!("{ex}.wasm"));
-        assert!(
-            wasm.exists(),
-            "{} missing: run scripts/setup.sh",
-            wasm.display()
-        );
-        d.import_file(&wasm, &format!("skiff.local/examples/{ex}:1.0"));
-    }
-    eventually(30, "node Ready", || {
-        d.kubectl(&["get", "node", "edge-1"], None).0.then_some(())
-    });
-    for ex in examples {
-        let manifest = common::root().join(format!("wasm-examples/{ex}/pod.yaml"));
-        d.ok(&["apply", "-f", manifest.to_str().unwrap()]);
-    }
-    let done = |pod: &str| {
-        eventually(30, &format!("{pod} to succeed"), || {
-            (d.json(&["get", "pod", pod])["status"]["phase"] == "Succeeded").then_some(())
-        })
-    };
+/// Applies example `ex`'s manifest (wasm-examples/EX/pod.yaml) in `n`.
+fn apply_example(n: &Ns, ex: &str) {
+    let manifest = common::root().join(format!("wasm-examples/{ex}/pod.yaml"));
+    n.ok(&["apply", "-f", manifest.to_str().unwrap()]);
+}
 
-    step("hello: arguments and output");
-    done("hello-wasm");
+/// Waits for `pod` to succeed.
+fn succeeded(n: &Ns, pod: &str) {
+    eventually(30, &format!("{pod} to succeed"), || {
+        (n.json(&["get", "pod", pod])["status"]["phase"] == "Succeeded").then_some(())
+    })
+}
+
+/// The hello example: arguments and output.
+#[test]
+fn the_hello_example_prints_its_arguments() {
+    let d = &*dev();
+    let n = d.namespace("ex-hello");
+    apply_example(&n, "hello");
+    succeeded(&n, "hello-wasm");
     assert_eq!(
-        d.ok(&["logs", "hello-wasm"]),
+        n.ok(&["logs", "hello-wasm"]),
         "Hello from a Wasm pod on Skiff!\narg 1: from\narg 2: kubectl\n"
     );
+}
 
-    step("hello-component: a preview 2 command component (wasi:cli/run)");
-    done("hello-component");
+/// hello-component: a preview 2 command component (wasi:cli/run).
+#[test]
+fn the_hello_component_example_runs_as_a_command_component() {
+    let d = &*dev();
+    let n = d.namespace("ex-component");
+    apply_example(&n, "hello-component");
+    succeeded(&n, "hello-component");
     assert_eq!(
-        d.ok(&["logs", "hello-component"]),
+        n.ok(&["logs", "hello-component"]),
         "Hello from a Wasm pod on Skiff!\narg 1: as\narg 2: a\narg 3: component\n"
     );
+}
 
-    step("config-reader: env from a ConfigMap and the downward API, a read-only configMap volume, a writable volume");
-    done("config-reader");
-    let logs = d.ok(&["logs", "config-reader"]);
+/// config-reader: env from a ConfigMap and the downward API, a read-only configMap volume, a
+/// writable volume.
+#[test]
+fn the_config_reader_example_reads_its_config_map_and_writes_its_volume() {
+    let d = &*dev();
+    let n = d.namespace("ex-config");
+    apply_example(&n, "config-reader");
+    succeeded(&n, "config-reader");
+    let logs = n.ok(&["logs", "config-reader"]);
     assert!(
         logs.contains("greeting=Hello pod=config-reader message=configuration from a ConfigMap"),
         "{logs}"
     );
     assert!(logs.contains("config volume writable: no"), "{logs}");
-    let uid = d.json(&["get", "pod", "config-reader"])["metadata"]["uid"]
+    let uid = n.json(&["get", "pod", "config-reader"])["metadata"]["uid"]
         .as_str()
         .unwrap()
         .to_string();
@@ -880,21 +1023,33 @@ fn wasm_examples_run() {
         std::fs::read_to_string(&report).unwrap(),
         "Hello, configuration from a ConfigMap\n"
     );
+}
 
-    step("shared-volume: two containers share an emptyDir");
-    done("shared-volume");
+/// shared-volume: two containers share an emptyDir.
+#[test]
+fn the_shared_volume_example_passes_a_note_between_containers() {
+    let d = &*dev();
+    let n = d.namespace("ex-shared");
+    apply_example(&n, "shared-volume");
+    succeeded(&n, "shared-volume");
     assert_eq!(
-        d.ok(&["logs", "shared-volume", "-c", "writer"]),
+        n.ok(&["logs", "shared-volume", "-c", "writer"]),
         "note written\n"
     );
     assert_eq!(
-        d.ok(&["logs", "shared-volume", "-c", "reader"]),
+        n.ok(&["logs", "shared-volume", "-c", "reader"]),
         "read: written by the writer container\n"
     );
+}
 
-    step("http-hello: a wasi:http handler component, served at the pod's IP");
+/// http-hello: a wasi:http handler component, served at the pod's IP.
+#[test]
+fn the_http_hello_example_answers_at_the_pods_ip() {
+    let d = &*dev();
+    let n = d.namespace("ex-http");
+    apply_example(&n, "http-hello");
     let ip = eventually(30, "http-hello running", || {
-        let pod = d.json(&["get", "pod", "http-hello"]);
+        let pod = n.json(&["get", "pod", "http-hello"]);
         (pod["status"]["phase"] == "Running")
             .then(|| pod["status"]["podIP"].as_str().unwrap().to_string())
     });
@@ -927,10 +1082,8 @@ fn wasm_images_are_pulled_from_a_registry() {
     let (ok, out) = common::oci::push(&hello, &private, Some(("skiff", "s3cret")));
     assert!(ok, "{out}");
 
-    let d = Dev::start();
-    eventually(30, "node Ready", || {
-        d.kubectl(&["get", "node", "edge-1"], None).0.then_some(())
-    });
+    let d = &*dev();
+    let d = d.namespace("pulled");
 
     step("an anonymous pull (imagePullPolicy Always)");
     let pod = |name: &str, image: &str, secret: &str| {
@@ -1000,10 +1153,8 @@ fn oci_images_with_a_wasm_entrypoint_run() {
     let native = format!("127.0.0.1:{}/examples/native:1", reg.port);
     common::oci::push_app_image(script.path(), &native);
 
-    let d = Dev::start();
-    eventually(30, "node Ready", || {
-        d.kubectl(&["get", "node", "edge-1"], None).0.then_some(())
-    });
+    let d = &*dev();
+    let d = d.namespace("oci-entrypoint");
     let pod = |name: &str, image: &str| {
         format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  runtimeClassName: wasmtime\n  restartPolicy: Never\n  containers:\n  - name: main\n    image: {image}\n")
     };

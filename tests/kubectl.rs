@@ -1,4 +1,5 @@
-//! The API server driven by the real kubectl (v1.33), end to end.
+//! The API server driven by the real kubectl (v1.33), end to end. One server for the
+//! file, started by the first test; each scenario in its own namespace.
 
 mod common;
 
@@ -6,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{eventually, Server};
+use common::{eventually, Server, Shared, SharedGuard};
 
 const APP: &str = r#"
 apiVersion: v1
@@ -81,18 +82,42 @@ spec:
     image: registry.example/hello:1.0
 "#;
 
-fn step(name: &str) {
-    eprintln!("--- {name}");
+/// One API server for the file (no node: pods stay Pending); each scenario in its own
+/// namespace.
+fn server() -> SharedGuard<Server> {
+    static SERVER: Shared<Server> = Shared::new();
+    SERVER.get(Server::start)
+}
+
+/// [`APP`] in namespace `ns`.
+fn app(ns: &str) -> String {
+    APP.replace("demo", ns)
+}
+
+/// Namespace `ns` holding only [`APP`]'s pod hello (for scenarios about one pod).
+fn hello_pod(ns: &str) -> String {
+    let app = app(ns);
+    let pod = app.rfind("---\n").unwrap();
+    format!("{}{}", &app[..app.find("---\n").unwrap() + 4], &app[pod + 4..])
+}
+
+/// [`app`] as changed by a second version: a new image and a new label.
+fn changed_app(ns: &str) -> String {
+    app(ns)
+        .replace("registry.example/web:1.0", "registry.example/web:2.0")
+        .replace(
+            "  labels:\n    app: web\nspec:\n  replicas",
+            "  labels:\n    app: web\n    tier: frontend\nspec:\n  replicas",
+        )
 }
 
 #[test]
-fn kubectl_end_to_end() {
-    let s = Server::start();
-
-    step("apply a multi-document manifest with default (strict) validation");
-    let out = s.apply_stdin(&[], APP);
+fn apply_creates_every_object_of_a_multi_document_manifest() {
+    let s = &*server();
+    // Default (strict) validation.
+    let out = s.apply_stdin(&[], &app("apply"));
     for obj in [
-        "namespace/demo",
+        "namespace/apply",
         "configmap/settings",
         "secret/creds",
         "deployment.apps/web",
@@ -101,18 +126,16 @@ fn kubectl_end_to_end() {
     ] {
         assert!(out.contains(&format!("{obj} created")), "{out}");
     }
+}
 
-    step("re-apply a changed manifest: strategic merge patch updates and keeps");
-    let changed = APP
-        .replace("registry.example/web:1.0", "registry.example/web:2.0")
-        .replace(
-            "  labels:\n    app: web\nspec:\n  replicas",
-            "  labels:\n    app: web\n    tier: frontend\nspec:\n  replicas",
-        );
-    let out = s.apply_stdin(&[], &changed);
+#[test]
+fn reapplying_a_changed_manifest_merges_strategically() {
+    let s = &*server();
+    s.apply_stdin(&[], &app("reapply"));
+    let out = s.apply_stdin(&[], &changed_app("reapply"));
     assert!(out.contains("deployment.apps/web configured"), "{out}");
     assert!(out.contains("pod/hello unchanged"), "{out}");
-    let d = s.json(&["get", "deployment", "web", "-n", "demo"]);
+    let d = s.json(&["get", "deployment", "web", "-n", "reapply"]);
     assert_eq!(
         d["spec"]["template"]["spec"]["containers"][0]["image"],
         "registry.example/web:2.0"
@@ -132,8 +155,13 @@ fn kubectl_end_to_end() {
         d["spec"]["strategy"]["type"], "RollingUpdate",
         "defaults are applied"
     );
+}
 
-    step("apply --server-side");
+#[test]
+fn server_side_apply_records_its_manager_and_refuses_conflicts() {
+    let s = &*server();
+    let changed = changed_app("ssa");
+    s.apply_stdin(&[], &changed);
     let out = s.apply_stdin(&["--server-side", "--force-conflicts"], &changed);
     assert!(
         out.contains("deployment.apps/web serverside-applied"),
@@ -144,7 +172,7 @@ fn kubectl_end_to_end() {
         "deployment",
         "web",
         "-n",
-        "demo",
+        "ssa",
         "--show-managed-fields",
     ]);
     let managers: Vec<(String, String)> = d["metadata"]["managedFields"]
@@ -180,9 +208,14 @@ fn kubectl_end_to_end() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+}
 
-    step("get: plain, wide, yaml, json, all namespaces, labels, selectors");
-    let plain = s.ok(&["get", "pods", "-n", "demo"]);
+/// Plain, wide, yaml, json, all namespaces, labels, selectors.
+#[test]
+fn get_prints_tables_yaml_and_json_and_selects_by_label() {
+    let s = &*server();
+    s.apply_stdin(&[], &changed_app("get"));
+    let plain = s.ok(&["get", "pods", "-n", "get"]);
     assert!(
         plain
             .lines()
@@ -196,7 +229,7 @@ fn kubectl_end_to_end() {
         plain.contains("hello") && plain.contains("0/1") && plain.contains("Pending"),
         "{plain}"
     );
-    let wide = s.ok(&["get", "pods", "-n", "demo", "-o", "wide"]);
+    let wide = s.ok(&["get", "pods", "-n", "get", "-o", "wide"]);
     assert!(
         wide.lines().next().unwrap().split_whitespace().eq([
             "NAME",
@@ -213,14 +246,14 @@ fn kubectl_end_to_end() {
         ]),
         "{wide}"
     );
-    let yaml = s.ok(&["get", "pod", "hello", "-n", "demo", "-o", "yaml"]);
+    let yaml = s.ok(&["get", "pod", "hello", "-n", "get", "-o", "yaml"]);
     assert!(
         yaml.contains("kind: Pod")
             && yaml.contains("restartPolicy: Always")
             && yaml.contains("phase: Pending"),
         "{yaml}"
     );
-    let list = s.json(&["get", "configmaps", "-n", "demo"]);
+    let list = s.json(&["get", "configmaps", "-n", "get"]);
     assert_eq!(list["kind"], "List");
     assert!(list["items"]
         .as_array()
@@ -229,23 +262,23 @@ fn kubectl_end_to_end() {
         .any(|i| i["metadata"]["name"] == "settings"));
     let all = s.ok(&["get", "pods", "-A"]);
     assert!(
-        all.starts_with("NAMESPACE") && all.contains("demo ") && all.contains("hello"),
+        all.starts_with("NAMESPACE") && all.contains("get ") && all.contains("hello"),
         "{all}"
     );
-    let labels = s.ok(&["get", "pods", "-n", "demo", "--show-labels"]);
+    let labels = s.ok(&["get", "pods", "-n", "get", "--show-labels"]);
     assert!(
         labels.contains("LABELS") && labels.contains("app=hello"),
         "{labels}"
     );
     assert!(s
-        .ok(&["get", "pods", "-n", "demo", "-l", "app=hello", "-o", "name"])
+        .ok(&["get", "pods", "-n", "get", "-l", "app=hello", "-o", "name"])
         .contains("pod/hello"));
     assert!(s
         .ok(&[
             "get",
             "pods",
             "-n",
-            "demo",
+            "get",
             "-l",
             "app notin (hello,web)",
             "-o",
@@ -253,12 +286,12 @@ fn kubectl_end_to_end() {
         ])
         .trim()
         .is_empty());
-    let svc = s.ok(&["get", "svc", "web", "-n", "demo", "-o", "wide"]);
+    let svc = s.ok(&["get", "svc", "web", "-n", "get", "-o", "wide"]);
     assert!(
         svc.contains("ClusterIP") && svc.contains("80/TCP") && svc.contains("app=web"),
         "{svc}"
     );
-    let deploy = s.ok(&["get", "deploy", "-n", "demo", "-o", "wide"]);
+    let deploy = s.ok(&["get", "deploy", "-n", "get", "-o", "wide"]);
     assert!(
         deploy.lines().next().unwrap().split_whitespace().eq([
             "NAME",
@@ -276,10 +309,14 @@ fn kubectl_end_to_end() {
         deploy.contains("0/2") && deploy.contains("registry.example/web:2.0"),
         "{deploy}"
     );
+}
 
-    step("get -w sees a change made by another client");
+#[test]
+fn get_watch_sees_a_change_made_by_another_client() {
+    let s = &*server();
+    s.apply_stdin(&[], &hello_pod("watch"));
     let mut watch = s
-        .kubectl_cmd(&["get", "pods", "-n", "demo", "-l", "app=hello", "-w"])
+        .kubectl_cmd(&["get", "pods", "-n", "watch", "-l", "app=hello", "-w"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -287,61 +324,79 @@ fn kubectl_end_to_end() {
     let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
     assert!(lines.next().unwrap().unwrap().starts_with("NAME"));
     assert!(lines.next().unwrap().unwrap().starts_with("hello"));
-    s.ok(&["label", "pod", "hello", "-n", "demo", "watched=yes"]);
+    s.ok(&["label", "pod", "hello", "-n", "watch", "watched=yes"]);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(lines.next());
     });
-    let seen = rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("watch saw the change")
-        .unwrap()
-        .unwrap();
-    assert!(seen.starts_with("hello"), "{seen}");
+    let seen = rx.recv_timeout(Duration::from_secs(10));
     let _ = watch.kill();
     let _ = watch.wait();
+    let seen = seen.expect("watch saw the change").unwrap().unwrap();
+    assert!(seen.starts_with("hello"), "{seen}");
+}
 
-    step("label --overwrite and annotate");
+/// Labels pod hello of namespace `ns`, fails to change the label without --overwrite,
+/// changes it with, and annotates the pod.
+fn relabel_and_annotate(s: &Server, ns: &str) {
+    s.ok(&["label", "pod", "hello", "-n", ns, "watched=yes"]);
     assert!(s
-        .fails(&["label", "pod", "hello", "-n", "demo", "watched=again"])
+        .fails(&["label", "pod", "hello", "-n", ns, "watched=again"])
         .contains("already has a value"));
     s.ok(&[
         "label",
         "pod",
         "hello",
         "-n",
-        "demo",
+        ns,
         "watched=again",
         "--overwrite",
     ]);
-    s.ok(&["annotate", "pod", "hello", "-n", "demo", "owner=team-a"]);
-    let p = s.json(&["get", "pod", "hello", "-n", "demo"]);
+    s.ok(&["annotate", "pod", "hello", "-n", ns, "owner=team-a"]);
+}
+
+#[test]
+fn label_needs_overwrite_to_change_a_value_and_annotate_adds() {
+    let s = &*server();
+    s.apply_stdin(&[], &hello_pod("label"));
+    relabel_and_annotate(s, "label");
+    let p = s.json(&["get", "pod", "hello", "-n", "label"]);
     assert_eq!(p["metadata"]["labels"]["watched"], "again");
     assert_eq!(p["metadata"]["annotations"]["owner"], "team-a");
+}
 
-    step("describe shows the object and its events");
+#[test]
+fn describe_shows_the_object_and_its_events() {
+    let s = &*server();
+    s.apply_stdin(&[], &hello_pod("describe"));
+    relabel_and_annotate(s, "describe");
+    let p = s.json(&["get", "pod", "hello", "-n", "describe"]);
     let event = format!(
-        r#"{{"apiVersion":"v1","kind":"Event","metadata":{{"name":"hello.1","namespace":"demo"}},"involvedObject":{{"kind":"Pod","name":"hello","namespace":"demo","uid":"{}"}},"reason":"Scheduled","message":"Successfully assigned demo/hello to node-1","type":"Normal","source":{{"component":"default-scheduler"}},"count":1}}"#,
+        r#"{{"apiVersion":"v1","kind":"Event","metadata":{{"name":"hello.1","namespace":"describe"}},"involvedObject":{{"kind":"Pod","name":"hello","namespace":"describe","uid":"{}"}},"reason":"Scheduled","message":"Successfully assigned describe/hello to node-1","type":"Normal","source":{{"component":"default-scheduler"}},"count":1}}"#,
         p["metadata"]["uid"].as_str().unwrap()
     );
     let o = s.kubectl_stdin(&["create", "-f", "-"], &event);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let d = s.ok(&["describe", "pod", "hello", "-n", "demo"]);
+    let d = s.ok(&["describe", "pod", "hello", "-n", "describe"]);
     for want in [
         "Name:",
         "hello",
         "Namespace:",
-        "demo",
+        "describe",
         "watched=again",
         "owner: team-a",
         "registry.example/hello:1.0",
         "Scheduled",
-        "Successfully assigned demo/hello to node-1",
+        "Successfully assigned describe/hello to node-1",
     ] {
         assert!(d.contains(want), "describe lacks {want}:\n{d}");
     }
+}
 
-    step("create namespace / configmap / secret / deployment (protobuf bodies)");
+/// `kubectl create` sends protobuf bodies.
+#[test]
+fn create_makes_namespaces_configmaps_secrets_and_deployments() {
+    let s = &*server();
     assert!(s
         .ok(&["create", "namespace", "team"])
         .contains("namespace/team created"));
@@ -393,10 +448,22 @@ fn kubectl_end_to_end() {
         8080
     );
     assert_eq!(api["spec"]["selector"]["matchLabels"]["app"], "api");
+}
 
-    step("scale deployment");
+#[test]
+fn scale_sets_a_deployments_replicas() {
+    let s = &*server();
+    s.ok(&["create", "namespace", "scale"]);
+    s.ok(&[
+        "create",
+        "deployment",
+        "api",
+        "-n",
+        "scale",
+        "--image=registry.example/api:1",
+    ]);
     assert!(s
-        .ok(&["scale", "deployment", "api", "-n", "team", "--replicas=3"])
+        .ok(&["scale", "deployment", "api", "-n", "scale", "--replicas=3"])
         .contains("scaled"));
     assert_eq!(
         s.ok(&[
@@ -404,22 +471,29 @@ fn kubectl_end_to_end() {
             "deploy",
             "api",
             "-n",
-            "team",
+            "scale",
             "-o",
             "jsonpath={.spec.replicas}"
         ]),
         "3"
     );
+}
 
-    step("every namespace gets its default service account");
+#[test]
+fn every_namespace_gets_its_default_service_account() {
+    let s = &*server();
+    s.ok(&["create", "namespace", "accounts"]);
     eventually(10, "default service account", || {
-        s.kubectl(&["get", "sa", "default", "-n", "team"])
+        s.kubectl(&["get", "sa", "default", "-n", "accounts"])
             .status
             .success()
             .then_some(())
     });
+}
 
-    step("api-resources");
+#[test]
+fn api_resources_lists_the_served_kinds() {
+    let s = &*server();
     let res = s.ok(&["api-resources"]);
     for want in [
         "deployments",
@@ -435,8 +509,11 @@ fn kubectl_end_to_end() {
     ] {
         assert!(res.contains(want), "api-resources lacks {want}:\n{res}");
     }
+}
 
-    step("explain reads the served schemas");
+#[test]
+fn explain_reads_the_served_schemas() {
+    let s = &*server();
     let explain = s.ok(&["explain", "pod.spec.runtimeClassName"]);
     assert!(
         explain.contains("FIELD: runtimeClassName <string>")
@@ -449,26 +526,29 @@ fn kubectl_end_to_end() {
             && explain.contains("rollingUpdate\t<RollingUpdateDeployment>"),
         "{explain}"
     );
+}
 
-    step("invalid and duplicate objects give kubectl's usual messages");
-    let bad =
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: bad\nspec:\n  containers:\n  - name: c\n";
+#[test]
+fn invalid_and_duplicate_objects_get_kubectls_usual_messages() {
+    let s = &*server();
+    let bad = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: bad\n  namespace: invalid\nspec:\n  containers:\n  - name: c\n";
+    s.apply_stdin(&[], &app("invalid"));
     let o = s.kubectl_stdin(&["apply", "-f", "-"], bad);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains("The Pod \"bad\" is invalid: spec.containers[0].image: Required value"),
         "{err}"
     );
-    let o = s.kubectl_stdin(&["create", "-f", "-"], APP);
+    let o = s.kubectl_stdin(&["create", "-f", "-"], &app("invalid"));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains("namespaces \"demo\" already exists")
+        err.contains("namespaces \"invalid\" already exists")
             && err.contains("deployments.apps \"web\" already exists"),
         "{err}"
     );
     let o = s.kubectl_stdin(
         &["apply", "-f", "-"],
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\nbogus: 1\n",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n  namespace: invalid\nbogus: 1\n",
     );
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("unknown field \"bogus\""),
@@ -476,13 +556,20 @@ fn kubectl_end_to_end() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(s
-        .fails(&["get", "pod", "nope", "-n", "demo"])
+        .fails(&["get", "pod", "nope", "-n", "invalid"])
         .contains("pods \"nope\" not found"));
-    // Size limits: a ConfigMap holds at most 1 MiB, a request body at most 3 MiB.
-    let big = s.dir.path().join("big");
+}
+
+/// A ConfigMap holds at most 1 MiB, a request body at most 3 MiB.
+#[test]
+fn objects_and_bodies_over_their_size_limits_are_refused() {
+    let s = &*server();
+    s.ok(&["create", "namespace", "limits"]);
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big");
     std::fs::write(&big, "x".repeat(1536 * 1024)).unwrap();
     let from_file = format!("--from-file=big={}", big.display());
-    let err = s.fails(&["create", "configmap", "big", &from_file]);
+    let err = s.fails(&["create", "configmap", "big", "-n", "limits", &from_file]);
     assert!(
         err.contains(
             "ConfigMap \"big\" is invalid: []: Too long: may not be more than 1048576 bytes"
@@ -490,13 +577,18 @@ fn kubectl_end_to_end() {
         "{err}"
     );
     std::fs::write(&big, "x".repeat(4 << 20)).unwrap();
-    let err = s.fails(&["create", "configmap", "big", &from_file]);
+    let err = s.fails(&["create", "configmap", "big", "-n", "limits", &from_file]);
     assert!(
         err.contains("Request entity too large: limit is 3145728"),
         "{err}"
     );
+}
 
-    step("delete -f returns at once and removes everything");
+#[test]
+fn delete_f_returns_at_once_and_removes_everything() {
+    let s = &*server();
+    let changed = changed_app("delete");
+    s.apply_stdin(&[], &changed);
     let t = Instant::now();
     let o = s.kubectl_stdin(&["delete", "-f", "-"], &changed);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -505,17 +597,17 @@ fn kubectl_end_to_end() {
         "delete took {:?}",
         t.elapsed()
     );
-    eventually(10, "namespace demo to go away", || {
-        (!s.kubectl(&["get", "ns", "demo"]).status.success()).then_some(())
+    eventually(10, "namespace delete to go away", || {
+        (!s.kubectl(&["get", "ns", "delete"]).status.success()).then_some(())
     });
     assert!(s
-        .fails(&["get", "deploy", "web", "-n", "demo"])
+        .fails(&["get", "deploy", "web", "-n", "delete"])
         .contains("not found"));
 }
 
 #[test]
 fn kubectl_1_32_works_too() {
-    let s = Server::start();
+    let s = &*server();
     let bin = common::kubectl_132_bin();
     let run = |args: &[&str]| {
         let o = s.kubectl_cmd_with(&bin, args).output().unwrap();
@@ -534,7 +626,7 @@ fn kubectl_1_32_works_too() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::io::Write::write_all(&mut apply.stdin.take().unwrap(), APP.as_bytes()).unwrap();
+    std::io::Write::write_all(&mut apply.stdin.take().unwrap(), app("client-132").as_bytes()).unwrap();
     let out = apply.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -542,7 +634,7 @@ fn kubectl_1_32_works_too() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("deployment.apps/web created"));
-    let wide = run(&["get", "pods", "-n", "demo", "-o", "wide"]);
+    let wide = run(&["get", "pods", "-n", "client-132", "-o", "wide"]);
     assert!(wide.starts_with("NAME") && wide.contains("hello"), "{wide}");
     assert!(run(&["create", "namespace", "old-client"]).contains("created"));
     run(&[
@@ -569,7 +661,7 @@ fn kubectl_1_32_works_too() {
 /// node then mounted or wrote outside the pod's volume.
 #[test]
 fn paths_leaving_a_volume_are_rejected_with_their_field() {
-    let s = Server::start();
+    let s = &*server();
     let pod = r#"
 apiVersion: v1
 kind: Pod
@@ -619,7 +711,7 @@ spec:
 #[test]
 fn service_account_tokens_authenticate_while_their_account_exists() {
     use base64::Engine;
-    let s = Server::start();
+    let s = &*server();
     s.ok(&["create", "serviceaccount", "builder"]);
     let token = s
         .ok(&["create", "token", "builder", "--duration", "15m"])
@@ -718,7 +810,7 @@ fn service_account_tokens_authenticate_while_their_account_exists() {
 /// selector, so `spec.unschedulable=false` finds a node that was never cordoned.
 #[test]
 fn field_selectors_read_unset_fields_as_zero_values() {
-    let s = Server::start();
+    let s = &*server();
     s.apply_stdin(&[], "apiVersion: v1\nkind: Node\nmetadata:\n  name: n1\n");
     let names = |sel: &str| s.ok(&["get", "nodes", "--field-selector", sel, "-o", "name"]);
     assert_eq!(names("spec.unschedulable=false"), "node/n1\n");
@@ -733,7 +825,7 @@ fn field_selectors_read_unset_fields_as_zero_values() {
 /// removes the dependents first.
 #[test]
 fn cascading_deletes_finish() {
-    let s = Server::start();
+    let s = &*server();
     for (owner, dep) in [("keep-owner", "kept"), ("fg-owner", "doomed")] {
         s.ok(&["create", "configmap", owner]);
         let uid = s.json(&["get", "configmap", owner])["metadata"]["uid"]
@@ -792,7 +884,7 @@ fn cascading_deletes_finish() {
 
 #[test]
 fn credentials_are_required_except_for_health_checks() {
-    let s = Server::start();
+    let s = &*server();
     let o = s.kubectl(&["--token", "not-the-token", "get", "pods"]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);

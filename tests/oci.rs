@@ -12,9 +12,6 @@ use common::oci::Registry;
 use common::{eventually, Agent, Server, Shared, SharedGuard};
 use serde_json::Value;
 
-/// How many tests of this file share the cluster.
-const TESTS: usize = 27;
-
 struct Cluster {
     agent: Agent,
     server: Server,
@@ -42,7 +39,7 @@ impl Cluster {
 
 fn cluster() -> SharedGuard<Cluster> {
     static CLUSTER: Shared<Cluster> = Shared::new();
-    CLUSTER.get(TESTS, || {
+    CLUSTER.get(|| {
         let registry = Registry::start(None);
         let secured = Registry::start(Some(("skiff", "s3cret")));
         common::oci::push_busybox(

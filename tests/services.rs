@@ -16,8 +16,6 @@ use common::oci::Registry;
 use common::{eventually, Agent, Server, Shared, SharedGuard};
 use serde_json::Value;
 
-const TESTS: usize = 8;
-
 /// Fields drop in order: agents (reset in their hosts) before the server, the LAN last.
 struct Cluster {
     _agents: Vec<Agent>,
@@ -42,7 +40,7 @@ impl Cluster {
 
 fn cluster() -> SharedGuard<Cluster> {
     static CLUSTER: Shared<Cluster> = Shared::new();
-    CLUSTER.get(TESTS, || {
+    CLUSTER.get(|| {
         let mut lan = Lan::new();
         let gw = lan.gateway();
         let registry = Registry::start_on(&gw, None);

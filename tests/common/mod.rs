@@ -145,9 +145,9 @@ pub fn reset_node_in(netns: Option<&str>, agent_data: &Path, bridge: &str) {
     }
 }
 
-/// Makes a spawned process die with the test process (a shared cluster is never dropped):
-/// it gets SIGKILL when the thread that spawned it ends, so shared ones are spawned from a
-/// thread that lives as long as the process (see [`Shared`]).
+/// Makes a spawned process die with the test process (also one killed before its
+/// [`Shared`] fixtures were torn down): it gets SIGKILL when the thread that spawned it
+/// ends, so shared ones are spawned from a thread that lives as long as the process.
 pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
     use std::os::unix::process::CommandExt;
     // Safety: prctl is async-signal-safe.
@@ -183,66 +183,85 @@ impl Drop for Node {
     }
 }
 
-/// A fixture shared by the `users` tests of a file (a cluster started once), dropped (its
-/// processes stopped, its node reset) when the last of them ends, pass or fail.
+/// A fixture shared by the tests of a file (a cluster started once, by the first test that
+/// asks for it), dropped (its processes stopped, its node reset) when the test process
+/// exits: whichever tests a filter selected, however they ended. No test count to keep.
 pub struct Shared<T: Send + Sync + 'static> {
-    state: std::sync::Mutex<(Option<std::sync::Arc<T>>, usize)>,
+    value: std::sync::Mutex<Option<std::sync::Arc<T>>>,
 }
 
-pub struct SharedGuard<T: Send + Sync + 'static> {
-    value: std::sync::Arc<T>,
-    owner: &'static Shared<T>,
-    users: usize,
-}
+/// A test's hold on a [`Shared`] fixture.
+pub struct SharedGuard<T: Send + Sync + 'static>(std::sync::Arc<T>);
 
 impl<T: Send + Sync + 'static> Shared<T> {
     pub const fn new() -> Self {
         Shared {
-            state: std::sync::Mutex::new((None, 0)),
+            value: std::sync::Mutex::new(None),
         }
     }
 
-    /// The fixture, made by `init` for the first user (on a thread that outlives the test,
-    /// see [`die_with_parent`]).
-    pub fn get(&'static self, users: usize, init: fn() -> T) -> SharedGuard<T> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let value = match &state.0 {
-            Some(v) => v.clone(),
-            None => {
-                let (tx, rx) = std::sync::mpsc::channel();
-                std::thread::spawn(move || {
-                    let v = std::sync::Arc::new(init());
-                    tx.send(v).unwrap();
-                    loop {
-                        std::thread::park();
-                    }
-                });
-                let v = rx.recv().expect("the shared fixture failed to start");
-                state.0 = Some(v.clone());
-                v
-            }
-        };
-        SharedGuard {
-            value,
-            owner: self,
-            users,
+    /// The fixture, made by `init` for the first test (on a thread that outlives the test,
+    /// see [`die_with_parent`]); a failed `init` is tried again by the next test.
+    pub fn get(&'static self, init: fn() -> T) -> SharedGuard<T> {
+        // Held while `init` runs: the other tests wait for the one fixture.
+        let mut value = self.value.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = &*value {
+            return SharedGuard(v.clone());
         }
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let v = std::sync::Arc::new(init());
+            tx.send(v).unwrap();
+            loop {
+                std::thread::park();
+            }
+        });
+        let v = rx.recv().expect("the shared fixture failed to start");
+        *value = Some(v.clone());
+        at_exit(Box::new(move || {
+            let v = self.value.lock().unwrap_or_else(|e| e.into_inner()).take();
+            drop(v);
+        }));
+        SharedGuard(v)
     }
 }
 
 impl<T: Send + Sync + 'static> std::ops::Deref for SharedGuard<T> {
     type Target = T;
     fn deref(&self) -> &T {
-        &self.value
+        &self.0
     }
 }
 
-impl<T: Send + Sync + 'static> Drop for SharedGuard<T> {
-    fn drop(&mut self) {
-        let mut state = self.owner.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.1 += 1;
-        if state.1 == self.users {
-            state.0 = None;
+type Teardown = Box<dyn FnOnce() + Send>;
+
+/// What [`Shared`] fixtures leave to the process's exit, in the order they were made.
+static TEARDOWNS: std::sync::Mutex<Vec<Teardown>> = std::sync::Mutex::new(Vec::new());
+
+/// Runs `f` when the test process exits. The test harness returns from `main` (all passed)
+/// or calls `exit` (some failed); both run C `atexit` handlers, while Rust drops no
+/// statics. A process killed by a signal runs nothing: its children die with it (see
+/// [`die_with_parent`]) and the next run sweeps its bridges ([`network_id`]).
+fn at_exit(f: Teardown) {
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    REGISTERED.call_once(|| {
+        // Safety: registers a plain function; nothing else to uphold.
+        if unsafe { libc::atexit(run_teardowns) } != 0 {
+            eprintln!("atexit failed: shared fixtures will not be torn down");
+        }
+    });
+    TEARDOWNS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(f);
+}
+
+/// Tears the fixtures down, the last made first. A panic must not unwind into libc.
+extern "C" fn run_teardowns() {
+    let teardowns = std::mem::take(&mut *TEARDOWNS.lock().unwrap_or_else(|e| e.into_inner()));
+    for f in teardowns.into_iter().rev() {
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+            eprintln!("tearing down a shared test fixture panicked");
         }
     }
 }
