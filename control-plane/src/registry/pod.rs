@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use k8s_openapi::api::core::v1::{
     Container, DownwardAPIVolumeFile, KeyToPath, Pod, PodSpec, PodStatus, PodTemplateSpec,
-    ResourceRequirements, SeccompProfile, Toleration, Volume,
+    ResourceRequirements, SeccompProfile, Volume,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use serde_json::Value;
@@ -720,25 +720,6 @@ fn qos_class(spec: &PodSpec) -> &'static str {
     }
 }
 
-/// The tolerations the DefaultTolerationSeconds admission plugin adds.
-fn default_tolerations(spec: &mut PodSpec) {
-    let tolerations = spec.tolerations.get_or_insert_with(Vec::new);
-    for key in [
-        "node.kubernetes.io/not-ready",
-        "node.kubernetes.io/unreachable",
-    ] {
-        if !tolerations.iter().any(|t| t.key.as_deref() == Some(key)) {
-            tolerations.push(Toleration {
-                key: Some(key.into()),
-                operator: Some("Exists".into()),
-                effect: Some("NoExecute".into()),
-                toleration_seconds: Some(300),
-                value: None,
-            });
-        }
-    }
-}
-
 const POD_COLUMNS: &[Column] = &[
     table::NAME,
     Column::new("Ready", "string", "The aggregate readiness state of this pod for accepting traffic."),
@@ -893,7 +874,6 @@ impl Kind for Pod {
             spec.priority.get_or_insert(0);
             spec.preemption_policy
                 .get_or_insert_with(|| "PreemptLowerPriority".into());
-            default_tolerations(spec);
             // Requests default to limits for pods (not for templates).
             for c in spec
                 .containers
