@@ -720,6 +720,35 @@ fn qos_class(spec: &PodSpec) -> &'static str {
     }
 }
 
+/// Pods' write hooks (kube's `pkg/registry/core/pod/strategy.go`).
+pub(super) struct PodHooks;
+
+impl super::Hooks for PodHooks {
+    /// A pod bound to a node is stopped by its node agent first, which then deletes it
+    /// with a zero grace period; an unbound or finished one has nothing to stop.
+    fn graceful_delete(&self, pod: &Value, requested: Option<i64>) -> Option<i64> {
+        let bound = pod
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty());
+        let terminal = matches!(
+            pod.pointer("/status/phase").and_then(Value::as_str),
+            Some("Succeeded" | "Failed")
+        );
+        let grace = requested
+            .or_else(|| {
+                pod.pointer("/spec/terminationGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+            })
+            .unwrap_or(30);
+        (bound && !terminal && grace > 0).then_some(grace)
+    }
+
+    fn returns_deleted_object(&self) -> bool {
+        true
+    }
+}
+
 const POD_COLUMNS: &[Column] = &[
     table::NAME,
     Column::new("Ready", "string", "The aggregate readiness state of this pod for accepting traffic."),
