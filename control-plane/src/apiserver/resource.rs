@@ -412,7 +412,7 @@ pub async fn handle(
             let pending = v
                 .pointer("/metadata/deletionTimestamp")
                 .is_some_and(|t| !t.is_null());
-            if pending || matches!(rt.kind, "Pod" | "Service" | "Namespace") {
+            if pending || rt.hooks.returns_deleted_object() {
                 return single(rt, w.object, out, StatusCode::OK, &[]);
             }
             let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",

@@ -1,12 +1,15 @@
 //! The one write path: every create, update, patch and delete — from HTTP handlers,
 //! controllers or the scheduler — goes through [`Objects`], which fills in system
-//! metadata, runs the resource's defaulting and validation, enforces status and
-//! finalizer semantics, and talks to the [`Store`].
+//! metadata, runs the admission chain ([`admission`]: plugins around the resource's own
+//! defaulting and validation), enforces status and finalizer semantics, and talks to the
+//! [`Store`]. What a kind does differently (graceful deletion, address allocation, its
+//! own finalizers) it says through its [`crate::registry::Hooks`]; nothing here asks for
+//! a kind by name.
 
+pub mod admission;
 mod error;
 pub mod managed;
 pub mod patch;
-mod service_ips;
 mod watch;
 
 use std::sync::Arc;
@@ -14,9 +17,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
+pub use admission::{Admission, DEFAULT_TOLERATION_SECONDS};
+pub use crate::registry::KUBERNETES_SERVICE_IP;
 pub use error::ObjectError;
 pub use patch::PatchType;
-pub use service_ips::KUBERNETES_SERVICE_IP;
 pub use watch::{parsed_event, WatchFilter, WatchItem, WatchStream};
 
 use crate::registry::validation::{Errors, FieldError};
@@ -24,6 +28,7 @@ use crate::registry::{
     validate_object_meta, AdmitError, ObjectMetaRules, Operation, Registry, ResourceType,
     StatusPolicy,
 };
+use admission::{Attributes, Chain};
 use crate::selectors::{FieldSelector, Selector};
 use crate::store::{Precondition, Revision, Store, StoreError, Stored};
 
@@ -139,63 +144,6 @@ pub enum Target {
     Status,
 }
 
-/// Settings of the admission plugins (flags of `skiff server`).
-#[derive(Clone, Debug)]
-pub struct Admission {
-    /// The `tolerationSeconds` the DefaultTolerationSeconds plugin gives pods for the
-    /// `node.kubernetes.io/not-ready:NoExecute` taint (kube: 300; Skiff heals faster).
-    pub default_not_ready_toleration_seconds: i64,
-    /// The same for `node.kubernetes.io/unreachable:NoExecute`.
-    pub default_unreachable_toleration_seconds: i64,
-}
-
-pub const DEFAULT_TOLERATION_SECONDS: i64 = 5;
-
-impl Default for Admission {
-    fn default() -> Self {
-        Admission {
-            default_not_ready_toleration_seconds: DEFAULT_TOLERATION_SECONDS,
-            default_unreachable_toleration_seconds: DEFAULT_TOLERATION_SECONDS,
-        }
-    }
-}
-
-impl Admission {
-    /// The DefaultTolerationSeconds plugin: a pod that does not tolerate the not-ready or
-    /// unreachable NoExecute taint gets a toleration of it for a while, so its pods leave
-    /// a dead node after that time.
-    fn default_tolerations(&self, pod: &mut Value) {
-        let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else {
-            return;
-        };
-        let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
-        if !tolerations.is_array() {
-            return;
-        }
-        let list = tolerations.as_array_mut().expect("an array");
-        for (key, secs) in [
-            (
-                "node.kubernetes.io/not-ready",
-                self.default_not_ready_toleration_seconds,
-            ),
-            (
-                "node.kubernetes.io/unreachable",
-                self.default_unreachable_toleration_seconds,
-            ),
-        ] {
-            let tolerated = list.iter().any(|t| {
-                let k = t["key"].as_str().unwrap_or_default();
-                let e = t["effect"].as_str().unwrap_or_default();
-                (k == key || (k.is_empty() && t["operator"] == "Exists"))
-                    && (e.is_empty() || e == "NoExecute")
-            });
-            if !tolerated {
-                list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": secs}));
-            }
-        }
-    }
-}
-
 /// Alphabet Kubernetes uses for `generateName` suffixes (no vowels, no look-alikes).
 const NAME_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 /// Every round of a read-modify-write race has a winner, so N racing writers need at most
@@ -293,9 +241,10 @@ fn decode_continue(token: &str) -> Result<(Revision, String), ObjectError> {
 pub struct Objects {
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
-    admission: Admission,
-    /// Serializes Service creates so two cannot take the same IP or node port.
-    service_alloc: tokio::sync::Mutex<()>,
+    admission: Chain,
+    /// Serializes the writes of kinds that allocate from a shared pool (Services' IPs and
+    /// node ports), so that two cannot take the same value.
+    alloc: tokio::sync::Mutex<()>,
     events: crate::events::Queue,
 }
 
@@ -304,8 +253,8 @@ impl Objects {
         Objects {
             store,
             registry,
-            admission: Admission::default(),
-            service_alloc: tokio::sync::Mutex::new(()),
+            admission: Chain::new(&Admission::default()),
+            alloc: tokio::sync::Mutex::new(()),
             events: Default::default(),
         }
     }
@@ -315,9 +264,15 @@ impl Objects {
         &self.events
     }
 
-    /// The same, with these admission settings.
+    /// The same, with the built-in admission plugins set so.
     pub fn with_admission(mut self, admission: Admission) -> Self {
-        self.admission = admission;
+        self.admission = Chain::new(&admission);
+        self
+    }
+
+    /// The same, with this admission chain.
+    pub fn with_admission_chain(mut self, chain: Chain) -> Self {
+        self.admission = chain;
         self
     }
 
@@ -490,8 +445,8 @@ impl Objects {
             "metadata.deletionGracePeriodSeconds",
         ];
         let input_only = |f: &str| {
-            rt.write
-                .input_fields
+            rt.hooks
+                .input_fields()
                 .iter()
                 .any(|i| f == *i || f.strip_prefix(i).is_some_and(|r| r.starts_with('.')))
         };
@@ -510,92 +465,6 @@ impl Objects {
             ))),
             _ => Ok(msgs),
         }
-    }
-
-    /// The RuntimeClass admission plugin: the class must exist, and its scheduling
-    /// constraints join the pod's `nodeSelector`.
-    async fn admit_runtime_class(&self, pod: &mut Value) -> Result<(), ObjectError> {
-        let Some(class) = pod
-            .pointer("/spec/runtimeClassName")
-            .and_then(Value::as_str)
-            .filter(|c| !c.is_empty())
-            .map(str::to_string)
-        else {
-            return Ok(());
-        };
-        let rc = self
-            .registry
-            .find("node.k8s.io", "v1", "runtimeclasses")
-            .expect("runtimeclasses are served");
-        let pod_name = meta_str(pod, "name").unwrap_or_default().to_string();
-        let forbidden = |message: String| ObjectError::Forbidden {
-            resource: "pods".into(),
-            name: pod_name.clone(),
-            message,
-        };
-        let (class_obj, _) = match self.get_value(rc, None, &class).await {
-            Ok(c) => c,
-            Err(ObjectError::NotFound { .. }) => {
-                return Err(forbidden(format!(
-                    "pod rejected: RuntimeClass {class:?} not found"
-                )))
-            }
-            Err(e) => return Err(e),
-        };
-        let wanted = class_obj
-            .pointer("/scheduling/nodeSelector")
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default();
-        if wanted.is_empty() {
-            return Ok(());
-        }
-        if !pod["spec"]["nodeSelector"].is_object() {
-            pod["spec"]["nodeSelector"] = json!({});
-        }
-        let sel = pod["spec"]["nodeSelector"].as_object_mut().expect("object");
-        for (k, v) in wanted {
-            match sel.get(&k) {
-                Some(existing) if *existing != v => {
-                    return Err(forbidden(format!("pod rejected: conflict: runtimeClass.scheduling.nodeSelector[{k}] = {v}; pod.spec.nodeSelector[{k}] = {existing}")))
-                }
-                _ => {
-                    sel.insert(k, v);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Namespaced writes need a live namespace (the NamespaceLifecycle admission plugin).
-    async fn check_namespace(
-        &self,
-        rt: &ResourceType,
-        ns: Option<&str>,
-        creating: bool,
-    ) -> Result<(), ObjectError> {
-        let Some(ns) = ns.filter(|_| rt.namespaced) else {
-            return Ok(());
-        };
-        let nsrt = self
-            .registry
-            .find("", "v1", "namespaces")
-            .expect("namespaces are served");
-        let (nsobj, _) = self.get_value(nsrt, None, ns).await?;
-        if creating
-            && nsobj
-                .pointer("/metadata/deletionTimestamp")
-                .is_some_and(|v| !v.is_null())
-        {
-            return Err(ObjectError::Forbidden {
-                resource: rt.qualified(),
-                name: String::new(),
-                message: format!(
-                    "unable to create new content in namespace {ns} because it is being terminated"
-                ),
-            });
-        }
-        Ok(())
     }
 
     pub async fn create(
@@ -664,37 +533,23 @@ impl Objects {
             }
         }
         let name = meta_str(&obj, "name").unwrap_or_default().to_string();
-        self.check_namespace(rt, ns, true).await?;
-        for plugin in rt.write.admission {
-            match plugin {
-                crate::registry::Admission::RuntimeClass => {
-                    self.admit_runtime_class(&mut obj).await?
-                }
-                crate::registry::Admission::DefaultTolerationSeconds => {
-                    self.admission.default_tolerations(&mut obj)
-                }
-            }
-        }
+        let attrs = Attributes {
+            resource: rt,
+            namespace: ns,
+            name: &name,
+            operation: Operation::Create,
+            old: None,
+            dry_run: opts.dry_run,
+        };
+        self.admission.mutate(&attrs, &mut obj, self).await?;
         let mut admitted = self.admit(rt, &obj, None, Operation::Create)?;
         let warnings = Self::check_unknown(rt, &input, &admitted, &["status"], opts.validation)?;
         if let Some(manager) = &opts.field_manager {
             managed::record_update(&mut admitted, None, manager, &rt.api_version(), "Update");
         }
-        let _alloc = if rt.write.allocates_addresses {
-            Some(self.service_alloc.lock().await)
-        } else {
-            None
-        };
-        if rt.write.allocates_addresses {
-            let existing = self.list(rt, None, &ListOptions::default()).await?;
-            let existing: Vec<Value> = existing
-                .items
-                .iter()
-                .filter_map(|b| serde_json::from_slice(b).ok())
-                .collect();
-            service_ips::allocate(&existing, &mut admitted)
-                .map_err(|errs| ObjectError::invalid(rt, &name, Errors(errs)))?;
-        }
+        // Held until written.
+        let _alloc = self.allocate(rt, &name, &mut admitted).await?;
+        self.admission.validate(&attrs, &admitted, self).await?;
         if opts.dry_run {
             let data = serde_json::to_vec(&admitted).expect("a JSON value serializes");
             return Ok(Written {
@@ -808,8 +663,7 @@ impl Objects {
             .await
         {
             Err(ObjectError::NotFound { .. })
-                if target == Target::Main
-                    && matches!(rt.plural, "events" | "leases" | "endpoints") =>
+                if target == Target::Main && rt.hooks.allow_create_on_update() =>
             {
                 let mut obj = input;
                 meta_mut(&mut obj).insert("name".into(), json!(name));
@@ -926,14 +780,21 @@ impl Objects {
         skip: &[&str],
     ) -> Result<Written, ObjectError> {
         meta_mut(&mut new).remove("resourceVersion");
-        if rt.write.allocates_addresses {
-            service_ips::carry_over(old, &mut new);
-        }
+        rt.hooks.prepare_update(old, &mut new);
         let op = if target == Target::Status {
             Operation::UpdateStatus
         } else {
             Operation::Update
         };
+        let attrs = Attributes {
+            resource: rt,
+            namespace: ns,
+            name,
+            operation: op,
+            old: Some(old),
+            dry_run: opts.dry_run,
+        };
+        self.admission.mutate(&attrs, &mut new, self).await?;
         let mut admitted = self.admit(rt, &new, Some(old), op)?;
         let warnings = Self::check_unknown(rt, input, &admitted, skip, opts.validation)?;
         if rt.has_spec && admitted.get("spec") != old.get("spec") {
@@ -944,26 +805,11 @@ impl Objects {
             meta_mut(&mut admitted).insert("generation".into(), json!(g + 1));
         }
         // Held until written, as on create.
-        let alloc = if rt.write.allocates_addresses && target == Target::Main {
-            Some(self.service_alloc.lock().await)
-        } else {
-            None
+        let _alloc = match target {
+            Target::Main => self.allocate(rt, name, &mut admitted).await?,
+            Target::Status => None,
         };
-        if alloc.is_some() {
-            // What the new type needs and the old one lacked (a ClusterIP Service made a
-            // NodePort one gets its node ports); the Service's own stay its own.
-            let mine = meta(old).and_then(|m| m.get("uid"));
-            let existing: Vec<Value> = self
-                .list(rt, None, &ListOptions::default())
-                .await?
-                .items
-                .iter()
-                .filter_map(|b| serde_json::from_slice::<Value>(b).ok())
-                .filter(|s| meta(s).and_then(|m| m.get("uid")) != mine)
-                .collect();
-            service_ips::allocate(&existing, &mut admitted)
-                .map_err(|errs| ObjectError::invalid(rt, name, Errors(errs)))?;
-        }
+        self.admission.validate(&attrs, &admitted, self).await?;
         if let Some(manager) = &opts.field_manager {
             managed::record_update(
                 &mut admitted,
@@ -1007,11 +853,7 @@ impl Objects {
             .and_then(|m| m.get("deletionGracePeriodSeconds"))
             .and_then(Value::as_i64)
             .is_some_and(|g| g > 0);
-        if deleting
-            && !finalizers_left
-            && !grace_pending
-            && !self.blocked_by_kind_finalizers(rt, &admitted)
-        {
+        if deleting && !finalizers_left && !grace_pending && !rt.hooks.finalizing(&admitted) {
             let put = self
                 .store
                 .put(&key, Precondition::Exists(Some(old_rev)), admitted)
@@ -1040,13 +882,32 @@ impl Objects {
         })
     }
 
-    /// Namespaces also wait for `spec.finalizers` (emptied by the namespace controller).
-    fn blocked_by_kind_finalizers(&self, rt: &ResourceType, obj: &Value) -> bool {
-        rt.write.spec_finalizers
-            && obj
-                .pointer("/spec/finalizers")
-                .and_then(Value::as_array)
-                .is_some_and(|f| !f.is_empty())
+    /// For a kind that allocates from a shared pool, takes what `obj` needs given every
+    /// other object of the resource; the guard returned keeps others from allocating
+    /// until the write is done.
+    async fn allocate(
+        &self,
+        rt: &ResourceType,
+        name: &str,
+        obj: &mut Value,
+    ) -> Result<Option<tokio::sync::MutexGuard<'_, ()>>, ObjectError> {
+        if !rt.hooks.allocates() {
+            return Ok(None);
+        }
+        let guard = self.alloc.lock().await;
+        let mine = meta(obj).and_then(|m| m.get("uid")).cloned();
+        let others: Vec<Value> = self
+            .list(rt, None, &ListOptions::default())
+            .await?
+            .items
+            .iter()
+            .filter_map(|b| serde_json::from_slice::<Value>(b).ok())
+            .filter(|o| meta(o).and_then(|m| m.get("uid")) != mine.as_ref())
+            .collect();
+        rt.hooks
+            .allocate(&others, obj)
+            .map_err(|errs| ObjectError::invalid(rt, name, errs))?;
+        Ok(Some(guard))
     }
 
     fn map_write_err(&self, rt: &ResourceType, name: &str, e: StoreError) -> ObjectError {
@@ -1178,10 +1039,8 @@ impl Objects {
                 }
                 _ => {}
             }
-            let graceful = self.grace_period(rt, &obj, opts);
-            let must_wait = !finalizers.is_empty()
-                || graceful.is_some()
-                || self.blocked_by_kind_finalizers(rt, &obj);
+            let graceful = rt.hooks.graceful_delete(&obj, opts.grace_period_seconds);
+            let must_wait = !finalizers.is_empty() || graceful.is_some() || rt.hooks.finalizing(&obj);
             if !must_wait {
                 if opts.dry_run {
                     return Ok(Written {
@@ -1252,9 +1111,7 @@ impl Objects {
             if !finalizers.is_empty() {
                 m.insert("finalizers".into(), Value::Array(finalizers));
             }
-            if rt.write.spec_finalizers {
-                obj["status"]["phase"] = json!("Terminating");
-            }
+            rt.hooks.mark_deleting(&mut obj);
             meta_mut(&mut obj).remove("resourceVersion");
             if opts.dry_run {
                 let data = serde_json::to_vec(&obj).expect("a JSON value serializes");
@@ -1281,30 +1138,6 @@ impl Objects {
             }
         }
         Err(ObjectError::conflict(rt, name))
-    }
-
-    /// The grace period a delete must wait for: pods bound to a node are stopped by
-    /// their node agent first, which then deletes them with a zero grace period.
-    fn grace_period(&self, rt: &ResourceType, obj: &Value, opts: &DeleteOptions) -> Option<i64> {
-        if !rt.write.graceful_deletion {
-            return None;
-        }
-        let bound = obj
-            .pointer("/spec/nodeName")
-            .and_then(Value::as_str)
-            .is_some_and(|n| !n.is_empty());
-        let terminal = matches!(
-            obj.pointer("/status/phase").and_then(Value::as_str),
-            Some("Succeeded" | "Failed")
-        );
-        let grace = opts
-            .grace_period_seconds
-            .or_else(|| {
-                obj.pointer("/spec/terminationGracePeriodSeconds")
-                    .and_then(Value::as_i64)
-            })
-            .unwrap_or(30);
-        (bound && !terminal && grace > 0).then_some(grace)
     }
 
     pub async fn delete_collection(

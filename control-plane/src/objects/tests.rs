@@ -771,3 +771,33 @@ async fn a_nodes_pod_range_is_set_once() {
         "Node \"n1\" is invalid: spec.podCIDRs: Forbidden: node updates may not change podCIDR except from \"\" to valid"
     );
 }
+
+fn pod(name: &str, tolerations: Value) -> Value {
+    json!({"metadata": {"name": name},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}], "tolerations": tolerations}})
+}
+
+/// DefaultTolerationSeconds ran twice (once here with the configured seconds, once in the
+/// Pod strategy with a fixed 300 s): a pod tolerating every taint got two more.
+#[tokio::test]
+async fn default_tolerations_are_added_once_with_the_configured_seconds() {
+    let (o, _d) = setup().await;
+    let o = o.with_admission(Admission {
+        default_not_ready_toleration_seconds: 7,
+        default_unreachable_toleration_seconds: 9,
+    });
+    let pods = rt(&o, "", "pods");
+    let opts = WriteOptions::default();
+    let create = |p| o.create(pods, Some("default"), p, &opts);
+    let wildcard = json!([{"operator": "Exists"}]);
+    let w = create(pod("wildcard", wildcard.clone())).await.unwrap();
+    assert_eq!(v(&w.object)["spec"]["tolerations"], wildcard);
+    let w = create(pod("plain", json!([]))).await.unwrap();
+    assert_eq!(
+        v(&w.object)["spec"]["tolerations"],
+        json!([
+            {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 7},
+            {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 9},
+        ])
+    );
+}

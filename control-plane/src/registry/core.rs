@@ -13,7 +13,10 @@ use super::table::{self, Column, AGE, NAME};
 use super::validation::{
     check_port, is_dns1123_subdomain, validate_labels, ErrorType, Errors, NameRule,
 };
-use super::{typed, Admission, Base, Kind, Operation, ResourceType, StatusPolicy, WritePath};
+use super::hooks::{CreateOnUpdate, Hooks};
+use super::pod::PodHooks;
+use super::service_ips::ServiceHooks;
+use super::{typed, Base, Kind, Operation, ResourceType, StatusPolicy};
 use crate::selectors::Field;
 
 pub(super) fn register(out: &mut Vec<ResourceType>) {
@@ -25,10 +28,7 @@ pub(super) fn register(out: &mut Vec<ResourceType>) {
         status: StatusPolicy::Subresource,
         has_spec: true,
         field_selectors: const { &[Field::string("status.phase")] },
-        write: WritePath {
-            spec_finalizers: true,
-            ..WritePath::PLAIN
-        },
+        hooks: &NamespaceHooks,
         ..Base::core("Namespace", "namespaces", "namespace", typed::<Namespace>())
     });
     out.push(ResourceType {
@@ -59,11 +59,7 @@ pub(super) fn register(out: &mut Vec<ResourceType>) {
                 Field::string("status.nominatedNodeName"),
             ]
         },
-        write: WritePath {
-            admission: &[Admission::RuntimeClass, Admission::DefaultTolerationSeconds],
-            graceful_deletion: true,
-            ..WritePath::PLAIN
-        },
+        hooks: &PodHooks,
         ..Base::core("Pod", "pods", "pod", typed::<Pod>())
     });
     out.push(ResourceType {
@@ -81,10 +77,7 @@ pub(super) fn register(out: &mut Vec<ResourceType>) {
     });
     out.push(ResourceType {
         field_selectors: const { &[Field::string("type")] },
-        write: WritePath {
-            input_fields: &["stringData"],
-            ..WritePath::PLAIN
-        },
+        hooks: &SecretHooks,
         ..Base::core("Secret", "secrets", "secret", typed::<Secret>())
     });
     out.push(ResourceType {
@@ -95,18 +88,17 @@ pub(super) fn register(out: &mut Vec<ResourceType>) {
         status: StatusPolicy::Subresource,
         has_spec: true,
         field_selectors: const { &[Field::string("spec.clusterIP"), Field::string("spec.type")] },
-        write: WritePath {
-            allocates_addresses: true,
-            ..WritePath::PLAIN
-        },
+        hooks: &ServiceHooks,
         ..Base::core("Service", "services", "service", typed::<Service>())
     });
     out.push(ResourceType {
         short_names: &["ep"],
+        hooks: &CreateOnUpdate,
         ..Base::core("Endpoints", "endpoints", "endpoints", typed::<Endpoints>())
     });
     out.push(ResourceType {
         short_names: &["ev"],
+        hooks: &CreateOnUpdate,
         name_rule: NameRule::PathSegment,
         field_selectors: const {
             &[
@@ -149,6 +141,35 @@ pub(super) fn register(out: &mut Vec<ResourceType>) {
             typed::<ReplicationController>(),
         )
     });
+}
+
+/// Namespaces' write hooks: `spec.finalizers` (emptied by the namespace controller) hold
+/// a deleted namespace back, and it shows `Terminating` meanwhile.
+struct NamespaceHooks;
+
+impl Hooks for NamespaceHooks {
+    fn finalizing(&self, ns: &Value) -> bool {
+        ns.pointer("/spec/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty())
+    }
+
+    fn mark_deleting(&self, ns: &mut Value) {
+        ns["status"]["phase"] = serde_json::json!("Terminating");
+    }
+
+    fn returns_deleted_object(&self) -> bool {
+        true
+    }
+}
+
+/// Secrets' write hooks: `stringData` is folded into `data`, not stored.
+struct SecretHooks;
+
+impl Hooks for SecretHooks {
+    fn input_fields(&self) -> &'static [&'static str] {
+        &["stringData"]
+    }
 }
 
 const NAMESPACE_COLUMNS: &[Column] = &[

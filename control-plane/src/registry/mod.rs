@@ -6,9 +6,11 @@ mod apps;
 mod batch;
 mod core;
 mod discovery;
+mod hooks;
 mod meta;
 mod other;
 mod pod;
+mod service_ips;
 pub mod table;
 pub mod validation;
 
@@ -19,7 +21,9 @@ use serde_json::Value;
 
 pub use self::core::SYSTEM_NAMESPACES;
 use crate::selectors::Field;
+pub use hooks::Hooks;
 pub use meta::{validate_object_meta, ObjectMetaRules};
+pub use service_ips::KUBERNETES_SERVICE_IP;
 pub use table::Column;
 use validation::{Errors, NameRule};
 
@@ -164,35 +168,6 @@ impl<K: Kind> Strategy for Typed<K> {
     }
 }
 
-/// What the generic write path does differently for a kind (kube's per-kind strategy
-/// hooks: graceful deletion, admission plugins, address allocation, finalizing), declared
-/// with the kind here so that `objects/` never asks for a kind by name.
-#[derive(Clone, Copy, Debug)]
-pub struct WritePath {
-    /// Top-level fields a request may carry that are folded into others, not stored
-    /// (Secret `stringData`): not reported as unknown.
-    pub input_fields: &'static [&'static str],
-    /// Admission plugins run on create, in order.
-    pub admission: &'static [Admission],
-    /// Cluster IPs and node ports are allocated on create and kept on update (Services).
-    pub allocates_addresses: bool,
-    /// `spec.finalizers` hold the object back when deleted, and deletion marks
-    /// `status.phase: Terminating` (Namespaces).
-    pub spec_finalizers: bool,
-    /// Deleting a bound object waits for its node agent, within the grace period (Pods).
-    pub graceful_deletion: bool,
-}
-
-impl WritePath {
-    pub const PLAIN: WritePath = WritePath {
-        input_fields: &[],
-        admission: &[],
-        allocates_addresses: false,
-        spec_finalizers: false,
-        graceful_deletion: false,
-    };
-}
-
 /// Lists merged by key only in some kinds (their schemas' `x-kubernetes-patch-merge-key`):
 /// kind, the path of the object holding the list (`None`: anywhere), field, key.
 const KIND_MERGE_KEYS: &[(&str, Option<&[&str]>, &str, &str)] = &[
@@ -208,15 +183,6 @@ pub fn kind_merge_key(kind: &str, path: &[&str], field: &str) -> Option<&'static
         .iter()
         .find(|(k, p, f, _)| *k == kind && *f == field && p.is_none_or(|p| p == path))
         .map(|(_, _, _, key)| *key)
-}
-
-/// The admission plugins a kind may ask for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Admission {
-    /// The RuntimeClass must exist; its scheduling constraints join the pod's.
-    RuntimeClass,
-    /// Tolerations of the not-ready and unreachable NoExecute taints, for a while.
-    DefaultTolerationSeconds,
 }
 
 /// One served resource (e.g. `apps/v1 deployments`).
@@ -238,7 +204,8 @@ pub struct ResourceType {
     /// Field selectors beyond `metadata.name` and `metadata.namespace`.
     pub field_selectors: &'static [Field],
     pub strategy: &'static dyn Strategy,
-    pub write: WritePath,
+    /// What the generic write path does differently for this kind.
+    pub hooks: &'static dyn Hooks,
 }
 
 impl std::fmt::Debug for ResourceType {
@@ -376,7 +343,7 @@ impl Base {
             has_spec: false,
             field_selectors: &[],
             strategy,
-            write: WritePath::PLAIN,
+            hooks: &hooks::Plain,
         }
     }
 }

@@ -11,6 +11,7 @@ use super::{typed, Base, Kind, ResourceType};
 pub(super) fn register(out: &mut Vec<ResourceType>) {
     out.push(ResourceType {
         group: "coordination.k8s.io",
+        hooks: &super::hooks::CreateOnUpdate,
         ..Base::core("Lease", "leases", "lease", typed::<Lease>())
     });
     out.push(ResourceType {

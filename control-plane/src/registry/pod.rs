@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use k8s_openapi::api::core::v1::{
     Container, DownwardAPIVolumeFile, KeyToPath, Pod, PodSpec, PodStatus, PodTemplateSpec,
-    ResourceRequirements, SeccompProfile, Toleration, Volume,
+    ResourceRequirements, SeccompProfile, Volume,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use serde_json::Value;
@@ -720,22 +720,32 @@ fn qos_class(spec: &PodSpec) -> &'static str {
     }
 }
 
-/// The tolerations the DefaultTolerationSeconds admission plugin adds.
-fn default_tolerations(spec: &mut PodSpec) {
-    let tolerations = spec.tolerations.get_or_insert_with(Vec::new);
-    for key in [
-        "node.kubernetes.io/not-ready",
-        "node.kubernetes.io/unreachable",
-    ] {
-        if !tolerations.iter().any(|t| t.key.as_deref() == Some(key)) {
-            tolerations.push(Toleration {
-                key: Some(key.into()),
-                operator: Some("Exists".into()),
-                effect: Some("NoExecute".into()),
-                toleration_seconds: Some(300),
-                value: None,
-            });
-        }
+/// Pods' write hooks (kube's `pkg/registry/core/pod/strategy.go`).
+pub(super) struct PodHooks;
+
+impl super::Hooks for PodHooks {
+    /// A pod bound to a node is stopped by its node agent first, which then deletes it
+    /// with a zero grace period; an unbound or finished one has nothing to stop.
+    fn graceful_delete(&self, pod: &Value, requested: Option<i64>) -> Option<i64> {
+        let bound = pod
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty());
+        let terminal = matches!(
+            pod.pointer("/status/phase").and_then(Value::as_str),
+            Some("Succeeded" | "Failed")
+        );
+        let grace = requested
+            .or_else(|| {
+                pod.pointer("/spec/terminationGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+            })
+            .unwrap_or(30);
+        (bound && !terminal && grace > 0).then_some(grace)
+    }
+
+    fn returns_deleted_object(&self) -> bool {
+        true
     }
 }
 
@@ -893,7 +903,6 @@ impl Kind for Pod {
             spec.priority.get_or_insert(0);
             spec.preemption_policy
                 .get_or_insert_with(|| "PreemptLowerPriority".into());
-            default_tolerations(spec);
             // Requests default to limits for pods (not for templates).
             for c in spec
                 .containers

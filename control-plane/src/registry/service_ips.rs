@@ -8,7 +8,8 @@ use std::net::Ipv4Addr;
 use rand::Rng;
 use serde_json::{json, Value};
 
-use crate::registry::validation::{ErrorType, FieldError};
+use super::validation::{ErrorType, Errors, FieldError};
+use super::Hooks;
 
 const CIDR_BASE: u32 = u32::from_be_bytes([10, 96, 0, 0]);
 const CIDR_SIZE: u32 = 1 << 20;
@@ -267,6 +268,29 @@ pub fn carry_over(old: &Value, new: &mut Value) {
         .to_string();
     if external(type_of(old)) && !external(&new_type) && unchanged(spec, "externalTrafficPolicy") {
         spec.remove("externalTrafficPolicy");
+    }
+}
+
+/// Services' write hooks: addresses from the shared pool, kept across updates.
+pub(super) struct ServiceHooks;
+
+impl Hooks for ServiceHooks {
+    fn prepare_update(&self, old: &Value, new: &mut Value) {
+        carry_over(old, new);
+    }
+
+    fn allocates(&self) -> bool {
+        true
+    }
+
+    /// On update, what the new type needs and the old one lacked (a ClusterIP Service
+    /// made a NodePort one gets its node ports); the Service's own stay its own.
+    fn allocate(&self, others: &[Value], svc: &mut Value) -> Result<(), Errors> {
+        allocate(others, svc).map_err(Errors)
+    }
+
+    fn returns_deleted_object(&self) -> bool {
+        true
     }
 }
 
