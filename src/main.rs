@@ -144,8 +144,8 @@ impl ControlFlags {
         }
     }
 
-    fn controllers(&self) -> skiff_control_plane::controllers::ControllerConfig {
-        skiff_control_plane::controllers::ControllerConfig {
+    fn controllers(&self) -> skiff_control_plane::cluster::ControllerConfig {
+        skiff_control_plane::cluster::ControllerConfig {
             node_lifecycle: skiff_control_plane::controllers::NodeLifecycleConfig {
                 monitor_period: self.node_monitor_period,
                 grace_period: self.node_monitor_grace_period,

@@ -299,7 +299,7 @@ async fn run_one(
     let client = Client::connect(&server.kubeconfig, args.connections).await?;
     let bound = follow_bindings(objects.clone(), pods);
     let start_scheduler = || {
-        let cache = crate::controllers::Cache::new(objects.clone());
+        let cache = crate::runtime::Cache::new(objects.clone());
         crate::scheduler::spawn(&cache, crate::scheduler::Scoring::default());
         cache
     };

@@ -14,9 +14,9 @@ use jiff::{Timestamp, Zoned};
 use serde_json::{json, Value};
 
 use super::pods::{self, str_at};
-use super::{cache, written_rev, Action, Cache, Informer, Queue};
 use crate::cron::Schedule;
 use crate::objects::{DeleteOptions, ObjectError, Objects, Target, WriteOptions};
+use crate::runtime::{self, cache, written_rev, Action, Cache, Informer, Queue};
 
 const COMPONENT: &str = "cronjob-controller";
 const SCHEDULED_AT: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
@@ -48,10 +48,10 @@ fn context(cache: &Arc<Cache>, clock: Clock) -> Arc<Ctx> {
 fn spawn_with_clock(cache: &Arc<Cache>, clock: Clock) -> Arc<Ctx> {
     let ctx = context(cache, clock);
     let queue = Queue::new();
-    super::queue_changes(&ctx.cronjobs, &queue);
+    runtime::queue_changes(&ctx.cronjobs, &queue);
     super::queue_controllers(&ctx.jobs, "CronJob", &queue);
     let c = ctx.clone();
-    super::spawn_controller(COMPONENT, queue, move |key| reconcile(c.clone(), key));
+    runtime::spawn_controller(COMPONENT, queue, move |key| reconcile(c.clone(), key));
     ctx
 }
 

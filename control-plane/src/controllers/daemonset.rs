@@ -15,9 +15,9 @@ use serde_json::{json, Value};
 use super::deployment::template_hash;
 use super::pods::{self, str_at};
 use super::replicaset::set_owner;
-use super::{cache, written_rev, Action, Cache, Informer, Queue};
 use crate::objects::{DeleteOptions, ObjectError, Objects, Target, WriteOptions};
 use crate::registry::decode;
+use crate::runtime::{self, cache, written_rev, Action, Cache, Informer, Queue};
 use crate::scheduler::framework::{daemon_fit, NodeEntry, PodInfo};
 use crate::selectors::label_selector_matches_json;
 use crate::store::Revision;
@@ -43,7 +43,7 @@ pub fn spawn(cache: &Arc<Cache>) {
         revisions: cache.of("apps", "v1", "controllerrevisions"),
     });
     let queue = Queue::new();
-    super::queue_changes(&ctx.sets, &queue);
+    runtime::queue_changes(&ctx.sets, &queue);
     super::queue_controllers(&ctx.pods, "DaemonSet", &queue);
     // A node that comes, goes or changes what it offers: every DaemonSet looks again.
     let (q, sets) = (queue.clone(), ctx.sets.clone());
@@ -62,7 +62,7 @@ pub fn spawn(cache: &Arc<Cache>) {
             }
         }
     });
-    super::spawn_controller(COMPONENT, queue, move |key| reconcile(ctx.clone(), key));
+    runtime::spawn_controller(COMPONENT, queue, move |key| reconcile(ctx.clone(), key));
 }
 
 /// The node a daemon pod is for: its nodeName, or the `metadata.name` its required node

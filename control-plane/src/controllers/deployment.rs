@@ -16,8 +16,8 @@ use serde_json::{json, Map, Value};
 
 use super::pods::{self, str_at};
 use super::replicaset::set_owner;
-use super::{cache, written_rev, Action, Cache, Informer, Queue};
 use crate::objects::{now, now_string, DeleteOptions, ObjectError, Objects, Target, WriteOptions};
+use crate::runtime::{self, cache, written_rev, Action, Cache, Informer, Queue};
 use crate::selectors::label_selector_matches_json;
 use crate::store::Revision;
 
@@ -54,7 +54,7 @@ pub fn spawn(cache: &Arc<Cache>) {
         pods: cache.of("", "v1", "pods"),
     });
     let queue = Queue::new();
-    super::queue_changes(&ctx.deployments, &queue);
+    runtime::queue_changes(&ctx.deployments, &queue);
     let (q, deployments) = (queue.clone(), ctx.deployments.clone());
     ctx.sets.on_change(move |c| {
         for rs in [c.old.as_deref(), c.new.as_deref()].into_iter().flatten() {
@@ -91,7 +91,7 @@ pub fn spawn(cache: &Arc<Cache>) {
             }
         }
     });
-    super::spawn_controller(COMPONENT, queue, move |key| reconcile(ctx.clone(), key));
+    runtime::spawn_controller(COMPONENT, queue, move |key| reconcile(ctx.clone(), key));
 }
 
 fn selector_of(d: &Value) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector> {

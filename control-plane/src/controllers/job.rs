@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::pods::{self, condition_true, str_at};
-use super::{cache, written_rev, Action, Cache, Informer, Queue};
 use crate::objects::{now, now_string, DeleteOptions, ObjectError, Objects, Target, WriteOptions};
+use crate::runtime::{self, cache, written_rev, Action, Cache, Informer, Queue};
 use crate::store::Revision;
 
 const COMPONENT: &str = "job-controller";
@@ -53,7 +53,7 @@ pub fn spawn(cache: &Arc<Cache>, backoff_base: Duration) {
         q.add(cache::key_of(c.object()));
     });
     super::queue_controllers(&ctx.pods, "Job", &queue);
-    super::spawn_controller(COMPONENT, queue, move |key| reconcile(ctx.clone(), key));
+    runtime::spawn_controller(COMPONENT, queue, move |key| reconcile(ctx.clone(), key));
 }
 
 fn has_finalizer(p: &Value) -> bool {

@@ -11,8 +11,8 @@ use serde_json::{json, Value};
 use skiff_api::cidr::Cidr;
 
 use super::pods::str_at;
-use super::{cache, Action, Cache, Informer, Queue};
 use crate::objects::{ObjectError, Objects, Target};
+use crate::runtime::{self, cache, Action, Cache, Informer, Queue};
 
 const COMPONENT: &str = "node-ipam-controller";
 /// A node that found the cluster range full looks again after this.
@@ -111,7 +111,7 @@ pub fn spawn(cache: &Arc<Cache>, config: NodeIpamConfig) {
     let q = queue.clone();
     ctx.nodes
         .on_change(move |ch| q.add(cache::key_of(ch.object())));
-    super::spawn_controller(COMPONENT, queue, move |key| reconcile(ctx.clone(), key));
+    runtime::spawn_controller(COMPONENT, queue, move |key| reconcile(ctx.clone(), key));
 }
 
 async fn reconcile(ctx: Arc<Ctx>, key: String) -> Result<Action, ObjectError> {

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::pods::{self, str_at};
-use super::{cache, Action, Cache, Informer, Queue};
 use crate::objects::{now, now_string, DeleteOptions, ObjectError, Objects, Target, WriteOptions};
+use crate::runtime::{self, cache, Action, Cache, Informer, Queue};
 
 const COMPONENT: &str = "node-controller";
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
@@ -118,7 +118,7 @@ pub fn spawn(cache: &Arc<Cache>, config: NodeLifecycleConfig) {
                 c.probe(str_at(lease, "/metadata/name"), renew);
             }
         });
-    super::spawn_controller(COMPONENT, queue, move |key| reconcile(ctx.clone(), key));
+    runtime::spawn_controller(COMPONENT, queue, move |key| reconcile(ctx.clone(), key));
 }
 
 async fn reconcile(ctx: Arc<Ctx>, key: String) -> Result<Action, ObjectError> {

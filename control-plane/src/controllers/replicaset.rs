@@ -12,9 +12,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::{json, Map, Value};
 
 use super::pods::{self, str_at};
-use super::{cache, written_rev, Action, Cache, Informer, Queue};
 use crate::objects::{DeleteOptions, ObjectError, Objects, Target, WriteOptions};
 use crate::registry::ResourceType;
+use crate::runtime::{self, cache, written_rev, Action, Cache, Informer, Queue};
 use crate::selectors::label_selector_matches_json;
 use crate::store::Revision;
 
@@ -84,14 +84,14 @@ pub fn spawn(cache: &Arc<Cache>, kind: &'static SetKind) {
         pods: cache.of("", "v1", "pods"),
     });
     let queue = Queue::new();
-    super::queue_changes(&ctx.sets, &queue);
+    runtime::queue_changes(&ctx.sets, &queue);
     let (q, sets) = (queue.clone(), ctx.sets.clone());
     ctx.pods.on_change(move |c| {
         for state in [c.old.as_deref(), c.new.as_deref()].into_iter().flatten() {
             owners_to_sync(kind, &sets, state, &mut |k| q.add(k));
         }
     });
-    super::spawn_controller(kind.component, queue, move |key| {
+    runtime::spawn_controller(kind.component, queue, move |key| {
         reconcile(ctx.clone(), key)
     });
 }

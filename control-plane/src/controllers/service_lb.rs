@@ -10,8 +10,8 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::pods::str_at;
-use super::{cache, Action, Cache, Informer, Queue};
 use crate::objects::{ObjectError, Objects, Target};
+use crate::runtime::{self, cache, Action, Cache, Informer, Queue};
 
 struct Ctx {
     objects: Arc<Objects>,
@@ -41,7 +41,7 @@ pub fn spawn(cache: &Arc<Cache>) {
     });
     let q = queue.clone();
     ctx.nodes.on_change(move |_| q.add(ALL.into()));
-    super::spawn_controller("service-lb-controller", queue.clone(), move |key| {
+    runtime::spawn_controller("service-lb-controller", queue.clone(), move |key| {
         reconcile(ctx.clone(), queue.clone(), key)
     });
 }

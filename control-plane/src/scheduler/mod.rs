@@ -11,9 +11,9 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use serde_json::{json, Value};
 
-use crate::controllers::{Action, Queue};
 use crate::objects::{now_string, ObjectError, Objects, Target, WriteOptions};
 use crate::registry::decode;
+use crate::runtime::{self, Action, Queue};
 
 pub(crate) mod framework;
 
@@ -129,11 +129,11 @@ struct PodFacts<'a> {
 
 impl<'a> PodFacts<'a> {
     fn of(p: &'a Value) -> PodFacts<'a> {
-        use crate::controllers::pods::{is_terminal, str_at};
+        let str_at = |ptr| p.pointer(ptr).and_then(Value::as_str).unwrap_or_default();
         PodFacts {
-            uid: str_at(p, "/metadata/uid"),
-            node: Some(str_at(p, "/spec/nodeName")).filter(|n| !n.is_empty()),
-            terminal: is_terminal(p),
+            uid: str_at("/metadata/uid"),
+            node: Some(str_at("/spec/nodeName")).filter(|n| !n.is_empty()),
+            terminal: matches!(str_at("/status/phase"), "Succeeded" | "Failed"),
         }
     }
 }
@@ -271,14 +271,14 @@ impl Cache {
     /// Follows the shared cache's pods and nodes; queues pods to schedule: new unbound
     /// pods and ones whose spec changed, and the unschedulable ones when a node comes or
     /// changes or a pod goes (freeing room).
-    fn follow(self: &Arc<Self>, shared: &crate::controllers::Cache, queue: &Arc<Queue>) {
+    fn follow(self: &Arc<Self>, shared: &runtime::Cache, queue: &Arc<Queue>) {
         let (pods, nodes) = (shared.of("", "v1", "pods"), shared.of("", "v1", "nodes"));
         let (me, q) = (self.clone(), queue.clone());
         pods.on_change(move |c| {
             // Read as JSON: most changes are status writes of bound pods, and decoding
             // each into a typed Pod cost more than scheduling.
             let p = c.object();
-            let key = crate::controllers::key_of(p);
+            let key = runtime::key_of(p);
             let facts = PodFacts::of(p);
             let (node, terminal) = (facts.node, facts.terminal);
             let mut st = me.state.lock().expect("scheduler cache");
@@ -351,16 +351,16 @@ impl Cache {
 }
 
 /// Starts the scheduler over the shared cache.
-pub fn spawn(shared: &Arc<crate::controllers::Cache>, scoring: Scoring) {
+pub fn spawn(shared: &Arc<runtime::Cache>, scoring: Scoring) {
     let cache = Arc::new(Cache::new(scoring));
     let queue = Queue::with_concurrency(BINDINGS_IN_FLIGHT);
     cache.follow(shared, &queue);
     let pods = shared.of("", "v1", "pods");
     let objects = shared.objects().clone();
-    crate::controllers::spawn_controller(SCHEDULER_NAME, queue, move |key| {
+    runtime::spawn_controller(SCHEDULER_NAME, queue, move |key| {
         let (objects, cache, pods) = (objects.clone(), cache.clone(), pods.clone());
         async move {
-            let (ns, name) = crate::controllers::split_key(&key);
+            let (ns, name) = runtime::split_key(&key);
             match pods.get(ns, name) {
                 Some(pod) => reconcile(objects, cache, &pod).await,
                 None => Ok(Action::Done),
@@ -538,7 +538,7 @@ mod tests {
     /// A scheduler cache filled from the shared watched cache, as `spawn` makes it (its
     /// queue is not worked: the tests call `reconcile` themselves).
     async fn loaded(objects: &Arc<Objects>) -> Arc<Cache> {
-        let shared = crate::controllers::Cache::new(objects.clone());
+        let shared = runtime::Cache::new(objects.clone());
         let cache = Arc::new(Cache::default());
         cache.follow(&shared, &Queue::new());
         cache.wait_loaded().await;
@@ -689,7 +689,7 @@ mod tests {
     #[tokio::test]
     async fn unschedulable_pods_wait_for_a_cluster_change_instead_of_retrying() {
         let (objects, _d) = cluster().await;
-        let shared = crate::controllers::Cache::new(objects.clone());
+        let shared = runtime::Cache::new(objects.clone());
         spawn(&shared, Scoring::default());
         let reg = objects.registry();
         let pods = reg.find("", "v1", "pods").unwrap();
