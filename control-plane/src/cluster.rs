@@ -11,6 +11,7 @@ use crate::controllers::{
     namespace, node_ipam, node_lifecycle, replicaset, service_lb, system_namespaces,
     NodeIpamConfig, NodeLifecycleConfig,
 };
+use crate::events::Events;
 use crate::objects::Objects;
 use crate::runtime::{spawn_object_controller, Cache};
 
@@ -56,9 +57,11 @@ pub async fn run(
     Ok(())
 }
 
-/// Starts every control-plane controller and the scheduler over one shared cache.
+/// Starts every control-plane controller and the scheduler over one shared cache, with
+/// one event writer they all record through.
 fn spawn_controllers(objects: Arc<Objects>, config: ControllerConfig) {
     let cache = Cache::new(objects.clone());
+    let events = Events::start(objects.clone());
     let ns = objects
         .registry()
         .find("", "v1", "namespaces")
@@ -70,17 +73,17 @@ fn spawn_controllers(objects: Arc<Objects>, config: ControllerConfig) {
         config.api_endpoint,
     ));
     garbage_collector::spawn(&cache);
-    replicaset::spawn(&cache, &replicaset::REPLICA_SET);
-    deployment::spawn(&cache);
-    daemonset::spawn(&cache);
-    job::spawn(&cache, job::BACKOFF_BASE);
-    cronjob::spawn(&cache);
+    replicaset::spawn(&cache, &replicaset::REPLICA_SET, &events);
+    deployment::spawn(&cache, &events);
+    daemonset::spawn(&cache, &events);
+    job::spawn(&cache, job::BACKOFF_BASE, &events);
+    cronjob::spawn(&cache, &events);
     endpoints::spawn(&cache);
-    service_lb::spawn(&cache);
-    node_lifecycle::spawn(&cache, config.node_lifecycle);
+    service_lb::spawn(&cache, &events);
+    node_lifecycle::spawn(&cache, config.node_lifecycle, &events);
     if let Some(ipam) = config.node_ipam {
-        node_ipam::spawn(&cache, ipam);
+        node_ipam::spawn(&cache, ipam, &events);
     }
-    replicaset::spawn(&cache, &replicaset::REPLICATION_CONTROLLER);
-    crate::scheduler::spawn(&cache, config.scoring);
+    replicaset::spawn(&cache, &replicaset::REPLICATION_CONTROLLER, &events);
+    crate::scheduler::spawn(&cache, config.scoring, &events);
 }

@@ -300,7 +300,8 @@ async fn run_one(
     let bound = follow_bindings(objects.clone(), pods);
     let start_scheduler = || {
         let cache = crate::runtime::Cache::new(objects.clone());
-        crate::scheduler::spawn(&cache, crate::scheduler::Scoring::default());
+        let events = crate::events::Events::start(objects.clone());
+        crate::scheduler::spawn(&cache, crate::scheduler::Scoring::default(), &events);
         cache
     };
     let (created, started, _cache) = match way {

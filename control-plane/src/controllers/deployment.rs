@@ -16,6 +16,7 @@ use serde_json::{json, Map, Value};
 
 use super::pods::{self, str_at};
 use super::replicaset::set_owner;
+use crate::events::{Event, EventType, Events, Recorder};
 use crate::objects::{now, now_string, DeleteOptions, ObjectError, Objects, Target, WriteOptions};
 use crate::runtime::{self, cache, written_rev, Action, Cache, Informer, Queue};
 use crate::selectors::label_selector_matches_json;
@@ -42,16 +43,18 @@ struct Ctx {
     deployments: Arc<Informer>,
     sets: Arc<Informer>,
     pods: Arc<Informer>,
+    events: Recorder,
 }
 
 /// Starts the controller: a Deployment is reconciled when it changes, when one of its
 /// ReplicaSets changes, and when a pod of one of them is deleted (Recreate waits for that).
-pub fn spawn(cache: &Arc<Cache>) {
+pub fn spawn(cache: &Arc<Cache>, events: &Arc<Events>) {
     let ctx = Arc::new(Ctx {
         objects: cache.objects().clone(),
         deployments: cache.of("apps", "v1", "deployments"),
         sets: cache.of("apps", "v1", "replicasets"),
         pods: cache.of("", "v1", "pods"),
+        events: events.recorder(COMPONENT),
     });
     let queue = Queue::new();
     runtime::queue_changes(&ctx.deployments, &queue);
@@ -572,7 +575,7 @@ async fn create_new(
             let rs_name = str_at(&created, "/metadata/name").to_string();
             if replicas_now > 0 {
                 let msg = format!("Scaled up replica set {rs_name} from 0 to {replicas_now}");
-                ctx.event(d, "Normal", "ScalingReplicaSet", &msg);
+                ctx.event(d, EventType::Normal, "ScalingReplicaSet", &msg);
             }
             r.progress = Some((
                 "NewReplicaSetCreated",
@@ -758,7 +761,7 @@ async fn scale_rs(
     if from != to {
         let dir = if to > from { "up" } else { "down" };
         let msg = format!("Scaled {dir} replica set {name} from {from} to {to}");
-        ctx.event(d, "Normal", "ScalingReplicaSet", &msg);
+        ctx.event(d, EventType::Normal, "ScalingReplicaSet", &msg);
     }
     Ok(written)
 }
@@ -1144,16 +1147,13 @@ fn status_changed(old: Option<&Value>, new: &Value) -> bool {
 }
 
 impl Ctx {
-    fn event(&self, d: &Value, type_: &'static str, reason: &'static str, msg: &str) {
-        super::emit_event(
-            &self.objects,
-            d,
-            "Deployment",
+    fn event(&self, d: &Value, type_: EventType, reason: &'static str, msg: &str) {
+        let event = Event {
             type_,
             reason,
-            msg,
-            COMPONENT,
-        );
+            message: msg,
+        };
+        self.events.publish(d, "Deployment", event);
     }
 }
 
@@ -1227,8 +1227,9 @@ mod controller_tests {
     async fn started() -> (Arc<Objects>, tempfile::TempDir) {
         let (objects, dir) = objects().await;
         let cache = Cache::new(objects.clone());
-        super::super::replicaset::spawn(&cache, &super::super::replicaset::REPLICA_SET);
-        spawn(&cache);
+        let events = Events::start(objects.clone());
+        super::super::replicaset::spawn(&cache, &super::super::replicaset::REPLICA_SET, &events);
+        spawn(&cache, &events);
         crate::controllers::kubelet::spawn(objects.clone());
         (objects, dir)
     }

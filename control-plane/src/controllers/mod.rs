@@ -114,8 +114,6 @@ pub async fn edit_meta_list(
     }
 }
 
-pub use crate::events::emit as emit_event;
-
 /// Queues the controller (`namespace/name`) of every object of `informer` that changes or
 /// goes, when that controller is of `kind` (owned objects mapped back to their owner).
 pub fn queue_controllers(informer: &Informer, kind: &'static str, queue: &Arc<Queue>) {

@@ -296,7 +296,6 @@ pub struct Objects {
     admission: Admission,
     /// Serializes Service creates so two cannot take the same IP or node port.
     service_alloc: tokio::sync::Mutex<()>,
-    events: crate::events::Queue,
 }
 
 impl Objects {
@@ -306,14 +305,9 @@ impl Objects {
             registry,
             admission: Admission::default(),
             service_alloc: tokio::sync::Mutex::new(()),
-            events: Default::default(),
         }
     }
 
-    /// The queue of Events waiting to be written ([`crate::events::emit`]).
-    pub fn events(&self) -> &crate::events::Queue {
-        &self.events
-    }
 
     /// The same, with these admission settings.
     pub fn with_admission(mut self, admission: Admission) -> Self {
