@@ -110,8 +110,8 @@ impl ControlFlags {
         }
     }
 
-    fn controllers(&self) -> controllers::ControllerConfig {
-        controllers::ControllerConfig {
+    fn controllers(&self) -> cluster::ControllerConfig {
+        cluster::ControllerConfig {
             node_lifecycle: controllers::NodeLifecycleConfig {
                 monitor_period: self.node_monitor_period,
                 grace_period: self.node_monitor_grace_period,

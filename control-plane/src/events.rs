@@ -1,9 +1,12 @@
 //! Recording Kubernetes Events about objects (what `kubectl describe` shows), aggregating
 //! repeats into one Event with a count, as Kubernetes' event recorder does.
 //!
-//! Controllers emit events without waiting ([`emit`]): they go through a bounded queue to
-//! one writer, and under a burst the excess is dropped, as client-go's broadcaster does
-//! (maxQueuedEvents 1000, DropIfChannelFull). An event never holds up a reconcile.
+//! The composer starts one [`Events`] writer and hands it out; each controller takes a
+//! [`Recorder`] from it with its reporter identity (kube-runtime's `Recorder` and
+//! `Reporter`). Controllers publish without waiting ([`Recorder::publish`]): events go
+//! through a bounded queue to the one writer, and under a burst the excess is dropped, as
+//! client-go's broadcaster does (maxQueuedEvents 1000, DropIfChannelFull). An event never
+//! holds up a reconcile.
 
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Weak};
@@ -18,19 +21,61 @@ const MAX_QUEUED: usize = 1000;
 /// Events the writer writes at once (they share the store's group commits).
 const WRITES_AT_ONCE: usize = 64;
 
+/// An Event's `type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+impl EventType {
+    fn as_str(self) -> &'static str {
+        match self {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
+        }
+    }
+}
+
+/// What happened: the `type`, `reason` and `message` of an Event.
+#[derive(Clone, Copy, Debug)]
+pub struct Event<'a> {
+    pub type_: EventType,
+    pub reason: &'a str,
+    pub message: &'a str,
+}
+
+impl<'a> Event<'a> {
+    pub fn normal(reason: &'a str, message: &'a str) -> Event<'a> {
+        Event {
+            type_: EventType::Normal,
+            reason,
+            message,
+        }
+    }
+
+    pub fn warning(reason: &'a str, message: &'a str) -> Event<'a> {
+        Event {
+            type_: EventType::Warning,
+            reason,
+            message,
+        }
+    }
+}
+
 /// What an Event says about the object it is about (its `involvedObject`).
 #[derive(Clone, Debug)]
-pub struct Involved {
-    pub kind: String,
-    pub api_version: Value,
-    pub namespace: String,
-    pub name: String,
-    pub uid: Value,
-    pub resource_version: Value,
+struct Involved {
+    kind: String,
+    api_version: Value,
+    namespace: String,
+    name: String,
+    uid: Value,
+    resource_version: Value,
 }
 
 impl Involved {
-    pub fn of(obj: &Value, kind: &str) -> Involved {
+    fn of(obj: &Value, kind: &str) -> Involved {
         let meta = &obj["metadata"];
         Involved {
             kind: kind.to_string(),
@@ -44,45 +89,77 @@ impl Involved {
 }
 
 /// One queued event.
-pub struct Pending {
+struct Pending {
     involved: Involved,
-    type_: &'static str,
+    type_: EventType,
     reason: String,
     message: String,
     component: &'static str,
 }
 
-/// The queue of an [`Objects`], started by the first event.
-pub type Queue = std::sync::OnceLock<mpsc::Sender<Pending>>;
+/// The event writer of a control plane: one bounded queue and the task that writes it.
+/// The composer starts it once and hands [`Recorder`]s out of it.
+pub struct Events {
+    objects: Arc<Objects>,
+    queue: mpsc::Sender<Pending>,
+}
 
-/// Queues `reason`/`message` about `involved` (a full object) for writing; drops it when
-/// the queue is full.
-pub fn emit(
-    objects: &Arc<Objects>,
-    involved: &Value,
-    kind: &str,
-    type_: &'static str,
-    reason: &str,
-    message: &str,
-    component: &'static str,
-) {
-    let tx = objects
-        .events()
-        .get_or_init(|| start_writer(Arc::downgrade(objects)));
-    let pending = Pending {
-        involved: Involved::of(involved, kind),
-        type_,
-        reason: reason.to_string(),
-        message: message.to_string(),
-        component,
-    };
-    if tx.try_send(pending).is_err() {
-        tracing::debug!(reason, "event dropped: too many queued");
+impl Events {
+    /// Starts the writer on `objects` (within a Tokio runtime); it ends with the last
+    /// `Events` or the objects.
+    pub fn start(objects: Arc<Objects>) -> Arc<Events> {
+        let queue = start_writer(Arc::downgrade(&objects));
+        Arc::new(Events { objects, queue })
+    }
+
+    /// A recorder reporting as `component` (the Event's `source.component` and
+    /// `reportingComponent`).
+    pub fn recorder(self: &Arc<Self>, component: &'static str) -> Recorder {
+        Recorder {
+            events: self.clone(),
+            component,
+        }
     }
 }
 
-/// The writer: takes what is queued, writes up to [`WRITES_AT_ONCE`] together; ends with
-/// the `Objects` (which holds the only sender).
+/// Publishes Events as one component (kube-runtime's `Recorder` with its `Reporter`).
+#[derive(Clone)]
+pub struct Recorder {
+    events: Arc<Events>,
+    component: &'static str,
+}
+
+impl Recorder {
+    /// Queues `event` about `regarding` (a full object of `kind`) for writing, without
+    /// waiting; drops it when the queue is full.
+    pub fn publish(&self, regarding: &Value, kind: &str, event: Event<'_>) {
+        let pending = Pending {
+            involved: Involved::of(regarding, kind),
+            type_: event.type_,
+            reason: event.reason.to_string(),
+            message: event.message.to_string(),
+            component: self.component,
+        };
+        if self.events.queue.try_send(pending).is_err() {
+            tracing::debug!(reason = event.reason, "event dropped: too many queued");
+        }
+    }
+
+    /// Records `event` about `regarding` (a full object of `kind`), and returns once it is
+    /// written.
+    pub async fn record(
+        &self,
+        regarding: &Value,
+        kind: &str,
+        event: Event<'_>,
+    ) -> Result<(), ObjectError> {
+        let involved = Involved::of(regarding, kind);
+        write(&self.events.objects, &involved, event, self.component).await
+    }
+}
+
+/// The writer: takes what is queued, writes up to [`WRITES_AT_ONCE`] together; ends when
+/// every sender is gone or the objects are.
 fn start_writer(objects: Weak<Objects>) -> mpsc::Sender<Pending> {
     let (tx, mut rx) = mpsc::channel::<Pending>(MAX_QUEUED);
     tokio::spawn(async move {
@@ -94,15 +171,12 @@ fn start_writer(objects: Weak<Objects>) -> mpsc::Sender<Pending> {
             let writes = batch.drain(..).map(|p| {
                 let objects = &objects;
                 async move {
-                    let r = record_for(
-                        objects,
-                        &p.involved,
-                        p.type_,
-                        &p.reason,
-                        &p.message,
-                        p.component,
-                    );
-                    if let Err(e) = r.await {
+                    let event = Event {
+                        type_: p.type_,
+                        reason: &p.reason,
+                        message: &p.message,
+                    };
+                    if let Err(e) = write(objects, &p.involved, event, p.component).await {
                         tracing::debug!(error = %e, reason = p.reason, "event not recorded");
                     }
                 }
@@ -113,30 +187,18 @@ fn start_writer(objects: Weak<Objects>) -> mpsc::Sender<Pending> {
     tx
 }
 
-/// Records `reason`/`message` about `involved` (a full object) from `component`, and
-/// returns once it is written.
-pub async fn record(
-    objects: &Objects,
-    involved: &Value,
-    kind: &str,
-    type_: &str,
-    reason: &str,
-    message: &str,
-    component: &str,
-) -> Result<(), ObjectError> {
-    let involved = Involved::of(involved, kind);
-    record_for(objects, &involved, type_, reason, message, component).await
-}
-
 /// Creates the Event, or counts a repeat of the same occurrence.
-async fn record_for(
+async fn write(
     objects: &Objects,
     involved: &Involved,
-    type_: &str,
-    reason: &str,
-    message: &str,
+    event: Event<'_>,
     component: &str,
 ) -> Result<(), ObjectError> {
+    let Event {
+        type_,
+        reason,
+        message,
+    } = event;
     let rt = objects
         .registry()
         .find("", "v1", "events")
@@ -154,7 +216,7 @@ async fn record_for(
             "kind": involved.kind, "namespace": ns, "name": name, "uid": involved.uid,
             "apiVersion": involved.api_version, "resourceVersion": involved.resource_version,
         },
-        "reason": reason, "message": message, "type": type_,
+        "reason": reason, "message": message, "type": type_.as_str(),
         "source": {"component": component},
         "firstTimestamp": now, "lastTimestamp": now, "count": 1,
         "reportingComponent": component, "reportingInstance": "",
@@ -186,61 +248,78 @@ async fn record_for(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controllers::testing;
+    use crate::registry::Registry;
+    use crate::store::SledStore;
 
     fn pod() -> Value {
         json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "p", "namespace": "default", "uid": "u1", "resourceVersion": "7"}})
     }
 
-    #[tokio::test]
-    async fn a_repeat_is_counted_on_the_same_event() {
-        let (objects, _d) = testing::objects().await;
-        for _ in 0..2 {
-            record(
-                &objects,
-                &pod(),
-                "Pod",
-                "Warning",
-                "BackOff",
-                "again",
-                "kubelet",
-            )
+    /// Objects with the `default` namespace.
+    async fn objects() -> (Arc<Objects>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(dir.path(), 10_000).unwrap());
+        let objects = Arc::new(Objects::new(store, Arc::new(Registry::new())));
+        let ns = objects.registry().find("", "v1", "namespaces").unwrap();
+        let body = json!({"metadata": {"name": "default"}});
+        objects
+            .create(ns, None, body, &WriteOptions::default())
             .await
             .unwrap();
-        }
-        let events = testing::list(&objects, "", "events").await;
-        assert_eq!(events.len(), 1);
-        let ev = &events[0];
-        assert_eq!(ev["count"], 2);
-        assert_eq!(ev["involvedObject"]["name"], "p");
-        assert_eq!(ev["involvedObject"]["resourceVersion"], "7");
-        assert_eq!(ev["source"]["component"], "kubelet");
+        (objects, dir)
+    }
+
+    async fn events_in_default(objects: &Objects) -> Vec<Value> {
+        let rt = objects.registry().find("", "v1", "events").unwrap();
+        let page = objects
+            .list(rt, Some("default"), &Default::default())
+            .await
+            .unwrap();
+        page.items
+            .iter()
+            .map(|b| serde_json::from_slice(b).unwrap())
+            .collect()
     }
 
     #[tokio::test]
-    async fn emitting_never_waits_and_a_burst_beyond_the_queue_is_dropped() {
-        let (objects, _d) = testing::objects().await;
+    async fn a_repeat_is_counted_on_the_same_event() {
+        let (objects, _d) = objects().await;
+        let kubelet = Events::start(objects.clone()).recorder("kubelet");
+        for _ in 0..2 {
+            let event = Event::warning("BackOff", "again");
+            kubelet.record(&pod(), "Pod", event).await.unwrap();
+        }
+        let events = events_in_default(&objects).await;
+        assert_eq!(events.len(), 1);
+        let ev = &events[0];
+        assert_eq!(ev["count"], 2);
+        assert_eq!(ev["type"], "Warning");
+        assert_eq!(ev["involvedObject"]["name"], "p");
+        assert_eq!(ev["involvedObject"]["resourceVersion"], "7");
+        assert_eq!(ev["source"]["component"], "kubelet");
+        assert_eq!(ev["reportingComponent"], "kubelet");
+    }
+
+    #[tokio::test]
+    async fn publishing_never_waits_and_a_burst_beyond_the_queue_is_dropped() {
+        let (objects, _d) = objects().await;
+        let test = Events::start(objects.clone()).recorder("test");
         let burst = MAX_QUEUED * 3;
         for i in 0..burst {
-            emit(
-                &objects,
-                &pod(),
-                "Pod",
-                "Normal",
-                "Tick",
-                &format!("tick {i}"),
-                "test",
-            );
+            test.publish(&pod(), "Pod", Event::normal("Tick", &format!("tick {i}")));
         }
         // The queue's worth (and what the writer took meanwhile) is written; the rest not.
-        let written = testing::eventually("the queued events", || async {
-            let n = testing::list(&objects, "", "events").await.len();
+        let mut written = 0;
+        for _ in 0..150 {
+            let n = events_in_default(&objects).await.len();
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            let again = testing::list(&objects, "", "events").await.len();
-            (n >= MAX_QUEUED && n == again).then_some(n)
-        })
-        .await;
+            written = events_in_default(&objects).await.len();
+            if n >= MAX_QUEUED && n == written {
+                break;
+            }
+        }
+        assert!(written >= MAX_QUEUED, "only {written} written");
         assert!(written < burst, "{written} of {burst} written");
     }
 }

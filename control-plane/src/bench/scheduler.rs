@@ -299,8 +299,9 @@ async fn run_one(
     let client = Client::connect(&server.kubeconfig, args.connections).await?;
     let bound = follow_bindings(objects.clone(), pods);
     let start_scheduler = || {
-        let cache = crate::controllers::Cache::new(objects.clone());
-        crate::scheduler::spawn(&cache, crate::scheduler::Scoring::default());
+        let cache = crate::runtime::Cache::new(objects.clone());
+        let events = crate::events::Events::start(objects.clone());
+        crate::scheduler::spawn(&cache, crate::scheduler::Scoring::default(), &events);
         cache
     };
     let (created, started, _cache) = match way {

@@ -14,9 +14,10 @@ use jiff::{Timestamp, Zoned};
 use serde_json::{json, Value};
 
 use super::pods::{self, str_at};
-use super::{cache, written_rev, Action, Cache, Informer, Queue};
 use crate::cron::Schedule;
+use crate::events::{Event, Events, Recorder};
 use crate::objects::{DeleteOptions, ObjectError, Objects, Target, WriteOptions};
+use crate::runtime::{self, cache, written_rev, Action, Cache, Informer, Queue};
 
 const COMPONENT: &str = "cronjob-controller";
 const SCHEDULED_AT: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
@@ -30,28 +31,30 @@ struct Ctx {
     cronjobs: Arc<Informer>,
     jobs: Arc<Informer>,
     clock: Clock,
+    events: Recorder,
 }
 
-pub fn spawn(cache: &Arc<Cache>) {
-    spawn_with_clock(cache, Arc::new(Timestamp::now));
+pub fn spawn(cache: &Arc<Cache>, events: &Arc<Events>) {
+    spawn_with_clock(cache, events, Arc::new(Timestamp::now));
 }
 
-fn context(cache: &Arc<Cache>, clock: Clock) -> Arc<Ctx> {
+fn context(cache: &Arc<Cache>, events: &Arc<Events>, clock: Clock) -> Arc<Ctx> {
     Arc::new(Ctx {
         objects: cache.objects().clone(),
         cronjobs: cache.of("batch", "v1", "cronjobs"),
         jobs: cache.of("batch", "v1", "jobs"),
         clock,
+        events: events.recorder(COMPONENT),
     })
 }
 
-fn spawn_with_clock(cache: &Arc<Cache>, clock: Clock) -> Arc<Ctx> {
-    let ctx = context(cache, clock);
+fn spawn_with_clock(cache: &Arc<Cache>, events: &Arc<Events>, clock: Clock) -> Arc<Ctx> {
+    let ctx = context(cache, events, clock);
     let queue = Queue::new();
-    super::queue_changes(&ctx.cronjobs, &queue);
+    runtime::queue_changes(&ctx.cronjobs, &queue);
     super::queue_controllers(&ctx.jobs, "CronJob", &queue);
     let c = ctx.clone();
-    super::spawn_controller(COMPONENT, queue, move |key| reconcile(c.clone(), key));
+    runtime::spawn_controller(COMPONENT, queue, move |key| reconcile(c.clone(), key));
     ctx
 }
 
@@ -108,15 +111,8 @@ async fn reconcile(ctx: Arc<Ctx>, key: String) -> Result<Action, ObjectError> {
             Some(how) => {
                 if was_active.iter().any(|u| u == str_at(j, "/metadata/uid")) {
                     let msg = format!("Saw completed job: {jname}, status: {how}");
-                    super::emit_event(
-                        &ctx.objects,
-                        &cj,
-                        "CronJob",
-                        "Normal",
-                        "SawCompletedJob",
-                        &msg,
-                        COMPONENT,
-                    );
+                    ctx.events
+                        .publish(&cj, "CronJob", Event::normal("SawCompletedJob", &msg));
                 }
                 if how == "Complete" {
                     let done = &j["status"]["completionTime"];
@@ -152,15 +148,8 @@ async fn reconcile(ctx: Arc<Ctx>, key: String) -> Result<Action, ObjectError> {
             Ok(tz) => tz,
             Err(_) => {
                 let msg = format!("invalid timeZone: {tz:?}");
-                super::emit_event(
-                    &ctx.objects,
-                    &cj,
-                    "CronJob",
-                    "Warning",
-                    "UnknownTimeZone",
-                    &msg,
-                    COMPONENT,
-                );
+                ctx.events
+                    .publish(&cj, "CronJob", Event::warning("UnknownTimeZone", &msg));
                 return write_status(&ctx, &cj, status, active)
                     .await
                     .map(|_| Action::Done);
@@ -172,15 +161,8 @@ async fn reconcile(ctx: Arc<Ctx>, key: String) -> Result<Action, ObjectError> {
         Ok(s) => s,
         Err(e) => {
             let msg = format!("invalid schedule: {}: {e}", str_at(&cj, "/spec/schedule"));
-            super::emit_event(
-                &ctx.objects,
-                &cj,
-                "CronJob",
-                "Warning",
-                "InvalidSchedule",
-                &msg,
-                COMPONENT,
-            );
+            ctx.events
+                .publish(&cj, "CronJob", Event::warning("InvalidSchedule", &msg));
             return write_status(&ctx, &cj, status, active)
                 .await
                 .map(|_| Action::Done);
@@ -229,15 +211,8 @@ async fn reconcile(ctx: Arc<Ctx>, key: String) -> Result<Action, ObjectError> {
     };
     if missed > TOO_MANY_MISSED {
         let msg = format!("too many missed start times: {missed}. Set or decrease .spec.startingDeadlineSeconds or check clock skew");
-        super::emit_event(
-            &ctx.objects,
-            &cj,
-            "CronJob",
-            "Warning",
-            "TooManyMissedTimes",
-            &msg,
-            COMPONENT,
-        );
+        ctx.events
+            .publish(&cj, "CronJob", Event::warning("TooManyMissedTimes", &msg));
     }
     let requeue = next_wake(&now).map_or(Action::Done, Action::RequeueAfter);
     if let Some(d) = deadline {
@@ -246,15 +221,8 @@ async fn reconcile(ctx: Arc<Ctx>, key: String) -> Result<Action, ObjectError> {
                 "Missed scheduled time to start a job: {}",
                 seconds(scheduled.timestamp())
             );
-            super::emit_event(
-                &ctx.objects,
-                &cj,
-                "CronJob",
-                "Warning",
-                "MissSchedule",
-                &msg,
-                COMPONENT,
-            );
+            ctx.events
+                .publish(&cj, "CronJob", Event::warning("MissSchedule", &msg));
             write_status(&ctx, &cj, status, active).await?;
             return Ok(requeue);
         }
@@ -265,15 +233,8 @@ async fn reconcile(ctx: Arc<Ctx>, key: String) -> Result<Action, ObjectError> {
         _ if already => {}
         "Forbid" if !active.is_empty() => {
             let msg = "Not starting job because prior execution is running and concurrency policy is Forbid";
-            super::emit_event(
-                &ctx.objects,
-                &cj,
-                "CronJob",
-                "Normal",
-                "JobAlreadyActive",
-                msg,
-                COMPONENT,
-            );
+            ctx.events
+                .publish(&cj, "CronJob", Event::normal("JobAlreadyActive", msg));
             write_status(&ctx, &cj, status, active).await?;
             return Ok(requeue);
         }
@@ -312,30 +273,16 @@ async fn reconcile(ctx: Arc<Ctx>, key: String) -> Result<Action, ObjectError> {
             Ok(w) => {
                 let created: Value = serde_json::from_slice(&w.object).unwrap_or_default();
                 let msg = format!("Created job {job_name}");
-                super::emit_event(
-                    &ctx.objects,
-                    &cj,
-                    "CronJob",
-                    "Normal",
-                    "SuccessfulCreate",
-                    &msg,
-                    COMPONENT,
-                );
+                ctx.events
+                    .publish(&cj, "CronJob", Event::normal("SuccessfulCreate", &msg));
                 active.push(job_ref(&created));
                 ctx.jobs.wait_for(written_rev(&w)).await;
             }
             Err(ObjectError::AlreadyExists { .. }) => {}
             Err(e) => {
                 let msg = format!("Error creating job: {e}");
-                super::emit_event(
-                    &ctx.objects,
-                    &cj,
-                    "CronJob",
-                    "Warning",
-                    "FailedCreate",
-                    &msg,
-                    COMPONENT,
-                );
+                ctx.events
+                    .publish(&cj, "CronJob", Event::warning("FailedCreate", &msg));
                 return Err(e);
             }
         }
@@ -364,15 +311,8 @@ async fn delete_job(ctx: &Ctx, cj: &Value, j: &Value) -> Result<(), ObjectError>
     match ctx.objects.delete(ctx.jobs.rt, Some(ns), name, &opts).await {
         Ok(_) => {
             let msg = format!("Deleted job {name}");
-            super::emit_event(
-                &ctx.objects,
-                cj,
-                "CronJob",
-                "Normal",
-                "SuccessfulDelete",
-                &msg,
-                COMPONENT,
-            );
+            ctx.events
+                .publish(cj, "CronJob", Event::normal("SuccessfulDelete", &msg));
             Ok(())
         }
         Err(ObjectError::NotFound { .. }) | Err(ObjectError::Conflict { .. }) => Ok(()),
@@ -435,6 +375,7 @@ mod tests {
             let n = now.clone();
             let ctx = context(
                 &cache,
+                &Events::start(objects.clone()),
                 Arc::new(move || Timestamp::from_second(n.load(Ordering::SeqCst)).unwrap()),
             );
             let mut spec = spec;

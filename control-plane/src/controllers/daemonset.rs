@@ -15,9 +15,10 @@ use serde_json::{json, Value};
 use super::deployment::template_hash;
 use super::pods::{self, str_at};
 use super::replicaset::set_owner;
-use super::{cache, written_rev, Action, Cache, Informer, Queue};
+use crate::events::{Event, Events, Recorder};
 use crate::objects::{DeleteOptions, ObjectError, Objects, Target, WriteOptions};
 use crate::registry::decode;
+use crate::runtime::{self, cache, written_rev, Action, Cache, Informer, Queue};
 use crate::scheduler::framework::{daemon_fit, NodeEntry, PodInfo};
 use crate::selectors::label_selector_matches_json;
 use crate::store::Revision;
@@ -32,18 +33,20 @@ struct Ctx {
     pods: Arc<Informer>,
     nodes: Arc<Informer>,
     revisions: Arc<Informer>,
+    events: Recorder,
 }
 
-pub fn spawn(cache: &Arc<Cache>) {
+pub fn spawn(cache: &Arc<Cache>, events: &Arc<Events>) {
     let ctx = Arc::new(Ctx {
         objects: cache.objects().clone(),
         sets: cache.of("apps", "v1", "daemonsets"),
         pods: cache.of("", "v1", "pods"),
         nodes: cache.of("", "v1", "nodes"),
         revisions: cache.of("apps", "v1", "controllerrevisions"),
+        events: events.recorder(COMPONENT),
     });
     let queue = Queue::new();
-    super::queue_changes(&ctx.sets, &queue);
+    runtime::queue_changes(&ctx.sets, &queue);
     super::queue_controllers(&ctx.pods, "DaemonSet", &queue);
     // A node that comes, goes or changes what it offers: every DaemonSet looks again.
     let (q, sets) = (queue.clone(), ctx.sets.clone());
@@ -62,7 +65,7 @@ pub fn spawn(cache: &Arc<Cache>) {
             }
         }
     });
-    super::spawn_controller(COMPONENT, queue, move |key| reconcile(ctx.clone(), key));
+    runtime::spawn_controller(COMPONENT, queue, move |key| reconcile(ctx.clone(), key));
 }
 
 /// The node a daemon pod is for: its nodeName, or the `metadata.name` its required node
@@ -312,27 +315,13 @@ async fn reconcile(ctx: Arc<Ctx>, key: String) -> Result<Action, ObjectError> {
                 last_write = last_write.max(written_rev(&w));
                 let created: Value = serde_json::from_slice(&w.object).unwrap_or_default();
                 let msg = format!("Created pod: {}", str_at(&created, "/metadata/name"));
-                super::emit_event(
-                    &ctx.objects,
-                    &ds,
-                    "DaemonSet",
-                    "Normal",
-                    "SuccessfulCreate",
-                    &msg,
-                    COMPONENT,
-                );
+                ctx.events
+                    .publish(&ds, "DaemonSet", Event::normal("SuccessfulCreate", &msg));
             }
             Err(e) => {
                 let msg = format!("Error creating: {e}");
-                super::emit_event(
-                    &ctx.objects,
-                    &ds,
-                    "DaemonSet",
-                    "Warning",
-                    "FailedCreate",
-                    &msg,
-                    COMPONENT,
-                );
+                ctx.events
+                    .publish(&ds, "DaemonSet", Event::warning("FailedCreate", &msg));
                 return Err(e);
             }
         }
@@ -347,15 +336,8 @@ async fn reconcile(ctx: Arc<Ctx>, key: String) -> Result<Action, ObjectError> {
             Ok(w) => {
                 last_write = last_write.max(written_rev(&w));
                 let msg = format!("Deleted pod: {pod_name}");
-                super::emit_event(
-                    &ctx.objects,
-                    &ds,
-                    "DaemonSet",
-                    "Normal",
-                    "SuccessfulDelete",
-                    &msg,
-                    COMPONENT,
-                );
+                ctx.events
+                    .publish(&ds, "DaemonSet", Event::normal("SuccessfulDelete", &msg));
             }
             Err(ObjectError::NotFound { .. }) | Err(ObjectError::Conflict { .. }) => {}
             Err(e) => return Err(e),
@@ -658,7 +640,7 @@ mod tests {
         .await;
         add_node(&objects, "c", json!({"role": "core"}), json!([])).await;
         let cache = Cache::new(objects.clone());
-        spawn(&cache);
+        spawn(&cache, &Events::start(objects.clone()));
         crate::controllers::kubelet::spawn(objects.clone());
         let ds = json!({"metadata": {"name": "agent"}, "spec": {
             "selector": {"matchLabels": {"app": "agent"}},

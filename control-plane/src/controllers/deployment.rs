@@ -16,8 +16,9 @@ use serde_json::{json, Map, Value};
 
 use super::pods::{self, str_at};
 use super::replicaset::set_owner;
-use super::{cache, written_rev, Action, Cache, Informer, Queue};
+use crate::events::{Event, EventType, Events, Recorder};
 use crate::objects::{now, now_string, DeleteOptions, ObjectError, Objects, Target, WriteOptions};
+use crate::runtime::{self, cache, written_rev, Action, Cache, Informer, Queue};
 use crate::selectors::label_selector_matches_json;
 use crate::store::Revision;
 
@@ -42,19 +43,21 @@ struct Ctx {
     deployments: Arc<Informer>,
     sets: Arc<Informer>,
     pods: Arc<Informer>,
+    events: Recorder,
 }
 
 /// Starts the controller: a Deployment is reconciled when it changes, when one of its
 /// ReplicaSets changes, and when a pod of one of them is deleted (Recreate waits for that).
-pub fn spawn(cache: &Arc<Cache>) {
+pub fn spawn(cache: &Arc<Cache>, events: &Arc<Events>) {
     let ctx = Arc::new(Ctx {
         objects: cache.objects().clone(),
         deployments: cache.of("apps", "v1", "deployments"),
         sets: cache.of("apps", "v1", "replicasets"),
         pods: cache.of("", "v1", "pods"),
+        events: events.recorder(COMPONENT),
     });
     let queue = Queue::new();
-    super::queue_changes(&ctx.deployments, &queue);
+    runtime::queue_changes(&ctx.deployments, &queue);
     let (q, deployments) = (queue.clone(), ctx.deployments.clone());
     ctx.sets.on_change(move |c| {
         for rs in [c.old.as_deref(), c.new.as_deref()].into_iter().flatten() {
@@ -91,7 +94,7 @@ pub fn spawn(cache: &Arc<Cache>) {
             }
         }
     });
-    super::spawn_controller(COMPONENT, queue, move |key| reconcile(ctx.clone(), key));
+    runtime::spawn_controller(COMPONENT, queue, move |key| reconcile(ctx.clone(), key));
 }
 
 fn selector_of(d: &Value) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector> {
@@ -572,7 +575,7 @@ async fn create_new(
             let rs_name = str_at(&created, "/metadata/name").to_string();
             if replicas_now > 0 {
                 let msg = format!("Scaled up replica set {rs_name} from 0 to {replicas_now}");
-                ctx.event(d, "Normal", "ScalingReplicaSet", &msg);
+                ctx.event(d, EventType::Normal, "ScalingReplicaSet", &msg);
             }
             r.progress = Some((
                 "NewReplicaSetCreated",
@@ -758,7 +761,7 @@ async fn scale_rs(
     if from != to {
         let dir = if to > from { "up" } else { "down" };
         let msg = format!("Scaled {dir} replica set {name} from {from} to {to}");
-        ctx.event(d, "Normal", "ScalingReplicaSet", &msg);
+        ctx.event(d, EventType::Normal, "ScalingReplicaSet", &msg);
     }
     Ok(written)
 }
@@ -1144,16 +1147,13 @@ fn status_changed(old: Option<&Value>, new: &Value) -> bool {
 }
 
 impl Ctx {
-    fn event(&self, d: &Value, type_: &'static str, reason: &'static str, msg: &str) {
-        super::emit_event(
-            &self.objects,
-            d,
-            "Deployment",
+    fn event(&self, d: &Value, type_: EventType, reason: &'static str, msg: &str) {
+        let event = Event {
             type_,
             reason,
-            msg,
-            COMPONENT,
-        );
+            message: msg,
+        };
+        self.events.publish(d, "Deployment", event);
     }
 }
 
@@ -1227,8 +1227,9 @@ mod controller_tests {
     async fn started() -> (Arc<Objects>, tempfile::TempDir) {
         let (objects, dir) = objects().await;
         let cache = Cache::new(objects.clone());
-        super::super::replicaset::spawn(&cache, &super::super::replicaset::REPLICA_SET);
-        spawn(&cache);
+        let events = Events::start(objects.clone());
+        super::super::replicaset::spawn(&cache, &super::super::replicaset::REPLICA_SET, &events);
+        spawn(&cache, &events);
         crate::controllers::kubelet::spawn(objects.clone());
         (objects, dir)
     }

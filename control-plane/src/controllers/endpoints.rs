@@ -11,8 +11,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::{json, Value};
 
 use super::pods::{self, str_at};
-use super::{cache, written_rev, Action, Cache, Informer, Queue};
 use crate::objects::{DeleteOptions, ObjectError, Objects, Target, WriteOptions};
+use crate::runtime::{self, cache, written_rev, Action, Cache, Informer, Queue};
 use crate::selectors::label_selector_matches_json;
 
 pub use skiff_api::SERVICE_NAME_LABEL;
@@ -72,7 +72,7 @@ pub fn spawn(cache: &Arc<Cache>) {
             q.add(format!("{}/{name}", str_at(s, "/metadata/namespace")));
         }
     });
-    super::spawn_controller("endpoint-controller", queue, move |key| {
+    runtime::spawn_controller("endpoint-controller", queue, move |key| {
         reconcile(ctx.clone(), key)
     });
 }

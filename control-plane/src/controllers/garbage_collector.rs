@@ -11,10 +11,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::Action;
-use super::Cache;
 use crate::objects::{DeleteOptions, ListOptions, ObjectError, Objects};
 use crate::registry::ResourceType;
+use crate::runtime::{spawn_object_controller, Action, Cache};
 
 const ORPHAN: &str = "orphan";
 const FOREGROUND: &str = "foregroundDeletion";
@@ -249,7 +248,7 @@ pub fn spawn(cache: &Arc<Cache>) {
     let mut queues = HashMap::new();
     for rt in registry.resources {
         let o = owners.clone();
-        let queue = super::run(cache, rt, "garbage-collector", move |objects, obj| {
+        let queue = spawn_object_controller(cache, rt, "garbage-collector", move |objects, obj| {
             reconcile(objects, o.clone(), rt, obj)
         });
         queues.insert(rt.prefix(None), queue);

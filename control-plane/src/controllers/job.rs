@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::pods::{self, condition_true, str_at};
-use super::{cache, written_rev, Action, Cache, Informer, Queue};
+use crate::events::{Event, EventType, Events, Recorder};
 use crate::objects::{now, now_string, DeleteOptions, ObjectError, Objects, Target, WriteOptions};
+use crate::runtime::{self, cache, written_rev, Action, Cache, Informer, Queue};
 use crate::store::Revision;
 
 const COMPONENT: &str = "job-controller";
@@ -36,15 +37,17 @@ struct Ctx {
     backoff_base: Duration,
     /// When each job (by uid) last saw a pod fail: new pods wait out the back-off.
     last_failure: Mutex<HashMap<String, Instant>>,
+    events: Recorder,
 }
 
-pub fn spawn(cache: &Arc<Cache>, backoff_base: Duration) {
+pub fn spawn(cache: &Arc<Cache>, backoff_base: Duration, events: &Arc<Events>) {
     let ctx = Arc::new(Ctx {
         objects: cache.objects().clone(),
         jobs: cache.of("batch", "v1", "jobs"),
         pods: cache.of("", "v1", "pods"),
         backoff_base,
         last_failure: Mutex::default(),
+        events: events.recorder(COMPONENT),
     });
     let queue = Queue::new();
     let q = queue.clone();
@@ -53,7 +56,7 @@ pub fn spawn(cache: &Arc<Cache>, backoff_base: Duration) {
         q.add(cache::key_of(c.object()));
     });
     super::queue_controllers(&ctx.pods, "Job", &queue);
-    super::spawn_controller(COMPONENT, queue, move |key| reconcile(ctx.clone(), key));
+    runtime::spawn_controller(COMPONENT, queue, move |key| reconcile(ctx.clone(), key));
 }
 
 fn has_finalizer(p: &Value) -> bool {
@@ -136,7 +139,7 @@ async fn delete_pod(ctx: &Ctx, job: &Value, pod: &Value) -> Result<Revision, Obj
         Ok(w) => {
             ctx.event(
                 job,
-                "Normal",
+                EventType::Normal,
                 "SuccessfulDelete",
                 &format!("Deleted pod: {name}"),
             );
@@ -327,7 +330,7 @@ async fn reconcile(ctx: Arc<Ctx>, key: String) -> Result<Action, ObjectError> {
                 "JobSuspended",
                 "Job suspended",
             );
-            ctx.event(&job, "Normal", "Suspended", "Job suspended");
+            ctx.event(&job, EventType::Normal, "Suspended", "Job suspended");
         }
         st.status.as_object_mut().map(|s| s.remove("startTime"));
         st.active.clear();
@@ -340,7 +343,7 @@ async fn reconcile(ctx: Arc<Ctx>, key: String) -> Result<Action, ObjectError> {
                 "JobResumed",
                 "Job resumed",
             );
-            ctx.event(&job, "Normal", "Resumed", "Job resumed");
+            ctx.event(&job, EventType::Normal, "Resumed", "Job resumed");
         }
         if st.status.get("startTime").is_none_or(Value::is_null) {
             st.status["startTime"] = json!(now_string());
@@ -364,7 +367,7 @@ async fn reconcile(ctx: Arc<Ctx>, key: String) -> Result<Action, ObjectError> {
                 if condition_true(&job, type_).is_none() {
                     set_condition(&mut st.status, type_, "True", &reason, &message);
                     if type_ == "FailureTarget" {
-                        ctx.event(&job, "Warning", &reason, &message);
+                        ctx.event(&job, EventType::Warning, &reason, &message);
                     }
                 }
                 for p in &st.active {
@@ -376,7 +379,7 @@ async fn reconcile(ctx: Arc<Ctx>, key: String) -> Result<Action, ObjectError> {
                     if type_ == "SuccessCriteriaMet" {
                         set_condition(&mut st.status, "Complete", "True", &reason, &message);
                         st.status["completionTime"] = json!(now_string());
-                        ctx.event(&job, "Normal", "Completed", "Job completed");
+                        ctx.event(&job, EventType::Normal, "Completed", "Job completed");
                     } else {
                         set_condition(&mut st.status, "Failed", "True", &reason, &message);
                     }
@@ -632,7 +635,7 @@ async fn manage(
                 let created: Value = serde_json::from_slice(&w.object).unwrap_or_default();
                 ctx.event(
                     job,
-                    "Normal",
+                    EventType::Normal,
                     "SuccessfulCreate",
                     &format!("Created pod: {}", str_at(&created, "/metadata/name")),
                 );
@@ -641,7 +644,7 @@ async fn manage(
             Err(e) => {
                 ctx.event(
                     job,
-                    "Warning",
+                    EventType::Warning,
                     "FailedCreate",
                     &format!("Error creating: {e}"),
                 );
@@ -757,8 +760,13 @@ async fn ttl(ctx: &Ctx, job: &Value, done: &Value) -> Result<Action, ObjectError
 }
 
 impl Ctx {
-    fn event(&self, job: &Value, type_: &'static str, reason: &str, msg: &str) {
-        super::emit_event(&self.objects, job, "Job", type_, reason, msg, COMPONENT);
+    fn event(&self, job: &Value, type_: EventType, reason: &str, msg: &str) {
+        let event = Event {
+            type_,
+            reason,
+            message: msg,
+        };
+        self.events.publish(job, "Job", event);
     }
 }
 
@@ -778,7 +786,7 @@ mod tests {
     async fn run(job: Value) -> (Arc<Objects>, tempfile::TempDir) {
         let (objects, d) = objects().await;
         let cache = Cache::new(objects.clone());
-        spawn(&cache, Duration::ZERO);
+        spawn(&cache, Duration::ZERO, &Events::start(objects.clone()));
         crate::controllers::kubelet::spawn(objects.clone());
         create(&objects, "batch", "jobs", job).await;
         (objects, d)

@@ -1,88 +1,34 @@
-//! Controllers: plain reconcile functions over the shared watched cache ([`cache`]), each
-//! driven by a work queue of keys ([`spawn_controller`]); [`spawn_all`] composes them.
+//! Controllers: plain reconcile functions on the controller runtime ([`crate::runtime`]:
+//! the shared watched cache, work queues, `spawn_controller`), one module per controller,
+//! and the helpers they share; [`crate::cluster`] composes them.
 
-mod cache;
-mod cronjob;
-mod daemonset;
-mod deployment;
-mod endpoints;
-mod garbage_collector;
-mod job;
-mod kubernetes_service;
-mod namespace;
-mod node_ipam;
-mod node_lifecycle;
+pub(crate) mod cronjob;
+pub(crate) mod daemonset;
+pub(crate) mod deployment;
+pub(crate) mod endpoints;
+pub(crate) mod garbage_collector;
+pub(crate) mod job;
+pub(crate) mod kubernetes_service;
+pub(crate) mod namespace;
+pub(crate) mod node_ipam;
+pub(crate) mod node_lifecycle;
 pub(crate) mod pods;
-mod replicaset;
-mod service_lb;
-mod system_namespaces;
+pub(crate) mod replicaset;
+pub(crate) mod service_lb;
+pub(crate) mod system_namespaces;
 
-pub use cache::{key_of, split_key, Cache, Change, Informer};
 pub use node_ipam::NodeIpamConfig;
 pub use node_lifecycle::NodeLifecycleConfig;
 pub use system_namespaces::ensure as ensure_system_namespaces;
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::Value;
-use tracing::Instrument;
 
-use crate::objects::{ObjectError, Objects, Written};
+use crate::objects::{ObjectError, Objects};
 use crate::registry::ResourceType;
+use crate::runtime::{written_rev, Informer, Queue};
 use crate::store::Revision;
-
-/// What a reconcile asks for next.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Action {
-    Done,
-    RequeueAfter(Duration),
-}
-
-/// Settings of the control loops (flags of `skiff server`).
-#[derive(Clone, Debug, Default)]
-pub struct ControllerConfig {
-    pub node_lifecycle: NodeLifecycleConfig,
-    /// Pod ranges for nodes (kube's `--allocate-node-cidrs`); `None` leaves nodes without.
-    pub node_ipam: Option<NodeIpamConfig>,
-    /// How the scheduler ranks nodes that fit (spread or bin-pack).
-    pub scoring: crate::scheduler::Scoring,
-    /// Where pods reach the API server: the `kubernetes` Service's endpoint (set by
-    /// [`crate::cluster::start`] from the server it started).
-    pub api_endpoint: Option<std::net::SocketAddr>,
-}
-
-/// Starts every control-plane controller and the scheduler over one shared cache.
-pub fn spawn_all(objects: Arc<Objects>, config: ControllerConfig) -> Arc<Cache> {
-    let cache = Cache::new(objects.clone());
-    let ns = objects
-        .registry()
-        .find("", "v1", "namespaces")
-        .expect("namespaces are served");
-    run(&cache, ns, "namespace", namespace::reconcile);
-    tokio::spawn(system_namespaces::run(objects.clone()));
-    tokio::spawn(kubernetes_service::run(
-        objects.clone(),
-        config.api_endpoint,
-    ));
-    garbage_collector::spawn(&cache);
-    replicaset::spawn(&cache, &replicaset::REPLICA_SET);
-    deployment::spawn(&cache);
-    daemonset::spawn(&cache);
-    job::spawn(&cache, job::BACKOFF_BASE);
-    cronjob::spawn(&cache);
-    endpoints::spawn(&cache);
-    service_lb::spawn(&cache);
-    node_lifecycle::spawn(&cache, config.node_lifecycle);
-    if let Some(ipam) = config.node_ipam {
-        node_ipam::spawn(&cache, ipam);
-    }
-    replicaset::spawn(&cache, &replicaset::REPLICATION_CONTROLLER);
-    crate::scheduler::spawn(&cache, config.scoring);
-    cache
-}
 
 /// Rewrites `obj` (its main object or its status), provided it is still the object this
 /// controller saw (the same uid, not one re-created under its name): `edit` gets the
@@ -168,161 +114,6 @@ pub async fn edit_meta_list(
     }
 }
 
-pub use crate::events::emit as emit_event;
-
-/// How many objects a controller reconciles at once (never the same object twice at once):
-/// their writes then share the store's group commits instead of queueing one by one.
-const CONCURRENCY: usize = 32;
-
-/// The revision of a write (the `resourceVersion` the store stamped on it).
-pub fn written_rev(w: &Written) -> Revision {
-    serde_json::from_slice::<Value>(&w.object)
-        .ok()
-        .and_then(|v| {
-            v.pointer("/metadata/resourceVersion")
-                .and_then(Value::as_str)
-                .and_then(|s| s.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// A controller's work queue of object keys (`namespace/name`): each key once however
-/// often it is added while waiting, at most [`CONCURRENCY`] running, never one key twice at
-/// once (a key added while it runs is queued again when it ends).
-pub struct Queue {
-    state: std::sync::Mutex<QueueState>,
-    ready: tokio::sync::Notify,
-    /// How many keys may be reconciled at once.
-    concurrency: usize,
-}
-
-impl Default for Queue {
-    fn default() -> Self {
-        Queue {
-            state: Default::default(),
-            ready: Default::default(),
-            concurrency: CONCURRENCY,
-        }
-    }
-}
-
-#[derive(Default)]
-struct QueueState {
-    order: VecDeque<String>,
-    waiting: HashSet<String>,
-    running: HashSet<String>,
-    failures: HashMap<String, u32>,
-}
-
-impl Queue {
-    pub fn new() -> Arc<Queue> {
-        Arc::default()
-    }
-
-    /// A queue running up to `concurrency` reconciles at once (the scheduler's bindings
-    /// are cheap to decide and wait mostly on the disk: many share one commit).
-    pub fn with_concurrency(concurrency: usize) -> Arc<Queue> {
-        Arc::new(Queue {
-            concurrency: concurrency.max(1),
-            ..Default::default()
-        })
-    }
-
-    pub fn add(&self, key: String) {
-        let mut st = self.state.lock().expect("queue");
-        if st.waiting.insert(key.clone()) && !st.running.contains(&key) {
-            st.order.push_back(key);
-            drop(st);
-            self.ready.notify_one();
-        }
-    }
-
-    /// The next key to reconcile, if a slot is free.
-    fn next(&self) -> Option<String> {
-        let mut st = self.state.lock().expect("queue");
-        if st.running.len() >= self.concurrency {
-            return None;
-        }
-        let key = st.order.pop_front()?;
-        st.waiting.remove(&key);
-        st.running.insert(key.clone());
-        Some(key)
-    }
-
-    /// `key`'s reconcile ended: if it was added meanwhile, it is queued now. Returns the
-    /// back-off for a failure (growing with consecutive failures of the key).
-    fn done(&self, key: &str, failed: bool) -> Duration {
-        let mut st = self.state.lock().expect("queue");
-        st.running.remove(key);
-        if st.waiting.contains(key) {
-            st.order.push_back(key.to_string());
-        }
-        let n = if failed {
-            let n = st.failures.entry(key.to_string()).or_default();
-            *n += 1;
-            *n
-        } else {
-            st.failures.remove(key);
-            0
-        };
-        drop(st);
-        self.ready.notify_one();
-        Duration::from_millis(100 * 2u64.pow(n.min(8)))
-    }
-
-    /// Adds `key` after `delay`.
-    pub fn add_after(self: &Arc<Self>, key: String, delay: Duration) {
-        let q = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            q.add(key);
-        });
-    }
-}
-
-/// Runs a controller: reconciles the keys of `queue` as they come, requeueing as asked and
-/// retrying failures with back-off.
-pub fn spawn_controller<F, Fut>(name: &'static str, queue: Arc<Queue>, reconcile: F)
-where
-    F: Fn(String) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Action, ObjectError>> + Send + 'static,
-{
-    let reconcile = Arc::new(reconcile);
-    tokio::spawn(async move {
-        loop {
-            while let Some(key) = queue.next() {
-                let (reconcile, queue) = (reconcile.clone(), queue.clone());
-                tokio::spawn(async move {
-                    let span = tracing::debug_span!("reconcile", controller = name, object = %key);
-                    let result = reconcile(key.clone()).instrument(span).await;
-                    let failed =
-                        matches!(&result, Err(e) if !matches!(e, ObjectError::NotFound { .. }));
-                    let backoff = queue.done(&key, failed);
-                    match result {
-                        Ok(Action::Done) | Err(ObjectError::NotFound { .. }) => {}
-                        Ok(Action::RequeueAfter(d)) => queue.add_after(key, d),
-                        Err(e) => {
-                            tracing::warn!(controller = name, object = %key, error = %e, "reconcile failed");
-                            queue.add_after(key, backoff);
-                        }
-                    }
-                });
-            }
-            queue.ready.notified().await;
-        }
-    });
-}
-
-/// Queues the key of every object of `informer` that is added or changed.
-pub fn queue_changes(informer: &Informer, queue: &Arc<Queue>) {
-    let q = queue.clone();
-    informer.on_change(move |c| {
-        if c.new.is_some() {
-            q.add(cache::key_of(c.object()));
-        }
-    });
-}
-
 /// Queues the controller (`namespace/name`) of every object of `informer` that changes or
 /// goes, when that controller is of `kind` (owned objects mapped back to their owner).
 pub fn queue_controllers(informer: &Informer, kind: &'static str, queue: &Arc<Queue>) {
@@ -340,68 +131,15 @@ pub fn queue_controllers(informer: &Informer, kind: &'static str, queue: &Arc<Qu
     });
 }
 
-/// A controller of one resource whose reconcile takes the object itself (the cached
-/// latest state of each changed object; deletions are not reconciled). Returns its queue.
-pub fn run<F, Fut>(
-    cache: &Arc<Cache>,
-    rt: &'static ResourceType,
-    name: &'static str,
-    reconcile: F,
-) -> Arc<Queue>
-where
-    F: Fn(Arc<Objects>, Value) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Action, ObjectError>> + Send + 'static,
-{
-    let queue = Queue::new();
-    let informer = cache.informer(rt);
-    queue_changes(&informer, &queue);
-    let objects = cache.objects().clone();
-    let reconcile = Arc::new(reconcile);
-    spawn_controller(name, queue.clone(), move |key| {
-        let (objects, informer, reconcile) = (objects.clone(), informer.clone(), reconcile.clone());
-        async move {
-            let (ns, n) = cache::split_key(&key);
-            match informer.get(ns, n) {
-                Some(obj) => reconcile(objects, (*obj).clone()).await,
-                None => Ok(Action::Done),
-            }
-        }
-    });
-    queue
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn queue_holds_each_key_once_and_never_runs_a_key_twice() {
-        let q = Queue::default();
-        q.add("ns/a".into());
-        q.add("ns/b".into());
-        q.add("ns/a".into());
-        assert_eq!(q.next().as_deref(), Some("ns/a"));
-        q.add("ns/a".into());
-        assert_eq!(q.next().as_deref(), Some("ns/b"));
-        assert!(q.next().is_none(), "a is running; it waits");
-        q.done("ns/a", false);
-        assert_eq!(q.next().as_deref(), Some("ns/a"));
-        q.done("ns/a", false);
-        q.done("ns/b", false);
-        assert_eq!(q.done("ns/x", true), Duration::from_millis(200));
-        assert_eq!(q.done("ns/x", true), Duration::from_millis(400));
-        assert_eq!(q.done("ns/x", false), Duration::from_millis(100));
-        assert!(q.next().is_none());
-    }
-}
-
 /// A store with the `default` namespace, for controller tests.
 #[cfg(test)]
 pub(crate) mod testing {
     use super::*;
-    use crate::objects::WriteOptions;
+    use crate::objects::{WriteOptions, Written};
     use crate::registry::Registry;
     use crate::store::SledStore;
+    use std::future::Future;
+    use std::time::Duration;
 
     pub async fn objects() -> (Arc<Objects>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
@@ -494,6 +232,7 @@ pub(crate) mod kubelet {
     use super::*;
     use crate::objects::{Target, WriteOptions};
     use serde_json::json;
+    use std::time::Duration;
 
     /// What a pod does: runs, unless its annotations say it ends (`test.skiff.dev/exit`:
     /// 0 succeeds, else fails; `test.skiff.dev/fail-indexes`: those job indexes fail, the

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::Action;
 use crate::objects::{DeleteOptions, ListOptions, ObjectError, Objects, WriteOptions};
+use crate::runtime::Action;
 
 const FINALIZER: &str = "kubernetes";
 /// Content removal starts (at second granularity) about this long after the namespace is marked, as with Kubernetes'

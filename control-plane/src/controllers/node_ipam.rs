@@ -11,8 +11,9 @@ use serde_json::{json, Value};
 use skiff_api::cidr::Cidr;
 
 use super::pods::str_at;
-use super::{cache, Action, Cache, Informer, Queue};
+use crate::events::{Event, Events, Recorder};
 use crate::objects::{ObjectError, Objects, Target};
+use crate::runtime::{self, cache, Action, Cache, Informer, Queue};
 
 const COMPONENT: &str = "node-ipam-controller";
 /// A node that found the cluster range full looks again after this.
@@ -87,6 +88,7 @@ struct Ctx {
     nodes: Arc<Informer>,
     ranges: Mutex<Ranges>,
     queue: Arc<Queue>,
+    events: Recorder,
 }
 
 impl Ctx {
@@ -99,19 +101,20 @@ impl Ctx {
     }
 }
 
-pub fn spawn(cache: &Arc<Cache>, config: NodeIpamConfig) {
+pub fn spawn(cache: &Arc<Cache>, config: NodeIpamConfig, events: &Arc<Events>) {
     let ctx = Arc::new(Ctx {
         config,
         objects: cache.objects().clone(),
         nodes: cache.of("", "v1", "nodes"),
         ranges: Mutex::default(),
         queue: Queue::new(),
+        events: events.recorder(COMPONENT),
     });
     let queue = ctx.queue.clone();
     let q = queue.clone();
     ctx.nodes
         .on_change(move |ch| q.add(cache::key_of(ch.object())));
-    super::spawn_controller(COMPONENT, queue, move |key| reconcile(ctx.clone(), key));
+    runtime::spawn_controller(COMPONENT, queue, move |key| reconcile(ctx.clone(), key));
 }
 
 async fn reconcile(ctx: Arc<Ctx>, key: String) -> Result<Action, ObjectError> {
@@ -148,15 +151,8 @@ async fn reconcile(ctx: Arc<Ctx>, key: String) -> Result<Action, ObjectError> {
             .waiting
             .insert(name.to_string());
         let msg = format!("Node {name} status is now: CIDRNotAvailable");
-        super::emit_event(
-            &ctx.objects,
-            &node,
-            "Node",
-            "Normal",
-            "CIDRNotAvailable",
-            &msg,
-            COMPONENT,
-        );
+        ctx.events
+            .publish(&node, "Node", Event::normal("CIDRNotAvailable", &msg));
         return Ok(Action::RequeueAfter(FULL_RETRY));
     };
     let cidr = cluster
@@ -240,7 +236,7 @@ mod tests {
             cluster_cidr: "10.8.0.0/22".parse().unwrap(),
             node_mask: 24,
         };
-        spawn(&cache, config);
+        spawn(&cache, config, &Events::start(objects.clone()));
         let nodes = cache.of("", "v1", "nodes");
         let named = |n: &str| json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}});
         // One node already has a range (set by hand): the others must avoid it.

@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::pods::{self, str_at};
-use super::{cache, Action, Cache, Informer, Queue};
+use crate::events::{Event, Events, Recorder};
 use crate::objects::{now, now_string, DeleteOptions, ObjectError, Objects, Target, WriteOptions};
+use crate::runtime::{self, cache, Action, Cache, Informer, Queue};
 
 const COMPONENT: &str = "node-controller";
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
@@ -48,6 +49,9 @@ struct Ctx {
     /// Per node: the heartbeat last seen (lease renew time or Ready heartbeat time) and
     /// when this controller saw it change.
     probes: Mutex<HashMap<String, (String, Instant)>>,
+    events: Recorder,
+    /// Evictions are reported as the taint eviction controller, as in Kubernetes.
+    evictions: Recorder,
 }
 
 impl Ctx {
@@ -77,13 +81,15 @@ impl Ctx {
     }
 }
 
-pub fn spawn(cache: &Arc<Cache>, config: NodeLifecycleConfig) {
+pub fn spawn(cache: &Arc<Cache>, config: NodeLifecycleConfig, events: &Arc<Events>) {
     let ctx = Arc::new(Ctx {
         config,
         objects: cache.objects().clone(),
         nodes: cache.of("", "v1", "nodes"),
         pods: cache.of("", "v1", "pods"),
         probes: Mutex::default(),
+        events: events.recorder(COMPONENT),
+        evictions: events.recorder("taint-eviction-controller"),
     });
     ctx.pods.add_index(NODE_INDEX, |p| {
         Some(str_at(p, "/spec/nodeName").to_string()).filter(|n| !n.is_empty())
@@ -118,7 +124,7 @@ pub fn spawn(cache: &Arc<Cache>, config: NodeLifecycleConfig) {
                 c.probe(str_at(lease, "/metadata/name"), renew);
             }
         });
-    super::spawn_controller(COMPONENT, queue, move |key| reconcile(ctx.clone(), key));
+    runtime::spawn_controller(COMPONENT, queue, move |key| reconcile(ctx.clone(), key));
 }
 
 async fn reconcile(ctx: Arc<Ctx>, key: String) -> Result<Action, ObjectError> {
@@ -180,15 +186,8 @@ async fn mark_unknown(ctx: &Ctx, node: &Value) -> Result<(), ObjectError> {
         )
         .await?;
     let msg = format!("Node {name} status is now: NodeNotReady");
-    super::emit_event(
-        &ctx.objects,
-        node,
-        "Node",
-        "Normal",
-        "NodeNotReady",
-        &msg,
-        COMPONENT,
-    );
+    ctx.events
+        .publish(node, "Node", Event::normal("NodeNotReady", &msg));
     for pod in ctx.pods.by_index(NODE_INDEX, &name) {
         if !pods::is_ready(&pod) || pods::is_terminal(&pod) {
             continue;
@@ -405,15 +404,8 @@ async fn evict_pod(ctx: &Ctx, pod: &Value) -> Result<(), ObjectError> {
         Err(e) => return Err(e),
     }
     let msg = format!("Marking for deletion Pod {ns}/{name}");
-    super::emit_event(
-        &ctx.objects,
-        pod,
-        "Pod",
-        "Normal",
-        "TaintManagerEviction",
-        &msg,
-        "taint-eviction-controller",
-    );
+    ctx.evictions
+        .publish(pod, "Pod", Event::normal("TaintManagerEviction", &msg));
     Ok(())
 }
 

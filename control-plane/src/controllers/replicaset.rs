@@ -12,9 +12,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::{json, Map, Value};
 
 use super::pods::{self, str_at};
-use super::{cache, written_rev, Action, Cache, Informer, Queue};
+use crate::events::{Event, EventType, Events, Recorder};
 use crate::objects::{DeleteOptions, ObjectError, Objects, Target, WriteOptions};
 use crate::registry::ResourceType;
+use crate::runtime::{self, cache, written_rev, Action, Cache, Informer, Queue};
 use crate::selectors::label_selector_matches_json;
 use crate::store::Revision;
 
@@ -72,26 +73,28 @@ struct Ctx {
     objects: Arc<Objects>,
     sets: Arc<Informer>,
     pods: Arc<Informer>,
+    events: Recorder,
 }
 
 /// Starts the controller of `kind`: a set is reconciled when it changes and when one of
 /// its pods (or a pod it could adopt) does.
-pub fn spawn(cache: &Arc<Cache>, kind: &'static SetKind) {
+pub fn spawn(cache: &Arc<Cache>, kind: &'static SetKind, events: &Arc<Events>) {
     let ctx = Arc::new(Ctx {
         kind,
         objects: cache.objects().clone(),
         sets: cache.of(kind.group, kind.version, kind.plural),
         pods: cache.of("", "v1", "pods"),
+        events: events.recorder(kind.component),
     });
     let queue = Queue::new();
-    super::queue_changes(&ctx.sets, &queue);
+    runtime::queue_changes(&ctx.sets, &queue);
     let (q, sets) = (queue.clone(), ctx.sets.clone());
     ctx.pods.on_change(move |c| {
         for state in [c.old.as_deref(), c.new.as_deref()].into_iter().flatten() {
             owners_to_sync(kind, &sets, state, &mut |k| q.add(k));
         }
     });
-    super::spawn_controller(kind.component, queue, move |key| {
+    runtime::spawn_controller(kind.component, queue, move |key| {
         reconcile(ctx.clone(), key)
     });
 }
@@ -286,13 +289,13 @@ async fn manage(
                 .await?;
             let created: Value = serde_json::from_slice(&w.object).unwrap_or_default();
             let msg = format!("Created pod: {}", str_at(&created, "/metadata/name"));
-            ctx.event(set, "Normal", "SuccessfulCreate", &msg);
+            ctx.event(set, EventType::Normal, "SuccessfulCreate", &msg);
             Ok(written_rev(&w))
         };
         return slow_start(n, create).await.map_err(|(rev, e)| {
             ctx.event(
                 set,
-                "Warning",
+                EventType::Warning,
                 "FailedCreate",
                 &format!("Error creating: {e}"),
             );
@@ -319,7 +322,7 @@ async fn manage(
                 Ok(w) => {
                     ctx.event(
                         set,
-                        "Normal",
+                        EventType::Normal,
                         "SuccessfulDelete",
                         &format!("Deleted pod: {pod_name}"),
                     );
@@ -341,7 +344,7 @@ async fn manage(
         if let Some(e) = failed {
             ctx.event(
                 set,
-                "Warning",
+                EventType::Warning,
                 "FailedDelete",
                 &format!("Error deleting: {e}"),
             );
@@ -379,16 +382,13 @@ where
 }
 
 impl Ctx {
-    fn event(&self, set: &Value, type_: &'static str, reason: &'static str, msg: &str) {
-        super::emit_event(
-            &self.objects,
-            set,
-            self.kind.kind,
+    fn event(&self, set: &Value, type_: EventType, reason: &'static str, msg: &str) {
+        let event = Event {
             type_,
             reason,
-            msg,
-            self.kind.component,
-        );
+            message: msg,
+        };
+        self.events.publish(set, self.kind.kind, event);
     }
 
     /// The pods of sets sharing this set's controller (a Deployment's other ReplicaSets):
@@ -542,7 +542,7 @@ mod controller_tests {
         let other = json!({"metadata": {"name": "other", "labels": {"app": "db"}}, "spec": {"containers": [{"name": "c", "image": "x"}]}});
         create(&objects, "", "pods", other).await;
         let cache = Cache::new(objects.clone());
-        spawn(&cache, &REPLICA_SET);
+        spawn(&cache, &REPLICA_SET, &Events::start(objects.clone()));
         let rs = json!({"metadata": {"name": "web"}, "spec": {"replicas": 3,
             "selector": {"matchLabels": {"app": "web"}},
             "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "x"}]}}}});
@@ -643,7 +643,11 @@ mod controller_tests {
     async fn replication_controllers_replace_deleted_pods() {
         let (objects, _d) = objects().await;
         let cache = Cache::new(objects.clone());
-        spawn(&cache, &REPLICATION_CONTROLLER);
+        spawn(
+            &cache,
+            &REPLICATION_CONTROLLER,
+            &Events::start(objects.clone()),
+        );
         let rc = json!({"metadata": {"name": "rc"}, "spec": {"replicas": 2,
             "template": {"metadata": {"labels": {"app": "rc"}}, "spec": {"containers": [{"name": "c", "image": "x"}]}}}});
         let rc = create(&objects, "", "replicationcontrollers", rc).await;

@@ -10,20 +10,23 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::pods::str_at;
-use super::{cache, Action, Cache, Informer, Queue};
+use crate::events::{Event, Events, Recorder};
 use crate::objects::{ObjectError, Objects, Target};
+use crate::runtime::{self, cache, Action, Cache, Informer, Queue};
 
 struct Ctx {
     objects: Arc<Objects>,
     services: Arc<Informer>,
     nodes: Arc<Informer>,
+    events: Recorder,
 }
 
-pub fn spawn(cache: &Arc<Cache>) {
+pub fn spawn(cache: &Arc<Cache>, events: &Arc<Events>) {
     let ctx = Arc::new(Ctx {
         objects: cache.objects().clone(),
         services: cache.of("", "v1", "services"),
         nodes: cache.of("", "v1", "nodes"),
+        events: events.recorder("service-lb-controller"),
     });
     let queue = Queue::new();
     let q = queue.clone();
@@ -41,7 +44,7 @@ pub fn spawn(cache: &Arc<Cache>) {
     });
     let q = queue.clone();
     ctx.nodes.on_change(move |_| q.add(ALL.into()));
-    super::spawn_controller("service-lb-controller", queue.clone(), move |key| {
+    runtime::spawn_controller("service-lb-controller", queue.clone(), move |key| {
         reconcile(ctx.clone(), queue.clone(), key)
     });
 }
@@ -165,15 +168,8 @@ async fn reconcile(ctx: Arc<Ctx>, queue: Arc<Queue>, key: String) -> Result<Acti
     }
     if let Some((other, (port, proto))) = &conflict {
         let msg = format!("port {port}/{proto} is in use by Service {other}");
-        super::emit_event(
-            &ctx.objects,
-            &svc,
-            "Service",
-            "Warning",
-            "PortConflict",
-            &msg,
-            "service-lb-controller",
-        );
+        ctx.events
+            .publish(&svc, "Service", Event::warning("PortConflict", &msg));
     }
     super::update_same(
         &ctx.objects,
@@ -245,7 +241,7 @@ mod tests {
     async fn ready_nodes_are_the_ingress_and_a_taken_port_waits() {
         let (o, _dir) = testing::objects().await;
         let cache = Cache::new(o.clone());
-        spawn(&cache);
+        spawn(&cache, &Events::start(o.clone()));
         node(&o, "a", "192.0.2.2", true).await;
         node(&o, "b", "192.0.2.1", true).await;
         node(&o, "down", "192.0.2.9", false).await;

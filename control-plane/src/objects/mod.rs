@@ -245,7 +245,6 @@ pub struct Objects {
     /// Serializes the writes of kinds that allocate from a shared pool (Services' IPs and
     /// node ports), so that two cannot take the same value.
     alloc: tokio::sync::Mutex<()>,
-    events: crate::events::Queue,
 }
 
 impl Objects {
@@ -255,13 +254,7 @@ impl Objects {
             registry,
             admission: Chain::new(&Admission::default()),
             alloc: tokio::sync::Mutex::new(()),
-            events: Default::default(),
         }
-    }
-
-    /// The queue of Events waiting to be written ([`crate::events::emit`]).
-    pub fn events(&self) -> &crate::events::Queue {
-        &self.events
     }
 
     /// The same, with the built-in admission plugins set so.

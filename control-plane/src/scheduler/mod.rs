@@ -11,9 +11,10 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use serde_json::{json, Value};
 
-use crate::controllers::{Action, Queue};
+use crate::events::{Event, Events, Recorder};
 use crate::objects::{now_string, ObjectError, Objects, Target, WriteOptions};
 use crate::registry::decode;
+use crate::runtime::{self, Action, Queue};
 
 pub(crate) mod framework;
 
@@ -129,11 +130,11 @@ struct PodFacts<'a> {
 
 impl<'a> PodFacts<'a> {
     fn of(p: &'a Value) -> PodFacts<'a> {
-        use crate::controllers::pods::{is_terminal, str_at};
+        let str_at = |ptr| p.pointer(ptr).and_then(Value::as_str).unwrap_or_default();
         PodFacts {
-            uid: str_at(p, "/metadata/uid"),
-            node: Some(str_at(p, "/spec/nodeName")).filter(|n| !n.is_empty()),
-            terminal: is_terminal(p),
+            uid: str_at("/metadata/uid"),
+            node: Some(str_at("/spec/nodeName")).filter(|n| !n.is_empty()),
+            terminal: matches!(str_at("/status/phase"), "Succeeded" | "Failed"),
         }
     }
 }
@@ -271,14 +272,14 @@ impl Cache {
     /// Follows the shared cache's pods and nodes; queues pods to schedule: new unbound
     /// pods and ones whose spec changed, and the unschedulable ones when a node comes or
     /// changes or a pod goes (freeing room).
-    fn follow(self: &Arc<Self>, shared: &crate::controllers::Cache, queue: &Arc<Queue>) {
+    fn follow(self: &Arc<Self>, shared: &runtime::Cache, queue: &Arc<Queue>) {
         let (pods, nodes) = (shared.of("", "v1", "pods"), shared.of("", "v1", "nodes"));
         let (me, q) = (self.clone(), queue.clone());
         pods.on_change(move |c| {
             // Read as JSON: most changes are status writes of bound pods, and decoding
             // each into a typed Pod cost more than scheduling.
             let p = c.object();
-            let key = crate::controllers::key_of(p);
+            let key = runtime::key_of(p);
             let facts = PodFacts::of(p);
             let (node, terminal) = (facts.node, facts.terminal);
             let mut st = me.state.lock().expect("scheduler cache");
@@ -351,18 +352,20 @@ impl Cache {
 }
 
 /// Starts the scheduler over the shared cache.
-pub fn spawn(shared: &Arc<crate::controllers::Cache>, scoring: Scoring) {
+pub fn spawn(shared: &Arc<runtime::Cache>, scoring: Scoring, events: &Arc<Events>) {
     let cache = Arc::new(Cache::new(scoring));
     let queue = Queue::with_concurrency(BINDINGS_IN_FLIGHT);
     cache.follow(shared, &queue);
     let pods = shared.of("", "v1", "pods");
     let objects = shared.objects().clone();
-    crate::controllers::spawn_controller(SCHEDULER_NAME, queue, move |key| {
+    let events = events.recorder(SCHEDULER_NAME);
+    runtime::spawn_controller(SCHEDULER_NAME, queue, move |key| {
         let (objects, cache, pods) = (objects.clone(), cache.clone(), pods.clone());
+        let events = events.clone();
         async move {
-            let (ns, name) = crate::controllers::split_key(&key);
+            let (ns, name) = runtime::split_key(&key);
             match pods.get(ns, name) {
-                Some(pod) => reconcile(objects, cache, &pod).await,
+                Some(pod) => reconcile(objects, cache, &events, &pod).await,
                 None => Ok(Action::Done),
             }
         }
@@ -374,6 +377,7 @@ pub fn spawn(shared: &Arc<crate::controllers::Cache>, scoring: Scoring) {
 pub async fn reconcile(
     objects: Arc<Objects>,
     cache: Arc<Cache>,
+    events: &Recorder,
     pod_value: &Value,
 ) -> Result<Action, ObjectError> {
     // Most pod changes are of bound pods (status writes): skip them before decoding.
@@ -427,29 +431,13 @@ pub async fn reconcile(
                 }
             }
             let msg = format!("Successfully assigned {ns}/{name} to {node_name}");
-            crate::controllers::emit_event(
-                &objects,
-                pod_value,
-                "Pod",
-                "Normal",
-                "Scheduled",
-                &msg,
-                SCHEDULER_NAME,
-            );
+            events.publish(pod_value, "Pod", Event::normal("Scheduled", &msg));
             tracing::debug!(pod = %format!("{ns}/{name}"), node = %node_name, "scheduled");
             Ok(Action::Done)
         }
         Decision::Unschedulable(msg, moves) => {
-            crate::events::record(
-                &objects,
-                pod_value,
-                "Pod",
-                "Warning",
-                "FailedScheduling",
-                &msg,
-                SCHEDULER_NAME,
-            )
-            .await?;
+            let event = Event::warning("FailedScheduling", &msg);
+            events.record(pod_value, "Pod", event).await?;
             mark_unschedulable(&objects, &ns, &name, &msg).await?;
             let mut st = cache.state.lock().expect("scheduler cache");
             if st.moves != moves {
@@ -538,7 +526,7 @@ mod tests {
     /// A scheduler cache filled from the shared watched cache, as `spawn` makes it (its
     /// queue is not worked: the tests call `reconcile` themselves).
     async fn loaded(objects: &Arc<Objects>) -> Arc<Cache> {
-        let shared = crate::controllers::Cache::new(objects.clone());
+        let shared = runtime::Cache::new(objects.clone());
         let cache = Arc::new(Cache::default());
         cache.follow(&shared, &Queue::new());
         cache.wait_loaded().await;
@@ -554,7 +542,10 @@ mod tests {
             .unwrap();
         let cache = loaded(objects).await;
         let created: Value = serde_json::from_slice(&created.object).unwrap();
-        let action = reconcile(objects.clone(), cache, &created).await.unwrap();
+        let events = Events::start(objects.clone()).recorder(SCHEDULER_NAME);
+        let action = reconcile(objects.clone(), cache, &events, &created)
+            .await
+            .unwrap();
         (
             objects
                 .get_value(rt, Some("default"), &name)
@@ -664,10 +655,11 @@ mod tests {
             created.push(serde_json::from_slice::<Value>(&c.object).unwrap());
         }
         let cache = loaded(&objects).await;
+        let events = Events::start(objects.clone()).recorder(SCHEDULER_NAME);
         let results = futures::future::join_all(
             created
                 .iter()
-                .map(|p| reconcile(objects.clone(), cache.clone(), p)),
+                .map(|p| reconcile(objects.clone(), cache.clone(), &events, p)),
         )
         .await;
         assert!(results.iter().all(|r| matches!(r, Ok(Action::Done))));
@@ -689,8 +681,8 @@ mod tests {
     #[tokio::test]
     async fn unschedulable_pods_wait_for_a_cluster_change_instead_of_retrying() {
         let (objects, _d) = cluster().await;
-        let shared = crate::controllers::Cache::new(objects.clone());
-        spawn(&shared, Scoring::default());
+        let shared = runtime::Cache::new(objects.clone());
+        spawn(&shared, Scoring::default(), &Events::start(objects.clone()));
         let reg = objects.registry();
         let pods = reg.find("", "v1", "pods").unwrap();
         let w = WriteOptions::default();

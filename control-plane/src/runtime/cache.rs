@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::objects::{ListOptions, Objects, WatchFilter, WatchItem};
+use crate::objects::{ListOptions, Objects, WatchFilter, WatchItem, Written};
 use crate::registry::ResourceType;
 use crate::store::Revision;
 
@@ -44,6 +44,19 @@ pub fn key_of(obj: &Value) -> String {
 pub fn split_key(key: &str) -> (Option<&str>, &str) {
     let (ns, name) = key.split_once('/').unwrap_or(("", key));
     (Some(ns).filter(|n| !n.is_empty()), name)
+}
+
+/// The revision of a write (the `resourceVersion` the store stamped on it): what
+/// [`Informer::wait_for`] waits for.
+pub fn written_rev(w: &Written) -> Revision {
+    serde_json::from_slice::<Value>(&w.object)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .and_then(|s| s.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// A secondary index: objects by a value computed from each (pods by node name).
@@ -311,7 +324,7 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::objects::WriteOptions;
+    use crate::objects::{Target, WriteOptions};
     use crate::registry::Registry;
     use crate::store::SledStore;
     use serde_json::json;
@@ -345,7 +358,7 @@ mod tests {
                 .create(cms.rt, Some(n), json!({"metadata": {"name": name}}), &w)
                 .await
                 .unwrap();
-            last = crate::controllers::written_rev(&written);
+            last = written_rev(&written);
         }
         cms.wait_for(last).await;
         let names = |ns| {
@@ -360,7 +373,7 @@ mod tests {
             .delete(cms.rt, Some("a"), "x", &Default::default())
             .await
             .unwrap();
-        cms.wait_for(crate::controllers::written_rev(&gone)).await;
+        cms.wait_for(written_rev(&gone)).await;
         assert!(cms.get(Some("a"), "x").is_none());
         // An index follows changes: objects by a label.
         cms.add_index("team", |v| {
@@ -377,19 +390,17 @@ mod tests {
             )
             .await
             .unwrap();
-        cms.wait_for(crate::controllers::written_rev(&labelled))
-            .await;
+        cms.wait_for(written_rev(&labelled)).await;
         assert_eq!(cms.by_index("team", "red").len(), 1);
-        let moved = crate::controllers::testing::edit(
-            &objects,
-            cms.rt,
-            Some("b"),
-            "t",
-            crate::objects::Target::Main,
-            |next| next["metadata"]["labels"]["team"] = json!("blue"),
-        )
-        .await;
-        cms.wait_for(crate::controllers::written_rev(&moved)).await;
+        let moved = objects
+            .update_with(cms.rt, Some("b"), "t", Target::Main, &w, |cur| {
+                let mut next = cur.clone();
+                next["metadata"]["labels"]["team"] = json!("blue");
+                Ok(next)
+            })
+            .await
+            .unwrap();
+        cms.wait_for(written_rev(&moved)).await;
         assert!(cms.by_index("team", "red").is_empty());
         assert_eq!(cms.by_index("team", "blue").len(), 1);
         assert_eq!(
