@@ -121,9 +121,7 @@ impl Layout {
                     .into_iter()
                     .flatten()
                     .flatten()
-                    .filter(move |e| {
-                        !live.contains(&uid_of(dir, &e.file_name().to_string_lossy()))
-                    })
+                    .filter(move |e| !live.contains(&uid_of(dir, &e.file_name().to_string_lossy())))
                     .map(|e| e.path())
             })
             .collect()

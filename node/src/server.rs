@@ -283,14 +283,12 @@ async fn running_container(
         .chain(status.init_container_statuses.iter().flatten())
         .find(|c| c.name == name && c.state.as_ref().is_some_and(|s| s.running.is_some()))
         .and_then(|c| c.container_id.clone());
-    found
-        .and_then(|id| id.parse().ok())
-        .ok_or_else(|| {
-            (
-                StatusCode::NOT_FOUND,
-                format!("container not found (\"{name}\")"),
-            )
-        })
+    found.and_then(|id| id.parse().ok()).ok_or_else(|| {
+        (
+            StatusCode::NOT_FOUND,
+            format!("container not found (\"{name}\")"),
+        )
+    })
 }
 
 /// `GET /exec/{ns}/{pod}/{container}?command=…`: a process in a running container,
@@ -592,10 +590,14 @@ mod tests {
     }
 
     async fn get(host: Arc<FakeHost>, uri: &str) -> (StatusCode, String) {
-        let req = axum::extract::Request::get(uri).body(Body::empty()).unwrap();
+        let req = axum::extract::Request::get(uri)
+            .body(Body::empty())
+            .unwrap();
         let resp = app(host).oneshot(req).await.unwrap();
         let status = resp.status();
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 
@@ -629,7 +631,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let h = host(dir.path());
         let (status, msg) = get(h.clone(), "/exec/ns/gone/app?command=sh").await;
-        assert_eq!((status, msg.as_str()), (StatusCode::NOT_FOUND, "pod gone not found"));
+        assert_eq!(
+            (status, msg.as_str()),
+            (StatusCode::NOT_FOUND, "pod gone not found")
+        );
         let (status, msg) = get(h.clone(), "/exec/ns/web/app?command=sh").await;
         assert_eq!(
             (status, msg.as_str()),

@@ -672,13 +672,7 @@ async fn follow_services(client: &Client, cfg: &AgentConfig) -> ServiceFollowers
     let mut tasks: Vec<AbortOnDrop> = watch_tasks.map(AbortOnDrop).into();
     // Safety: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    let dns = crate::dns::start(
-        watch.clone(),
-        dns_changes,
-        crate::dns::CLUSTER_DNS_IP,
-        root,
-    )
-    .await;
+    let dns = crate::dns::start(watch.clone(), dns_changes, crate::dns::CLUSTER_DNS_IP, root).await;
     let dns = match dns {
         Ok((dns, task)) => {
             tasks.push(AbortOnDrop(task));

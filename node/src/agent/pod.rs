@@ -573,7 +573,11 @@ async fn supervise(
                         continue;
                     }
                 };
-                let class = pc.pod.spec.as_ref().and_then(|s| s.runtime_class_name.as_deref());
+                let class = pc
+                    .pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.runtime_class_name.as_deref());
                 let runtime = match pc.ctx.runtimes.for_image(&img, class) {
                     Ok(r) => r,
                     Err(msg) => {
@@ -1047,7 +1051,12 @@ async fn adopt(pc: &PodCtx, prev: ContainerStatus) -> Option<Adopted<'_>> {
 }
 
 /// An adopted container, its status, the runtime that runs it and its ID there.
-type Adopted<'a> = (Box<dyn Running>, ContainerStatus, &'a dyn Runtime, ContainerId);
+type Adopted<'a> = (
+    Box<dyn Running>,
+    ContainerStatus,
+    &'a dyn Runtime,
+    ContainerId,
+);
 
 /// The container's securityContext over its pod's.
 fn security(pod: &Pod, c: &Container) -> crate::runtime::Security {

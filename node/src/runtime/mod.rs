@@ -305,7 +305,10 @@ mod tests {
         let wasm = image(Content::Wasm("app.wasm".into()));
         let rootfs = image(Content::Rootfs(vec![]));
         assert_eq!(rts.for_image(&wasm, None).unwrap().name(), "wasm");
-        assert_eq!(rts.for_image(&wasm, Some(WASMTIME_CLASS)).unwrap().name(), "wasm");
+        assert_eq!(
+            rts.for_image(&wasm, Some(WASMTIME_CLASS)).unwrap().name(),
+            "wasm"
+        );
         let err = rts.for_image(&rootfs, Some(WASMTIME_CLASS)).err().unwrap();
         assert!(err.contains("RuntimeClass wasmtime run Wasm only"), "{err}");
         let err = rts.for_image(&rootfs, None).err().unwrap();

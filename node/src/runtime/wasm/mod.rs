@@ -594,7 +594,8 @@ impl Runtime for WasmRuntime {
         // Each kind of guest runs its own way; each run ends with the guest's result and
         // whether it went over its memory limit, and is supervised the same way. Boxed:
         // each run takes its own size, not the largest kind's.
-        let run: futures::future::BoxFuture<'static, (wasmtime::Result<()>, bool)> = match prepared {
+        let run: futures::future::BoxFuture<'static, (wasmtime::Result<()>, bool)> = match prepared
+        {
             Prepared::Module(pre) => {
                 let mut store = Store::new(
                     &self.engine,
