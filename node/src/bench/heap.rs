@@ -4,14 +4,19 @@
 //! reach the malloc heaptrack interposes. The agent is killed at the end of the bench, so
 //! what it still held then, the trace's leaks, is the idle pods' state plus the agent's own.
 //!
-//! Turn the raw trace into a report and sum it per part of a pod:
+//! Per pod: run the bench twice, with N and 2N idle pods, and sum what the second run held
+//! more than the first per part (`scripts/heap-parts.py`):
 //! ```sh
-//! /usr/lib/heaptrack/libexec/heaptrack_interpret < raw | zstd > t.zst
-//! heaptrack_print -f t.zst --print-leaks 1 --print-peaks 0 --print-allocators 0 \
-//!   --print-temporary 0 --print-flamegraph stacks.txt --flamegraph-cost-type leaked
+//! cargo build --release --features system-alloc
+//! for n in 300 600; do
+//!   SKIFF_BENCH_AGENT_HEAPTRACK=$PWD/n$n.raw target/release/skiff bench pods \
+//!     --pods 0 --oci-pods 0 --idle $n
+//!   /usr/lib/heaptrack/libexec/heaptrack_interpret < n$n.raw | zstd > n$n.zst
+//! done
+//! heaptrack_print -f n600.zst -d n300.zst -p 0 -a 0 -T 0 -F diff.stacks \
+//!   --flamegraph-cost-type leaked
+//! scripts/heap-parts.py diff.stacks 300 --sites
 //! ```
-//! then [`parts`] (`skiff bench heap-parts stacks.txt --pods N`) attributes each stack's
-//! bytes to the innermost frame that names a part.
 
 /// heaptrack's preload library, where its `heaptrack` script looks for it (`../lib/heaptrack`
 /// beside the script on PATH).
