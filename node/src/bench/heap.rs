@@ -36,6 +36,8 @@ pub(crate) fn trace_agent(agent: &mut std::process::Command) -> Result<(), super
     let lib = preload().ok_or_else(|| {
         super::BenchError::Failed("SKIFF_BENCH_AGENT_HEAPTRACK: heaptrack is not installed".into())
     })?;
-    agent.env("LD_PRELOAD", lib).env("DUMP_HEAPTRACK_OUTPUT", out);
+    agent
+        .env("LD_PRELOAD", lib)
+        .env("DUMP_HEAPTRACK_OUTPUT", out);
     Ok(())
 }
