@@ -8,7 +8,9 @@ mod flags;
 
 use clap::{Parser, Subcommand};
 
-// Many small allocations per request; mimalloc is faster than glibc's malloc here.
+// Many small allocations per request; mimalloc is faster than glibc's malloc here. The
+// `system-alloc` feature keeps glibc's, whose calls heap profilers (heaptrack) intercept.
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -5,6 +5,7 @@
 //! `skiff bench http` ([`http`]).
 
 pub mod endpoints;
+pub mod heap;
 pub mod http;
 
 use std::collections::HashMap;
@@ -172,7 +173,9 @@ impl BenchNode {
         max_pods: usize,
     ) -> Result<BenchNode, BenchError> {
         let agent_dir = cluster.dir.join("agent");
-        let agent = std::process::Command::new(std::env::current_exe()?)
+        let mut agent = std::process::Command::new(std::env::current_exe()?);
+        heap::trace_agent(&mut agent)?;
+        let agent = agent
             .args([
                 "agent",
                 "--node-name",

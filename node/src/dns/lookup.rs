@@ -21,9 +21,13 @@ use super::resolv::ResolvConf;
 /// The interface replaced (the version wasmtime-wasi 48 defines; older imports match it).
 const INTERFACE: &str = "wasi:sockets/ip-name-lookup@0.2.12";
 
-/// A pod's resolver.
+/// A pod's resolver. Built at the pod's first lookup: a hickory resolver holds a response
+/// cache whose queues are allocated up front (~30 KiB), most of an idle pod's heap when
+/// every pod had one (`skiff bench pods`), and most guests never look a name up.
 pub struct Resolver {
-    inner: hickory_resolver::Resolver<TokioRuntimeProvider>,
+    config: ResolverConfig,
+    opts: ResolverOpts,
+    inner: std::sync::OnceLock<Option<hickory_resolver::Resolver<TokioRuntimeProvider>>>,
 }
 
 impl std::fmt::Debug for Resolver {
@@ -70,14 +74,27 @@ impl Resolver {
         opts.use_hosts_file = ResolveHosts::Never;
         opts.timeout = std::time::Duration::from_secs(5);
         opts.attempts = 2;
-        let inner = hickory_resolver::Resolver::builder_with_config(
+        Some(Resolver {
             config,
-            TokioRuntimeProvider::default(),
-        )
-        .with_options(opts)
-        .build()
-        .ok()?;
-        Some(Resolver { inner })
+            opts,
+            inner: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The hickory resolver, built on first use (`None`: it could not be).
+    fn inner(&self) -> Option<&hickory_resolver::Resolver<TokioRuntimeProvider>> {
+        self.inner
+            .get_or_init(|| {
+                hickory_resolver::Resolver::builder_with_config(
+                    self.config.clone(),
+                    TokioRuntimeProvider::default(),
+                )
+                .with_options(self.opts.clone())
+                .build()
+                .inspect_err(|e| tracing::warn!(error = %e, "building a pod's resolver failed"))
+                .ok()
+            })
+            .as_ref()
     }
 
     /// The addresses of `name` (an address stands for itself; `localhost` is loopback).
@@ -92,7 +109,10 @@ impl Resolver {
         if trimmed.is_empty() || Name::from_str(trimmed).is_err() {
             return Err(ErrorCode::InvalidArgument);
         }
-        match self.inner.lookup_ip(name).await {
+        let Some(inner) = self.inner() else {
+            return Err(ErrorCode::TemporaryResolverFailure);
+        };
+        match inner.lookup_ip(name).await {
             Ok(found) => {
                 let ips: Vec<IpAddr> = found.iter().map(|ip| ip.to_canonical()).collect();
                 if ips.is_empty() {
@@ -317,5 +337,7 @@ mod tests {
             r.resolve("bad..name").await,
             Err(ErrorCode::InvalidArgument)
         ));
+        // None of these needed the hickory resolver (an idle pod's keeps no cache).
+        assert!(r.inner.get().is_none());
     }
 }
