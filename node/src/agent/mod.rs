@@ -2,11 +2,15 @@
 //! bound to it (one worker per pod, see [`pod`]), talking to the API server only through
 //! the Kubernetes API (`kube`).
 
+mod container;
 mod events;
 mod lifecycle;
 mod node_info;
 mod pod;
 mod probes;
+mod spec;
+mod status;
+mod supervisor;
 pub(crate) use pod::{PodDirs, LOGS};
 
 use std::collections::{HashMap, HashSet};
