@@ -3,12 +3,16 @@
 //! server only through the Kubernetes API (`kube`). It serves the agent endpoint
 //! ([`crate::server`]) as its [`crate::server::Host`].
 
+mod container;
 mod events;
 mod lifecycle;
 mod node_info;
 mod pod;
 mod pods;
 mod probes;
+mod spec;
+mod status;
+mod supervisor;
 
 use std::collections::HashSet;
 use std::future::Future;

@@ -322,6 +322,32 @@ async fn grpc_check(host: &str, port: u16, service: &str) -> Result<(), String> 
     }
 }
 
+/// Which of a container's probes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeKind {
+    Startup,
+    Liveness,
+    Readiness,
+}
+
+impl ProbeKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProbeKind::Startup => "Startup",
+            ProbeKind::Liveness => "Liveness",
+            ProbeKind::Readiness => "Readiness",
+        }
+    }
+
+    pub fn of(self, c: &Container) -> Option<&Probe> {
+        match self {
+            ProbeKind::Startup => c.startup_probe.as_ref(),
+            ProbeKind::Liveness => c.liveness_probe.as_ref(),
+            ProbeKind::Readiness => c.readiness_probe.as_ref(),
+        }
+    }
+}
+
 /// A probe's results over time: the thresholds say when a run of them counts.
 #[derive(Debug)]
 pub struct Prober {

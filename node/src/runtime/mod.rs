@@ -8,14 +8,7 @@ pub mod wasm;
 use crate::images::{Content, Image};
 use crate::layout::ContainerId;
 use crate::logs::LogFile;
-
-/// A directory of the pod sandbox, visible to a container at `guest_path`.
-#[derive(Clone, Debug)]
-pub struct Mount {
-    pub dir: crate::sandbox::HostDir,
-    pub guest_path: String,
-    pub read_only: bool,
-}
+use crate::sandbox::Mount;
 
 /// A container's securityContext merged with its pod's (the container's fields win).
 #[derive(Clone, Debug, Default, PartialEq)]

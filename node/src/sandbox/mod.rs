@@ -12,8 +12,6 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Container, KeyToPath, Secret, Volume, VolumeMount};
 
-use crate::runtime::Mount;
-
 pub mod netns;
 pub mod network;
 pub mod pause;
@@ -46,6 +44,32 @@ pub enum SandboxError {
         container: String,
         reason: String,
     },
+    #[error("Failed to create pod sandbox: {0}")]
+    Network(#[from] network::NetworkError),
+    #[error("Failed to create pod sandbox: the shared PID namespace: {0}")]
+    PidNamespace(std::io::Error),
+    #[error("Failed to create pod sandbox: writing /etc files: {0}")]
+    Etc(std::io::Error),
+}
+
+impl SandboxError {
+    /// The kubelet's event reason for a sandbox that could not be created.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SandboxError::Network(_) | SandboxError::PidNamespace(_) | SandboxError::Etc(_) => {
+                "FailedCreatePodSandBox"
+            }
+            _ => "FailedMount",
+        }
+    }
+}
+
+/// A directory of the pod sandbox, visible to a container at `guest_path`.
+#[derive(Clone, Debug)]
+pub struct Mount {
+    pub dir: HostDir,
+    pub guest_path: String,
+    pub read_only: bool,
 }
 
 /// `name` as one element of a path on the node: names from the API (namespaces, pods,
@@ -141,12 +165,45 @@ pub trait Sources: Sync {
     async fn secret(&self, name: &str) -> Result<Secret, String>;
 }
 
+/// What a pod's sandbox is made of, decided beforehand from the pod and the node
+/// (config first, then the sandbox: [`Sandbox::create`] is the one place that makes it).
+pub struct SandboxConfig<'a> {
+    /// The pod's directory on the node: volumes, `/etc` files, network state.
+    pub dir: &'a Path,
+    pub volumes: &'a [Volume],
+    pub network: NetworkConfig<'a>,
+    /// The containers share a PID namespace (`shareProcessNamespace`, on a node with runc).
+    pub share_pid: bool,
+    /// The containers' host name.
+    pub hostname: String,
+    /// `hostAliases`: an address and its names, for `/etc/hosts`.
+    pub aliases: Vec<(String, Vec<String>)>,
+    /// The pod's `/etc/resolv.conf`.
+    pub resolv_conf: String,
+    /// The pod's resolver (its Wasm guests' name lookups).
+    pub resolver: Option<Arc<crate::dns::lookup::Resolver>>,
+}
+
+/// Which network a pod's containers get.
+pub enum NetworkConfig<'a> {
+    /// The node's, at the node's address `ip`: `hostNetwork` pods (`host`: they also see
+    /// the node's `/etc/hosts`) and pods of a node that cannot give them their own.
+    Node { ip: String, host: bool },
+    /// One of the pod's own, from the CNI plugins, forwarding `ports` (`hostPort`s).
+    Pod {
+        cni: Arc<network::Cni>,
+        who: network::PodRef<'a>,
+        ports: Vec<network::PortMapping>,
+    },
+}
+
 /// A pod's volumes, ready to mount, and the network its containers live in.
-#[derive(Default)]
 pub struct Sandbox {
     /// Volume name -> (its root, open; read-only source).
     volumes: BTreeMap<String, (HostDir, bool)>,
     pub network: Network,
+    /// The pod's address (its own, or the node's on the node's network).
+    pub ip: String,
     /// The PID namespace the pod's containers share (`shareProcessNamespace`), if they do.
     pub pid_namespace: Option<PathBuf>,
     /// The containers' host name.
@@ -159,16 +216,16 @@ pub struct Sandbox {
 }
 
 /// Who a pod's `/etc/hosts` names.
-pub struct HostsEntries<'a> {
-    pub hostname: &'a str,
-    pub pod_ip: &'a str,
+struct HostsEntries<'a> {
+    hostname: &'a str,
+    pod_ip: &'a str,
     /// `hostAliases`: an address and its names.
-    pub aliases: Vec<(String, Vec<String>)>,
-    pub host_network: bool,
+    aliases: Vec<(String, Vec<String>)>,
+    host_network: bool,
 }
 
 /// The kubelet's managed `/etc/hosts` of a pod.
-pub fn hosts_file(e: &HostsEntries<'_>) -> String {
+fn hosts_file(e: &HostsEntries<'_>) -> String {
     let mut out = if e.host_network {
         let node = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
         format!("# Kubernetes-managed hosts file (host network).\n{node}")
@@ -242,89 +299,48 @@ impl PodNamespace {
 }
 
 impl Sandbox {
-    /// Creates `volumes` under the pod's directory `dir`.
+    /// Makes the pod's sandbox from `config`: its volumes (under the pod's directory), its
+    /// network, its PID namespace, then its `/etc` files (which name the pod's address).
     pub async fn create(
-        dir: &Path,
-        volumes: &[Volume],
+        config: SandboxConfig<'_>,
         sources: &impl Sources,
     ) -> Result<Sandbox, SandboxError> {
-        let mut out = BTreeMap::new();
-        for v in volumes {
-            let io = |source| SandboxError::Io {
-                volume: v.name.clone(),
-                source,
-            };
-            let own = dir.join("volumes").join(path_element(&v.name));
-            let projected: Option<(BTreeMap<String, Vec<u8>>, _, _)> =
-                if v.host_path.is_some() || v.empty_dir.is_some() {
-                    None
-                } else if let Some(c) = &v.config_map {
-                    let cm = match sources.config_map(&c.name).await {
-                        Ok(cm) => cm,
-                        Err(_) if c.optional == Some(true) => ConfigMap::default(),
-                        Err(e) => return Err(SandboxError::Source(e)),
-                    };
-                    let data = cm
-                        .data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, v.into_bytes()))
-                        .chain(
-                            cm.binary_data
-                                .unwrap_or_default()
-                                .into_iter()
-                                .map(|(k, v)| (k, v.0)),
-                        )
-                        .collect();
-                    Some((data, c.items.as_deref(), c.default_mode))
-                } else if let Some(s) = &v.secret {
-                    let name = s.secret_name.clone().unwrap_or_default();
-                    let secret = match sources.secret(&name).await {
-                        Ok(s) => s,
-                        Err(_) if s.optional == Some(true) => Secret::default(),
-                        Err(e) => return Err(SandboxError::Source(e)),
-                    };
-                    let data = secret
-                        .data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, v.0))
-                        .collect();
-                    Some((data, s.items.as_deref(), s.default_mode))
-                } else {
-                    return Err(SandboxError::Unsupported {
-                        volume: v.name.clone(),
-                    });
-                };
-            let root = match &v.host_path {
-                Some(h) => {
-                    let host = Path::new(&h.path);
-                    if host.components().any(|c| c == Component::ParentDir) {
-                        return Err(io(std::io::Error::other(format!(
-                            "hostPath {:?} must not contain '..'",
-                            h.path
-                        ))));
-                    }
-                    std::fs::create_dir_all(host).map_err(io)?;
-                    HostDir::open(host).map_err(io)?
-                }
-                None => {
-                    std::fs::create_dir_all(&own).map_err(io)?;
-                    HostDir::open(&own).map_err(io)?
-                }
-            };
-            if let Some((data, items, mode)) = &projected {
-                project(&root, &v.name, data, *items, *mode)?;
+        let dir = config.dir;
+        let volumes = make_volumes(dir, config.volumes, sources).await?;
+        let (network, ip, host_network) = match config.network {
+            NetworkConfig::Node { ip, host } => (Network::Node, ip, host),
+            NetworkConfig::Pod { cni, who, ports } => {
+                let net = cni.setup(dir, &who, ports).await?;
+                let ns = Network::Pod(Arc::new(PodNamespace::new(net.netns)));
+                (ns, net.ip, false)
             }
-            out.insert(v.name.clone(), (root, projected.is_some()));
-        }
+        };
+        let pid_namespace = if config.share_pid {
+            let dir = dir.to_path_buf();
+            let made =
+                tokio::task::spawn_blocking(move || pause::ensure(&dir, &std::env::current_exe()?))
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|r| r);
+            Some(made.map_err(SandboxError::PidNamespace)?)
+        } else {
+            None
+        };
+        let hosts = HostsEntries {
+            hostname: &config.hostname,
+            pod_ip: &ip,
+            aliases: config.aliases,
+            host_network,
+        };
+        let files = write_etc(dir, &hosts, &config.resolv_conf).map_err(SandboxError::Etc)?;
         Ok(Sandbox {
-            volumes: out,
-            network: Network::Node,
-            pid_namespace: None,
-            hostname: String::new(),
-            files: Vec::new(),
-            resolver: None,
+            volumes,
+            network,
+            ip,
+            pid_namespace,
+            hostname: config.hostname,
+            files,
+            resolver: config.resolver,
         })
     }
 
@@ -363,31 +379,6 @@ impl Sandbox {
         Ok(out)
     }
 
-    /// Writes the pod's `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` (`resolv`)
-    /// under the pod's directory `dir`, for the containers to see.
-    pub fn write_etc(
-        &mut self,
-        dir: &Path,
-        hosts: &HostsEntries<'_>,
-        resolv: &str,
-    ) -> std::io::Result<()> {
-        let etc = dir.join("etc");
-        std::fs::create_dir_all(&etc)?;
-        let files: [(&str, Vec<u8>); 3] = [
-            ("hosts", hosts_file(hosts).into_bytes()),
-            ("hostname", format!("{}\n", hosts.hostname).into_bytes()),
-            ("resolv.conf", resolv.as_bytes().to_vec()),
-        ];
-        self.files.clear();
-        for (name, bytes) in files {
-            let path = etc.join(name);
-            std::fs::write(&path, bytes)?;
-            self.files.push((format!("/etc/{name}"), path));
-        }
-        self.hostname = hosts.hostname.to_string();
-        Ok(())
-    }
-
     /// Removes what the sandbox created under the pod's directory `dir` (hostPath volumes
     /// are the node's and stay): its PID namespace, its network (the plugins' DEL and the namespace, as
     /// recorded there), then its files. The files stay if the network could not go, so that
@@ -398,6 +389,109 @@ impl Sandbox {
         let _ = std::fs::remove_dir_all(dir);
         Ok(())
     }
+}
+
+/// Creates `volumes` under the pod's directory `dir`: each one's root, open, and whether
+/// it is a read-only projection.
+async fn make_volumes(
+    dir: &Path,
+    volumes: &[Volume],
+    sources: &impl Sources,
+) -> Result<BTreeMap<String, (HostDir, bool)>, SandboxError> {
+    let mut out = BTreeMap::new();
+    for v in volumes {
+        let io = |source| SandboxError::Io {
+            volume: v.name.clone(),
+            source,
+        };
+        let own = dir.join("volumes").join(path_element(&v.name));
+        let projected: Option<(BTreeMap<String, Vec<u8>>, _, _)> =
+            if v.host_path.is_some() || v.empty_dir.is_some() {
+                None
+            } else if let Some(c) = &v.config_map {
+                let cm = match sources.config_map(&c.name).await {
+                    Ok(cm) => cm,
+                    Err(_) if c.optional == Some(true) => ConfigMap::default(),
+                    Err(e) => return Err(SandboxError::Source(e)),
+                };
+                let data = cm
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_bytes()))
+                    .chain(
+                        cm.binary_data
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(k, v)| (k, v.0)),
+                    )
+                    .collect();
+                Some((data, c.items.as_deref(), c.default_mode))
+            } else if let Some(s) = &v.secret {
+                let name = s.secret_name.clone().unwrap_or_default();
+                let secret = match sources.secret(&name).await {
+                    Ok(s) => s,
+                    Err(_) if s.optional == Some(true) => Secret::default(),
+                    Err(e) => return Err(SandboxError::Source(e)),
+                };
+                let data = secret
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0))
+                    .collect();
+                Some((data, s.items.as_deref(), s.default_mode))
+            } else {
+                return Err(SandboxError::Unsupported {
+                    volume: v.name.clone(),
+                });
+            };
+        let root = match &v.host_path {
+            Some(h) => {
+                let host = Path::new(&h.path);
+                if host.components().any(|c| c == Component::ParentDir) {
+                    return Err(io(std::io::Error::other(format!(
+                        "hostPath {:?} must not contain '..'",
+                        h.path
+                    ))));
+                }
+                std::fs::create_dir_all(host).map_err(io)?;
+                HostDir::open(host).map_err(io)?
+            }
+            None => {
+                std::fs::create_dir_all(&own).map_err(io)?;
+                HostDir::open(&own).map_err(io)?
+            }
+        };
+        if let Some((data, items, mode)) = &projected {
+            project(&root, &v.name, data, *items, *mode)?;
+        }
+        out.insert(v.name.clone(), (root, projected.is_some()));
+    }
+    Ok(out)
+}
+
+/// Writes the pod's `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` (`resolv`) under
+/// the pod's directory `dir`: the files, by the guest path they are bound at.
+fn write_etc(
+    dir: &Path,
+    hosts: &HostsEntries<'_>,
+    resolv: &str,
+) -> std::io::Result<Vec<(String, PathBuf)>> {
+    let etc = dir.join("etc");
+    std::fs::create_dir_all(&etc)?;
+    let files: [(&str, Vec<u8>); 3] = [
+        ("hosts", hosts_file(hosts).into_bytes()),
+        ("hostname", format!("{}\n", hosts.hostname).into_bytes()),
+        ("resolv.conf", resolv.as_bytes().to_vec()),
+    ];
+    let mut out = Vec::with_capacity(files.len());
+    for (name, bytes) in files {
+        let path = etc.join(name);
+        std::fs::write(&path, bytes)?;
+        out.push((format!("/etc/{name}"), path));
+    }
+    Ok(out)
 }
 
 /// A mount's subPath, or its subPathExpr with `$(VAR)` expanded from `env`.
@@ -454,6 +548,23 @@ mod tests {
 
     struct Fixed;
 
+    /// A sandbox of `volumes` on the node's network.
+    fn config<'a>(dir: &'a Path, volumes: &'a [Volume]) -> SandboxConfig<'a> {
+        SandboxConfig {
+            dir,
+            volumes,
+            network: NetworkConfig::Node {
+                ip: "10.0.0.1".into(),
+                host: false,
+            },
+            share_pid: false,
+            hostname: "pod".into(),
+            aliases: vec![],
+            resolv_conf: String::new(),
+            resolver: None,
+        }
+    }
+
     #[async_trait::async_trait]
     impl Sources for Fixed {
         async fn config_map(&self, name: &str) -> Result<ConfigMap, String> {
@@ -502,7 +613,9 @@ mod tests {
                 ..Default::default()
             },
         ];
-        let sandbox = Sandbox::create(dir.path(), &volumes, &Fixed).await.unwrap();
+        let sandbox = Sandbox::create(config(dir.path(), &volumes), &Fixed)
+            .await
+            .unwrap();
         let file = dir.path().join("volumes/config/sub/renamed.txt");
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "A");
         assert_eq!(
@@ -545,7 +658,7 @@ mod tests {
             }),
             ..Default::default()
         }];
-        let err = Sandbox::create(dir.path(), &missing, &Fixed)
+        let err = Sandbox::create(config(dir.path(), &missing), &Fixed)
             .await
             .err()
             .unwrap();
@@ -554,7 +667,7 @@ mod tests {
             name: "remote".into(),
             ..Default::default()
         }];
-        let err = Sandbox::create(dir.path(), &nfs, &Fixed)
+        let err = Sandbox::create(config(dir.path(), &nfs), &Fixed)
             .await
             .err()
             .unwrap();
@@ -588,7 +701,7 @@ mod tests {
                 }),
                 ..Default::default()
             }];
-            let err = Sandbox::create(&pod, &volumes, &Fixed).await.err();
+            let err = Sandbox::create(config(&pod, &volumes), &Fixed).await.err();
             assert!(
                 matches!(err, Some(SandboxError::ItemPath { .. })),
                 "{path}: {err:?}"
@@ -601,7 +714,9 @@ mod tests {
             empty_dir: Some(EmptyDirVolumeSource::default()),
             ..Default::default()
         }];
-        let sandbox = Sandbox::create(&pod, &volumes, &Fixed).await.unwrap();
+        let sandbox = Sandbox::create(config(&pod, &volumes), &Fixed)
+            .await
+            .unwrap();
         let root = pod.join("volumes/scratch");
         // A guest (or another container) may leave symbolic links in a writable volume.
         std::os::unix::fs::symlink(&outside, root.join("abs-link")).unwrap();

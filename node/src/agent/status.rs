@@ -1,0 +1,419 @@
+//! A pod's status: phase and conditions as pure functions, and the one status writer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{
+    Container, ContainerState, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus,
+    Pod, PodCondition, PodStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+
+use crate::runtime::Exit;
+
+pub fn now() -> Time {
+    Time(jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).expect("now"))
+}
+
+pub fn waiting(reason: &str, message: Option<String>) -> ContainerState {
+    ContainerState {
+        waiting: Some(ContainerStateWaiting {
+            reason: Some(reason.into()),
+            message,
+        }),
+        ..Default::default()
+    }
+}
+
+/// How a container ended (at `finished`).
+pub fn terminated(
+    exit: &Exit,
+    started: Option<Time>,
+    container_id: &str,
+    finished: Time,
+) -> ContainerState {
+    ContainerState {
+        terminated: Some(ContainerStateTerminated {
+            exit_code: exit.code,
+            reason: Some(exit.reason.into()),
+            message: exit.message.clone(),
+            started_at: started,
+            finished_at: Some(finished),
+            container_id: Some(container_id.into()),
+            signal: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// A container's status when a worker (re)starts: after an agent restart, a container the
+/// status still shows running died with the old agent; it becomes the last state.
+pub fn initial_status(c: &Container, previous: Option<&ContainerStatus>) -> ContainerStatus {
+    let running = previous
+        .and_then(|p| p.state.as_ref())
+        .and_then(|s| s.running.as_ref());
+    let (restart_count, last_state) = match (previous, running) {
+        (Some(p), Some(r)) => {
+            let exit = Exit::killed(Some("the node agent restarted".into()));
+            (
+                p.restart_count,
+                Some(terminated(
+                    &exit,
+                    r.started_at.clone(),
+                    p.container_id.as_deref().unwrap_or_default(),
+                    now(),
+                )),
+            )
+        }
+        (Some(p), None) => (p.restart_count, p.last_state.clone()),
+        (None, _) => (0, None),
+    };
+    ContainerStatus {
+        name: c.name.clone(),
+        image: c.image.clone().unwrap_or_default(),
+        image_id: String::new(),
+        ready: false,
+        restart_count,
+        last_state,
+        state: Some(waiting("ContainerCreating", None)),
+        started: Some(false),
+        ..Default::default()
+    }
+}
+
+fn condition(type_: &str, ok: bool, reason: Option<&str>, now: &Time) -> PodCondition {
+    PodCondition {
+        type_: type_.into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: reason.map(str::to_string),
+        last_transition_time: Some(now.clone()),
+        ..Default::default()
+    }
+}
+
+/// Reports a pod's status: computes it from the containers' states and hands it to the
+/// pod's status writer.
+pub struct Reporter {
+    pub host_ip: String,
+    /// Known once the sandbox has its network.
+    pub pod_ip: std::sync::Mutex<Option<String>>,
+    pub start: Time,
+    pub restart_policy: String,
+    pub qos_class: Option<String>,
+    /// The last conditions reported (their transition times carry over).
+    pub conditions: std::sync::Mutex<Vec<PodCondition>>,
+    /// Why the pod failed for good, if the worker ended it (reason, message).
+    pub failure: std::sync::Mutex<Option<(&'static str, String)>>,
+    /// Per init container: whether it is a native sidecar.
+    pub sidecars: Vec<bool>,
+    /// The status last handed to the writer.
+    pub last: std::sync::Mutex<Option<PodStatus>>,
+    pub slot: Arc<StatusSlot>,
+}
+
+impl Reporter {
+    /// Hands the writer the status, unless it is the one handed last (the worker reports
+    /// after every event, and most change nothing).
+    pub fn report(&self, init: &[ContainerStatus], main: &[ContainerStatus], init_done: bool) {
+        let status = self.status(init, main, init_done);
+        let mut last = self.last.lock().expect("last status");
+        if last.as_ref() == Some(&status) {
+            return;
+        }
+        *last = Some(status.clone());
+        self.slot.put(status);
+    }
+
+    /// The pod's phase and conditions from its containers' states.
+    fn status(
+        &self,
+        init: &[ContainerStatus],
+        main: &[ContainerStatus],
+        init_done: bool,
+    ) -> PodStatus {
+        let (host_ip, start) = (&self.host_ip, &self.start);
+        let phase = phase(init, main, &self.sidecars, &self.restart_policy, init_done);
+        let mut last = self.conditions.lock().expect("conditions");
+        let conditions = conditions(phase, main, init_done, &last, &now());
+        last.clone_from(&conditions);
+        let pod_ip = self.pod_ip.lock().expect("pod ip").clone();
+        let failure = self.failure.lock().expect("failure").clone();
+        let phase = if failure.is_some() { "Failed" } else { phase };
+        let (reason, message) =
+            failure.map_or((None, None), |(r, m)| (Some(r.to_string()), Some(m)));
+        PodStatus {
+            reason,
+            message,
+            pod_ips: pod_ip
+                .clone()
+                .map(|ip| vec![k8s_openapi::api::core::v1::PodIP { ip }]),
+            pod_ip,
+            phase: Some(phase.into()),
+            conditions: Some(conditions),
+            host_ip: Some(host_ip.into()),
+            host_ips: Some(vec![k8s_openapi::api::core::v1::HostIP {
+                ip: host_ip.into(),
+            }]),
+            start_time: Some(start.clone()),
+            init_container_statuses: (!init.is_empty()).then(|| init.to_vec()),
+            container_statuses: Some(main.to_vec()),
+            qos_class: self.qos_class.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+/// The pod's phase from its containers' states (`sidecars`: per init container, whether
+/// it is a native sidecar).
+pub fn phase(
+    init: &[ContainerStatus],
+    main: &[ContainerStatus],
+    sidecars: &[bool],
+    restart_policy: &str,
+    init_done: bool,
+) -> &'static str {
+    let term = |s: &ContainerStatus| {
+        s.state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .map(|t| t.exit_code)
+    };
+    let all_terminated = !main.is_empty() && main.iter().all(|s| term(s).is_some());
+    // Sidecars end when the pod does; only regular init containers fail it.
+    let init_failed = init
+        .iter()
+        .zip(sidecars)
+        .any(|(s, sidecar)| !sidecar && term(s).is_some_and(|c| c != 0))
+        && restart_policy == "Never";
+    if init_failed {
+        "Failed"
+    } else if all_terminated {
+        if main.iter().all(|s| term(s) == Some(0)) {
+            "Succeeded"
+        } else {
+            "Failed"
+        }
+    } else if init_done
+        && main.iter().any(|s| {
+            s.state.as_ref().is_some_and(|st| st.running.is_some()) || s.last_state.is_some()
+        })
+    {
+        "Running"
+    } else {
+        "Pending"
+    }
+}
+
+/// The pod's conditions in `phase`; those whose status did not change since `last` keep
+/// their transition time, the others changed `now`.
+pub fn conditions(
+    phase: &str,
+    main: &[ContainerStatus],
+    init_done: bool,
+    last: &[PodCondition],
+    now: &Time,
+) -> Vec<PodCondition> {
+    let ready = phase == "Running" && main.iter().all(|s| s.ready);
+    let not_ready = (!ready).then_some(if phase == "Succeeded" || phase == "Failed" {
+        "PodCompleted"
+    } else {
+        "ContainersNotReady"
+    });
+    let mut conditions = vec![
+        condition("PodReadyToStartContainers", true, None, now),
+        condition(
+            "Initialized",
+            init_done,
+            (!init_done).then_some("ContainersNotInitialized"),
+            now,
+        ),
+        condition("Ready", ready, not_ready, now),
+        condition("ContainersReady", ready, not_ready, now),
+        condition("PodScheduled", true, None, now),
+    ];
+    for c in conditions.iter_mut() {
+        if let Some(old) = last.iter().find(|o| o.type_ == c.type_) {
+            if old.status == c.status {
+                c.last_transition_time = old.last_transition_time.clone();
+            }
+        }
+    }
+    conditions
+}
+
+/// The latest status not yet written, and a wake-up for the writer. The writer takes the
+/// status out, so a steady pod keeps no copy of it.
+#[derive(Default)]
+pub struct StatusSlot {
+    latest: std::sync::Mutex<Option<PodStatus>>,
+    changed: tokio::sync::Notify,
+}
+
+impl StatusSlot {
+    fn put(&self, status: PodStatus) {
+        *self.latest.lock().expect("status slot") = Some(status);
+        self.changed.notify_one();
+    }
+
+    /// Whether the waiting status still shows a container being created (nothing failed).
+    fn creating(&self) -> bool {
+        self.latest
+            .lock()
+            .expect("status slot")
+            .as_ref()
+            .is_some_and(|s| {
+                s.container_statuses.iter().flatten().any(|c| {
+                    c.state
+                        .as_ref()
+                        .and_then(|s| s.waiting.as_ref())
+                        .is_some_and(|w| {
+                            w.reason.as_deref() == Some("ContainerCreating") && w.message.is_none()
+                        })
+                })
+            })
+    }
+
+    fn take(&self) -> Option<PodStatus> {
+        self.latest.lock().expect("status slot").take()
+    }
+
+    /// Puts back a status whose write failed, unless a newer one is waiting.
+    fn restore(&self, status: PodStatus) {
+        self.latest
+            .lock()
+            .expect("status slot")
+            .get_or_insert(status);
+    }
+}
+
+/// How long the first status report waits for more news: a pod whose containers start
+/// within it is reported Running in one write instead of ContainerCreating, then Running.
+const FIRST_REPORT_DELAY: Duration = Duration::from_millis(20);
+/// A failed status write is retried after this, doubling up to the maximum.
+pub const STATUS_RETRY_START: Duration = Duration::from_millis(500);
+pub const STATUS_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// Writes the pod's status whenever it changes, always the latest (changes made while a
+/// write is in flight are merged into the next one).
+pub async fn write_status(api: Api<Pod>, name: String, slot: Arc<StatusSlot>) {
+    let mut first = true;
+    let mut retry = STATUS_RETRY_START;
+    loop {
+        slot.changed.notified().await;
+        if first {
+            // Other news (the pod's address, say) before the containers run does not end
+            // the wait.
+            let until = tokio::time::Instant::now() + FIRST_REPORT_DELAY;
+            while slot.creating() {
+                if tokio::time::timeout_at(until, slot.changed.notified())
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
+        first = false;
+        let Some(status) = slot.take() else {
+            continue;
+        };
+        // Boxed: the request future is large and every pod keeps this task.
+        let written = Box::pin(api.patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "status": &status })),
+        ))
+        .await;
+        match written {
+            Ok(_) => retry = STATUS_RETRY_START,
+            // The pod is gone: nothing more to report.
+            Err(kube::Error::Api(e)) if e.code == 404 => return,
+            Err(e) => {
+                // Keep it (unless a newer one came) and try again: a status must not be
+                // lost because the API server was briefly away.
+                tracing::debug!(error = %e, "status update failed; retrying");
+                slot.restore(status);
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(STATUS_RETRY_MAX);
+                slot.changed.notify_one();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn container(state: ContainerState, ready: bool) -> ContainerStatus {
+        ContainerStatus {
+            state: Some(state),
+            ready,
+            ..Default::default()
+        }
+    }
+
+    fn running() -> ContainerState {
+        ContainerState {
+            running: Some(Default::default()),
+            ..Default::default()
+        }
+    }
+
+    fn ended(code: i32) -> ContainerState {
+        terminated(&Exit::code(code), None, "x", now())
+    }
+
+    #[test]
+    fn phases_follow_the_containers() {
+        let creating = container(waiting("ContainerCreating", None), false);
+        assert_eq!(
+            phase(&[], &[creating.clone()], &[], "Always", true),
+            "Pending"
+        );
+        let up = container(running(), true);
+        assert_eq!(phase(&[], &[up.clone()], &[], "Always", true), "Running");
+        assert_eq!(phase(&[], &[up.clone()], &[], "Always", false), "Pending");
+        let (ok, bad) = (container(ended(0), false), container(ended(1), false));
+        assert_eq!(phase(&[], &[ok.clone()], &[], "Never", true), "Succeeded");
+        assert_eq!(phase(&[], &[ok.clone(), bad], &[], "Never", true), "Failed");
+        // A failed init container fails the pod only for good (Never); a sidecar never.
+        let init_bad = container(ended(1), false);
+        let main = [creating];
+        assert_eq!(
+            phase(&[init_bad.clone()], &main, &[false], "Never", false),
+            "Failed"
+        );
+        assert_eq!(
+            phase(&[init_bad.clone()], &main, &[false], "OnFailure", false),
+            "Pending"
+        );
+        assert_eq!(
+            phase(&[init_bad], &main, &[true], "Never", false),
+            "Pending"
+        );
+    }
+
+    #[test]
+    fn conditions_keep_their_transition_times_while_unchanged() {
+        let (t0, t1) = (
+            Time(jiff::Timestamp::from_second(1_000).unwrap()),
+            Time(jiff::Timestamp::from_second(2_000).unwrap()),
+        );
+        let up = [container(running(), true)];
+        let first = conditions("Pending", &up, false, &[], &t0);
+        let ready = |cs: &[PodCondition]| {
+            let c = cs.iter().find(|c| c.type_ == "Ready").unwrap();
+            (c.status.clone(), c.last_transition_time.clone().unwrap())
+        };
+        assert_eq!(ready(&first), ("False".to_string(), t0.clone()));
+        let second = conditions("Running", &up, true, &first, &t1);
+        assert_eq!(ready(&second), ("True".to_string(), t1.clone()));
+        let scheduled = second.iter().find(|c| c.type_ == "PodScheduled").unwrap();
+        assert_eq!(scheduled.last_transition_time, Some(t0));
+        let done = conditions("Succeeded", &up, true, &second, &t1);
+        let r = done.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!(r.reason.as_deref(), Some("PodCompleted"));
+    }
+}
