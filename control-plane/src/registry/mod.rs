@@ -6,6 +6,7 @@ mod apps;
 mod batch;
 mod core;
 mod discovery;
+pub mod lists;
 mod meta;
 mod other;
 mod pod;
@@ -191,23 +192,6 @@ impl WritePath {
         spec_finalizers: false,
         graceful_deletion: false,
     };
-}
-
-/// Lists merged by key only in some kinds (their schemas' `x-kubernetes-patch-merge-key`):
-/// kind, the path of the object holding the list (`None`: anywhere), field, key.
-const KIND_MERGE_KEYS: &[(&str, Option<&[&str]>, &str, &str)] = &[
-    ("Service", Some(&["spec"]), "ports", "port"),
-    ("Node", None, "taints", "key"),
-    ("Node", None, "addresses", "type"),
-    ("ServiceAccount", None, "secrets", "name"),
-];
-
-/// The merge key of list `field` at `path` in objects of `kind`, where the kind decides.
-pub fn kind_merge_key(kind: &str, path: &[&str], field: &str) -> Option<&'static str> {
-    KIND_MERGE_KEYS
-        .iter()
-        .find(|(k, p, f, _)| *k == kind && *f == field && p.is_none_or(|p| p == path))
-        .map(|(_, _, _, key)| *key)
 }
 
 /// The admission plugins a kind may ask for.
