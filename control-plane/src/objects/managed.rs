@@ -731,15 +731,20 @@ mod tests {
         );
         let set = FieldSet::of("Deployment", &alice, false).to_fields_v1();
         let c = &set["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"c\"}"];
-        assert!(c["f:env"]["k:{\"name\":\"A\"}"]["f:value"].is_object(), "{c}");
+        assert!(
+            c["f:env"]["k:{\"name\":\"A\"}"]["f:value"].is_object(),
+            "{c}"
+        );
         // Alice no longer sets A: it goes, B (Bob's) stays.
         let obj = apply(Some(&obj), &deploy(1, "a"), "alice", "apps/v1", false).unwrap();
         assert_eq!(env(&obj), json!([{"name": "B", "value": "2"}]));
         // An atomic list (tolerations) is one field: another value conflicts.
         let mut tol = deploy(1, "a");
-        tol["spec"]["template"]["spec"]["tolerations"] = json!([{"key": "k", "operator": "Exists"}]);
+        tol["spec"]["template"]["spec"]["tolerations"] =
+            json!([{"key": "k", "operator": "Exists"}]);
         let obj = apply(Some(&obj), &tol, "alice", "apps/v1", false).unwrap();
-        tol["spec"]["template"]["spec"]["tolerations"] = json!([{"key": "j", "operator": "Exists"}]);
+        tol["spec"]["template"]["spec"]["tolerations"] =
+            json!([{"key": "j", "operator": "Exists"}]);
         let err = apply(Some(&obj), &tol, "bob", "apps/v1", false).unwrap_err();
         assert_eq!(err[0].field, ".spec.template.spec.tolerations");
     }

@@ -414,9 +414,15 @@ mod tests {
             web["ports"],
             json!([{"containerPort": 80, "protocol": "TCP", "name": "http"}, {"containerPort": 443}])
         );
-        assert_eq!(web["env"], json!([{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]));
+        assert_eq!(
+            web["env"],
+            json!([{"name": "A", "value": "1"}, {"name": "B", "value": "2"}])
+        );
         assert_eq!(out["spec"]["containers"][1]["name"], "side");
-        assert_eq!(out["spec"]["tolerations"], json!([{"key": "k3", "operator": "Exists"}]));
+        assert_eq!(
+            out["spec"]["tolerations"],
+            json!([{"key": "k3", "operator": "Exists"}])
+        );
 
         // The same PodSpec, three levels down in a CronJob.
         let cj = json!({"spec": {"jobTemplate": {"spec": {"template": {"spec": {
@@ -425,7 +431,8 @@ mod tests {
             "containers": [{"name": "c", "env": [{"name": "A", "$patch": "delete"}, {"name": "Z", "value": "9"}]}]}}}}}});
         let out = strategic_merge("CronJob", &cj, &patch).unwrap();
         assert_eq!(
-            out.pointer("/spec/jobTemplate/spec/template/spec/containers/0/env").unwrap(),
+            out.pointer("/spec/jobTemplate/spec/template/spec/containers/0/env")
+                .unwrap(),
             &json!([{"name": "Z", "value": "9"}])
         );
 
@@ -436,11 +443,15 @@ mod tests {
         let patch = json!({"spec": {"taints": [{"key": "b", "effect": "NoSchedule"}]},
             "status": {"addresses": [{"type": "Hostname", "address": "n1"}]}});
         let out = strategic_merge("Node", &node, &patch).unwrap();
-        assert_eq!(out["spec"]["taints"], json!([{"key": "b", "effect": "NoSchedule"}]));
+        assert_eq!(
+            out["spec"]["taints"],
+            json!([{"key": "b", "effect": "NoSchedule"}])
+        );
         assert_eq!(out["status"]["addresses"].as_array().unwrap().len(), 2);
 
         let sa = json!({"secrets": [{"name": "s1"}]});
-        let out = strategic_merge("ServiceAccount", &sa, &json!({"secrets": [{"name": "s2"}]})).unwrap();
+        let out =
+            strategic_merge("ServiceAccount", &sa, &json!({"secrets": [{"name": "s2"}]})).unwrap();
         assert_eq!(out["secrets"], json!([{"name": "s1"}, {"name": "s2"}]));
 
         // `$patch: replace` inside a keyed list replaces it.
@@ -449,7 +460,12 @@ mod tests {
         assert_eq!(out["spec"]["containers"], json!([{"name": "only"}]));
 
         // A kind the server does not know has only atomic lists.
-        let out = strategic_merge("Widget", &pod, &json!({"spec": {"containers": [{"name": "x"}]}})).unwrap();
+        let out = strategic_merge(
+            "Widget",
+            &pod,
+            &json!({"spec": {"containers": [{"name": "x"}]}}),
+        )
+        .unwrap();
         assert_eq!(out["spec"]["containers"], json!([{"name": "x"}]));
     }
 

@@ -87,20 +87,58 @@ async fn created_objects_answer_with_kubes_zero_status() {
     let tpl = json!({"metadata": {"labels": {"app": "a"}}, "spec": {"containers": [{"name": "c", "image": "x"}]}});
     let sel = json!({"matchLabels": {"app": "a"}});
     let cases = [
-        ("", "services", json!({"spec": {"ports": [{"port": 80}]}, "status": {"loadBalancer": {"ingress": [{"ip": "1.2.3.4"}]}}}),
-            json!({"loadBalancer": {}})),
-        ("", "replicationcontrollers", json!({"spec": {"selector": {"app": "a"}, "template": tpl}}), json!({"replicas": 0})),
-        ("apps", "deployments", json!({"spec": {"selector": sel, "template": tpl}}), json!({})),
-        ("apps", "replicasets", json!({"spec": {"selector": sel, "template": tpl}}), json!({"replicas": 0})),
-        ("apps", "daemonsets", json!({"spec": {"selector": sel, "template": tpl}}),
-            json!({"currentNumberScheduled": 0, "numberMisscheduled": 0, "desiredNumberScheduled": 0, "numberReady": 0})),
-        ("batch", "jobs", json!({"spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "x"}]}}}}), json!({})),
-        ("batch", "cronjobs", json!({"spec": {"schedule": "* * * * *", "jobTemplate": {"spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "x"}]}}}}}}), json!({})),
+        (
+            "",
+            "services",
+            json!({"spec": {"ports": [{"port": 80}]}, "status": {"loadBalancer": {"ingress": [{"ip": "1.2.3.4"}]}}}),
+            json!({"loadBalancer": {}}),
+        ),
+        (
+            "",
+            "replicationcontrollers",
+            json!({"spec": {"selector": {"app": "a"}, "template": tpl}}),
+            json!({"replicas": 0}),
+        ),
+        (
+            "apps",
+            "deployments",
+            json!({"spec": {"selector": sel, "template": tpl}}),
+            json!({}),
+        ),
+        (
+            "apps",
+            "replicasets",
+            json!({"spec": {"selector": sel, "template": tpl}}),
+            json!({"replicas": 0}),
+        ),
+        (
+            "apps",
+            "daemonsets",
+            json!({"spec": {"selector": sel, "template": tpl}}),
+            json!({"currentNumberScheduled": 0, "numberMisscheduled": 0, "desiredNumberScheduled": 0, "numberReady": 0}),
+        ),
+        (
+            "batch",
+            "jobs",
+            json!({"spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "x"}]}}}}),
+            json!({}),
+        ),
+        (
+            "batch",
+            "cronjobs",
+            json!({"spec": {"schedule": "* * * * *", "jobTemplate": {"spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "x"}]}}}}}}),
+            json!({}),
+        ),
     ];
     for (group, plural, mut body, want) in cases {
         body["metadata"]["name"] = json!("a");
         let w = o
-            .create(rt(&o, group, plural), Some("default"), body, &WriteOptions::default())
+            .create(
+                rt(&o, group, plural),
+                Some("default"),
+                body,
+                &WriteOptions::default(),
+            )
             .await
             .unwrap_or_else(|e| panic!("{plural}: {e}"));
         assert_eq!(v(&w.object)["status"], want, "{plural}");

@@ -50,12 +50,19 @@ const META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.";
 
 use ListType::{Atomic, Map as Keys, Set};
 
-type Decl = (&'static str, &'static str, &'static str, &'static str, ListType);
+type Decl = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    ListType,
+);
 
 /// Every list of the served API groups that kube does not leave atomic, with how it merges
 /// (`k8s.io/api` and `k8s.io/apimachinery` types, v1.33), per schema-name prefix: the type,
 /// the field, the patch strategy (`""`: none), the patch merge key (`""`: none) and the list
 /// type. Keyed by type, not kind: a kind that embeds a `PodSpec` inherits its lists.
+#[rustfmt::skip]
 const DECLS: &[(&str, &[Decl])] = &[
     (META, &[
         ("ObjectMeta", "finalizers", "merge", "", Set),
@@ -165,8 +172,8 @@ fn intern(s: &str) -> &'static str {
 /// What a list's schema declares, or `None` for an atomic list under both merges.
 fn spec_of(prop: &Map<String, Value>) -> Option<ListSpec> {
     let ext = |name: &str| prop.get(name).and_then(Value::as_str);
-    let merges = ext("x-kubernetes-patch-strategy")
-        .is_some_and(|s| s.split(',').any(|s| s == "merge"));
+    let merges =
+        ext("x-kubernetes-patch-strategy").is_some_and(|s| s.split(',').any(|s| s == "merge"));
     let patch = match (merges, ext("x-kubernetes-patch-merge-key")) {
         (true, Some(key)) => ListStrategy::Keyed(intern(key)),
         (true, None) => ListStrategy::Set,
@@ -201,7 +208,8 @@ pub struct ListIndex {
 
 /// The key of list `field` under `path`: `spec.template.spec.containers.[].ports`.
 fn path_key(path: &[&str], field: &str) -> String {
-    let mut key = String::with_capacity(path.iter().map(|p| p.len() + 1).sum::<usize>() + field.len());
+    let mut key =
+        String::with_capacity(path.iter().map(|p| p.len() + 1).sum::<usize>() + field.len());
     for p in path {
         key.push_str(p);
         key.push('.');
@@ -262,7 +270,12 @@ fn walk<'a>(
             seen.pop();
         }
     }
-    for part in schema.get("allOf").and_then(Value::as_array).into_iter().flatten() {
+    for part in schema
+        .get("allOf")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         walk(schemas, part, path, seen, out);
     }
     let Some(props) = schema.get("properties").and_then(Value::as_object) else {
@@ -308,7 +321,11 @@ mod tests {
         let tpl = ["spec", "template", "spec"];
         assert_eq!(index.get("Deployment", &tpl, "containers"), keyed("name"));
         assert_eq!(
-            index.get("Deployment", &["spec", "template", "spec", "containers", "[]"], "ports"),
+            index.get(
+                "Deployment",
+                &["spec", "template", "spec", "containers", "[]"],
+                "ports"
+            ),
             keyed("containerPort")
         );
         let job_tpl = ["spec", "jobTemplate", "spec", "template", "spec"];
@@ -316,14 +333,21 @@ mod tests {
         assert_eq!(index.get("Pod", &["spec"], "tolerations"), ListSpec::ATOMIC);
         assert_eq!(index.get("Node", &["spec"], "taints"), ListSpec::ATOMIC);
         assert_eq!(index.get("Service", &["spec"], "ports"), keyed("port"));
-        assert_eq!(index.get("Service", &["spec"], "externalIPs"), ListSpec::ATOMIC);
+        assert_eq!(
+            index.get("Service", &["spec"], "externalIPs"),
+            ListSpec::ATOMIC
+        );
         let set = ListSpec {
             patch: ListStrategy::Set,
             apply: ListStrategy::Set,
         };
         assert_eq!(index.get("ConfigMap", &["metadata"], "finalizers"), set);
         assert_eq!(
-            index.get("ReplicaSet", &["spec", "template", "metadata"], "finalizers"),
+            index.get(
+                "ReplicaSet",
+                &["spec", "template", "metadata"],
+                "finalizers"
+            ),
             set
         );
         assert_eq!(
@@ -340,7 +364,10 @@ mod tests {
                 apply: ListStrategy::Set
             }
         );
-        assert_eq!(index.get("NoSuchKind", &["spec"], "containers"), ListSpec::ATOMIC);
+        assert_eq!(
+            index.get("NoSuchKind", &["spec"], "containers"),
+            ListSpec::ATOMIC
+        );
     }
 
     #[test]
@@ -356,7 +383,9 @@ mod tests {
             for &(ty, field, ..) in *decls {
                 let name = format!("{prefix}{ty}");
                 // Types of kinds not served yet (PersistentVolumeClaim, StatefulSet, ...).
-                let Some(s) = schemas.get(&name) else { continue };
+                let Some(s) = schemas.get(&name) else {
+                    continue;
+                };
                 if s.pointer(&format!("/properties/{field}")).is_none() {
                     missing.push(format!("{name}.{field}"));
                 }
