@@ -69,6 +69,20 @@ apps.create_namespaced_deployment(ns, dep)
 apps.patch_namespaced_deployment_scale("d1", ns, {"spec": {"replicas": 4}})
 assert apps.read_namespaced_deployment("d1", ns).spec.replicas == 4
 
+# The client's own e2e (test_service_apis): a created Service answers with a status (kube
+# always serializes `status.loadBalancer`), and a patch adds a port by its merge key.
+svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "frontend"},
+       "spec": {"ports": [{"name": "port", "port": 80, "protocol": "TCP", "targetPort": 80}],
+                "selector": {"name": "frontend"}}}
+created = v1.create_namespaced_service(ns, svc)
+assert created.status and created.status.load_balancer is not None, created.status
+assert v1.read_namespaced_service("frontend", ns).status.load_balancer is not None
+svc["spec"]["ports"] = [{"name": "new", "port": 8080, "protocol": "TCP", "targetPort": 8080}]
+patched = v1.patch_namespaced_service("frontend", ns, svc)
+assert sorted(p.port for p in patched.spec.ports) == [80, 8080], patched.spec.ports
+assert patched.status.load_balancer is not None, patched.status
+v1.delete_namespaced_service("frontend", ns)
+
 # deletecollection with a label selector.
 for i in range(3):
     v1.create_namespaced_config_map(ns, client.V1ConfigMap(metadata=client.V1ObjectMeta(name=f"c{i}", labels={"batch": "x" if i < 2 else "y"})))

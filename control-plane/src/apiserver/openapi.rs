@@ -120,6 +120,8 @@ fn document(registry: &Registry, group: &str, version: &str) -> Option<Value> {
     }
     generator.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ListMeta>();
     let mut schemas = generator.take_definitions(true);
+    // k8s-openapi's schemas lack kube's list extensions, which kubectl's apply reads.
+    crate::registry::lists::annotate(&mut schemas);
     for (name, rt) in kinds {
         if let Some(s) = schemas.get_mut(&name).and_then(Value::as_object_mut) {
             s.insert(
@@ -233,6 +235,8 @@ pub struct Documents {
 
 impl Documents {
     pub fn new(registry: &Registry) -> Documents {
+        // Patches read the list index; build it with the documents, not on the first patch.
+        crate::registry::lists::index();
         let mut paths = Map::new();
         let mut docs = std::collections::HashMap::new();
         for (g, v) in registry.group_versions() {

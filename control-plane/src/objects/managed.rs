@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Map, Value};
 
-use super::patch::{list_strategy, strategic_merge, ListStrategy};
+use super::patch::{strategic_merge, ListStrategy};
 use super::{meta, meta_mut, now_string};
 
 type Path = Vec<String>;
@@ -47,6 +47,11 @@ const GRANULAR_MAPS: &[&str] = &[
     "capacity",
     "allocatable",
 ];
+
+/// How server-side apply tracks list `field` under `path` (`x-kubernetes-list-type`).
+fn apply_strategy(kind: &str, path: &[&str], field: &str) -> ListStrategy {
+    crate::registry::lists::index().get(kind, path, field).apply
+}
 
 impl FieldSet {
     /// The fields set in `obj` (system metadata, apiVersion and kind excluded).
@@ -101,7 +106,7 @@ impl FieldSet {
                 }
                 names.pop();
             }
-            Value::Array(items) if !items.is_empty() => match list_strategy(kind, names, field) {
+            Value::Array(items) if !items.is_empty() => match apply_strategy(kind, names, field) {
                 ListStrategy::Atomic => {
                     self.0.insert(path);
                 }
@@ -703,6 +708,45 @@ mod tests {
         assert_eq!(forced["spec"]["replicas"], 1);
         // Same value: shared ownership, no conflict.
         assert!(apply(Some(&obj), &deploy(5, "a"), "alice", "apps/v1", false).is_ok());
+    }
+
+    /// Items of a list-map (`x-kubernetes-list-type: map`) are owned one by one: two
+    /// managers apply their own env vars to the same container without a conflict, and one
+    /// dropping its var leaves the other's.
+    #[test]
+    fn apply_on_a_list_map_owns_items_by_key() {
+        let with_env = |env: Value| {
+            let mut d = deploy(1, "a");
+            d["spec"]["template"]["spec"]["containers"][0]["env"] = env;
+            d
+        };
+        let alice = with_env(json!([{"name": "A", "value": "1"}]));
+        let bob = with_env(json!([{"name": "B", "value": "2"}]));
+        let obj = apply(None, &alice, "alice", "apps/v1", false).unwrap();
+        let obj = apply(Some(&obj), &bob, "bob", "apps/v1", false).unwrap();
+        let env = |o: &Value| o["spec"]["template"]["spec"]["containers"][0]["env"].clone();
+        assert_eq!(
+            env(&obj),
+            json!([{"name": "A", "value": "1"}, {"name": "B", "value": "2"}])
+        );
+        let set = FieldSet::of("Deployment", &alice, false).to_fields_v1();
+        let c = &set["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"c\"}"];
+        assert!(
+            c["f:env"]["k:{\"name\":\"A\"}"]["f:value"].is_object(),
+            "{c}"
+        );
+        // Alice no longer sets A: it goes, B (Bob's) stays.
+        let obj = apply(Some(&obj), &deploy(1, "a"), "alice", "apps/v1", false).unwrap();
+        assert_eq!(env(&obj), json!([{"name": "B", "value": "2"}]));
+        // An atomic list (tolerations) is one field: another value conflicts.
+        let mut tol = deploy(1, "a");
+        tol["spec"]["template"]["spec"]["tolerations"] =
+            json!([{"key": "k", "operator": "Exists"}]);
+        let obj = apply(Some(&obj), &tol, "alice", "apps/v1", false).unwrap();
+        tol["spec"]["template"]["spec"]["tolerations"] =
+            json!([{"key": "j", "operator": "Exists"}]);
+        let err = apply(Some(&obj), &tol, "bob", "apps/v1", false).unwrap_err();
+        assert_eq!(err[0].field, ".spec.template.spec.tolerations");
     }
 
     #[test]

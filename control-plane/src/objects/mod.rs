@@ -521,8 +521,10 @@ impl Objects {
             m.remove("generation");
         }
         if rt.status == StatusPolicy::Subresource {
+            // kube's PrepareForCreate resets status to its zero value, which it always
+            // serializes: `{}` plus the kind's required fields, defaulted by admission.
             if let Some(o) = obj.as_object_mut() {
-                o.remove("status");
+                o.insert("status".into(), json!({}));
             }
         }
         let name = meta_str(&obj, "name").unwrap_or_default().to_string();

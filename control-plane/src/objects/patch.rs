@@ -1,6 +1,6 @@
 //! The patch formats Kubernetes accepts: JSON patch (RFC 6902), JSON merge patch
 //! (RFC 7386) and strategic merge patch with its directives, using the merge keys the
-//! built-in kinds declare (`x-kubernetes-patch-merge-key`).
+//! built-in kinds declare (`x-kubernetes-patch-merge-key`, read by `registry::lists`).
 
 use std::collections::{HashMap, HashSet};
 
@@ -35,48 +35,13 @@ impl PatchType {
     }
 }
 
-/// How a list field is merged.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ListStrategy {
-    /// Replaced whole (Kubernetes' atomic lists).
-    Atomic,
-    /// A set of primitives (e.g. `finalizers`).
-    Set,
-    /// Maps merged by a key field (e.g. containers by `name`).
-    Keyed(&'static str),
-}
+pub use crate::registry::lists::ListStrategy;
 
-/// The merge strategy of list field `field` whose parent is at `path` (field names only,
-/// list items as `[]`), for an object of `kind`.
+/// The strategic-merge strategy of list field `field` whose parent is at `path` (field
+/// names only, list items as `[]`), for an object of `kind`: what the kind's schema
+/// declares (`x-kubernetes-patch-strategy`/`-patch-merge-key`), atomic if nothing.
 pub fn list_strategy(kind: &str, path: &[&str], field: &str) -> ListStrategy {
-    let in_container = matches!(path.last(), Some(&"[]"))
-        && path.len() >= 2
-        && matches!(
-            path[path.len() - 2],
-            "containers" | "initContainers" | "ephemeralContainers"
-        );
-    if let Some(key) = crate::registry::kind_merge_key(kind, path, field) {
-        return ListStrategy::Keyed(key);
-    }
-    match field {
-        "containers"
-        | "initContainers"
-        | "ephemeralContainers"
-        | "env"
-        | "volumes"
-        | "imagePullSecrets"
-        | "resourceClaims"
-        | "schedulingGates" => ListStrategy::Keyed("name"),
-        "volumeMounts" => ListStrategy::Keyed("mountPath"),
-        "volumeDevices" => ListStrategy::Keyed("devicePath"),
-        "ports" if in_container => ListStrategy::Keyed("containerPort"),
-        "hostAliases" | "podIPs" | "hostIPs" => ListStrategy::Keyed("ip"),
-        "conditions" => ListStrategy::Keyed("type"),
-        "ownerReferences" => ListStrategy::Keyed("uid"),
-        "finalizers" if path == ["metadata"] => ListStrategy::Set,
-        "topologySpreadConstraints" => ListStrategy::Keyed("topologyKey"),
-        _ => ListStrategy::Atomic,
-    }
+    crate::registry::lists::index().get(kind, path, field).patch
 }
 
 pub fn json_patch(target: &Value, patch: &Value) -> Result<Value, PatchError> {
@@ -425,6 +390,83 @@ mod tests {
         assert_eq!(out["spec"]["ports"].as_array().unwrap().len(), 2);
         assert_eq!(out["spec"]["ports"][0]["targetPort"], 8080);
         assert_eq!(out["spec"]["externalIPs"], json!(["2.2.2.2"]));
+    }
+
+    /// What kube-apiserver answers for the same patches: lists merge as each type's schema
+    /// declares, whatever kind embeds the type, and lists it says nothing about are atomic.
+    #[test]
+    fn lists_merge_as_kube_schemas_declare_them() {
+        let pod = json!({"metadata": {"finalizers": ["a", "b"]}, "spec": {
+            "containers": [{"name": "web", "image": "nginx:1",
+                "ports": [{"containerPort": 80, "protocol": "TCP"}], "env": [{"name": "A", "value": "1"}]}],
+            "tolerations": [{"key": "k1", "operator": "Exists"}, {"key": "k2", "operator": "Exists"}]}});
+        let patch = json!({"metadata": {"finalizers": ["b", "c"]}, "spec": {
+            "containers": [
+                {"name": "web", "ports": [{"containerPort": 80, "name": "http"}, {"containerPort": 443}],
+                 "env": [{"name": "B", "value": "2"}]},
+                {"name": "side", "image": "busybox"}],
+            "tolerations": [{"key": "k3", "operator": "Exists"}]}});
+        let out = strategic_merge("Pod", &pod, &patch).unwrap();
+        assert_eq!(out["metadata"]["finalizers"], json!(["a", "b", "c"]));
+        let web = &out["spec"]["containers"][0];
+        assert_eq!(web["image"], "nginx:1");
+        assert_eq!(
+            web["ports"],
+            json!([{"containerPort": 80, "protocol": "TCP", "name": "http"}, {"containerPort": 443}])
+        );
+        assert_eq!(
+            web["env"],
+            json!([{"name": "A", "value": "1"}, {"name": "B", "value": "2"}])
+        );
+        assert_eq!(out["spec"]["containers"][1]["name"], "side");
+        assert_eq!(
+            out["spec"]["tolerations"],
+            json!([{"key": "k3", "operator": "Exists"}])
+        );
+
+        // The same PodSpec, three levels down in a CronJob.
+        let cj = json!({"spec": {"jobTemplate": {"spec": {"template": {"spec": {
+            "containers": [{"name": "c", "env": [{"name": "A", "value": "1"}]}]}}}}}});
+        let patch = json!({"spec": {"jobTemplate": {"spec": {"template": {"spec": {
+            "containers": [{"name": "c", "env": [{"name": "A", "$patch": "delete"}, {"name": "Z", "value": "9"}]}]}}}}}});
+        let out = strategic_merge("CronJob", &cj, &patch).unwrap();
+        assert_eq!(
+            out.pointer("/spec/jobTemplate/spec/template/spec/containers/0/env")
+                .unwrap(),
+            &json!([{"name": "Z", "value": "9"}])
+        );
+
+        // Node taints are atomic in kube (`kubectl taint k-` sends the remaining list);
+        // addresses merge by type.
+        let node = json!({"spec": {"taints": [{"key": "a", "effect": "NoSchedule"}, {"key": "b", "effect": "NoSchedule"}]},
+            "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.1"}]}});
+        let patch = json!({"spec": {"taints": [{"key": "b", "effect": "NoSchedule"}]},
+            "status": {"addresses": [{"type": "Hostname", "address": "n1"}]}});
+        let out = strategic_merge("Node", &node, &patch).unwrap();
+        assert_eq!(
+            out["spec"]["taints"],
+            json!([{"key": "b", "effect": "NoSchedule"}])
+        );
+        assert_eq!(out["status"]["addresses"].as_array().unwrap().len(), 2);
+
+        let sa = json!({"secrets": [{"name": "s1"}]});
+        let out =
+            strategic_merge("ServiceAccount", &sa, &json!({"secrets": [{"name": "s2"}]})).unwrap();
+        assert_eq!(out["secrets"], json!([{"name": "s1"}, {"name": "s2"}]));
+
+        // `$patch: replace` inside a keyed list replaces it.
+        let patch = json!({"spec": {"containers": [{"$patch": "replace"}, {"name": "only"}]}});
+        let out = strategic_merge("Pod", &pod, &patch).unwrap();
+        assert_eq!(out["spec"]["containers"], json!([{"name": "only"}]));
+
+        // A kind the server does not know has only atomic lists.
+        let out = strategic_merge(
+            "Widget",
+            &pod,
+            &json!({"spec": {"containers": [{"name": "x"}]}}),
+        )
+        .unwrap();
+        assert_eq!(out["spec"]["containers"], json!([{"name": "x"}]));
     }
 
     #[test]

@@ -78,6 +78,73 @@ async fn create_fills_system_metadata_and_defaults() {
     assert_eq!(err.to_string(), "namespaces \"nope\" not found");
 }
 
+/// kube's PrepareForCreate resets status to the zero value, which it always serializes:
+/// clients read `status` straight after a create (the Python client's `test_service_apis`
+/// failed on a Service created without one).
+#[tokio::test]
+async fn created_objects_answer_with_kubes_zero_status() {
+    let (o, _d) = setup().await;
+    let tpl = json!({"metadata": {"labels": {"app": "a"}}, "spec": {"containers": [{"name": "c", "image": "x"}]}});
+    let sel = json!({"matchLabels": {"app": "a"}});
+    let cases = [
+        (
+            "",
+            "services",
+            json!({"spec": {"ports": [{"port": 80}]}, "status": {"loadBalancer": {"ingress": [{"ip": "1.2.3.4"}]}}}),
+            json!({"loadBalancer": {}}),
+        ),
+        (
+            "",
+            "replicationcontrollers",
+            json!({"spec": {"selector": {"app": "a"}, "template": tpl}}),
+            json!({"replicas": 0}),
+        ),
+        (
+            "apps",
+            "deployments",
+            json!({"spec": {"selector": sel, "template": tpl}}),
+            json!({}),
+        ),
+        (
+            "apps",
+            "replicasets",
+            json!({"spec": {"selector": sel, "template": tpl}}),
+            json!({"replicas": 0}),
+        ),
+        (
+            "apps",
+            "daemonsets",
+            json!({"spec": {"selector": sel, "template": tpl}}),
+            json!({"currentNumberScheduled": 0, "numberMisscheduled": 0, "desiredNumberScheduled": 0, "numberReady": 0}),
+        ),
+        (
+            "batch",
+            "jobs",
+            json!({"spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "x"}]}}}}),
+            json!({}),
+        ),
+        (
+            "batch",
+            "cronjobs",
+            json!({"spec": {"schedule": "* * * * *", "jobTemplate": {"spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "x"}]}}}}}}),
+            json!({}),
+        ),
+    ];
+    for (group, plural, mut body, want) in cases {
+        body["metadata"]["name"] = json!("a");
+        let w = o
+            .create(
+                rt(&o, group, plural),
+                Some("default"),
+                body,
+                &WriteOptions::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{plural}: {e}"));
+        assert_eq!(v(&w.object)["status"], want, "{plural}");
+    }
+}
+
 #[tokio::test]
 async fn invalid_and_unknown_fields() {
     let (o, _d) = setup().await;
@@ -180,7 +247,8 @@ async fn generation_tracks_spec_only_and_stale_updates_conflict() {
         .await
         .unwrap()
         .object);
-    assert!(fourth.get("status").is_none());
+    // The main resource keeps the status a create gave it: empty, as in kube.
+    assert_eq!(fourth["status"], json!({}));
     st["metadata"]["resourceVersion"] = fourth["metadata"]["resourceVersion"].clone();
     let fifth = v(&o
         .update(

@@ -509,6 +509,10 @@ impl Kind for Service {
                     Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(p.port));
             }
         }
+        // kube's `status.loadBalancer` is a struct, never omitted: clients test for it.
+        if let Some(status) = self.status.as_mut() {
+            status.load_balancer.get_or_insert_with(Default::default);
+        }
     }
     fn validate(&self, errs: &mut Errors) {
         let Some(spec) = &self.spec else {

@@ -7,6 +7,7 @@ mod batch;
 mod core;
 mod discovery;
 mod hooks;
+pub mod lists;
 mod meta;
 mod other;
 mod pod;
@@ -166,23 +167,6 @@ impl<K: Kind> Strategy for Typed<K> {
     fn schema(&self, schemas: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemas.subschema_for::<K>()
     }
-}
-
-/// Lists merged by key only in some kinds (their schemas' `x-kubernetes-patch-merge-key`):
-/// kind, the path of the object holding the list (`None`: anywhere), field, key.
-const KIND_MERGE_KEYS: &[(&str, Option<&[&str]>, &str, &str)] = &[
-    ("Service", Some(&["spec"]), "ports", "port"),
-    ("Node", None, "taints", "key"),
-    ("Node", None, "addresses", "type"),
-    ("ServiceAccount", None, "secrets", "name"),
-];
-
-/// The merge key of list `field` at `path` in objects of `kind`, where the kind decides.
-pub fn kind_merge_key(kind: &str, path: &[&str], field: &str) -> Option<&'static str> {
-    KIND_MERGE_KEYS
-        .iter()
-        .find(|(k, p, f, _)| *k == kind && *f == field && p.is_none_or(|p| p == path))
-        .map(|(_, _, _, key)| *key)
 }
 
 /// One served resource (e.g. `apps/v1 deployments`).
