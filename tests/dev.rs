@@ -663,7 +663,10 @@ fn a_pods_log_files_go_with_it_also_when_force_deleted() {
     eventually(10, "crash's logs to be removed", || {
         n.pod_logs("crash").is_empty().then_some(())
     });
-    assert!(!n.pod_logs("kept").is_empty(), "a pod not deleted keeps its logs");
+    assert!(
+        !n.pod_logs("kept").is_empty(),
+        "a pod not deleted keeps its logs"
+    );
 }
 
 /// Regression: a kill was a flag read at epoch ticks, so a guest waiting in `poll_oneoff`
@@ -940,7 +943,9 @@ fn agent_restart_adopts_its_pods() {
     assert!(o.status.success());
     let mut agent = spawn_agent();
     eventually(30, "done's logs to be removed", || {
-        pod_logs_in(&data, "default", "done").is_empty().then_some(())
+        pod_logs_in(&data, "default", "done")
+            .is_empty()
+            .then_some(())
     });
     let _ = agent.kill();
     let _ = agent.wait();

@@ -98,7 +98,11 @@ fn app(ns: &str) -> String {
 fn hello_pod(ns: &str) -> String {
     let app = app(ns);
     let pod = app.rfind("---\n").unwrap();
-    format!("{}{}", &app[..app.find("---\n").unwrap() + 4], &app[pod + 4..])
+    format!(
+        "{}{}",
+        &app[..app.find("---\n").unwrap() + 4],
+        &app[pod + 4..]
+    )
 }
 
 /// [`app`] as changed by a second version: a new image and a new label.
@@ -626,7 +630,11 @@ fn kubectl_1_32_works_too() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::io::Write::write_all(&mut apply.stdin.take().unwrap(), app("client-132").as_bytes()).unwrap();
+    std::io::Write::write_all(
+        &mut apply.stdin.take().unwrap(),
+        app("client-132").as_bytes(),
+    )
+    .unwrap();
     let out = apply.wait_with_output().unwrap();
     assert!(
         out.status.success(),

@@ -250,10 +250,7 @@ fn at_exit(f: Teardown) {
             eprintln!("atexit failed: shared fixtures will not be torn down");
         }
     });
-    TEARDOWNS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(f);
+    TEARDOWNS.lock().unwrap_or_else(|e| e.into_inner()).push(f);
 }
 
 /// Tears the fixtures down, the last made first. A panic must not unwind into libc.

@@ -122,7 +122,12 @@ impl Chain {
         objects: &Objects,
     ) -> Result<(), ObjectError> {
         for p in self.mutating.iter().filter(|p| p.handles(a)) {
-            let span = tracing::debug_span!("admit", plugin = p.name(), resource = a.resource.plural, name = a.name);
+            let span = tracing::debug_span!(
+                "admit",
+                plugin = p.name(),
+                resource = a.resource.plural,
+                name = a.name
+            );
             p.admit(a, obj, objects).instrument(span).await?;
         }
         Ok(())
@@ -135,7 +140,12 @@ impl Chain {
         objects: &Objects,
     ) -> Result<(), ObjectError> {
         for p in self.validating.iter().filter(|p| p.handles(a)) {
-            let span = tracing::debug_span!("validate", plugin = p.name(), resource = a.resource.plural, name = a.name);
+            let span = tracing::debug_span!(
+                "validate",
+                plugin = p.name(),
+                resource = a.resource.plural,
+                name = a.name
+            );
             p.validate(a, obj, objects).instrument(span).await?;
         }
         Ok(())
@@ -242,7 +252,9 @@ impl Mutating for RuntimeClass {
         if !pod["spec"]["nodeSelector"].is_object() {
             pod["spec"]["nodeSelector"] = json!({});
         }
-        let sel = pod["spec"]["nodeSelector"].as_object_mut().expect("an object");
+        let sel = pod["spec"]["nodeSelector"]
+            .as_object_mut()
+            .expect("an object");
         for (k, v) in wanted {
             match sel.get(&k) {
                 Some(existing) if *existing != v => {
@@ -341,14 +353,21 @@ mod tests {
         let mut no_schedule = json!({"spec": {"tolerations": [
             {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoSchedule"}]}});
         plugin().add_tolerations(&mut no_schedule);
-        assert_eq!(no_schedule["spec"]["tolerations"].as_array().unwrap().len(), 3);
+        assert_eq!(
+            no_schedule["spec"]["tolerations"].as_array().unwrap().len(),
+            3
+        );
     }
 
     #[test]
     fn the_chain_runs_the_built_in_plugins_in_order() {
         assert_eq!(
             Chain::new(&Admission::default()).names(),
-            ["NamespaceLifecycle", "RuntimeClass", "DefaultTolerationSeconds"]
+            [
+                "NamespaceLifecycle",
+                "RuntimeClass",
+                "DefaultTolerationSeconds"
+            ]
         );
     }
 }

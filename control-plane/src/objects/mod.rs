@@ -17,8 +17,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
-pub use admission::{Admission, DEFAULT_TOLERATION_SECONDS};
 pub use crate::registry::KUBERNETES_SERVICE_IP;
+pub use admission::{Admission, DEFAULT_TOLERATION_SECONDS};
 pub use error::ObjectError;
 pub use patch::PatchType;
 pub use watch::{parsed_event, WatchFilter, WatchItem, WatchStream};
@@ -28,9 +28,9 @@ use crate::registry::{
     validate_object_meta, AdmitError, ObjectMetaRules, Operation, Registry, ResourceType,
     StatusPolicy,
 };
-use admission::{Attributes, Chain};
 use crate::selectors::{FieldSelector, Selector};
 use crate::store::{Precondition, Revision, Store, StoreError, Stored};
+use admission::{Attributes, Chain};
 
 /// How unknown fields in a request body are treated (`fieldValidation`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -1035,7 +1035,8 @@ impl Objects {
                 _ => {}
             }
             let graceful = rt.hooks.graceful_delete(&obj, opts.grace_period_seconds);
-            let must_wait = !finalizers.is_empty() || graceful.is_some() || rt.hooks.finalizing(&obj);
+            let must_wait =
+                !finalizers.is_empty() || graceful.is_some() || rt.hooks.finalizing(&obj);
             if !must_wait {
                 if opts.dry_run {
                     return Ok(Written {

@@ -8,14 +8,14 @@ use k8s_openapi::api::core::v1::{
 };
 use serde_json::Value;
 
+use super::hooks::{CreateOnUpdate, Hooks};
+use super::pod::PodHooks;
 use super::pod::{default_template, validate_pod_spec};
+use super::service_ips::ServiceHooks;
 use super::table::{self, Column, AGE, NAME};
 use super::validation::{
     check_port, is_dns1123_subdomain, validate_labels, ErrorType, Errors, NameRule,
 };
-use super::hooks::{CreateOnUpdate, Hooks};
-use super::pod::PodHooks;
-use super::service_ips::ServiceHooks;
 use super::{typed, Base, Kind, Operation, ResourceType, StatusPolicy};
 use crate::selectors::Field;
 

@@ -19,8 +19,8 @@ use super::status::{
 };
 use super::supervisor::{sleep_until, supervise, Update};
 use super::{AbortOnDrop, Ctx};
-use crate::runtime::{Containers, Exit};
 use crate::layout::Layout;
+use crate::runtime::{Containers, Exit};
 use crate::sandbox::{NetworkConfig, Sandbox, SandboxConfig, Sources};
 
 pub struct Worker {

@@ -13,13 +13,13 @@ use tokio::sync::{mpsc, watch};
 use super::container::{Action, Event, Machine, Policy, Restart};
 use super::lifecycle::Which;
 use super::pod::PodCtx;
-use super::AbortOnDrop;
 use super::probes::{self, Outcome, ProbeKind};
 use super::spec::{self, Resolved};
 use super::status::now;
+use super::AbortOnDrop;
+use crate::layout::{self, ContainerId};
 use crate::logs::LogFile;
 use crate::runtime::{Exit, KillSwitch, Running, Runtime};
-use crate::layout::{self, ContainerId};
 use crate::sandbox::Sources;
 
 /// What a container supervisor reports.
