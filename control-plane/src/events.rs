@@ -271,15 +271,7 @@ mod tests {
     }
 
     async fn events_in_default(objects: &Objects) -> Vec<Value> {
-        let rt = objects.registry().find("", "v1", "events").unwrap();
-        let page = objects
-            .list(rt, Some("default"), &Default::default())
-            .await
-            .unwrap();
-        page.items
-            .iter()
-            .map(|b| serde_json::from_slice(b).unwrap())
-            .collect()
+        crate::controllers::testing::list(objects, "", "events").await
     }
 
     #[tokio::test]
