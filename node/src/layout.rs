@@ -225,6 +225,17 @@ impl ContainerId {
     pub fn run_id(&self) -> &str {
         &self.run_id
     }
+
+    /// Whether this names a run of `container` in pod `pod_uid` ([`run_id`]'s form): a
+    /// status (which its writer could forge) must not hand a pod another pod's container.
+    pub fn is_run_of(&self, pod_uid: &str, container: &str) -> bool {
+        self.run_id
+            .strip_prefix(pod_uid)
+            .and_then(|r| r.strip_prefix('-'))
+            .and_then(|r| r.strip_prefix(container))
+            .and_then(|r| r.strip_prefix('-'))
+            .is_some_and(|run| run.parse::<i32>().is_ok())
+    }
 }
 
 impl fmt::Display for ContainerId {
@@ -249,6 +260,16 @@ impl std::str::FromStr for ContainerId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_container_id_belongs_only_to_its_own_pod_and_container() {
+        let id = ContainerId::new("runc", &run_id("uid-1", "web", 2));
+        assert!(id.is_run_of("uid-1", "web"));
+        assert!(!id.is_run_of("uid-2", "web"));
+        assert!(!id.is_run_of("uid-1", "db"));
+        let forged: ContainerId = "runc://uid-2-web-0".parse().unwrap();
+        assert!(!forged.is_run_of("uid-1", "web"));
+    }
 
     #[test]
     fn container_ids_print_and_parse_as_runtime_and_run() {

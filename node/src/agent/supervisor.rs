@@ -489,6 +489,10 @@ impl ProbeSet {
 async fn adopt(pc: &PodCtx, prev: ContainerStatus) -> Option<Adopted<'_>> {
     prev.state.as_ref()?.running.as_ref()?;
     let id: ContainerId = prev.container_id.as_deref()?.parse().ok()?;
+    if !id.is_run_of(&pc.uid, &prev.name) {
+        tracing::warn!(container = %prev.name, %id, "not adopting a container of another pod");
+        return None;
+    }
     let runtime = pc.ctx.runtimes.of(&id)?;
     let running = runtime.adopt(id.run_id(), pc.containers.token()).await?;
     tracing::info!(container = %prev.name, %id, "adopted a running container");
