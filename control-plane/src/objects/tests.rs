@@ -145,6 +145,37 @@ async fn created_objects_answer_with_kubes_zero_status() {
     }
 }
 
+/// A node's status as kube keeps it: allocatable defaults to capacity
+/// (`SetDefaults_NodeStatus`), and the structs Go always serializes are there.
+#[tokio::test]
+async fn nodes_answer_with_kubes_status_defaults() {
+    let (o, _d) = setup().await;
+    let node =
+        json!({"metadata": {"name": "n"}, "status": {"capacity": {"cpu": "2", "pods": "110"}}});
+    let w = o
+        .create(rt(&o, "", "nodes"), None, node, &WriteOptions::default())
+        .await
+        .unwrap();
+    let status = &v(&w.object)["status"];
+    assert_eq!(status["allocatable"], json!({"cpu": "2", "pods": "110"}));
+    assert_eq!(
+        status["daemonEndpoints"],
+        json!({"kubeletEndpoint": {"Port": 0}})
+    );
+    assert_eq!(status["nodeInfo"]["machineID"], json!(""));
+    assert_eq!(status["nodeInfo"]["kubeletVersion"], json!(""));
+    // What the node says it can allocate stays its own.
+    let node = json!({"metadata": {"name": "m"}, "status": {"capacity": {"cpu": "2"}, "allocatable": {"cpu": "1500m"}}});
+    let w = o
+        .create(rt(&o, "", "nodes"), None, node, &WriteOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        v(&w.object)["status"]["allocatable"],
+        json!({"cpu": "1500m"})
+    );
+}
+
 #[tokio::test]
 async fn invalid_and_unknown_fields() {
     let (o, _d) = setup().await;

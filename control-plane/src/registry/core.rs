@@ -240,9 +240,25 @@ const NODE_COLUMNS: &[Column] = &[
     Column::wide("Container-Runtime", "string", "ContainerRuntime Version reported by the node through runtime remote API (e.g. containerd://1.4.2)."),
 ];
 
+/// A node's status as kube-apiserver keeps it: what is allocatable defaults to the capacity,
+/// and the structs Go always serializes (`daemonEndpoints`, `nodeInfo`) are there, zero.
+fn default_node_status(status: &mut k8s_openapi::api::core::v1::NodeStatus) {
+    if status.allocatable.is_none() {
+        status.allocatable = status.capacity.clone();
+    }
+    status
+        .daemon_endpoints
+        .get_or_insert_with(Default::default)
+        .kubelet_endpoint
+        .get_or_insert_with(Default::default);
+    status.node_info.get_or_insert_with(Default::default);
+}
+
 impl Kind for Node {
-    /// `podCIDR` is `podCIDRs[0]` (the v1 conversion keeps them in step).
+    /// `podCIDR` is `podCIDRs[0]` (the v1 conversion keeps them in step); the status as
+    /// kube's defaulting and Go's encoding give it (`SetDefaults_NodeStatus`).
     fn default_fields(&mut self, _op: Operation) {
+        default_node_status(self.status.get_or_insert_with(Default::default));
         let Some(spec) = self.spec.as_mut() else {
             return;
         };
