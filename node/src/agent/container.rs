@@ -1,5 +1,6 @@
 //! One container's life as a pure state machine beside the pod's: `step(Event) -> Vec<Action>`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ContainerState, ContainerStateRunning, ContainerStatus};
@@ -155,7 +156,8 @@ pub enum Action {
 pub struct Machine {
     state: State,
     policy: Policy,
-    status: ContainerStatus,
+    /// Shared with the pod worker, which reports it: one copy while nothing changes.
+    status: Arc<ContainerStatus>,
     /// The next wait after a failed pull or creation.
     backoff: Duration,
     /// The next crash-loop wait (zero: restart at once).
@@ -166,7 +168,7 @@ pub struct Machine {
 }
 
 impl Machine {
-    pub fn new(policy: Policy, status: ContainerStatus, now: Instant) -> Machine {
+    pub fn new(policy: Policy, status: Arc<ContainerStatus>, now: Instant) -> Machine {
         Machine {
             state: State::Creating { run: 0 },
             policy,
@@ -182,8 +184,13 @@ impl Machine {
         &self.state
     }
 
-    pub fn status(&self) -> &ContainerStatus {
+    pub fn status(&self) -> &Arc<ContainerStatus> {
         &self.status
+    }
+
+    /// The status, to change (a copy of it, if the worker still holds the old one).
+    fn st(&mut self) -> &mut ContainerStatus {
+        Arc::make_mut(&mut self.status)
     }
 
     /// When the supervisor should send [`Event::Timer`], if ever.
@@ -218,7 +225,7 @@ impl Machine {
             (State::Done { .. }, _) => {}
             (_, Event::Begin) => self.create(&mut out),
             (_, Event::Adopted { status, started }) => {
-                self.status = *status;
+                self.status = Arc::from(status);
                 self.began_running(started, now, &mut out);
             }
             (
@@ -233,13 +240,18 @@ impl Machine {
                 out.push(self.record("Normal", "Created", format!("Created container: {name}")));
                 out.push(self.record("Normal", "Started", format!("Started container {name}")));
                 let p = &self.policy;
-                (self.status.image, self.status.image_id) = image;
-                self.status.restart_count = run;
-                self.status.container_id = Some(container_id);
+                let (startup, ready) = (
+                    p.startup_probe,
+                    !p.init && !p.startup_probe && !p.readiness_probe,
+                );
+                let st = self.st();
+                (st.image, st.image_id) = image;
+                st.restart_count = run;
+                st.container_id = Some(container_id);
                 // Started and ready now, unless probes say when.
-                self.status.started = Some(!p.startup_probe);
-                self.status.ready = !p.init && !p.startup_probe && !p.readiness_probe;
-                self.status.state = Some(ContainerState {
+                st.started = Some(!startup);
+                st.ready = ready;
+                st.state = Some(ContainerState {
                     running: Some(ContainerStateRunning {
                         started_at: Some(started.clone()),
                     }),
@@ -261,9 +273,12 @@ impl Machine {
                     out.push(self.record("Warning", "Failed", format!("Error: {message}")));
                 }
                 if let Some(image) = image {
-                    (self.status.image, self.status.image_id) = image;
+                    {
+                        let st = self.st();
+                        (st.image, st.image_id) = image;
+                    }
                 }
-                self.status.state = Some(waiting(reason, Some(message)));
+                self.st().state = Some(waiting(reason, Some(message)));
                 out.push(Action::Report);
                 self.state = State::BackOff {
                     until: now + self.backoff,
@@ -275,7 +290,7 @@ impl Machine {
                 // Later attempts wait in ImagePullBackOff, as the kubelet's do.
                 if image_pull {
                     let msg = format!("Back-off pulling image \"{}\"", self.status.image);
-                    self.status.state = Some(waiting("ImagePullBackOff", Some(msg)));
+                    self.st().state = Some(waiting("ImagePullBackOff", Some(msg)));
                     out.push(Action::Report);
                 }
                 self.create(&mut out);
@@ -413,16 +428,17 @@ impl Machine {
                     ProbeKind::Liveness,
                     ProbeKind::Readiness,
                 ]));
-                self.status.started = Some(true);
-                self.status.ready = !self.policy.init && !self.policy.readiness_probe;
+                let ready = !self.policy.init && !self.policy.readiness_probe;
+                self.st().started = Some(true);
+                self.st().ready = ready;
                 out.push(Action::Report);
             }
             (ProbeKind::Readiness, Verdict::Passed) => {
-                self.status.ready = true;
+                self.st().ready = true;
                 out.push(Action::Report);
             }
             (ProbeKind::Readiness, Verdict::Failed(_)) => {
-                self.status.ready = false;
+                self.st().ready = false;
                 out.push(Action::Report);
             }
             (ProbeKind::Startup | ProbeKind::Liveness, Verdict::Failed(_))
@@ -453,8 +469,8 @@ impl Machine {
         }
         let id = self.status.container_id.clone().unwrap_or_default();
         let term = terminated(&exit, self.started.take(), &id, at);
-        self.status.ready = false;
-        self.status.started = Some(false);
+        self.st().ready = false;
+        self.st().started = Some(false);
         let may = matches!(
             state,
             State::PostStart | State::Running | State::Killing { restart: true, .. }
@@ -466,7 +482,7 @@ impl Machine {
                 Restart::Never => false,
             };
         if !restart {
-            self.status.state = Some(term);
+            self.st().state = Some(term);
             out.push(Action::Report);
             self.state = State::Done { ok: exit.code == 0 };
             return;
@@ -474,7 +490,7 @@ impl Machine {
         if now.saturating_duration_since(self.began) >= BACKOFF_RESET {
             self.crash_backoff = Duration::ZERO;
         }
-        self.status.last_state = Some(term);
+        self.st().last_state = Some(term);
         if self.crash_backoff.is_zero() {
             self.crash_backoff = BACKOFF_START;
             self.create(out);
@@ -487,7 +503,7 @@ impl Machine {
         );
         let msg = format!("back-off {secs}s restarting failed container={name} pod={pod}");
         let event = format!("Back-off restarting failed container {name} in pod {pod}");
-        self.status.state = Some(waiting("CrashLoopBackOff", Some(msg)));
+        self.st().state = Some(waiting("CrashLoopBackOff", Some(msg)));
         out.push(Action::Report);
         out.push(self.record("Warning", "BackOff", event));
         self.state = State::BackOff {
@@ -544,7 +560,7 @@ mod tests {
 
     /// A machine past its first creation, running.
     fn running(p: Policy, t0: Instant) -> Machine {
-        let mut m = Machine::new(p, status(), t0);
+        let mut m = Machine::new(p, status().into(), t0);
         assert_eq!(m.step(Event::Begin, t0), [Action::Create { run: 0 }]);
         m.step(created(), t0);
         assert_eq!(m.state(), &State::Running);
@@ -568,7 +584,7 @@ mod tests {
     #[test]
     fn a_container_runs_and_completes_for_good() {
         let t0 = Instant::now();
-        let mut m = Machine::new(policy(Restart::Never), status(), t0);
+        let mut m = Machine::new(policy(Restart::Never), status().into(), t0);
         m.step(Event::Begin, t0);
         let a = m.step(created(), t0);
         assert_eq!(reasons(&a), ["Created", "Started"]);
@@ -596,7 +612,7 @@ mod tests {
     #[test]
     fn failed_creations_back_off_doubling_and_pulls_show_image_pull_back_off() {
         let t0 = Instant::now();
-        let mut m = Machine::new(policy(Restart::Always), status(), t0);
+        let mut m = Machine::new(policy(Restart::Always), status().into(), t0);
         m.step(Event::Begin, t0);
         let fail = |reason| Event::CreateFailed {
             reason,
@@ -736,7 +752,7 @@ mod tests {
             post_start: true,
             ..policy(Restart::Always)
         };
-        let mut m = Machine::new(p.clone(), status(), t0);
+        let mut m = Machine::new(p.clone(), status().into(), t0);
         m.step(Event::Begin, t0);
         let a = m.step(created(), t0);
         assert_eq!(a.last(), Some(&Action::RunPostStart));
@@ -747,7 +763,7 @@ mod tests {
         assert!(a.contains(&Action::Kill) && a.contains(&Action::Report));
         assert_eq!(m.step(exited(137), t0), [Action::Create { run: 1 }]);
         // Told to stop during the hook: the hook is dropped and the stop goes on.
-        let mut m = Machine::new(p, status(), t0);
+        let mut m = Machine::new(p, status().into(), t0);
         m.step(Event::Begin, t0);
         m.step(created(), t0);
         let until = t0 + Duration::from_secs(1);
@@ -764,7 +780,7 @@ mod tests {
             readiness_probe: true,
             ..policy(Restart::Always)
         };
-        let mut m = Machine::new(p, status(), t0);
+        let mut m = Machine::new(p, status().into(), t0);
         m.step(Event::Begin, t0);
         let a = m.step(created(), t0);
         assert!(a.contains(&Action::StartProbes(vec![ProbeKind::Startup])));
@@ -794,7 +810,7 @@ mod tests {
     #[test]
     fn an_adopted_container_goes_on_without_being_created() {
         let t0 = Instant::now();
-        let mut m = Machine::new(policy(Restart::Always), status(), t0);
+        let mut m = Machine::new(policy(Restart::Always), status().into(), t0);
         let prev = ContainerStatus {
             restart_count: 3,
             container_id: Some("runc://u1-app-3".into()),

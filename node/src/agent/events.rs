@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, PostParams};
 use kube::Client;
@@ -19,6 +19,15 @@ const EVENT_BURST: f64 = 100.0;
 const QUEUE: usize = 1000;
 /// Event requests in flight at once.
 const IN_FLIGHT: usize = 4;
+
+/// The pod an event is about.
+#[derive(Clone, Copy, Debug)]
+pub struct PodRef<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub uid: &'a str,
+    pub resource_version: Option<&'a str>,
+}
 
 #[derive(Clone)]
 pub struct Recorder {
@@ -62,7 +71,7 @@ impl Recorder {
     /// background: a pod's start does not wait for its events.
     pub fn pod(
         &self,
-        pod: &Pod,
+        pod: PodRef<'_>,
         container: Option<&str>,
         type_: &str,
         reason: &str,
@@ -71,10 +80,10 @@ impl Recorder {
         let involved = ObjectReference {
             api_version: Some("v1".into()),
             kind: Some("Pod".into()),
-            name: pod.metadata.name.clone(),
-            namespace: pod.metadata.namespace.clone(),
-            uid: pod.metadata.uid.clone(),
-            resource_version: pod.metadata.resource_version.clone(),
+            name: Some(pod.name.into()),
+            namespace: Some(pod.namespace.into()),
+            uid: Some(pod.uid.into()),
+            resource_version: pod.resource_version.map(str::to_string),
             field_path: container.map(|c| format!("spec.containers{{{c}}}")),
         };
         self.record(involved, type_, reason, message);

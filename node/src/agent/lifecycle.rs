@@ -5,8 +5,6 @@
 //! with `restartPolicy: Always`, started before and stopped after the main containers) and
 //! termination is decided in one place and tested as plain logic.
 
-use std::collections::BTreeSet;
-
 /// Where a pod is in its life on this node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {
@@ -84,9 +82,44 @@ pub struct Lifecycle {
     pub stage: Stage,
     shape: Shape,
     /// Containers whose supervisors run.
-    live: BTreeSet<Which>,
+    live: WhichSet,
     /// Containers told to stop (not told twice).
-    stopping: BTreeSet<Which>,
+    stopping: WhichSet,
+}
+
+/// A few containers, in order (init containers first): a sorted `Vec`, which for a pod's
+/// handful costs a fraction of a B-tree's node.
+#[derive(Debug, Default)]
+struct WhichSet(Vec<Which>);
+
+impl WhichSet {
+    fn insert(&mut self, w: Which) {
+        if let Err(at) = self.0.binary_search(&w) {
+            self.0.insert(at, w);
+        }
+    }
+
+    fn remove(&mut self, w: &Which) {
+        if let Ok(at) = self.0.binary_search(w) {
+            self.0.remove(at);
+        }
+    }
+
+    fn contains(&self, w: &Which) -> bool {
+        self.0.binary_search(w).is_ok()
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, Which> {
+        self.0.iter()
+    }
+
+    fn extend(&mut self, ws: impl IntoIterator<Item = Which>) {
+        ws.into_iter().for_each(|w| self.insert(w));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 impl Lifecycle {
@@ -94,8 +127,8 @@ impl Lifecycle {
         Lifecycle {
             stage: Stage::Sandbox,
             shape,
-            live: BTreeSet::new(),
-            stopping: BTreeSet::new(),
+            live: WhichSet::default(),
+            stopping: WhichSet::default(),
         }
     }
 

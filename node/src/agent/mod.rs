@@ -5,9 +5,11 @@
 
 mod container;
 mod events;
+mod latest;
 mod lifecycle;
 mod node_info;
 mod pod;
+mod pod_sandbox;
 mod pods;
 mod probes;
 mod spec;

@@ -5,26 +5,29 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, ContainerStatus, Pod, Secret};
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::{ConfigMap, Container, ContainerStatus, Pod, PodStatus, Secret};
 use kube::api::{Api, DeleteParams, Preconditions};
-use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use super::container::{BACKOFF_MAX, BACKOFF_START};
+use super::events::PodRef;
+use super::latest;
 use super::lifecycle::{Action, Event, Lifecycle, Shape, Stage, Which};
+use super::pod_sandbox::prepare_sandbox;
 use super::spec::source_error;
 use super::status::{
-    initial_status, now, terminated, waiting, write_status, Reporter, STATUS_RETRY_MAX,
-    STATUS_RETRY_START,
+    initial_status, now, terminated, waiting, Reporter, StatusWriter, Transitions,
+    STATUS_RETRY_MAX, STATUS_RETRY_START,
 };
-use super::supervisor::{sleep_until, supervise, Update};
+use super::supervisor::{sleep_until, supervise, Mailbox, Update};
 use super::{AbortOnDrop, Ctx};
 use crate::layout::Layout;
 use crate::runtime::{Containers, Exit};
-use crate::sandbox::{NetworkConfig, Sandbox, SandboxConfig, Sources};
+use crate::sandbox::{Sandbox, Sources};
 
 pub struct Worker {
-    changes: watch::Sender<PodChange>,
+    changes: latest::Sender<PodChange>,
     task: tokio::task::JoinHandle<()>,
     /// The containers the worker started that still exist.
     containers: Containers,
@@ -58,7 +61,7 @@ impl PodChange {
 
 impl Worker {
     pub fn spawn(ctx: Arc<Ctx>, pod: Pod) -> Worker {
-        let (tx, rx) = watch::channel(PodChange::of(&pod));
+        let (tx, rx) = latest::channel(PodChange::of(&pod));
         let containers = Containers::default();
         // Boxed: a pod passed by value would take its size in the task for good.
         let task = tokio::spawn(run(ctx, Box::new(pod), rx, containers.clone()));
@@ -108,11 +111,15 @@ pub struct PodDirs {
 impl PodDirs {
     pub fn of(layout: &Layout, pod: &Pod) -> PodDirs {
         let m = &pod.metadata;
-        let (ns, name, uid) = (
+        PodDirs::named(
+            layout,
             m.namespace.as_deref().unwrap_or_default(),
             m.name.as_deref().unwrap_or_default(),
             m.uid.as_deref().unwrap_or_default(),
-        );
+        )
+    }
+
+    fn named(layout: &Layout, ns: &str, name: &str, uid: &str) -> PodDirs {
         PodDirs {
             sandbox: layout.sandbox(uid),
             logs: layout.pod_logs(ns, name, uid),
@@ -137,11 +144,14 @@ impl PodDirs {
 /// A pod as its container supervisors see it.
 pub(super) struct PodCtx {
     pub(super) ctx: Arc<Ctx>,
-    pub(super) pod: Arc<Pod>,
+    /// The pod object (without its status), as JSON: what the worker and supervisors
+    /// need of it, they parse when they need it. A parsed pod keeps every field of every
+    /// container in place, set or not (~4 KiB for one container); its JSON, what is set.
+    pod: Box<[u8]>,
+    pub(super) resource_version: Option<String>,
     pub(super) ns: String,
     pub(super) name: String,
     pub(super) uid: String,
-    pub(super) dirs: PodDirs,
     pub(super) restart_policy: String,
     /// Set once the sandbox is ready (containers start only then).
     pub(super) sandbox: std::sync::OnceLock<Sandbox>,
@@ -149,14 +159,26 @@ pub(super) struct PodCtx {
     pub(super) containers: Containers,
 }
 
+/// Init container or container `which` of `pod` (which has a spec: workers need one).
+pub(super) fn container_of(pod: &Pod, which: Which) -> &Container {
+    let spec = pod.spec.as_ref().expect("a running pod has a spec");
+    match which {
+        Which::Init(i) => &spec.init_containers.as_ref().expect("init containers")[i],
+        Which::Main(i) => &spec.containers[i],
+    }
+}
+
 impl PodCtx {
-    fn new(ctx: Arc<Ctx>, pod: Arc<Pod>, containers: Containers) -> PodCtx {
+    fn new(ctx: Arc<Ctx>, pod: &Pod, containers: Containers) -> PodCtx {
         let m = &pod.metadata;
         let uid = m.uid.clone().unwrap_or_default();
         PodCtx {
+            pod: serde_json::to_vec(pod)
+                .expect("a pod serializes")
+                .into_boxed_slice(),
+            resource_version: m.resource_version.clone(),
             ns: m.namespace.clone().unwrap_or_default(),
             name: m.name.clone().unwrap_or_default(),
-            dirs: PodDirs::of(&ctx.layout, &pod),
             uid,
             restart_policy: pod
                 .spec
@@ -164,7 +186,6 @@ impl PodCtx {
                 .and_then(|s| s.restart_policy.clone())
                 .unwrap_or_else(|| "Always".into()),
             ctx,
-            pod,
             sandbox: Default::default(),
             containers,
         }
@@ -176,12 +197,23 @@ impl PodCtx {
             .expect("containers start once the sandbox is ready")
     }
 
-    /// An init container or a container.
-    pub(super) fn container(&self, which: Which) -> &Container {
-        let spec = self.pod.spec.as_ref().expect("a running pod has a spec");
-        match which {
-            Which::Init(i) => &spec.init_containers.as_ref().expect("init containers")[i],
-            Which::Main(i) => &spec.containers[i],
+    /// Where the pod keeps its files (made when needed: a pod keeps no paths).
+    pub(super) fn dirs(&self) -> PodDirs {
+        PodDirs::named(&self.ctx.layout, &self.ns, &self.name, &self.uid)
+    }
+
+    /// The pod object (without its status), parsed.
+    pub(super) fn pod(&self) -> Pod {
+        serde_json::from_slice(&self.pod).expect("the pod was serialized")
+    }
+
+    /// The pod, as its events name it.
+    pub(super) fn pod_ref(&self) -> PodRef<'_> {
+        PodRef {
+            namespace: &self.ns,
+            name: &self.name,
+            uid: &self.uid,
+            resource_version: self.resource_version.as_deref(),
         }
     }
 
@@ -207,129 +239,12 @@ impl Sources for PodCtx {
     }
 }
 
-/// The pod's sandbox (volumes, network and address, PID namespace, `/etc` files), made
-/// from its spec and the node's networks. An error is the event's reason and message.
-async fn prepare_sandbox(
-    pc: &PodCtx,
-    spec: &k8s_openapi::api::core::v1::PodSpec,
-) -> Result<Sandbox, (&'static str, String)> {
-    let host_network = spec.host_network == Some(true);
-    let node_ip = pc.ctx.node_ip.clone();
-    let network = if host_network {
-        NetworkConfig::Node {
-            ip: node_ip,
-            host: true,
-        }
-    } else {
-        pod_network(pc, spec).await?
-    };
-    let hostname = match host_network {
-        true => super::node_info::hostname(),
-        false => spec
-            .hostname
-            .clone()
-            .unwrap_or_else(|| pc.name.chars().take(63).collect()),
-    };
-    // The kubelet's resolv.conf for the pod's policy. Its Wasm guests resolve with the same
-    // configuration, through the cluster DNS wherever it answers (on a loopback port too,
-    // which a resolv.conf cannot name).
-    let node_resolv = crate::dns::resolv::ResolvConf::parse(
-        &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
-    );
-    let cluster_ip = crate::dns::CLUSTER_DNS_IP.to_string();
-    let dns = pc.ctx.dns.as_ref();
-    let cluster = dns.map(|d| (cluster_ip.as_str(), d.domain.as_str()));
-    let guests = crate::dns::resolv::for_pod(spec, &pc.ns, &node_resolv, cluster);
-    let resolver = crate::dns::lookup::Resolver::new(
-        &guests,
-        crate::dns::CLUSTER_DNS_IP.into(),
-        dns.map(|d| d.addr),
-    )
-    .map(Arc::new);
-    let resolv = if dns.is_some_and(|d| d.for_pods) {
-        guests
-    } else {
-        crate::dns::resolv::for_pod(spec, &pc.ns, &node_resolv, None)
-    };
-    let config = SandboxConfig {
-        dir: &pc.dirs.sandbox,
-        volumes: spec.volumes.as_deref().unwrap_or_default(),
-        network,
-        // Only processes share a PID namespace: a node without runc has none to share.
-        share_pid: spec.share_process_namespace == Some(true) && pc.ctx.runtimes.oci.is_some(),
-        hostname,
-        aliases: spec
-            .host_aliases
-            .iter()
-            .flatten()
-            .map(|a| (a.ip.clone(), a.hostnames.clone().unwrap_or_default()))
-            .collect(),
-        resolv_conf: resolv.render(),
-        resolver,
-    };
-    Sandbox::create(config, pc)
-        .await
-        .map_err(|e| (e.reason(), e.to_string()))
-}
-
-/// The pod's own network (or the node's where the node cannot give it one).
-async fn pod_network<'a>(
-    pc: &'a PodCtx,
-    spec: &k8s_openapi::api::core::v1::PodSpec,
-) -> Result<NetworkConfig<'a>, (&'static str, String)> {
-    let mut networks = pc.ctx.networks.clone();
-    let ready = networks
-        .wait_for(|n| !matches!(n, super::Networks::Waiting))
-        .await
-        .map(|n| n.clone());
-    match ready {
-        Ok(super::Networks::Cni(cni)) => Ok(NetworkConfig::Pod {
-            cni,
-            who: crate::sandbox::network::PodRef {
-                namespace: &pc.ns,
-                name: &pc.name,
-                uid: &pc.uid,
-            },
-            ports: port_mappings(spec),
-        }),
-        Ok(super::Networks::Node { reason }) => {
-            let msg = format!(
-                "This node cannot give pods a network of their own ({reason}): the pod's containers use the node's network"
-            );
-            pc.ctx
-                .events
-                .pod(&pc.pod, None, "Warning", "NodeNetwork", msg);
-            Ok(NetworkConfig::Node {
-                ip: pc.ctx.node_ip.clone(),
-                host: false,
-            })
-        }
-        Ok(super::Networks::Waiting) | Err(_) => Err((
-            "FailedCreatePodSandBox",
-            "the node's pod network is not ready".into(),
-        )),
-    }
-}
-
-/// The `hostPort`s a pod's containers ask for, as the portmap plugin takes them.
-fn port_mappings(
-    spec: &k8s_openapi::api::core::v1::PodSpec,
-) -> Vec<crate::sandbox::network::PortMapping> {
-    spec.containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
-        .flat_map(|c| c.ports.iter().flatten())
-        .filter(|p| p.host_port.is_some_and(|h| h > 0))
-        .map(|p| crate::sandbox::network::PortMapping {
-            host_port: p.host_port.unwrap_or_default(),
-            container_port: p.container_port,
-            protocol: p.protocol.as_deref().unwrap_or("TCP").to_lowercase(),
-            host_ip: p.host_ip.clone().unwrap_or_default(),
-        })
-        .collect()
-}
-
-async fn run(ctx: Arc<Ctx>, pod: Box<Pod>, rx: watch::Receiver<PodChange>, containers: Containers) {
+async fn run(
+    ctx: Arc<Ctx>,
+    pod: Box<Pod>,
+    rx: latest::Receiver<PodChange>,
+    containers: Containers,
+) {
     let span = tracing::info_span!(
         "pod",
         pod = %format!(
@@ -343,266 +258,365 @@ async fn run(ctx: Arc<Ctx>, pod: Box<Pod>, rx: watch::Receiver<PodChange>, conta
 
 async fn run_pod(
     ctx: Arc<Ctx>,
-    mut rx: watch::Receiver<PodChange>,
+    rx: latest::Receiver<PodChange>,
     mut pod: Box<Pod>,
     containers: Containers,
 ) {
     // The status the pod had (after an agent restart) only seeds the containers' states;
     // the worker keeps the rest of the pod without it.
     let prev = pod.status.take().unwrap_or_default();
-    let pod: Arc<Pod> = Arc::from(pod);
-    let Some(spec) = pod.spec.as_ref() else {
+    if pod.spec.is_none() {
         return;
-    };
-    let pc = PodCtx::new(ctx.clone(), pod.clone(), containers.clone());
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pc.ns);
-    let dirs = pc.dirs.clone();
-    // A pod deleted while this agent was away: nothing of it may start again.
-    if rx.borrow().deleting {
-        return Box::pin(finish_deletion(&api, &pod, &dirs, &containers)).await;
     }
-    let finished = matches!(prev.phase.as_deref(), Some("Succeeded" | "Failed"));
-    let start = prev.start_time.clone().unwrap_or_else(now);
-    let statuses = |containers: Option<&Vec<Container>>, before: Option<&Vec<ContainerStatus>>| {
-        containers
-            .into_iter()
-            .flatten()
-            .map(|c| {
-                let prev = before.and_then(|l| l.iter().find(|s| s.name == c.name));
-                initial_status(c, prev)
-            })
-            .collect::<Vec<_>>()
-    };
-    let mut init = statuses(
-        spec.init_containers.as_ref(),
-        prev.init_container_statuses.as_ref(),
-    );
-    let mut main = statuses(Some(&spec.containers), prev.container_statuses.as_ref());
-    let (tx, mut updates) = mpsc::channel::<Update>(64);
-    // Status goes to the API server through one writer that always sends the latest state.
-    let reporter = Reporter {
-        host_ip: ctx.node_ip.clone(),
-        pod_ip: std::sync::Mutex::new(prev.pod_ip.clone()),
-        start: start.clone(),
-        restart_policy: pc.restart_policy.clone(),
-        qos_class: prev.qos_class.clone(),
-        conditions: std::sync::Mutex::new(prev.conditions.clone().unwrap_or_default()),
-        failure: Default::default(),
-        sidecars: spec
+    let pc = Arc::new(PodCtx::new(ctx, &pod, containers));
+    // A pod deleted while this agent was away: nothing of it may start again.
+    if rx.get().deleting {
+        return Box::pin(finish_deletion(&pc)).await;
+    }
+    let mut w = PodRun::new(pc, rx, &pod, prev);
+    drop(pod);
+    let mut pending = w.life.step(Event::Begin {
+        deleting: w.rx.get().deleting,
+        finished: w.finished,
+    });
+    w.report();
+    loop {
+        for action in std::mem::take(&mut pending) {
+            if action == Action::FinishDeletion {
+                // Whatever still runs is killed with its supervisor.
+                w.supervisors.clear();
+                return Box::pin(finish_deletion(&w.pc)).await;
+            }
+            w.carry_out(action);
+        }
+        w.report();
+        let event = match w.next().await {
+            Next::Event(event) => event,
+            Next::Act(action) => {
+                pending.push(action);
+                continue;
+            }
+            Next::Nothing => continue,
+            // The worker is being stopped.
+            Next::Stopped => return,
+        };
+        // Logged by reference before the step takes it: formatted only when debugging.
+        tracing::debug!(pod = %w.pc.name, ?event, stage = ?w.life.stage, "pod worker event");
+        pending = w.life.step(event);
+        tracing::debug!(pod = %w.pc.name, stage = ?w.life.stage, actions = ?pending, "pod worker step");
+    }
+}
+
+/// A pod worker between events: its lifecycle, its containers' statuses and supervisors,
+/// and what it waits on.
+struct PodRun {
+    pc: Arc<PodCtx>,
+    rx: latest::Receiver<PodChange>,
+    life: Lifecycle,
+    /// The containers' statuses, shared with their supervisors' machines.
+    init: Vec<Arc<ContainerStatus>>,
+    main: Vec<Arc<ContainerStatus>>,
+    init_done: bool,
+    /// What containers that outlived an earlier agent were, for adopting them (taken by
+    /// their supervisors: a fresh pod keeps nothing here).
+    before: BTreeMap<Which, Box<ContainerStatus>>,
+    reporter: Reporter,
+    /// The pod had ended before this worker began: it keeps the status it ended with.
+    finished: bool,
+    /// When `activeDeadlineSeconds` runs out.
+    deadline: Option<tokio::time::Instant>,
+    /// Each running supervisor, and the signal that tells its container to stop.
+    supervisors: Vec<(
+        Which,
+        AbortOnDrop<()>,
+        latest::Sender<Option<tokio::time::Instant>>,
+    )>,
+    updates: Arc<Mailbox>,
+    /// The sandbox being made, or when to try again, and the next back-off.
+    sandbox_job: Option<BoxFuture<'static, Result<Sandbox, (&'static str, String)>>>,
+    sandbox_retry: Option<tokio::time::Instant>,
+    sandbox_backoff: Duration,
+}
+
+/// What a pod worker's wait ended with.
+enum Next {
+    Event(Event),
+    /// An action of the worker's own (a retry), not the lifecycle's.
+    Act(Action),
+    /// News that changes nothing in the lifecycle.
+    Nothing,
+    Stopped,
+}
+
+impl PodRun {
+    fn new(pc: Arc<PodCtx>, rx: latest::Receiver<PodChange>, pod: &Pod, prev: PodStatus) -> PodRun {
+        let spec = pod.spec.as_ref().expect("a running pod has a spec");
+        let statuses = |containers: Option<&Vec<Container>>,
+                        before: &Option<Vec<ContainerStatus>>| {
+            let before = before.iter().flatten();
+            containers
+                .into_iter()
+                .flatten()
+                .map(|c| Arc::new(initial_status(c, before.clone().find(|s| s.name == c.name))))
+                .collect::<Vec<_>>()
+        };
+        let init = statuses(spec.init_containers.as_ref(), &prev.init_container_statuses);
+        let main = statuses(Some(&spec.containers), &prev.container_statuses);
+        let start = prev.start_time.clone().unwrap_or_else(now);
+        let sidecars: Vec<bool> = spec
             .init_containers
             .iter()
             .flatten()
             .map(|c| c.restart_policy.as_deref() == Some("Always"))
-            .collect(),
-        last: Default::default(),
-        slot: Default::default(),
-    };
-    // What each container was, for adopting those that outlived an earlier agent.
-    let before = |containers: Option<&Vec<Container>>, list: Option<&Vec<ContainerStatus>>| {
-        containers
-            .into_iter()
-            .flatten()
-            .map(|c| {
-                list.and_then(|l| l.iter().find(|s| s.name == c.name))
-                    .cloned()
-            })
-            .collect::<Vec<_>>()
-    };
-    let init_before = before(
-        spec.init_containers.as_ref(),
-        prev.init_container_statuses.as_ref(),
-    );
-    let main_before = before(Some(&spec.containers), prev.container_statuses.as_ref());
-    drop(prev);
-    let _writer = AbortOnDrop(tokio::spawn(write_status(
-        api.clone(),
-        pc.name.clone(),
-        reporter.slot.clone(),
-    )));
-    // activeDeadlineSeconds counts from the pod's start (init containers included) and
-    // may be changed while it runs.
-    let deadline_of = |c: &PodChange| {
-        c.active_deadline_seconds.map(|secs| {
-            let elapsed = jiff::Timestamp::now()
-                .duration_since(start.0)
-                .as_secs()
-                .max(0) as u64;
-            tokio::time::Instant::now()
-                + Duration::from_secs((secs.max(0) as u64).saturating_sub(elapsed))
-        })
-    };
-    let mut deadline = deadline_of(&rx.borrow());
-    let shape = Shape {
-        sidecars: reporter.sidecars.clone(),
-        mains: spec.containers.len(),
-    };
-    let mut life = Lifecycle::new(shape);
-    let pc = Arc::new(pc);
-    // Each running supervisor, and the signal that tells its container to stop.
-    let mut supervisors: BTreeMap<
-        Which,
-        (AbortOnDrop<()>, watch::Sender<Option<tokio::time::Instant>>),
-    > = BTreeMap::new();
-    let mut init_done = init.is_empty();
-    let mut sandbox_job: Option<std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>> =
-        None;
-    let mut sandbox_retry: Option<tokio::time::Instant> = None;
-    let mut sandbox_backoff = BACKOFF_START;
-    let mut pending = life.step(Event::Begin {
-        deleting: rx.borrow().deleting,
-        finished,
-    });
-    // A pod that had ended before this worker began keeps the status it ended with.
-    let report = |init: &[ContainerStatus], main: &[ContainerStatus], done: bool| {
-        if !finished {
-            reporter.report(init, main, done);
-        }
-    };
-    report(&init, &main, init_done);
-    loop {
-        for action in std::mem::take(&mut pending) {
-            match action {
-                Action::PrepareSandbox => {
-                    let pc = pc.clone();
-                    sandbox_job = Some(Box::pin(async move {
-                        let spec = pc.pod.spec.as_ref().expect("a running pod has a spec");
-                        prepare_sandbox(&pc, spec).await
-                    }));
-                }
-                Action::RetrySandbox => {
-                    sandbox_retry = Some(tokio::time::Instant::now() + sandbox_backoff);
-                    sandbox_backoff = (sandbox_backoff * 2).min(BACKOFF_MAX);
-                }
-                Action::Start(which) => {
-                    if matches!(which, Which::Main(_)) {
-                        init_done = true;
-                    }
-                    let (status, previous) = match which {
-                        Which::Init(i) => (init[i].clone(), init_before[i].clone()),
-                        Which::Main(i) => (main[i].clone(), main_before[i].clone()),
-                    };
-                    let (stop_tx, stop_rx) = watch::channel(None);
-                    let (pc, tx) = (pc.clone(), tx.clone());
-                    let task = tokio::spawn(async move {
-                        let ok = supervise(pc, which, status, previous, tx.clone(), stop_rx).await;
-                        let _ = tx.send(Update::Exited(which, ok)).await;
-                    });
-                    supervisors.insert(which, (AbortOnDrop(task), stop_tx));
-                }
-                Action::Stop { which, graceful } => {
-                    let grace = if graceful {
-                        Duration::from_secs(rx.borrow().grace_seconds as u64)
-                    } else {
-                        Duration::ZERO
-                    };
-                    let until = tokio::time::Instant::now() + grace;
-                    for w in which {
-                        if let Some((_, stop)) = supervisors.get(&w) {
-                            stop.send_replace(Some(until));
-                        }
-                    }
-                }
-                Action::ReportDeadline => {
-                    // Its containers are being killed: the status says so at once (their
-                    // supervisors' own final word follows).
-                    for st in init.iter_mut().chain(main.iter_mut()) {
-                        let Some(run) = st.state.as_ref().and_then(|x| x.running.clone()) else {
-                            continue;
-                        };
-                        let id = st.container_id.clone().unwrap_or_default();
-                        st.state =
-                            Some(terminated(&Exit::killed(None), run.started_at, &id, now()));
-                        st.ready = false;
-                        st.started = Some(false);
-                    }
-                    let msg = "Pod was active on the node longer than the specified deadline";
-                    *reporter.failure.lock().expect("failure") =
-                        Some(("DeadlineExceeded", msg.to_string()));
-                    ctx.events
-                        .pod(&pod, None, "Normal", "DeadlineExceeded", msg.into());
-                }
-                Action::FinishDeletion => {
-                    // Whatever still runs is killed with its supervisor.
-                    supervisors.clear();
-                    return Box::pin(finish_deletion(&api, &pod, &dirs, &containers)).await;
-                }
-            }
-        }
-        report(&init, &main, init_done);
-        let event = tokio::select! {
-            prepared = async { sandbox_job.as_mut().expect("guarded").await }, if sandbox_job.is_some() => {
-                sandbox_job = None;
-                match prepared {
-                    Ok(sandbox) => {
-                        *reporter.pod_ip.lock().expect("pod ip") = Some(sandbox.ip.clone());
-                        let _ = pc.sandbox.set(sandbox);
-                        Event::SandboxReady
-                    }
-                    Err((reason, msg)) => {
-                        ctx.events.pod(&pod, None, "Warning", reason, msg.clone());
-                        for s in main.iter_mut() {
-                            s.state = Some(waiting("ContainerCreating", Some(msg.clone())));
-                        }
-                        Event::SandboxFailed
-                    }
-                }
-            }
-            () = sleep_until(sandbox_retry) => {
-                sandbox_retry = None;
-                pending.push(Action::PrepareSandbox);
-                continue;
-            }
-            Some(update) = updates.recv() => match update {
-                Update::Status(which, st) => {
-                    let started = st.state.as_ref().is_some_and(|s| s.running.is_some())
-                        && st.started == Some(true);
-                    match which {
-                        Which::Init(i) => init[i] = *st,
-                        Which::Main(i) => main[i] = *st,
-                    }
-                    if !started {
-                        continue;
-                    }
-                    Event::Started(which)
-                }
-                Update::Exited(which, ok) => {
-                    supervisors.remove(&which);
-                    Event::Exited { which, ok }
-                }
-            },
-            changed = rx.changed() => {
-                if changed.is_err() {
-                    // The worker is being stopped.
-                    return;
-                }
-                deadline = deadline_of(&rx.borrow());
-                if !rx.borrow().deleting {
-                    continue;
-                }
-                Event::Deleting
-            }
-            () = sleep_until(deadline), if !matches!(life.stage, Stage::Done | Stage::Terminating | Stage::Gone) => {
-                deadline = None;
-                Event::DeadlineExceeded
-            }
+            .collect();
+        let life = Lifecycle::new(Shape {
+            sidecars: sidecars.clone(),
+            mains: spec.containers.len(),
+        });
+        // Status goes to the API server through one writer that always sends the latest.
+        let reporter = Reporter {
+            host_ip: pc.ctx.node_ip.clone(),
+            pod_ip: std::sync::Mutex::new(prev.pod_ip.clone()),
+            start,
+            restart_policy: pc.restart_policy.clone(),
+            qos_class: prev.qos_class.clone(),
+            conditions: std::sync::Mutex::new(Transitions::of(
+                prev.conditions.as_deref().unwrap_or_default(),
+            )),
+            failure: Default::default(),
+            sidecars,
+            last: Default::default(),
+            writer: StatusWriter::new(pc.ctx.client.clone(), pc.ns.clone(), pc.name.clone()),
         };
-        if event == Event::Deleting {
-            // A sandbox still being made is abandoned (the deletion removes what it made).
-            sandbox_job = None;
-            sandbox_retry = None;
-        }
-        // Logged by reference before the step takes it: formatted only when debugging.
-        tracing::debug!(pod = %pc.name, ?event, stage = ?life.stage, "pod worker event");
-        pending = life.step(event);
-        tracing::debug!(pod = %pc.name, stage = ?life.stage, actions = ?pending, "pod worker step");
+        let mut w = PodRun {
+            init_done: init.is_empty(),
+            init,
+            main,
+            before: adoptable(spec, &prev),
+            finished: matches!(prev.phase.as_deref(), Some("Succeeded" | "Failed")),
+            reporter,
+            life,
+            deadline: None,
+            supervisors: Vec::new(),
+            updates: Default::default(),
+            sandbox_job: None,
+            sandbox_retry: None,
+            sandbox_backoff: BACKOFF_START,
+            pc,
+            rx,
+        };
+        w.deadline = w.deadline();
+        w
     }
+
+    /// When `activeDeadlineSeconds` (counted from the pod's start, init containers
+    /// included; it may change while the pod runs) runs out.
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        let secs = self.rx.get().active_deadline_seconds?;
+        let elapsed = jiff::Timestamp::now()
+            .duration_since(self.reporter.start.0)
+            .as_secs()
+            .max(0) as u64;
+        Some(
+            tokio::time::Instant::now()
+                + Duration::from_secs((secs.max(0) as u64).saturating_sub(elapsed)),
+        )
+    }
+
+    /// Hands the writer the pod's status (unless the pod had ended before this worker).
+    fn report(&self) {
+        if !self.finished {
+            self.reporter.report(&self.init, &self.main, self.init_done);
+        }
+    }
+
+    /// Carries out one of the lifecycle's actions (all but the deletion's end).
+    fn carry_out(&mut self, action: Action) {
+        match action {
+            Action::PrepareSandbox => {
+                let pc = self.pc.clone();
+                self.sandbox_job = Some(Box::pin(async move {
+                    let pod = pc.pod();
+                    let spec = pod.spec.as_ref().expect("a running pod has a spec");
+                    prepare_sandbox(&pc, spec).await
+                }));
+            }
+            Action::RetrySandbox => {
+                self.sandbox_retry = Some(tokio::time::Instant::now() + self.sandbox_backoff);
+                self.sandbox_backoff = (self.sandbox_backoff * 2).min(BACKOFF_MAX);
+            }
+            Action::Start(which) => self.start(which),
+            Action::Stop { which, graceful } => {
+                let grace = match graceful {
+                    true => Duration::from_secs(self.rx.get().grace_seconds as u64),
+                    false => Duration::ZERO,
+                };
+                let until = tokio::time::Instant::now() + grace;
+                for w in which {
+                    if let Some((_, _, stop)) = self.supervisors.iter().find(|s| s.0 == w) {
+                        stop.send(Some(until));
+                    }
+                }
+            }
+            Action::ReportDeadline => self.deadline_exceeded(),
+            Action::FinishDeletion => unreachable!("the worker ends the deletion itself"),
+        }
+    }
+
+    /// Starts container `which`'s supervisor.
+    fn start(&mut self, which: Which) {
+        if matches!(which, Which::Main(_)) {
+            self.init_done = true;
+        }
+        let status = match which {
+            Which::Init(i) => self.init[i].clone(),
+            Which::Main(i) => self.main[i].clone(),
+        };
+        let previous = self.before.remove(&which);
+        let (stop, signal) = latest::channel(None);
+        let (pc, updates) = (self.pc.clone(), self.updates.clone());
+        let task = tokio::spawn(async move {
+            let ok = supervise(pc, which, status, previous, updates.clone(), signal).await;
+            updates.post(Update::Exited(which, ok));
+        });
+        self.supervisors.push((which, AbortOnDrop(task), stop));
+    }
+
+    /// The pod ran past its deadline: its containers are being killed, and the status
+    /// says so at once (their supervisors' own final word follows).
+    fn deadline_exceeded(&mut self) {
+        for st in self.init.iter_mut().chain(self.main.iter_mut()) {
+            let Some(run) = st.state.as_ref().and_then(|x| x.running.clone()) else {
+                continue;
+            };
+            let st = Arc::make_mut(st);
+            let id = st.container_id.clone().unwrap_or_default();
+            st.state = Some(terminated(&Exit::killed(None), run.started_at, &id, now()));
+            st.ready = false;
+            st.started = Some(false);
+        }
+        let msg = "Pod was active on the node longer than the specified deadline";
+        *self.reporter.failure.lock().expect("failure") =
+            Some(("DeadlineExceeded", msg.to_string()));
+        let events = &self.pc.ctx.events;
+        events.pod(
+            self.pc.pod_ref(),
+            None,
+            "Normal",
+            "DeadlineExceeded",
+            msg.into(),
+        );
+    }
+
+    /// Waits for the next thing that happens to the pod.
+    async fn next(&mut self) -> Next {
+        let live = !matches!(
+            self.life.stage,
+            Stage::Done | Stage::Terminating | Stage::Gone
+        );
+        tokio::select! {
+            prepared = async { self.sandbox_job.as_mut().expect("guarded").await }, if self.sandbox_job.is_some() => {
+                self.sandbox_job = None;
+                Next::Event(self.sandbox_made(prepared))
+            }
+            () = sleep_until(self.sandbox_retry) => {
+                self.sandbox_retry = None;
+                Next::Act(Action::PrepareSandbox)
+            }
+            update = self.updates.next() => self.updated(update),
+            changed = self.rx.changed() => {
+                if changed.is_err() {
+                    return Next::Stopped;
+                }
+                self.deadline = self.deadline();
+                if !self.rx.get().deleting {
+                    return Next::Nothing;
+                }
+                // A sandbox still being made is abandoned (the deletion removes what it
+                // made).
+                self.sandbox_job = None;
+                self.sandbox_retry = None;
+                Next::Event(Event::Deleting)
+            }
+            () = sleep_until(self.deadline), if live => {
+                self.deadline = None;
+                Next::Event(Event::DeadlineExceeded)
+            }
+        }
+    }
+
+    fn sandbox_made(&mut self, made: Result<Sandbox, (&'static str, String)>) -> Event {
+        match made {
+            Ok(sandbox) => {
+                *self.reporter.pod_ip.lock().expect("pod ip") = Some(sandbox.ip.clone());
+                let _ = self.pc.sandbox.set(sandbox);
+                Event::SandboxReady
+            }
+            Err((reason, msg)) => {
+                let events = &self.pc.ctx.events;
+                events.pod(self.pc.pod_ref(), None, "Warning", reason, msg.clone());
+                for s in self.main.iter_mut() {
+                    Arc::make_mut(s).state = Some(waiting("ContainerCreating", Some(msg.clone())));
+                }
+                Event::SandboxFailed
+            }
+        }
+    }
+
+    /// A supervisor's news: a container's new status, or its end.
+    fn updated(&mut self, update: Update) -> Next {
+        match update {
+            Update::Status(which, st) => {
+                let started = st.state.as_ref().is_some_and(|s| s.running.is_some())
+                    && st.started == Some(true);
+                match which {
+                    Which::Init(i) => self.init[i] = st,
+                    Which::Main(i) => self.main[i] = st,
+                }
+                match started {
+                    true => Next::Event(Event::Started(which)),
+                    false => Next::Nothing,
+                }
+            }
+            Update::Exited(which, ok) => {
+                self.supervisors.retain(|s| s.0 != which);
+                Next::Event(Event::Exited { which, ok })
+            }
+        }
+    }
+}
+
+/// The containers the pod's status (as an earlier agent left it) shows running: only those
+/// may be adopted.
+fn adoptable(
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    prev: &k8s_openapi::api::core::v1::PodStatus,
+) -> BTreeMap<Which, Box<ContainerStatus>> {
+    let find = |list: &Option<Vec<ContainerStatus>>, name: &str| {
+        list.iter()
+            .flatten()
+            .find(|s| s.name == name && s.state.as_ref().is_some_and(|s| s.running.is_some()))
+            .map(|s| Box::new(s.clone()))
+    };
+    let init = spec.init_containers.iter().flatten().enumerate();
+    let init = init.filter_map(|(i, c)| {
+        Some((
+            Which::Init(i),
+            find(&prev.init_container_statuses, &c.name)?,
+        ))
+    });
+    let main = spec.containers.iter().enumerate();
+    let main =
+        main.filter_map(|(i, c)| Some((Which::Main(i), find(&prev.container_statuses, &c.name)?)));
+    init.chain(main).collect()
 }
 
 /// Once the containers are gone (they were told to stop), removes the pod's sandbox (its
 /// network, then its files) and deletes the pod object for good (grace period 0): as the
 /// kubelet, only a pod whose resources are reclaimed goes.
-async fn finish_deletion(api: &Api<Pod>, pod: &Pod, dirs: &PodDirs, containers: &Containers) {
-    let name = pod.metadata.name.clone().unwrap_or_default();
+async fn finish_deletion(pc: &PodCtx) {
+    let (name, dirs, containers) = (&pc.name, pc.dirs(), &pc.containers);
+    let api: Api<Pod> = Api::namespaced(pc.ctx.client.clone(), &pc.ns);
     tracing::debug!(pod = %name, "deletion: waiting for the containers to go");
     containers.gone().await;
     tracing::debug!(pod = %name, "deletion: removing the sandbox");
@@ -611,7 +625,7 @@ async fn finish_deletion(api: &Api<Pod>, pod: &Pod, dirs: &PodDirs, containers: 
     let dp = DeleteParams {
         grace_period_seconds: Some(0),
         preconditions: Some(Preconditions {
-            uid: pod.metadata.uid.clone(),
+            uid: Some(pc.uid.clone()),
             resource_version: None,
         }),
         ..Default::default()
@@ -620,7 +634,7 @@ async fn finish_deletion(api: &Api<Pod>, pod: &Pod, dirs: &PodDirs, containers: 
     // deletion was lost stays Terminating for good.
     let mut retry = STATUS_RETRY_START;
     loop {
-        match api.delete(&name, &dp).await {
+        match api.delete(name, &dp).await {
             Ok(d) => {
                 tracing::debug!(pod = %name, deleted = d.is_right(), "deletion: done");
                 return;

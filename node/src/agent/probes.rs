@@ -26,12 +26,47 @@ pub type Exec = std::sync::Arc<
 >;
 
 /// What probes reach: the pod's address (or the node's, for hostNetwork pods), the
-/// container (its named ports), and a way to run commands in it.
+/// container's named ports, and a way to run commands in it.
 #[derive(Clone)]
 pub struct Target {
     pub ip: String,
-    pub container: Container,
+    pub ports: NamedPorts,
     pub exec: Exec,
+}
+
+/// A container's name and the ports it names (what a probe's or hook's port may say):
+/// all a target keeps of the container's spec.
+#[derive(Clone, Debug, Default)]
+pub struct NamedPorts {
+    container: String,
+    ports: Vec<(String, u16)>,
+}
+
+impl NamedPorts {
+    pub fn of(c: &Container) -> NamedPorts {
+        NamedPorts {
+            container: c.name.clone(),
+            ports: c
+                .ports
+                .iter()
+                .flatten()
+                .filter_map(|p| Some((p.name.clone()?, p.container_port as u16)))
+                .collect(),
+        }
+    }
+
+    /// A port given by number or by the name of one of the container's ports.
+    fn resolve(&self, port: &IntOrString) -> Result<u16, String> {
+        match port {
+            IntOrString::Int(n) => u16::try_from(*n).map_err(|_| format!("invalid port {n}")),
+            IntOrString::String(name) => self
+                .ports
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, p)| *p)
+                .ok_or_else(|| format!("couldn't find port: {name} in {}", self.container)),
+        }
+    }
 }
 
 /// The kubelet's defaults for a probe's settings.
@@ -58,25 +93,11 @@ impl Timing {
     }
 }
 
-/// A port given by number or by the name of one of the container's ports.
-fn port_of(c: &Container, port: &IntOrString) -> Result<u16, String> {
-    match port {
-        IntOrString::Int(n) => u16::try_from(*n).map_err(|_| format!("invalid port {n}")),
-        IntOrString::String(name) => c
-            .ports
-            .iter()
-            .flatten()
-            .find(|p| p.name.as_deref() == Some(name))
-            .map(|p| p.container_port as u16)
-            .ok_or_else(|| format!("couldn't find port: {name} in {}", c.name)),
-    }
-}
-
 /// Runs a probe once.
 pub async fn run(p: &Probe, t: &Target, timeout: Duration) -> Outcome {
     let probe = async {
         if let Some(h) = &p.http_get {
-            let port = port_of(&t.container, &h.port)?;
+            let port = t.ports.resolve(&h.port)?;
             let host = h
                 .host
                 .clone()
@@ -93,7 +114,7 @@ pub async fn run(p: &Probe, t: &Target, timeout: Duration) -> Outcome {
             return http_get(&host, port, &path, https, &headers).await;
         }
         if let Some(s) = &p.tcp_socket {
-            let port = port_of(&t.container, &s.port)?;
+            let port = t.ports.resolve(&s.port)?;
             let host = s
                 .host
                 .clone()
@@ -433,8 +454,12 @@ mod tests {
             }]),
             ..Default::default()
         };
-        assert_eq!(port_of(&c, &IntOrString::String("http".into())), Ok(8080));
-        assert_eq!(port_of(&c, &IntOrString::Int(9)), Ok(9));
-        assert!(port_of(&c, &IntOrString::String("nope".into())).is_err());
+        let ports = NamedPorts::of(&c);
+        assert_eq!(ports.resolve(&IntOrString::String("http".into())), Ok(8080));
+        assert_eq!(ports.resolve(&IntOrString::Int(9)), Ok(9));
+        assert_eq!(
+            ports.resolve(&IntOrString::String("nope".into())),
+            Err("couldn't find port: nope in web".into())
+        );
     }
 }

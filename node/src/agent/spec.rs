@@ -40,7 +40,7 @@ pub fn container_spec(
         run_id: r.run_id,
         pod_uid: m.uid.clone().unwrap_or_default(),
         hostname: sandbox.hostname.clone(),
-        files: sandbox.files.clone(),
+        files: sandbox.files(),
         security: security(pod, c),
         image_user: run.and_then(|r| r.user.clone()).filter(|u| !u.is_empty()),
         cpu_request_millis: request(c, "cpu").map(|m| m as u64),

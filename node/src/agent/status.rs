@@ -101,42 +101,56 @@ pub struct Reporter {
     pub start: Time,
     pub restart_policy: String,
     pub qos_class: Option<String>,
-    /// The last conditions reported (their transition times carry over).
-    pub conditions: std::sync::Mutex<Vec<PodCondition>>,
+    /// The conditions last reported (their transition times carry over).
+    pub conditions: std::sync::Mutex<Transitions>,
     /// Why the pod failed for good, if the worker ended it (reason, message).
     pub failure: std::sync::Mutex<Option<(&'static str, String)>>,
     /// Per init container: whether it is a native sidecar.
     pub sidecars: Vec<bool>,
-    /// The status last handed to the writer.
-    pub last: std::sync::Mutex<Option<PodStatus>>,
-    pub slot: Arc<StatusSlot>,
+    /// A digest of the status last handed to the writer (most reports change nothing).
+    pub last: std::sync::Mutex<Option<u64>>,
+    pub writer: StatusWriter,
 }
 
 impl Reporter {
     /// Hands the writer the status, unless it is the one handed last (the worker reports
     /// after every event, and most change nothing).
-    pub fn report(&self, init: &[ContainerStatus], main: &[ContainerStatus], init_done: bool) {
+    pub fn report(
+        &self,
+        init: &[Arc<ContainerStatus>],
+        main: &[Arc<ContainerStatus>],
+        init_done: bool,
+    ) {
         let status = self.status(init, main, init_done);
+        let digest = digest(&status);
         let mut last = self.last.lock().expect("last status");
-        if last.as_ref() == Some(&status) {
+        if *last == Some(digest) {
             return;
         }
-        *last = Some(status.clone());
-        self.slot.put(status);
+        *last = Some(digest);
+        self.writer.put(status);
     }
 
     /// The pod's phase and conditions from its containers' states.
     fn status(
         &self,
-        init: &[ContainerStatus],
-        main: &[ContainerStatus],
+        init: &[Arc<ContainerStatus>],
+        main: &[Arc<ContainerStatus>],
         init_done: bool,
     ) -> PodStatus {
+        let copies = |l: &[Arc<ContainerStatus>]| l.iter().map(|s| (**s).clone()).collect();
+        let (init, main): (Vec<_>, Vec<_>) = (copies(init), copies(main));
         let (host_ip, start) = (&self.host_ip, &self.start);
-        let phase = phase(init, main, &self.sidecars, &self.restart_policy, init_done);
+        let phase = phase(
+            &init,
+            &main,
+            &self.sidecars,
+            &self.restart_policy,
+            init_done,
+        );
         let mut last = self.conditions.lock().expect("conditions");
-        let conditions = conditions(phase, main, init_done, &last, &now());
-        last.clone_from(&conditions);
+        let conditions = conditions(phase, &main, init_done, &last, &now());
+        *last = Transitions::of(&conditions);
         let pod_ip = self.pod_ip.lock().expect("pod ip").clone();
         let failure = self.failure.lock().expect("failure").clone();
         let phase = if failure.is_some() { "Failed" } else { phase };
@@ -156,12 +170,31 @@ impl Reporter {
                 ip: host_ip.into(),
             }]),
             start_time: Some(start.clone()),
-            init_container_statuses: (!init.is_empty()).then(|| init.to_vec()),
-            container_statuses: Some(main.to_vec()),
+            init_container_statuses: (!init.is_empty()).then_some(init),
+            container_statuses: Some(main),
             qos_class: self.qos_class.clone(),
             ..Default::default()
         }
     }
+}
+
+/// A digest of a status: what a reporter keeps instead of a copy.
+fn digest(status: &PodStatus) -> u64 {
+    use std::hash::Hasher;
+    /// Hashes what is written to it: the status's JSON, without keeping it.
+    struct Digest(std::collections::hash_map::DefaultHasher);
+    impl std::io::Write for Digest {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.write(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut d = Digest(Default::default());
+    let _ = serde_json::to_writer(&mut d, status);
+    d.0.finish()
 }
 
 /// The pod's phase from its containers' states (`sidecars`: per init container, whether
@@ -186,8 +219,16 @@ pub fn phase(
         .zip(sidecars)
         .any(|(s, sidecar)| !sidecar && term(s).is_some_and(|c| c != 0))
         && restart_policy == "Never";
+    // As the kubelet's getPhase: a sidecar still running keeps the pod Running after its
+    // main containers ended, until it is stopped too.
+    let sidecar_running = init
+        .iter()
+        .zip(sidecars)
+        .any(|(s, sidecar)| *sidecar && s.state.as_ref().is_some_and(|st| st.running.is_some()));
     if init_failed {
         "Failed"
+    } else if all_terminated && sidecar_running {
+        "Running"
     } else if all_terminated {
         if main.iter().all(|s| term(s) == Some(0)) {
             "Succeeded"
@@ -205,13 +246,44 @@ pub fn phase(
     }
 }
 
+/// The conditions a pod worker reports, in order.
+const CONDITIONS: [&str; 5] = [
+    "PodReadyToStartContainers",
+    "Initialized",
+    "Ready",
+    "ContainersReady",
+    "PodScheduled",
+];
+
+/// Of each of the pod's conditions (in [`CONDITIONS`] order), whether it held when last
+/// reported and since when: all that carries over from one report to the next.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Transitions([Option<(bool, Time)>; 5]);
+
+impl Transitions {
+    pub fn of(conditions: &[PodCondition]) -> Transitions {
+        Transitions(CONDITIONS.map(|type_| {
+            let c = conditions.iter().find(|c| c.type_ == type_)?;
+            Some((c.status == "True", c.last_transition_time.clone()?))
+        }))
+    }
+
+    fn since(&self, type_: &str, holds: bool) -> Option<&Time> {
+        let i = CONDITIONS.iter().position(|t| *t == type_)?;
+        self.0[i]
+            .as_ref()
+            .filter(|(h, _)| *h == holds)
+            .map(|(_, t)| t)
+    }
+}
+
 /// The pod's conditions in `phase`; those whose status did not change since `last` keep
 /// their transition time, the others changed `now`.
 pub fn conditions(
     phase: &str,
     main: &[ContainerStatus],
     init_done: bool,
-    last: &[PodCondition],
+    last: &Transitions,
     now: &Time,
 ) -> Vec<PodCondition> {
     let ready = phase == "Running" && main.iter().all(|s| s.ready);
@@ -233,57 +305,125 @@ pub fn conditions(
         condition("PodScheduled", true, None, now),
     ];
     for c in conditions.iter_mut() {
-        if let Some(old) = last.iter().find(|o| o.type_ == c.type_) {
-            if old.status == c.status {
-                c.last_transition_time = old.last_transition_time.clone();
-            }
+        if let Some(since) = last.since(&c.type_, c.status == "True") {
+            c.last_transition_time = Some(since.clone());
         }
     }
     conditions
 }
 
-/// The latest status not yet written, and a wake-up for the writer. The writer takes the
-/// status out, so a steady pod keeps no copy of it.
+/// The pod's status on its way to the API server: the latest one not yet written, and the
+/// writer task that sends it, which exists only while there is something to send (an idle
+/// pod keeps neither a status copy nor a task for it).
+pub struct StatusWriter {
+    client: kube::Client,
+    namespace: String,
+    name: String,
+    slot: Arc<StatusSlot>,
+}
+
 #[derive(Default)]
-pub struct StatusSlot {
-    latest: std::sync::Mutex<Option<PodStatus>>,
+struct StatusSlot {
+    state: std::sync::Mutex<SlotState>,
+    /// Wakes a writer holding back the first report.
     changed: tokio::sync::Notify,
 }
 
-impl StatusSlot {
-    fn put(&self, status: PodStatus) {
-        *self.latest.lock().expect("status slot") = Some(status);
-        self.changed.notify_one();
+#[derive(Default)]
+struct SlotState {
+    /// Boxed: a pod's status is large, and most of the time there is none to write.
+    latest: Option<Box<PodStatus>>,
+    /// The writer at work, if any (it clears this as it ends).
+    writer: Option<tokio::task::AbortHandle>,
+    /// Whether a status was ever written (the first one may wait for more news).
+    reported: bool,
+    /// The pod is gone, or its worker is: nothing more is written.
+    closed: bool,
+}
+
+impl StatusWriter {
+    pub fn new(client: kube::Client, namespace: String, name: String) -> StatusWriter {
+        StatusWriter {
+            client,
+            namespace,
+            name,
+            slot: Default::default(),
+        }
     }
 
+    /// Sends `status` as soon as the writer can (a newer one replaces it if not sent yet).
+    fn put(&self, status: PodStatus) {
+        let mut st = self.slot.state.lock().expect("status slot");
+        if st.closed {
+            return;
+        }
+        st.latest = Some(Box::new(status));
+        if st.writer.is_none() {
+            let api = Api::namespaced(self.client.clone(), &self.namespace);
+            let task = write_status(api, self.name.clone(), self.slot.clone());
+            // Stored before the task can end: it clears it under the same lock.
+            st.writer = Some(tokio::spawn(task).abort_handle());
+        }
+        drop(st);
+        self.slot.changed.notify_one();
+    }
+}
+
+impl Drop for StatusWriter {
+    /// The pod's worker is gone: so is its writer.
+    fn drop(&mut self) {
+        let mut st = self.slot.state.lock().expect("status slot");
+        st.closed = true;
+        if let Some(w) = st.writer.take() {
+            w.abort();
+        }
+    }
+}
+
+impl StatusSlot {
     /// Whether the waiting status still shows a container being created (nothing failed).
     fn creating(&self) -> bool {
-        self.latest
-            .lock()
-            .expect("status slot")
-            .as_ref()
-            .is_some_and(|s| {
-                s.container_statuses.iter().flatten().any(|c| {
-                    c.state
-                        .as_ref()
-                        .and_then(|s| s.waiting.as_ref())
-                        .is_some_and(|w| {
-                            w.reason.as_deref() == Some("ContainerCreating") && w.message.is_none()
-                        })
-                })
+        let st = self.state.lock().expect("status slot");
+        st.latest.as_ref().is_some_and(|s| {
+            s.container_statuses.iter().flatten().any(|c| {
+                c.state
+                    .as_ref()
+                    .and_then(|s| s.waiting.as_ref())
+                    .is_some_and(|w| {
+                        w.reason.as_deref() == Some("ContainerCreating") && w.message.is_none()
+                    })
             })
+        })
     }
 
-    fn take(&self) -> Option<PodStatus> {
-        self.latest.lock().expect("status slot").take()
+    /// The status to write next; none: the writer ends (and says so, under the lock `put`
+    /// takes, so that a status put meanwhile gets a new writer).
+    fn take(&self) -> Option<Box<PodStatus>> {
+        let mut st = self.state.lock().expect("status slot");
+        let next = st.latest.take();
+        if next.is_none() {
+            st.writer = None;
+        }
+        next
+    }
+
+    /// Whether this is the first status the pod reports (marks it reported).
+    fn first(&self) -> bool {
+        !std::mem::replace(&mut self.state.lock().expect("status slot").reported, true)
     }
 
     /// Puts back a status whose write failed, unless a newer one is waiting.
-    fn restore(&self, status: PodStatus) {
-        self.latest
-            .lock()
-            .expect("status slot")
-            .get_or_insert(status);
+    fn restore(&self, status: Box<PodStatus>) {
+        let mut st = self.state.lock().expect("status slot");
+        st.latest.get_or_insert(status);
+    }
+
+    /// The pod is gone: the writer ends, and no other starts.
+    fn close(&self) {
+        let mut st = self.state.lock().expect("status slot");
+        st.closed = true;
+        st.latest = None;
+        st.writer = None;
     }
 }
 
@@ -294,31 +434,25 @@ const FIRST_REPORT_DELAY: Duration = Duration::from_millis(20);
 pub const STATUS_RETRY_START: Duration = Duration::from_millis(500);
 pub const STATUS_RETRY_MAX: Duration = Duration::from_secs(10);
 
-/// Writes the pod's status whenever it changes, always the latest (changes made while a
-/// write is in flight are merged into the next one).
-pub async fn write_status(api: Api<Pod>, name: String, slot: Arc<StatusSlot>) {
-    let mut first = true;
-    let mut retry = STATUS_RETRY_START;
-    loop {
-        slot.changed.notified().await;
-        if first {
-            // Other news (the pod's address, say) before the containers run does not end
-            // the wait.
-            let until = tokio::time::Instant::now() + FIRST_REPORT_DELAY;
-            while slot.creating() {
-                if tokio::time::timeout_at(until, slot.changed.notified())
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
+/// Writes the pod's status until there is none left to write, always the latest (changes
+/// made while a write is in flight are merged into the next one).
+async fn write_status(api: Api<Pod>, name: String, slot: Arc<StatusSlot>) {
+    if slot.first() {
+        // Other news (the pod's address, say) before the containers run does not end the
+        // wait.
+        let until = tokio::time::Instant::now() + FIRST_REPORT_DELAY;
+        while slot.creating() {
+            if tokio::time::timeout_at(until, slot.changed.notified())
+                .await
+                .is_err()
+            {
+                break;
             }
         }
-        first = false;
-        let Some(status) = slot.take() else {
-            continue;
-        };
-        // Boxed: the request future is large and every pod keeps this task.
+    }
+    let mut retry = STATUS_RETRY_START;
+    while let Some(status) = slot.take() {
+        // Boxed: the request future is large.
         let written = Box::pin(api.patch_status(
             &name,
             &PatchParams::default(),
@@ -328,7 +462,7 @@ pub async fn write_status(api: Api<Pod>, name: String, slot: Arc<StatusSlot>) {
         match written {
             Ok(_) => retry = STATUS_RETRY_START,
             // The pod is gone: nothing more to report.
-            Err(kube::Error::Api(e)) if e.code == 404 => return,
+            Err(kube::Error::Api(e)) if e.code == 404 => return slot.close(),
             Err(e) => {
                 // Keep it (unless a newer one came) and try again: a status must not be
                 // lost because the API server was briefly away.
@@ -336,7 +470,6 @@ pub async fn write_status(api: Api<Pod>, name: String, slot: Arc<StatusSlot>) {
                 slot.restore(status);
                 tokio::time::sleep(retry).await;
                 retry = (retry * 2).min(STATUS_RETRY_MAX);
-                slot.changed.notify_one();
             }
         }
     }
@@ -393,6 +526,18 @@ mod tests {
             phase(&[init_bad], &main, &[true], "Never", false),
             "Pending"
         );
+        // Main containers done, a sidecar still up: Running until it stops (kubelet's
+        // getPhase), then Succeeded.
+        let sidecar_up = container(running(), true);
+        assert_eq!(
+            phase(&[sidecar_up], &[ok.clone()], &[true], "Never", true),
+            "Running"
+        );
+        let sidecar_done = container(ended(0), false);
+        assert_eq!(
+            phase(&[sidecar_done], &[ok], &[true], "Never", true),
+            "Succeeded"
+        );
     }
 
     #[test]
@@ -402,17 +547,17 @@ mod tests {
             Time(jiff::Timestamp::from_second(2_000).unwrap()),
         );
         let up = [container(running(), true)];
-        let first = conditions("Pending", &up, false, &[], &t0);
+        let first = conditions("Pending", &up, false, &Transitions::default(), &t0);
         let ready = |cs: &[PodCondition]| {
             let c = cs.iter().find(|c| c.type_ == "Ready").unwrap();
             (c.status.clone(), c.last_transition_time.clone().unwrap())
         };
         assert_eq!(ready(&first), ("False".to_string(), t0.clone()));
-        let second = conditions("Running", &up, true, &first, &t1);
+        let second = conditions("Running", &up, true, &Transitions::of(&first), &t1);
         assert_eq!(ready(&second), ("True".to_string(), t1.clone()));
         let scheduled = second.iter().find(|c| c.type_ == "PodScheduled").unwrap();
         assert_eq!(scheduled.last_transition_time, Some(t0));
-        let done = conditions("Succeeded", &up, true, &second, &t1);
+        let done = conditions("Succeeded", &up, true, &Transitions::of(&second), &t1);
         let r = done.iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!(r.reason.as_deref(), Some("PodCompleted"));
     }

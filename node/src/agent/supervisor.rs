@@ -6,13 +6,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::{Container, ContainerStatus};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerStatus, Lifecycle, LifecycleHandler, Pod, Probe,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use super::container::{Action, Event, Machine, Policy, Restart};
+use super::latest;
 use super::lifecycle::Which;
-use super::pod::PodCtx;
+use super::pod::{container_of, PodCtx};
 use super::probes::{self, Outcome, ProbeKind};
 use super::spec::{self, Resolved};
 use super::status::now;
@@ -24,10 +27,42 @@ use crate::sandbox::Sources;
 
 /// What a container supervisor reports.
 pub(super) enum Update {
-    /// Boxed: a channel allocates its slots up front, 32 at a time.
-    Status(Which, Box<ContainerStatus>),
+    /// Shared with the machine (a channel allocates its slots up front, 32 at a time).
+    Status(Which, Arc<ContainerStatus>),
     /// The supervisor ended: the container will not start again (whether it succeeded).
     Exited(Which, bool),
+}
+
+/// Where a pod's supervisors leave their news for its worker, in order. Nothing is
+/// allocated while no news waits (a channel keeps a block of slots for good).
+#[derive(Default)]
+pub(super) struct Mailbox {
+    news: std::sync::Mutex<std::collections::VecDeque<Update>>,
+    posted: tokio::sync::Notify,
+}
+
+impl Mailbox {
+    pub(super) fn post(&self, update: Update) {
+        self.news.lock().expect("mailbox").push_back(update);
+        // One reader: a permit is kept for it if it is not waiting yet.
+        self.posted.notify_one();
+    }
+
+    /// The oldest news, once there is some.
+    pub(super) async fn next(&self) -> Update {
+        loop {
+            {
+                let mut news = self.news.lock().expect("mailbox");
+                if let Some(update) = news.pop_front() {
+                    if news.is_empty() {
+                        *news = Default::default();
+                    }
+                    return update;
+                }
+            }
+            self.posted.notified().await;
+        }
+    }
 }
 
 /// Runs one container's life until it will not restart; reports every change. The result
@@ -35,19 +70,26 @@ pub(super) enum Update {
 pub(super) async fn supervise(
     pc: Arc<PodCtx>,
     which: Which,
-    status: ContainerStatus,
-    previous: Option<ContainerStatus>,
-    updates: mpsc::Sender<Update>,
-    mut stop: watch::Receiver<Option<tokio::time::Instant>>,
+    status: Arc<ContainerStatus>,
+    previous: Option<Box<ContainerStatus>>,
+    updates: Arc<Mailbox>,
+    mut stop: latest::Receiver<Option<tokio::time::Instant>>,
 ) -> bool {
-    let c = pc.container(which);
-    let mut machine = Machine::new(policy(&pc, which), status, tokio::time::Instant::now());
+    let (mut machine, ports) = {
+        // What the container's run needs of its spec; the rest is parsed when needed.
+        let pod = pc.pod();
+        let c = container_of(&pod, which);
+        let policy = policy(&pc, &pod, which);
+        let machine = Machine::new(policy, status, tokio::time::Instant::now());
+        (machine, probes::NamedPorts::of(c))
+    };
     // A container an earlier agent started and that outlived it goes on.
     let adopted = match previous {
-        Some(prev) => adopt(&pc, prev).await,
+        // Boxed, as every rare path: the task keeps its largest state's size for good.
+        Some(prev) => Box::pin(adopt(&pc, prev)).await,
         None => None,
     };
-    if stop.borrow().is_some() {
+    if stop.get().is_some() {
         return false;
     }
     let mut run = Run::default();
@@ -59,11 +101,11 @@ pub(super) async fn supervise(
                 .and_then(|s| s.running.as_ref())
                 .and_then(|r| r.started_at.clone())
                 .unwrap_or_else(now);
-            let log_path = layout::run_log(&pc.dirs.logs, &c.name, prev.restart_count);
+            let log_path = layout::run_log(&pc.dirs().logs, &prev.name, prev.restart_count);
             let run_id = cid.run_id().to_string();
-            run.begin(&pc, c, running, runtime.name(), run_id, log_path);
+            run.begin(&pc, &ports, running, runtime.name(), run_id, log_path);
             Event::Adopted {
-                status: Box::new(prev),
+                status: prev,
                 started,
             }
         }
@@ -73,10 +115,10 @@ pub(super) async fn supervise(
     loop {
         for action in std::mem::take(&mut actions) {
             if let Action::Report = action {
-                let status = Box::new(machine.status().clone());
-                let _ = updates.send(Update::Status(which, status)).await;
+                let status = machine.status().clone();
+                updates.post(Update::Status(which, status));
             } else {
-                run.carry_out(action, &pc, which);
+                run.carry_out(action, &pc, which, &machine.status().name);
             }
         }
         if let Some(ok) = machine.done() {
@@ -88,7 +130,7 @@ pub(super) async fn supervise(
                 run.creating = None;
                 match made {
                     Ok(made) => {
-                        run.begin(&pc, c, made.running, made.runtime, made.run_id, made.log_path);
+                        run.begin(&pc, &ports, made.running, made.runtime, made.run_id, made.log_path);
                         Event::Created {
                             container_id: made.container_id,
                             image: made.image,
@@ -120,14 +162,15 @@ pub(super) async fn supervise(
             }
             () = sleep_until(timer) => Event::Timer,
         };
-        tracing::debug!(container = %c.name, ?event, state = ?machine.state(), "container event");
+        let name = &machine.status().name;
+        tracing::debug!(container = %name, ?event, state = ?machine.state(), "container event");
         actions = machine.step(event, tokio::time::Instant::now());
     }
 }
 
 /// What the machine needs of container `which`'s spec.
-fn policy(pc: &PodCtx, which: Which) -> Policy {
-    let c = pc.container(which);
+fn policy(pc: &PodCtx, pod: &Pod, which: Which) -> Policy {
+    let c = container_of(pod, which);
     let init = matches!(which, Which::Init(_));
     // A native sidecar restarts whatever the pod's policy says.
     let sidecar = init && c.restart_policy.as_deref() == Some("Always");
@@ -141,8 +184,7 @@ fn policy(pc: &PodCtx, which: Which) -> Policy {
         .as_ref()
         .and_then(|p| p.termination_grace_period_seconds)
         .or_else(|| {
-            pc.pod
-                .spec
+            pod.spec
                 .as_ref()
                 .and_then(|s| s.termination_grace_period_seconds)
         })
@@ -168,10 +210,11 @@ async fn some<F: std::future::Future + Unpin>(f: &mut Option<F>) -> F::Output {
     }
 }
 
-/// Until `at`; never, without one.
+/// Until `at`; never, without one. The timer is boxed: a task waiting on this keeps a
+/// pointer, not a timer, while it has no deadline (an idle pod's worker and supervisors).
 pub(super) async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
-        Some(at) => tokio::time::sleep_until(at).await,
+        Some(at) => Box::pin(tokio::time::sleep_until(at)).await,
         None => std::future::pending().await,
     }
 }
@@ -186,7 +229,7 @@ async fn probe_result(probes: &mut Option<ProbeSet>) -> Option<ProbeResult> {
 /// Resolves when the container is told to stop: with the time its grace period ends (now,
 /// if its pod worker is gone).
 async fn stop_requested(
-    stop: &mut watch::Receiver<Option<tokio::time::Instant>>,
+    stop: &mut latest::Receiver<Option<tokio::time::Instant>>,
 ) -> tokio::time::Instant {
     match stop.wait_for(|s| s.is_some()).await {
         Ok(s) => s.unwrap_or_else(tokio::time::Instant::now),
@@ -217,7 +260,7 @@ impl Run {
     fn begin(
         &mut self,
         pc: &PodCtx,
-        c: &Container,
+        ports: &probes::NamedPorts,
         mut running: Box<dyn Running>,
         runtime: &'static str,
         run_id: String,
@@ -251,7 +294,7 @@ impl Run {
                 .sandbox
                 .get()
                 .map_or_else(|| pc.ctx.node_ip.clone(), |s| s.ip.clone()),
-            container: c.clone(),
+            ports: ports.clone(),
             exec,
         });
     }
@@ -269,9 +312,16 @@ impl Run {
     }
 
     /// Carries out `action` (all but reports, which the supervisor sends).
-    fn carry_out(&mut self, action: Action, pc: &Arc<PodCtx>, which: Which) {
-        let c = pc.container(which);
-        let hooks = c.lifecycle.as_ref();
+    fn carry_out(&mut self, action: Action, pc: &Arc<PodCtx>, which: Which, name: &str) {
+        // The hooks and probes to run are parsed from the pod when run.
+        let hook = |pick: fn(&Lifecycle) -> Option<&LifecycleHandler>| {
+            let pod = pc.pod();
+            container_of(&pod, which)
+                .lifecycle
+                .as_ref()
+                .and_then(pick)
+                .cloned()
+        };
         match action {
             Action::Create { run } => {
                 self.creating = Some(Box::pin(create(pc.clone(), which, run)));
@@ -284,22 +334,25 @@ impl Run {
             } => pc
                 .ctx
                 .events
-                .pod(&pc.pod, Some(&c.name), type_, reason, message),
+                .pod(pc.pod_ref(), Some(name), type_, reason, message),
             Action::RunPostStart => {
-                let hook = hooks.and_then(|l| l.post_start.clone());
+                let hook = hook(|l| l.post_start.as_ref());
                 self.hook = self.run_hook(hook, Duration::from_secs(24 * 3600));
             }
             Action::RunPreStop { until } => {
-                let hook = hooks.and_then(|l| l.pre_stop.clone());
+                let hook = hook(|l| l.pre_stop.as_ref());
                 let budget = until.saturating_duration_since(tokio::time::Instant::now());
                 self.hook = self.run_hook(hook, budget);
             }
             Action::CancelHook => self.hook = None,
             Action::StartProbes(kinds) => {
                 let Some(target) = &self.target else { return };
-                let set = self.probes.get_or_insert_with(ProbeSet::new);
-                for kind in kinds {
-                    set.start(kind, c, target);
+                let pod = pc.pod();
+                let c = container_of(&pod, which);
+                // Most containers have no probes: no channel for them either.
+                for probe in kinds.into_iter().filter_map(|k| Some((k, k.of(c)?))) {
+                    let set = self.probes.get_or_insert_with(ProbeSet::new);
+                    set.start(probe, target);
                 }
             }
             Action::StopProbe(kind) => {
@@ -348,21 +401,21 @@ struct Failed {
 /// Makes container `which` as run `run`: its image (per its pull policy), its runtime, its
 /// environment and mounts, then the start.
 async fn create(pc: Arc<PodCtx>, which: Which, run: i32) -> Result<Made, Failed> {
-    let c = pc.container(which);
+    let pod = pc.pod();
+    let c = container_of(&pod, which);
     let image = c.image.clone().unwrap_or_default();
     let policy = c
         .image_pull_policy
         .clone()
         .unwrap_or_else(|| "IfNotPresent".into());
-    let img = Box::pin(obtain_image(&pc, &c.name, &image, &policy))
+    let img = Box::pin(obtain_image(&pc, &pod, &c.name, &image, &policy))
         .await
         .map_err(|(reason, message)| Failed {
             reason,
             message,
             image: None,
         })?;
-    let class = pc
-        .pod
+    let class = pod
         .spec
         .as_ref()
         .and_then(|s| s.runtime_class_name.as_deref());
@@ -387,7 +440,7 @@ async fn create(pc: Arc<PodCtx>, which: Which, run: i32) -> Result<Made, Failed>
         image: Some(resolved.clone()),
     };
     // The environment, then the mounts (a subPathExpr expands with it).
-    let env = Box::pin(pc.env(c))
+    let env = Box::pin(pc.env(&pod, c))
         .await
         .map_err(|m| fail("CreateContainerConfigError", m))?;
     let mounts = pc
@@ -395,7 +448,7 @@ async fn create(pc: Arc<PodCtx>, which: Which, run: i32) -> Result<Made, Failed>
         .mounts(c, &env)
         .map_err(|e| fail("CreateContainerConfigError", e.to_string()))?;
     let run_id = layout::run_id(&pc.uid, &c.name, run);
-    let log_path = layout::run_log(&pc.dirs.logs, &c.name, run);
+    let log_path = layout::run_log(&pc.dirs().logs, &c.name, run);
     let log = LogFile::new(&log_path, crate::logs::MAX_LOG_BYTES);
     let parts = Resolved {
         run_id: run_id.clone(),
@@ -404,7 +457,7 @@ async fn create(pc: Arc<PodCtx>, which: Which, run: i32) -> Result<Made, Failed>
         log,
         alive: pc.containers.token(),
     };
-    let spec = spec::container_spec(&pc.pod, c, &img, pc.sandbox(), parts);
+    let spec = spec::container_spec(&pod, c, &img, pc.sandbox(), parts);
     let container_id = ContainerId::new(runtime.name(), &run_id).to_string();
     let started = now();
     let active = &pc.ctx.active_logs;
@@ -452,13 +505,10 @@ impl ProbeSet {
         }
     }
 
-    /// Starts probing `kind`, if the container has such a probe: after its initial delay,
-    /// every period, each run's result sent to the set.
-    fn start(&mut self, kind: ProbeKind, c: &Container, target: &probes::Target) {
-        let Some(probe) = kind.of(c).cloned() else {
-            return;
-        };
-        let (target, tx) = (target.clone(), self.tx.clone());
+    /// Starts probing with a container's probe of `kind`: after its initial delay, every
+    /// period, each run's result sent to the set.
+    fn start(&mut self, (kind, probe): (ProbeKind, &Probe), target: &probes::Target) {
+        let (probe, target, tx) = (probe.clone(), target.clone(), self.tx.clone());
         let task = tokio::spawn(async move {
             let mut prober = probes::Prober::new(probes::Timing::of(&probe));
             tokio::time::sleep(prober.timing.initial_delay).await;
@@ -486,7 +536,7 @@ impl ProbeSet {
 
 /// A container the pod's status shows running under an earlier agent, if its runtime
 /// still has it (runc containers outlive the agent; Wasm guests do not).
-async fn adopt(pc: &PodCtx, prev: ContainerStatus) -> Option<Adopted<'_>> {
+async fn adopt(pc: &PodCtx, prev: Box<ContainerStatus>) -> Option<Adopted<'_>> {
     prev.state.as_ref()?.running.as_ref()?;
     let id: ContainerId = prev.container_id.as_deref()?.parse().ok()?;
     if !id.is_run_of(&pc.uid, &prev.name) {
@@ -502,7 +552,7 @@ async fn adopt(pc: &PodCtx, prev: ContainerStatus) -> Option<Adopted<'_>> {
 /// An adopted container, its status, the runtime that runs it and its ID there.
 type Adopted<'a> = (
     Box<dyn Running>,
-    ContainerStatus,
+    Box<ContainerStatus>,
     &'a dyn Runtime,
     ContainerId,
 );
@@ -510,6 +560,7 @@ type Adopted<'a> = (
 /// The image for a container, per its pull policy: from the node's store, or pulled.
 async fn obtain_image(
     pc: &PodCtx,
+    pod: &Pod,
     container: &str,
     image: &str,
     policy: &str,
@@ -519,7 +570,7 @@ async fn obtain_image(
     match (policy, local) {
         ("Never" | "IfNotPresent", Some(img)) => {
             ctx.events.pod(
-                &pc.pod,
+                pc.pod_ref(),
                 Some(container),
                 "Normal",
                 "Pulled",
@@ -531,7 +582,7 @@ async fn obtain_image(
             let msg =
                 format!("Container image \"{image}\" is not present with pull policy of Never");
             ctx.events.pod(
-                &pc.pod,
+                pc.pod_ref(),
                 Some(container),
                 "Warning",
                 "ErrImageNeverPull",
@@ -541,25 +592,30 @@ async fn obtain_image(
         }
         _ => {
             ctx.events.pod(
-                &pc.pod,
+                pc.pod_ref(),
                 Some(container),
                 "Normal",
                 "Pulling",
                 format!("Pulling image \"{image}\""),
             );
             let started = Instant::now();
-            let auth = pc.registry_auth(image).await;
+            let auth = pc.registry_auth(pod, image).await;
             match crate::registry::pull(&ctx.images, image, &auth, &ctx.insecure_registries).await {
                 Ok(img) => {
                     let size = img.size;
                     let took = started.elapsed().as_secs_f64();
-                    ctx.events.pod(&pc.pod, Some(container), "Normal", "Pulled", format!("Successfully pulled image \"{image}\" in {took:.3}s. Image size: {size} bytes."));
+                    ctx.events.pod(pc.pod_ref(), Some(container), "Normal", "Pulled", format!("Successfully pulled image \"{image}\" in {took:.3}s. Image size: {size} bytes."));
                     Ok(img)
                 }
                 Err(e) => {
                     let msg = format!("Failed to pull image \"{image}\": {e}");
-                    ctx.events
-                        .pod(&pc.pod, Some(container), "Warning", "Failed", msg.clone());
+                    ctx.events.pod(
+                        pc.pod_ref(),
+                        Some(container),
+                        "Warning",
+                        "Failed",
+                        msg.clone(),
+                    );
                     Err(("ErrImagePull", msg))
                 }
             }
@@ -571,8 +627,12 @@ impl PodCtx {
     /// Environment for a container: the Services' variables (unless the pod turns service
     /// links off; the `kubernetes` Service's always), then `envFrom`, then `env` (values,
     /// and configMap, secret and field references): later ones win.
-    pub(super) async fn env(&self, c: &Container) -> Result<Vec<(String, String)>, String> {
-        let links = self.pod.spec.as_ref().and_then(|s| s.enable_service_links) != Some(false);
+    pub(super) async fn env(
+        &self,
+        pod: &Pod,
+        c: &Container,
+    ) -> Result<Vec<(String, String)>, String> {
+        let links = pod.spec.as_ref().and_then(|s| s.enable_service_links) != Some(false);
         let mut services: BTreeMap<String, Arc<k8s_openapi::api::core::v1::Service>> =
             BTreeMap::new();
         for svc in self.ctx.services.state() {
@@ -664,7 +724,7 @@ impl PodCtx {
                     } else if let Some(f) = &src.field_ref {
                         let pod_ip = self.sandbox.get().map(|s| s.ip.as_str());
                         spec::field(
-                            &self.pod,
+                            pod,
                             &f.field_path,
                             pod_ip.unwrap_or_default(),
                             &self.ctx.node_ip,
@@ -680,12 +740,15 @@ impl PodCtx {
     }
 
     /// Registry credentials from the pod's `imagePullSecrets` (docker config JSON).
-    pub(super) async fn registry_auth(&self, image: &str) -> oci_client::secrets::RegistryAuth {
+    pub(super) async fn registry_auth(
+        &self,
+        pod: &Pod,
+        image: &str,
+    ) -> oci_client::secrets::RegistryAuth {
         let registry = oci_client::Reference::try_from(image)
             .map(|r| r.registry().to_string())
             .unwrap_or_default();
-        for s in self
-            .pod
+        for s in pod
             .spec
             .as_ref()
             .and_then(|s| s.image_pull_secrets.as_ref())

@@ -208,9 +208,8 @@ pub struct Sandbox {
     pub pid_namespace: Option<PathBuf>,
     /// The containers' host name.
     pub hostname: String,
-    /// Files of the sandbox containers see (`/etc/hosts`, `/etc/hostname`,
-    /// `/etc/resolv.conf`): guest path, file on the node.
-    pub files: Vec<(String, PathBuf)>,
+    /// Where the files of the sandbox containers see are ([`Sandbox::files`]).
+    etc: PathBuf,
     /// The pod's resolver (its Wasm guests' name lookups).
     pub resolver: Option<std::sync::Arc<crate::dns::lookup::Resolver>>,
 }
@@ -332,16 +331,25 @@ impl Sandbox {
             aliases: config.aliases,
             host_network,
         };
-        let files = write_etc(dir, &hosts, &config.resolv_conf).map_err(SandboxError::Etc)?;
+        let etc = write_etc(dir, &hosts, &config.resolv_conf).map_err(SandboxError::Etc)?;
         Ok(Sandbox {
             volumes,
             network,
             ip,
             pid_namespace,
             hostname: config.hostname,
-            files,
+            etc,
             resolver: config.resolver,
         })
+    }
+
+    /// Files of the sandbox containers see (`/etc/hosts`, `/etc/hostname`,
+    /// `/etc/resolv.conf`): guest path, file on the node.
+    pub fn files(&self) -> Vec<(String, PathBuf)> {
+        ETC_FILES
+            .iter()
+            .map(|name| (format!("/etc/{name}"), self.etc.join(name)))
+            .collect()
     }
 
     /// What `c` mounts: its `volumeMounts` onto the sandbox's volumes, a `subPath` (or a
@@ -472,27 +480,23 @@ async fn make_volumes(
 }
 
 /// Writes the pod's `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` (`resolv`) under
-/// the pod's directory `dir`: the files, by the guest path they are bound at.
-fn write_etc(
-    dir: &Path,
-    hosts: &HostsEntries<'_>,
-    resolv: &str,
-) -> std::io::Result<Vec<(String, PathBuf)>> {
+/// the pod's directory `dir`: the directory they are in.
+fn write_etc(dir: &Path, hosts: &HostsEntries<'_>, resolv: &str) -> std::io::Result<PathBuf> {
     let etc = dir.join("etc");
     std::fs::create_dir_all(&etc)?;
-    let files: [(&str, Vec<u8>); 3] = [
-        ("hosts", hosts_file(hosts).into_bytes()),
-        ("hostname", format!("{}\n", hosts.hostname).into_bytes()),
-        ("resolv.conf", resolv.as_bytes().to_vec()),
+    let contents = [
+        hosts_file(hosts).into_bytes(),
+        format!("{}\n", hosts.hostname).into_bytes(),
+        resolv.as_bytes().to_vec(),
     ];
-    let mut out = Vec::with_capacity(files.len());
-    for (name, bytes) in files {
-        let path = etc.join(name);
-        std::fs::write(&path, bytes)?;
-        out.push((format!("/etc/{name}"), path));
+    for (name, bytes) in ETC_FILES.iter().zip(contents) {
+        std::fs::write(etc.join(name), bytes)?;
     }
-    Ok(out)
+    Ok(etc)
 }
+
+/// The files of `/etc` a pod's sandbox gives its containers.
+const ETC_FILES: [&str; 3] = ["hosts", "hostname", "resolv.conf"];
 
 /// A mount's subPath, or its subPathExpr with `$(VAR)` expanded from `env`.
 fn sub_path(m: &VolumeMount, env: &[(String, String)]) -> Option<String> {

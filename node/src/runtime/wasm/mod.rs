@@ -606,10 +606,12 @@ impl Runtime for WasmRuntime {
                 );
                 govern(&mut store, spec.cpu_limit_millis);
                 Box::pin(async move {
+                    // Each step boxed: an idle guest keeps only the call's state, not the
+                    // instantiation's too.
                     let result = async {
-                        let instance = pre.instantiate_async(&mut store).await?;
+                        let instance = Box::pin(pre.instantiate_async(&mut store)).await?;
                         let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
-                        start.call_async(&mut store, ()).await
+                        Box::pin(start.call_async(&mut store, ())).await
                     }
                     .await;
                     (result, store.data_mut().limits().exceeded)
@@ -632,9 +634,9 @@ impl Runtime for WasmRuntime {
                 govern(&mut store, spec.cpu_limit_millis);
                 Box::pin(async move {
                     let result = async {
-                        let command = command.instantiate_async(&mut store).await?;
+                        let command = Box::pin(command.instantiate_async(&mut store)).await?;
                         // `wasi:cli/run` returns Err(()) for a non-zero exit without a code.
-                        match command.wasi_cli_run().call_run(&mut store).await? {
+                        match Box::pin(command.wasi_cli_run().call_run(&mut store)).await? {
                             Ok(()) => Ok(()),
                             Err(()) => Err(wasmtime::Error::new(wasmtime_wasi::I32Exit(1))),
                         }
