@@ -1189,7 +1189,8 @@ impl Objects {
     }
 
     /// The same, starting from `known`, a copy of the pod (the scheduler's cache): no read
-    /// of the store unless it turns out stale.
+    /// of the store unless it turns out stale. The rules are the pod's
+    /// ([`crate::registry::bind_pod`]).
     pub async fn bind_pod_from(
         &self,
         ns: &str,
@@ -1201,61 +1202,63 @@ impl Objects {
             .registry
             .find("", "v1", "pods")
             .expect("pods are served");
-        let key = rt.key(Some(ns), name);
+        let written = self
+            .rewrite(rt, Some(ns), name, known, |pod| {
+                crate::registry::bind_pod(pod, node, &now_string()).map_err(|e| {
+                    ObjectError::Conflict {
+                        resource: rt.qualified(),
+                        name: name.into(),
+                        message: e.to_string(),
+                    }
+                })
+            })
+            .await?;
+        // A binding is created.
+        Ok(Written {
+            created: true,
+            ..written
+        })
+    }
+
+    /// Read-modify-write of the stored object with retries on conflict, bypassing
+    /// admission: for a subresource that sets what the object's own update may not (a
+    /// pod's node). `known`, a recent copy of the object (a cache's), spares the first
+    /// read; if stale, it loses the race and the next round reads the store.
+    pub async fn rewrite<F>(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        known: Option<&Value>,
+        mut change: F,
+    ) -> Result<Written, ObjectError>
+    where
+        F: FnMut(&Value) -> Result<Value, ObjectError>,
+    {
+        let key = rt.key(ns, name);
         let mut known = known.and_then(|v| {
             let rev = meta_str(v, "resourceVersion")?.parse::<Revision>().ok()?;
             Some((rev, v.clone()))
         });
         for _ in 0..MAX_UPDATE_RETRIES {
-            let (rev, mut pod) = match known.take() {
+            let (rev, current) = match known.take() {
                 Some(k) => k,
                 None => {
-                    let current = self.get(rt, Some(ns), name).await?;
+                    let current = self.get(rt, ns, name).await?;
                     (current.rev, current.to_value()?)
                 }
             };
-            if let Some(n) = pod
-                .pointer("/spec/nodeName")
-                .and_then(Value::as_str)
-                .filter(|n| !n.is_empty())
-            {
-                return Err(ObjectError::Conflict {
-                    resource: rt.qualified(),
-                    name: name.into(),
-                    message: format!("pod {name} is already assigned to node {n:?}"),
-                });
-            }
-            if meta(&pod)
-                .and_then(|m| m.get("deletionTimestamp"))
-                .is_some_and(|v| !v.is_null())
-            {
-                return Err(ObjectError::Conflict {
-                    resource: rt.qualified(),
-                    name: name.into(),
-                    message: format!("pod {name} is being deleted, cannot be assigned to a host"),
-                });
-            }
-            pod["spec"]["nodeName"] = json!(node);
-            let conditions = pod["status"]["conditions"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            let mut conditions: Vec<Value> = conditions
-                .into_iter()
-                .filter(|c| c["type"] != "PodScheduled")
-                .collect();
-            conditions.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now_string()}));
-            pod["status"]["conditions"] = Value::Array(conditions);
-            meta_mut(&mut pod).remove("resourceVersion");
+            let mut new = change(&current)?;
+            meta_mut(&mut new).remove("resourceVersion");
             match self
                 .store
-                .put(&key, Precondition::Exists(Some(rev)), pod)
+                .put(&key, Precondition::Exists(Some(rev)), new)
                 .await
             {
                 Ok(s) => {
                     return Ok(Written {
                         object: s.data,
-                        created: true,
+                        created: false,
                         warnings: vec![],
                     })
                 }

@@ -24,6 +24,7 @@ pub use self::core::SYSTEM_NAMESPACES;
 use crate::selectors::Field;
 pub use hooks::Hooks;
 pub use meta::{validate_object_meta, ObjectMetaRules};
+pub use pod::{bind as bind_pod, BindError};
 pub use service_ips::KUBERNETES_SERVICE_IP;
 pub use table::Column;
 use validation::{Errors, NameRule};
