@@ -468,11 +468,18 @@ async fn server_side_apply_creates_then_conflicts() {
         .await
         .unwrap();
     assert!(w.created);
-    o.update_scale(d, Some("default"), "web", |s| {
-        let mut s = s.clone();
-        s["spec"]["replicas"] = json!(4);
-        Ok(s)
-    })
+    o.update_with(
+        d,
+        Some("default"),
+        "web",
+        Target::Main,
+        &WriteOptions::default(),
+        |old| {
+            let mut s = crate::registry::scale::scale_of(d, old);
+            s["spec"]["replicas"] = json!(4);
+            Ok(crate::registry::scale::apply_scale(old, &s).unwrap())
+        },
+    )
     .await
     .unwrap();
     let mut cfg = deployment("nginx:1");

@@ -163,6 +163,15 @@ impl Hooks for NamespaceHooks {
     }
 }
 
+/// The namespace with these `spec.finalizers` and nothing else changed (the
+/// `namespaces/finalize` subresource, kube's `FinalizeREST`): how the namespace
+/// controller lets a namespace whose content is gone be deleted.
+pub fn finalize_namespace(ns: &Value, finalizers: &[Value]) -> Value {
+    let mut new = ns.clone();
+    new["spec"]["finalizers"] = Value::Array(finalizers.to_vec());
+    new
+}
+
 /// Secrets' write hooks: `stringData` is folded into `data`, not stored.
 struct SecretHooks;
 

@@ -11,6 +11,7 @@ pub mod lists;
 mod meta;
 mod other;
 mod pod;
+pub mod scale;
 mod service_ips;
 pub mod table;
 pub mod validation;
@@ -20,7 +21,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-pub use self::core::SYSTEM_NAMESPACES;
+pub use self::core::{finalize_namespace, SYSTEM_NAMESPACES};
 use crate::selectors::Field;
 pub use hooks::Hooks;
 pub use meta::{validate_object_meta, ObjectMetaRules};
