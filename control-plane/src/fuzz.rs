@@ -108,7 +108,6 @@ fn admit(v: &Value, size: usize) {
         let _ = rt.strategy.admit(v, Some(v), Operation::Update);
         let _ = rt.strategy.admit(v, Some(v), Operation::UpdateStatus);
         let _ = rt.strategy.cells(v, now);
-        let _ = rt.strategy.admit_delete(v);
     }
 }
 

@@ -994,13 +994,15 @@ impl Objects {
         for _ in 0..MAX_UPDATE_RETRIES {
             let current = self.get(rt, ns, name).await?;
             let mut obj = current.to_value()?;
-            rt.strategy
-                .admit_delete(&obj)
-                .map_err(|message| ObjectError::Forbidden {
-                    resource: rt.qualified(),
-                    name: name.into(),
-                    message,
-                })?;
+            let attrs = Attributes {
+                resource: rt,
+                namespace: ns,
+                name,
+                operation: Operation::Delete,
+                old: Some(&obj),
+                dry_run: opts.dry_run,
+            };
+            self.admission.admit_delete(&attrs, self).await?;
             if let Some(uid) = &opts.precondition_uid {
                 if meta_str(&obj, "uid") != Some(uid.as_str()) {
                     return Err(ObjectError::Conflict {
@@ -1136,6 +1138,8 @@ impl Objects {
         Err(ObjectError::conflict(rt, name))
     }
 
+    /// Deletes every object a list selects, each through [`Objects::delete`] (so each
+    /// meets admission); the first error, not-found aside, ends the collection there.
     pub async fn delete_collection(
         &self,
         rt: &ResourceType,
