@@ -353,7 +353,7 @@ pub async fn handle(
     let rt = registry
         .find(&path.group, &path.version, &path.resource)
         .ok_or(ApiError::NoSuchPath)?;
-    if !rt.namespaced && path.namespace.is_some() && rt.plural != "namespaces" {
+    if !rt.namespaced && path.namespace.is_some() {
         return Err(ApiError::NoSuchPath);
     }
     let ns = path.namespace.as_deref();
