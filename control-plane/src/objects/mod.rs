@@ -3,8 +3,9 @@
 //! metadata, runs the admission chain ([`admission`]: plugins around the resource's own
 //! defaulting and validation), enforces status and finalizer semantics, and talks to the
 //! [`Store`]. What a kind does differently (graceful deletion, address allocation, its
-//! own finalizers) it says through its [`crate::registry::Hooks`]; nothing here asks for
-//! a kind by name.
+//! own finalizers) it says through its [`crate::registry::Hooks`], and subresource rules
+//! (binding, finalize, scale) are registry functions handed to the generic update loops.
+//! Only [`Objects::bind_pod`], the scheduler's entry point, names a kind (pods).
 
 pub mod admission;
 mod error;
