@@ -214,6 +214,91 @@ fn server_side_apply_records_its_manager_and_refuses_conflicts() {
     );
 }
 
+/// Regression: server-side apply keyed Service ports by `port` alone, so a re-apply merged
+/// 53/TCP and 53/UDP into one port. Apply keys them by `port` and `protocol`, as kube does.
+#[test]
+fn server_side_apply_keeps_ports_that_differ_only_in_protocol() {
+    let s = &*server();
+    let dns = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: ssa-ports
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: dns
+  namespace: ssa-ports
+spec:
+  selector:
+    app: dns
+  ports:
+  - name: dns-tcp
+    port: 53
+    protocol: TCP
+  - name: dns-udp
+    port: 53
+    protocol: UDP
+"#;
+    // The second apply merges into the stored Service.
+    s.apply_stdin(&["--server-side"], dns);
+    let out = s.apply_stdin(&["--server-side"], dns);
+    assert!(out.contains("service/dns serverside-applied"), "{out}");
+    let ports = |svc: &serde_json::Value| -> Vec<(String, String)> {
+        svc["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    format!("{}/{}", p["port"], p["protocol"].as_str().unwrap()),
+                    p["name"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let svc = s.json(&[
+        "get",
+        "svc",
+        "dns",
+        "-n",
+        "ssa-ports",
+        "--show-managed-fields",
+    ]);
+    assert_eq!(
+        ports(&svc),
+        [
+            ("53/TCP".to_string(), "dns-tcp".to_string()),
+            ("53/UDP".to_string(), "dns-udp".to_string())
+        ]
+    );
+    let applied = svc["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["operation"] == "Apply")
+        .expect("an Apply entry");
+    let owned: Vec<&String> = applied["fieldsV1"]["f:spec"]["f:ports"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert_eq!(
+        owned,
+        [
+            r#"k:{"port":53,"protocol":"TCP"}"#,
+            r#"k:{"port":53,"protocol":"UDP"}"#
+        ],
+        "{applied}"
+    );
+    // Dropping 53/UDP from the configuration removes that port only.
+    let tcp_only = &dns[..dns.find("  - name: dns-udp").unwrap()];
+    s.apply_stdin(&["--server-side"], tcp_only);
+    let svc = s.json(&["get", "svc", "dns", "-n", "ssa-ports"]);
+    assert_eq!(ports(&svc), [("53/TCP".to_string(), "dns-tcp".to_string())]);
+}
+
 /// Plain, wide, yaml, json, all namespaces, labels, selectors.
 #[test]
 fn get_prints_tables_yaml_and_json_and_selects_by_label() {

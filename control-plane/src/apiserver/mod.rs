@@ -315,7 +315,8 @@ async fn dispatch(State(state): State<Arc<AppState>>, req: Request) -> Response 
     .await
 }
 
-/// Pod subresources served by the node agent over an upgraded connection.
+/// Subresources (of pods, the only resource serving them) answered by the node agent
+/// over an upgraded connection.
 const STREAMING: &[&str] = &["exec", "attach", "portforward"];
 
 async fn route(state: Arc<AppState>, req: Request) -> Result<Response, ApiError> {
@@ -330,10 +331,18 @@ async fn route(state: Arc<AppState>, req: Request) -> Result<Response, ApiError>
     }
     // Streaming subresources keep the whole request: the connection is upgraded.
     if let Some(ApiPath::Resource(rp)) = parse_path(&path) {
-        if let (true, Some(name), Some(sub)) = (
-            rp.group.is_empty() && rp.resource == "pods",
+        let serves = |sub: &str| {
+            state
+                .objects
+                .registry()
+                .find(&rp.group, &rp.version, &rp.resource)
+                .is_some_and(|rt| rt.has_subresource(sub))
+        };
+        if let (Some(name), Some(sub)) = (
             rp.name.as_deref(),
-            rp.subresource.as_deref().filter(|s| STREAMING.contains(s)),
+            rp.subresource
+                .as_deref()
+                .filter(|s| STREAMING.contains(s) && serves(s)),
         ) {
             let ns = rp.namespace.as_deref().unwrap_or("default");
             return node_proxy::pod_stream(

@@ -57,12 +57,16 @@ pub fn parse_path(path: &str) -> Option<ApiPath> {
     if watch_prefix {
         rest.remove(0);
     }
+    // `/namespaces/NS/RESOURCE/...` is a resource within namespace NS; the shorter
+    // `/namespaces/NAME[/status|/finalize]` names the Namespace object itself, which,
+    // being cluster-scoped, is in no namespace (kube's RequestInfo sets both fields).
     let mut namespace = None;
-    if rest.first() == Some(&"namespaces") && rest.len() > 1 {
+    if rest.first() == Some(&"namespaces")
+        && rest.len() > 2
+        && !NAMESPACE_SUBRESOURCES.contains(&rest[2])
+    {
         namespace = Some(rest[1].to_string());
-        if rest.len() > 2 && !NAMESPACE_SUBRESOURCES.contains(&rest[2]) {
-            rest.drain(..2);
-        }
+        rest.drain(..2);
     }
     if rest.is_empty() || rest.len() > 3 || rest.iter().any(|s| s.is_empty()) {
         return None;
@@ -70,10 +74,6 @@ pub fn parse_path(path: &str) -> Option<ApiPath> {
     let resource = rest[0].to_string();
     let name = rest.get(1).map(|s| s.to_string());
     let subresource = rest.get(2).map(|s| s.to_string());
-    // `/api/v1/namespaces/foo` addresses the namespace "foo" itself.
-    if resource == "namespaces" {
-        namespace = None;
-    }
     Some(ApiPath::Resource(ResourcePath {
         group: group.into(),
         version: version.into(),
@@ -165,8 +165,25 @@ mod tests {
             ),
             ("namespaces", Some("x"), Some("finalize"))
         );
+        let r = res("/api/v1/namespaces/x/status");
+        assert_eq!(
+            (r.namespace, r.name.as_deref(), r.subresource.as_deref()),
+            (None, Some("x"), Some("status"))
+        );
         let r = res("/api/v1/namespaces");
         assert_eq!((r.resource.as_str(), r.name), ("namespaces", None));
+        // Namespaces within a namespace: a namespace the (cluster-scoped) resource refuses.
+        let r = res("/api/v1/namespaces/a/namespaces/b");
+        assert_eq!(
+            (
+                r.namespace.as_deref(),
+                r.resource.as_str(),
+                r.name.as_deref()
+            ),
+            (Some("a"), "namespaces", Some("b"))
+        );
+        let r = res("/api/v1/watch/namespaces/x");
+        assert_eq!((r.namespace, r.name.as_deref()), (None, Some("x")));
         assert!(res("/api/v1/watch/namespaces/a/pods").watch_prefix);
         assert_eq!(
             parse_path("/apis/apps"),

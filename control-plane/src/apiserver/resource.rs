@@ -17,9 +17,9 @@ use crate::objects::{
     now, DeleteOptions, FieldValidation, ListOptions, ObjectError, PatchType, Target, WatchFilter,
     WatchItem, WriteOptions, Written,
 };
-use crate::registry::ResourceType;
+use crate::registry::{finalize_namespace, scale, ResourceType};
 use crate::selectors::{FieldSelector, Selector};
-use crate::store::Revision;
+use crate::store::{Revision, StoreError};
 
 const JSON: &str = "application/json";
 const TABLE_CONTENT_TYPE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io";
@@ -353,7 +353,7 @@ pub async fn handle(
     let rt = registry
         .find(&path.group, &path.version, &path.resource)
         .ok_or(ApiError::NoSuchPath)?;
-    if !rt.namespaced && path.namespace.is_some() && rt.plural != "namespaces" {
+    if !rt.namespaced && path.namespace.is_some() {
         return Err(ApiError::NoSuchPath);
     }
     let ns = path.namespace.as_deref();
@@ -752,7 +752,7 @@ async fn subresource(
             Ok(json_response(
                 StatusCode::OK,
                 JSON,
-                crate::objects::Objects::scale_of(rt, &obj).to_string(),
+                scale::scale_of(rt, &obj).to_string(),
                 &[],
             ))
         }
@@ -765,24 +765,43 @@ async fn subresource(
             let input = decode_body(headers, &body, None)?;
             let ptype = PatchType::from_content_type(&ct);
             let is_put = ct.is_empty() || ptype.is_none();
-            let scale = objects
-                .update_scale(rt, ns, name, |current| {
-                    let r = if is_put {
-                        Ok(input.clone())
-                    } else {
-                        match ptype {
-                            Some(PatchType::Json) => {
-                                crate::objects::patch::json_patch(current, &input)
+            let w = objects
+                .update_with(
+                    rt,
+                    ns,
+                    name,
+                    Target::Main,
+                    &WriteOptions::default(),
+                    |old| {
+                        let current = scale::scale_of(rt, old);
+                        let wanted = if is_put {
+                            Ok(input.clone())
+                        } else {
+                            match ptype {
+                                Some(PatchType::Json) => {
+                                    crate::objects::patch::json_patch(&current, &input)
+                                }
+                                Some(PatchType::Merge) | Some(PatchType::Apply) => {
+                                    crate::objects::patch::merge_patch(&current, &input)
+                                }
+                                _ => crate::objects::patch::strategic_merge(
+                                    "Scale", &current, &input,
+                                ),
                             }
-                            Some(PatchType::Merge) | Some(PatchType::Apply) => {
-                                crate::objects::patch::merge_patch(current, &input)
-                            }
-                            _ => crate::objects::patch::strategic_merge("Scale", current, &input),
-                        }
-                    };
-                    r.map_err(|e| ObjectError::PatchFailed(e.to_string()))
-                })
+                        };
+                        let wanted = wanted.map_err(|e| ObjectError::PatchFailed(e.to_string()))?;
+                        scale::apply_scale(old, &wanted).map_err(|errs| ObjectError::Invalid {
+                            kind: "Scale".into(),
+                            group: "autoscaling".into(),
+                            name: name.into(),
+                            errors: errs.0,
+                        })
+                    },
+                )
                 .await?;
+            let obj: Value = serde_json::from_slice(&w.object)
+                .map_err(|e| ObjectError::Store(StoreError::Corrupt(e.to_string())))?;
+            let scale = scale::scale_of(rt, &obj);
             Ok(json_response(StatusCode::OK, JSON, scale.to_string(), &[]))
         }
         ("binding", Method::POST) => {
@@ -821,7 +840,16 @@ async fn subresource(
                 .and_then(Value::as_array)
                 .cloned()
                 .unwrap_or_default();
-            let w = objects.finalize_namespace(name, finalizers).await?;
+            let w = objects
+                .update_with(
+                    rt,
+                    None,
+                    name,
+                    Target::Main,
+                    &WriteOptions::default(),
+                    |old| Ok(finalize_namespace(old, &finalizers)),
+                )
+                .await?;
             single(rt, w.object, out, StatusCode::OK, &[])
         }
         ("log", Method::GET) => {

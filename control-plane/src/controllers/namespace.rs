@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::objects::{DeleteOptions, ListOptions, ObjectError, Objects, WriteOptions};
+use crate::objects::{DeleteOptions, ListOptions, ObjectError, Objects, Target, WriteOptions};
+use crate::registry::finalize_namespace;
 use crate::runtime::Action;
 
 const FINALIZER: &str = "kubernetes";
@@ -73,7 +74,20 @@ pub async fn reconcile(objects: Arc<Objects>, ns: Value) -> Result<Action, Objec
         return Ok(Action::RequeueAfter(Duration::from_secs(1)));
     }
     let rest: Vec<Value> = finalizers.into_iter().filter(|f| f != FINALIZER).collect();
-    objects.finalize_namespace(&name, rest).await?;
+    let nsrt = objects
+        .registry()
+        .find("", "v1", "namespaces")
+        .expect("namespaces are served");
+    objects
+        .update_with(
+            nsrt,
+            None,
+            &name,
+            Target::Main,
+            &WriteOptions::default(),
+            |old| Ok(finalize_namespace(old, &rest)),
+        )
+        .await?;
     tracing::info!(namespace = %name, "namespace deleted");
     Ok(Action::Done)
 }

@@ -1,6 +1,7 @@
-//! The admission chain every create and update goes through, whoever writes (kube's
-//! admission plugins): the mutating plugins in order, then the kind's own defaulting and
-//! validation (the registry's strategy), then the validating plugins in order. A plugin
+//! The admission chain every create, update and delete goes through, whoever writes
+//! (kube's admission plugins): the mutating plugins in order, then the kind's own
+//! defaulting and validation (the registry's strategy), then the validating plugins in
+//! order. A delete has no new object: the plugins see the one deleted as `old`. A plugin
 //! has a name, says which requests it handles, and may refuse one. Access control, Pod
 //! Security, quotas and webhooks join as further plugins.
 
@@ -39,7 +40,7 @@ pub struct Attributes<'a> {
     pub namespace: Option<&'a str>,
     pub name: &'a str,
     pub operation: Operation,
-    /// The stored object an update replaces.
+    /// The stored object an update replaces or a delete removes.
     pub old: Option<&'a Value>,
     pub dry_run: bool,
 }
@@ -150,10 +151,24 @@ impl Chain {
         }
         Ok(())
     }
+
+    /// Runs the plugins that handle a delete of `a.old`, mutating ones first. Each sees a
+    /// null object (kube's nil: a delete writes none) and may refuse the delete.
+    pub(super) async fn admit_delete(
+        &self,
+        a: &Attributes<'_>,
+        objects: &Objects,
+    ) -> Result<(), ObjectError> {
+        self.mutate(a, &mut Value::Null, objects).await?;
+        self.validate(a, &Value::Null, objects).await
+    }
 }
 
+/// Namespaces kube-apiserver never lets go (the NamespaceLifecycle plugin's immortal ones).
+const IMMORTAL_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
+
 /// Namespaced objects are created only in a namespace that exists and is not being
-/// deleted.
+/// deleted; the immortal namespaces are never deleted.
 struct NamespaceLifecycle;
 
 #[async_trait]
@@ -163,7 +178,11 @@ impl Mutating for NamespaceLifecycle {
     }
 
     fn handles(&self, a: &Attributes<'_>) -> bool {
-        a.operation == Operation::Create && a.resource.namespaced && a.namespace.is_some()
+        match a.operation {
+            Operation::Create => a.resource.namespaced && a.namespace.is_some(),
+            Operation::Delete => a.is("", "namespaces"),
+            Operation::Update | Operation::UpdateStatus => false,
+        }
     }
 
     async fn admit(
@@ -172,6 +191,16 @@ impl Mutating for NamespaceLifecycle {
         _obj: &mut Value,
         objects: &Objects,
     ) -> Result<(), ObjectError> {
+        if a.operation == Operation::Delete {
+            if IMMORTAL_NAMESPACES.contains(&a.name) {
+                return Err(ObjectError::Forbidden {
+                    resource: a.resource.qualified(),
+                    name: a.name.into(),
+                    message: "this namespace may not be deleted".into(),
+                });
+            }
+            return Ok(());
+        }
         let ns = a.namespace.unwrap_or_default();
         let nsrt = objects
             .registry()

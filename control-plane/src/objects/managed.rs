@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Map, Value};
 
-use super::patch::{strategic_merge, ListStrategy};
+use super::patch::{apply_merge, ListKey, ListStrategy};
 use super::{meta, meta_mut, now_string};
 
 type Path = Vec<String>;
@@ -117,16 +117,13 @@ impl FieldSet {
                         self.0.insert(p);
                     }
                 }
-                ListStrategy::Keyed(key) => {
+                ListStrategy::Keyed(keys) => {
                     names.push(field);
                     names.push("[]");
                     for item in items {
                         let Some(m) = item.as_object() else { continue };
                         let mut ip = path.clone();
-                        ip.push(format!(
-                            "k:{}",
-                            json!({ key: m.get(key).cloned().unwrap_or(Value::Null) })
-                        ));
+                        ip.push(key_element(keys, item));
                         self.0.insert([ip.clone(), vec![".".into()]].concat());
                         for (k, child) in m {
                             let mut p = ip.clone();
@@ -184,6 +181,57 @@ impl FieldSet {
 
     fn remove_all(&mut self, other: &FieldSet) {
         self.0.retain(|p| !other.0.contains(p));
+    }
+}
+
+/// The `k:` element of `item` of a list keyed by `keys`: every key field it has, or whose
+/// default it takes, sorted by name as structured-merge-diff writes them, e.g.
+/// `k:{"containerPort":53,"protocol":"UDP"}`.
+fn key_element(keys: &[ListKey], item: &Value) -> String {
+    let mut fields: Vec<(&str, std::borrow::Cow<Value>)> = keys
+        .iter()
+        .filter_map(|k| Some((k.field, k.value_in(item)?)))
+        .collect();
+    fields.sort_by(|a, b| a.0.cmp(b.0));
+    let fields: Vec<String> = fields
+        .iter()
+        .map(|(name, v)| format!("{}:{v}", Value::from(*name)))
+        .collect();
+    format!("k:{{{}}}", fields.join(","))
+}
+
+/// `v` with the defaults of the list-map keys its items omit filled in (a port's
+/// `protocol`), so that looking an item up by its `k:` element finds it.
+fn fill_key_defaults(kind: &str, names: &mut Vec<String>, v: &mut Value) {
+    let Some(m) = v.as_object_mut() else { return };
+    for (field, child) in m.iter_mut() {
+        match child {
+            Value::Object(_) => {
+                names.push(field.clone());
+                fill_key_defaults(kind, names, child);
+                names.pop();
+            }
+            Value::Array(items) => {
+                let parent: Vec<&str> = names.iter().map(String::as_str).collect();
+                let ListStrategy::Keyed(keys) = apply_strategy(kind, &parent, field) else {
+                    continue;
+                };
+                names.extend([field.clone(), "[]".into()]);
+                for item in items.iter_mut() {
+                    let Some(o) = item.as_object_mut() else {
+                        continue;
+                    };
+                    for k in keys {
+                        if let (Some(d), false) = (k.default, o.contains_key(k.field)) {
+                            o.insert(k.field.into(), d.into());
+                        }
+                    }
+                    fill_key_defaults(kind, names, item);
+                }
+                names.truncate(names.len() - 2);
+            }
+            _ => {}
+        }
     }
 }
 
@@ -535,6 +583,8 @@ pub fn apply(
     };
     let mut list = entries(current);
     let mut conflicts = Vec::new();
+    let mut filled = applied.clone();
+    fill_key_defaults(&kind, &mut Vec::new(), &mut filled);
     let (mut in_current, mut in_applied) = (Lookup::default(), Lookup::default());
     for e in list
         .iter_mut()
@@ -550,7 +600,7 @@ pub fn apply(
             .filter(|p| {
                 applied_set.0.contains(*p)
                     && p.last().is_some_and(|l| l != ".")
-                    && in_current.value_at(current, p) != in_applied.value_at(applied, p)
+                    && in_current.value_at(current, p) != in_applied.value_at(&filled, p)
             })
             .cloned()
             .collect();
@@ -567,10 +617,10 @@ pub fn apply(
     if !conflicts.is_empty() {
         return Err(conflicts);
     }
-    // Merge the configuration in, then drop what this manager applied before but no longer
-    // does, unless someone else also owns it.
+    // Merge the configuration in (list items matched as apply identifies them), then drop
+    // what this manager applied before but no longer does, unless someone else also owns it.
     let mut obj =
-        strategic_merge(&kind, current, &strip_nulls(applied)).unwrap_or_else(|_| current.clone());
+        apply_merge(&kind, current, &strip_nulls(applied)).unwrap_or_else(|_| current.clone());
     let previous = list
         .iter()
         .find(|e| e.manager == manager && e.operation == "Apply")
@@ -747,6 +797,82 @@ mod tests {
             json!([{"key": "j", "operator": "Exists"}]);
         let err = apply(Some(&obj), &tol, "bob", "apps/v1", false).unwrap_err();
         assert_eq!(err[0].field, ".spec.template.spec.tolerations");
+    }
+
+    /// Regression: apply keyed list-map items by their first key only, so container ports
+    /// 53/TCP and 53/UDP were one item (merged into one port on the next apply) and one
+    /// `k:{"containerPort":53}` in managedFields. structured-merge-diff keys them by all of
+    /// `containerPort` and `protocol`.
+    #[test]
+    fn apply_keys_list_map_items_by_all_their_keys() {
+        let with_ports = |ports: Value| {
+            let mut d = deploy(1, "a");
+            d["spec"]["template"]["spec"]["containers"][0]["ports"] = ports;
+            d
+        };
+        let ports = |o: &Value| o["spec"]["template"]["spec"]["containers"][0]["ports"].clone();
+        let both = json!([
+            {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
+            {"name": "dns-udp", "containerPort": 53, "protocol": "UDP"}]);
+        let obj = apply(None, &with_ports(both.clone()), "alice", "apps/v1", false).unwrap();
+        let obj = apply(
+            Some(&obj),
+            &with_ports(both.clone()),
+            "alice",
+            "apps/v1",
+            false,
+        )
+        .unwrap();
+        assert_eq!(ports(&obj), both);
+        let fields = &obj["metadata"]["managedFields"][0]["fieldsV1"];
+        let owned = &fields["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"c\"}"]
+            ["f:ports"];
+        let keys: Vec<&String> = owned.as_object().unwrap().keys().collect();
+        assert_eq!(
+            keys,
+            [
+                r#"k:{"containerPort":53,"protocol":"TCP"}"#,
+                r#"k:{"containerPort":53,"protocol":"UDP"}"#
+            ],
+            "{fields}"
+        );
+        assert!(owned[r#"k:{"containerPort":53,"protocol":"UDP"}"#]["f:name"].is_object());
+
+        // Dropping 53/UDP removes that port only.
+        let tcp = json!([{"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"}]);
+        let obj = apply(
+            Some(&obj),
+            &with_ports(tcp.clone()),
+            "alice",
+            "apps/v1",
+            false,
+        )
+        .unwrap();
+        assert_eq!(ports(&obj), tcp);
+
+        // A port without a protocol is the TCP one (the key's schema default): applying it
+        // matches the stored port instead of adding another (alice no longer sets the
+        // protocol, so it goes; defaulting puts it back).
+        let bare = json!([{"name": "dns-tcp", "containerPort": 53}]);
+        let bare_cfg = with_ports(bare.clone());
+        let mut obj = apply(Some(&obj), &bare_cfg, "alice", "apps/v1", false).unwrap();
+        assert_eq!(ports(&obj), bare);
+        obj["spec"]["template"]["spec"]["containers"][0]["ports"] = tcp.clone();
+        let obj = apply(Some(&obj), &bare_cfg, "alice", "apps/v1", false).unwrap();
+        assert_eq!(ports(&obj), tcp);
+        let set = FieldSet::of("Deployment", &with_ports(bare), false).to_fields_v1();
+        assert!(
+            set.pointer(
+                "/f:spec/f:template/f:spec/f:containers/k:{\"name\":\"c\"}/f:ports\
+                 /k:{\"containerPort\":53,\"protocol\":\"TCP\"}/f:name"
+            )
+            .is_some(),
+            "{set}"
+        );
+        // Another manager owning the same port's name, with the same value: no conflict.
+        let mut bob = with_ports(json!([{"name": "dns-tcp", "containerPort": 53}]));
+        bob["spec"]["replicas"] = json!(1);
+        assert!(apply(Some(&obj), &bob, "bob", "apps/v1", false).is_ok());
     }
 
     #[test]

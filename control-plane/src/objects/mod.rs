@@ -3,8 +3,9 @@
 //! metadata, runs the admission chain ([`admission`]: plugins around the resource's own
 //! defaulting and validation), enforces status and finalizer semantics, and talks to the
 //! [`Store`]. What a kind does differently (graceful deletion, address allocation, its
-//! own finalizers) it says through its [`crate::registry::Hooks`]; nothing here asks for
-//! a kind by name.
+//! own finalizers) it says through its [`crate::registry::Hooks`], and subresource rules
+//! (binding, finalize, scale) are registry functions handed to the generic update loops.
+//! Only [`Objects::bind_pod`], the scheduler's entry point, names a kind (pods).
 
 pub mod admission;
 mod error;
@@ -994,13 +995,15 @@ impl Objects {
         for _ in 0..MAX_UPDATE_RETRIES {
             let current = self.get(rt, ns, name).await?;
             let mut obj = current.to_value()?;
-            rt.strategy
-                .admit_delete(&obj)
-                .map_err(|message| ObjectError::Forbidden {
-                    resource: rt.qualified(),
-                    name: name.into(),
-                    message,
-                })?;
+            let attrs = Attributes {
+                resource: rt,
+                namespace: ns,
+                name,
+                operation: Operation::Delete,
+                old: Some(&obj),
+                dry_run: opts.dry_run,
+            };
+            self.admission.admit_delete(&attrs, self).await?;
             if let Some(uid) = &opts.precondition_uid {
                 if meta_str(&obj, "uid") != Some(uid.as_str()) {
                     return Err(ObjectError::Conflict {
@@ -1136,6 +1139,8 @@ impl Objects {
         Err(ObjectError::conflict(rt, name))
     }
 
+    /// Deletes every object a list selects, each through [`Objects::delete`] (so each
+    /// meets admission); the first error, not-found aside, ends the collection there.
     pub async fn delete_collection(
         &self,
         rt: &ResourceType,
@@ -1189,7 +1194,8 @@ impl Objects {
     }
 
     /// The same, starting from `known`, a copy of the pod (the scheduler's cache): no read
-    /// of the store unless it turns out stale.
+    /// of the store unless it turns out stale. The rules are the pod's
+    /// ([`crate::registry::bind_pod`]).
     pub async fn bind_pod_from(
         &self,
         ns: &str,
@@ -1201,61 +1207,63 @@ impl Objects {
             .registry
             .find("", "v1", "pods")
             .expect("pods are served");
-        let key = rt.key(Some(ns), name);
+        let written = self
+            .rewrite(rt, Some(ns), name, known, |pod| {
+                crate::registry::bind_pod(pod, node, &now_string()).map_err(|e| {
+                    ObjectError::Conflict {
+                        resource: rt.qualified(),
+                        name: name.into(),
+                        message: e.to_string(),
+                    }
+                })
+            })
+            .await?;
+        // A binding is created.
+        Ok(Written {
+            created: true,
+            ..written
+        })
+    }
+
+    /// Read-modify-write of the stored object with retries on conflict, bypassing
+    /// admission: for a subresource that sets what the object's own update may not (a
+    /// pod's node). `known`, a recent copy of the object (a cache's), spares the first
+    /// read; if stale, it loses the race and the next round reads the store.
+    pub async fn rewrite<F>(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        known: Option<&Value>,
+        mut change: F,
+    ) -> Result<Written, ObjectError>
+    where
+        F: FnMut(&Value) -> Result<Value, ObjectError>,
+    {
+        let key = rt.key(ns, name);
         let mut known = known.and_then(|v| {
             let rev = meta_str(v, "resourceVersion")?.parse::<Revision>().ok()?;
             Some((rev, v.clone()))
         });
         for _ in 0..MAX_UPDATE_RETRIES {
-            let (rev, mut pod) = match known.take() {
+            let (rev, current) = match known.take() {
                 Some(k) => k,
                 None => {
-                    let current = self.get(rt, Some(ns), name).await?;
+                    let current = self.get(rt, ns, name).await?;
                     (current.rev, current.to_value()?)
                 }
             };
-            if let Some(n) = pod
-                .pointer("/spec/nodeName")
-                .and_then(Value::as_str)
-                .filter(|n| !n.is_empty())
-            {
-                return Err(ObjectError::Conflict {
-                    resource: rt.qualified(),
-                    name: name.into(),
-                    message: format!("pod {name} is already assigned to node {n:?}"),
-                });
-            }
-            if meta(&pod)
-                .and_then(|m| m.get("deletionTimestamp"))
-                .is_some_and(|v| !v.is_null())
-            {
-                return Err(ObjectError::Conflict {
-                    resource: rt.qualified(),
-                    name: name.into(),
-                    message: format!("pod {name} is being deleted, cannot be assigned to a host"),
-                });
-            }
-            pod["spec"]["nodeName"] = json!(node);
-            let conditions = pod["status"]["conditions"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            let mut conditions: Vec<Value> = conditions
-                .into_iter()
-                .filter(|c| c["type"] != "PodScheduled")
-                .collect();
-            conditions.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now_string()}));
-            pod["status"]["conditions"] = Value::Array(conditions);
-            meta_mut(&mut pod).remove("resourceVersion");
+            let mut new = change(&current)?;
+            meta_mut(&mut new).remove("resourceVersion");
             match self
                 .store
-                .put(&key, Precondition::Exists(Some(rev)), pod)
+                .put(&key, Precondition::Exists(Some(rev)), new)
                 .await
             {
                 Ok(s) => {
                     return Ok(Written {
                         object: s.data,
-                        created: true,
+                        created: false,
                         warnings: vec![],
                     })
                 }
@@ -1264,116 +1272,6 @@ impl Objects {
             }
         }
         Err(ObjectError::conflict(rt, name))
-    }
-
-    /// Sets a namespace's `spec.finalizers` (the `namespaces/finalize` subresource).
-    pub async fn finalize_namespace(
-        &self,
-        name: &str,
-        finalizers: Vec<Value>,
-    ) -> Result<Written, ObjectError> {
-        let rt = self
-            .registry
-            .find("", "v1", "namespaces")
-            .expect("namespaces are served");
-        self.update_with(
-            rt,
-            None,
-            name,
-            Target::Main,
-            &WriteOptions::default(),
-            |old| {
-                let mut new = old.clone();
-                new["spec"]["finalizers"] = Value::Array(finalizers.clone());
-                Ok(new)
-            },
-        )
-        .await
-    }
-
-    /// The `autoscaling/v1 Scale` view of a scalable object.
-    pub fn scale_of(rt: &ResourceType, obj: &Value) -> Value {
-        let m = meta(obj).cloned().unwrap_or_default();
-        let selector = match obj.pointer("/spec/selector") {
-            Some(Value::Object(sel))
-                if sel.contains_key("matchLabels") || sel.contains_key("matchExpressions") =>
-            {
-                serde_json::from_value::<
-                    k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
-                >(Value::Object(sel.clone()))
-                .map(|s| crate::selectors::label_selector_string(&s))
-                .unwrap_or_default()
-            }
-            Some(Value::Object(map)) => map
-                .iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                .collect::<Vec<_>>()
-                .join(","),
-            _ => String::new(),
-        };
-        let mut scale = json!({
-            "kind": "Scale", "apiVersion": "autoscaling/v1",
-            "metadata": {"name": m.get("name"), "uid": m.get("uid"), "resourceVersion": m.get("resourceVersion"), "creationTimestamp": m.get("creationTimestamp")},
-            "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
-            "status": {"replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)), "selector": selector},
-        });
-        if rt.namespaced {
-            scale["metadata"]["namespace"] = m.get("namespace").cloned().unwrap_or(Value::Null);
-        }
-        scale
-    }
-
-    /// Changes a scalable object's replicas through its Scale view; returns the new Scale.
-    pub async fn update_scale<F>(
-        &self,
-        rt: &ResourceType,
-        ns: Option<&str>,
-        name: &str,
-        mut change: F,
-    ) -> Result<Value, ObjectError>
-    where
-        F: FnMut(&Value) -> Result<Value, ObjectError>,
-    {
-        let written = self
-            .update_with(
-                rt,
-                ns,
-                name,
-                Target::Main,
-                &WriteOptions::default(),
-                |old| {
-                    let scale = change(&Self::scale_of(rt, old))?;
-                    let replicas = scale
-                        .pointer("/spec/replicas")
-                        .and_then(Value::as_i64)
-                        .unwrap_or(0);
-                    if replicas < 0 {
-                        return Err(ObjectError::Invalid {
-                            kind: "Scale".into(),
-                            group: "autoscaling".into(),
-                            name: name.into(),
-                            errors: vec![FieldError {
-                                field: "spec.replicas".into(),
-                                kind: crate::registry::validation::ErrorType::Invalid(
-                                    replicas.to_string(),
-                                ),
-                                detail: "must be greater than or equal to 0".into(),
-                            }],
-                        });
-                    }
-                    let mut new = old.clone();
-                    new["spec"]["replicas"] = json!(replicas);
-                    if let Some(rv) = meta_str(&scale, "resourceVersion").filter(|s| !s.is_empty())
-                    {
-                        meta_mut(&mut new).insert("resourceVersion".into(), json!(rv));
-                    }
-                    Ok(new)
-                },
-            )
-            .await?;
-        let obj: Value = serde_json::from_slice(&written.object)
-            .map_err(|e| ObjectError::Store(StoreError::Corrupt(e.to_string())))?;
-        Ok(Self::scale_of(rt, &obj))
     }
 }
 

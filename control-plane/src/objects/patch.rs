@@ -1,6 +1,8 @@
 //! The patch formats Kubernetes accepts: JSON patch (RFC 6902), JSON merge patch
 //! (RFC 7386) and strategic merge patch with its directives, using the merge keys the
-//! built-in kinds declare (`x-kubernetes-patch-merge-key`, read by `registry::lists`).
+//! built-in kinds declare (`x-kubernetes-patch-merge-key`, read by `registry::lists`), and
+//! the merge of a server-side apply configuration, which matches list items as apply
+//! identifies them (`x-kubernetes-list-map-keys`).
 
 use std::collections::{HashMap, HashSet};
 
@@ -35,13 +37,41 @@ impl PatchType {
     }
 }
 
-pub use crate::registry::lists::ListStrategy;
+pub use crate::registry::lists::{ListKey, ListStrategy};
 
-/// The strategic-merge strategy of list field `field` whose parent is at `path` (field
-/// names only, list items as `[]`), for an object of `kind`: what the kind's schema
-/// declares (`x-kubernetes-patch-strategy`/`-patch-merge-key`), atomic if nothing.
-pub fn list_strategy(kind: &str, path: &[&str], field: &str) -> ListStrategy {
-    crate::registry::lists::index().get(kind, path, field).patch
+/// Which of a list's two strategies a merge follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lists {
+    /// A strategic merge patch's: items by the one patch merge key.
+    Patch,
+    /// Server-side apply's: items by all their list-map keys, sets as sets.
+    Apply,
+}
+
+/// The strategy of list field `field` whose parent is at `path` (field names only, list
+/// items as `[]`), for an object of `kind`: what the kind's schema declares
+/// (`x-kubernetes-patch-strategy`/`-patch-merge-key` for a patch,
+/// `x-kubernetes-list-type`/`-list-map-keys` for apply), atomic if nothing.
+fn list_strategy(kind: &str, path: &[&str], field: &str, lists: Lists) -> ListStrategy {
+    let spec = crate::registry::lists::index().get(kind, path, field);
+    match lists {
+        Lists::Patch => spec.patch,
+        Lists::Apply => spec.apply,
+    }
+}
+
+/// The identity of `item` in a list keyed by `keys`: its key values (a key it omits takes
+/// its default), or the first key it has no value for.
+fn key_id<'k>(keys: &'k [ListKey], item: &Value) -> Result<String, &'k str> {
+    let mut id = String::from("[");
+    for (i, key) in keys.iter().enumerate() {
+        if i > 0 {
+            id.push(',');
+        }
+        id.push_str(&key.value_in(item).ok_or(key.field)?.to_string());
+    }
+    id.push(']');
+    Ok(id)
 }
 
 pub fn json_patch(target: &Value, patch: &Value) -> Result<Value, PatchError> {
@@ -72,12 +102,23 @@ const DELETE_FROM_PRIMITIVE: &str = "$deleteFromPrimitiveList/";
 
 /// Applies a strategic merge patch to `original`.
 pub fn strategic_merge(kind: &str, original: &Value, patch: &Value) -> Result<Value, PatchError> {
+    merge(kind, original, patch, Lists::Patch)
+}
+
+/// Merges a server-side apply configuration into `original`: as a strategic merge patch,
+/// but lists go by their apply strategy, so items of a list-map match on all its keys
+/// (ports 53/TCP and 53/UDP are two items) and sets merge as sets.
+pub fn apply_merge(kind: &str, original: &Value, applied: &Value) -> Result<Value, PatchError> {
+    merge(kind, original, applied, Lists::Apply)
+}
+
+fn merge(kind: &str, original: &Value, patch: &Value, lists: Lists) -> Result<Value, PatchError> {
     let p = patch.as_object().ok_or_else(|| {
         PatchError::Invalid("a strategic merge patch must be a JSON object".into())
     })?;
     let o = original.as_object().cloned().unwrap_or_default();
     let mut path = Vec::new();
-    Ok(merge_map(kind, &mut path, o, p)?
+    Ok(merge_map(kind, lists, &mut path, o, p)?
         .map(Value::Object)
         .unwrap_or(Value::Object(Map::new())))
 }
@@ -85,6 +126,7 @@ pub fn strategic_merge(kind: &str, original: &Value, patch: &Value) -> Result<Va
 /// Merges patch map `p` into `o`; `None` means the map is deleted (`$patch: delete`).
 fn merge_map<'a>(
     kind: &str,
+    lists: Lists,
     path: &mut Vec<&'a str>,
     mut o: Map<String, Value>,
     p: &'a Map<String, Value>,
@@ -126,12 +168,12 @@ fn merge_map<'a>(
         let merged = match (o.remove(k), v) {
             (Some(Value::Object(ov)), Value::Object(pv)) => {
                 path.push(k);
-                let r = merge_map(kind, path, ov, pv)?;
+                let r = merge_map(kind, lists, path, ov, pv)?;
                 path.pop();
                 r.map(Value::Object)
             }
             (orig, Value::Array(pl)) => {
-                let strategy = list_strategy(kind, path, k);
+                let strategy = list_strategy(kind, path, k, lists);
                 let orig_list = match orig {
                     Some(Value::Array(a)) => a,
                     _ => Vec::new(),
@@ -140,6 +182,7 @@ fn merge_map<'a>(
                 path.push("[]");
                 let r = merge_list(
                     kind,
+                    lists,
                     path,
                     strategy,
                     orig_list,
@@ -167,7 +210,7 @@ fn merge_map<'a>(
         if let Some(field) = k.strip_prefix(SET_ORDER) {
             if !p.contains_key(field) {
                 if let Some(Value::Array(list)) = o.remove(field) {
-                    let strategy = list_strategy(kind, path, field);
+                    let strategy = list_strategy(kind, path, field, lists);
                     o.insert(
                         field.to_string(),
                         Value::Array(reorder(list, order, strategy)),
@@ -204,6 +247,7 @@ fn strip_directives(m: &Map<String, Value>) -> Map<String, Value> {
 
 fn merge_list<'a>(
     kind: &str,
+    lists: Lists,
     path: &mut Vec<&'a str>,
     strategy: ListStrategy,
     orig: Vec<Value>,
@@ -239,7 +283,7 @@ fn merge_list<'a>(
                 out
             }
         }
-        ListStrategy::Keyed(key) => {
+        ListStrategy::Keyed(keys) => {
             if patch
                 .iter()
                 .any(|v| v.get(DIRECTIVE).and_then(Value::as_str) == Some("replace"))
@@ -253,26 +297,32 @@ fn merge_list<'a>(
                     })
                     .collect());
             }
-            // Items by merge key, so a patch of n items into a list of m costs n + m.
+            // Items by key, so a patch of n items into a list of m costs n + m.
             let mut out: Vec<Option<Value>> = orig.into_iter().map(Some).collect();
             let mut index: HashMap<String, usize> = HashMap::with_capacity(out.len());
             for (i, o) in out.iter().enumerate() {
-                if let Some(kv) = o.as_ref().and_then(|o| o.get(key)) {
-                    index.entry(kv.to_string()).or_insert(i);
+                if let Some(Ok(id)) = o.as_ref().map(|o| key_id(keys, o)) {
+                    index.entry(id).or_insert(i);
                 }
             }
             for item in patch {
                 let Some(pm) = item.as_object() else {
+                    let names: Vec<&str> = keys.iter().map(|k| k.field).collect();
                     return Err(PatchError::Invalid(format!(
-                        "expected a map in list with merge key {key:?}, found {item}"
+                        "expected a map in list with merge keys {names:?}, found {item}"
                     )));
                 };
-                let Some(kv) = pm.get(key) else {
-                    return Err(PatchError::Invalid(format!(
-                        "map: {item} does not contain declared merge key: {key}"
-                    )));
-                };
-                let id = kv.to_string();
+                let id = key_id(keys, item).map_err(|key| {
+                    PatchError::Invalid(match lists {
+                        Lists::Patch => {
+                            format!("map: {item} does not contain declared merge key: {key}")
+                        }
+                        Lists::Apply => format!(
+                            "associative list with keys has an element that omits key field \
+                             {key:?} (and doesn't have default value)"
+                        ),
+                    })
+                })?;
                 let pos = index.get(&id).copied();
                 if pm.get(DIRECTIVE).and_then(Value::as_str) == Some("delete") {
                     if let Some(i) = pos {
@@ -287,7 +337,7 @@ fn merge_list<'a>(
                             Some(Value::Object(m)) => m,
                             _ => Map::new(),
                         };
-                        match merge_map(kind, path, base, pm)? {
+                        match merge_map(kind, lists, path, base, pm)? {
                             Some(m) => out[i] = Some(Value::Object(m)),
                             None => {
                                 index.remove(&id);
@@ -314,24 +364,21 @@ fn reorder(list: Vec<Value>, order: &Value, strategy: ListStrategy) -> Vec<Value
     let Some(order) = order.as_array() else {
         return list;
     };
-    let id = |v: &Value| -> Value {
+    let id = |v: &Value| -> String {
         match strategy {
-            ListStrategy::Keyed(k) => v.get(k).cloned().unwrap_or(Value::Null),
-            _ => v.clone(),
+            ListStrategy::Keyed(keys) => key_id(keys, v).unwrap_or_default(),
+            _ => v.to_string(),
         }
     };
     let mut ranks: HashMap<String, usize> = HashMap::with_capacity(order.len());
     for (rank, o) in order.iter().enumerate() {
-        ranks.entry(id(o).to_string()).or_insert(rank);
+        ranks.entry(id(o)).or_insert(rank);
     }
     let mut indexed: Vec<(usize, usize, Value)> = list
         .into_iter()
         .enumerate()
         .map(|(i, v)| {
-            let rank = ranks
-                .get(&id(&v).to_string())
-                .copied()
-                .unwrap_or(order.len());
+            let rank = ranks.get(&id(&v)).copied().unwrap_or(order.len());
             (rank, i, v)
         })
         .collect();
@@ -467,6 +514,46 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out["spec"]["containers"], json!([{"name": "x"}]));
+    }
+
+    /// A strategic merge patch keys container ports by `containerPort` alone (kube's known
+    /// collapse of 53/TCP and 53/UDP); the apply merge keys them by port and protocol.
+    #[test]
+    fn ports_merge_by_the_patch_key_in_a_patch_and_by_all_keys_in_an_apply() {
+        let tcp = json!({"spec": {"containers": [{"name": "c",
+            "ports": [{"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"}]}]}});
+        let udp = json!({"spec": {"containers": [{"name": "c",
+            "ports": [{"name": "dns-udp", "containerPort": 53, "protocol": "UDP"}]}]}});
+        let ports = |o: &Value| o["spec"]["containers"][0]["ports"].clone();
+        let patched = strategic_merge("Pod", &tcp, &udp).unwrap();
+        assert_eq!(
+            ports(&patched),
+            json!([{"name": "dns-udp", "containerPort": 53, "protocol": "UDP"}])
+        );
+        let applied = apply_merge("Pod", &tcp, &udp).unwrap();
+        assert_eq!(
+            ports(&applied),
+            json!([{"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
+                {"name": "dns-udp", "containerPort": 53, "protocol": "UDP"}])
+        );
+        // An omitted protocol is its default, TCP.
+        let bare = json!({"spec": {"containers": [{"name": "c",
+            "ports": [{"name": "dns", "containerPort": 53}]}]}});
+        assert_eq!(
+            ports(&apply_merge("Pod", &tcp, &bare).unwrap()),
+            json!([{"name": "dns", "containerPort": 53, "protocol": "TCP"}])
+        );
+        // Apply merges by the list type: `hostIPs` are atomic to it, keyed by `ip` in a patch.
+        let pod = json!({"status": {"hostIPs": [{"ip": "10.0.0.1"}]}});
+        let more = json!({"status": {"hostIPs": [{"ip": "10.0.0.2"}]}});
+        assert_eq!(
+            strategic_merge("Pod", &pod, &more).unwrap()["status"]["hostIPs"],
+            json!([{"ip": "10.0.0.1"}, {"ip": "10.0.0.2"}])
+        );
+        assert_eq!(
+            apply_merge("Pod", &pod, &more).unwrap()["status"]["hostIPs"],
+            json!([{"ip": "10.0.0.2"}])
+        );
     }
 
     #[test]

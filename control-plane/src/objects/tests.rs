@@ -499,11 +499,18 @@ async fn server_side_apply_creates_then_conflicts() {
         .await
         .unwrap();
     assert!(w.created);
-    o.update_scale(d, Some("default"), "web", |s| {
-        let mut s = s.clone();
-        s["spec"]["replicas"] = json!(4);
-        Ok(s)
-    })
+    o.update_with(
+        d,
+        Some("default"),
+        "web",
+        Target::Main,
+        &WriteOptions::default(),
+        |old| {
+            let mut s = crate::registry::scale::scale_of(d, old);
+            s["spec"]["replicas"] = json!(4);
+            Ok(crate::registry::scale::apply_scale(old, &s).unwrap())
+        },
+    )
     .await
     .unwrap();
     let mut cfg = deployment("nginx:1");
@@ -899,4 +906,101 @@ async fn default_tolerations_are_added_once_with_the_configured_seconds() {
             {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 9},
         ])
     );
+}
+
+/// Refuses deleting objects labelled `keep`, as an access-control plugin might.
+struct KeepLabelled;
+
+#[async_trait::async_trait]
+impl admission::Validating for KeepLabelled {
+    fn name(&self) -> &'static str {
+        "KeepLabelled"
+    }
+
+    fn handles(&self, a: &Attributes<'_>) -> bool {
+        a.operation == Operation::Delete
+    }
+
+    async fn validate(
+        &self,
+        a: &Attributes<'_>,
+        obj: &Value,
+        _objects: &Objects,
+    ) -> Result<(), ObjectError> {
+        assert!(obj.is_null(), "a delete has no new object");
+        let old = a.old.expect("a delete sees the object deleted");
+        if old.pointer("/metadata/labels/keep").is_some() {
+            return Err(ObjectError::Forbidden {
+                resource: a.resource.qualified(),
+                name: a.name.into(),
+                message: "labelled keep".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_validating_plugin_can_refuse_a_delete() {
+    let (o, _d) = setup().await;
+    let mut chain = admission::Chain::new(&Admission::default());
+    chain.push_validating(Box::new(KeepLabelled));
+    let o = o.with_admission_chain(chain);
+    let cm = rt(&o, "", "configmaps");
+    let w = WriteOptions::default();
+    for (name, labels) in [("kept", json!({"keep": "yes"})), ("gone", json!({}))] {
+        let body = json!({"metadata": {"name": name, "labels": labels}});
+        o.create(cm, Some("default"), body, &w).await.unwrap();
+    }
+    let opts = DeleteOptions::default();
+    let err = o
+        .delete(cm, Some("default"), "kept", &opts)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "configmaps \"kept\" is forbidden: labelled keep"
+    );
+    let (code, status) = crate::apiserver::error::ApiError::Object(err).status();
+    assert_eq!(code, 403);
+    assert_eq!(
+        (
+            &status["kind"],
+            &status["reason"],
+            &status["details"]["name"]
+        ),
+        (&json!("Status"), &json!("Forbidden"), &json!("kept"))
+    );
+    o.delete(cm, Some("default"), "gone", &opts).await.unwrap();
+    // A collection delete meets the plugin for each object.
+    let all = o
+        .delete_collection(cm, Some("default"), &ListOptions::default(), &opts)
+        .await;
+    assert!(matches!(all, Err(ObjectError::Forbidden { .. })), "{all:?}");
+    assert!(o.get(cm, Some("default"), "kept").await.is_ok());
+}
+
+#[tokio::test]
+async fn the_immortal_namespaces_may_not_be_deleted() {
+    let (o, _d) = setup().await;
+    let ns = rt(&o, "", "namespaces");
+    let err = o
+        .delete(ns, None, "default", &DeleteOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "namespaces \"default\" is forbidden: this namespace may not be deleted"
+    );
+    o.create(
+        ns,
+        None,
+        json!({"metadata": {"name": "mortal"}}),
+        &WriteOptions::default(),
+    )
+    .await
+    .unwrap();
+    o.delete(ns, None, "mortal", &DeleteOptions::default())
+        .await
+        .unwrap();
 }

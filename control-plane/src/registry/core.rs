@@ -163,6 +163,15 @@ impl Hooks for NamespaceHooks {
     }
 }
 
+/// The namespace with these `spec.finalizers` and nothing else changed (the
+/// `namespaces/finalize` subresource, kube's `FinalizeREST`): how the namespace
+/// controller lets a namespace whose content is gone be deleted.
+pub fn finalize_namespace(ns: &Value, finalizers: &[Value]) -> Value {
+    let mut new = ns.clone();
+    new["spec"]["finalizers"] = Value::Array(finalizers.to_vec());
+    new
+}
+
 /// Secrets' write hooks: `stringData` is folded into `data`, not stored.
 struct SecretHooks;
 
@@ -181,17 +190,8 @@ const NAMESPACE_COLUMNS: &[Column] = &[
 /// Namespaces that exist from the start and are made again when missing, as in Kubernetes.
 pub const SYSTEM_NAMESPACES: &[&str] =
     &["default", "kube-system", "kube-public", "kube-node-lease"];
-/// Namespaces kube-apiserver never lets go (the NamespaceLifecycle plugin's immortal ones).
-pub const IMMORTAL_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
 
 impl Kind for Namespace {
-    fn admit_delete(&self) -> Result<(), String> {
-        let name = self.metadata.name.as_deref().unwrap_or_default();
-        if IMMORTAL_NAMESPACES.contains(&name) {
-            return Err("this namespace may not be deleted".into());
-        }
-        Ok(())
-    }
     fn default_fields(&mut self, op: Operation) {
         let name = self.metadata.name.clone().unwrap_or_default();
         // Kubernetes labels every namespace with its own name.

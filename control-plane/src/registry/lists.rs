@@ -7,8 +7,9 @@
 //! a per-kind map from field path to [`ListSpec`]: strategic merge patch and server-side
 //! apply look lists up there. A new kind built from types listed here needs no new row.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::LazyLock;
+use std::sync::{LazyLock, Mutex, PoisonError};
 
 use serde_json::{json, Map, Value};
 
@@ -19,8 +20,30 @@ pub enum ListStrategy {
     Atomic,
     /// A set of primitives (e.g. `finalizers`).
     Set,
-    /// Maps merged by a key field (e.g. containers by `name`).
-    Keyed(&'static str),
+    /// Maps identified by key fields: by one (`x-kubernetes-patch-merge-key`) in a strategic
+    /// merge patch, by all of them (`x-kubernetes-list-map-keys`) in server-side apply, e.g.
+    /// container ports by `containerPort` and `protocol`.
+    Keyed(&'static [ListKey]),
+}
+
+/// A key field of a [`ListStrategy::Keyed`] list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ListKey {
+    pub field: &'static str,
+    /// What server-side apply takes for an item that omits the field: its schema default
+    /// (kube's key defaults are strings, e.g. a port's `protocol` is `TCP`). None in a patch.
+    pub default: Option<&'static str>,
+}
+
+impl ListKey {
+    /// The key's value in `item`: the item's own, else the default, else none.
+    pub fn value_in<'v>(&self, item: &'v Value) -> Option<Cow<'v, Value>> {
+        match (item.get(self.field), self.default) {
+            (Some(v), _) => Some(Cow::Borrowed(v)),
+            (None, Some(d)) => Some(Cow::Owned(Value::String(d.into()))),
+            (None, None) => None,
+        }
+    }
 }
 
 /// A list field's behaviour under both merges, which kube lets differ (`hostIPs` merge by
@@ -29,8 +52,7 @@ pub enum ListStrategy {
 pub struct ListSpec {
     /// Strategic merge patch (`x-kubernetes-patch-strategy`/`-patch-merge-key`).
     pub patch: ListStrategy,
-    /// Server-side apply (`x-kubernetes-list-type`/`-list-map-keys`); a map list is keyed
-    /// by its first key.
+    /// Server-side apply (`x-kubernetes-list-type`/`-list-map-keys`).
     pub apply: ListStrategy,
 }
 
@@ -120,8 +142,17 @@ const DECLS: &[(&str, &[Decl])] = &[
     (DISCOVERY, &[("Endpoint", "addresses", "", "", Set)]),
 ];
 
-/// Writes the list extensions into the schemas (`components.schemas`, by full type name)
-/// that declare them.
+/// The defaults kube's schemas declare (`+default`) on key fields of list-maps: server-side
+/// apply identifies an item that omits such a field by its default, as structured-merge-diff
+/// does (so `{containerPort: 53}` is the live `{containerPort: 53, protocol: TCP}`).
+#[rustfmt::skip]
+const KEY_DEFAULTS: &[(&str, &str, &str, &str)] = &[
+    (CORE, "ContainerPort", "protocol", "TCP"),
+    (CORE, "ServicePort", "protocol", "TCP"),
+];
+
+/// Writes the list extensions, and the defaults of list-map key fields, into the schemas
+/// (`components.schemas`, by full type name) that declare them.
 pub fn annotate(schemas: &mut Map<String, Value>) {
     for (prefix, decls) in DECLS {
         for &(ty, field, strategy, key, list_type) in *decls {
@@ -149,43 +180,74 @@ pub fn annotate(schemas: &mut Map<String, Value>) {
             }
         }
     }
-}
-
-/// Interns a string read from a schema: the index's keys are `&'static str` (so a
-/// [`ListStrategy`] is `Copy`), and there are only a handful of distinct ones.
-fn intern(s: &str) -> &'static str {
-    let mut known: Vec<&'static str> = Vec::new();
-    for (_, decls) in DECLS {
-        for &(_, _, _, key, list_type) in *decls {
-            known.push(key);
-            if let Keys(keys) = list_type {
-                known.extend_from_slice(keys);
-            }
+    for &(prefix, ty, field, default) in KEY_DEFAULTS {
+        if let Some(prop) = schemas
+            .get_mut(&format!("{prefix}{ty}"))
+            .and_then(|s| s.pointer_mut(&format!("/properties/{field}")))
+            .and_then(Value::as_object_mut)
+        {
+            prop.insert("default".into(), json!(default));
         }
     }
-    known
-        .into_iter()
-        .find(|k| *k == s)
-        .unwrap_or_else(|| Box::leak(s.to_owned().into_boxed_str()))
 }
 
-/// What a list's schema declares, or `None` for an atomic list under both merges.
-fn spec_of(prop: &Map<String, Value>) -> Option<ListSpec> {
+/// Interns the keys of a list read from a schema: the index holds `&'static` slices (so a
+/// [`ListStrategy`] is `Copy`). Each distinct list of keys is allocated once per process,
+/// however many indexes are built; there are only a handful.
+fn intern(keys: &[(&str, Option<&str>)]) -> &'static [ListKey] {
+    static KNOWN: Mutex<Vec<&'static [ListKey]>> = Mutex::new(Vec::new());
+    let mut known = KNOWN.lock().unwrap_or_else(PoisonError::into_inner);
+    let same = |k: &[ListKey]| {
+        k.len() == keys.len()
+            && k.iter()
+                .zip(keys)
+                .all(|(k, (field, default))| k.field == *field && k.default == *default)
+    };
+    if let Some(k) = known.iter().copied().find(|k| same(k)) {
+        return k;
+    }
+    let leak = |s: &str| -> &'static str { Box::leak(s.to_owned().into_boxed_str()) };
+    let interned: &'static [ListKey] = Box::leak(
+        keys.iter()
+            .map(|&(field, default)| ListKey {
+                field: leak(field),
+                default: default.map(leak),
+            })
+            .collect(),
+    );
+    known.push(interned);
+    interned
+}
+
+/// What a list's schema `prop` declares, or `None` for an atomic list under both merges;
+/// `item` is the schema of its items, which holds the defaults of key fields.
+fn spec_of(prop: &Map<String, Value>, item: Option<&Value>) -> Option<ListSpec> {
     let ext = |name: &str| prop.get(name).and_then(Value::as_str);
     let merges =
         ext("x-kubernetes-patch-strategy").is_some_and(|s| s.split(',').any(|s| s == "merge"));
     let patch = match (merges, ext("x-kubernetes-patch-merge-key")) {
-        (true, Some(key)) => ListStrategy::Keyed(intern(key)),
+        (true, Some(key)) => ListStrategy::Keyed(intern(&[(key, None)])),
         (true, None) => ListStrategy::Set,
         (false, _) => ListStrategy::Atomic,
     };
-    let first_key = prop
+    let keys: Vec<(&str, Option<&str>)> = prop
         .get("x-kubernetes-list-map-keys")
-        .and_then(|k| k.get(0))
-        .and_then(Value::as_str);
-    let apply = match (ext("x-kubernetes-list-type"), first_key) {
-        (Some("map"), Some(key)) => ListStrategy::Keyed(intern(key)),
-        (Some("set"), _) => ListStrategy::Set,
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|field| {
+            let default = item
+                .and_then(|i| i.get("properties"))
+                .and_then(|p| p.get(field))
+                .and_then(|f| f.get("default"))
+                .and_then(Value::as_str);
+            (field, default)
+        })
+        .collect();
+    let apply = match ext("x-kubernetes-list-type") {
+        Some("map") if !keys.is_empty() => ListStrategy::Keyed(intern(&keys)),
+        Some("set") => ListStrategy::Set,
         _ => ListStrategy::Atomic,
     };
     let spec = ListSpec { patch, apply };
@@ -284,7 +346,12 @@ fn walk<'a>(
     for (field, prop) in props {
         match prop.get("items") {
             Some(items) => {
-                if let Some(spec) = prop.as_object().and_then(spec_of) {
+                let item = items
+                    .get("$ref")
+                    .and_then(Value::as_str)
+                    .and_then(|r| schemas.get(r.rsplit('/').next()?))
+                    .or(Some(items));
+                if let Some(spec) = prop.as_object().and_then(|p| spec_of(p, item)) {
                     out.insert(path_key(path, field), spec);
                 }
                 path.push(field);
@@ -311,63 +378,89 @@ pub fn index() -> &'static ListIndex {
 mod tests {
     use super::*;
 
+    /// A list's merges in short: `atomic`, `set`, or the key fields (`=` their default),
+    /// the patch's first.
+    fn shape(spec: ListSpec) -> (String, String) {
+        let one = |s: ListStrategy| match s {
+            ListStrategy::Atomic => "atomic".to_string(),
+            ListStrategy::Set => "set".to_string(),
+            ListStrategy::Keyed(keys) => keys
+                .iter()
+                .map(|k| match k.default {
+                    Some(d) => format!("{}={d}", k.field),
+                    None => k.field.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+        };
+        (one(spec.patch), one(spec.apply))
+    }
+
     #[test]
     fn lists_come_from_the_types_each_kind_embeds() {
         let index = index();
-        let keyed = |k| ListSpec {
-            patch: ListStrategy::Keyed(k),
-            apply: ListStrategy::Keyed(k),
-        };
+        let get = |kind, path: &[&str], field| shape(index.get(kind, path, field));
+        let is = |patch: &str, apply: &str| (patch.to_string(), apply.to_string());
         let tpl = ["spec", "template", "spec"];
-        assert_eq!(index.get("Deployment", &tpl, "containers"), keyed("name"));
+        assert_eq!(get("Deployment", &tpl, "containers"), is("name", "name"));
+        // Apply keys container ports by all their keys, with the protocol's default; a
+        // patch by the port alone.
         assert_eq!(
-            index.get(
+            get(
                 "Deployment",
                 &["spec", "template", "spec", "containers", "[]"],
                 "ports"
             ),
-            keyed("containerPort")
+            is("containerPort", "containerPort,protocol=TCP")
         );
         let job_tpl = ["spec", "jobTemplate", "spec", "template", "spec"];
-        assert_eq!(index.get("CronJob", &job_tpl, "volumes"), keyed("name"));
-        assert_eq!(index.get("Pod", &["spec"], "tolerations"), ListSpec::ATOMIC);
-        assert_eq!(index.get("Node", &["spec"], "taints"), ListSpec::ATOMIC);
-        assert_eq!(index.get("Service", &["spec"], "ports"), keyed("port"));
+        assert_eq!(get("CronJob", &job_tpl, "volumes"), is("name", "name"));
         assert_eq!(
-            index.get("Service", &["spec"], "externalIPs"),
-            ListSpec::ATOMIC
+            get("Pod", &["spec"], "topologySpreadConstraints"),
+            is("topologyKey", "topologyKey,whenUnsatisfiable")
         );
-        let set = ListSpec {
-            patch: ListStrategy::Set,
-            apply: ListStrategy::Set,
-        };
-        assert_eq!(index.get("ConfigMap", &["metadata"], "finalizers"), set);
+        assert_eq!(get("Pod", &["spec"], "tolerations"), is("atomic", "atomic"));
+        assert_eq!(get("Node", &["spec"], "taints"), is("atomic", "atomic"));
         assert_eq!(
-            index.get(
+            get("Service", &["spec"], "ports"),
+            is("port", "port,protocol=TCP")
+        );
+        assert_eq!(
+            get("Service", &["spec"], "externalIPs"),
+            is("atomic", "atomic")
+        );
+        assert_eq!(
+            get("ConfigMap", &["metadata"], "finalizers"),
+            is("set", "set")
+        );
+        assert_eq!(
+            get(
                 "ReplicaSet",
                 &["spec", "template", "metadata"],
                 "finalizers"
             ),
-            set
+            is("set", "set")
         );
+        assert_eq!(get("Pod", &["status"], "hostIPs"), is("ip", "atomic"));
         assert_eq!(
-            index.get("Pod", &["status"], "hostIPs"),
-            ListSpec {
-                patch: ListStrategy::Keyed("ip"),
-                apply: ListStrategy::Atomic
-            }
-        );
-        assert_eq!(
-            index.get("EndpointSlice", &["endpoints", "[]"], "addresses"),
-            ListSpec {
-                patch: ListStrategy::Atomic,
-                apply: ListStrategy::Set
-            }
+            get("EndpointSlice", &["endpoints", "[]"], "addresses"),
+            is("atomic", "set")
         );
         assert_eq!(
             index.get("NoSuchKind", &["spec"], "containers"),
             ListSpec::ATOMIC
         );
+    }
+
+    /// Each index build (tests make many) reuses the keys a previous build interned.
+    #[test]
+    fn building_an_index_again_reuses_the_interned_keys() {
+        let ports = |i: &ListIndex| match i.get("Service", &["spec"], "ports").apply {
+            ListStrategy::Keyed(keys) => keys.as_ptr(),
+            other => panic!("{other:?}"),
+        };
+        let again = ListIndex::build(&super::super::Registry::new());
+        assert_eq!(ports(index()), ports(&again));
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod lists;
 mod meta;
 mod other;
 mod pod;
+pub mod scale;
 mod service_ips;
 pub mod table;
 pub mod validation;
@@ -20,10 +21,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-pub use self::core::SYSTEM_NAMESPACES;
+pub use self::core::{finalize_namespace, SYSTEM_NAMESPACES};
 use crate::selectors::Field;
 pub use hooks::Hooks;
 pub use meta::{validate_object_meta, ObjectMetaRules};
+pub use pod::{bind as bind_pod, BindError};
 pub use service_ips::KUBERNETES_SERVICE_IP;
 pub use table::Column;
 use validation::{Errors, NameRule};
@@ -35,6 +37,8 @@ pub enum Operation {
     Update,
     /// A write to the `status` subresource.
     UpdateStatus,
+    /// A delete: seen by admission plugins only (a kind's strategy admits writes).
+    Delete,
 }
 
 /// How the main resource treats `status`.
@@ -78,10 +82,6 @@ pub trait Kind:
     fn default_fields(&mut self, _op: Operation) {}
     fn validate(&self, _errs: &mut Errors) {}
     fn validate_update(&self, _old: &Self, _errs: &mut Errors) {}
-    /// Refuses a deletion (a 403 with this reason), as an admission plugin would.
-    fn admit_delete(&self) -> Result<(), String> {
-        Ok(())
-    }
     fn columns() -> &'static [Column] {
         table::NAME_AGE
     }
@@ -105,8 +105,6 @@ pub trait Strategy: Send + Sync {
     /// normalized object.
     fn admit(&self, input: &Value, old: Option<&Value>, op: Operation)
         -> Result<Value, AdmitError>;
-    /// Whether the object may be deleted (`Err`: why not).
-    fn admit_delete(&self, obj: &Value) -> Result<(), String>;
     fn columns(&self) -> &'static [Column];
     fn cells(&self, obj: &Value, now: jiff::Timestamp) -> Vec<Value>;
     /// A reference to the kind's JSON schema; `schemas` collects it and what it uses.
@@ -146,11 +144,6 @@ impl<K: Kind> Strategy for Typed<K> {
             return Err(AdmitError::Invalid(errs));
         }
         serde_json::to_value(&obj).map_err(|e| AdmitError::Decode(e.to_string()))
-    }
-
-    fn admit_delete(&self, obj: &Value) -> Result<(), String> {
-        // An object that does not decode is not refused here: it can always be removed.
-        decode::<K>(obj).map_or(Ok(()), |o| o.admit_delete())
     }
 
     fn columns(&self) -> &'static [Column] {

@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::{
     ResourceRequirements, SeccompProfile, Volume,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::table::{self, Column};
 use super::validation::{
@@ -749,6 +749,55 @@ impl super::Hooks for PodHooks {
     }
 }
 
+/// Why a pod cannot be bound to a node: a 409 Conflict each, in kube's words.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BindError {
+    #[error("pod {pod} is already assigned to node {node:?}")]
+    AlreadyAssigned { pod: String, node: String },
+    #[error("pod {pod} is being deleted, cannot be assigned to a host")]
+    BeingDeleted { pod: String },
+}
+
+/// The pod bound to `node` at `now` (the `pods/binding` subresource, kube's
+/// `BindingREST.setPodHostAndAnnotations`): `spec.nodeName` set and `PodScheduled` true.
+/// A pod already bound, or being deleted, stays as it is.
+pub fn bind(pod: &Value, node: &str, now: &str) -> Result<Value, BindError> {
+    let name = || {
+        pod.pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    if let Some(n) = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+    {
+        return Err(BindError::AlreadyAssigned {
+            pod: name(),
+            node: n.into(),
+        });
+    }
+    if pod
+        .pointer("/metadata/deletionTimestamp")
+        .is_some_and(|v| !v.is_null())
+    {
+        return Err(BindError::BeingDeleted { pod: name() });
+    }
+    let mut pod = pod.clone();
+    pod["spec"]["nodeName"] = json!(node);
+    let mut conditions: Vec<Value> = pod["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["type"] != "PodScheduled")
+        .cloned()
+        .collect();
+    conditions.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now}));
+    pod["status"]["conditions"] = Value::Array(conditions);
+    Ok(pod)
+}
+
 const POD_COLUMNS: &[Column] = &[
     table::NAME,
     Column::new("Ready", "string", "The aggregate readiness state of this pod for accepting traffic."),
@@ -1013,7 +1062,6 @@ impl Kind for Pod {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn pod(v: Value) -> Pod {
         serde_json::from_value(v).unwrap()
@@ -1158,6 +1206,34 @@ mod tests {
         assert_eq!(
             (reason.as_str(), restarts.as_str(), ready),
             ("CrashLoopBackOff", "3", 1)
+        );
+    }
+
+    #[test]
+    fn binding_sets_the_node_and_replaces_pod_scheduled() {
+        let pod = json!({"metadata": {"name": "p"}, "spec": {}, "status": {"conditions": [
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable"},
+            {"type": "Ready", "status": "False"}]}});
+        let bound = bind(&pod, "n1", "2024-01-01T00:00:00Z").unwrap();
+        assert_eq!(bound["spec"]["nodeName"], "n1");
+        assert_eq!(
+            bound["status"]["conditions"],
+            json!([{"type": "Ready", "status": "False"},
+                {"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": "2024-01-01T00:00:00Z"}])
+        );
+    }
+
+    #[test]
+    fn binding_refuses_a_bound_or_deleted_pod_in_kubes_words() {
+        let bound = json!({"metadata": {"name": "p"}, "spec": {"nodeName": "n1"}});
+        assert_eq!(
+            bind(&bound, "n2", "t").unwrap_err().to_string(),
+            "pod p is already assigned to node \"n1\""
+        );
+        let deleting = json!({"metadata": {"name": "p", "deletionTimestamp": "t"}, "spec": {}});
+        assert_eq!(
+            bind(&deleting, "n2", "t").unwrap_err().to_string(),
+            "pod p is being deleted, cannot be assigned to a host"
         );
     }
 }
