@@ -1,3 +1,6 @@
+//! Why an object operation fails ([`ObjectError`]), in the terms of Kubernetes' `Status`
+//! reasons; the API server maps each to its HTTP `Status` in one place.
+
 use crate::registry::validation::{Errors, FieldError};
 use crate::registry::ResourceType;
 use crate::store::StoreError;

@@ -1,3 +1,6 @@
+//! Unit tests of the write path against a real sled store: defaulting and zero statuses,
+//! validation, conflicts, finalizers, binding, deletion, apply, lists, admission.
+
 use super::*;
 use crate::store::SledStore;
 use serde_json::json;
