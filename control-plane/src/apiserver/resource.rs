@@ -715,6 +715,62 @@ async fn watch(
         .expect("valid response"))
 }
 
+/// A replace or patch of a scalable object's `Scale` view (`autoscaling/v1`): the change
+/// is made to the view, then to the object's replicas; the answer is the new view.
+async fn update_scale(
+    objects: &crate::objects::Objects,
+    rt: &ResourceType,
+    ns: Option<&str>,
+    name: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let input = decode_body(headers, body, None)?;
+    let ptype = PatchType::from_content_type(&ct);
+    let is_put = ct.is_empty() || ptype.is_none();
+    let w = objects
+        .update_with(
+            rt,
+            ns,
+            name,
+            Target::Main,
+            &WriteOptions::default(),
+            |old| {
+                let current = scale::scale_of(rt, old);
+                let wanted = if is_put {
+                    Ok(input.clone())
+                } else {
+                    match ptype {
+                        Some(PatchType::Json) => {
+                            crate::objects::patch::json_patch(&current, &input)
+                        }
+                        Some(PatchType::Merge) | Some(PatchType::Apply) => {
+                            crate::objects::patch::merge_patch(&current, &input)
+                        }
+                        _ => crate::objects::patch::strategic_merge("Scale", &current, &input),
+                    }
+                };
+                let wanted = wanted.map_err(|e| ObjectError::PatchFailed(e.to_string()))?;
+                scale::apply_scale(old, &wanted).map_err(|errs| ObjectError::Invalid {
+                    kind: "Scale".into(),
+                    group: "autoscaling".into(),
+                    name: name.into(),
+                    errors: errs.0,
+                })
+            },
+        )
+        .await?;
+    let obj: Value = serde_json::from_slice(&w.object)
+        .map_err(|e| ObjectError::Store(StoreError::Corrupt(e.to_string())))?;
+    let scale = scale::scale_of(rt, &obj);
+    Ok(json_response(StatusCode::OK, JSON, scale.to_string(), &[]))
+}
+
 use tokio_stream::StreamExt as _;
 
 #[allow(clippy::too_many_arguments)]
@@ -757,52 +813,7 @@ async fn subresource(
             ))
         }
         ("scale", Method::PUT | Method::PATCH) => {
-            let ct = headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string();
-            let input = decode_body(headers, &body, None)?;
-            let ptype = PatchType::from_content_type(&ct);
-            let is_put = ct.is_empty() || ptype.is_none();
-            let w = objects
-                .update_with(
-                    rt,
-                    ns,
-                    name,
-                    Target::Main,
-                    &WriteOptions::default(),
-                    |old| {
-                        let current = scale::scale_of(rt, old);
-                        let wanted = if is_put {
-                            Ok(input.clone())
-                        } else {
-                            match ptype {
-                                Some(PatchType::Json) => {
-                                    crate::objects::patch::json_patch(&current, &input)
-                                }
-                                Some(PatchType::Merge) | Some(PatchType::Apply) => {
-                                    crate::objects::patch::merge_patch(&current, &input)
-                                }
-                                _ => crate::objects::patch::strategic_merge(
-                                    "Scale", &current, &input,
-                                ),
-                            }
-                        };
-                        let wanted = wanted.map_err(|e| ObjectError::PatchFailed(e.to_string()))?;
-                        scale::apply_scale(old, &wanted).map_err(|errs| ObjectError::Invalid {
-                            kind: "Scale".into(),
-                            group: "autoscaling".into(),
-                            name: name.into(),
-                            errors: errs.0,
-                        })
-                    },
-                )
-                .await?;
-            let obj: Value = serde_json::from_slice(&w.object)
-                .map_err(|e| ObjectError::Store(StoreError::Corrupt(e.to_string())))?;
-            let scale = scale::scale_of(rt, &obj);
-            Ok(json_response(StatusCode::OK, JSON, scale.to_string(), &[]))
+            update_scale(objects, rt, ns, name, headers, &body).await
         }
         ("binding", Method::POST) => {
             let input = decode_body(headers, &body, None)?;
