@@ -1004,22 +1004,7 @@ impl Objects {
                 dry_run: opts.dry_run,
             };
             self.admission.admit_delete(&attrs, self).await?;
-            if let Some(uid) = &opts.precondition_uid {
-                if meta_str(&obj, "uid") != Some(uid.as_str()) {
-                    return Err(ObjectError::Conflict {
-                        resource: rt.qualified(),
-                        name: name.into(),
-                        message: format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", meta_str(&obj, "uid").unwrap_or_default()),
-                    });
-                }
-            }
-            if let Some(rv) = opts.precondition_rv.filter(|rv| *rv != current.rev) {
-                return Err(ObjectError::Conflict {
-                    resource: rt.qualified(),
-                    name: name.into(),
-                    message: format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}", current.rev),
-                });
-            }
+            check_preconditions(rt, name, &obj, current.rev, opts)?;
             let already = meta(&obj)
                 .and_then(|m| m.get("deletionTimestamp"))
                 .is_some_and(|v| !v.is_null());
@@ -1273,6 +1258,36 @@ impl Objects {
         }
         Err(ObjectError::conflict(rt, name))
     }
+}
+
+/// A delete's preconditions (uid, resourceVersion) against the object as stored at `rev`.
+fn check_preconditions(
+    rt: &ResourceType,
+    name: &str,
+    obj: &Value,
+    rev: Revision,
+    opts: &DeleteOptions,
+) -> Result<(), ObjectError> {
+    let failed = |message: String| ObjectError::Conflict {
+        resource: rt.qualified(),
+        name: name.into(),
+        message,
+    };
+    if let Some(uid) = &opts.precondition_uid {
+        let stored = meta_str(obj, "uid");
+        if stored != Some(uid.as_str()) {
+            return Err(failed(format!(
+                "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                stored.unwrap_or_default()
+            )));
+        }
+    }
+    if let Some(rv) = opts.precondition_rv.filter(|rv| *rv != rev) {
+        return Err(failed(format!(
+            "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {rev}"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
