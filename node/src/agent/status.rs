@@ -292,18 +292,23 @@ pub fn conditions(
     } else {
         "ContainersNotReady"
     });
-    let mut conditions = vec![
-        condition("PodReadyToStartContainers", true, None, now),
-        condition(
-            "Initialized",
-            init_done,
-            (!init_done).then_some("ContainersNotInitialized"),
-            now,
-        ),
-        condition("Ready", ready, not_ready, now),
-        condition("ContainersReady", ready, not_ready, now),
-        condition("PodScheduled", true, None, now),
+    // Each condition's (holds, reason if not), in `CONDITIONS` order.
+    let initialized = (
+        init_done,
+        (!init_done).then_some("ContainersNotInitialized"),
+    );
+    let states = [
+        (true, None),
+        initialized,
+        (ready, not_ready),
+        (ready, not_ready),
+        (true, None),
     ];
+    let mut conditions: Vec<PodCondition> = CONDITIONS
+        .iter()
+        .zip(states)
+        .map(|(type_, (ok, reason))| condition(type_, ok, reason, now))
+        .collect();
     for c in conditions.iter_mut() {
         if let Some(since) = last.since(&c.type_, c.status == "True") {
             c.last_transition_time = Some(since.clone());
