@@ -81,6 +81,8 @@ fn main() -> anyhow::Result<()> {
     }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // A thread spawned while its parent made a pod's socket starts in the pod's network.
+        .on_thread_start(skiff_node::sandbox::netns::thread_started)
         .build()?
         .block_on(run(cli.command))
 }

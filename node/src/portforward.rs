@@ -26,31 +26,18 @@ pub enum PodNet {
     Node,
 }
 
-/// Connects to `port` on the pod's own localhost: from a thread that has entered its
-/// namespace (a socket belongs to its creator's namespace).
+/// Connects to `port` on the pod's own localhost: with a socket made inside its namespace
+/// (a socket belongs to its creator's namespace).
 async fn connect(net: &PodNet, port: u16) -> std::io::Result<tokio::net::TcpStream> {
-    let std_stream = match net.clone() {
-        PodNet::Node => std::net::TcpStream::connect(("127.0.0.1", port))?,
-        PodNet::Namespace(path) => tokio::task::spawn_blocking(move || {
-            std::thread::scope(|s| {
-                s.spawn(|| {
-                    let ns = std::fs::File::open(&path)?;
-                    use std::os::fd::AsRawFd;
-                    // Safety: setns on this (scoped, short-lived) thread only.
-                    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    std::net::TcpStream::connect(("127.0.0.1", port))
-                })
-                .join()
-                .map_err(|_| std::io::Error::other("the connecting thread panicked"))?
-            })
-        })
-        .await
-        .map_err(std::io::Error::other)??,
+    let socket = match net {
+        PodNet::Node => tokio::net::TcpSocket::new_v4()?,
+        PodNet::Namespace(path) => {
+            crate::sandbox::netns::Netns::open(path)?.run(tokio::net::TcpSocket::new_v4)??
+        }
     };
-    std_stream.set_nonblocking(true)?;
-    tokio::net::TcpStream::from_std(std_stream)
+    socket
+        .connect((std::net::Ipv4Addr::LOCALHOST, port).into())
+        .await
 }
 
 /// Serves a port-forward session's streams as they come.

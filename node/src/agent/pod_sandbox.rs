@@ -1,8 +1,6 @@
 //! A pod's sandbox as its worker makes it: volumes, network and address, PID namespace
 //! and `/etc` files from the pod's spec and the node's networks and DNS.
 
-use std::sync::Arc;
-
 use super::pod::PodCtx;
 use crate::sandbox::{NetworkConfig, Sandbox, SandboxConfig};
 
@@ -43,8 +41,7 @@ pub(super) async fn prepare_sandbox(
         &guests,
         crate::dns::CLUSTER_DNS_IP.into(),
         dns.map(|d| d.addr),
-    )
-    .map(Arc::new);
+    );
     let resolv = if dns.is_some_and(|d| d.for_pods) {
         guests
     } else {

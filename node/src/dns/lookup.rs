@@ -4,12 +4,16 @@
 //! under Default. wasmtime's own implementation asks the node's libc (the node's
 //! resolv.conf, the node's /etc/hosts), so the agent puts this one in its place.
 
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use futures::FutureExt;
+
 use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::runtime::{RuntimeProvider, TokioRuntimeProvider};
 use hickory_resolver::proto::rr::Name;
 use wasmtime::component::{Linker, Resource, ResourceType};
 use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, IpAddress};
@@ -17,6 +21,7 @@ use wasmtime_wasi::p2::{DynPollable, Network, Pollable};
 use wasmtime_wasi::WasiView;
 
 use super::resolv::ResolvConf;
+use crate::sandbox::netns::Netns;
 
 /// The interface replaced (the version wasmtime-wasi 48 defines; older imports match it).
 const INTERFACE: &str = "wasi:sockets/ip-name-lookup@0.2.12";
@@ -27,7 +32,9 @@ const INTERFACE: &str = "wasi:sockets/ip-name-lookup@0.2.12";
 pub struct Resolver {
     config: ResolverConfig,
     opts: ResolverOpts,
-    inner: std::sync::OnceLock<Option<hickory_resolver::Resolver<TokioRuntimeProvider>>>,
+    /// The pod's network namespace, where its queries' sockets are made.
+    netns: Option<Arc<Netns>>,
+    inner: std::sync::OnceLock<Option<hickory_resolver::Resolver<PodRuntime>>>,
 }
 
 impl std::fmt::Debug for Resolver {
@@ -77,22 +84,29 @@ impl Resolver {
         Some(Resolver {
             config,
             opts,
+            netns: None,
             inner: std::sync::OnceLock::new(),
         })
     }
 
+    /// The resolver, querying from the namespace `netns` (none: the node's).
+    pub fn within(self, netns: Option<Arc<Netns>>) -> Resolver {
+        Resolver { netns, ..self }
+    }
+
     /// The hickory resolver, built on first use (`None`: it could not be).
-    fn inner(&self) -> Option<&hickory_resolver::Resolver<TokioRuntimeProvider>> {
+    fn inner(&self) -> Option<&hickory_resolver::Resolver<PodRuntime>> {
         self.inner
             .get_or_init(|| {
-                hickory_resolver::Resolver::builder_with_config(
-                    self.config.clone(),
-                    TokioRuntimeProvider::default(),
-                )
-                .with_options(self.opts.clone())
-                .build()
-                .inspect_err(|e| tracing::warn!(error = %e, "building a pod's resolver failed"))
-                .ok()
+                let runtime = PodRuntime {
+                    tokio: TokioRuntimeProvider::default(),
+                    netns: self.netns.clone(),
+                };
+                hickory_resolver::Resolver::builder_with_config(self.config.clone(), runtime)
+                    .with_options(self.opts.clone())
+                    .build()
+                    .inspect_err(|e| tracing::warn!(error = %e, "building a pod's resolver failed"))
+                    .ok()
             })
             .as_ref()
     }
@@ -135,6 +149,49 @@ impl Resolver {
 /// Hosts whose guests look names up through their pod's resolver.
 pub trait PodLookups: WasiView + Send {
     fn resolver(&self) -> Option<Arc<Resolver>>;
+}
+
+/// hickory on tokio, with its sockets made in the pod's namespace.
+#[derive(Clone)]
+struct PodRuntime {
+    tokio: TokioRuntimeProvider,
+    netns: Option<Arc<Netns>>,
+}
+
+type Made<T> = Pin<Box<dyn Send + Future<Output = std::io::Result<T>>>>;
+
+impl PodRuntime {
+    /// `made` (a socket's making, which happens at its first poll), inside the namespace.
+    fn inside<T: 'static>(&self, made: Made<T>) -> Made<T> {
+        match &self.netns {
+            None => made,
+            Some(ns) => Box::pin(ns.polled(made).map(|r| r.and_then(|made| made))),
+        }
+    }
+}
+
+impl RuntimeProvider for PodRuntime {
+    type Handle = <TokioRuntimeProvider as RuntimeProvider>::Handle;
+    type Timer = <TokioRuntimeProvider as RuntimeProvider>::Timer;
+    type Udp = <TokioRuntimeProvider as RuntimeProvider>::Udp;
+    type Tcp = <TokioRuntimeProvider as RuntimeProvider>::Tcp;
+
+    fn create_handle(&self) -> Self::Handle {
+        self.tokio.create_handle()
+    }
+
+    fn connect_tcp(
+        &self,
+        server: SocketAddr,
+        bind: Option<SocketAddr>,
+        timeout: Option<std::time::Duration>,
+    ) -> Made<Self::Tcp> {
+        self.inside(self.tokio.connect_tcp(server, bind, timeout))
+    }
+
+    fn bind_udp(&self, local: SocketAddr, server: SocketAddr) -> Made<Self::Udp> {
+        self.inside(self.tokio.bind_udp(local, server))
+    }
 }
 
 /// A lookup under way, then its addresses.
@@ -251,11 +308,12 @@ pub fn add_to_linker<T: PodLookups + 'static>(linker: &mut Linker<T>) -> wasmtim
 }
 
 /// wasi:http hooks that resolve a plain-HTTP request's host through the pod's resolver
-/// (`http://web/` reaches the Service `web` of the guest's namespace). HTTPS requests
-/// keep their name for TLS and resolve as wasmtime does.
+/// (`http://web/` reaches the Service `web` of the guest's namespace) and connect from the
+/// pod's network. HTTPS requests keep their name for TLS and resolve as wasmtime does.
 #[derive(Default)]
 pub struct PodHttpHooks {
     pub resolver: Option<Arc<Resolver>>,
+    pub netns: Option<Arc<Netns>>,
 }
 
 impl wasmtime_wasi_http::WasiHttpHooks for PodHttpHooks {
@@ -279,7 +337,7 @@ impl wasmtime_wasi_http::WasiHttpHooks for PodHttpHooks {
             > + Send,
     > {
         drop(fut);
-        let resolver = self.resolver.clone();
+        let (resolver, netns) = (self.resolver.clone(), self.netns.clone());
         Box::new(async move {
             use http_body_util::BodyExt;
             let uri = request.uri().clone();
@@ -307,7 +365,15 @@ impl wasmtime_wasi_http::WasiHttpHooks for PodHttpHooks {
                     }
                 }
             }
-            let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            // The connection's socket is made as the request is first polled.
+            let send = Box::pin(wasmtime_wasi_http::default_send_request(request, options));
+            let (res, io) = match netns {
+                None => send.await?,
+                Some(ns) => ns
+                    .polled(send)
+                    .await
+                    .map_err(wasmtime_wasi_http::Error::Connect)??,
+            };
             Ok((
                 res.map(BodyExt::boxed_unsync),
                 Box::new(io) as Box<dyn std::future::Future<Output = _> + Send>,

@@ -180,8 +180,8 @@ pub struct SandboxConfig<'a> {
     pub aliases: Vec<(String, Vec<String>)>,
     /// The pod's `/etc/resolv.conf`.
     pub resolv_conf: String,
-    /// The pod's resolver (its Wasm guests' name lookups).
-    pub resolver: Option<Arc<crate::dns::lookup::Resolver>>,
+    /// The pod's resolver (its Wasm guests' name lookups), to query from the pod's network.
+    pub resolver: Option<crate::dns::lookup::Resolver>,
 }
 
 /// Which network a pod's containers get.
@@ -249,51 +249,17 @@ pub enum Network {
     /// The node's own (`hostNetwork` pods; nodes that cannot isolate pods).
     #[default]
     Node,
-    /// The pod's own namespace.
-    Pod(Arc<PodNamespace>),
+    /// The pod's own namespace (its Wasm guests' sockets are made there).
+    Pod(Arc<netns::Netns>),
 }
 
-/// A pod's network namespace; its Wasm guests run on threads inside it, started when the
-/// first guest is, stopped when the last holder of the sandbox goes.
-pub struct PodNamespace {
-    pub path: PathBuf,
-    executor: std::sync::Mutex<Option<Arc<netns::Executor>>>,
-    server: std::sync::Mutex<Option<Arc<netns::Executor>>>,
-}
-
-impl PodNamespace {
-    pub fn new(path: PathBuf) -> PodNamespace {
-        PodNamespace {
-            path,
-            executor: Default::default(),
-            server: Default::default(),
+impl Network {
+    /// The pod's own namespace, if it has one.
+    pub fn netns(&self) -> Option<Arc<netns::Netns>> {
+        match self {
+            Network::Node => None,
+            Network::Pod(ns) => Some(ns.clone()),
         }
-    }
-
-    /// Where tasks that must make their sockets in the pod's namespace run (one thread:
-    /// command guests).
-    pub fn executor(&self) -> std::io::Result<Arc<netns::Executor>> {
-        Self::started(&self.executor, &self.path, 1)
-    }
-
-    /// Like [`Self::executor`], with a thread per core: served components' requests.
-    pub fn server_executor(&self) -> std::io::Result<Arc<netns::Executor>> {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Self::started(&self.server, &self.path, cores)
-    }
-
-    fn started(
-        slot: &std::sync::Mutex<Option<Arc<netns::Executor>>>,
-        path: &Path,
-        threads: usize,
-    ) -> std::io::Result<Arc<netns::Executor>> {
-        let mut ex = slot.lock().expect("executor");
-        if let Some(ex) = ex.as_ref() {
-            return Ok(ex.clone());
-        }
-        let started = Arc::new(netns::Executor::start(path, threads)?);
-        *ex = Some(started.clone());
-        Ok(started)
     }
 }
 
@@ -310,8 +276,13 @@ impl Sandbox {
             NetworkConfig::Node { ip, host } => (Network::Node, ip, host),
             NetworkConfig::Pod { cni, who, ports } => {
                 let net = cni.setup(dir, &who, ports).await?;
-                let ns = Network::Pod(Arc::new(PodNamespace::new(net.netns)));
-                (ns, net.ip, false)
+                let ns = netns::Netns::open(&net.netns).map_err(|source| {
+                    network::NetworkError::Netns {
+                        path: net.netns.clone(),
+                        source,
+                    }
+                })?;
+                (Network::Pod(ns), net.ip, false)
             }
         };
         let pid_namespace = if config.share_pid {
@@ -332,6 +303,7 @@ impl Sandbox {
             host_network,
         };
         let etc = write_etc(dir, &hosts, &config.resolv_conf).map_err(SandboxError::Etc)?;
+        let resolver = config.resolver.map(|r| Arc::new(r.within(network.netns())));
         Ok(Sandbox {
             volumes,
             network,
@@ -339,7 +311,7 @@ impl Sandbox {
             pid_namespace,
             hostname: config.hostname,
             etc,
-            resolver: config.resolver,
+            resolver,
         })
     }
 

@@ -661,7 +661,7 @@ async fn run_plugin(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::netns::tests::{privileged, run_on};
+    use crate::sandbox::netns::tests::privileged;
 
     #[test]
     fn results_give_the_ipv4_address() {
@@ -704,8 +704,11 @@ mod tests {
             (net.ip.as_str(), &net.netns)
         );
         // A listener in the pod's namespace is reached from the host at the pod's address.
-        let ex = netns::Executor::start(&net.netns, 1).unwrap();
-        let listener = run_on(&ex, async { std::net::TcpListener::bind("0.0.0.0:8080") }).unwrap();
+        let ns = netns::Netns::open(&net.netns).unwrap();
+        let listener = ns
+            .run(|| std::net::TcpListener::bind("0.0.0.0:8080"))
+            .unwrap()
+            .unwrap();
         let ip = net.ip.clone();
         let reached = tokio::task::spawn_blocking(move || {
             std::net::TcpStream::connect_timeout(
@@ -716,7 +719,7 @@ mod tests {
         .await
         .unwrap();
         assert!(reached.is_ok(), "{reached:?}");
-        drop((listener, ex));
+        drop((listener, ns));
         teardown(&pod_dir).await.unwrap();
         teardown(&pod_dir).await.unwrap();
         assert!(!net.netns.exists());

@@ -428,7 +428,7 @@ impl OciRuntime {
             .map_err(|e| RuntimeError::Config(e.to_string()))?;
         let netns = match &spec.network {
             crate::sandbox::Network::Node => None,
-            crate::sandbox::Network::Pod(ns) => Some(ns.path.clone()),
+            crate::sandbox::Network::Pod(ns) => Some(ns.path().to_path_buf()),
         };
         let mut binds = Vec::with_capacity(spec.mounts.len() + spec.files.len());
         for (i, m) in spec.mounts.iter().enumerate() {

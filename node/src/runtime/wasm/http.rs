@@ -28,13 +28,19 @@ pub(crate) struct HttpHost {
     table: ResourceTable,
     http: WasiHttpCtx,
     limits: Limits,
-    resolver: Option<std::sync::Arc<crate::dns::lookup::Resolver>>,
+    /// The pod's network as the guest reaches it (its resolver and namespace).
     hooks: crate::dns::lookup::PodHttpHooks,
 }
 
 impl crate::dns::lookup::PodLookups for HttpHost {
     fn resolver(&self) -> Option<std::sync::Arc<crate::dns::lookup::Resolver>> {
-        self.resolver.clone()
+        self.hooks.resolver.clone()
+    }
+}
+
+impl super::sockets::PodSockets for HttpHost {
+    fn netns(&self) -> Option<std::sync::Arc<crate::sandbox::netns::Netns>> {
+        self.hooks.netns.clone()
     }
 }
 
@@ -86,6 +92,7 @@ impl HttpEngine {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         crate::dns::lookup::add_to_linker(&mut linker)?;
+        super::sockets::add_to_linker(&mut linker)?;
         // Ticks for this engine's guests (yields, CPU limits, kills).
         let weak = engine.weak();
         std::thread::Builder::new()
@@ -197,10 +204,7 @@ impl Served {
                     memory: self.memory_limit,
                     exceeded: false,
                 },
-                resolver: self.guest.resolver.clone(),
-                hooks: crate::dns::lookup::PodHttpHooks {
-                    resolver: self.guest.resolver.clone(),
-                },
+                hooks: self.guest.hooks(),
             },
         );
         govern(&mut store, self.cpu_limit_millis);

@@ -18,7 +18,9 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use super::{ContainerSpec, Exit, KillSwitch, Running, Runtime, RuntimeError};
 
 mod http;
+mod sockets;
 use crate::logs::{LogFile, Stream};
+use crate::sandbox::netns::Netns;
 
 /// The epoch ticks this often: the granularity of yields, CPU accounting and kills.
 const TICK: Duration = Duration::from_millis(5);
@@ -37,13 +39,19 @@ struct P2Host {
     table: ResourceTable,
     http: wasmtime_wasi_http::WasiHttpCtx,
     limits: Limits,
-    resolver: Option<Arc<crate::dns::lookup::Resolver>>,
+    /// The pod's network as the guest reaches it (its resolver and namespace).
     hooks: crate::dns::lookup::PodHttpHooks,
 }
 
 impl crate::dns::lookup::PodLookups for P2Host {
     fn resolver(&self) -> Option<Arc<crate::dns::lookup::Resolver>> {
-        self.resolver.clone()
+        self.hooks.resolver.clone()
+    }
+}
+
+impl sockets::PodSockets for P2Host {
+    fn netns(&self) -> Option<Arc<Netns>> {
+        self.hooks.netns.clone()
     }
 }
 
@@ -205,6 +213,7 @@ impl WasmRuntime {
         // Commands may make HTTP requests too (as `wasmtime run -S http`).
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut p2).map_err(|e| fail(&e))?;
         crate::dns::lookup::add_to_linker(&mut p2).map_err(|e| fail(&e))?;
+        sockets::add_to_linker(&mut p2).map_err(|e| fail(&e))?;
         // The epoch ticker lives as long as the engine.
         let weak = engine.weak();
         std::thread::Builder::new()
@@ -282,7 +291,9 @@ pub(crate) struct GuestConfig {
     mounts: Vec<super::Mount>,
     log: LogFile,
     /// The pod's resolver for the guest's name lookups.
-    pub(crate) resolver: Option<Arc<crate::dns::lookup::Resolver>>,
+    resolver: Option<Arc<crate::dns::lookup::Resolver>>,
+    /// The pod's network namespace, where the guest's sockets are made (none: the node's).
+    netns: Option<Arc<Netns>>,
 }
 
 impl GuestConfig {
@@ -295,6 +306,16 @@ impl GuestConfig {
             mounts: spec.mounts.clone(),
             log: spec.log.clone(),
             resolver: spec.resolver.clone(),
+            netns: spec.network.netns(),
+        }
+    }
+
+    /// How the guest reaches its pod's network beyond plain sockets: its resolver, and
+    /// its outgoing HTTP requests.
+    pub(crate) fn hooks(&self) -> crate::dns::lookup::PodHttpHooks {
+        crate::dns::lookup::PodHttpHooks {
+            resolver: self.resolver.clone(),
+            netns: self.netns.clone(),
         }
     }
 
@@ -497,7 +518,7 @@ async fn supervise_guest(
     run: impl std::future::Future<Output = (wasmtime::Result<()>, bool)>,
     kill: Arc<tokio::sync::Notify>,
     log: LogFile,
-    alive: (super::Alive, Option<Arc<crate::sandbox::netns::Executor>>),
+    alive: super::Alive,
 ) -> Exit {
     let ended = tokio::select! {
         biased;
@@ -571,26 +592,7 @@ impl Runtime for WasmRuntime {
         let kill = Arc::new(tokio::sync::Notify::new());
         let drain = Arc::new(tokio::sync::Notify::new());
         let log = spec.log.clone();
-        // A guest in a pod namespace runs on threads inside it (its sockets are made there);
-        // the executor lives as long as the guest's task holds it.
-        // A served component gets every core of the node for its requests.
         let serving = matches!(prepared, Prepared::Proxy(_));
-        let (spawner, executor) = match &spec.network {
-            crate::sandbox::Network::Node => (tokio::runtime::Handle::current(), None),
-            crate::sandbox::Network::Pod(ns) => {
-                let ex = if serving {
-                    ns.server_executor()
-                } else {
-                    ns.executor()
-                }
-                .map_err(|e| RuntimeError::Start {
-                    id: spec.id.clone(),
-                    reason: format!("joining the pod's network namespace: {e}"),
-                })?;
-                (ex.handle().clone(), Some(ex))
-            }
-        };
-        let alive = (spec.alive, executor);
         // Each kind of guest runs its own way; each run ends with the guest's result and
         // whether it went over its memory limit, and is supervised the same way. Boxed:
         // each run takes its own size, not the largest kind's.
@@ -625,10 +627,7 @@ impl Runtime for WasmRuntime {
                         table: ResourceTable::new(),
                         http: wasmtime_wasi_http::WasiHttpCtx::new(),
                         limits,
-                        resolver: spec.resolver.clone(),
-                        hooks: crate::dns::lookup::PodHttpHooks {
-                            resolver: spec.resolver.clone(),
-                        },
+                        hooks: guest.hooks(),
                     },
                 );
                 govern(&mut store, spec.cpu_limit_millis);
@@ -647,15 +646,15 @@ impl Runtime for WasmRuntime {
             }
             Prepared::Proxy(pre) => {
                 let port = spec.ports.first().copied().unwrap_or(DEFAULT_HTTP_PORT);
-                // The listener is made by a thread inside the pod's network namespace.
-                let listener = spawner
-                    .spawn(async move { http::bind(port) })
-                    .await
-                    .map_err(|e| start_error(&spec.id)(&e))?
-                    .map_err(|e| RuntimeError::Start {
-                        id: spec.id.clone(),
-                        reason: format!("listening on port {port}: {e}"),
-                    })?;
+                // The listener is made inside the pod's network namespace.
+                let listener = match &guest.netns {
+                    None => http::bind(port),
+                    Some(ns) => ns.run(|| http::bind(port)).and_then(|bound| bound),
+                }
+                .map_err(|e| RuntimeError::Start {
+                    id: spec.id.clone(),
+                    reason: format!("listening on port {port}: {e}"),
+                })?;
                 let served = http::Served {
                     engine: self.http.engine().clone(),
                     pre,
@@ -667,7 +666,7 @@ impl Runtime for WasmRuntime {
                 Box::pin(async move { (served.serve(listener, d).await, false) })
             }
         };
-        let task = spawner.spawn(supervise_guest(run, kill.clone(), log, alive));
+        let task = tokio::spawn(supervise_guest(run, kill.clone(), log, spec.alive));
         let drain = serving.then_some(drain);
         Ok(Box::new(WasmContainer { task, kill, drain }))
     }
