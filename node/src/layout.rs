@@ -19,6 +19,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::sandbox::path_element;
 
@@ -136,11 +137,11 @@ impl Layout {
         ns: &str,
         pod: &str,
         container: &str,
-        active: &HashSet<PathBuf>,
+        active: &HashSet<Arc<Path>>,
     ) -> Vec<PathBuf> {
         let prefix = format!("{}_{}_", path_element(ns), path_element(pod));
         let container = path_element(container);
-        let of_container = |p: &&PathBuf| {
+        let of_container = |p: &&Arc<Path>| {
             let dir = p.parent();
             dir.and_then(|d| d.file_name())
                 .is_some_and(|n| n == container.as_str())
@@ -149,7 +150,7 @@ impl Layout {
                     .and_then(|d| d.file_name())
                     .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
         };
-        let active = active.iter().find(of_container).cloned();
+        let active = active.iter().find(of_container).map(|p| p.to_path_buf());
         let pod_dir = match active.as_ref().and_then(|p| p.parent()?.parent()) {
             Some(d) => Some(d.to_path_buf()),
             None => std::fs::read_dir(self.root.join(LOGS))
@@ -337,7 +338,7 @@ mod tests {
         let runs = l.container_runs("ns", "web", "app", &none);
         assert_eq!(runs, [0, 1, 10].map(|r| run_log(&logs, "app", r)));
         // The running one has not written yet.
-        let active: HashSet<PathBuf> = [run_log(&logs, "app", 11)].into();
+        let active: HashSet<Arc<Path>> = [run_log(&logs, "app", 11).into()].into();
         let runs = l.container_runs("ns", "web", "app", &active);
         assert_eq!(runs.last(), Some(&run_log(&logs, "app", 11)));
         assert_eq!(runs.len(), 4);

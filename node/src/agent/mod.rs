@@ -213,7 +213,7 @@ pub(crate) struct Ctx {
     /// The cluster DNS this agent serves, if it could start it.
     pub dns: Option<crate::dns::ClusterDns>,
     /// Log files of container runs still writing (followers wait for more).
-    pub active_logs: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
+    pub active_logs: std::sync::Mutex<std::collections::HashSet<Arc<std::path::Path>>>,
 }
 
 /// What the agent endpoint serves from: the API server's pods, the node's logs, its

@@ -17,7 +17,7 @@ use super::lifecycle::{Action, Event, Lifecycle, Shape, Stage, Which};
 use super::pod_sandbox::prepare_sandbox;
 use super::spec::source_error;
 use super::status::{
-    initial_status, now, terminated, waiting, Reporter, StatusWriter, Transitions,
+    initial_status, now, terminated, waiting, ReportTo, Reporter, StatusWriter, Transitions,
     STATUS_RETRY_MAX, STATUS_RETRY_START,
 };
 use super::supervisor::{sleep_until, supervise, Mailbox, Update};
@@ -152,11 +152,38 @@ pub(super) struct PodCtx {
     pub(super) ns: String,
     pub(super) name: String,
     pub(super) uid: String,
-    pub(super) restart_policy: String,
+    pub(super) restart_policy: &'static str,
     /// Set once the sandbox is ready (containers start only then).
     pub(super) sandbox: std::sync::OnceLock<Sandbox>,
     /// Every container the pod starts holds a token of it until it is gone.
     pub(super) containers: Containers,
+}
+
+/// The scheduler's part of a pod spec, which a node never reads.
+const SCHEDULING: &[&str] = &[
+    "affinity",
+    "nodeSelector",
+    "preemptionPolicy",
+    "priority",
+    "priorityClassName",
+    "schedulerName",
+    "schedulingGates",
+    "tolerations",
+    "topologySpreadConstraints",
+];
+
+/// What a worker keeps of its pod: its JSON without the scheduling fields (a third of a
+/// small pod: the default tolerations alone take ~200 bytes).
+fn kept_json(pod: &Pod) -> Box<[u8]> {
+    let mut v = serde_json::to_value(pod).expect("a pod serializes");
+    if let Some(spec) = v.get_mut("spec").and_then(|s| s.as_object_mut()) {
+        for field in SCHEDULING {
+            spec.remove(*field);
+        }
+    }
+    serde_json::to_vec(&v)
+        .expect("a pod serializes")
+        .into_boxed_slice()
 }
 
 /// Init container or container `which` of `pod` (which has a spec: workers need one).
@@ -173,18 +200,16 @@ impl PodCtx {
         let m = &pod.metadata;
         let uid = m.uid.clone().unwrap_or_default();
         PodCtx {
-            pod: serde_json::to_vec(pod)
-                .expect("a pod serializes")
-                .into_boxed_slice(),
+            pod: kept_json(pod),
             resource_version: m.resource_version.clone(),
             ns: m.namespace.clone().unwrap_or_default(),
             name: m.name.clone().unwrap_or_default(),
             uid,
-            restart_policy: pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.restart_policy.clone())
-                .unwrap_or_else(|| "Always".into()),
+            restart_policy: match pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) {
+                Some("OnFailure") => "OnFailure",
+                Some("Never") => "Never",
+                _ => "Always",
+            },
             ctx,
             sandbox: Default::default(),
             containers,
@@ -214,6 +239,17 @@ impl PodCtx {
             name: &self.name,
             uid: &self.uid,
             resource_version: self.resource_version.as_deref(),
+        }
+    }
+
+    /// Where the pod's status goes.
+    fn report_to(&self) -> ReportTo<'_> {
+        ReportTo {
+            client: &self.ctx.client,
+            namespace: &self.ns,
+            name: &self.name,
+            host_ip: &self.ctx.node_ip,
+            restart_policy: self.restart_policy,
         }
     }
 
@@ -375,18 +411,14 @@ impl PodRun {
         });
         // Status goes to the API server through one writer that always sends the latest.
         let reporter = Reporter {
-            host_ip: pc.ctx.node_ip.clone(),
-            pod_ip: std::sync::Mutex::new(prev.pod_ip.clone()),
+            pod_ip: prev.pod_ip.clone(),
             start,
-            restart_policy: pc.restart_policy.clone(),
             qos_class: prev.qos_class.clone(),
-            conditions: std::sync::Mutex::new(Transitions::of(
-                prev.conditions.as_deref().unwrap_or_default(),
-            )),
+            conditions: Transitions::of(prev.conditions.as_deref().unwrap_or_default()),
             failure: Default::default(),
             sidecars,
             last: Default::default(),
-            writer: StatusWriter::new(pc.ctx.client.clone(), pc.ns.clone(), pc.name.clone()),
+            writer: StatusWriter::default(),
         };
         let mut w = PodRun {
             init_done: init.is_empty(),
@@ -424,9 +456,11 @@ impl PodRun {
     }
 
     /// Hands the writer the pod's status (unless the pod had ended before this worker).
-    fn report(&self) {
+    fn report(&mut self) {
         if !self.finished {
-            self.reporter.report(&self.init, &self.main, self.init_done);
+            let to = self.pc.report_to();
+            self.reporter
+                .report(to, &self.init, &self.main, self.init_done);
         }
     }
 
@@ -496,8 +530,7 @@ impl PodRun {
             st.started = Some(false);
         }
         let msg = "Pod was active on the node longer than the specified deadline";
-        *self.reporter.failure.lock().expect("failure") =
-            Some(("DeadlineExceeded", msg.to_string()));
+        self.reporter.failure = Some(("DeadlineExceeded", msg.to_string()));
         let events = &self.pc.ctx.events;
         events.pod(
             self.pc.pod_ref(),
@@ -548,7 +581,7 @@ impl PodRun {
     fn sandbox_made(&mut self, made: Result<Sandbox, (&'static str, String)>) -> Event {
         match made {
             Ok(sandbox) => {
-                *self.reporter.pod_ip.lock().expect("pod ip") = Some(sandbox.ip.clone());
+                self.reporter.pod_ip = Some(sandbox.ip.clone());
                 let _ = self.pc.sandbox.set(sandbox);
                 Event::SandboxReady
             }
@@ -652,5 +685,26 @@ async fn finish_deletion(pc: &PodCtx) {
                 retry = (retry * 2).min(STATUS_RETRY_MAX);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The size of the future an async fn of four (six) arguments returns.
+    fn future4<A, B, C, D, F>(_: fn(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+    fn future6<A, B, C, D, E, G, F>(_: fn(A, B, C, D, E, G) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// An idle pod keeps its worker's task and a supervisor's per container, each its
+    /// future plus tokio's 96 bytes, rounded up to 128 and then to an allocator size class:
+    /// a few bytes more and the worker takes 1,536 bytes, the supervisor 1,280.
+    #[test]
+    fn an_idle_pods_tasks_fit_their_allocations() {
+        assert!(future4(super::run) + 96 <= 1280, "{}", future4(super::run));
+        let supervise = future6(super::super::supervisor::supervise);
+        assert!(supervise + 96 <= 1024, "{supervise}");
     }
 }

@@ -95,64 +95,65 @@ fn condition(type_: &str, ok: bool, reason: Option<&str>, now: &Time) -> PodCond
 /// Reports a pod's status: computes it from the containers' states and hands it to the
 /// pod's status writer.
 pub struct Reporter {
-    pub host_ip: String,
     /// Known once the sandbox has its network.
-    pub pod_ip: std::sync::Mutex<Option<String>>,
+    pub pod_ip: Option<String>,
     pub start: Time,
-    pub restart_policy: String,
     pub qos_class: Option<String>,
     /// The conditions last reported (their transition times carry over).
-    pub conditions: std::sync::Mutex<Transitions>,
+    pub conditions: Transitions,
     /// Why the pod failed for good, if the worker ended it (reason, message).
-    pub failure: std::sync::Mutex<Option<(&'static str, String)>>,
+    pub failure: Option<(&'static str, String)>,
     /// Per init container: whether it is a native sidecar.
     pub sidecars: Vec<bool>,
     /// A digest of the status last handed to the writer (most reports change nothing).
-    pub last: std::sync::Mutex<Option<u64>>,
+    pub last: Option<u64>,
     pub writer: StatusWriter,
+}
+
+/// The pod a reporter's statuses are for, as its worker knows it (the reporter keeps no
+/// copy of it).
+pub struct ReportTo<'a> {
+    pub client: &'a kube::Client,
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub host_ip: &'a str,
+    pub restart_policy: &'a str,
 }
 
 impl Reporter {
     /// Hands the writer the status, unless it is the one handed last (the worker reports
     /// after every event, and most change nothing).
     pub fn report(
-        &self,
+        &mut self,
+        to: ReportTo<'_>,
         init: &[Arc<ContainerStatus>],
         main: &[Arc<ContainerStatus>],
         init_done: bool,
     ) {
-        let status = self.status(init, main, init_done);
+        let status = self.status(&to, init, main, init_done);
         let digest = digest(&status);
-        let mut last = self.last.lock().expect("last status");
-        if *last == Some(digest) {
+        if self.last.replace(digest) == Some(digest) {
             return;
         }
-        *last = Some(digest);
-        self.writer.put(status);
+        self.writer.put(&to, status);
     }
 
     /// The pod's phase and conditions from its containers' states.
     fn status(
-        &self,
+        &mut self,
+        to: &ReportTo<'_>,
         init: &[Arc<ContainerStatus>],
         main: &[Arc<ContainerStatus>],
         init_done: bool,
     ) -> PodStatus {
         let copies = |l: &[Arc<ContainerStatus>]| l.iter().map(|s| (**s).clone()).collect();
         let (init, main): (Vec<_>, Vec<_>) = (copies(init), copies(main));
-        let (host_ip, start) = (&self.host_ip, &self.start);
-        let phase = phase(
-            &init,
-            &main,
-            &self.sidecars,
-            &self.restart_policy,
-            init_done,
-        );
-        let mut last = self.conditions.lock().expect("conditions");
-        let conditions = conditions(phase, &main, init_done, &last, &now());
-        *last = Transitions::of(&conditions);
-        let pod_ip = self.pod_ip.lock().expect("pod ip").clone();
-        let failure = self.failure.lock().expect("failure").clone();
+        let (host_ip, start) = (to.host_ip, &self.start);
+        let phase = phase(&init, &main, &self.sidecars, to.restart_policy, init_done);
+        let conditions = conditions(phase, &main, init_done, &self.conditions, &now());
+        self.conditions = Transitions::of(&conditions);
+        let pod_ip = self.pod_ip.clone();
+        let failure = self.failure.clone();
         let phase = if failure.is_some() { "Failed" } else { phase };
         let (reason, message) =
             failure.map_or((None, None), |(r, m)| (Some(r.to_string()), Some(m)));
@@ -258,22 +259,24 @@ const CONDITIONS: [&str; 5] = [
 /// Of each of the pod's conditions (in [`CONDITIONS`] order), whether it held when last
 /// reported and since when: all that carries over from one report to the next.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Transitions([Option<(bool, Time)>; 5]);
+pub struct Transitions([Option<(bool, i64)>; 5]);
 
 impl Transitions {
+    /// (Times in whole seconds, as the API carries them.)
     pub fn of(conditions: &[PodCondition]) -> Transitions {
         Transitions(CONDITIONS.map(|type_| {
             let c = conditions.iter().find(|c| c.type_ == type_)?;
-            Some((c.status == "True", c.last_transition_time.clone()?))
+            Some((
+                c.status == "True",
+                c.last_transition_time.as_ref()?.0.as_second(),
+            ))
         }))
     }
 
-    fn since(&self, type_: &str, holds: bool) -> Option<&Time> {
+    fn since(&self, type_: &str, holds: bool) -> Option<Time> {
         let i = CONDITIONS.iter().position(|t| *t == type_)?;
-        self.0[i]
-            .as_ref()
-            .filter(|(h, _)| *h == holds)
-            .map(|(_, t)| t)
+        let (_, secs) = self.0[i].filter(|(h, _)| *h == holds)?;
+        jiff::Timestamp::from_second(secs).ok().map(Time)
     }
 }
 
@@ -311,7 +314,7 @@ pub fn conditions(
         .collect();
     for c in conditions.iter_mut() {
         if let Some(since) = last.since(&c.type_, c.status == "True") {
-            c.last_transition_time = Some(since.clone());
+            c.last_transition_time = Some(since);
         }
     }
     conditions
@@ -320,10 +323,8 @@ pub fn conditions(
 /// The pod's status on its way to the API server: the latest one not yet written, and the
 /// writer task that sends it, which exists only while there is something to send (an idle
 /// pod keeps neither a status copy nor a task for it).
+#[derive(Default)]
 pub struct StatusWriter {
-    client: kube::Client,
-    namespace: String,
-    name: String,
     slot: Arc<StatusSlot>,
 }
 
@@ -347,25 +348,16 @@ struct SlotState {
 }
 
 impl StatusWriter {
-    pub fn new(client: kube::Client, namespace: String, name: String) -> StatusWriter {
-        StatusWriter {
-            client,
-            namespace,
-            name,
-            slot: Default::default(),
-        }
-    }
-
     /// Sends `status` as soon as the writer can (a newer one replaces it if not sent yet).
-    fn put(&self, status: PodStatus) {
+    fn put(&self, to: &ReportTo<'_>, status: PodStatus) {
         let mut st = self.slot.state.lock().expect("status slot");
         if st.closed {
             return;
         }
         st.latest = Some(Box::new(status));
         if st.writer.is_none() {
-            let api = Api::namespaced(self.client.clone(), &self.namespace);
-            let task = write_status(api, self.name.clone(), self.slot.clone());
+            let api = Api::namespaced(to.client.clone(), to.namespace);
+            let task = write_status(api, to.name.to_string(), self.slot.clone());
             // Stored before the task can end: it clears it under the same lock.
             st.writer = Some(tokio::spawn(task).abort_handle());
         }

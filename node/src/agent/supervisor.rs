@@ -1,7 +1,7 @@
 //! A container's supervisor: the I/O shell carrying out its state machine's actions.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -101,9 +101,9 @@ pub(super) async fn supervise(
                 .and_then(|s| s.running.as_ref())
                 .and_then(|r| r.started_at.clone())
                 .unwrap_or_else(now);
-            let log_path = layout::run_log(&pc.dirs().logs, &prev.name, prev.restart_count);
+            let log_path = layout::run_log(&pc.dirs().logs, &prev.name, prev.restart_count).into();
             let run_id = cid.run_id().to_string();
-            run.begin(&pc, &ports, running, runtime.name(), run_id, log_path);
+            run.begin(&pc, running, runtime.name(), run_id, log_path);
             Event::Adopted {
                 status: prev,
                 started,
@@ -118,7 +118,7 @@ pub(super) async fn supervise(
                 let status = machine.status().clone();
                 updates.post(Update::Status(which, status));
             } else {
-                run.carry_out(action, &pc, which, &machine.status().name);
+                run.carry_out(action, &pc, which, &machine.status().name, &ports);
             }
         }
         if let Some(ok) = machine.done() {
@@ -130,7 +130,7 @@ pub(super) async fn supervise(
                 run.creating = None;
                 match made {
                     Ok(made) => {
-                        run.begin(&pc, &ports, made.running, made.runtime, made.run_id, made.log_path);
+                        run.begin(&pc, made.running, made.runtime, made.run_id, made.log_path);
                         Event::Created {
                             container_id: made.container_id,
                             image: made.image,
@@ -176,7 +176,7 @@ fn policy(pc: &PodCtx, pod: &Pod, which: Which) -> Policy {
     let sidecar = init && c.restart_policy.as_deref() == Some("Always");
     let restart = match sidecar {
         true => Restart::Always,
-        false => Restart::of(&pc.restart_policy),
+        false => Restart::of(pc.restart_policy),
     };
     let hooks = c.lifecycle.as_ref();
     let grace = c
@@ -219,7 +219,7 @@ pub(super) async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-async fn probe_result(probes: &mut Option<ProbeSet>) -> Option<ProbeResult> {
+async fn probe_result(probes: &mut Option<Box<ProbeSet>>) -> Option<ProbeResult> {
     match probes {
         Some(p) => p.results.recv().await,
         None => std::future::pending().await,
@@ -246,13 +246,14 @@ struct Run {
     exit: Option<BoxFuture<'static, Exit>>,
     terminate: Option<KillSwitch>,
     kill: Option<KillSwitch>,
-    /// What its hooks and probes reach.
-    target: Option<probes::Target>,
+    /// Its runtime and run ID (what its hooks and probes reach is made from them).
+    running: Option<(&'static str, String)>,
     /// Its log, while the container writes it.
-    log_path: Option<PathBuf>,
+    log_path: Option<Arc<Path>>,
     /// The hook under way (postStart or preStop).
     hook: Option<BoxFuture<'static, Outcome>>,
-    probes: Option<ProbeSet>,
+    /// Boxed: most containers have none.
+    probes: Option<Box<ProbeSet>>,
 }
 
 impl Run {
@@ -260,11 +261,10 @@ impl Run {
     fn begin(
         &mut self,
         pc: &PodCtx,
-        ports: &probes::NamedPorts,
         mut running: Box<dyn Running>,
         runtime: &'static str,
         run_id: String,
-        log_path: PathBuf,
+        log_path: Arc<Path>,
     ) {
         pc.ctx
             .active_logs
@@ -275,28 +275,33 @@ impl Run {
         self.terminate = Some(running.terminate_switch());
         self.kill = Some(running.kill_switch());
         self.exit = Some(Box::pin(async move { running.wait().await }));
-        let exec: probes::Exec = {
-            let ctx = pc.ctx.clone();
-            Arc::new(move |argv: Vec<String>| {
-                let (ctx, run_id) = (ctx.clone(), run_id.clone());
-                Box::pin(async move {
-                    match ctx.runtimes.named(runtime) {
-                        Some(rt) => rt.exec(&run_id, &argv, false, false).await,
-                        None => Err(crate::runtime::RuntimeError::Exec(format!(
-                            "no {runtime} runtime"
-                        ))),
-                    }
-                })
+        self.running = Some((runtime, run_id));
+    }
+
+    /// What the running container's hooks and probes reach (made when one runs: most
+    /// containers have neither).
+    fn target(&self, pc: &PodCtx, ports: &probes::NamedPorts) -> Option<probes::Target> {
+        let (runtime, run_id) = self.running.clone()?;
+        let ctx = pc.ctx.clone();
+        let exec: probes::Exec = Arc::new(move |argv: Vec<String>| {
+            let (ctx, run_id) = (ctx.clone(), run_id.clone());
+            Box::pin(async move {
+                match ctx.runtimes.named(runtime) {
+                    Some(rt) => rt.exec(&run_id, &argv, false, false).await,
+                    None => Err(crate::runtime::RuntimeError::Exec(format!(
+                        "no {runtime} runtime"
+                    ))),
+                }
             })
-        };
-        self.target = Some(probes::Target {
+        });
+        Some(probes::Target {
             ip: pc
                 .sandbox
                 .get()
                 .map_or_else(|| pc.ctx.node_ip.clone(), |s| s.ip.clone()),
             ports: ports.clone(),
             exec,
-        });
+        })
     }
 
     /// The container ended: nothing of its run is waited on or signalled any more.
@@ -312,7 +317,14 @@ impl Run {
     }
 
     /// Carries out `action` (all but reports, which the supervisor sends).
-    fn carry_out(&mut self, action: Action, pc: &Arc<PodCtx>, which: Which, name: &str) {
+    fn carry_out(
+        &mut self,
+        action: Action,
+        pc: &Arc<PodCtx>,
+        which: Which,
+        name: &str,
+        ports: &probes::NamedPorts,
+    ) {
         // The hooks and probes to run are parsed from the pod when run.
         let hook = |pick: fn(&Lifecycle) -> Option<&LifecycleHandler>| {
             let pod = pc.pod();
@@ -337,22 +349,25 @@ impl Run {
                 .pod(pc.pod_ref(), Some(name), type_, reason, message),
             Action::RunPostStart => {
                 let hook = hook(|l| l.post_start.as_ref());
-                self.hook = self.run_hook(hook, Duration::from_secs(24 * 3600));
+                let target = self.target(pc, ports);
+                self.hook = run_hook(hook, target, Duration::from_secs(24 * 3600));
             }
             Action::RunPreStop { until } => {
                 let hook = hook(|l| l.pre_stop.as_ref());
                 let budget = until.saturating_duration_since(tokio::time::Instant::now());
-                self.hook = self.run_hook(hook, budget);
+                self.hook = run_hook(hook, self.target(pc, ports), budget);
             }
             Action::CancelHook => self.hook = None,
             Action::StartProbes(kinds) => {
-                let Some(target) = &self.target else { return };
+                let Some(target) = self.target(pc, ports) else {
+                    return;
+                };
                 let pod = pc.pod();
                 let c = container_of(&pod, which);
                 // Most containers have no probes: no channel for them either.
                 for probe in kinds.into_iter().filter_map(|k| Some((k, k.of(c)?))) {
-                    let set = self.probes.get_or_insert_with(ProbeSet::new);
-                    set.start(probe, target);
+                    let set = self.probes.get_or_insert_with(|| Box::new(ProbeSet::new()));
+                    set.start(probe, &target);
                 }
             }
             Action::StopProbe(kind) => {
@@ -365,17 +380,18 @@ impl Run {
             Action::Kill => self.kill.iter().for_each(KillSwitch::kill),
         }
     }
+}
 
-    fn run_hook(
-        &self,
-        hook: Option<k8s_openapi::api::core::v1::LifecycleHandler>,
-        budget: Duration,
-    ) -> Option<BoxFuture<'static, Outcome>> {
-        let (hook, target) = (hook?, self.target.clone()?);
-        Some(Box::pin(async move {
-            probes::run_hook(&hook, &target, budget).await
-        }))
-    }
+/// The hook to run, if there is one and the container runs.
+fn run_hook(
+    hook: Option<k8s_openapi::api::core::v1::LifecycleHandler>,
+    target: Option<probes::Target>,
+    budget: Duration,
+) -> Option<BoxFuture<'static, Outcome>> {
+    let (hook, target) = (hook?, target?);
+    Some(Box::pin(async move {
+        probes::run_hook(&hook, &target, budget).await
+    }))
 }
 
 /// A container made: it runs.
@@ -387,7 +403,8 @@ struct Made {
     /// Reference, and what it resolved to.
     image: (String, String),
     started: Time,
-    log_path: PathBuf,
+    /// Shared with the agent's set of logs being written.
+    log_path: Arc<Path>,
 }
 
 /// Why a container could not be made: the kubelet's reason and message.
@@ -448,7 +465,7 @@ async fn create(pc: Arc<PodCtx>, which: Which, run: i32) -> Result<Made, Failed>
         .mounts(c, &env)
         .map_err(|e| fail("CreateContainerConfigError", e.to_string()))?;
     let run_id = layout::run_id(&pc.uid, &c.name, run);
-    let log_path = layout::run_log(&pc.dirs().logs, &c.name, run);
+    let log_path: Arc<Path> = layout::run_log(&pc.dirs().logs, &c.name, run).into();
     let log = LogFile::new(&log_path, crate::logs::MAX_LOG_BYTES);
     let parts = Resolved {
         run_id: run_id.clone(),

@@ -34,7 +34,8 @@ pub struct Resolver {
     opts: ResolverOpts,
     /// The pod's network namespace, where its queries' sockets are made.
     netns: Option<Arc<Netns>>,
-    inner: std::sync::OnceLock<Option<hickory_resolver::Resolver<PodRuntime>>>,
+    /// Boxed: an unbuilt one costs a pointer, not a resolver's size (~500 bytes).
+    inner: std::sync::OnceLock<Option<Box<hickory_resolver::Resolver<PodRuntime>>>>,
 }
 
 impl std::fmt::Debug for Resolver {
@@ -107,8 +108,9 @@ impl Resolver {
                     .build()
                     .inspect_err(|e| tracing::warn!(error = %e, "building a pod's resolver failed"))
                     .ok()
+                    .map(Box::new)
             })
-            .as_ref()
+            .as_deref()
     }
 
     /// The addresses of `name` (an address stands for itself; `localhost` is loopback).

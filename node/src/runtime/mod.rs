@@ -80,26 +80,44 @@ pub struct ContainerSpec {
 /// none does: each container's runtime holds an [`Alive`] from [`Containers::token`] for as
 /// long as anything of the container runs.
 #[derive(Clone, Default)]
-pub struct Containers(std::sync::Arc<tokio::sync::watch::Sender<usize>>);
+pub struct Containers(std::sync::Arc<Count>);
+
+/// (A `watch` channel would do, at ~380 bytes a pod: it keeps eight `Notify`s.)
+#[derive(Default)]
+struct Count {
+    n: std::sync::atomic::AtomicUsize,
+    none: tokio::sync::Notify,
+}
 
 impl Containers {
     pub fn token(&self) -> Alive {
-        self.0.send_modify(|n| *n += 1);
+        self.0.n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Alive(self.0.clone())
     }
 
     /// Resolves when no token is held.
     pub async fn gone(&self) {
-        let _ = self.0.subscribe().wait_for(|n| *n == 0).await;
+        loop {
+            let none = self.0.none.notified();
+            tokio::pin!(none);
+            // Listening before looking: a last token dropped in between still wakes us.
+            none.as_mut().enable();
+            if self.0.n.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return;
+            }
+            none.await;
+        }
     }
 }
 
 /// One container's share of [`Containers`]; dropped when the container is gone.
-pub struct Alive(std::sync::Arc<tokio::sync::watch::Sender<usize>>);
+pub struct Alive(std::sync::Arc<Count>);
 
 impl Drop for Alive {
     fn drop(&mut self) {
-        self.0.send_modify(|n| *n -= 1);
+        if self.0.n.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            self.0.none.notify_waiters();
+        }
     }
 }
 
@@ -310,5 +328,25 @@ mod tests {
         assert_eq!(rts.of(&id("wasm://u-c-0")).map(|r| r.name()), Some("wasm"));
         // A runc container on a node without runc (say, adopted after a reconfiguration).
         assert!(rts.of(&id("runc://u-c-0")).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_pods_containers_are_gone_once_every_token_is() {
+        use futures::FutureExt;
+        let containers = Containers::default();
+        assert!(containers.gone().now_or_never().is_some(), "none yet");
+        let (a, b) = (containers.token(), containers.token());
+        let waiter = tokio::spawn({
+            let c = containers.clone();
+            async move { c.gone().await }
+        });
+        drop(a);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "one container is left");
+        drop(b);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("the waiter wakes when the last goes")
+            .unwrap();
     }
 }
