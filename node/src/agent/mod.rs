@@ -214,6 +214,10 @@ pub(crate) struct Ctx {
     pub dns: Option<crate::dns::ClusterDns>,
     /// Log files of container runs still writing (followers wait for more).
     pub active_logs: std::sync::Mutex<std::collections::HashSet<Arc<std::path::Path>>>,
+    /// The resolvers pods on the node's network share.
+    pub resolvers: crate::dns::lookup::SharedResolvers,
+    /// Pod status writes in flight at once (status::MAX_STATUS_WRITES).
+    pub status_writes: Arc<tokio::sync::Semaphore>,
 }
 
 /// What the agent endpoint serves from: the API server's pods, the node's logs, its
@@ -771,6 +775,8 @@ pub async fn run(
         layout,
         events: events::Recorder::new(client.clone(), &cfg.node_name),
         active_logs: Default::default(),
+        resolvers: Default::default(),
+        status_writes: Arc::new(tokio::sync::Semaphore::new(status::MAX_STATUS_WRITES)),
         insecure_registries: cfg.insecure_registries.clone(),
     });
     let listen = std::net::SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), cfg.port);

@@ -172,8 +172,19 @@ const SCHEDULING: &[&str] = &[
     "topologySpreadConstraints",
 ];
 
-/// What a worker keeps of its pod: its JSON without the scheduling fields (a third of a
-/// small pod: the default tolerations alone take ~200 bytes).
+/// Metadata a worker keeps apart (or never reads).
+const APART: &[&str] = &[
+    "creationTimestamp",
+    "generation",
+    "managedFields",
+    "name",
+    "namespace",
+    "resourceVersion",
+    "uid",
+];
+
+/// What a worker keeps of its pod: its JSON without the scheduling fields and the metadata
+/// it keeps apart (half of a small pod: the default tolerations alone take ~200 bytes).
 fn kept_json(pod: &Pod) -> Box<[u8]> {
     let mut v = serde_json::to_value(pod).expect("a pod serializes");
     if let Some(spec) = v.get_mut("spec").and_then(|s| s.as_object_mut()) {
@@ -181,9 +192,19 @@ fn kept_json(pod: &Pod) -> Box<[u8]> {
             spec.remove(*field);
         }
     }
+    if let Some(meta) = v.get_mut("metadata").and_then(|s| s.as_object_mut()) {
+        for field in APART {
+            meta.remove(*field);
+        }
+    }
     serde_json::to_vec(&v)
         .expect("a pod serializes")
         .into_boxed_slice()
+}
+
+/// A pod from [`kept_json`] (without the metadata kept apart).
+fn parsed(json: &[u8]) -> Pod {
+    serde_json::from_slice(json).expect("the pod was serialized")
 }
 
 /// Init container or container `which` of `pod` (which has a spec: workers need one).
@@ -227,9 +248,15 @@ impl PodCtx {
         PodDirs::named(&self.ctx.layout, &self.ns, &self.name, &self.uid)
     }
 
-    /// The pod object (without its status), parsed.
+    /// The pod object (without its status and the scheduler's fields), parsed.
     pub(super) fn pod(&self) -> Pod {
-        serde_json::from_slice(&self.pod).expect("the pod was serialized")
+        let mut pod = parsed(&self.pod);
+        let m = &mut pod.metadata;
+        m.name = Some(self.name.clone());
+        m.namespace = Some(self.ns.clone());
+        m.uid = Some(self.uid.clone());
+        m.resource_version = self.resource_version.clone();
+        pod
     }
 
     /// The pod, as its events name it.
@@ -250,6 +277,7 @@ impl PodCtx {
             name: &self.name,
             host_ip: &self.ctx.node_ip,
             restart_policy: self.restart_policy,
+            writes: &self.ctx.status_writes,
         }
     }
 
@@ -696,6 +724,36 @@ mod tests {
     }
     fn future6<A, B, C, D, E, G, F>(_: fn(A, B, C, D, E, G) -> F) -> usize {
         std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn a_worker_keeps_what_a_node_reads_of_its_pod() {
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "ns", "uid": "u-1", "resourceVersion": "7",
+                "creationTimestamp": "2026-01-01T00:00:00Z", "labels": {"app": "web"}},
+            "spec": {"nodeName": "n1", "schedulerName": "default-scheduler", "priority": 0,
+                "tolerations": [{"key": "node.kubernetes.io/not-ready", "operator": "Exists"}],
+                "containers": [{"name": "c", "image": "i", "env": [{"name": "A", "value": "1"}]}]}
+        }))
+        .unwrap();
+        let kept = super::kept_json(&pod);
+        let text = String::from_utf8(kept.to_vec()).unwrap();
+        for gone in [
+            "tolerations",
+            "schedulerName",
+            "priority",
+            "u-1",
+            "creationTimestamp",
+        ] {
+            assert!(!text.contains(gone), "{gone} in {text}");
+        }
+        let back = super::parsed(&kept);
+        assert_eq!(back.spec, {
+            let mut spec = pod.spec.clone().unwrap();
+            (spec.tolerations, spec.scheduler_name, spec.priority) = (None, None, None);
+            Some(spec)
+        });
+        assert_eq!(back.metadata.labels, pod.metadata.labels);
     }
 
     /// An idle pod keeps its worker's task and a supervisor's per container, each its

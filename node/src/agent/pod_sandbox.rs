@@ -1,6 +1,8 @@
 //! A pod's sandbox as its worker makes it: volumes, network and address, PID namespace
 //! and `/etc` files from the pod's spec and the node's networks and DNS.
 
+use std::sync::Arc;
+
 use super::pod::PodCtx;
 use crate::sandbox::{NetworkConfig, Sandbox, SandboxConfig};
 
@@ -37,11 +39,14 @@ pub(super) async fn prepare_sandbox(
     let dns = pc.ctx.dns.as_ref();
     let cluster = dns.map(|d| (cluster_ip.as_str(), d.domain.as_str()));
     let guests = crate::dns::resolv::for_pod(spec, &pc.ns, &node_resolv, cluster);
-    let resolver = crate::dns::lookup::Resolver::new(
-        &guests,
-        crate::dns::CLUSTER_DNS_IP.into(),
-        dns.map(|d| d.addr),
-    );
+    let (cluster_ip, cluster_addr) = (crate::dns::CLUSTER_DNS_IP.into(), dns.map(|d| d.addr));
+    // A pod with a network of its own queries from it; those on the node's share.
+    let resolver = match &network {
+        NetworkConfig::Node { .. } => pc.ctx.resolvers.get(&guests, cluster_ip, cluster_addr),
+        NetworkConfig::Pod { .. } => {
+            crate::dns::lookup::Resolver::new(&guests, cluster_ip, cluster_addr).map(Arc::new)
+        }
+    };
     let resolv = if dns.is_some_and(|d| d.for_pods) {
         guests
     } else {

@@ -118,6 +118,8 @@ pub struct ReportTo<'a> {
     pub name: &'a str,
     pub host_ip: &'a str,
     pub restart_policy: &'a str,
+    /// The agent's permits for status writes in flight.
+    pub writes: &'a Arc<tokio::sync::Semaphore>,
 }
 
 impl Reporter {
@@ -130,8 +132,8 @@ impl Reporter {
         main: &[Arc<ContainerStatus>],
         init_done: bool,
     ) {
-        let status = self.status(&to, init, main, init_done);
-        let digest = digest(&status);
+        let status = Pending::of(&self.status(&to, init, main, init_done));
+        let digest = digest(&status.json);
         if self.last.replace(digest) == Some(digest) {
             return;
         }
@@ -179,23 +181,12 @@ impl Reporter {
     }
 }
 
-/// A digest of a status: what a reporter keeps instead of a copy.
-fn digest(status: &PodStatus) -> u64 {
-    use std::hash::Hasher;
-    /// Hashes what is written to it: the status's JSON, without keeping it.
-    struct Digest(std::collections::hash_map::DefaultHasher);
-    impl std::io::Write for Digest {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.write(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut d = Digest(Default::default());
-    let _ = serde_json::to_writer(&mut d, status);
-    d.0.finish()
+/// A digest of a status's JSON: what a reporter keeps instead of a copy.
+fn digest(json: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut d = std::collections::hash_map::DefaultHasher::new();
+    json.hash(&mut d);
+    d.finish()
 }
 
 /// The pod's phase from its containers' states (`sidecars`: per init container, whether
@@ -335,10 +326,37 @@ struct StatusSlot {
     changed: tokio::sync::Notify,
 }
 
+/// A status on its way, as JSON: a fraction of a parsed status's size, which matters when a
+/// burst of pods' statuses waits for the API server.
+struct Pending {
+    json: Box<str>,
+    /// It shows a container still being created (and nothing failed).
+    creating: bool,
+}
+
+impl Pending {
+    fn of(status: &PodStatus) -> Pending {
+        let creating = status.container_statuses.iter().flatten().any(|c| {
+            c.state
+                .as_ref()
+                .and_then(|s| s.waiting.as_ref())
+                .is_some_and(|w| {
+                    w.reason.as_deref() == Some("ContainerCreating") && w.message.is_none()
+                })
+        });
+        Pending {
+            json: serde_json::to_string(status)
+                .expect("a status serializes")
+                .into_boxed_str(),
+            creating,
+        }
+    }
+}
+
 #[derive(Default)]
 struct SlotState {
-    /// Boxed: a pod's status is large, and most of the time there is none to write.
-    latest: Option<Box<PodStatus>>,
+    /// Most of the time there is none to write.
+    latest: Option<Pending>,
     /// The writer at work, if any (it clears this as it ends).
     writer: Option<tokio::task::AbortHandle>,
     /// Whether a status was ever written (the first one may wait for more news).
@@ -349,15 +367,16 @@ struct SlotState {
 
 impl StatusWriter {
     /// Sends `status` as soon as the writer can (a newer one replaces it if not sent yet).
-    fn put(&self, to: &ReportTo<'_>, status: PodStatus) {
+    fn put(&self, to: &ReportTo<'_>, status: Pending) {
         let mut st = self.slot.state.lock().expect("status slot");
         if st.closed {
             return;
         }
-        st.latest = Some(Box::new(status));
+        st.latest = Some(status);
         if st.writer.is_none() {
             let api = Api::namespaced(to.client.clone(), to.namespace);
-            let task = write_status(api, to.name.to_string(), self.slot.clone());
+            let (slot, writes) = (self.slot.clone(), to.writes.clone());
+            let task = write_status(api, to.name.to_string(), slot, writes);
             // Stored before the task can end: it clears it under the same lock.
             st.writer = Some(tokio::spawn(task).abort_handle());
         }
@@ -381,21 +400,12 @@ impl StatusSlot {
     /// Whether the waiting status still shows a container being created (nothing failed).
     fn creating(&self) -> bool {
         let st = self.state.lock().expect("status slot");
-        st.latest.as_ref().is_some_and(|s| {
-            s.container_statuses.iter().flatten().any(|c| {
-                c.state
-                    .as_ref()
-                    .and_then(|s| s.waiting.as_ref())
-                    .is_some_and(|w| {
-                        w.reason.as_deref() == Some("ContainerCreating") && w.message.is_none()
-                    })
-            })
-        })
+        st.latest.as_ref().is_some_and(|p| p.creating)
     }
 
     /// The status to write next; none: the writer ends (and says so, under the lock `put`
     /// takes, so that a status put meanwhile gets a new writer).
-    fn take(&self) -> Option<Box<PodStatus>> {
+    fn take(&self) -> Option<Pending> {
         let mut st = self.state.lock().expect("status slot");
         let next = st.latest.take();
         if next.is_none() {
@@ -410,7 +420,7 @@ impl StatusSlot {
     }
 
     /// Puts back a status whose write failed, unless a newer one is waiting.
-    fn restore(&self, status: Box<PodStatus>) {
+    fn restore(&self, status: Pending) {
         let mut st = self.state.lock().expect("status slot");
         st.latest.get_or_insert(status);
     }
@@ -427,13 +437,23 @@ impl StatusSlot {
 /// How long the first status report waits for more news: a pod whose containers start
 /// within it is reported Running in one write instead of ContainerCreating, then Running.
 const FIRST_REPORT_DELAY: Duration = Duration::from_millis(20);
+/// Status writes an agent has in flight at once. More wait, their statuses coalescing (as
+/// the kubelet's status manager, which writes one at a time): a burst of pod starts
+/// otherwise holds a request, its body and an HTTP/2 stream per pod until the API server
+/// catches up.
+pub const MAX_STATUS_WRITES: usize = 16;
 /// A failed status write is retried after this, doubling up to the maximum.
 pub const STATUS_RETRY_START: Duration = Duration::from_millis(500);
 pub const STATUS_RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// Writes the pod's status until there is none left to write, always the latest (changes
 /// made while a write is in flight are merged into the next one).
-async fn write_status(api: Api<Pod>, name: String, slot: Arc<StatusSlot>) {
+async fn write_status(
+    api: Api<Pod>,
+    name: String,
+    slot: Arc<StatusSlot>,
+    writes: Arc<tokio::sync::Semaphore>,
+) {
     if slot.first() {
         // Other news (the pod's address, say) before the containers run does not end the
         // wait.
@@ -448,12 +468,21 @@ async fn write_status(api: Api<Pod>, name: String, slot: Arc<StatusSlot>) {
         }
     }
     let mut retry = STATUS_RETRY_START;
-    while let Some(status) = slot.take() {
+    loop {
+        // Taken once a write may go: until then, newer statuses replace it.
+        let Ok(_permit) = writes.acquire().await else {
+            return;
+        };
+        let Some(status) = slot.take() else {
+            return;
+        };
+        let body: serde_json::Value =
+            serde_json::from_str(&status.json).expect("the status was serialized");
         // Boxed: the request future is large.
         let written = Box::pin(api.patch_status(
             &name,
             &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({ "status": &status })),
+            &Patch::Merge(serde_json::json!({ "status": body })),
         ))
         .await;
         match written {

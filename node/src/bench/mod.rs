@@ -559,8 +559,7 @@ pub async fn run_pods(args: PodBenchArgs, cluster: BenchCluster<'_>) -> Result<(
     watcher
         .await
         .map_err(|e| BenchError::Failed(e.to_string()))??;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss = rss_kib(agent_pid);
+    let rss = settled_rss(agent_pid).await;
     let per_pod = rss.saturating_sub(rss_base) as f64 / total as f64;
     let peer = bare_wasmtime_peer(total).await? as f64 / total as f64;
     println!("idle pods: {total} running; agent RSS {} MiB ({} MiB before the pods): {per_pod:.1} KiB per pod", rss / 1024, rss_base / 1024);
@@ -570,6 +569,28 @@ pub async fn run_pods(args: PodBenchArgs, cluster: BenchCluster<'_>) -> Result<(
     );
     drop(node);
     Ok(())
+}
+
+/// The agent's RSS once its pods are idle: its allocator returns what their starts used
+/// some seconds after the last, so it is read once it has held (within 0.5%) for five
+/// seconds, at most a minute on.
+async fn settled_rss(pid: u32) -> u64 {
+    let mut last = rss_kib(pid);
+    let mut held = 0;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = rss_kib(pid);
+        held = if now.abs_diff(last) * 200 <= last {
+            held + 1
+        } else {
+            0
+        };
+        last = now;
+        if held == 5 {
+            break;
+        }
+    }
+    last
 }
 
 /// The median time from creation to Running.

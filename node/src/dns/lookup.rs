@@ -32,8 +32,8 @@ const INTERFACE: &str = "wasi:sockets/ip-name-lookup@0.2.12";
 pub struct Resolver {
     config: ResolverConfig,
     opts: ResolverOpts,
-    /// The pod's network namespace, where its queries' sockets are made.
-    netns: Option<Arc<Netns>>,
+    /// The pod's network namespace, where its queries' sockets are made (none: the node's).
+    netns: std::sync::OnceLock<Arc<Netns>>,
     /// Boxed: an unbuilt one costs a pointer, not a resolver's size (~500 bytes).
     inner: std::sync::OnceLock<Option<Box<hickory_resolver::Resolver<PodRuntime>>>>,
 }
@@ -85,14 +85,15 @@ impl Resolver {
         Some(Resolver {
             config,
             opts,
-            netns: None,
+            netns: std::sync::OnceLock::new(),
             inner: std::sync::OnceLock::new(),
         })
     }
 
-    /// The resolver, querying from the namespace `netns` (none: the node's).
-    pub fn within(self, netns: Option<Arc<Netns>>) -> Resolver {
-        Resolver { netns, ..self }
+    /// Queries from the pod's namespace `netns` (set once, before the first lookup: a
+    /// resolver of a pod with a namespace of its own is that pod's alone).
+    pub fn bind(&self, netns: Arc<Netns>) {
+        let _ = self.netns.set(netns);
     }
 
     /// The hickory resolver, built on first use (`None`: it could not be).
@@ -101,7 +102,7 @@ impl Resolver {
             .get_or_init(|| {
                 let runtime = PodRuntime {
                     tokio: TokioRuntimeProvider::default(),
-                    netns: self.netns.clone(),
+                    netns: self.netns.get().cloned(),
                 };
                 hickory_resolver::Resolver::builder_with_config(self.config.clone(), runtime)
                     .with_options(self.opts.clone())
@@ -151,6 +152,33 @@ impl Resolver {
 /// Hosts whose guests look names up through their pod's resolver.
 pub trait PodLookups: WasiView + Send {
     fn resolver(&self) -> Option<Arc<Resolver>>;
+}
+
+/// The resolvers of pods on the node's network, one per configuration (a namespace's
+/// search path, say): the pods that share one share its cache.
+#[derive(Default)]
+pub struct SharedResolvers(
+    std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<Resolver>>>,
+);
+
+impl SharedResolvers {
+    /// The resolver of the node's network for `conf` (see [`Resolver::new`]).
+    pub fn get(
+        &self,
+        conf: &ResolvConf,
+        cluster_ip: IpAddr,
+        cluster_addr: Option<SocketAddr>,
+    ) -> Option<Arc<Resolver>> {
+        let key = format!("{}{cluster_addr:?}", conf.render());
+        let mut known = self.0.lock().expect("resolvers");
+        if let Some(r) = known.get(&key).and_then(std::sync::Weak::upgrade) {
+            return Some(r);
+        }
+        let r = Arc::new(Resolver::new(conf, cluster_ip, cluster_addr)?);
+        known.retain(|_, r| r.strong_count() > 0);
+        known.insert(key, Arc::downgrade(&r));
+        Some(r)
+    }
 }
 
 /// hickory on tokio, with its sockets made in the pod's namespace.
@@ -387,6 +415,26 @@ impl wasmtime_wasi_http::WasiHttpHooks for PodHttpHooks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pods_on_the_nodes_network_share_a_resolver_per_configuration() {
+        let shared = SharedResolvers::default();
+        let ip = "10.96.0.10".parse().unwrap();
+        let a = ResolvConf::parse("nameserver 10.96.0.10\nsearch a.svc.cluster.local\n");
+        let b = ResolvConf::parse("nameserver 10.96.0.10\nsearch b.svc.cluster.local\n");
+        let (a1, a2) = (
+            shared.get(&a, ip, None).unwrap(),
+            shared.get(&a, ip, None).unwrap(),
+        );
+        assert!(Arc::ptr_eq(&a1, &a2));
+        let b1 = shared.get(&b, ip, None).unwrap();
+        assert!(!Arc::ptr_eq(&a1, &b1));
+        // Another cluster DNS address is another configuration.
+        let elsewhere = Some("127.0.0.1:5353".parse().unwrap());
+        assert!(!Arc::ptr_eq(&a1, &shared.get(&a, ip, elsewhere).unwrap()));
+        drop((a1, a2));
+        assert!(shared.get(&a, ip, None).is_some());
+    }
 
     #[tokio::test]
     async fn addresses_and_localhost_need_no_server() {

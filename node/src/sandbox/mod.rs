@@ -180,8 +180,9 @@ pub struct SandboxConfig<'a> {
     pub aliases: Vec<(String, Vec<String>)>,
     /// The pod's `/etc/resolv.conf`.
     pub resolv_conf: String,
-    /// The pod's resolver (its Wasm guests' name lookups), to query from the pod's network.
-    pub resolver: Option<crate::dns::lookup::Resolver>,
+    /// The pod's resolver (its Wasm guests' name lookups): the pod's own where it gets a
+    /// network of its own (it is bound to it), else one the node's network shares.
+    pub resolver: Option<Arc<crate::dns::lookup::Resolver>>,
 }
 
 /// Which network a pod's containers get.
@@ -303,7 +304,9 @@ impl Sandbox {
             host_network,
         };
         let etc = write_etc(dir, &hosts, &config.resolv_conf).map_err(SandboxError::Etc)?;
-        let resolver = config.resolver.map(|r| Arc::new(r.within(network.netns())));
+        if let (Some(r), Network::Pod(ns)) = (&config.resolver, &network) {
+            r.bind(ns.clone());
+        }
         Ok(Sandbox {
             volumes,
             network,
@@ -311,7 +314,7 @@ impl Sandbox {
             pid_namespace,
             hostname: config.hostname,
             etc,
-            resolver,
+            resolver: config.resolver,
         })
     }
 
