@@ -216,6 +216,35 @@ fn server_side_apply_records_its_manager_and_refuses_conflicts() {
 
 /// Regression: server-side apply keyed Service ports by `port` alone, so a re-apply merged
 /// 53/TCP and 53/UDP into one port. Apply keys them by `port` and `protocol`, as kube does.
+/// Regression: a configuration that does not merge (a Service port without its `port`, a
+/// key field with no default) was answered as applied, and the Service kept as it was.
+#[test]
+fn server_side_apply_refuses_a_list_item_without_its_key() {
+    let s = &*server();
+    let svc = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: ssa-keys\nspec:\n  ports:\n  - name: http\n    port: 80\n";
+    s.apply_stdin(
+        &[],
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: ssa-keys\n",
+    );
+    s.apply_stdin(&["--server-side"], svc);
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        svc.replace("    port: 80\n", "    targetPort: 8080\n"),
+    )
+    .unwrap();
+    let err = s.fails(&["apply", "--server-side", "-f", bad.to_str().unwrap()]);
+    assert!(
+        err.contains(
+            r#"element 0: associative list with keys has an element that omits key field "port""#
+        ),
+        "{err}"
+    );
+    let now = s.json(&["get", "svc", "web", "-n", "ssa-keys"]);
+    assert_eq!(now["spec"]["ports"][0]["targetPort"], 80, "{now}");
+}
+
 #[test]
 fn server_side_apply_keeps_ports_that_differ_only_in_protocol() {
     let s = &*server();

@@ -202,13 +202,15 @@ fn key_element(keys: &[ListKey], item: &Value) -> String {
 
 /// `v` with the defaults of the list-map keys its items omit filled in (a port's
 /// `protocol`), so that looking an item up by its `k:` element finds it.
-fn fill_key_defaults(kind: &str, names: &mut Vec<String>, v: &mut Value) {
-    let Some(m) = v.as_object_mut() else { return };
+fn fill_key_defaults(kind: &str, names: &mut Vec<String>, v: &mut Value) -> Result<(), String> {
+    let Some(m) = v.as_object_mut() else {
+        return Ok(());
+    };
     for (field, child) in m.iter_mut() {
         match child {
             Value::Object(_) => {
                 names.push(field.clone());
-                fill_key_defaults(kind, names, child);
+                fill_key_defaults(kind, names, child)?;
                 names.pop();
             }
             Value::Array(items) => {
@@ -217,22 +219,40 @@ fn fill_key_defaults(kind: &str, names: &mut Vec<String>, v: &mut Value) {
                     continue;
                 };
                 names.extend([field.clone(), "[]".into()]);
-                for item in items.iter_mut() {
+                for (i, item) in items.iter_mut().enumerate() {
                     let Some(o) = item.as_object_mut() else {
                         continue;
                     };
                     for k in keys {
-                        if let (Some(d), false) = (k.default, o.contains_key(k.field)) {
-                            o.insert(k.field.into(), d.into());
+                        match (k.default, o.contains_key(k.field)) {
+                            (_, true) => {}
+                            (Some(d), false) => {
+                                o.insert(k.field.into(), d.into());
+                            }
+                            // structured-merge-diff's words.
+                            (None, false) => {
+                                let list: String = names[..names.len() - 1]
+                                    .iter()
+                                    .map(|n| match n.as_str() {
+                                        "[]" => "[]".to_string(),
+                                        n => format!(".{n}"),
+                                    })
+                                    .collect();
+                                return Err(format!(
+                                    "{list}: element {i}: associative list with keys has an element that omits key field {:?} (and doesn't have default value)",
+                                    k.field
+                                ));
+                            }
                         }
                     }
-                    fill_key_defaults(kind, names, item);
+                    fill_key_defaults(kind, names, item)?;
                 }
                 names.truncate(names.len() - 2);
             }
             _ => {}
         }
     }
+    Ok(())
 }
 
 /// The identity of a list item for a path element: `k:` items by their merge-key fields,
@@ -556,6 +576,15 @@ fn display_path(path: &[String]) -> String {
     s
 }
 
+/// Why a configuration could not be applied.
+#[derive(Debug)]
+pub enum ApplyError {
+    /// Fields other managers own with other values.
+    Conflicts(Vec<ApplyConflict>),
+    /// The configuration does not merge (a list item without its key fields, say).
+    Invalid(String),
+}
+
 /// Server-side apply of `applied` by `manager` over `current` (absent for a create).
 pub fn apply(
     current: Option<&Value>,
@@ -563,10 +592,14 @@ pub fn apply(
     manager: &str,
     api_version: &str,
     force: bool,
-) -> Result<Value, Vec<ApplyConflict>> {
+) -> Result<Value, ApplyError> {
     let kind = kind_of(applied).to_string();
     let applied_set = FieldSet::of(&kind, applied, false);
+    let invalid = |e: super::patch::PatchError| ApplyError::Invalid(e.to_string());
     let Some(current) = current else {
+        // Every list-map item needs its keys (or their defaults); kept as given.
+        fill_key_defaults(&kind, &mut Vec::new(), &mut applied.clone())
+            .map_err(ApplyError::Invalid)?;
         let mut obj = applied.clone();
         set_entries(
             &mut obj,
@@ -584,7 +617,7 @@ pub fn apply(
     let mut list = entries(current);
     let mut conflicts = Vec::new();
     let mut filled = applied.clone();
-    fill_key_defaults(&kind, &mut Vec::new(), &mut filled);
+    fill_key_defaults(&kind, &mut Vec::new(), &mut filled).map_err(ApplyError::Invalid)?;
     let (mut in_current, mut in_applied) = (Lookup::default(), Lookup::default());
     for e in list
         .iter_mut()
@@ -615,12 +648,11 @@ pub fn apply(
         }
     }
     if !conflicts.is_empty() {
-        return Err(conflicts);
+        return Err(ApplyError::Conflicts(conflicts));
     }
     // Merge the configuration in (list items matched as apply identifies them), then drop
     // what this manager applied before but no longer does, unless someone else also owns it.
-    let mut obj =
-        apply_merge(&kind, current, &strip_nulls(applied)).unwrap_or_else(|_| current.clone());
+    let mut obj = apply_merge(&kind, current, &strip_nulls(applied)).map_err(invalid)?;
     let previous = list
         .iter()
         .find(|e| e.manager == manager && e.operation == "Apply")
@@ -734,6 +766,32 @@ mod tests {
         assert_eq!(FieldSet::from_fields_v1(&v), set);
     }
 
+    pub(super) fn conflicts(applied: Result<Value, ApplyError>) -> Vec<ApplyConflict> {
+        match applied {
+            Err(ApplyError::Conflicts(c)) => c,
+            other => panic!("no conflicts: {other:?}"),
+        }
+    }
+
+    /// Regression: a configuration that does not merge (a port without its
+    /// `containerPort`) was answered with the object as it was, as if applied.
+    #[test]
+    fn a_configuration_that_does_not_merge_is_refused() {
+        let mut d = deploy(1, "a");
+        d["spec"]["template"]["spec"]["containers"][0]["ports"] = json!([{"name": "http"}]);
+        for current in [
+            None,
+            Some(apply(None, &deploy(1, "a"), "alice", "apps/v1", false).unwrap()),
+        ] {
+            match apply(current.as_ref(), &d, "alice", "apps/v1", false) {
+                Err(ApplyError::Invalid(msg)) => {
+                    assert!(msg.contains("omits key field \"containerPort\""), "{msg}")
+                }
+                other => panic!("applied: {other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn apply_conflicts_with_another_manager_unless_forced() {
         let mut obj = apply(None, &deploy(1, "a"), "alice", "apps/v1", false).unwrap();
@@ -741,7 +799,13 @@ mod tests {
         changed["spec"]["replicas"] = json!(5);
         record_update(&mut changed, Some(&obj), "bob", "apps/v1", "Update");
         obj = changed;
-        let err = apply(Some(&obj), &deploy(1, "a"), "alice", "apps/v1", false).unwrap_err();
+        let err = conflicts(apply(
+            Some(&obj),
+            &deploy(1, "a"),
+            "alice",
+            "apps/v1",
+            false,
+        ));
         assert_eq!(
             err,
             vec![ApplyConflict {
@@ -795,7 +859,7 @@ mod tests {
         let obj = apply(Some(&obj), &tol, "alice", "apps/v1", false).unwrap();
         tol["spec"]["template"]["spec"]["tolerations"] =
             json!([{"key": "j", "operator": "Exists"}]);
-        let err = apply(Some(&obj), &tol, "bob", "apps/v1", false).unwrap_err();
+        let err = conflicts(apply(Some(&obj), &tol, "bob", "apps/v1", false));
         assert_eq!(err[0].field, ".spec.template.spec.tolerations");
     }
 
@@ -906,9 +970,7 @@ mod scale_tests {
         let mut other = pod.clone();
         other["spec"]["containers"][0]["image"] = serde_json::json!("y");
         // `b` applies the same volumes (no conflict) and another image (a conflict).
-        let Err(conflict) = apply(Some(&second), &other, "b", "v1", false) else {
-            panic!("no conflict over the image");
-        };
+        let conflict = super::tests::conflicts(apply(Some(&second), &other, "b", "v1", false));
         assert_eq!(conflict.len(), 1, "{conflict:?}");
         let mut fewer = pod.clone();
         fewer["spec"]["volumes"] = serde_json::json!([{"name": "v0", "emptyDir": {}}]);

@@ -729,17 +729,26 @@ impl Objects {
             field_manager: None,
             ..opts.clone()
         };
-        let conflict = |c: Vec<managed::ApplyConflict>| ObjectError::ApplyConflict {
-            message: managed::describe_conflicts(&c),
-            causes: c
-                .iter()
-                .map(|c| {
-                    (
-                        format!("conflict with \"{}\" using {}", c.manager, c.api_version),
-                        c.field.clone(),
-                    )
-                })
-                .collect(),
+        let conflict = |e: managed::ApplyError| match e {
+            managed::ApplyError::Conflicts(c) => ObjectError::ApplyConflict {
+                message: managed::describe_conflicts(&c),
+                causes: c
+                    .iter()
+                    .map(|c| {
+                        (
+                            format!("conflict with \"{}\" using {}", c.manager, c.api_version),
+                            c.field.clone(),
+                        )
+                    })
+                    .collect(),
+            },
+            // kube-apiserver's words.
+            managed::ApplyError::Invalid(msg) => ObjectError::BadRequest(format!(
+                "failed to create typed patch object ({}{name}; {}, Kind={}): {msg}",
+                ns.map(|n| format!("{n}/")).unwrap_or_default(),
+                av,
+                rt.kind
+            )),
         };
         match self
             .update_with(rt, ns, name, target, &inner, |old| {
