@@ -3,7 +3,7 @@
 //! defaulting and validation (the registry's strategy), then the validating plugins in
 //! order. A delete has no new object: the plugins see the one deleted as `old`. A plugin
 //! has a name, says which requests it handles, and may refuse one. Access control, Pod
-//! Security, quotas and webhooks join as further plugins.
+//! Security, quotas and webhooks are to join as further plugins.
 
 use async_trait::async_trait;
 use serde_json::{json, Value};

@@ -201,7 +201,8 @@ fn key_element(keys: &[ListKey], item: &Value) -> String {
 }
 
 /// `v` with the defaults of the list-map keys its items omit filled in (a port's
-/// `protocol`), so that looking an item up by its `k:` element finds it.
+/// `protocol`), so that looking an item up by its `k:` element finds it; an error (in
+/// structured-merge-diff's words) for an item that omits a key without a default.
 fn fill_key_defaults(kind: &str, names: &mut Vec<String>, v: &mut Value) -> Result<(), String> {
     let Some(m) = v.as_object_mut() else {
         return Ok(());

@@ -144,7 +144,8 @@ impl PodDirs {
 /// A pod as its container supervisors see it.
 pub(super) struct PodCtx {
     pub(super) ctx: Arc<Ctx>,
-    /// The pod object (without its status), as JSON: what the worker and supervisors
+    /// The pod object (without its status, the scheduler's fields and the metadata in
+    /// `APART`), as JSON: what the worker and supervisors
     /// need of it, they parse when they need it. A parsed pod keeps every field of every
     /// container in place, set or not (~4 KiB for one container); its JSON, what is set.
     pod: Box<[u8]>,
@@ -248,7 +249,8 @@ impl PodCtx {
         PodDirs::named(&self.ctx.layout, &self.ns, &self.name, &self.uid)
     }
 
-    /// The pod object (without its status and the scheduler's fields), parsed.
+    /// The pod object (without its status and the scheduler's fields), parsed; of the
+    /// metadata kept apart, name, namespace, uid and resourceVersion are put back.
     pub(super) fn pod(&self) -> Pod {
         let mut pod = parsed(&self.pod);
         let m = &mut pod.metadata;

@@ -446,8 +446,8 @@ pub const MAX_STATUS_WRITES: usize = 16;
 pub const STATUS_RETRY_START: Duration = Duration::from_millis(500);
 pub const STATUS_RETRY_MAX: Duration = Duration::from_secs(10);
 
-/// Writes the pod's status until there is none left to write, always the latest (changes
-/// made while a write is in flight are merged into the next one).
+/// Writes the pod's status until there is none left to write, always the latest (a status
+/// put while a write is in flight or waiting replaces the one waiting).
 async fn write_status(
     api: Api<Pod>,
     name: String,
@@ -470,7 +470,7 @@ async fn write_status(
     let mut retry = STATUS_RETRY_START;
     loop {
         // Taken once a write may go: until then, newer statuses replace it.
-        let Ok(_permit) = writes.acquire().await else {
+        let Ok(permit) = writes.acquire().await else {
             return;
         };
         let Some(status) = slot.take() else {
@@ -485,6 +485,8 @@ async fn write_status(
             &Patch::Merge(serde_json::json!({ "status": body })),
         ))
         .await;
+        // Not held while backing off: a failing write waits without stopping the others.
+        drop(permit);
         match written {
             Ok(_) => retry = STATUS_RETRY_START,
             // The pod is gone: nothing more to report.

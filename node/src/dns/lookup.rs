@@ -2,7 +2,9 @@
 //! configuration, as an OCI container's libc reads its resolv.conf: the cluster DNS with
 //! the namespace's search path and `ndots:5` under ClusterFirst, the node's resolvers
 //! under Default. wasmtime's own implementation asks the node's libc (the node's
-//! resolv.conf, the node's /etc/hosts), so the agent puts this one in its place.
+//! resolv.conf, the node's /etc/hosts), so the agent puts this one in its place. Also the
+//! hooks of guests' outgoing wasi:http requests. Queries and connections are made in the
+//! pod's network namespace; pods on the node's network share a resolver per configuration.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -26,7 +28,8 @@ use crate::sandbox::netns::Netns;
 /// The interface replaced (the version wasmtime-wasi 48 defines; older imports match it).
 const INTERFACE: &str = "wasi:sockets/ip-name-lookup@0.2.12";
 
-/// A pod's resolver. Built at the pod's first lookup: a hickory resolver holds a response
+/// A resolver for one configuration: a pod's own (bound to its namespace), or one the pods on
+/// the node's network with that configuration share. Built at the first lookup: a hickory resolver holds a response
 /// cache whose queues are allocated up front (~30 KiB), most of an idle pod's heap when
 /// every pod had one (`skiff bench pods`), and most guests never look a name up.
 pub struct Resolver {
@@ -78,7 +81,7 @@ impl Resolver {
         let config = ResolverConfig::from_parts(None, search, servers);
         let mut opts = ResolverOpts::default();
         opts.ndots = conf.ndots();
-        // The guest sees its pod's names, not the node's /etc/hosts.
+        // No hosts file is read: not the node's (nor, as yet, the pod's hostAliases).
         opts.use_hosts_file = ResolveHosts::Never;
         opts.timeout = std::time::Duration::from_secs(5);
         opts.attempts = 2;
