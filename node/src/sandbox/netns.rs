@@ -160,8 +160,9 @@ impl Netns {
     }
 
     /// Moves this thread into the namespace until the guard drops (which returns it to
-    /// where it was: entries nest).
-    pub fn enter(self: &Arc<Self>) -> std::io::Result<Entered> {
+    /// where it was: entries nest). Private: `run` and `polled` scope every guard, so
+    /// guards drop in the order they were made.
+    fn enter(self: &Arc<Self>) -> std::io::Result<Entered> {
         let prev = CURRENT.with(|c| c.borrow().clone());
         if prev.as_ref().is_some_and(|p| Arc::ptr_eq(p, self)) {
             return Ok(Entered {
@@ -199,7 +200,7 @@ impl Netns {
 }
 
 /// A thread inside a namespace; dropping it returns the thread.
-pub struct Entered {
+struct Entered {
     prev: Option<Arc<Netns>>,
     moved: bool,
     /// Not `Send`: a guard held across an `await` would leave other tasks in the namespace.
