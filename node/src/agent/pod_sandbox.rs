@@ -44,7 +44,8 @@ pub(super) async fn prepare_sandbox(
     let resolver = match &network {
         NetworkConfig::Node { .. } => pc.ctx.resolvers.get(&guests, cluster_ip, cluster_addr),
         NetworkConfig::Pod { .. } => {
-            crate::dns::lookup::Resolver::new(&guests, cluster_ip, cluster_addr).map(Arc::new)
+            let own = crate::dns::lookup::Resolver::new(&guests, cluster_ip, cluster_addr);
+            own.map(|r| Arc::new(r.for_own_network()))
         }
     };
     let resolv = if dns.is_some_and(|d| d.for_pods) {

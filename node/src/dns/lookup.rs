@@ -28,15 +28,18 @@ use crate::sandbox::netns::Netns;
 /// The interface replaced (the version wasmtime-wasi 48 defines; older imports match it).
 const INTERFACE: &str = "wasi:sockets/ip-name-lookup@0.2.12";
 
-/// A resolver for one configuration: a pod's own (bound to its namespace), or one the pods on
-/// the node's network with that configuration share. Built at the first lookup: a hickory resolver holds a response
-/// cache whose queues are allocated up front (~30 KiB), most of an idle pod's heap when
-/// every pod had one (`skiff bench pods`), and most guests never look a name up.
+/// A resolver for one configuration: a pod's own (bound to its namespace), or one the pods
+/// on the node's network with that configuration share. Built at the first lookup: a
+/// hickory resolver holds a response cache whose queues are allocated up front (~30 KiB),
+/// most of an idle pod's heap when every pod had one (`skiff bench pods`), and most guests
+/// never look a name up.
 pub struct Resolver {
     config: ResolverConfig,
     opts: ResolverOpts,
     /// The pod's network namespace, where its queries' sockets are made (none: the node's).
     netns: std::sync::OnceLock<Arc<Netns>>,
+    /// A pod's own: it answers nothing until bound (never from the node's network).
+    own: bool,
     /// Boxed: an unbuilt one costs a pointer, not a resolver's size (~500 bytes).
     inner: std::sync::OnceLock<Option<Box<hickory_resolver::Resolver<PodRuntime>>>>,
 }
@@ -89,8 +92,14 @@ impl Resolver {
             config,
             opts,
             netns: std::sync::OnceLock::new(),
+            own: false,
             inner: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The resolver of a pod with a network of its own, to [`Self::bind`] to it.
+    pub fn for_own_network(self) -> Resolver {
+        Resolver { own: true, ..self }
     }
 
     /// Queries from the pod's namespace `netns` (set once, before the first lookup: a
@@ -101,6 +110,10 @@ impl Resolver {
 
     /// The hickory resolver, built on first use (`None`: it could not be).
     fn inner(&self) -> Option<&hickory_resolver::Resolver<PodRuntime>> {
+        if self.own && self.netns.get().is_none() {
+            tracing::error!("a pod's resolver is not bound to its network namespace yet: no query from the node's");
+            return None;
+        }
         self.inner
             .get_or_init(|| {
                 let runtime = PodRuntime {
@@ -418,6 +431,20 @@ impl wasmtime_wasi_http::WasiHttpHooks for PodHttpHooks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_pods_own_resolver_answers_nothing_until_bound() {
+        let conf = ResolvConf::parse("nameserver 127.0.0.1\n");
+        let r = Resolver::new(&conf, "10.96.0.10".parse().unwrap(), None)
+            .unwrap()
+            .for_own_network();
+        assert_eq!(
+            r.resolve("example.com").await,
+            Err(ErrorCode::TemporaryResolverFailure)
+        );
+        // Addresses need no query.
+        assert!(r.resolve("10.1.2.3").await.is_ok());
+    }
 
     #[test]
     fn pods_on_the_nodes_network_share_a_resolver_per_configuration() {
