@@ -322,7 +322,9 @@ impl GuestConfig {
     /// WASI for a guest: nothing but its args, env, output, mounts and its pod's sockets.
     fn builder(&self) -> Result<WasiCtxBuilder, RuntimeError> {
         let mut b = WasiCtxBuilder::new();
-        b.secure_random(OsRandom);
+        // `wasi:random`'s secure source: the kernel's (wasmtime's default keeps a ChaCha
+        // generator per guest, ~300 bytes of an idle pod).
+        b.secure_random(rand_core::UnwrapErr(getrandom::SysRng));
         b.args(&self.argv);
         b.envs(&self.env);
         // `workingDir`: WASI's initial working directory (`wasi:cli/environment`), and
@@ -508,43 +510,6 @@ impl Running for WasmContainer {
             }
             None => self.kill_switch(),
         }
-    }
-}
-
-/// `wasi:random`'s secure source: the kernel's, as wasmtime's default seeds its own from.
-/// (wasmtime's default keeps a ChaCha generator per guest, ~300 bytes of an idle pod.)
-struct OsRandom;
-
-impl rand_core::TryRng for OsRandom {
-    type Error = std::convert::Infallible;
-
-    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
-        let mut b = [0; 4];
-        self.try_fill_bytes(&mut b)?;
-        Ok(u32::from_ne_bytes(b))
-    }
-
-    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
-        let mut b = [0; 8];
-        self.try_fill_bytes(&mut b)?;
-        Ok(u64::from_ne_bytes(b))
-    }
-
-    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
-        let mut filled = 0;
-        while filled < dst.len() {
-            let rest = &mut dst[filled..];
-            // Safety: the kernel writes at most `rest.len()` bytes into `rest`.
-            let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-            match n {
-                n if n > 0 => filled += n as usize,
-                _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {}
-                // Only without the syscall (Linux < 3.17): nothing a guest may be given
-                // instead.
-                _ => panic!("getrandom: {}", std::io::Error::last_os_error()),
-            }
-        }
-        Ok(())
     }
 }
 
@@ -818,11 +783,12 @@ mod tests {
     fn guests_random_bytes_come_from_the_kernel() {
         use rand_core::Rng;
         let (mut a, mut b) = ([0u8; 32], [0u8; 32]);
-        OsRandom.fill_bytes(&mut a);
-        OsRandom.fill_bytes(&mut b);
+        let mut kernel = rand_core::UnwrapErr(getrandom::SysRng);
+        kernel.fill_bytes(&mut a);
+        kernel.fill_bytes(&mut b);
         assert_ne!(a, [0; 32]);
         assert_ne!(a, b);
-        assert_ne!(OsRandom.next_u64(), OsRandom.next_u64());
+        assert_ne!(kernel.next_u64(), kernel.next_u64());
     }
 
     #[tokio::test]
