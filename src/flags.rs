@@ -76,6 +76,10 @@ pub struct ControlFlags {
     /// how long pods stay on a node that stopped answering.
     #[arg(long, default_value_t = objects::DEFAULT_TOLERATION_SECONDS)]
     default_unreachable_toleration_seconds: i64,
+    /// Admission plugins to turn on besides those always on (kube-apiserver's flag):
+    /// DenyServiceExternalIPs refuses new Service externalIPs.
+    #[arg(long, value_delimiter = ',', value_parser = admission_plugin)]
+    enable_admission_plugins: Vec<String>,
     /// How the scheduler ranks the nodes a pod fits: least-allocated spreads pods,
     /// most-allocated packs them onto as few nodes as possible.
     #[arg(long, value_enum, default_value_t = Scoring::LeastAllocated)]
@@ -96,6 +100,24 @@ pub struct ControlFlags {
     advertise_address: Option<std::net::IpAddr>,
 }
 
+/// An admission plugin's name, if Skiff has that plugin.
+fn admission_plugin(name: &str) -> Result<String, String> {
+    let known = || {
+        objects::ALWAYS_ON_PLUGINS
+            .iter()
+            .chain(objects::OPTIONAL_PLUGINS)
+    };
+    if known().any(|p| *p == name) {
+        Ok(name.to_string())
+    } else {
+        let all: Vec<&str> = known().copied().collect();
+        Err(format!(
+            "unknown admission plugin {name:?}; known: {}",
+            all.join(", ")
+        ))
+    }
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Scoring {
     LeastAllocated,
@@ -107,6 +129,10 @@ impl ControlFlags {
         objects::Admission {
             default_not_ready_toleration_seconds: self.default_not_ready_toleration_seconds,
             default_unreachable_toleration_seconds: self.default_unreachable_toleration_seconds,
+            deny_service_external_ips: self
+                .enable_admission_plugins
+                .iter()
+                .any(|p| p == "DenyServiceExternalIPs"),
         }
     }
 

@@ -364,6 +364,58 @@ fn the_node_registers_is_ready_and_heartbeats() {
     );
 }
 
+/// The data directory holds every Secret (in the store, and in pods' volumes): another
+/// local user reads none of it, however the files inside are moded.
+#[test]
+fn another_local_user_reads_no_secret_of_the_node() {
+    let d = &*dev();
+    let n = d.namespace("private");
+    n.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "hush",
+        "--from-literal=word=whisper-8613",
+    ]);
+    n.pod(
+        "keeper",
+        "registry.example/hello:1.0",
+        "Never",
+        "    volumeMounts:\n    - name: s\n      mountPath: /s\n  volumes:\n  - name: s\n    secret:\n      secretName: hush\n",
+    );
+    n.wait_state("keeper", "terminated", None);
+    let data = d.dir.path().join("data");
+    let mode = |p: &std::path::Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    };
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join("agent")), 0o700);
+    // As root: where the Secret is (its volume's file, and the store's copy, base64).
+    let o = Command::new("grep")
+        .args(["-rlE", "whisper-8613|d2hpc3Blci04NjEz"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let files: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    assert!(files.iter().any(|f| f.contains("/agent/")), "{files:?}");
+    assert!(files.iter().any(|f| !f.contains("/agent/")), "{files:?}");
+    for f in &files {
+        let o = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat", f])
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "nobody read {f}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("Permission denied"),
+            "{o:?}"
+        );
+    }
+}
+
 #[test]
 fn a_wasm_pod_runs_to_completion() {
     let d = &*dev();

@@ -478,6 +478,51 @@ fn kubectl_exec_and_cp_reach_a_runc_container() {
     assert!(err.contains("cannot exec in a Wasm container"), "{err}");
 }
 
+/// A status is what its writers say, not what runs: `kubectl exec` into a pod whose
+/// status (written through `pods/status`) names another pod's container, or runc flags,
+/// still runs in the pod's own container.
+#[test]
+fn exec_runs_in_the_agents_container_whatever_the_status_says() {
+    let c = &*cluster();
+    namespace(c, "forged");
+    for name in ["victim", "intruder"] {
+        let pod = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: forged\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: bb\n    image: {}\n    command: [\"sleep\", \"3600\"]\n",
+            c.busybox()
+        );
+        c.server.apply_stdin(&[], &pod);
+    }
+    let victim = running(c, "forged", "victim");
+    running(c, "forged", "intruder");
+    let victims = victim["containerStatuses"][0]["containerID"]
+        .as_str()
+        .unwrap();
+    for forged in [victims, "runc://--help"] {
+        let patch = format!(
+            "[{{\"op\":\"replace\",\"path\":\"/status/containerStatuses/0/containerID\",\"value\":\"{forged}\"}}]"
+        );
+        c.server.ok(&[
+            "patch",
+            "pod",
+            "intruder",
+            "-n",
+            "forged",
+            "--subresource=status",
+            "--type=json",
+            "-p",
+            &patch,
+        ]);
+        let p = c.server.json(&["get", "pod", "intruder", "-n", "forged"]);
+        assert_eq!(p["status"]["containerStatuses"][0]["containerID"], forged);
+        let o = c
+            .server
+            .kubectl(&["exec", "intruder", "-n", "forged", "--", "hostname"]);
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "intruder\n", "{o:?}");
+    }
+    c.server
+        .ok(&["delete", "namespace", "forged", "--wait=false"]);
+}
+
 /// `kubectl exec -it` on a terminal (util-linux `script` gives kubectl one): the process
 /// has a terminal of its own in the container, reads what is typed and its exit code
 /// comes back.

@@ -379,6 +379,63 @@ fn no_endpoints_refuse_and_the_kubernetes_service_leads_to_the_api() {
     );
 }
 
+/// One Service cannot stop the proxy nor take another's traffic: an external IP the API
+/// refuses never gets in; one that is another Service's cluster IP (valid, but nft
+/// refuses the duplicate) leaves that Service alone out of the table, with an Event on
+/// it, while the owner and Services made later still answer.
+#[test]
+fn a_service_claiming_anothers_address_is_left_out_and_the_rest_still_works() {
+    let c = &*cluster();
+    namespace(c, "claim");
+    let bad = "apiVersion: v1\nkind: Service\nmetadata:\n  name: bad\n  namespace: claim\nspec:\n  ports:\n  - port: 80\n  externalIPs: [\"999.1.1.1\"]\n";
+    let o = c.server.kubectl_stdin(&["apply", "-f", "-"], bad);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(
+            "spec.externalIPs[0]: Invalid value: \"999.1.1.1\": must be a valid IP address"
+        ),
+        "{err}"
+    );
+    server_pod(c, "claim", "who-1", "n1", "who");
+    client_pod(c, "claim", "client", "n2");
+    let owner = service(c, "claim", "owner", "who", "");
+    let owner_ip = owner["spec"]["clusterIP"].as_str().unwrap().to_string();
+    endpoints_ready(c, "claim", "owner", 1);
+    service(
+        c,
+        "claim",
+        "thief",
+        "who",
+        &format!("  externalIPs: [\"{owner_ip}\"]\n"),
+    );
+    eventually(60, "an Event on the Service left out", || {
+        let evs = c.server.json(&[
+            "get",
+            "events",
+            "-n",
+            "claim",
+            "--field-selector",
+            "involvedObject.name=thief",
+        ]);
+        let found = evs["items"].as_array()?.iter().any(|e| {
+            e["reason"] == "FailedToApplyProxyRules" && e["involvedObject"]["kind"] == "Service"
+        });
+        found.then_some(())
+    });
+    let later = service(c, "claim", "later", "who", "");
+    endpoints_ready(c, "claim", "later", 1);
+    for ip in [
+        owner_ip.as_str(),
+        later["spec"]["clusterIP"].as_str().unwrap(),
+    ] {
+        let out = eventually(30, &format!("an answer at {ip}"), || {
+            let out = wget(c, "claim", "client", &format!("http://{ip}/cgi-bin/who"));
+            out.starts_with("who-1 ").then_some(out)
+        });
+        assert!(out.starts_with("who-1 "), "{out}");
+    }
+}
+
 /// `kubectl expose` makes a Service that works.
 #[test]
 fn kubectl_expose_makes_a_working_service() {

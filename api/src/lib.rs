@@ -5,6 +5,7 @@
 //! - [`duration`]: durations in flags as Kubernetes writes them (`6s`, `500ms`).
 //! - [`image`]: image references as stored and compared (`name` means `name:latest`).
 //! - [`quantity`]: resource quantities (`500m`, `1Gi`) in milli-units.
+//! - [`private_dir`]: data directories only their owner enters (0700).
 //! - [`WASM_RUNTIME_LABEL`], [`OCI_RUNTIME_LABEL`]: the node labels of the runtimes a
 //!   node offers.
 //! - [`SERVICE_NAME_LABEL`], [`SERVICE_PROXY_NAME_LABEL`], [`CLUSTER_DNS_IP`]: what the
@@ -13,6 +14,7 @@
 pub mod cidr;
 pub mod duration;
 pub mod image;
+pub mod private_dir;
 pub mod quantity;
 
 /// The node label of nodes that run Wasm containers (the `wasmtime` RuntimeClass selects it).

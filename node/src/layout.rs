@@ -132,12 +132,12 @@ impl Layout {
     /// `active`, the files still written), whose file may not exist yet (a log file is made
     /// on its first line). The running pod of that name is looked at, else the newest one
     /// (a recreated pod has a new uid).
-    pub fn container_runs(
+    pub fn container_runs<'a>(
         &self,
         ns: &str,
         pod: &str,
         container: &str,
-        active: &HashSet<Arc<Path>>,
+        active: impl IntoIterator<Item = &'a Arc<Path>>,
     ) -> Vec<PathBuf> {
         let prefix = format!("{}_{}_", path_element(ns), path_element(pod));
         let container = path_element(container);
@@ -150,7 +150,10 @@ impl Layout {
                     .and_then(|d| d.file_name())
                     .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
         };
-        let active = active.iter().find(of_container).map(|p| p.to_path_buf());
+        let active = active
+            .into_iter()
+            .find(of_container)
+            .map(|p| p.to_path_buf());
         let pod_dir = match active.as_ref().and_then(|p| p.parent()?.parent()) {
             Some(d) => Some(d.to_path_buf()),
             None => std::fs::read_dir(self.root.join(LOGS))
@@ -175,6 +178,26 @@ impl Layout {
         }
         runs.sort();
         runs.into_iter().map(|(_, p)| p).collect()
+    }
+}
+
+impl Layout {
+    /// The running run of a pod's container among `active` (each running run's log file
+    /// and runtime), as its ID.
+    pub fn running_run<'a>(
+        &self,
+        ns: &str,
+        pod: &str,
+        uid: &str,
+        container: &str,
+        active: impl IntoIterator<Item = (&'a Arc<Path>, &'a &'static str)>,
+    ) -> Option<ContainerId> {
+        let dir = self.pod_logs(ns, pod, uid).join(path_element(container));
+        active.into_iter().find_map(|(path, runtime)| {
+            let run = run_of(path).filter(|_| path.parent() == Some(dir.as_path()))?;
+            let run = i32::try_from(run).ok()?;
+            Some(ContainerId::new(runtime, &run_id(uid, container, run)))
+        })
     }
 }
 
@@ -344,5 +367,31 @@ mod tests {
         assert_eq!(runs.len(), 4);
         assert!(l.container_runs("ns", "web", "db", &none).is_empty());
         assert!(l.container_runs("other", "web", "app", &none).is_empty());
+    }
+
+    #[test]
+    fn a_running_container_is_found_among_the_agents_runs_only() {
+        let l = Layout::new(Path::new("/data"));
+        let logs = l.pod_logs("ns", "web", "uid-1");
+        let runc: &'static str = "runc";
+        let active: std::collections::HashMap<Arc<Path>, &'static str> = [
+            (run_log(&logs, "app", 3).into(), runc),
+            (
+                run_log(&l.pod_logs("ns", "db", "uid-2"), "app", 7).into(),
+                "wasm",
+            ),
+        ]
+        .into();
+        let found = l.running_run("ns", "web", "uid-1", "app", active.iter());
+        assert_eq!(found, Some(ContainerId::new("runc", "uid-1-app-3")));
+        // Another container of the pod, the same pod name with another uid: none runs.
+        assert_eq!(
+            l.running_run("ns", "web", "uid-1", "side", active.iter()),
+            None
+        );
+        assert_eq!(
+            l.running_run("ns", "web", "uid-9", "app", active.iter()),
+            None
+        );
     }
 }

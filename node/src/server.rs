@@ -33,6 +33,8 @@ pub trait Host: Send + Sync + 'static {
     fn container_runs(&self, ns: &str, pod: &str, container: &str) -> Vec<PathBuf>;
     /// Whether a running container still writes to the log file.
     fn log_active(&self, path: &FilePath) -> bool;
+    /// The running container `container` of `pod`, from the agent's own records.
+    fn running_container(&self, pod: &Pod, container: &str) -> Option<ContainerId>;
     /// The runtime that runs the container, if the node has it.
     fn runtime(&self, id: &ContainerId) -> Option<&dyn Runtime>;
     /// The network namespace of a pod's sandbox, if it has one of its own.
@@ -267,7 +269,8 @@ async fn get_pod(host: &impl Host, ns: &str, pod: &str) -> Result<Pod, (StatusCo
     }
 }
 
-/// The ID of a pod's running container `name`.
+/// The ID of a pod's running container `name`, as the agent started it: never as the
+/// pod's status says (whoever may write `pods/status` could name any container there).
 async fn running_container(
     host: &impl Host,
     ns: &str,
@@ -275,15 +278,7 @@ async fn running_container(
     name: &str,
 ) -> Result<ContainerId, (StatusCode, String)> {
     let p = get_pod(host, ns, pod).await?;
-    let status = p.status.unwrap_or_default();
-    let found = status
-        .container_statuses
-        .iter()
-        .flatten()
-        .chain(status.init_container_statuses.iter().flatten())
-        .find(|c| c.name == name && c.state.as_ref().is_some_and(|s| s.running.is_some()))
-        .and_then(|c| c.container_id.clone());
-    found.and_then(|id| id.parse().ok()).ok_or_else(|| {
+    host.running_container(&p, name).ok_or_else(|| {
         (
             StatusCode::NOT_FOUND,
             format!("container not found (\"{name}\")"),
@@ -559,6 +554,10 @@ mod tests {
         }
 
         fn runtime(&self, _id: &ContainerId) -> Option<&dyn Runtime> {
+            None
+        }
+
+        fn running_container(&self, _pod: &Pod, _container: &str) -> Option<ContainerId> {
             None
         }
 

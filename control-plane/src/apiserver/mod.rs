@@ -131,10 +131,14 @@ pub async fn start(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<RunningServer, ServerError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::Io {
-        path: config.data_dir.clone(),
-        source,
-    })?;
+    let tightened =
+        skiff_api::private_dir::ensure(&config.data_dir).map_err(|source| ServerError::Io {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+    if let Some(mode) = tightened {
+        tracing::warn!(dir = %config.data_dir.display(), was = format!("{mode:o}"), "the data directory let other users in (it holds every Secret): now 0700");
+    }
     let pki = pki::Pki::load_or_create(&config.data_dir)?;
     let store_dir = config.data_dir.join("store");
     let store: Arc<dyn Store> = Arc::new(if config.repair {

@@ -20,7 +20,18 @@ pub struct Admission {
     pub default_not_ready_toleration_seconds: i64,
     /// The same for `node.kubernetes.io/unreachable:NoExecute`.
     pub default_unreachable_toleration_seconds: i64,
+    /// The DenyServiceExternalIPs plugin is on: no new `spec.externalIPs` (they let a
+    /// Service's author take any address's traffic on every node, CVE-2020-8554).
+    pub deny_service_external_ips: bool,
 }
+
+/// The plugins `--enable-admission-plugins` may name: those always on, and the optional.
+pub const ALWAYS_ON_PLUGINS: &[&str] = &[
+    "NamespaceLifecycle",
+    "RuntimeClass",
+    "DefaultTolerationSeconds",
+];
+pub const OPTIONAL_PLUGINS: &[&str] = &["DenyServiceExternalIPs"];
 
 pub const DEFAULT_TOLERATION_SECONDS: i64 = 5;
 
@@ -29,6 +40,7 @@ impl Default for Admission {
         Admission {
             default_not_ready_toleration_seconds: DEFAULT_TOLERATION_SECONDS,
             default_unreachable_toleration_seconds: DEFAULT_TOLERATION_SECONDS,
+            deny_service_external_ips: false,
         }
     }
 }
@@ -96,7 +108,11 @@ impl Chain {
                     unreachable: settings.default_unreachable_toleration_seconds,
                 }),
             ],
-            validating: Vec::new(),
+            validating: if settings.deny_service_external_ips {
+                vec![Box::new(DenyServiceExternalIps) as Box<dyn Validating>]
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -295,6 +311,48 @@ impl Mutating for RuntimeClass {
             }
         }
         Ok(())
+    }
+}
+
+/// kube's DenyServiceExternalIPs: a Service may keep or drop the external IPs it has,
+/// never add one.
+struct DenyServiceExternalIps;
+
+#[async_trait]
+impl Validating for DenyServiceExternalIps {
+    fn name(&self) -> &'static str {
+        "DenyServiceExternalIPs"
+    }
+
+    fn handles(&self, a: &Attributes<'_>) -> bool {
+        matches!(a.operation, Operation::Create | Operation::Update) && a.is("", "services")
+    }
+
+    async fn validate(
+        &self,
+        a: &Attributes<'_>,
+        svc: &Value,
+        _objects: &Objects,
+    ) -> Result<(), ObjectError> {
+        let ips = |v: &Value| -> Vec<String> {
+            v.pointer("/spec/externalIPs")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|ip| ip.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let had = a.old.map(ips).unwrap_or_default();
+        if ips(svc).iter().all(|ip| had.contains(ip)) {
+            return Ok(());
+        }
+        Err(ObjectError::Forbidden {
+            resource: a.resource.qualified(),
+            name: a.name.into(),
+            message: "Use of external IPs is denied by admission control".into(),
+        })
     }
 }
 

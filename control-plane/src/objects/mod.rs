@@ -19,7 +19,7 @@ use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
 pub use crate::registry::KUBERNETES_SERVICE_IP;
-pub use admission::{Admission, DEFAULT_TOLERATION_SECONDS};
+pub use admission::{Admission, ALWAYS_ON_PLUGINS, DEFAULT_TOLERATION_SECONDS, OPTIONAL_PLUGINS};
 pub use error::ObjectError;
 pub use patch::PatchType;
 pub use watch::{parsed_event, WatchFilter, WatchItem, WatchStream};

@@ -894,6 +894,7 @@ async fn default_tolerations_are_added_once_with_the_configured_seconds() {
     let o = o.with_admission(Admission {
         default_not_ready_toleration_seconds: 7,
         default_unreachable_toleration_seconds: 9,
+        ..Admission::default()
     });
     let pods = rt(&o, "", "pods");
     let opts = WriteOptions::default();
@@ -909,6 +910,52 @@ async fn default_tolerations_are_added_once_with_the_configured_seconds() {
             {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 9},
         ])
     );
+}
+
+/// DenyServiceExternalIPs: no Service gains an external IP; one may keep or drop its own.
+#[tokio::test]
+async fn deny_service_external_ips_refuses_new_ones_only() {
+    let (o, _d) = setup().await;
+    let svcs = rt(&o, "", "services");
+    let opts = WriteOptions::default();
+    let svc = |name: &str, ips: Value| json!({"metadata": {"name": name}, "spec": {"ports": [{"port": 80}], "externalIPs": ips}});
+    // Before the plugin is on, a Service has one.
+    o.create(
+        svcs,
+        Some("default"),
+        svc("old", json!(["192.0.2.1", "192.0.2.2"])),
+        &opts,
+    )
+    .await
+    .unwrap();
+    let o = o.with_admission(Admission {
+        deny_service_external_ips: true,
+        ..Admission::default()
+    });
+    let svcs = rt(&o, "", "services");
+    let err = o
+        .create(
+            svcs,
+            Some("default"),
+            svc("new", json!(["192.0.2.9"])),
+            &opts,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "services \"new\" is forbidden: Use of external IPs is denied by admission control"
+    );
+    o.create(svcs, Some("default"), svc("none", json!([])), &opts)
+        .await
+        .unwrap();
+    let update = |ips: Value| {
+        let mut s = svc("old", ips);
+        s["spec"]["clusterIP"] = Value::Null;
+        o.update(svcs, Some("default"), "old", s, Target::Main, &opts)
+    };
+    update(json!(["192.0.2.2"])).await.unwrap();
+    assert!(update(json!(["192.0.2.2", "192.0.2.3"])).await.is_err());
 }
 
 /// Refuses deleting objects labelled `keep`, as an access-control plugin might.

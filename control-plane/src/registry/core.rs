@@ -506,7 +506,7 @@ const SERVICE_COLUMNS: &[Column] = &[
 const SERVICE_TYPES: &[&str] = &["ClusterIP", "ExternalName", "NodePort", "LoadBalancer"];
 
 impl Kind for Service {
-    fn default_fields(&mut self, _op: Operation) {
+    fn default_fields(&mut self, op: Operation) {
         let spec = self.spec.get_or_insert_with(Default::default);
         spec.type_.get_or_insert_with(|| "ClusterIP".into());
         if spec.type_.as_deref() != Some("ExternalName") {
@@ -526,7 +526,13 @@ impl Kind for Service {
             }
         }
         // kube's `status.loadBalancer` is a struct, never omitted: clients test for it.
+        let lb = spec.type_.as_deref() == Some("LoadBalancer");
         if let Some(status) = self.status.as_mut() {
+            // A Service that stops being a LoadBalancer loses its ingress at once (kube's
+            // PrepareForUpdate), whatever de-provisioning follows.
+            if !lb && op != Operation::UpdateStatus {
+                status.load_balancer = None;
+            }
             status.load_balancer.get_or_insert_with(Default::default);
         }
     }
@@ -609,6 +615,7 @@ impl Kind for Service {
             &["ClientIP", "None"],
             false,
         );
+        validate_service_addresses(self, errs);
     }
     fn validate_update(&self, old: &Self, errs: &mut Errors) {
         let old_ip = old
@@ -684,6 +691,55 @@ impl Kind for Service {
     }
 }
 
+/// The addresses a Service makes a node take traffic for, as kube validates them: a
+/// bad one would otherwise reach every node's proxy.
+fn validate_service_addresses(svc: &Service, errs: &mut Errors) {
+    use super::validation::{non_special_ip, valid_ip};
+    let spec = svc.spec.as_ref().expect("checked by the caller");
+    for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
+        let field = format!("spec.externalIPs[{i}]");
+        if let Some(addr) = valid_ip(ip, &field, errs) {
+            non_special_ip(addr, ip, &field, errs);
+        }
+    }
+    if let Some(ip) = spec.load_balancer_ip.as_deref().filter(|ip| !ip.is_empty()) {
+        valid_ip(ip, "spec.loadBalancerIP", errs);
+    }
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_deref())
+        .unwrap_or_default();
+    if !ingress.is_empty() && spec.type_.as_deref() != Some("LoadBalancer") {
+        errs.forbidden(
+            "status.loadBalancer.ingress",
+            "may only be used when `spec.type` is 'LoadBalancer'",
+        );
+        return;
+    }
+    for (i, ing) in ingress.iter().enumerate() {
+        let path = format!("status.loadBalancer.ingress[{i}]");
+        if let Some(ip) = ing.ip.as_deref().filter(|ip| !ip.is_empty()) {
+            // Stricter than kube (which checks only the form): a node's proxy takes
+            // traffic for these as for external IPs.
+            let field = format!("{path}.ip");
+            if let Some(addr) = valid_ip(ip, &field, errs) {
+                non_special_ip(addr, ip, &field, errs);
+            }
+        }
+        if let Some(h) = ing.hostname.as_deref().filter(|h| !h.is_empty()) {
+            let field = format!("{path}.hostname");
+            if !is_dns1123_subdomain(h) {
+                errs.invalid_str(&field, h, super::validation::DNS1123_SUBDOMAIN_MSG);
+            }
+            if h.parse::<std::net::IpAddr>().is_ok() {
+                errs.invalid_str(field, h, "must be a DNS name, not an IP address");
+            }
+        }
+    }
+}
+
 const ENDPOINTS_COLUMNS: &[Column] = &[
     NAME,
     Column::new("Endpoints", "string", "Endpoints of the resource"),
@@ -691,6 +747,23 @@ const ENDPOINTS_COLUMNS: &[Column] = &[
 ];
 
 impl Kind for Endpoints {
+    fn validate(&self, errs: &mut Errors) {
+        use super::validation::{non_special_ip, valid_ip};
+        for (i, subset) in self.subsets.iter().flatten().enumerate() {
+            let lists = [
+                ("addresses", subset.addresses.as_deref()),
+                ("notReadyAddresses", subset.not_ready_addresses.as_deref()),
+            ];
+            for (list, addrs) in lists {
+                for (j, a) in addrs.unwrap_or_default().iter().enumerate() {
+                    let field = format!("subsets[{i}].{list}[{j}].ip");
+                    if let Some(ip) = valid_ip(&a.ip, &field, errs) {
+                        non_special_ip(ip, &a.ip, &field, errs);
+                    }
+                }
+            }
+        }
+    }
     fn columns() -> &'static [Column] {
         ENDPOINTS_COLUMNS
     }
@@ -956,5 +1029,66 @@ impl Kind for ReplicationController {
             i,
             table::format_labels(spec.and_then(|s| s.selector.as_ref())).into(),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors<K: Kind + serde::de::DeserializeOwned>(v: Value) -> Vec<String> {
+        let obj: K = serde_json::from_value(v).unwrap();
+        let mut errs = Errors::default();
+        obj.validate(&mut errs);
+        errs.0.iter().map(|e| e.to_string()).collect()
+    }
+
+    /// A bad external IP reached every node's proxy, whose batch nft then refused.
+    #[test]
+    fn service_addresses_are_checked_as_kube_does() {
+        let svc = |spec: Value, status: Value| {
+            let mut s = serde_json::json!({"metadata": {"name": "s"}, "status": status,
+                "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}]}});
+            for (k, v) in spec.as_object().unwrap() {
+                s["spec"][k] = v.clone();
+            }
+            errors::<Service>(s)
+        };
+        let ok = svc(
+            serde_json::json!({"externalIPs": ["192.0.2.1", "2001:db8::1"]}),
+            serde_json::json!({"loadBalancer": {"ingress": [{"ip": "198.51.100.1"}, {"hostname": "lb.example"}]}}),
+        );
+        assert!(ok.is_empty(), "{ok:?}");
+        let bad = svc(
+            serde_json::json!({"externalIPs": ["999.1.1.1", "0.0.0.0", "127.0.0.1", "169.254.169.254", "224.0.0.1"],
+                "loadBalancerIP": "x"}),
+            serde_json::json!({"loadBalancer": {"ingress": [{"ip": "::1"}, {"hostname": "10.0.0.1"}]}}),
+        );
+        assert_eq!(
+            bad,
+            [
+                "spec.externalIPs[0]: Invalid value: \"999.1.1.1\": must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+                "spec.externalIPs[1]: Invalid value: \"0.0.0.0\": may not be unspecified (0.0.0.0)",
+                "spec.externalIPs[2]: Invalid value: \"127.0.0.1\": may not be in the loopback range (127.0.0.0/8, ::1/128)",
+                "spec.externalIPs[3]: Invalid value: \"169.254.169.254\": may not be in the link-local range (169.254.0.0/16, fe80::/10)",
+                "spec.externalIPs[4]: Invalid value: \"224.0.0.1\": may not be in the link-local multicast range (224.0.0.0/24, ff02::/10)",
+                "spec.loadBalancerIP: Invalid value: \"x\": must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+                "status.loadBalancer.ingress[0].ip: Invalid value: \"::1\": may not be in the loopback range (127.0.0.0/8, ::1/128)",
+                "status.loadBalancer.ingress[1].hostname: Invalid value: \"10.0.0.1\": must be a DNS name, not an IP address",
+            ]
+        );
+        let cluster_ip = serde_json::json!({"metadata": {"name": "s"},
+            "spec": {"type": "ClusterIP", "ports": [{"port": 80, "protocol": "TCP"}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}}});
+        assert_eq!(
+            errors::<Service>(cluster_ip),
+            ["status.loadBalancer.ingress: Forbidden: may only be used when `spec.type` is 'LoadBalancer'"]
+        );
+        let eps = serde_json::json!({"metadata": {"name": "s"},
+            "subsets": [{"addresses": [{"ip": "10.244.0.5"}], "notReadyAddresses": [{"ip": "127.0.0.2"}]}]});
+        assert_eq!(
+            errors::<Endpoints>(eps),
+            ["subsets[0].notReadyAddresses[0].ip: Invalid value: \"127.0.0.2\": may not be in the loopback range (127.0.0.0/8, ::1/128)"]
+        );
     }
 }

@@ -81,9 +81,7 @@ impl Kind for EndpointSlice {
                         }
                         "IPv4" | "IPv6" => {
                             let ip: std::net::IpAddr = a.parse().expect("checked above");
-                            if ip.is_unspecified() || ip.is_loopback() || is_link_local(ip) {
-                                errs.invalid_str(field, a, special_ip_reason(ip));
-                            }
+                            super::validation::non_special_ip(ip, a, &field, errs);
                         }
                         _ => {}
                     }
@@ -165,24 +163,6 @@ impl Kind for EndpointSlice {
             first_three(addresses).into(),
             table::age(self.meta_created(), now),
         ]
-    }
-}
-
-fn is_link_local(ip: std::net::IpAddr) -> bool {
-    match ip {
-        std::net::IpAddr::V4(v4) => v4.is_link_local(),
-        std::net::IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
-    }
-}
-
-/// kube's ValidateNonSpecialIP words.
-fn special_ip_reason(ip: std::net::IpAddr) -> &'static str {
-    if ip.is_unspecified() {
-        "may not be unspecified (0.0.0.0)"
-    } else if ip.is_loopback() {
-        "may not be in the loopback range (127.0.0.0/8, ::1/128)"
-    } else {
-        "may not be in the link-local range (169.254.0.0/16, fe80::/10)"
     }
 }
 

@@ -349,6 +349,57 @@ pub fn file_mode(mode: Option<i32>, field: &str, errs: &mut Errors) {
     }
 }
 
+/// kube's IsValidIP message.
+pub const INVALID_IP_MSG: &str = "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)";
+
+/// An address given where kube checks IsValidIP.
+pub fn valid_ip(value: &str, field: &str, errs: &mut Errors) -> Option<std::net::IpAddr> {
+    let ip = value.parse().ok();
+    if ip.is_none() {
+        errs.invalid_str(field, value, INVALID_IP_MSG);
+    }
+    ip
+}
+
+/// kube's ValidateNonSpecialIP, for addresses that receive traffic (Endpoints,
+/// EndpointSlices, external IPs): unspecified and loopback addresses make no sense there,
+/// and link-local ones belong to the node (a cloud's metadata service).
+pub fn non_special_ip(ip: std::net::IpAddr, value: &str, field: &str, errs: &mut Errors) {
+    use std::net::IpAddr;
+    let link_local = match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    };
+    let link_local_multicast = match ip {
+        IpAddr::V4(v4) => v4.octets()[..3] == [224, 0, 0],
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xff0f) == 0xff02,
+    };
+    if ip.is_unspecified() {
+        errs.invalid_str(field, value, format!("may not be unspecified ({value})"));
+    }
+    if ip.is_loopback() {
+        errs.invalid_str(
+            field,
+            value,
+            "may not be in the loopback range (127.0.0.0/8, ::1/128)",
+        );
+    }
+    if link_local {
+        errs.invalid_str(
+            field,
+            value,
+            "may not be in the link-local range (169.254.0.0/16, fe80::/10)",
+        );
+    }
+    if link_local_multicast {
+        errs.invalid_str(
+            field,
+            value,
+            "may not be in the link-local multicast range (224.0.0.0/24, ff02::/10)",
+        );
+    }
+}
+
 pub fn check_port(port: i32) -> Option<&'static str> {
     (!(1..=65535).contains(&port)).then_some("must be between 1 and 65535, inclusive")
 }

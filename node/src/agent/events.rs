@@ -101,6 +101,26 @@ impl Recorder {
         self.record(involved, type_, reason, message);
     }
 
+    /// Records an event about a Service (the node's proxy left its rules out, say).
+    pub fn service(
+        &self,
+        svc: &k8s_openapi::api::core::v1::Service,
+        type_: &str,
+        reason: &str,
+        message: String,
+    ) {
+        let involved = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Service".into()),
+            name: svc.metadata.name.clone(),
+            namespace: svc.metadata.namespace.clone(),
+            uid: svc.metadata.uid.clone(),
+            resource_version: svc.metadata.resource_version.clone(),
+            ..Default::default()
+        };
+        self.record(involved, type_, reason, message);
+    }
+
     fn record(&self, involved: ObjectReference, type_: &str, reason: &str, message: String) {
         let now = Time(jiff::Timestamp::now());
         let ev = Event {

@@ -212,8 +212,11 @@ pub(crate) struct Ctx {
     pub networks: tokio::sync::watch::Receiver<Networks>,
     /// The cluster DNS this agent serves, if it could start it.
     pub dns: Option<crate::dns::ClusterDns>,
-    /// Log files of container runs still writing (followers wait for more).
-    pub active_logs: std::sync::Mutex<std::collections::HashSet<Arc<std::path::Path>>>,
+    /// The node's running containers, as the agent started them: each run's log file
+    /// (followers wait for more while it is here) and the runtime that runs it. `kubectl
+    /// exec` finds its container here, never in a pod status, which its writers control.
+    pub active_logs:
+        std::sync::Mutex<std::collections::HashMap<Arc<std::path::Path>, &'static str>>,
     /// The resolvers pods on the node's network share.
     pub resolvers: crate::dns::lookup::SharedResolvers,
     /// Pod status writes in flight at once (status::MAX_STATUS_WRITES).
@@ -232,11 +235,27 @@ impl crate::server::Host for Ctx {
 
     fn container_runs(&self, ns: &str, pod: &str, container: &str) -> Vec<PathBuf> {
         let active = self.active_logs.lock().expect("active logs");
-        self.layout.container_runs(ns, pod, container, &active)
+        self.layout
+            .container_runs(ns, pod, container, active.keys())
     }
 
     fn log_active(&self, path: &std::path::Path) -> bool {
-        self.active_logs.lock().expect("active logs").contains(path)
+        self.active_logs
+            .lock()
+            .expect("active logs")
+            .contains_key(path)
+    }
+
+    fn running_container(&self, pod: &Pod, container: &str) -> Option<ContainerId> {
+        let m = &pod.metadata;
+        let (ns, name, uid) = (
+            m.namespace.as_deref()?,
+            m.name.as_deref()?,
+            m.uid.as_deref()?,
+        );
+        let active = self.active_logs.lock().expect("active logs");
+        self.layout
+            .running_run(ns, name, uid, container, active.iter())
     }
 
     fn runtime(&self, id: &ContainerId) -> Option<&dyn Runtime> {
@@ -704,6 +723,13 @@ async fn follow_services(client: &Client, cfg: &AgentConfig) -> ServiceFollowers
             },
             watch,
             changes,
+            {
+                let events = events::Recorder::new(client.clone(), &cfg.node_name);
+                Box::new(move |svc, why| {
+                    let msg = format!("the node's proxy left this Service's rules out: {why}");
+                    events.service(svc, "Warning", "FailedToApplyProxyRules", msg);
+                })
+            },
         );
         tasks.push(AbortOnDrop(tokio::spawn(proxy.run())));
     }
@@ -753,10 +779,14 @@ pub async fn run(
         .clone()
         .unwrap_or_else(|| local_ip_towards(&server));
     let layout = Layout::new(&cfg.data_dir);
-    std::fs::create_dir_all(layout.root()).map_err(|source| AgentError::Io {
-        path: cfg.data_dir.clone(),
-        source,
-    })?;
+    let tightened =
+        skiff_api::private_dir::ensure(layout.root()).map_err(|source| AgentError::Io {
+            path: cfg.data_dir.clone(),
+            source,
+        })?;
+    if let Some(mode) = tightened {
+        tracing::warn!(dir = %cfg.data_dir.display(), was = format!("{mode:o}"), "the data directory let other users in (it holds pods' Secrets, logs and file systems): now 0700");
+    }
     let (networks_tx, networks) = tokio::sync::watch::channel(initial_networks(&cfg)?);
     let runtimes = runtimes(&cfg, &layout)?;
     let ServiceFollowers {

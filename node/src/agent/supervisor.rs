@@ -270,7 +270,7 @@ impl Run {
             .active_logs
             .lock()
             .expect("active logs")
-            .insert(log_path.clone());
+            .insert(log_path.clone(), runtime);
         self.log_path = Some(log_path);
         self.terminate = Some(running.terminate_switch());
         self.kill = Some(running.kill_switch());
@@ -478,7 +478,7 @@ async fn create(pc: Arc<PodCtx>, which: Which, run: i32) -> Result<Made, Failed>
     let container_id = ContainerId::new(runtime.name(), &run_id).to_string();
     let started = now();
     let active = &pc.ctx.active_logs;
-    active.lock().expect("active logs").insert(log_path.clone());
+    (active.lock().expect("active logs")).insert(log_path.clone(), runtime.name());
     let running = runtime.start(spec).await.map_err(|e| {
         active.lock().expect("active logs").remove(&log_path);
         let reason = match e {

@@ -16,6 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::service_watch::{Changes, ServiceWatch};
@@ -35,11 +36,16 @@ pub struct ProxyConfig {
     pub table: String,
 }
 
+/// Told of a Service whose rules nftables refused (and why): they are left out, the
+/// rest of the table applied.
+pub type OnRefused = Box<dyn Fn(&Service, &str) + Send + Sync>;
+
 /// The proxy: it syncs in [`Proxy::run`] as the Services change.
 pub struct Proxy {
     cfg: ProxyConfig,
     watch: ServiceWatch,
     changes: Arc<Changes>,
+    on_refused: OnRefused,
 }
 
 /// The table of the agent whose pods hang on `bridge` (agents sharing a host in tests
@@ -89,11 +95,17 @@ pub fn enable_forwarding() {
 }
 
 impl Proxy {
-    pub fn new(cfg: ProxyConfig, watch: ServiceWatch, changes: Arc<Changes>) -> Arc<Proxy> {
+    pub fn new(
+        cfg: ProxyConfig,
+        watch: ServiceWatch,
+        changes: Arc<Changes>,
+        on_refused: OnRefused,
+    ) -> Arc<Proxy> {
         Arc::new(Proxy {
             cfg,
             watch,
             changes,
+            on_refused,
         })
     }
 
@@ -105,6 +117,8 @@ impl Proxy {
             cluster_cidr: &self.cfg.cluster_cidr,
         };
         let mut applied: HashMap<String, model::Fragment> = HashMap::new();
+        // Services whose rules nft refused, with those rules: left out until they change.
+        let mut refused: HashMap<String, model::Fragment> = HashMap::new();
         let mut stale: HashMap<String, Instant> = HashMap::new();
         // The table is made anew on the first sync and after a refused batch.
         let mut fresh = true;
@@ -144,6 +158,10 @@ impl Proxy {
                     }
                     None => model::Fragment::default(),
                 };
+                if refused.get(&k) == Some(&frag) {
+                    continue;
+                }
+                refused.remove(&k);
                 tx.diff(&table, applied.get(&k).unwrap_or(&empty), &frag);
                 next.push((k, frag));
             }
@@ -182,6 +200,20 @@ impl Proxy {
                     }
                     tracing::debug!(services = changed, ?computed, elapsed = ?started.elapsed(), "proxy rules synced");
                 }
+                Err(e) if fresh => {
+                    // One Service's rules must not keep every other Service's off the
+                    // node: build the table Service by Service, leaving out the refused.
+                    tracing::warn!(error = %e, "nft refused the Service proxy's table; applying it Service by Service");
+                    if self
+                        .isolate(&mut nft, next, &mut applied, &mut refused)
+                        .await
+                    {
+                        fresh = false;
+                    } else {
+                        self.changes.mark_all();
+                        tokio::time::sleep(RETRY).await;
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "syncing the Service proxy's rules failed; rebuilding the table");
                     fresh = true;
@@ -190,6 +222,59 @@ impl Proxy {
                 }
             }
         }
+    }
+}
+
+impl Proxy {
+    /// Applies a fresh table's base, then each Service's rules in a batch of its own:
+    /// those nft refuses go to `refused` (and are reported), the others to `applied`.
+    /// False if even the bare table was refused.
+    async fn isolate(
+        &self,
+        nft: &mut nft::Nft,
+        next: Vec<(String, model::Fragment)>,
+        applied: &mut HashMap<String, model::Fragment>,
+        refused: &mut HashMap<String, model::Fragment>,
+    ) -> bool {
+        let table = &self.cfg.table;
+        let mut base = nft::Transaction::default();
+        base.base = Some(nft::base(table));
+        if let Err(e) = nft.apply(&base.script(table)).await {
+            tracing::warn!(error = %e, "nft refused the Service proxy's bare table");
+            return false;
+        }
+        applied.clear();
+        // The older Service keeps what two claim (an external IP that is another's
+        // cluster IP, say): a newcomer cannot take traffic over by being applied first.
+        let mut next = next;
+        next.sort_by_cached_key(|(k, _)| {
+            let created = self
+                .watch
+                .service(k)
+                .and_then(|s| s.metadata.creation_timestamp.clone());
+            (created.map(|t| t.0), k.clone())
+        });
+        let empty = model::Fragment::default();
+        for (k, f) in next {
+            let mut one = nft::Transaction::default();
+            one.diff(table, &empty, &f);
+            if one.is_empty() {
+                continue;
+            }
+            match nft.apply(&one.script(table)).await {
+                Ok(()) => {
+                    applied.insert(k, f);
+                }
+                Err(e) => {
+                    tracing::warn!(service = %k, error = %e, "nft refused a Service's rules; left out");
+                    if let Some(svc) = self.watch.service(&k) {
+                        (self.on_refused)(&svc, &e.to_string());
+                    }
+                    refused.insert(k, f);
+                }
+            }
+        }
+        true
     }
 }
 

@@ -133,6 +133,19 @@ fn endpoints(port: &ServicePort, slices: &[&EndpointSlice], node: &str) -> Vec<E
     out.into_values().collect()
 }
 
+/// Whether an external or load-balancer address may take traffic here: an IPv4 address
+/// (the table is `ip`), not one the API server refuses for Services (unspecified,
+/// loopback, link-local, multicast), whatever an older or foreign writer stored.
+fn routable_v4(ip: &str) -> bool {
+    ip.parse::<std::net::Ipv4Addr>().is_ok_and(|a| {
+        !(a.is_unspecified()
+            || a.is_loopback()
+            || a.is_link_local()
+            || a.is_multicast()
+            || a.is_broadcast())
+    })
+}
+
 /// The Service's part of the table (empty for Services the proxy leaves alone: headless,
 /// ExternalName, another proxy's).
 pub fn fragment(svc: &Service, slices: &[&EndpointSlice], node: &Node<'_>) -> Fragment {
@@ -161,14 +174,14 @@ pub fn fragment(svc: &Service, slices: &[&EndpointSlice], node: &Node<'_>) -> Fr
         .flatten()
         .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
         .filter_map(|i| i.ip.as_deref())
-        .filter(|ip| !ip.contains(':'))
+        .filter(|ip| routable_v4(ip))
         .collect();
     let external_ips: Vec<&str> = spec
         .external_ips
         .iter()
         .flatten()
         .map(String::as_str)
-        .filter(|ip| !ip.contains(':'))
+        .filter(|ip| routable_v4(ip))
         .collect();
     let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
         spec.session_affinity_config
@@ -439,6 +452,29 @@ mod tests {
         // The not-ready endpoint gets no chain.
         assert_eq!(dnats(&f), ["10.244.1.2:8080", "10.244.2.2:8080"]);
         assert!(f.elements.keys().all(|(m, _)| *m == Map::ServiceIps));
+    }
+
+    #[test]
+    fn external_addresses_the_api_would_refuse_take_no_traffic() {
+        let bad = [
+            "999.1.1.1",
+            "0.0.0.0",
+            "127.0.0.1",
+            "169.254.169.254",
+            "224.0.0.1",
+            "::1",
+        ];
+        let mut ips: Vec<&str> = bad.to_vec();
+        ips.push("192.0.2.7");
+        let f = fragment(&web(serde_json::json!({"externalIPs": ips})), &[], &NODE);
+        let keys: Vec<&String> = f.elements.keys().map(|(_, k)| k).collect();
+        assert!(keys.iter().any(|k| k.starts_with("192.0.2.7 ")), "{keys:?}");
+        for ip in bad {
+            assert!(
+                !keys.iter().any(|k| k.starts_with(&format!("{ip} "))),
+                "{keys:?}"
+            );
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub fn with_pipes(
     stdin: bool,
 ) -> Result<ExecProcess, RuntimeError> {
     let mut cmd = tokio::process::Command::from(runc);
-    cmd.args(["exec", id])
+    cmd.args(["exec", "--", id])
         .args(argv)
         .stdin(if stdin {
             std::process::Stdio::piped()
@@ -93,7 +93,7 @@ pub fn with_terminal(
     let fail = |e: &dyn std::fmt::Display| RuntimeError::Exec(e.to_string());
     let (master, slave) = openpty().map_err(|e| fail(&e))?;
     let mut cmd = tokio::process::Command::from(runc);
-    cmd.args(["exec", "--tty", id])
+    cmd.args(["exec", "--tty", "--", id])
         .args(argv)
         .stdin(std::process::Stdio::from(
             slave.try_clone().map_err(|e| fail(&e))?,
@@ -125,4 +125,21 @@ pub fn with_terminal(
         })),
         exit: Box::pin(async move { child.wait().await.map(code_of).unwrap_or(128) }),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    /// An ID is never taken for one of runc's options, whatever it looks like.
+    #[tokio::test]
+    async fn the_container_id_is_an_operand_of_runc_exec() {
+        let echo = std::process::Command::new("echo");
+        let argv = ["hostname".to_string()];
+        let mut p = super::with_pipes(echo, "--cap=CAP_SYS_ADMIN", &argv, false).unwrap();
+        let mut out = String::new();
+        p.stdout.read_to_string(&mut out).await.unwrap();
+        assert_eq!(out, "exec -- --cap=CAP_SYS_ADMIN hostname\n");
+        assert_eq!(p.exit.await, 0);
+    }
 }

@@ -160,7 +160,7 @@ impl Inner {
     fn signal(&self, id: &str, signal: &str) {
         let _ = self
             .runc()
-            .args(["kill", "--all", id, signal])
+            .args(["kill", "--all", "--", id, signal])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status();
@@ -612,7 +612,7 @@ impl Runtime for OciRuntime {
         let _ = self
             .0
             .runc()
-            .args(["delete", "--force", &id])
+            .args(["delete", "--force", "--", &id])
             .stderr(std::process::Stdio::null())
             .status();
         cleanup(&bundle);

@@ -198,7 +198,7 @@ pub fn run(args: ShimArgs) -> i32 {
             let _ = report.flush();
             // Nothing to clean in runc beyond a half-created container.
             let _ = runc(&args)
-                .args(["delete", "--force", &args.id])
+                .args(["delete", "--force", "--", &args.id])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
@@ -252,7 +252,7 @@ fn start(args: &ShimArgs) -> Result<Started, String> {
             attach::receive_fd(&conn)
         });
         let created = create
-            .arg(&args.id)
+            .args(["--", &args.id])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -285,7 +285,7 @@ fn start(args: &ShimArgs) -> Result<Started, String> {
             (Stdio::null(), None)
         };
         let created = create
-            .arg(&args.id)
+            .args(["--", &args.id])
             .stdin(stdin)
             .stdout(Stdio::from(out_w))
             .stderr(Stdio::from(err_w))
@@ -316,7 +316,7 @@ fn start(args: &ShimArgs) -> Result<Started, String> {
         Arc::new(attach::Input::new(sink, args.stdin_once, terminal)),
     );
     let started = runc(args)
-        .args(["start", &args.id])
+        .args(["start", "--", &args.id])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -402,7 +402,7 @@ fn supervise(args: &ShimArgs, started: Started) -> ExitFile {
     hub.close();
     let oom = oom_killed(&args.cgroup);
     let _ = runc(args)
-        .args(["delete", "--force", &args.id])
+        .args(["delete", "--force", "--", &args.id])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
