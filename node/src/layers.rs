@@ -6,6 +6,7 @@
 //! checked as it is read; a layer whose digest does not match is not kept.
 
 use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::path::{Component, Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -193,6 +194,8 @@ fn unpack_tar(reader: impl Read, root: &Path, digest: &str) -> Result<(), LayerE
     let entries = archive
         .entries()
         .map_err(|e| entry_err(Path::new(""), e.to_string()))?;
+    let root_dir = cap_primitives::fs::open_ambient_dir(root, cap_primitives::ambient_authority())
+        .map_err(|e| entry_err(Path::new(""), e.to_string()))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| entry_err(Path::new(""), e.to_string()))?;
         let path = entry
@@ -206,12 +209,12 @@ fn unpack_tar(reader: impl Read, root: &Path, digest: &str) -> Result<(), LayerE
             .unwrap_or_default();
         if name == OPAQUE || name.starts_with(WHITEOUT) {
             let parent = rel.parent().unwrap_or(Path::new(""));
-            let dir = beneath(root, parent).map_err(|e| entry_err(&path, e.to_string()))?;
+            let dir = beneath(&root_dir, parent).map_err(|e| entry_err(&path, e.to_string()))?;
             if name == OPAQUE {
                 set_opaque(&dir).map_err(|e| entry_err(&path, e.to_string()))?;
             } else {
                 let hidden = &name[WHITEOUT.len()..];
-                whiteout(&dir.join(hidden)).map_err(|e| entry_err(&path, e.to_string()))?;
+                whiteout(&dir, hidden).map_err(|e| entry_err(&path, e.to_string()))?;
             }
             continue;
         }
@@ -234,46 +237,61 @@ fn with_causes(e: &dyn std::error::Error) -> String {
     msg
 }
 
-/// `root/rel` as a directory (created), checked to be inside `root` after symbolic links.
-fn beneath(root: &Path, rel: &Path) -> std::io::Result<PathBuf> {
-    let dir = root.join(rel);
-    std::fs::create_dir_all(&dir)?;
-    let real = dir.canonicalize()?;
-    if !real.starts_with(root.canonicalize()?) {
-        return Err(std::io::Error::other(
-            "a symbolic link leads outside the layer",
-        ));
+/// The layer's directory `rel`, open: missing ones are made beneath `root`, and no
+/// symbolic link is followed out of it (a layer with `a -> /etc` and `a/x/.wh.y` must not
+/// make `/etc/x`), so nothing a layer names is made or changed outside it.
+fn beneath(root: &std::fs::File, rel: &Path) -> std::io::Result<std::fs::File> {
+    let mut prefix = PathBuf::new();
+    for c in rel.components() {
+        prefix.push(c);
+        let made =
+            cap_primitives::fs::create_dir(root, &prefix, &cap_primitives::fs::DirOptions::new());
+        match made {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
     }
-    Ok(real)
+    cap_primitives::fs::open_dir(root, rel)
 }
 
-fn cpath(p: &Path) -> std::io::Result<std::ffi::CString> {
-    use std::os::unix::ffi::OsStrExt;
-    std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other)
-}
-
-/// An overlayfs whiteout: a character device 0/0 hiding `path` of lower layers.
-fn whiteout(path: &Path) -> std::io::Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path)?,
-        Ok(_) => std::fs::remove_file(path)?,
+/// An overlayfs whiteout in `dir`: a character device 0/0 named `name`, hiding that
+/// entry of lower layers.
+fn whiteout(dir: &std::fs::File, name: &str) -> std::io::Result<()> {
+    use cap_primitives::fs::FollowSymlinks;
+    if matches!(name, "" | "." | "..") || name.contains('/') {
+        return Err(std::io::Error::other("not a whiteout of an entry"));
+    }
+    let path = Path::new(name);
+    match cap_primitives::fs::stat(dir, path, FollowSymlinks::No) {
+        Ok(m) if m.is_dir() => cap_primitives::fs::remove_dir_all(dir, path)?,
+        Ok(_) => cap_primitives::fs::remove_file(dir, path)?,
         Err(_) => {}
     }
-    let p = cpath(path)?;
-    // Safety: mknod with a valid path.
-    if unsafe { libc::mknod(p.as_ptr(), libc::S_IFCHR, libc::makedev(0, 0)) } < 0 {
+    let n = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
+    // Safety: mknodat on an open directory with a valid single-component name.
+    let r = unsafe {
+        libc::mknodat(
+            dir.as_raw_fd(),
+            n.as_ptr(),
+            libc::S_IFCHR,
+            libc::makedev(0, 0),
+        )
+    };
+    if r < 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }
 
-/// Marks a directory opaque: lower layers' entries of it are hidden.
-fn set_opaque(dir: &Path) -> std::io::Result<()> {
-    let p = cpath(dir)?;
+/// Marks an open directory opaque: lower layers' entries of it are hidden. (The
+/// descriptor may be O_PATH, which fsetxattr refuses: its /proc link names it.)
+fn set_opaque(dir: &std::fs::File) -> std::io::Result<()> {
+    let p = std::ffi::CString::new(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+        .map_err(std::io::Error::other)?;
     let (name, value) = (c"trusted.overlay.opaque", b"y");
-    // Safety: lsetxattr with valid strings and buffer.
+    // Safety: setxattr with valid strings and buffer.
     let r = unsafe {
-        libc::lsetxattr(
+        libc::setxattr(
             p.as_ptr(),
             name.as_ptr(),
             value.as_ptr().cast(),
@@ -290,6 +308,20 @@ fn set_opaque(dir: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A header with the owner and time fields a real tar has (the reader wants them).
+    fn owned_header() -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h
+    }
+
+    fn cpath(p: &Path) -> std::ffi::CString {
+        use std::os::unix::ffi::OsStrExt;
+        std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap()
+    }
 
     fn layer(entries: &[(&str, Option<&[u8]>)]) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
@@ -351,7 +383,7 @@ mod tests {
         assert!(wh.file_type().is_char_device());
         assert!(!root.join("etc/.wh.passwd").exists());
         let mut buf = [0u8; 4];
-        let c = cpath(&root.join("var/cache")).unwrap();
+        let c = cpath(&root.join("var/cache"));
         // Safety: lgetxattr into an owned buffer.
         let n = unsafe {
             libc::lgetxattr(
@@ -410,12 +442,12 @@ mod tests {
         // `out/planted`.
         let outside = tempfile::tempdir().unwrap();
         let mut raw = tar::Builder::new(Vec::new());
-        let mut link = tar::Header::new_gnu();
+        let mut link = owned_header();
         link.set_entry_type(tar::EntryType::Symlink);
         link.set_size(0);
         link.set_mode(0o777);
         raw.append_link(&mut link, "out", outside.path()).unwrap();
-        let mut file = tar::Header::new_gnu();
+        let mut file = owned_header();
         file.set_entry_type(tar::EntryType::Regular);
         file.set_size(1);
         file.set_mode(0o644);
@@ -424,5 +456,25 @@ mod tests {
         let err = refused(raw);
         assert!(matches!(err, LayerError::Entry { .. }), "{err}");
         assert!(!outside.path().join("planted").exists());
+        // Nor a whiteout or an opaque marker below such a link: nothing is made there.
+        for marker in ["a/foo/bar/.wh.x", "a/foo/.wh..wh..opq"] {
+            let mut raw = tar::Builder::new(Vec::new());
+            let mut link = owned_header();
+            link.set_entry_type(tar::EntryType::Symlink);
+            link.set_size(0);
+            link.set_mode(0o777);
+            raw.append_link(&mut link, "a", outside.path()).unwrap();
+            let mut wh = owned_header();
+            wh.set_entry_type(tar::EntryType::Regular);
+            wh.set_size(0);
+            wh.set_mode(0o644);
+            raw.append_data(&mut wh, marker, &b""[..]).unwrap();
+            let err = refused(raw);
+            assert!(matches!(err, LayerError::Entry { .. }), "{err}");
+            assert!(
+                !outside.path().join("foo").exists(),
+                "{marker} made a directory outside"
+            );
+        }
     }
 }

@@ -211,8 +211,9 @@ fn cpath(p: &Path) -> std::io::Result<std::ffi::CString> {
 }
 
 /// Mounts the container's root file system: the layers (bottom first) under a writable
-/// layer of its own.
-fn mount_rootfs(layers: &[PathBuf], bundle: &Path) -> std::io::Result<PathBuf> {
+/// layer of its own; `nodev`, and `nosuid` unless the container may gain privileges (a
+/// set-user-ID file of an image or of a writable layer then gives root to no one).
+fn mount_rootfs(layers: &[PathBuf], bundle: &Path, suid: bool) -> std::io::Result<PathBuf> {
     let (upper, work, rootfs) = (
         bundle.join("upper"),
         bundle.join("work"),
@@ -241,13 +242,14 @@ fn mount_rootfs(layers: &[PathBuf], bundle: &Path) -> std::io::Result<PathBuf> {
         c"overlay",
         std::ffi::CString::new(options).map_err(std::io::Error::other)?,
     );
+    let flags = libc::MS_NODEV | if suid { 0 } else { libc::MS_NOSUID };
     // Safety: mount with valid NUL-terminated strings.
     let r = unsafe {
         libc::mount(
             src.as_ptr(),
             target.as_ptr(),
             fstype.as_ptr(),
-            0,
+            flags,
             data.as_ptr().cast(),
         )
     };
@@ -621,7 +623,9 @@ impl Runtime for OciRuntime {
             cleanup(&bundle);
             e
         };
-        let rootfs = mount_rootfs(layers, &bundle).map_err(|e| {
+        let sec = &spec.security;
+        let suid = sec.privileged || sec.allow_privilege_escalation == Some(true);
+        let rootfs = mount_rootfs(layers, &bundle, suid).map_err(|e| {
             fail(start_error(
                 &spec.id,
                 format!("mounting the root file system: {e}"),
