@@ -42,7 +42,7 @@ impl DevFlags {
             node_ip: None,
             // Any free port, so several dev clusters can share a machine.
             port: 0,
-            insecure_registries: Vec::new(),
+            pull: Default::default(),
             lease_renew_interval: skiff_node::agent::LEASE_RENEW_INTERVAL,
             cluster_cidr: self.control.cluster_cidr,
             network: self.network,

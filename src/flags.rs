@@ -177,9 +177,8 @@ pub struct AgentFlags {
     /// Port of the agent's HTTPS endpoint (container logs).
     #[arg(long, default_value_t = 10250)]
     pub port: u16,
-    /// A registry (host:port) to pull from over plain HTTP (loopback ones always are).
-    #[arg(long = "insecure-registry")]
-    pub insecure_registries: Vec<String>,
+    #[command(flatten)]
+    pub pull: PullFlags,
     /// How often the node's Lease is renewed (the heartbeat), e.g. 2s.
     #[arg(long, default_value = "2s", value_parser = skiff_api::duration::parse)]
     pub lease_renew_interval: std::time::Duration,
@@ -193,6 +192,46 @@ pub struct AgentFlags {
     pub oci: OciFlags,
 }
 
+/// How image pulls go: plain-HTTP registries, and how large an image may be.
+#[derive(clap::Args)]
+pub struct PullFlags {
+    /// A registry (host:port) to pull from over plain HTTP (loopback ones always are).
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
+    /// The most bytes one image layer may have, as downloaded and as unpacked (e.g. 4Gi).
+    #[arg(long, default_value = "4Gi", value_parser = bytes)]
+    pub max_layer_size: u64,
+    /// The most bytes an image's layers may have together, as downloaded.
+    #[arg(long, default_value = "8Gi", value_parser = bytes)]
+    pub max_image_size: u64,
+}
+
+impl Default for PullFlags {
+    fn default() -> Self {
+        PullFlags {
+            insecure_registries: Vec::new(),
+            max_layer_size: skiff_node::registry::DEFAULT_MAX_LAYER_BYTES,
+            max_image_size: skiff_node::registry::DEFAULT_MAX_IMAGE_BYTES,
+        }
+    }
+}
+
+impl PullFlags {
+    fn options(self) -> skiff_node::registry::PullOptions {
+        skiff_node::registry::PullOptions {
+            insecure: self.insecure_registries,
+            max_layer_bytes: self.max_layer_size,
+            max_image_bytes: self.max_image_size,
+        }
+    }
+}
+
+/// A size in bytes, as a Kubernetes quantity (`512Mi`, `4Gi`).
+fn bytes(s: &str) -> Result<u64, String> {
+    let q = skiff_api::quantity::parse(s).map_err(|e| e.to_string())?;
+    u64::try_from(q.0 / 1000).map_err(|_| format!("{s}: not a size in bytes"))
+}
+
 impl AgentFlags {
     pub fn config(self) -> AgentConfig {
         let network = self.network;
@@ -203,7 +242,7 @@ impl AgentFlags {
             max_pods: self.max_pods,
             node_ip: self.node_ip,
             port: self.port,
-            insecure_registries: self.insecure_registries,
+            pull: self.pull.options(),
             lease_renew_interval: self.lease_renew_interval,
             pod_network: network.mode(),
             cni_bin_dir: network.cni_bin_dir,

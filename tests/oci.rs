@@ -1118,6 +1118,47 @@ fn a_private_zstd_image_needs_the_pods_pull_secret() {
     assert_eq!(logs(c, "private", "allowed", "main"), "pulled\n");
 }
 
+/// Sizes from a registry are claims: an image whose manifest declares a 1 PiB layer
+/// (which once made the agent allocate it, and abort, over and over), or a layer smaller
+/// than the registry then sends, is refused with the reason, and the node goes on.
+#[test]
+fn images_claiming_sizes_they_do_not_have_are_refused_and_the_node_goes_on() {
+    let c = &*cluster();
+    namespace(c, "claims");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("file"), "content\n").unwrap();
+    let o = std::process::Command::new("tar")
+        .args(["czf", "-", "-C"])
+        .arg(dir.path())
+        .arg("file")
+        .output()
+        .unwrap();
+    let layer = o.stdout;
+    let registry = format!("127.0.0.1:{}", c.registry.port);
+    common::oci::push_claiming_image(&registry, "hostile/huge", "1", &[(&layer, 1 << 50)]);
+    common::oci::push_claiming_image(&registry, "hostile/short", "1", &[(&layer, 10)]);
+    let pod = |name: &str, image: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: claims\nspec:\n  restartPolicy: Never\n  containers:\n  - name: main\n    image: {image}\n    command: [\"echo\", \"ran\"]\n")
+    };
+    for (name, why) in [
+        ("huge", "declares 1125899906842624 bytes, more than this node's limit of 4294967296 (--max-layer-size)"),
+        ("short", "the registry sent more than the 10 bytes the manifest declares"),
+    ] {
+        c.server.apply_stdin(&[], &pod(name, &format!("{registry}/hostile/{name}:1")));
+        let waiting = eventually(60, "the pull to be refused", || {
+            let s = c.server.json(&["get", "pod", name, "-n", "claims"]);
+            let w = s["status"]["containerStatuses"][0]["state"]["waiting"].clone();
+            (w["reason"] == "ErrImagePull").then_some(w)
+        });
+        let msg = waiting["message"].as_str().unwrap_or_default();
+        assert!(msg.contains(why), "{waiting}");
+    }
+    c.server.apply_stdin(&[], &pod("fine", &c.busybox()));
+    let status = finished(c, "claims", "fine");
+    assert_eq!(status["phase"], "Succeeded", "{status}");
+    assert_eq!(logs(c, "claims", "fine", "main"), "ran\n");
+}
+
 /// A Wasm guest's wasi:sockets and outgoing wasi:http live in its pod's network: over
 /// the pod's localhost it reaches busybox's TCP echo and web server and another Wasm
 /// container's UDP echo, resolves names, and reaches the node through the pod's gateway;

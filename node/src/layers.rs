@@ -63,6 +63,26 @@ pub struct LayerStore {
     dir: PathBuf,
 }
 
+/// Reads through to `inner`, failing once more than `left` bytes passed: a layer's
+/// decompressed size is the layer's claim, not a promise (a gzip or zstd bomb).
+pub struct Limited<R> {
+    pub inner: R,
+    pub left: u64,
+}
+
+impl<R: Read> Read for Limited<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.left = self.left.checked_sub(n as u64).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::FileTooLarge,
+                "unpacks to more than this node's limit (--max-layer-size)",
+            )
+        })?;
+        Ok(n)
+    }
+}
+
 /// Reads through to `inner`, hashing what passes.
 struct Hashing<R> {
     inner: R,
@@ -101,12 +121,14 @@ impl LayerStore {
     }
 
     /// Unpacks the layer blob read from `blob` (whose digest must be `digest`) unless it is
-    /// already; returns its directory. Blocking: run it off the async threads.
+    /// already, reading at most `limit` bytes of tar; returns its directory. Blocking: run
+    /// it off the async threads.
     pub fn unpack(
         &self,
         blob: impl Read,
         digest: &str,
         media_type: &str,
+        limit: u64,
     ) -> Result<PathBuf, LayerError> {
         let io = |source| LayerError::Io {
             digest: digest.into(),
@@ -143,7 +165,11 @@ impl LayerStore {
                     Box::new(zstd::stream::read::Decoder::new(&mut hashing).map_err(io)?)
                 }
             };
-            unpack_tar(decompressed, &root, digest)?;
+            let limited = Limited {
+                inner: decompressed,
+                left: limit,
+            };
+            unpack_tar(limited, &root, digest)?;
         }
         // Whatever the tar reader left unread still counts for the digest.
         std::io::copy(&mut hashing, &mut std::io::sink()).map_err(io)?;
@@ -376,7 +402,7 @@ mod tests {
             ("var/cache/.wh..wh..opq", Some(b"")),
         ]));
         let d = digest(&blob);
-        let root = store.unpack(&blob[..], &d, GZIP).unwrap();
+        let root = store.unpack(&blob[..], &d, GZIP, 1 << 20).unwrap();
         assert_eq!(std::fs::read(root.join("etc/motd")).unwrap(), b"hi\n");
         use std::os::unix::fs::FileTypeExt;
         let wh = std::fs::symlink_metadata(root.join("etc/passwd")).unwrap();
@@ -395,8 +421,26 @@ mod tests {
         };
         assert_eq!(&buf[..n as usize], b"y");
         // Once: a second unpack reads nothing.
-        assert_eq!(store.unpack(std::io::empty(), &d, GZIP).unwrap(), root);
+        assert_eq!(
+            store.unpack(std::io::empty(), &d, GZIP, 1 << 20).unwrap(),
+            root
+        );
         assert!(store.has(&d));
+    }
+
+    /// A small blob that unpacks to more than the limit stops there, and keeps nothing.
+    #[test]
+    fn a_decompression_bomb_stops_at_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LayerStore::open(dir.path()).unwrap();
+        let zeros = vec![0u8; 8 << 20];
+        let blob = gzip(&layer(&[("big", Some(&zeros))]));
+        assert!(blob.len() * 50 < zeros.len(), "{}", blob.len());
+        let d = digest(&blob);
+        let err = store.unpack(&blob[..], &d, GZIP, 1 << 20).unwrap_err();
+        assert!(err.to_string().contains("--max-layer-size"), "{err}");
+        assert!(!store.has(&d));
+        assert!(store.unpack(&blob[..], &d, GZIP, 16 << 20).is_ok());
     }
 
     #[test]
@@ -405,11 +449,13 @@ mod tests {
         let store = LayerStore::open(dir.path()).unwrap();
         let tar = layer(&[("a.txt", Some(b"zstd\n"))]);
         let blob = zstd::stream::encode_all(&tar[..], 3).unwrap();
-        let root = store.unpack(&blob[..], &digest(&blob), ZSTD).unwrap();
+        let root = store
+            .unpack(&blob[..], &digest(&blob), ZSTD, 1 << 20)
+            .unwrap();
         assert_eq!(std::fs::read(root.join("a.txt")).unwrap(), b"zstd\n");
         // A blob that is not what its digest says is not kept.
         let other = digest(b"something else");
-        let err = store.unpack(&blob[..], &other, ZSTD).unwrap_err();
+        let err = store.unpack(&blob[..], &other, ZSTD, 1 << 20).unwrap_err();
         assert!(matches!(err, LayerError::Digest { .. }), "{err}");
         assert!(!store.has(&other));
         // Escaping entries are refused.
@@ -432,6 +478,7 @@ mod tests {
                     &evil[..],
                     &digest(&evil),
                     "application/vnd.oci.image.layer.v1.tar",
+                    1 << 20,
                 )
                 .unwrap_err()
         };

@@ -47,8 +47,83 @@ pub enum RegistryError {
         expected: String,
         actual: String,
     },
+    /// A size the manifest or the registry gives is over a limit, or off.
+    #[error("{image}: {reason}")]
+    Size { image: String, reason: String },
     #[error(transparent)]
     Store(#[from] ImageError),
+}
+
+/// Default limits of a pull: a layer (as downloaded, and unpacked), and an image's layers
+/// together.
+pub const DEFAULT_MAX_LAYER_BYTES: u64 = 4 << 30;
+pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 8 << 30;
+
+/// How pulls go: which registries speak plain HTTP, and how large what they send may be
+/// (sizes from the network are claims, checked as the bytes come, never allocated).
+#[derive(Clone, Debug)]
+pub struct PullOptions {
+    pub insecure: Vec<String>,
+    pub max_layer_bytes: u64,
+    pub max_image_bytes: u64,
+}
+
+impl Default for PullOptions {
+    fn default() -> Self {
+        PullOptions {
+            insecure: Vec::new(),
+            max_layer_bytes: DEFAULT_MAX_LAYER_BYTES,
+            max_image_bytes: DEFAULT_MAX_IMAGE_BYTES,
+        }
+    }
+}
+
+/// Bytes free for unprivileged writers on the file system holding `dir`.
+fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // Safety: statvfs into a zeroed struct we own.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statvfs(p.as_ptr(), &mut st) } == 0)
+        .then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Refuses, before anything is downloaded, layers whose declared sizes are over the
+/// limits or more than the node's free disk.
+fn check_declared(
+    store: &ImageStore,
+    image: &str,
+    layers: &[&OciDescriptor],
+    opts: &PullOptions,
+) -> Result<(), RegistryError> {
+    let too = |reason: String| RegistryError::Size {
+        image: image.into(),
+        reason,
+    };
+    let mut total = 0u64;
+    for l in layers {
+        let size = u64::try_from(l.size)
+            .map_err(|_| too(format!("layer {} declares a negative size", l.digest)))?;
+        if size > opts.max_layer_bytes {
+            return Err(too(format!(
+                "layer {} declares {size} bytes, more than this node's limit of {} (--max-layer-size)",
+                l.digest, opts.max_layer_bytes
+            )));
+        }
+        total = total.saturating_add(size);
+    }
+    if total > opts.max_image_bytes {
+        return Err(too(format!(
+            "its layers declare {total} bytes, more than this node's limit of {} (--max-image-size)",
+            opts.max_image_bytes
+        )));
+    }
+    if let Some(free) = free_bytes(store.dir()).filter(|f| *f < total) {
+        return Err(too(format!(
+            "its layers declare {total} bytes; the node's disk has {free} bytes free"
+        )));
+    }
+    Ok(())
 }
 
 /// A registry client's error with its causes ("error sending request: dns error: ..."):
@@ -102,10 +177,10 @@ pub async fn pull(
     store: &ImageStore,
     image: &str,
     auth: &RegistryAuth,
-    insecure: &[String],
+    opts: &PullOptions,
 ) -> Result<Image, RegistryError> {
     let reference = parse(image)?;
-    let client = client_for(reference.registry(), insecure);
+    let client = client_for(reference.registry(), &opts.insecure);
     let (manifest, manifest_digest, config) = client
         .pull_manifest_and_config(&reference, auth)
         .await
@@ -123,11 +198,21 @@ pub async fn pull(
                 .iter()
                 .all(|l| Compression::of(&l.media_type).is_some());
         if all_tar {
+            let missing: Vec<&OciDescriptor> = manifest
+                .layers
+                .iter()
+                .filter(|l| !store.layers.has(&l.digest))
+                .collect();
+            check_declared(store, image, &missing, opts)?;
+            let pulling = Pulling {
+                client: &client,
+                reference: &reference,
+                image,
+                max_layer_bytes: opts.max_layer_bytes,
+            };
             return pull_filesystem_image(
                 store,
-                &client,
-                &reference,
-                image,
+                &pulling,
                 &manifest.layers,
                 &manifest_digest,
                 &config,
@@ -144,11 +229,20 @@ pub async fn pull(
                 .join(", "),
         });
     };
-    let mut data: Vec<u8> = Vec::with_capacity(layer.size.max(0) as usize);
-    client
-        .pull_blob(&reference, layer, &mut data)
+    check_declared(store, image, &[layer], opts)?;
+    let pulling = Pulling {
+        client: &client,
+        reference: &reference,
+        image,
+        max_layer_bytes: opts.max_layer_bytes,
+    };
+    let tmp =
+        tempfile::tempdir_in(store.dir()).map_err(|e| RegistryError::Registry(e.to_string()))?;
+    let file = pulling.fetch(layer, tmp.path(), 0).await?;
+    // Its size is checked (the declared one, within the limit): now it may be read whole.
+    let data = tokio::fs::read(&file)
         .await
-        .map_err(registry_err)?;
+        .map_err(|e| RegistryError::Registry(e.to_string()))?;
     let actual = format!("sha256:{:x}", Sha256::digest(&data));
     if actual != layer.digest {
         return Err(RegistryError::Digest {
@@ -161,30 +255,99 @@ pub async fn pull(
     Ok(store.tag(image, &digest)?)
 }
 
+/// One image's pull: its registry client (holding the token from the manifest pull),
+/// reference and name, and how large a layer may be.
+struct Pulling<'a> {
+    client: &'a Client,
+    reference: &'a Reference,
+    image: &'a str,
+    max_layer_bytes: u64,
+}
+
+impl Pulling<'_> {
+    fn fail(&self, reason: String) -> RegistryError {
+        RegistryError::NoWasmEntrypoint {
+            image: self.image.into(),
+            reason,
+        }
+    }
+
+    /// Downloads `layer` into `dir` as file `layer-<i>`, streamed: the registry may send
+    /// neither more nor fewer bytes than the descriptor declares (checked against the
+    /// limit beforehand), and the digest is checked at the end.
+    async fn fetch(
+        &self,
+        layer: &OciDescriptor,
+        dir: &std::path::Path,
+        i: usize,
+    ) -> Result<PathBuf, RegistryError> {
+        use futures::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        let size = |reason: String| RegistryError::Size {
+            image: self.image.into(),
+            reason,
+        };
+        let declared = u64::try_from(layer.size).unwrap_or(u64::MAX);
+        if declared > self.max_layer_bytes {
+            return Err(size(format!(
+                "layer {} declares {declared} bytes, more than this node's limit of {} (--max-layer-size)",
+                layer.digest, self.max_layer_bytes
+            )));
+        }
+        let f = dir.join(format!("layer-{i}"));
+        let mut out = tokio::fs::File::create(&f)
+            .await
+            .map_err(|e| self.fail(format!("{}: {e}", f.display())))?;
+        let mut stream = self
+            .client
+            .pull_blob_stream(self.reference, layer)
+            .await
+            .map_err(registry_err)?;
+        let mut got = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(registry_err)?;
+            got += chunk.len() as u64;
+            if got > declared {
+                return Err(size(format!(
+                    "the registry sent more than the {declared} bytes the manifest declares for layer {}",
+                    layer.digest
+                )));
+            }
+            out.write_all(&chunk)
+                .await
+                .map_err(|e| self.fail(format!("{}: {e}", f.display())))?;
+        }
+        out.flush()
+            .await
+            .map_err(|e| self.fail(format!("{}: {e}", f.display())))?;
+        if got != declared {
+            return Err(size(format!(
+                "the registry sent {got} of the {declared} bytes the manifest declares for layer {}",
+                layer.digest
+            )));
+        }
+        Ok(f)
+    }
+}
+
 /// A regular OCI image: finds its entrypoint (`Entrypoint`, else `Cmd`, resolved against
 /// `WorkingDir`) in its layers, from the top one down, and keeps it alone if it is Wasm;
-/// any other image is unpacked whole, layer by layer, as a root file system for runc. (The
-/// client holds the registry token from the manifest pull.)
+/// any other image is unpacked whole, layer by layer, as a root file system for runc.
 async fn pull_filesystem_image(
     store: &ImageStore,
-    client: &Client,
-    reference: &Reference,
-    image: &str,
+    pulling: &Pulling<'_>,
     layers: &[OciDescriptor],
     manifest_digest: &str,
     config: &str,
 ) -> Result<Image, RegistryError> {
-    let fail = |reason: String| RegistryError::NoWasmEntrypoint {
-        image: image.into(),
-        reason,
-    };
+    let image = pulling.image;
     let run: RunConfig = serde_json::from_str::<serde_json::Value>(config)
         .ok()
         .and_then(|v| serde_json::from_value(v["config"].clone()).ok())
         .unwrap_or_default();
     // Layers are fetched once each, on demand, top first (they may be large: kept on disk).
-    let tmp =
-        tempfile::tempdir_in(store.dir()).map_err(|e| fail(format!("temporary directory: {e}")))?;
+    let tmp = tempfile::tempdir_in(store.dir())
+        .map_err(|e| pulling.fail(format!("temporary directory: {e}")))?;
     let mut fetched: Vec<Option<PathBuf>> = vec![None; layers.len()];
     let program = run
         .entrypoint
@@ -194,17 +357,7 @@ async fn pull_filesystem_image(
         .next();
     let wasm = match program {
         Some(program) => {
-            find_entrypoint(
-                client,
-                reference,
-                layers,
-                &run,
-                program,
-                &tmp,
-                &mut fetched,
-                &fail,
-            )
-            .await?
+            find_entrypoint(pulling, layers, &run, program, &tmp, &mut fetched).await?
         }
         None => None,
     };
@@ -224,82 +377,62 @@ async fn pull_filesystem_image(
         }
         let file = match &fetched[i] {
             Some(f) => f.clone(),
-            None => fetch_layer(client, reference, layer, tmp.path(), i, &fail).await?,
+            None => pulling.fetch(layer, tmp.path(), i).await?,
         };
         tracing::info!(%image, layer = %layer.digest, size = layer.size, n = i + 1, of = layers.len(), "layer pulled; unpacking");
-        let (layer_store, digest, media_type) = (
+        let (layer_store, digest, media_type, limit) = (
             store.layers.clone(),
             layer.digest.clone(),
             layer.media_type.clone(),
+            pulling.max_layer_bytes,
         );
         tokio::task::spawn_blocking(move || {
             let blob = std::fs::File::open(&file)?;
             layer_store
-                .unpack(std::io::BufReader::new(blob), &digest, &media_type)
+                .unpack(std::io::BufReader::new(blob), &digest, &media_type, limit)
                 .map_err(std::io::Error::other)
         })
         .await
-        .map_err(|e| fail(e.to_string()))?
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| pulling.fail(e.to_string()))?
+        .map_err(|e| pulling.fail(e.to_string()))?;
     }
     tracing::info!(%image, layers = layers.len(), bytes = size, "image unpacked");
     store.put_rootfs_record(manifest_digest, digests, size, &run)?;
     Ok(store.tag(image, manifest_digest)?)
 }
 
-/// Downloads layer `i` into `dir`.
-async fn fetch_layer(
-    client: &Client,
-    reference: &Reference,
-    layer: &OciDescriptor,
-    dir: &std::path::Path,
-    i: usize,
-    fail: &impl Fn(String) -> RegistryError,
-) -> Result<PathBuf, RegistryError> {
-    let f = dir.join(format!("layer-{i}"));
-    let out = tokio::fs::File::create(&f)
-        .await
-        .map_err(|e| fail(format!("{}: {e}", f.display())))?;
-    client
-        .pull_blob(reference, layer, out)
-        .await
-        .map_err(registry_err)?;
-    Ok(f)
-}
-
 /// The entrypoint file's bytes, looked up through the layers top first (following links
 /// and whiteouts); `None` if the image does not have it.
-#[allow(clippy::too_many_arguments)]
 async fn find_entrypoint(
-    client: &Client,
-    reference: &Reference,
+    pulling: &Pulling<'_>,
     layers: &[OciDescriptor],
     run: &RunConfig,
     program: &str,
     tmp: &tempfile::TempDir,
     fetched: &mut [Option<PathBuf>],
-    fail: &impl Fn(String) -> RegistryError,
 ) -> Result<Option<Vec<u8>>, RegistryError> {
     let workdir = run.working_dir.as_deref().unwrap_or("/");
     let mut target = clean_path(&format!("{workdir}/{program}"));
     let mut links = 0;
+    let limit = pulling.max_layer_bytes;
     let wasm = 'search: loop {
         for (i, layer) in layers.iter().enumerate().rev() {
             let file = match &fetched[i] {
                 Some(f) => f.clone(),
                 None => {
-                    let f = fetch_layer(client, reference, layer, tmp.path(), i, fail).await?;
+                    let f = pulling.fetch(layer, tmp.path(), i).await?;
                     fetched[i] = Some(f.clone());
                     f
                 }
             };
             let compression = Compression::of(&layer.media_type).unwrap_or(Compression::None);
             let wanted = target.clone();
-            let found =
-                tokio::task::spawn_blocking(move || find_in_layer(&file, compression, &wanted))
-                    .await
-                    .map_err(|e| fail(e.to_string()))?
-                    .map_err(|e| fail(format!("reading layer {}: {e}", layer.digest)))?;
+            let found = tokio::task::spawn_blocking(move || {
+                find_in_layer(&file, compression, &wanted, limit)
+            })
+            .await
+            .map_err(|e| pulling.fail(e.to_string()))?
+            .map_err(|e| pulling.fail(format!("reading layer {}: {e}", layer.digest)))?;
             match found {
                 Found::File(bytes) => break 'search bytes,
                 Found::Link(to) if links < MAX_LINKS => {
@@ -311,7 +444,7 @@ async fn find_entrypoint(
                     continue 'search;
                 }
                 Found::Link(_) => {
-                    return Err(fail(format!("too many symbolic links resolving /{target}")))
+                    return Err(pulling.fail(format!("too many symbolic links resolving /{target}")))
                 }
                 Found::Deleted => return Ok(None),
                 Found::Absent => {}
@@ -350,10 +483,12 @@ fn parent(p: &str) -> &str {
     p.rsplit_once('/').map_or("", |(dir, _)| dir)
 }
 
+/// Looks for `target` in a layer blob, reading at most `limit` bytes of tar.
 fn find_in_layer(
     file: &std::path::Path,
     compression: Compression,
     target: &str,
+    limit: u64,
 ) -> std::io::Result<Found> {
     use std::io::Read;
     let f = std::io::BufReader::new(std::fs::File::open(file)?);
@@ -361,6 +496,10 @@ fn find_in_layer(
         Compression::None => Box::new(f),
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(f)),
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(f)?),
+    };
+    let reader = crate::layers::Limited {
+        inner: reader,
+        left: limit,
     };
     let name = target.rsplit('/').next().unwrap_or(target);
     let dir = parent(target);
@@ -384,7 +523,9 @@ fn find_in_layer(
                     to
                 }));
             }
-            let mut bytes = Vec::with_capacity(entry.size() as usize);
+            // The header's size is a claim: the bytes are read as they come (the
+            // limit above stops them).
+            let mut bytes = Vec::new();
             entry.read_to_end(&mut bytes)?;
             return Ok(Found::File(bytes));
         }
@@ -533,21 +674,21 @@ mod tests {
             ],
         );
         assert!(
-            matches!(find_in_layer(&l, Compression::Gzip, "app/prog.wasm").unwrap(), Found::File(b) if b == b"\0asm")
+            matches!(find_in_layer(&l, Compression::Gzip, "app/prog.wasm", 1 << 20).unwrap(), Found::File(b) if b == b"\0asm")
         );
         assert!(
-            matches!(find_in_layer(&l, Compression::Gzip, "app/run").unwrap(), Found::Link(t) if t == "prog.wasm")
+            matches!(find_in_layer(&l, Compression::Gzip, "app/run", 1 << 20).unwrap(), Found::Link(t) if t == "prog.wasm")
         );
         assert!(matches!(
-            find_in_layer(&l, Compression::Gzip, "app/gone").unwrap(),
+            find_in_layer(&l, Compression::Gzip, "app/gone", 1 << 20).unwrap(),
             Found::Deleted
         ));
         assert!(matches!(
-            find_in_layer(&l, Compression::Gzip, "data/x.wasm").unwrap(),
+            find_in_layer(&l, Compression::Gzip, "data/x.wasm", 1 << 20).unwrap(),
             Found::Deleted
         ));
         assert!(matches!(
-            find_in_layer(&l, Compression::Gzip, "bin/other").unwrap(),
+            find_in_layer(&l, Compression::Gzip, "bin/other", 1 << 20).unwrap(),
             Found::Absent
         ));
         assert_eq!(clean_path("/app/./x/../prog.wasm"), "app/prog.wasm");

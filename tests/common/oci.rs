@@ -310,3 +310,86 @@ pub fn push_index(registry: &str, repo: &str, tag: &str, entries: &[(&str, &str)
         ],
     );
 }
+
+/// Uploads `data` as a blob of `repo` on a loopback registry; its digest.
+fn push_blob(registry: &str, repo: &str, data: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = format!("sha256:{:x}", sha2::Sha256::digest(data));
+    let o = Command::new("curl")
+        .args(["-sSf", "-X", "POST", "-D", "-", "-o", "/dev/null"])
+        .arg(format!("http://{registry}/v2/{repo}/blobs/uploads/"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let headers = String::from_utf8_lossy(&o.stdout);
+    let location = headers
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("location")
+                .then(|| v.trim().to_string())
+        })
+        .expect("an upload location");
+    let url = if location.starts_with('/') {
+        format!("http://{registry}{location}")
+    } else {
+        location
+    };
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("blob");
+    std::fs::write(&file, data).unwrap();
+    run(
+        "curl",
+        &[
+            "-sSf",
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "--data-binary",
+            &format!("@{}", file.display()),
+            &format!("{url}{sep}digest={digest}"),
+        ],
+    );
+    digest
+}
+
+/// Puts an image at `registry/repo:tag` whose manifest says what a hostile registry
+/// would: each layer (gzip tar bytes) with the size given, whatever its real one.
+pub fn push_claiming_image(registry: &str, repo: &str, tag: &str, layers: &[(&[u8], i64)]) {
+    let config = br#"{"architecture":"amd64","os":"linux","config":{"Cmd":["sh"]},"rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let config_digest = push_blob(registry, repo, config);
+    let layers: Vec<serde_json::Value> = layers
+        .iter()
+        .map(|(data, size)| {
+            serde_json::json!({
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": push_blob(registry, repo, data),
+                "size": size,
+            })
+        })
+        .collect();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": layers,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("manifest.json");
+    std::fs::write(&file, manifest.to_string()).unwrap();
+    run(
+        "curl",
+        &[
+            "-sSf",
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/vnd.oci.image.manifest.v1+json",
+            "--data-binary",
+            &format!("@{}", file.display()),
+            &format!("http://{registry}/v2/{repo}/manifests/{tag}"),
+        ],
+    );
+}

@@ -52,8 +52,9 @@ pub struct AgentConfig {
     pub node_ip: Option<String>,
     /// The agent endpoint's port (`kubectl logs` goes through it); 0 picks a free one.
     pub port: u16,
-    /// Registries (`host:port`) to pull from over plain HTTP besides loopback ones.
-    pub insecure_registries: Vec<String>,
+    /// How image pulls go: plain-HTTP registries (`host:port`, besides loopback ones),
+    /// size limits.
+    pub pull: crate::registry::PullOptions,
     /// How often the node's Lease is renewed.
     pub lease_renew_interval: Duration,
     /// How pods get their network.
@@ -207,7 +208,7 @@ pub(crate) struct Ctx {
     pub images: ImageStore,
     pub runtimes: Runtimes,
     pub events: events::Recorder,
-    pub insecure_registries: Vec<String>,
+    pub pull: crate::registry::PullOptions,
     /// The node's pod network (pods wait for it).
     pub networks: tokio::sync::watch::Receiver<Networks>,
     /// The cluster DNS this agent serves, if it could start it.
@@ -807,7 +808,7 @@ pub async fn run(
         active_logs: Default::default(),
         resolvers: Default::default(),
         status_writes: Arc::new(tokio::sync::Semaphore::new(status::MAX_STATUS_WRITES)),
-        insecure_registries: cfg.insecure_registries.clone(),
+        pull: cfg.pull.clone(),
     });
     let listen = std::net::SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), cfg.port);
     let hosts = vec![ip.clone(), cfg.node_name.clone()];

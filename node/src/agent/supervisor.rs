@@ -617,7 +617,7 @@ async fn obtain_image(
             );
             let started = Instant::now();
             let auth = pc.registry_auth(pod, image).await;
-            match crate::registry::pull(&ctx.images, image, &auth, &ctx.insecure_registries).await {
+            match crate::registry::pull(&ctx.images, image, &auth, &ctx.pull).await {
                 Ok(img) => {
                     let size = img.size;
                     let took = started.elapsed().as_secs_f64();

@@ -101,6 +101,7 @@ fn import_busybox(store: &crate::images::ImageStore) -> Result<(), BenchError> {
             &layer[..],
             &digest,
             "application/vnd.oci.image.layer.v1.tar+gzip",
+            crate::registry::DEFAULT_MAX_LAYER_BYTES,
         )
         .map_err(|e| BenchError::Failed(e.to_string()))?;
     let run = crate::images::RunConfig {
