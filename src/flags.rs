@@ -41,6 +41,15 @@ pub struct ApiFlags {
     /// Writes after the damage are lost; without this flag the server refuses to start.
     #[arg(long)]
     pub repair: bool,
+    /// Connections served at once; more wait until one ends.
+    #[arg(long, default_value_t = skiff_api::conn::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Read-only requests served at once (watches, logs and exec aside); more get 429.
+    #[arg(long, default_value_t = apiserver::inflight::DEFAULT_MAX_REQUESTS_INFLIGHT)]
+    pub max_requests_inflight: usize,
+    /// Mutating requests served at once; more get 429.
+    #[arg(long, default_value_t = apiserver::inflight::DEFAULT_MAX_MUTATING_REQUESTS_INFLIGHT)]
+    pub max_mutating_requests_inflight: usize,
 }
 
 impl ApiFlags {
@@ -53,6 +62,11 @@ impl ApiFlags {
                 history: self.history,
                 repair: self.repair,
                 admission: control.admission(),
+                limits: apiserver::ServeLimits {
+                    max_connections: self.max_connections,
+                    max_requests_inflight: self.max_requests_inflight,
+                    max_mutating_requests_inflight: self.max_mutating_requests_inflight,
+                },
                 advertise_address: control.advertise_address,
             },
             controllers: control.controllers(),

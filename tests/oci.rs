@@ -478,6 +478,19 @@ fn kubectl_exec_and_cp_reach_a_runc_container() {
     assert!(err.contains("cannot exec in a Wasm container"), "{err}");
 }
 
+/// A node takes no more pods than its range can address: a /24 gives 253 (not the
+/// 1,000 of --max-pods), so a burst never leaves pods waiting for an address forever.
+#[test]
+fn a_nodes_pod_capacity_is_what_its_range_can_address() {
+    let c = &*cluster();
+    let n = eventually(30, "the node's pod capacity", || {
+        let n = c.server.json(&["get", "node", "oci1"]);
+        (n["status"]["allocatable"]["pods"] == "253").then_some(n)
+    });
+    assert_eq!(n["status"]["capacity"]["pods"], "253", "{n}");
+    assert!(n["spec"]["podCIDR"].as_str().unwrap().ends_with("/24"));
+}
+
 /// A status is what its writers say, not what runs: `kubectl exec` into a pod whose
 /// status (written through `pods/status`) names another pod's container, or runc flags,
 /// still runs in the pod's own container.

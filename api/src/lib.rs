@@ -2,6 +2,7 @@
 //! API, and read its values the same way with these.
 //!
 //! - [`cidr`]: CIDR ranges (the cluster's and each node's pod range).
+//! - [`conn`]: how servers take connections (caps, back-off, timeouts, open-files limit).
 //! - [`duration`]: durations in flags as Kubernetes writes them (`6s`, `500ms`).
 //! - [`image`]: image references as stored and compared (`name` means `name:latest`).
 //! - [`quantity`]: resource quantities (`500m`, `1Gi`) in milli-units.
@@ -12,6 +13,7 @@
 //!   endpoints controller writes and the nodes' proxies and DNS read.
 
 pub mod cidr;
+pub mod conn;
 pub mod duration;
 pub mod image;
 pub mod private_dir;

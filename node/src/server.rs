@@ -499,22 +499,30 @@ pub async fn start<H: Host>(
         })?;
     let app = app(host);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let listener =
+        skiff_api::conn::Listener::new(listener, skiff_api::conn::DEFAULT_MAX_CONNECTIONS);
     tokio::spawn(async move {
+        use skiff_api::conn::{HANDSHAKE_TIMEOUT, READ_HEADER_TIMEOUT};
         loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
+            let (tcp, _, permit) = listener.accept().await;
             let (acceptor, app) = (acceptor.clone(), app.clone());
             tokio::spawn(async move {
-                let Ok(stream) = acceptor.accept(tcp).await else {
+                let _permit = permit;
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+                let Ok(Ok(stream)) = handshake.await else {
                     return;
                 };
                 let svc = hyper_util::service::TowerToHyperService::new(app);
-                let _ = hyper_util::server::conn::auto::Builder::new(
+                let mut builder = hyper_util::server::conn::auto::Builder::new(
                     hyper_util::rt::TokioExecutor::new(),
-                )
-                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), svc)
-                .await;
+                );
+                builder
+                    .http1()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(READ_HEADER_TIMEOUT);
+                let _ = builder
+                    .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
             });
         }
     });

@@ -273,9 +273,24 @@ pub struct Server {
     pub net: u32,
     child: Option<Child>,
     cache: tempfile::TempDir,
+    /// The soft open-files limit it is started with, if not the test's.
+    soft_open_files: Option<u64>,
 }
 
 impl Server {
+    /// A server started with a soft open-files limit of `soft` (the usual 1,024, say).
+    pub fn start_with_open_files(soft: u64) -> Server {
+        let mut s = Server::unstarted(tempfile::tempdir().unwrap(), "127.0.0.1");
+        s.soft_open_files = Some(soft);
+        s.spawn();
+        s
+    }
+
+    /// The server process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     pub fn start() -> Server {
         Server::start_in(tempfile::tempdir().unwrap())
     }
@@ -288,16 +303,21 @@ impl Server {
 
     /// A server listening on `host` (say, a test LAN's gateway address).
     pub fn start_on(dir: tempfile::TempDir, host: &str) -> Server {
-        let mut s = Server {
+        let mut s = Server::unstarted(dir, host);
+        s.spawn();
+        s
+    }
+
+    fn unstarted(dir: tempfile::TempDir, host: &str) -> Server {
+        Server {
             dir,
             host: host.to_string(),
             port: free_port(),
             net: network_id(),
             child: None,
             cache: tempfile::tempdir().unwrap(),
-        };
-        s.spawn();
-        s
+            soft_open_files: None,
+        }
     }
 
     fn spawn(&mut self) {
@@ -306,7 +326,24 @@ impl Server {
 
     fn spawn_with(&mut self, extra: &[&str]) {
         let log = std::fs::File::create(self.dir.path().join("server.log")).unwrap();
-        let child = die_with_parent(&mut Command::new(env!("CARGO_BIN_EXE_skiff")))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_skiff"));
+        if let Some(soft) = self.soft_open_files {
+            use std::os::unix::process::CommandExt;
+            // Safety: getrlimit/setrlimit are async-signal-safe.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let mut lim = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+                    lim.rlim_cur = soft.min(lim.rlim_max);
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+                    Ok(())
+                });
+            }
+        }
+        let child = die_with_parent(&mut cmd)
             .args(["server", "--data-dir"])
             .arg(self.dir.path().join("data"))
             .args(["--listen", &format!("{}:{}", self.host, self.port)])

@@ -25,6 +25,9 @@ pub enum ApiError {
     ServiceUnavailable(String),
     #[error("Request entity too large: limit is {0}")]
     TooLarge(usize),
+    /// Past the max-in-flight limit: the client retries after a second.
+    #[error("Too many requests, please try again later.")]
+    TooManyRequests,
 }
 
 impl From<StoreError> for ApiError {
@@ -94,6 +97,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => (405, "MethodNotAllowed", Value::Null),
             ApiError::ServiceUnavailable(_) => (503, "ServiceUnavailable", Value::Null),
             ApiError::TooLarge(_) => (413, "RequestEntityTooLarge", Value::Null),
+            ApiError::TooManyRequests => (429, "TooManyRequests", json!({"retryAfterSeconds": 1})),
         };
         let message = match self {
             ApiError::Object(ObjectError::Store(StoreError::Corrupt(what))) => {
@@ -129,11 +133,17 @@ fn kind_of(resource: &str) -> &str {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (code, body) = self.status();
-        (
+        let mut resp = (
             code,
             [(header::CONTENT_TYPE, "application/json")],
             body.to_string(),
         )
-            .into_response()
+            .into_response();
+        if let Some(secs) = body.pointer("/details/retryAfterSeconds") {
+            if let Ok(v) = header::HeaderValue::from_str(&secs.to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        resp
     }
 }

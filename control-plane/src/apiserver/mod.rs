@@ -10,6 +10,7 @@
 
 pub mod discovery;
 pub mod error;
+pub mod inflight;
 mod node_proxy;
 pub mod openapi;
 pub mod pki;
@@ -62,6 +63,28 @@ pub struct ServerConfig {
     /// The address clients in pods reach this server at (the `kubernetes` Service's
     /// endpoint); `None`: the listen address, or this host's default-route address.
     pub advertise_address: Option<std::net::IpAddr>,
+    pub limits: ServeLimits,
+}
+
+/// How much the server takes on at once (kube-apiserver's flags of the same names).
+#[derive(Clone, Debug)]
+pub struct ServeLimits {
+    /// Connections held at once (more wait in the listen backlog).
+    pub max_connections: usize,
+    /// Read-only requests served at once, long-running ones (watches, logs, exec) aside.
+    pub max_requests_inflight: usize,
+    /// Mutating requests served at once.
+    pub max_mutating_requests_inflight: usize,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits {
+            max_connections: skiff_api::conn::DEFAULT_MAX_CONNECTIONS,
+            max_requests_inflight: inflight::DEFAULT_MAX_REQUESTS_INFLIGHT,
+            max_mutating_requests_inflight: inflight::DEFAULT_MAX_MUTATING_REQUESTS_INFLIGHT,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +117,8 @@ pub struct AppState {
     openapi: openapi::Documents,
     /// Signs and checks ServiceAccount tokens.
     pub(crate) tokens: tokens::Tokens,
+    /// Requests in flight, by kind (the max-in-flight filter).
+    in_flight: inflight::InFlight,
 }
 
 /// A started API server.
@@ -188,9 +213,14 @@ pub async fn start(
         server_address: format!("{host}:{}", addr.port()),
         openapi: openapi::Documents::new(&registry),
         tokens: tokens::Tokens::load_or_create(&config.data_dir.join("pki"))?,
+        in_flight: inflight::InFlight::new(
+            config.limits.max_requests_inflight,
+            config.limits.max_mutating_requests_inflight,
+        ),
     });
     let app = Router::new().fallback(dispatch).with_state(state);
     tracing::info!(listen = %addr, kubeconfig = %kubeconfig.display(), "skiff API server listening on {server_url}; kubeconfig at {}", kubeconfig.display());
+    let listener = skiff_api::conn::Listener::new(listener, config.limits.max_connections);
     let task = tokio::spawn(serve(listener, tls, app, shutdown));
     Ok(RunningServer {
         addr,
@@ -202,41 +232,49 @@ pub async fn start(
 }
 
 async fn serve(
-    listener: TcpListener,
+    listener: skiff_api::conn::Listener,
     tls: Arc<rustls::ServerConfig>,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    use skiff_api::conn::{HANDSHAKE_TIMEOUT, READ_HEADER_TIMEOUT};
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     tokio::pin!(shutdown);
     loop {
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    continue;
-                }
-            },
+        let (tcp, peer, permit) = tokio::select! {
+            accepted = listener.accept() => accepted,
             _ = &mut shutdown => break,
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {
-            let tls = match acceptor.accept(tcp).await {
-                Ok(t) => t,
-                Err(e) => {
+            let _permit = permit;
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
                     return;
                 }
             };
             let svc = hyper_util::service::TowerToHyperService::new(app);
             let mut builder =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            // Informers multiplex many watches on one connection (Kubernetes allows 250).
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(READ_HEADER_TIMEOUT);
+            // Informers multiplex many watches on one connection (Kubernetes allows 250);
+            // a peer that stops answering pings is let go.
             builder
                 .http2()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .keep_alive_interval(std::time::Duration::from_secs(30))
+                .keep_alive_timeout(std::time::Duration::from_secs(20))
                 .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
             if let Err(e) = builder
                 .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), svc)
@@ -333,6 +371,10 @@ async fn route(state: Arc<AppState>, req: Request) -> Result<Response, ApiError>
     if !authenticated(&state, req.headers()).await {
         return Err(ApiError::Unauthorized);
     }
+    let _slot = state
+        .in_flight
+        .admit(req.method(), &path, req.uri().query())
+        .map_err(|()| ApiError::TooManyRequests)?;
     // Streaming subresources keep the whole request: the connection is upgraded.
     if let Some(ApiPath::Resource(rp)) = parse_path(&path) {
         let serves = |sub: &str| {

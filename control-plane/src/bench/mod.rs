@@ -199,6 +199,9 @@ impl BenchServer {
                 "server",
                 "--listen",
                 &format!("127.0.0.1:{port}"),
+                // A node's pods are at most its range's addresses: a /20 holds 4,093.
+                "--node-cidr-mask-size",
+                "20",
                 "--data-dir",
             ])
             .arg(&data)

@@ -288,6 +288,7 @@ async fn run_one(
         repair: false,
         admission: Default::default(),
         advertise_address: None,
+        limits: Default::default(),
     };
     let server = apiserver::start(config, async {
         let _ = stop_rx.await;

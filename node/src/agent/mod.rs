@@ -152,6 +152,7 @@ async fn await_pod_cidr(
             match made {
                 Ok(cni) => {
                     tracing::info!(pod_cidr = %cidr, bridge = %cfg.cni_bridge, "pod network ready");
+                    report_pod_capacity(&nodes, &cfg, cidr).await;
                     let cni = Arc::new(cni);
                     networks.send_replace(Networks::Cni(cni.clone()));
                     // Until the agent stops (this task is aborted then).
@@ -165,6 +166,26 @@ async fn await_pod_cidr(
             tracing::info!("waiting for the control plane to give this node a pod CIDR");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A node takes no more pods than its range has addresses for (all but the network,
+/// gateway and broadcast addresses): `capacity.pods` and `allocatable.pods` say so, so
+/// the scheduler sends no pod that could only wait for an address.
+async fn report_pod_capacity(nodes: &Api<Node>, cfg: &AgentConfig, cidr: skiff_api::cidr::Cidr) {
+    let addresses = cidr.subnets(32).saturating_sub(3);
+    let pods = u64::from(cfg.max_pods).min(addresses).to_string();
+    let patch =
+        serde_json::json!({"status": {"capacity": {"pods": pods}, "allocatable": {"pods": pods}}});
+    let written = nodes
+        .patch_status(
+            &cfg.node_name,
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await;
+    if let Err(e) = written {
+        tracing::warn!(error = %e, "reporting the node's pod capacity failed");
     }
 }
 
@@ -625,23 +646,6 @@ fn proxy_wanted(cfg: &AgentConfig) -> bool {
     }
 }
 
-/// Pods keep their volumes (and guests their mounts and files) open: a node with
-/// thousands of pods needs more descriptors than the usual soft limit of 1,024, so the
-/// agent takes what the hard limit allows, as container runtimes' service units do.
-fn raise_open_files_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // Safety: getrlimit/setrlimit with a valid, owned struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
 /// The API server's address and the cluster CA (PEM) the kubeconfig names.
 fn cluster_of(kubeconfig: &std::path::Path) -> Result<(String, Vec<u8>), AgentError> {
     let bad = |reason: String| AgentError::Kubeconfig {
@@ -749,7 +753,7 @@ fn runtimes(cfg: &AgentConfig, layout: &Layout) -> Result<Runtimes, AgentError> 
             .ok()
     });
     Ok(Runtimes {
-        wasm: WasmRuntime::new(&layout.compiled())?,
+        wasm: WasmRuntime::new(&layout.compiled())?.with_node_memory(node_info::memory_bytes()),
         oci,
     })
 }
@@ -772,7 +776,9 @@ pub async fn run(
     cfg: AgentConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AgentError> {
-    raise_open_files_limit();
+    // Pods keep their volumes (and guests their mounts and files) open: a node with
+    // thousands of pods needs more descriptors than the usual soft limit of 1,024.
+    skiff_api::conn::raise_open_files_limit();
     let client = client_from(&cfg.kubeconfig).await?;
     let (server, ca_pem) = cluster_of(&cfg.kubeconfig)?;
     let ip = cfg

@@ -24,7 +24,7 @@ fn arch() -> &'static str {
 }
 
 /// Total memory in bytes, from /proc/meminfo.
-fn memory_bytes() -> u64 {
+pub(crate) fn memory_bytes() -> u64 {
     meminfo_bytes("MemTotal").unwrap_or(0)
 }
 

@@ -200,25 +200,25 @@ impl Proxy {
                     }
                     tracing::debug!(services = changed, ?computed, elapsed = ?started.elapsed(), "proxy rules synced");
                 }
-                Err(e) if fresh => {
+                Err(e) => {
                     // One Service's rules must not keep every other Service's off the
-                    // node: build the table Service by Service, leaving out the refused.
-                    tracing::warn!(error = %e, "nft refused the Service proxy's table; applying it Service by Service");
-                    if self
-                        .isolate(&mut nft, next, &mut applied, &mut refused)
+                    // node: apply the batch Service by Service, leaving out the refused.
+                    // (nft applies a batch whole or not at all: the table is as before.)
+                    tracing::warn!(error = %e, fresh, "nft refused a batch of the Service proxy's; applying it Service by Service");
+                    match self
+                        .isolate(&mut nft, next, &mut applied, &mut refused, fresh)
                         .await
                     {
-                        fresh = false;
-                    } else {
-                        self.changes.mark_all();
-                        tokio::time::sleep(RETRY).await;
+                        Some(dropped) => {
+                            fresh = false;
+                            stale.extend(dropped.into_iter().map(|c| (c, now)));
+                        }
+                        None => {
+                            fresh = true;
+                            self.changes.mark_all();
+                            tokio::time::sleep(RETRY).await;
+                        }
                     }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "syncing the Service proxy's rules failed; rebuilding the table");
-                    fresh = true;
-                    self.changes.mark_all();
-                    tokio::time::sleep(RETRY).await;
                 }
             }
         }
@@ -226,24 +226,28 @@ impl Proxy {
 }
 
 impl Proxy {
-    /// Applies a fresh table's base, then each Service's rules in a batch of its own:
-    /// those nft refuses go to `refused` (and are reported), the others to `applied`.
-    /// False if even the bare table was refused.
+    /// Applies each Service's change in a batch of its own (after the bare table, if
+    /// `fresh`): those nft refuses go to `refused` (and are reported; a Service's old
+    /// rules stay), the others to `applied`. The chains the changes dropped, or `None`
+    /// if even the bare table was refused.
     async fn isolate(
         &self,
         nft: &mut nft::Nft,
         next: Vec<(String, model::Fragment)>,
         applied: &mut HashMap<String, model::Fragment>,
         refused: &mut HashMap<String, model::Fragment>,
-    ) -> bool {
+        fresh: bool,
+    ) -> Option<Vec<String>> {
         let table = &self.cfg.table;
-        let mut base = nft::Transaction::default();
-        base.base = Some(nft::base(table));
-        if let Err(e) = nft.apply(&base.script(table)).await {
-            tracing::warn!(error = %e, "nft refused the Service proxy's bare table");
-            return false;
+        if fresh {
+            let mut base = nft::Transaction::default();
+            base.base = Some(nft::base(table));
+            if let Err(e) = nft.apply(&base.script(table)).await {
+                tracing::warn!(error = %e, "nft refused the Service proxy's bare table");
+                return None;
+            }
+            applied.clear();
         }
-        applied.clear();
         // The older Service keeps what two claim (an external IP that is another's
         // cluster IP, say): a newcomer cannot take traffic over by being applied first.
         let mut next = next;
@@ -255,15 +259,21 @@ impl Proxy {
             (created.map(|t| t.0), k.clone())
         });
         let empty = model::Fragment::default();
+        let mut dropped = Vec::new();
         for (k, f) in next {
             let mut one = nft::Transaction::default();
-            one.diff(table, &empty, &f);
+            one.diff(table, applied.get(&k).unwrap_or(&empty), &f);
             if one.is_empty() {
                 continue;
             }
             match nft.apply(&one.script(table)).await {
                 Ok(()) => {
-                    applied.insert(k, f);
+                    dropped.append(&mut one.dropped_chains);
+                    if f == empty {
+                        applied.remove(&k);
+                    } else {
+                        applied.insert(k, f);
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(service = %k, error = %e, "nft refused a Service's rules; left out");
@@ -274,7 +284,7 @@ impl Proxy {
                 }
             }
         }
-        true
+        Some(dropped)
     }
 }
 

@@ -29,7 +29,7 @@ pub(crate) struct HttpHost {
     http: WasiHttpCtx,
     limits: Limits,
     /// The pod's network as the guest reaches it (its resolver and namespace).
-    hooks: crate::dns::lookup::PodHttpHooks,
+    hooks: super::outgoing::PodHttpHooks,
 }
 
 impl crate::dns::lookup::PodLookups for HttpHost {
@@ -121,7 +121,8 @@ pub(super) struct Served {
     pub engine: Engine,
     pub pre: ProxyPre<HttpHost>,
     pub guest: GuestConfig,
-    pub memory_limit: Option<usize>,
+    /// The container's memory, shared by the instances of its requests.
+    pub budget: super::Budget,
     pub cpu_limit_millis: Option<u64>,
 }
 
@@ -200,10 +201,7 @@ impl Served {
                 ctx: wasi,
                 table: ResourceTable::new(),
                 http: WasiHttpCtx::new(),
-                limits: Limits {
-                    memory: self.memory_limit,
-                    exceeded: false,
-                },
+                limits: Limits::new(self.budget.clone()),
                 hooks: self.guest.hooks(),
             },
         );

@@ -18,6 +18,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use super::{ContainerSpec, Exit, KillSwitch, Running, Runtime, RuntimeError};
 
 mod http;
+mod outgoing;
 mod sockets;
 use crate::logs::{LogFile, Stream};
 use crate::sandbox::netns::Netns;
@@ -40,7 +41,7 @@ struct P2Host {
     http: wasmtime_wasi_http::WasiHttpCtx,
     limits: Limits,
     /// The pod's network as the guest reaches it (its resolver and namespace).
-    hooks: crate::dns::lookup::PodHttpHooks,
+    hooks: outgoing::PodHttpHooks,
 }
 
 impl crate::dns::lookup::PodLookups for P2Host {
@@ -90,41 +91,86 @@ impl HasLimits for P2Host {
     }
 }
 
-/// The memory limit: growth past it traps (the container is then `OOMKilled`).
+/// A container's memory: every linear memory and table of all its instances (a served
+/// component's requests each have one) counts against one limit, its own or, without
+/// one, the node's memory.
+#[derive(Clone)]
+pub(crate) struct Budget(Arc<BudgetInner>);
+
+struct BudgetInner {
+    limit: usize,
+    used: std::sync::atomic::AtomicUsize,
+}
+
+impl Budget {
+    pub(crate) fn new(limit: usize) -> Budget {
+        Budget(Arc::new(BudgetInner {
+            limit,
+            used: Default::default(),
+        }))
+    }
+}
+
+/// One store's share of its container's [`Budget`]: growth past the budget traps (the
+/// container is then `OOMKilled`); what the store took goes back when it is dropped.
 struct Limits {
-    memory: Option<usize>,
+    budget: Budget,
+    charged: usize,
     exceeded: bool,
 }
+
+impl Limits {
+    fn new(budget: Budget) -> Limits {
+        Limits {
+            budget,
+            charged: 0,
+            exceeded: false,
+        }
+    }
+
+    /// Takes `bytes` more from the budget, if it has them.
+    fn charge(&mut self, bytes: usize, what: &str) -> wasmtime::Result<bool> {
+        use std::sync::atomic::Ordering;
+        let b = &self.budget.0;
+        let before = b.used.fetch_add(bytes, Ordering::Relaxed);
+        if before.saturating_add(bytes) > b.limit {
+            b.used.fetch_sub(bytes, Ordering::Relaxed);
+            self.exceeded = true;
+            return Err(wasmtime::Error::msg(format!("{what} limit exceeded")));
+        }
+        self.charged += bytes;
+        Ok(true)
+    }
+}
+
+impl Drop for Limits {
+    fn drop(&mut self) {
+        let used = &self.budget.0.used;
+        used.fetch_sub(self.charged, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Bytes a table element is counted as (a pointer and its type, at least).
+const TABLE_ELEMENT_BYTES: usize = 8;
 
 impl ResourceLimiter for Limits {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if self.memory.is_some_and(|limit| desired > limit) {
-            self.exceeded = true;
-            return Err(wasmtime::Error::msg("memory limit exceeded"));
-        }
-        Ok(true)
+        self.charge(desired.saturating_sub(current), "memory")
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        // A table element costs at least a pointer; bound tables by the same budget.
-        if self
-            .memory
-            .is_some_and(|limit| desired.saturating_mul(8) > limit)
-        {
-            self.exceeded = true;
-            return Err(wasmtime::Error::msg("table limit exceeded"));
-        }
-        Ok(true)
+        let elements = desired.saturating_sub(current);
+        self.charge(elements.saturating_mul(TABLE_ELEMENT_BYTES), "table")
     }
 }
 
@@ -151,7 +197,13 @@ pub struct WasmRuntime {
     http: http::HttpEngine,
     prepared: Mutex<HashMap<String, Prepared>>,
     cache_dir: PathBuf,
+    /// The bound of a container without a memory limit: the node's memory.
+    node_memory: u64,
 }
+
+/// The largest Wasm binary compiled, in bytes: compiling takes time and memory that grow
+/// with it, and no real module or component comes near.
+pub const MAX_WASM_BYTES: u64 = 256 << 20;
 
 fn start_error(id: &str) -> impl Fn(&dyn std::fmt::Display) -> RuntimeError + '_ {
     move |e| RuntimeError::Start {
@@ -234,11 +286,20 @@ impl WasmRuntime {
             p2,
             prepared: Mutex::new(HashMap::new()),
             cache_dir: cache_dir.to_path_buf(),
+            node_memory: u64::MAX,
         })
     }
 
-    /// The image ready to instantiate: from memory, or prepared now.
-    fn prepared(&self, spec: &ContainerSpec) -> Result<Prepared, RuntimeError> {
+    /// Bounds containers without a memory limit by `bytes` (the node's memory).
+    pub fn with_node_memory(mut self, bytes: u64) -> WasmRuntime {
+        self.node_memory = bytes;
+        self
+    }
+
+    /// The image ready to instantiate: from memory, or prepared now (compiled on a
+    /// blocking thread: a large module takes seconds, which must not stall the agent's
+    /// other work, such as its lease).
+    async fn prepared(&self, spec: &ContainerSpec) -> Result<Prepared, RuntimeError> {
         if let Some(p) = self
             .prepared
             .lock()
@@ -255,11 +316,20 @@ impl WasmRuntime {
             (false, true) => (&self.engine, "cwasm-component"),
             (false, false) => (&self.engine, "cwasm"),
         };
-        let compiled = compile(engine, &self.cache_dir, suffix, &spec.image_digest, &bytes)
-            .map_err(|reason| RuntimeError::InvalidImage {
-                image: spec.image_digest.clone(),
-                reason,
-            })?;
+        let (engine, cache_dir, digest) = (
+            engine.clone(),
+            self.cache_dir.clone(),
+            spec.image_digest.clone(),
+        );
+        let compiled = tokio::task::spawn_blocking(move || {
+            compile(&engine, &cache_dir, suffix, &digest, &bytes)
+        })
+        .await
+        .map_err(|e| fail(&e))?
+        .map_err(|reason| RuntimeError::InvalidImage {
+            image: spec.image_digest.clone(),
+            reason,
+        })?;
         let prepared = match compiled {
             Compiled::Module(module) => {
                 Prepared::Module(self.p1.instantiate_pre(&module).map_err(|e| fail(&e))?)
@@ -312,8 +382,8 @@ impl GuestConfig {
 
     /// How the guest reaches its pod's network beyond plain sockets: its resolver, and
     /// its outgoing HTTP requests.
-    pub(crate) fn hooks(&self) -> crate::dns::lookup::PodHttpHooks {
-        crate::dns::lookup::PodHttpHooks {
+    pub(crate) fn hooks(&self) -> outgoing::PodHttpHooks {
+        outgoing::PodHttpHooks {
             resolver: self.resolver.clone(),
             netns: self.netns.clone(),
         }
@@ -376,6 +446,14 @@ fn image_bytes(spec: &ContainerSpec) -> Result<Vec<u8>, RuntimeError> {
     let crate::images::Content::Wasm(path) = &spec.image else {
         return Err(invalid("not a Wasm image (a root file system)".into()));
     };
+    let size = std::fs::metadata(path)
+        .map_err(|e| invalid(e.to_string()))?
+        .len();
+    if size > MAX_WASM_BYTES {
+        return Err(invalid(format!(
+            "the Wasm binary has {size} bytes, more than the {MAX_WASM_BYTES} this node compiles"
+        )));
+    }
     std::fs::read(path).map_err(|e| invalid(e.to_string()))
 }
 
@@ -585,13 +663,16 @@ impl Runtime for WasmRuntime {
     }
 
     async fn start(&self, spec: ContainerSpec) -> Result<Box<dyn Running>, RuntimeError> {
-        let prepared = self.prepared(&spec)?;
+        let prepared = self.prepared(&spec).await?;
         let guest = GuestConfig::of(&spec);
         let mut wasi = guest.builder()?;
-        let limits = Limits {
-            memory: spec.memory_limit.map(|b| b as usize),
-            exceeded: false,
-        };
+        let budget = Budget::new(
+            spec.memory_limit
+                .unwrap_or(self.node_memory)
+                .try_into()
+                .unwrap_or(usize::MAX),
+        );
+        let limits = Limits::new(budget.clone());
         let kill = Arc::new(tokio::sync::Notify::new());
         let drain = Arc::new(tokio::sync::Notify::new());
         let log = spec.log.clone();
@@ -662,7 +743,7 @@ impl Runtime for WasmRuntime {
                     engine: self.http.engine().clone(),
                     pre,
                     guest,
-                    memory_limit: limits.memory,
+                    budget,
                     cpu_limit_millis: spec.cpu_limit_millis,
                 };
                 let d = drain.clone();
@@ -973,6 +1054,26 @@ mod tests {
         let mut c = f.rt.start(spec).await.unwrap();
         let exit = c.wait().await;
         assert_eq!((exit.code, exit.reason), (137, "OOMKilled"));
+    }
+
+    /// A limit is the container's, not each memory's: two memories of 640 KiB each are
+    /// over a limit of 1 MiB.
+    #[tokio::test]
+    async fn the_memory_limit_counts_every_memory_together() {
+        const TWO: &str = r#"(module (memory (export "memory") 1) (memory $b 1)
+          (func (export "_start")
+            (drop (memory.grow 0 (i32.const 9)))
+            (drop (memory.grow $b (i32.const 9)))))"#;
+        let f = Fixture::new().await;
+        let mut spec = f.spec("two", TWO);
+        spec.memory_limit = Some(1 << 20);
+        let exit = f.rt.start(spec).await.unwrap().wait().await;
+        assert_eq!((exit.code, exit.reason), (137, "OOMKilled"));
+        // Each alone fits.
+        let mut spec = f.spec("two-roomy", TWO);
+        spec.memory_limit = Some(2 << 20);
+        let exit = f.rt.start(spec).await.unwrap().wait().await;
+        assert_eq!(exit.code, 0, "{exit:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
