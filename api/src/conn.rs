@@ -40,7 +40,7 @@ pub fn raise_open_files_limit() -> u64 {
             }
         }
     }
-    lim.rlim_cur as u64
+    lim.rlim_cur
 }
 
 /// A listening socket whose accepted connections each hold a permit of the server's

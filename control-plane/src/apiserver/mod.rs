@@ -374,7 +374,7 @@ async fn route(state: Arc<AppState>, req: Request) -> Result<Response, ApiError>
     let _slot = state
         .in_flight
         .admit(req.method(), &path, req.uri().query())
-        .map_err(|()| ApiError::TooManyRequests)?;
+        .map_err(|inflight::Saturated| ApiError::TooManyRequests)?;
     // Streaming subresources keep the whole request: the connection is upgraded.
     if let Some(ApiPath::Resource(rp)) = parse_path(&path) {
         let serves = |sub: &str| {
