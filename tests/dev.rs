@@ -536,6 +536,28 @@ fn a_failing_container_crash_loops_with_back_off() {
     assert_eq!(n.ok(&["logs", "crash", "--previous"]), "failing\n");
 }
 
+/// Every run of a crash-looping container wrote a log file and none went away: the node
+/// now keeps the running run's and the previous one's, as the kubelet does.
+#[test]
+fn a_crash_loop_keeps_only_the_previous_runs_log() {
+    let d = &*dev();
+    let n = d.namespace("oldlogs");
+    n.pod("crash", "registry.example/fail:1.0", "Always", "");
+    eventually(60, "a third run", || {
+        let st = n.container_status("crash");
+        (st["restartCount"].as_i64()? >= 2).then_some(())
+    });
+    let dirs = n.pod_logs("crash");
+    let mut runs: Vec<String> = std::fs::read_dir(dirs[0].join("main"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    runs.sort();
+    assert!(!runs.contains(&"0.log".to_string()), "{runs:?}");
+    assert!(runs.len() <= 2, "{runs:?}");
+    assert_eq!(n.ok(&["logs", "crash", "--previous"]), "failing\n");
+}
+
 #[test]
 fn a_container_whose_env_needs_a_missing_config_map_waits_saying_so() {
     let d = &*dev();
@@ -1264,6 +1286,46 @@ fn oci_images_with_a_wasm_entrypoint_run() {
         events.contains("is not a Wasm image (its entrypoint is not a Wasm module)"),
         "{msg}\n{events}"
     );
+}
+
+/// A pod on the node's network that did not ask for it (`hostNetwork`) reaches nothing of
+/// the node's own: not its loopback, where the API server listens.
+#[test]
+fn a_guest_on_the_nodes_network_cannot_reach_the_nodes_loopback() {
+    const NOBODY: u32 = 65534;
+    let d = Dev::start_as(Some(NOBODY));
+    eventually(30, "node Ready", || {
+        d.kubectl(&["get", "node", "edge-1"], None).0.then_some(())
+    });
+    let probe = d.dir.path().join("net-probe.wasm");
+    std::fs::copy(
+        common::root().join("wasm-examples/out/net-probe.wasm"),
+        &probe,
+    )
+    .unwrap();
+    std::os::unix::fs::chown(&probe, Some(NOBODY), Some(NOBODY)).unwrap();
+    d.import_file(&probe, "skiff.local/examples/net-probe:1.0");
+    let kubeconfig = std::fs::read_to_string(d.kubeconfig()).unwrap();
+    let api = kubeconfig
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: https://"))
+        .unwrap()
+        .to_string();
+    for (name, host) in [("guarded", false), ("host", true)] {
+        let pod = format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  hostNetwork: {host}\n  runtimeClassName: wasmtime\n  restartPolicy: Never\n  containers:\n  - name: probe\n    image: skiff.local/examples/net-probe:1.0\n    imagePullPolicy: Never\n    args: [\"refused={api}\"]\n");
+        let (ok, _, err) = d.kubectl(&["apply", "-f", "-"], Some(&pod));
+        assert!(ok, "{err}");
+    }
+    let logs = |name: &str| {
+        eventually(30, &format!("{name} to finish"), || {
+            let p = d.json(&["get", "pod", name]);
+            matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+                .then(|| d.ok(&["logs", name]))
+        })
+    };
+    assert_eq!(logs("guarded"), "refused: access-denied\n");
+    // A hostNetwork pod asked for the node's network, loopback included.
+    assert_eq!(logs("host"), "refused: connected\n");
 }
 
 #[test]

@@ -242,3 +242,56 @@ fn a_services_endpoints_follow_its_pods() {
         (found == vec![ips[1].clone()] && addresses == 1).then_some(())
     });
 }
+
+/// A root agent without CNI plugins used to put every pod, runc containers included, on
+/// the node's network without a word. Now the node says it cannot network pods (Ready
+/// False with the kubelet's network-not-ready message) and a pod bound to it waits.
+#[test]
+fn a_root_agent_without_cni_plugins_is_not_ready_and_its_pods_wait() {
+    let server = Server::start();
+    let _agent = Agent::start_in(
+        &server,
+        "nocni",
+        None,
+        &["--cni-bin-dir", "/nonexistent/cni"],
+    );
+    let ready = eventually(60, "the node's Ready condition", || {
+        let n = server.try_json(&["get", "node", "nocni"])?;
+        n["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .cloned()
+    });
+    assert_eq!(ready["status"], "False", "{ready}");
+    let msg = ready["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("NetworkReady=false")
+            && msg.contains("the CNI plugin bridge is not in /nonexistent/cni"),
+        "{ready}"
+    );
+    let manifest = pod("default", "waits", "  nodeName: nocni\n");
+    server.apply_stdin(&[], &manifest);
+    let event = eventually(30, "the pod's sandbox failure", || {
+        let evs = server.json(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=waits",
+        ]);
+        evs["items"]
+            .as_array()?
+            .iter()
+            .find(|e| e["reason"] == "FailedCreatePodSandBox")
+            .cloned()
+    });
+    assert!(
+        event["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("network is not ready"),
+        "{event}"
+    );
+    let p = server.json(&["get", "pod", "waits"]);
+    assert_ne!(p["status"]["phase"], "Running", "{p}");
+}

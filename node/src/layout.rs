@@ -209,6 +209,22 @@ pub fn run_log(pod_logs: &Path, container: &str, run: i32) -> PathBuf {
         .join(format!("{run}.log"))
 }
 
+/// Removes the log files of a container's runs before `run - 1` (rotated pieces too): a
+/// node keeps the running run's log and the previous one's (`kubectl logs --previous`),
+/// as the kubelet keeps one dead container per container.
+pub fn prune_runs(pod_logs: &Path, container: &str, run: i32) {
+    let dir = pod_logs.join(path_element(container));
+    let keep_from = u64::try_from(run.saturating_sub(1)).unwrap_or(0);
+    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let stem = name.split('.').next().unwrap_or_default();
+        if stem.parse::<u64>().is_ok_and(|n| n < keep_from) && name.contains(".log") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// The run a log file is of (`<run>.log`).
 fn run_of(path: &Path) -> Option<u64> {
     path.file_name()?
@@ -393,5 +409,23 @@ mod tests {
             l.running_run("ns", "web", "uid-9", "app", active.iter()),
             None
         );
+    }
+
+    #[test]
+    fn only_the_running_and_the_previous_runs_logs_are_kept() {
+        let data = tempfile::tempdir().unwrap();
+        let logs = data.path().join("pod");
+        let dir = logs.join("app");
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["0.log", "1.log", "1.log.1", "2.log", "3.log", "notes"] {
+            std::fs::write(dir.join(f), "").unwrap();
+        }
+        prune_runs(&logs, "app", 3);
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["2.log", "3.log", "notes"]);
     }
 }

@@ -143,34 +143,37 @@ async fn container_logs<H: Host>(
         };
         return (StatusCode::BAD_REQUEST, msg).into_response();
     };
-    let entries = match logs::read(&path) {
+    let follow = flag(&q.follow) && !flag(&q.previous);
+    let mut follower = logs::Follower::new(&path);
+    let entries = match if follow {
+        follower.read_new()
+    } else {
+        logs::read(&path)
+    } {
         Ok(e) => e,
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     };
     let first = render(&entries, &q);
-    if !flag(&q.follow) || flag(&q.previous) {
+    if !follow {
         return ([(header::CONTENT_TYPE, "text/plain")], first).into_response();
     }
-    // Follow: send what is there, then new lines while this run of the container lives.
+    // Follow: send what is there, then new lines (read from where the last read ended)
+    // while this run of the container lives.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(16);
-    let seen = entries.len();
     let timestamps = q.timestamps.clone();
     tokio::spawn(async move {
         if tx.send(Ok(first)).await.is_err() {
             return;
         }
-        let mut seen = seen;
         loop {
             let active = host.log_active(&path);
-            let entries = logs::read(&path).unwrap_or_default();
-            if entries.len() > seen {
+            let entries = follower.read_new().unwrap_or_default();
+            if !entries.is_empty() {
                 let q = LogQuery {
                     timestamps: timestamps.clone(),
                     ..Default::default()
                 };
-                let chunk = render(&entries[seen..], &q);
-                seen = entries.len();
-                if tx.send(Ok(chunk)).await.is_err() {
+                if tx.send(Ok(render(&entries, &q))).await.is_err() {
                     return;
                 }
             } else if !active {

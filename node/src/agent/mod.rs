@@ -95,6 +95,22 @@ pub(crate) enum Networks {
     Node {
         reason: String,
     },
+    /// The agent runs as root but cannot give pods networks of their own (no CNI
+    /// plugins, say): pods wait and the node is not Ready, as the kubelet's
+    /// network-not-ready; the node's network is no silent fallback.
+    Unavailable {
+        reason: String,
+    },
+}
+
+impl Networks {
+    /// Why the node cannot network pods, if it cannot.
+    fn problem(&self) -> Option<&str> {
+        match self {
+            Networks::Unavailable { reason } => Some(reason),
+            _ => None,
+        }
+    }
 }
 
 /// Why this agent cannot give pods namespaces of their own, if it cannot.
@@ -355,6 +371,7 @@ fn node_conditions(
     now: &Time,
     previous: &[NodeCondition],
     pressure: node_info::Pressure,
+    network: Option<&str>,
 ) -> Vec<NodeCondition> {
     let cond = |type_: &str, (status, reason, message): (&str, &str, &str)| NodeCondition {
         type_: type_.into(),
@@ -418,10 +435,21 @@ fn node_conditions(
                 ),
             ),
         ),
-        cond(
-            "Ready",
-            ("True", "KubeletReady", "kubelet is posting ready status"),
-        ),
+        match network {
+            // The kubelet's words for a network plugin that is not ready.
+            Some(why) => cond(
+                "Ready",
+                (
+                    "False",
+                    "KubeletNotReady",
+                    &format!("container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:Network plugin returns error: {why}"),
+                ),
+            ),
+            None => cond(
+                "Ready",
+                ("True", "KubeletReady", "kubelet is posting ready status"),
+            ),
+        },
     ]
 }
 
@@ -445,7 +473,12 @@ fn node_images(images: &ImageStore) -> Vec<k8s_openapi::api::core::v1::Container
         .collect()
 }
 
-fn node_status(cfg: &AgentConfig, ip: &str, port: u16, images: &ImageStore) -> NodeStatus {
+fn node_status(
+    cfg: &AgentConfig,
+    (ip, port): (&str, u16),
+    images: &ImageStore,
+    network: Option<&str>,
+) -> NodeStatus {
     let now = Time(jiff::Timestamp::now());
     let capacity = node_info::capacity(&cfg.data_dir, cfg.max_pods);
     NodeStatus {
@@ -455,6 +488,7 @@ fn node_status(cfg: &AgentConfig, ip: &str, port: u16, images: &ImageStore) -> N
             &now,
             &[],
             node_info::Figures::read(&cfg.data_dir).pressure(),
+            network,
         )),
         addresses: Some(node_info::addresses(&cfg.node_name, ip)),
         node_info: Some(node_info::system_info()),
@@ -470,13 +504,13 @@ fn node_status(cfg: &AgentConfig, ip: &str, port: u16, images: &ImageStore) -> N
 async fn register(
     client: &Client,
     cfg: &AgentConfig,
-    ip: &str,
-    port: u16,
-    images: &ImageStore,
+    endpoint: (&str, u16),
+    ctx: &Ctx,
     oci: bool,
 ) -> Result<(), AgentError> {
     let nodes: Api<Node> = Api::all(client.clone());
-    let status = node_status(cfg, ip, port, images);
+    let network = ctx.networks.borrow().problem().map(str::to_string);
+    let status = node_status(cfg, endpoint, &ctx.images, network.as_deref());
     let node = Node {
         metadata: ObjectMeta {
             name: Some(cfg.node_name.clone()),
@@ -564,7 +598,8 @@ async fn heartbeat(client: Client, cfg: AgentConfig, ctx: Arc<Ctx>) {
         if checked.elapsed() >= NODE_STATUS_CHECK {
             checked = tokio::time::Instant::now();
             let due = reported.elapsed() >= NODE_STATUS_REPORT;
-            match report_status(&nodes, &cfg, &ctx.images, due).await {
+            let network = ctx.networks.borrow().problem().map(str::to_string);
+            match report_status(&nodes, &cfg, &ctx.images, network.as_deref(), due).await {
                 Ok(true) => reported = tokio::time::Instant::now(),
                 Ok(false) => {}
                 Err(e) => tracing::warn!(error = %e, "reporting node status failed"),
@@ -580,6 +615,7 @@ async fn report_status(
     nodes: &Api<Node>,
     cfg: &AgentConfig,
     images: &ImageStore,
+    network: Option<&str>,
     due: bool,
 ) -> Result<bool, kube::Error> {
     let status = nodes
@@ -589,7 +625,8 @@ async fn report_status(
         .unwrap_or_default();
     let previous = status.conditions.unwrap_or_default();
     let pressure = node_info::Figures::read(&cfg.data_dir).pressure();
-    let conditions = node_conditions(&Time(jiff::Timestamp::now()), &previous, pressure);
+    let now = Time(jiff::Timestamp::now());
+    let conditions = node_conditions(&now, &previous, pressure, network);
     // Pulled or imported images count for the scheduler's image locality.
     let now_images = node_images(images);
     if !due
@@ -674,17 +711,24 @@ fn cluster_of(kubeconfig: &std::path::Path) -> Result<(String, Vec<u8>), AgentEr
 /// The pod network the agent starts with: the node's when it cannot (or is told not to)
 /// give pods namespaces of their own; an error when it must and cannot.
 fn initial_networks(cfg: &AgentConfig) -> Result<Networks, AgentError> {
+    // Safety: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
     let unavailable = match cfg.pod_network {
         PodNetworkMode::Node => Some("the agent was told to use the node's network".into()),
         PodNetworkMode::Auto | PodNetworkMode::Cni => cni_unavailable(cfg),
     };
-    match unavailable {
-        Some(reason) if cfg.pod_network == PodNetworkMode::Cni => Err(AgentError::Network(reason)),
-        Some(reason) => {
+    match (unavailable, cfg.pod_network) {
+        (Some(reason), PodNetworkMode::Cni) => Err(AgentError::Network(reason)),
+        // As root, pods could have networks of their own: they wait for one.
+        (Some(reason), PodNetworkMode::Auto) if root => {
+            tracing::error!(%reason, "the node cannot give pods networks of their own: it is not Ready (--pod-network node puts pods on the node's network)");
+            Ok(Networks::Unavailable { reason })
+        }
+        (Some(reason), _) => {
             tracing::warn!(%reason, "pods will use the node's network");
             Ok(Networks::Node { reason })
         }
-        None => Ok(Networks::Waiting),
+        (None, _) => Ok(Networks::Waiting),
     }
 }
 
@@ -763,7 +807,7 @@ fn runtimes(cfg: &AgentConfig, layout: &Layout) -> Result<Runtimes, AgentError> 
 async fn register_until_done(client: &Client, cfg: &AgentConfig, ctx: &Ctx, ip: &str, port: u16) {
     let mut retry = Duration::from_millis(500);
     let oci = ctx.runtimes.oci.is_some();
-    while let Err(e) = register(client, cfg, ip, port, &ctx.images, oci).await {
+    while let Err(e) = register(client, cfg, (ip, port), ctx, oci).await {
         tracing::warn!(error = %e, retry_in = ?retry, "unable to register the node with the API server");
         tokio::time::sleep(retry).await;
         retry = (retry * 2).min(Duration::from_secs(10));
@@ -855,10 +899,10 @@ mod tests {
     fn node_conditions_keep_their_transition_time_while_unchanged() {
         let at = |s: i64| Time(jiff::Timestamp::from_second(s).unwrap());
         let calm = node_info::Pressure::default();
-        let first = node_conditions(&at(100), &[], calm);
+        let first = node_conditions(&at(100), &[], calm, None);
         let mut previous = first.clone();
         previous[0].status = "True".into(); // MemoryPressure had been True
-        let next = node_conditions(&at(200), &previous, calm);
+        let next = node_conditions(&at(200), &previous, calm, None);
         let ready = next.iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!(ready.last_transition_time, Some(at(100)));
         assert_eq!(ready.last_heartbeat_time, Some(at(200)));
@@ -867,17 +911,29 @@ mod tests {
         assert!(conditions_changed(&previous, &next));
         assert!(!conditions_changed(
             &next,
-            &node_conditions(&at(300), &next, calm)
+            &node_conditions(&at(300), &next, calm, None)
         ));
         let short = node_info::Pressure {
             memory: true,
             ..calm
         };
-        let pressed = node_conditions(&at(400), &next, short);
+        let pressed = node_conditions(&at(400), &next, short, None);
         assert_eq!(
             (pressed[0].status.as_str(), pressed[0].reason.as_deref()),
             ("True", Some("KubeletHasInsufficientMemory"))
         );
         assert!(conditions_changed(&next, &pressed));
+        // A node that cannot network pods is not Ready, in the kubelet's words.
+        let unnetworked = node_conditions(&at(500), &pressed, calm, Some("no CNI"));
+        let ready = unnetworked.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_deref()),
+            ("False", Some("KubeletNotReady"))
+        );
+        assert!(ready
+            .message
+            .as_deref()
+            .unwrap()
+            .ends_with("Network plugin returns error: no CNI"));
     }
 }

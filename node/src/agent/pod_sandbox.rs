@@ -107,6 +107,10 @@ async fn pod_network<'a>(
                 host: false,
             })
         }
+        Ok(super::Networks::Unavailable { reason }) => Err((
+            "FailedCreatePodSandBox",
+            format!("network is not ready: container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:Network plugin returns error: {reason}"),
+        )),
         Ok(super::Networks::Waiting) | Err(_) => Err((
             "FailedCreatePodSandBox",
             "the node's pod network is not ready".into(),

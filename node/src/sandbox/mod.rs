@@ -252,13 +252,16 @@ pub enum Network {
     Node,
     /// The pod's own namespace (its Wasm guests' sockets are made there).
     Pod(Arc<netns::Netns>),
+    /// The node's, for a pod that did not ask for it (the node cannot give it one): its
+    /// Wasm guests may not reach the node's loopback, link-local or own addresses.
+    Shared,
 }
 
 impl Network {
     /// The pod's own namespace, if it has one.
     pub fn netns(&self) -> Option<Arc<netns::Netns>> {
         match self {
-            Network::Node => None,
+            Network::Node | Network::Shared => None,
             Network::Pod(ns) => Some(ns.clone()),
         }
     }
@@ -274,7 +277,8 @@ impl Sandbox {
         let dir = config.dir;
         let volumes = make_volumes(dir, config.volumes, sources).await?;
         let (network, ip, host_network) = match config.network {
-            NetworkConfig::Node { ip, host } => (Network::Node, ip, host),
+            NetworkConfig::Node { ip, host: true } => (Network::Node, ip, true),
+            NetworkConfig::Node { ip, host: false } => (Network::Shared, ip, false),
             NetworkConfig::Pod { cni, who, ports } => {
                 let net = cni.setup(dir, &who, ports).await?;
                 let ns = netns::Netns::open(&net.netns).map_err(|source| {

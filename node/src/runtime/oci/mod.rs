@@ -429,7 +429,7 @@ impl OciRuntime {
         let capabilities = spec::capabilities(&sec.add_capabilities, &sec.drop_capabilities)
             .map_err(|e| RuntimeError::Config(e.to_string()))?;
         let netns = match &spec.network {
-            crate::sandbox::Network::Node => None,
+            crate::sandbox::Network::Node | crate::sandbox::Network::Shared => None,
             crate::sandbox::Network::Pod(ns) => Some(ns.path().to_path_buf()),
         };
         let mut binds = Vec::with_capacity(spec.mounts.len() + spec.files.len());

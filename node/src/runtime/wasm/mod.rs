@@ -17,6 +17,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::{ContainerSpec, Exit, KillSwitch, Running, Runtime, RuntimeError};
 
+mod guard;
 mod http;
 mod outgoing;
 mod sockets;
@@ -364,6 +365,9 @@ pub(crate) struct GuestConfig {
     resolver: Option<Arc<crate::dns::lookup::Resolver>>,
     /// The pod's network namespace, where the guest's sockets are made (none: the node's).
     netns: Option<Arc<Netns>>,
+    /// On the node's network without asking for it: the node's own addresses are out of
+    /// reach ([`guard`]).
+    guarded: bool,
 }
 
 impl GuestConfig {
@@ -377,6 +381,7 @@ impl GuestConfig {
             log: spec.log.clone(),
             resolver: spec.resolver.clone(),
             netns: spec.network.netns(),
+            guarded: matches!(spec.network, crate::sandbox::Network::Shared),
         }
     }
 
@@ -386,6 +391,7 @@ impl GuestConfig {
         outgoing::PodHttpHooks {
             resolver: self.resolver.clone(),
             netns: self.netns.clone(),
+            guarded: self.guarded,
         }
     }
 
@@ -408,7 +414,17 @@ impl GuestConfig {
         // Sockets in the pod's network (its namespace, or the node's where the pod lives
         // on it): TCP and UDP to and from any address there, and name lookup (wasmtime
         // allows none of them unless told).
-        b.inherit_network();
+        if self.guarded {
+            b.socket_addr_check(|addr, usage| {
+                use wasmtime_wasi::sockets::SocketAddrUse::{TcpConnect, UdpSend};
+                // Where it connects or sends to; binding, listening and accepting are its
+                // own business.
+                let ok = !matches!(usage, TcpConnect | UdpSend) || guard::reachable(addr.ip());
+                Box::pin(async move { ok })
+            });
+        } else {
+            b.inherit_network();
+        }
         b.allow_tcp(true);
         b.allow_udp(true);
         b.allow_ip_name_lookup(true);

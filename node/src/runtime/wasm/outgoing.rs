@@ -26,6 +26,9 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 pub struct PodHttpHooks {
     pub resolver: Option<Arc<Resolver>>,
     pub netns: Option<Arc<Netns>>,
+    /// On the node's network without asking for it: the node's own addresses are out of
+    /// reach.
+    pub guarded: bool,
 }
 
 type Sent = (
@@ -42,7 +45,19 @@ impl wasmtime_wasi_http::WasiHttpHooks for PodHttpHooks {
     ) -> Box<dyn std::future::Future<Output = Result<Sent, Error>> + Send> {
         drop(fut);
         let (resolver, netns) = (self.resolver.clone(), self.netns.clone());
-        Box::new(send(request, options, resolver, netns))
+        let guarded = self.guarded;
+        Box::new(async move {
+            if guarded {
+                if let Some(host) = request.uri().host() {
+                    let port = request.uri().port_u16().unwrap_or(80);
+                    let addrs = addresses(host, port, resolver.as_deref()).await?;
+                    if addrs.iter().any(|a| !super::guard::reachable(a.ip())) {
+                        return Err(Error::DestinationIpProhibited);
+                    }
+                }
+            }
+            send(request, options, resolver, netns).await
+        })
     }
 }
 
