@@ -523,10 +523,21 @@ fn find_in_layer(
                     to
                 }));
             }
-            // The header's size is a claim: the bytes are read as they come (the
-            // limit above stops them).
+            // The header's size is a claim: the bytes are read as they come. Only a Wasm
+            // file is read whole (the caller keeps nothing else), up to what the node
+            // compiles.
             let mut bytes = Vec::new();
-            entry.read_to_end(&mut bytes)?;
+            (&mut entry).take(4).read_to_end(&mut bytes)?;
+            if bytes != b"\0asm" {
+                return Ok(Found::File(bytes));
+            }
+            let cap = crate::runtime::wasm::MAX_WASM_BYTES;
+            (&mut entry).take(cap).read_to_end(&mut bytes)?;
+            if entry.read(&mut [0u8; 1])? > 0 {
+                return Err(std::io::Error::other(format!(
+                    "the Wasm entrypoint has more than the {cap} bytes this node compiles"
+                )));
+            }
             return Ok(Found::File(bytes));
         }
         if path == whiteout {

@@ -42,7 +42,7 @@ impl InFlight {
         path: &str,
         query: Option<&str>,
     ) -> Result<Option<OwnedSemaphorePermit>, Saturated> {
-        if is_long_running(path, query) {
+        if is_long_running(method, path, query) {
             return Ok(None);
         }
         let pool = match *method {
@@ -56,12 +56,15 @@ impl InFlight {
     }
 }
 
-/// Watches (`?watch=true`, `/watch/` paths) and streaming subresources.
-fn is_long_running(path: &str, query: Option<&str>) -> bool {
-    let watch = query.is_some_and(|q| {
-        q.split('&')
-            .any(|kv| matches!(kv, "watch=true" | "watch=1" | "watch=True"))
-    });
+/// Watches (`?watch=true`, `/watch/` paths: reads only, a write with `?watch=true` is a
+/// write) and streaming subresources (SPDY's exec and attach are POSTs).
+fn is_long_running(method: &Method, path: &str, query: Option<&str>) -> bool {
+    let read = *method == Method::GET;
+    let watch = read
+        && query.is_some_and(|q| {
+            q.split('&')
+                .any(|kv| matches!(kv, "watch=true" | "watch=1" | "watch=True"))
+        });
     let s: Vec<&str> = path.trim_matches('/').split('/').collect();
     // Where the verb `watch` and a subresource sit: /api/v1/… or /apis/GROUP/VERSION/….
     let base = match s.first() {
@@ -69,10 +72,10 @@ fn is_long_running(path: &str, query: Option<&str>) -> bool {
         Some(&"apis") => 3,
         _ => return watch,
     };
+    let watch = watch || (read && s.get(base) == Some(&"watch"));
     let namespaced = s.get(base) == Some(&"namespaces") && s.len() > base + 2;
     let sub = if namespaced { base + 4 } else { base + 2 };
     watch
-        || s.get(base) == Some(&"watch")
         || s.get(sub)
             .is_some_and(|x| LONG_RUNNING_SUBRESOURCES.contains(x))
 }
@@ -104,6 +107,16 @@ mod tests {
                 "{path}"
             );
         }
+        // A write is a write, whatever its query says.
+        let _post = f.admit(&Method::POST, "/api/v1/namespaces/a/configmaps", None);
+        let sneaky = f.admit(
+            &Method::POST,
+            "/api/v1/namespaces/a/configmaps",
+            Some("watch=true"),
+        );
+        assert!(sneaky.is_err());
+        let spdy_exec = f.admit(&Method::POST, "/api/v1/namespaces/a/pods/p/exec", None);
+        assert!(spdy_exec.unwrap().is_none());
         // A ConfigMap named `log` is not a log.
         for path in [
             "/api/v1/namespaces/a/configmaps/log",

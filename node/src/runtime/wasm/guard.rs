@@ -13,7 +13,14 @@ pub(crate) fn reachable(ip: IpAddr) -> bool {
         IpAddr::V4(v4) => v4.is_link_local(),
         IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
     };
-    !(ip.is_loopback() || ip.is_unspecified() || link_local || node_addresses().contains(&ip))
+    // Multicast and broadcast reach the node's own sockets too.
+    let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+    !(ip.is_loopback()
+        || ip.is_unspecified()
+        || link_local
+        || ip.is_multicast()
+        || broadcast
+        || node_addresses().contains(&ip))
 }
 
 /// The node's addresses, read once (getifaddrs).

@@ -44,20 +44,8 @@ impl wasmtime_wasi_http::WasiHttpHooks for PodHttpHooks {
         fut: Box<dyn std::future::Future<Output = Result<(), Error>> + Send>,
     ) -> Box<dyn std::future::Future<Output = Result<Sent, Error>> + Send> {
         drop(fut);
-        let (resolver, netns) = (self.resolver.clone(), self.netns.clone());
-        let guarded = self.guarded;
-        Box::new(async move {
-            if guarded {
-                if let Some(host) = request.uri().host() {
-                    let port = request.uri().port_u16().unwrap_or(80);
-                    let addrs = addresses(host, port, resolver.as_deref()).await?;
-                    if addrs.iter().any(|a| !super::guard::reachable(a.ip())) {
-                        return Err(Error::DestinationIpProhibited);
-                    }
-                }
-            }
-            send(request, options, resolver, netns).await
-        })
+        let (resolver, netns, guarded) = (self.resolver.clone(), self.netns.clone(), self.guarded);
+        Box::new(send(request, options, resolver, netns, guarded))
     }
 }
 
@@ -145,11 +133,14 @@ async fn tls(tcp: tokio::net::TcpStream, host: &str) -> Result<Box<dyn Stream>, 
     Ok(Box::new(stream))
 }
 
+/// Sends `request`; with `guarded`, never to the node's own addresses (checked on the
+/// addresses connected to, so a second lookup cannot answer otherwise).
 async fn send(
     mut request: hyper::http::Request<WasiBody>,
     options: Option<RequestOptions>,
     resolver: Option<Arc<Resolver>>,
     netns: Option<Arc<Netns>>,
+    guarded: bool,
 ) -> Result<Sent, Error> {
     use http_body_util::BodyExt;
     let timeout = |pick: fn(&RequestOptions) -> Option<Duration>| {
@@ -165,6 +156,9 @@ async fn send(
     let host = authority.host();
     let stream = tokio::time::timeout(connect_timeout, async {
         let addrs = addresses(host, port, resolver.as_deref()).await?;
+        if guarded && addrs.iter().any(|a| !super::guard::reachable(a.ip())) {
+            return Err(Error::DestinationIpProhibited);
+        }
         let tcp = connect(&addrs, netns.as_ref()).await?;
         let _ = tcp.set_nodelay(true);
         if https {
@@ -269,14 +263,14 @@ mod tests {
     #[tokio::test]
     async fn names_resolve_through_the_pods_resolver_only() {
         for uri in ["http://localhost:9/", "https://localhost:9/"] {
-            match send(get(uri), None, None, None).await {
+            match send(get(uri), None, None, None, false).await {
                 Err(Error::DnsError { .. }) => {}
                 Err(e) => panic!("{uri}: {e:?}"),
                 Ok(_) => panic!("{uri}: answered"),
             }
         }
         // An address needs no resolver (nothing listens on port 9: refused).
-        match send(get("http://127.0.0.1:9/"), None, None, None).await {
+        match send(get("http://127.0.0.1:9/"), None, None, None, false).await {
             Err(Error::Connect(e)) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused),
             Err(e) => panic!("{e:?}"),
             Ok(_) => panic!("answered"),
