@@ -1148,14 +1148,21 @@ fn images_claiming_sizes_they_do_not_have_are_refused_and_the_node_goes_on() {
         .unwrap();
     let layer = o.stdout;
     let registry = format!("127.0.0.1:{}", c.registry.port);
-    common::oci::push_claiming_image(&registry, "hostile/huge", "1", &[(&layer, 1 << 50)]);
-    common::oci::push_claiming_image(&registry, "hostile/short", "1", &[(&layer, 10)]);
+    let push = |repo: &str, layer_size: i64, config_size: Option<i64>| {
+        common::oci::push_claiming_image(&registry, repo, "1", &[(&layer, layer_size)], config_size)
+    };
+    push("hostile/huge", 1 << 50, None);
+    push("hostile/short", 10, None);
+    push("hostile/config", layer.len() as i64, Some(1 << 40));
+    push("hostile/shortconfig", layer.len() as i64, Some(10));
     let pod = |name: &str, image: &str| {
         format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: claims\nspec:\n  restartPolicy: Never\n  containers:\n  - name: main\n    image: {image}\n    command: [\"echo\", \"ran\"]\n")
     };
     for (name, why) in [
         ("huge", "declares 1125899906842624 bytes, more than this node's limit of 4294967296 (--max-layer-size)"),
         ("short", "the registry sent more than the 10 bytes the manifest declares"),
+        ("config", "its config declares 1099511627776 bytes, more than the 4194304"),
+        ("shortconfig", "the registry sent more than the 10 bytes the manifest declares for its config"),
     ] {
         c.server.apply_stdin(&[], &pod(name, &format!("{registry}/hostile/{name}:1")));
         let waiting = eventually(60, "the pull to be refused", || {

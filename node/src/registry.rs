@@ -78,6 +78,46 @@ impl Default for PullOptions {
     }
 }
 
+/// The most bytes an image's config may have (a few KiB in practice; containerd caps
+/// manifests and configs alike).
+const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
+/// The image's config, streamed: no more than its descriptor declares, nor than
+/// [`MAX_CONFIG_BYTES`], its digest checked.
+async fn fetch_config(
+    client: &Client,
+    reference: &Reference,
+    image: &str,
+    desc: &OciDescriptor,
+) -> Result<String, RegistryError> {
+    use futures::StreamExt;
+    let too = |reason: String| RegistryError::Size {
+        image: image.into(),
+        reason,
+    };
+    let declared = u64::try_from(desc.size).unwrap_or(u64::MAX);
+    if declared > MAX_CONFIG_BYTES {
+        return Err(too(format!(
+            "its config declares {declared} bytes, more than the {MAX_CONFIG_BYTES} a config may have"
+        )));
+    }
+    let mut stream = client
+        .pull_blob_stream(reference, desc)
+        .await
+        .map_err(registry_err)?;
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(registry_err)?;
+        if (out.len() + chunk.len()) as u64 > declared {
+            return Err(too(format!(
+                "the registry sent more than the {declared} bytes the manifest declares for its config"
+            )));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
 /// Bytes free for unprivileged writers on the file system holding `dir`.
 fn free_bytes(dir: &std::path::Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
@@ -181,10 +221,11 @@ pub async fn pull(
 ) -> Result<Image, RegistryError> {
     let reference = parse(image)?;
     let client = client_for(reference.registry(), &opts.insecure);
-    let (manifest, manifest_digest, config) = client
-        .pull_manifest_and_config(&reference, auth)
+    let (manifest, manifest_digest) = client
+        .pull_image_manifest(&reference, auth)
         .await
         .map_err(registry_err)?;
+    let config = fetch_config(&client, &reference, image, &manifest.config).await?;
     let wasm_layer = manifest
         .layers
         .iter()

@@ -356,10 +356,18 @@ fn push_blob(registry: &str, repo: &str, data: &[u8]) -> String {
 }
 
 /// Puts an image at `registry/repo:tag` whose manifest says what a hostile registry
-/// would: each layer (gzip tar bytes) with the size given, whatever its real one.
-pub fn push_claiming_image(registry: &str, repo: &str, tag: &str, layers: &[(&[u8], i64)]) {
+/// would: each layer (gzip tar bytes) with the size given, whatever its real one, and the
+/// config with `config_size` if given.
+pub fn push_claiming_image(
+    registry: &str,
+    repo: &str,
+    tag: &str,
+    layers: &[(&[u8], i64)],
+    config_size: Option<i64>,
+) {
     let config = br#"{"architecture":"amd64","os":"linux","config":{"Cmd":["sh"]},"rootfs":{"type":"layers","diff_ids":[]}}"#;
     let config_digest = push_blob(registry, repo, config);
+    let config_size = config_size.unwrap_or(config.len() as i64);
     let layers: Vec<serde_json::Value> = layers
         .iter()
         .map(|(data, size)| {
@@ -373,7 +381,7 @@ pub fn push_claiming_image(registry: &str, repo: &str, tag: &str, layers: &[(&[u
     let manifest = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
         "layers": layers,
     });
     let dir = tempfile::tempdir().unwrap();
