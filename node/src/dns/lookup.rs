@@ -2,9 +2,10 @@
 //! configuration, as an OCI container's libc reads its resolv.conf: the cluster DNS with
 //! the namespace's search path and `ndots:5` under ClusterFirst, the node's resolvers
 //! under Default. wasmtime's own implementation asks the node's libc (the node's
-//! resolv.conf, the node's /etc/hosts), so the agent puts this one in its place. Also the
-//! hooks of guests' outgoing wasi:http requests. Queries and connections are made in the
-//! pod's network namespace; pods on the node's network share a resolver per configuration.
+//! resolv.conf, the node's /etc/hosts), so the agent puts this one in its place (guests'
+//! outgoing wasi:http requests resolve through it too: `runtime::wasm::outgoing`). Queries
+//! are made in the pod's network namespace; pods on the node's network share a resolver
+//! per configuration.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

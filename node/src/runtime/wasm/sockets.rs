@@ -2,9 +2,9 @@
 //! that makes it, and guests run on the agent's own threads: wasmtime-wasi's
 //! `create-tcp-socket` and `create-udp-socket` are replaced by wrappers that make the same
 //! calls with the thread inside the pod's namespace for that moment. (The other ways a guest
-//! reaches the network make their sockets there too: outgoing wasi:http requests and name
-//! lookups in `dns::lookup`, a served component's listener in `WasmRuntime::start`; a
-//! socket a listener accepts is its listener's.)
+//! reaches the network make their sockets there too: outgoing wasi:http requests in
+//! `outgoing`, name lookups in `dns::lookup`, a served component's listener in
+//! `WasmRuntime::start`; a socket a listener accepts is its listener's.)
 
 use std::sync::Arc;
 
