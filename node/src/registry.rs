@@ -118,16 +118,6 @@ async fn fetch_config(
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
-/// Bytes free for unprivileged writers on the file system holding `dir`.
-fn free_bytes(dir: &std::path::Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let p = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // Safety: statvfs into a zeroed struct we own.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    (unsafe { libc::statvfs(p.as_ptr(), &mut st) } == 0)
-        .then(|| st.f_bavail as u64 * st.f_frsize as u64)
-}
-
 /// Refuses, before anything is downloaded, layers whose declared sizes are over the
 /// limits or more than the node's free disk.
 fn check_declared(
@@ -158,7 +148,8 @@ fn check_declared(
             opts.max_image_bytes
         )));
     }
-    if let Some(free) = free_bytes(store.dir()).filter(|f| *f < total) {
+    let (disk, free) = crate::agent::node_info::disk(store.dir());
+    if disk > 0 && free < total {
         return Err(too(format!(
             "its layers declare {total} bytes; the node's disk has {free} bytes free"
         )));

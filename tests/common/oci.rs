@@ -293,9 +293,18 @@ pub fn push_index(registry: &str, repo: &str, tag: &str, entries: &[(&str, &str)
         "mediaType": media_type,
         "manifests": manifests,
     });
+    curl_put(
+        index.to_string().as_bytes(),
+        media_type,
+        &format!("http://{registry}/v2/{repo}/manifests/{tag}"),
+    );
+}
+
+/// PUTs `body` (as `content_type`) to `url` with curl; panics on failure.
+fn curl_put(body: &[u8], content_type: &str, url: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("index.json");
-    std::fs::write(&file, index.to_string()).unwrap();
+    let file = dir.path().join("body");
+    std::fs::write(&file, body).unwrap();
     run(
         "curl",
         &[
@@ -303,10 +312,10 @@ pub fn push_index(registry: &str, repo: &str, tag: &str, entries: &[(&str, &str)
             "-X",
             "PUT",
             "-H",
-            &format!("Content-Type: {media_type}"),
+            &format!("Content-Type: {content_type}"),
             "--data-binary",
             &format!("@{}", file.display()),
-            &format!("http://{registry}/v2/{repo}/manifests/{tag}"),
+            url,
         ],
     );
 }
@@ -336,21 +345,10 @@ fn push_blob(registry: &str, repo: &str, data: &[u8]) -> String {
         location
     };
     let sep = if url.contains('?') { '&' } else { '?' };
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("blob");
-    std::fs::write(&file, data).unwrap();
-    run(
-        "curl",
-        &[
-            "-sSf",
-            "-X",
-            "PUT",
-            "-H",
-            "Content-Type: application/octet-stream",
-            "--data-binary",
-            &format!("@{}", file.display()),
-            &format!("{url}{sep}digest={digest}"),
-        ],
+    curl_put(
+        data,
+        "application/octet-stream",
+        &format!("{url}{sep}digest={digest}"),
     );
     digest
 }
@@ -384,20 +382,9 @@ pub fn push_claiming_image(
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
         "layers": layers,
     });
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("manifest.json");
-    std::fs::write(&file, manifest.to_string()).unwrap();
-    run(
-        "curl",
-        &[
-            "-sSf",
-            "-X",
-            "PUT",
-            "-H",
-            "Content-Type: application/vnd.oci.image.manifest.v1+json",
-            "--data-binary",
-            &format!("@{}", file.display()),
-            &format!("http://{registry}/v2/{repo}/manifests/{tag}"),
-        ],
+    curl_put(
+        manifest.to_string().as_bytes(),
+        "application/vnd.oci.image.manifest.v1+json",
+        &format!("http://{registry}/v2/{repo}/manifests/{tag}"),
     );
 }

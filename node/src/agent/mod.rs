@@ -7,7 +7,7 @@ mod container;
 mod events;
 mod latest;
 mod lifecycle;
-mod node_info;
+pub(crate) mod node_info;
 mod pod;
 mod pod_sandbox;
 mod pods;

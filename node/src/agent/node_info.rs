@@ -42,7 +42,7 @@ fn meminfo_bytes(field: &str) -> Option<u64> {
 }
 
 /// (total, available) bytes of the filesystem holding `dir`.
-fn disk(dir: &Path) -> (u64, u64) {
+pub(crate) fn disk(dir: &Path) -> (u64, u64) {
     let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
         return (0, 0);
     };

@@ -22,7 +22,6 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Where a guest's requests go out: its pod's resolver and network namespace (none: the
 /// node's network).
-#[derive(Default)]
 pub struct PodHttpHooks {
     pub resolver: Option<Arc<Resolver>>,
     pub netns: Option<Arc<Netns>>,
