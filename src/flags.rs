@@ -330,6 +330,10 @@ pub struct OciFlags {
     /// Let containers with `privileged: true` run on this node.
     #[arg(long)]
     allow_privileged: bool,
+    /// Give containers that ask for no seccomp profile the runtime's default
+    /// (RuntimeDefault), as the kubelet's flag; else they run unconfined, as in Kubernetes.
+    #[arg(long)]
+    seccomp_default: bool,
 }
 
 impl OciFlags {
@@ -339,6 +343,7 @@ impl OciFlags {
             runc: self.runc.clone(),
             pids_limit: (self.pod_max_pids > 0).then_some(self.pod_max_pids),
             allow_privileged: self.allow_privileged,
+            seccomp_default: self.seccomp_default,
         })
     }
 }

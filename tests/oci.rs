@@ -66,7 +66,7 @@ fn cluster() -> SharedGuard<Cluster> {
             &format!("127.0.0.1:{}/test/net-probe:1", registry.port),
         );
         let server = Server::start();
-        let agent = Agent::start(&server, "oci1");
+        let agent = Agent::start_in(&server, "oci1", None, &["--seccomp-default"]);
         eventually(60, "a node offering runc with its pod range", || {
             let n = server.try_json(&["get", "node", "oci1"])?;
             (n["metadata"]["labels"]["runtime.skiff.dev/oci"] == "true"
@@ -1495,4 +1495,83 @@ fn a_restarted_agent_adopts_running_containers() {
         .output()
         .unwrap();
     assert!(!String::from_utf8_lossy(&runc.stdout).contains(&uid));
+}
+
+/// seccomp as asked: the node's default (this agent runs with `--seccomp-default`) and
+/// RuntimeDefault filter a container, Unconfined does not, a Localhost profile from the
+/// node's seccomp directory refuses what it lists, and a missing one stops the container
+/// with the reason.
+#[test]
+fn seccomp_profiles_confine_runc_containers_as_asked() {
+    let c = &*cluster();
+    namespace(c, "seccomp");
+    let profiles = c.agent.data.join("seccomp/profiles");
+    std::fs::create_dir_all(&profiles).unwrap();
+    std::fs::write(
+        profiles.join("no-mkdir.json"),
+        r#"{"defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]}"#,
+    )
+    .unwrap();
+    let mode = "grep ^Seccomp: /proc/self/status";
+    let container = |name: &str, profile: &str, script: &str| {
+        let sc = if profile.is_empty() {
+            String::new()
+        } else {
+            format!("    securityContext:\n      seccompProfile:\n{profile}")
+        };
+        format!(
+            "  - name: {name}\n    image: {}\n    command: [\"sh\", \"-c\", {script:?}]\n{sc}",
+            c.busybox()
+        )
+    };
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: filtered\n  namespace: seccomp\nspec:\n  restartPolicy: Never\n  containers:\n{}{}{}{}",
+        container("unset", "", mode),
+        container("unconfined", "        type: Unconfined\n", mode),
+        container(
+            "runtime",
+            "        type: RuntimeDefault\n",
+            &format!("{mode}; unshare -U true && echo unshared || echo refused"),
+        ),
+        container(
+            "local",
+            "        type: Localhost\n        localhostProfile: profiles/no-mkdir.json\n",
+            "mkdir /made && echo made || echo refused; touch /file && echo touched",
+        ),
+    );
+    c.server.apply_stdin(&[], &pod);
+    let status = finished(c, "seccomp", "filtered");
+    assert_eq!(status["phase"], "Succeeded", "{status}");
+    // 2: a filter is installed; 0: none.
+    assert_eq!(logs(c, "seccomp", "filtered", "unset"), "Seccomp:\t2\n");
+    assert_eq!(
+        logs(c, "seccomp", "filtered", "unconfined"),
+        "Seccomp:\t0\n"
+    );
+    let runtime = logs(c, "seccomp", "filtered", "runtime");
+    assert!(runtime.starts_with("Seccomp:\t2\n"), "{runtime}");
+    assert!(
+        runtime.contains("refused"),
+        "unshare under RuntimeDefault: {runtime}"
+    );
+    let local = logs(c, "seccomp", "filtered", "local");
+    assert!(local.contains("Operation not permitted"), "{local}");
+    assert!(local.contains("refused\ntouched"), "{local}");
+
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: missing\n  namespace: seccomp\nspec:\n  restartPolicy: Never\n  securityContext:\n    seccompProfile:\n      type: Localhost\n      localhostProfile: profiles/none.json\n  containers:\n{}",
+        container("main", "", "true"),
+    );
+    c.server.apply_stdin(&[], &pod);
+    let waiting = eventually(60, "the container waiting with the reason", || {
+        let p = c.server.json(&["get", "pod", "missing", "-n", "seccomp"]);
+        let w = p["status"]["containerStatuses"][0]["state"]["waiting"].clone();
+        (w["reason"] == "CreateContainerError").then_some(w)
+    });
+    let message = waiting["message"].as_str().unwrap();
+    assert!(
+        message.contains("cannot load seccomp profile") && message.contains("profiles/none.json"),
+        "{message}"
+    );
 }

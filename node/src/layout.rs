@@ -67,6 +67,12 @@ impl Layout {
         self.root.join(CNI)
     }
 
+    /// The node's seccomp profiles (`Localhost` ones name files beneath it), as the
+    /// kubelet's `<root-dir>/seccomp`.
+    pub fn seccomp(&self) -> PathBuf {
+        self.root.join("seccomp")
+    }
+
     /// runc's own state directory (`runc --root`).
     pub fn runc_state(&self) -> PathBuf {
         self.root.join(RUNC)

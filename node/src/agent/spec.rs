@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 
 use crate::images::{Image, RunConfig};
 use crate::logs::LogFile;
-use crate::runtime::{Alive, ContainerSpec, Security};
+use crate::runtime::{Alive, ContainerSpec, Seccomp, Security};
 use crate::sandbox::{Mount, Sandbox};
 
 /// What a container's spec is made of besides its pod, image and sandbox: resolved (the
@@ -201,6 +201,15 @@ pub fn security(pod: &Pod, c: &Container) -> Security {
         allow_privilege_escalation: own.allow_privilege_escalation,
         add_capabilities: caps.add.unwrap_or_default(),
         drop_capabilities: caps.drop.unwrap_or_default(),
+        seccomp: own
+            .seccomp_profile
+            .or(p.seccomp_profile)
+            .and_then(|s| match s.type_.as_str() {
+                "Unconfined" => Some(Seccomp::Unconfined),
+                "RuntimeDefault" => Some(Seccomp::RuntimeDefault),
+                "Localhost" => Some(Seccomp::Localhost(s.localhost_profile.unwrap_or_default())),
+                _ => None,
+            }),
     }
 }
 

@@ -23,6 +23,17 @@ pub struct Security {
     pub allow_privilege_escalation: Option<bool>,
     pub add_capabilities: Vec<String>,
     pub drop_capabilities: Vec<String>,
+    /// The seccomp profile asked for; `None`: not set (the node's default applies).
+    pub seccomp: Option<Seccomp>,
+}
+
+/// A `seccompProfile` of a container's (or its pod's) securityContext.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Seccomp {
+    Unconfined,
+    RuntimeDefault,
+    /// A profile file beneath the node's seccomp root (validated by the API server).
+    Localhost(String),
 }
 
 /// What a runtime needs to start one container.

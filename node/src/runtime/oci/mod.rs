@@ -6,6 +6,7 @@
 
 mod attach;
 mod exec;
+pub mod seccomp;
 pub mod shim;
 pub mod spec;
 
@@ -42,6 +43,7 @@ struct Inner {
     /// Whether `privileged: true` containers may run here (the kubelet's
     /// `--allow-privileged`).
     allow_privileged: bool,
+    seccomp: seccomp::Policy,
 }
 
 /// Settings of the runtime (agent flags).
@@ -50,6 +52,9 @@ pub struct OciConfig {
     pub runc: PathBuf,
     pub pids_limit: Option<i64>,
     pub allow_privileged: bool,
+    /// RuntimeDefault for containers that ask for no seccomp profile (the kubelet's
+    /// `--seccomp-default`).
+    pub seccomp_default: bool,
 }
 
 fn start_error(id: &str, reason: impl std::fmt::Display) -> RuntimeError {
@@ -87,6 +92,10 @@ impl OciRuntime {
             detached: AtomicBool::new(false),
             pids_limit: config.pids_limit,
             allow_privileged: config.allow_privileged,
+            seccomp: seccomp::Policy {
+                root: layout.seccomp(),
+                default_to_runtime: config.seccomp_default,
+            },
         };
         for d in [inner.root.clone(), inner.layout.bundles()] {
             std::fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
@@ -127,6 +136,10 @@ impl OciRuntime {
             detached: AtomicBool::new(false),
             pids_limit: None,
             allow_privileged: false,
+            seccomp: seccomp::Policy {
+                root: layout.seccomp(),
+                default_to_runtime: false,
+            },
         }));
         for uid in rt.pods() {
             rt.remove_pod(&uid).await;
@@ -428,6 +441,9 @@ impl OciRuntime {
         let (uid, gid) = resolve_user(spec, rootfs)?;
         let capabilities = spec::capabilities(&sec.add_capabilities, &sec.drop_capabilities)
             .map_err(|e| RuntimeError::Config(e.to_string()))?;
+        let seccomp = (self.0.seccomp)
+            .filter(sec.seccomp.as_ref(), sec.privileged, &capabilities)
+            .map_err(|e| start_error(&spec.id, e))?;
         let netns = match &spec.network {
             crate::sandbox::Network::Node | crate::sandbox::Network::Shared => None,
             crate::sandbox::Network::Pod(ns) => Some(ns.path().to_path_buf()),
@@ -487,6 +503,7 @@ impl OciRuntime {
             pids_limit: self.0.pids_limit,
             cgroups_path: cgroup.to_string(),
             terminal: spec.tty,
+            seccomp,
         })
     }
 }

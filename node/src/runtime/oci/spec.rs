@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::{
     Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
     LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
+    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, LinuxSeccomp, Mount, MountBuilder,
     ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
@@ -107,6 +107,8 @@ pub struct Config {
     pub pids_limit: Option<i64>,
     pub cgroups_path: String,
     pub terminal: bool,
+    /// The container's seccomp filter; `None`: unconfined.
+    pub seccomp: Option<LinuxSeccomp>,
 }
 
 /// The capabilities a container ends with: the defaults, without `drop` (`ALL` drops
@@ -362,6 +364,9 @@ pub fn build(c: &Config) -> Result<Spec, SpecError> {
         .namespaces(namespaces)
         .resources(resources.build().map_err(build_err)?)
         .cgroups_path(PathBuf::from(&c.cgroups_path));
+    if let Some(filter) = &c.seccomp {
+        linux = linux.seccomp(filter.clone());
+    }
     if !c.privileged {
         linux = linux
             .masked_paths(
@@ -448,6 +453,7 @@ mod tests {
             pids_limit: Some(64),
             cgroups_path: "/skiff/pod/c".into(),
             terminal: false,
+            seccomp: Some(super::super::seccomp::runtime_default(&HashSet::new())),
         };
         let v = serde_json::to_value(build(&c).unwrap()).unwrap();
         assert_eq!(v["process"]["cwd"], "/");
@@ -468,6 +474,13 @@ mod tests {
         assert_eq!(v["linux"]["resources"]["pids"]["limit"], 64);
         assert_eq!(v["linux"]["resources"]["devices"][0]["allow"], false);
         assert!(v["linux"]["maskedPaths"].as_array().unwrap().len() > 5);
+        // runc reads the filter in the runtime spec's words.
+        assert_eq!(v["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
+        let rules = v["linux"]["seccomp"]["syscalls"].as_array().unwrap();
+        assert!(rules
+            .iter()
+            .any(|r| r["names"] == serde_json::json!(["clone"])
+                && r["args"][0]["op"] == "SCMP_CMP_MASKED_EQ"));
         let data = v["mounts"]
             .as_array()
             .unwrap()
