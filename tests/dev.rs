@@ -428,7 +428,15 @@ fn a_wasm_pod_runs_to_completion() {
     let pod = n.json(&["get", "pod", "hello"]);
     assert_eq!(pod["status"]["phase"], "Succeeded");
     assert_eq!(pod["spec"]["nodeName"], "edge-1");
-    assert_eq!(pod["status"]["hostIP"], "127.0.0.1");
+    let node = n.json(&["get", "node", "edge-1"]);
+    let internal = node["status"]["addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["type"] == "InternalIP")
+        .map(|a| a["address"].clone())
+        .unwrap();
+    assert_eq!(pod["status"]["hostIP"], internal);
     let get = n.ok(&["get", "pod", "hello"]);
     assert!(get.contains("Completed"), "{get}");
     let describe = n.ok(&["describe", "pod", "hello"]);
@@ -1290,6 +1298,54 @@ fn oci_images_with_a_wasm_entrypoint_run() {
 
 /// A pod on the node's network that did not ask for it (`hostNetwork`) reaches nothing of
 /// the node's own: not its loopback, where the API server listens.
+/// `curl <INTERNAL-IP>:<nodePort>` answers: the dev node reports the host's address (the
+/// default route's), not loopback, where node ports do not answer.
+#[test]
+fn a_node_port_answers_at_the_nodes_internal_ip() {
+    let d = &*dev();
+    let n = d.namespace("ex-nodeport");
+    apply_example(&n, "http-hello");
+    n.ok(&[
+        "expose",
+        "pod",
+        "http-hello",
+        "--type=NodePort",
+        "--port=80",
+        "--target-port=8080",
+    ]);
+    let svc = n.json(&["get", "service", "http-hello"]);
+    let port = svc["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
+    let wide = n.ok(&["get", "node", "edge-1", "-o", "wide"]);
+    let ip = n.ok(&[
+        "get",
+        "node",
+        "edge-1",
+        "-o",
+        "jsonpath={.status.addresses[?(@.type==\"InternalIP\")].address}",
+    ]);
+    let parsed: std::net::IpAddr = ip.parse().expect("an InternalIP");
+    assert!(!parsed.is_loopback(), "{wide}");
+    assert!(wide.contains(&ip), "{wide}");
+    let body = eventually(30, "an answer at the node port", || {
+        let o = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-m",
+                "3",
+                &format!("http://{ip}:{port}/via/node-port"),
+            ])
+            .output()
+            .ok()?;
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+    });
+    assert_eq!(
+        body,
+        "Hello from a Wasm HTTP handler on Skiff: GET /via/node-port\n"
+    );
+}
+
 #[test]
 fn a_guest_on_the_nodes_network_cannot_reach_the_nodes_loopback() {
     const NOBODY: u32 = 65534;

@@ -342,8 +342,11 @@ pub async fn client_from(kubeconfig: &std::path::Path) -> Result<Client, AgentEr
     Ok(Client::new(service, config.default_namespace))
 }
 
-/// The local address used to reach the API server: the node's IP.
-fn local_ip_towards(url: &str) -> String {
+/// The node's address when `--node-ip` is not given: the local address used to reach the
+/// API server, unless that is loopback (a server on this host, as `skiff dev`'s): then the
+/// address of the interface with the default route, as the kubelet chooses a host
+/// interface, since node ports do not answer on loopback. Loopback only without one.
+fn node_ip_towards(url: &str) -> String {
     let host = url
         .trim_start_matches("https://")
         .trim_start_matches("http://")
@@ -356,13 +359,23 @@ fn local_ip_towards(url: &str) -> String {
     } else {
         format!("{host}:443")
     };
-    std::net::UdpSocket::bind("0.0.0.0:0")
-        .and_then(|s| {
-            s.connect(target.as_str())?;
-            s.local_addr()
-        })
-        .map(|a| a.ip().to_string())
-        .unwrap_or_else(|_| "127.0.0.1".into())
+    let towards = |target: &str| {
+        // A UDP "connection" sends nothing: it asks the kernel which address would.
+        std::net::UdpSocket::bind("0.0.0.0:0")
+            .and_then(|s| {
+                s.connect(target)?;
+                s.local_addr()
+            })
+            .map(|a| a.ip())
+    };
+    match towards(&target) {
+        Ok(ip) if !ip.is_loopback() => ip.to_string(),
+        // Any address off this host takes the default route (nothing is sent to it).
+        _ => towards("198.51.100.1:9")
+            .ok()
+            .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+            .map_or_else(|| "127.0.0.1".into(), |ip| ip.to_string()),
+    }
 }
 
 /// The node's conditions as of `now` under `pressure`; a condition whose status is
@@ -828,7 +841,7 @@ pub async fn run(
     let ip = cfg
         .node_ip
         .clone()
-        .unwrap_or_else(|| local_ip_towards(&server));
+        .unwrap_or_else(|| node_ip_towards(&server));
     let layout = Layout::new(&cfg.data_dir);
     let tightened =
         skiff_api::private_dir::ensure(layout.root()).map_err(|source| AgentError::Io {
