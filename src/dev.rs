@@ -43,6 +43,7 @@ impl DevFlags {
             // Any free port, so several dev clusters can share a machine.
             port: 0,
             pull: Default::default(),
+            logs: Default::default(),
             lease_renew_interval: skiff_node::agent::LEASE_RENEW_INTERVAL,
             cluster_cidr: self.control.cluster_cidr,
             network: self.network,

@@ -193,6 +193,8 @@ pub struct AgentFlags {
     pub port: u16,
     #[command(flatten)]
     pub pull: PullFlags,
+    #[command(flatten)]
+    pub logs: LogFlags,
     /// How often the node's Lease is renewed (the heartbeat), e.g. 2s.
     #[arg(long, default_value = "2s", value_parser = skiff_api::duration::parse)]
     pub lease_renew_interval: std::time::Duration,
@@ -240,6 +242,28 @@ impl PullFlags {
     }
 }
 
+/// When containers' logs rotate (the kubelet's flags of the same names).
+#[derive(clap::Args, Default)]
+pub struct LogFlags {
+    /// A container's log file is rotated past this size (default 10Mi).
+    #[arg(long, value_parser = bytes)]
+    container_log_max_size: Option<u64>,
+    /// The most log files kept per container run, the current one included (default 5,
+    /// at least 2).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(2..))]
+    container_log_max_files: Option<u32>,
+}
+
+impl LogFlags {
+    fn rotation(self) -> skiff_node::logs::Rotation {
+        let default = skiff_node::logs::Rotation::default();
+        skiff_node::logs::Rotation {
+            max_bytes: self.container_log_max_size.unwrap_or(default.max_bytes),
+            max_files: self.container_log_max_files.unwrap_or(default.max_files),
+        }
+    }
+}
+
 /// A size in bytes, as a Kubernetes quantity (`512Mi`, `4Gi`).
 fn bytes(s: &str) -> Result<u64, String> {
     let q = skiff_api::quantity::parse(s).map_err(|e| e.to_string())?;
@@ -257,6 +281,7 @@ impl AgentFlags {
             node_ip: self.node_ip,
             port: self.port,
             pull: self.pull.options(),
+            log_rotation: self.logs.rotation(),
             lease_renew_interval: self.lease_renew_interval,
             pod_network: network.mode(),
             cni_bin_dir: network.cni_bin_dir,

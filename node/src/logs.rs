@@ -8,9 +8,40 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-/// A log file is rotated past this size (the kubelet's `containerLogMaxSize` default);
-/// one rotated file is kept.
-pub const MAX_LOG_BYTES: u64 = 10 * 1024 * 1024;
+/// When a container's log rotates, as the kubelet's `containerLogMaxSize` and
+/// `containerLogMaxFiles`: past `max_bytes`, keeping `max_files` files (the current one and
+/// `<run>.log.1` (newest) up to `<run>.log.<max_files - 1>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rotation {
+    pub max_bytes: u64,
+    /// At least 2 (the kubelet's rule).
+    pub max_files: u32,
+}
+
+impl Default for Rotation {
+    /// The kubelet's defaults: 10 MiB, 5 files.
+    fn default() -> Rotation {
+        Rotation {
+            max_bytes: 10 * 1024 * 1024,
+            max_files: 5,
+        }
+    }
+}
+
+/// The `n`th rotated piece of the log at `path` (1: the newest).
+fn rotated(path: &Path, n: u32) -> PathBuf {
+    path.with_extension(format!("log.{n}"))
+}
+
+/// The rotated pieces of the log at `path` that exist, oldest first.
+fn rotated_pieces(path: &Path) -> Vec<PathBuf> {
+    let mut pieces: Vec<PathBuf> = (1..)
+        .map(|n| rotated(path, n))
+        .take_while(|p| p.exists())
+        .collect();
+    pieces.reverse();
+    pieces
+}
 /// A line longer than this is written as partial (`P`) pieces.
 const MAX_LINE: usize = 16 * 1024;
 
@@ -19,7 +50,7 @@ struct Inner {
     /// Opened (and its directory made) on the first line: a pod's start makes no files.
     file: Option<File>,
     size: u64,
-    max_bytes: u64,
+    rotation: Rotation,
     /// Unfinished line per stream (stdout, stderr).
     partial: [Vec<u8>; 2],
     /// Closed after a kill: nothing is written (or created) any more.
@@ -52,6 +83,27 @@ fn timestamp() -> String {
 }
 
 impl Inner {
+    /// Shifts the rotated pieces one up (the oldest beyond the limit goes) and makes the
+    /// current file the newest piece.
+    fn rotate(&mut self) -> io::Result<()> {
+        let keep = self.rotation.max_files.max(2) - 1;
+        for n in (1..=keep).rev() {
+            let from = rotated(&self.path, n);
+            let result = if n == keep {
+                std::fs::remove_file(&from)
+            } else {
+                std::fs::rename(&from, rotated(&self.path, n + 1))
+            };
+            match result {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        std::fs::rename(&self.path, rotated(&self.path, 1))?;
+        self.file = None;
+        Ok(())
+    }
+
     /// The open file, appending to what an earlier agent wrote.
     fn file(&mut self) -> io::Result<&mut File> {
         if self.file.is_none() {
@@ -70,14 +122,14 @@ impl Inner {
 }
 
 impl LogFile {
-    /// A container run's log, rotated past `max_bytes`. Nothing is written to disk until
+    /// A container run's log, rotated as `rotation` says. Nothing is written to disk until
     /// the first line (or the run's end).
-    pub fn new(path: &Path, max_bytes: u64) -> LogFile {
+    pub fn new(path: &Path, rotation: Rotation) -> LogFile {
         LogFile(Arc::new(Mutex::new(Inner {
             path: path.to_path_buf(),
             file: None,
             size: 0,
-            max_bytes,
+            rotation,
             partial: [Vec::new(), Vec::new()],
             closed: false,
         })))
@@ -88,9 +140,9 @@ impl LogFile {
         self.0.lock().expect("log lock").path.clone()
     }
 
-    /// The size past which the log is rotated.
-    pub fn max_bytes(&self) -> u64 {
-        self.0.lock().expect("log lock").max_bytes
+    /// How the log rotates.
+    pub fn rotation(&self) -> Rotation {
+        self.0.lock().expect("log lock").rotation
     }
 
     fn line(inner: &mut Inner, stream: Stream, tag: char, text: &[u8]) -> io::Result<()> {
@@ -104,10 +156,8 @@ impl LogFile {
         out.extend_from_slice(text);
         out.push(b'\n');
         inner.file()?;
-        if inner.size > 0 && inner.size + out.len() as u64 > inner.max_bytes {
-            let rotated = inner.path.with_extension("log.1");
-            std::fs::rename(&inner.path, rotated)?;
-            inner.file = None;
+        if inner.size > 0 && inner.size + out.len() as u64 > inner.rotation.max_bytes {
+            inner.rotate()?;
         }
         inner.file()?.write_all(&out)?;
         inner.size += out.len() as u64;
@@ -221,10 +271,12 @@ pub fn parse_line(line: &str) -> Option<Entry> {
     })
 }
 
-/// Every entry of a container run's log (rotated file first).
+/// Every entry of a container run's log (the oldest rotated piece first).
 pub fn read(path: &Path) -> io::Result<Vec<Entry>> {
     let mut out = Vec::new();
-    for p in [path.with_extension("log.1"), path.to_path_buf()] {
+    let mut files = rotated_pieces(path);
+    files.push(path.to_path_buf());
+    for p in files {
         match File::open(&p) {
             Ok(f) => {
                 for line in BufReader::new(f).lines() {
@@ -268,17 +320,26 @@ impl Follower {
             Err(e) => return Err(e),
         };
         let ino = current.metadata()?.ino();
-        let rotated = self.path.with_extension("log.1");
         if self.ino != Some(ino) {
-            // First read: the rotated file whole; after a rotation: the rest of the file
-            // that is now the rotated one.
-            let from = if self.ino.is_none() { 0 } else { self.pos };
-            match File::open(&rotated) {
-                Ok(f) => {
-                    lines_from(f, from, &mut out)?;
+            // First read: every rotated piece whole. After rotations: the rest of the piece
+            // that was current, then the newer pieces whole (if it rotated away, they all).
+            let pieces = rotated_pieces(&self.path);
+            let was = match self.ino {
+                None => None,
+                Some(old) => pieces
+                    .iter()
+                    .position(|p| std::fs::metadata(p).is_ok_and(|m| m.ino() == old)),
+            };
+            let first = was.unwrap_or(0);
+            for (i, p) in pieces.iter().enumerate().skip(first) {
+                let from = if Some(i) == was { self.pos } else { 0 };
+                match File::open(p) {
+                    Ok(f) => {
+                        lines_from(f, from, &mut out)?;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
             }
             self.pos = 0;
             self.ino = Some(ino);
@@ -311,7 +372,13 @@ mod tests {
     fn a_follower_reads_only_what_is_new_across_a_rotation() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("0.log");
-        let log = LogFile::new(&path, 200);
+        let log = LogFile::new(
+            &path,
+            Rotation {
+                max_bytes: 200,
+                max_files: 5,
+            },
+        );
         let mut f = Follower::new(&path);
         assert!(f.read_new().unwrap().is_empty());
         log.write(Stream::Stdout, b"one\ntwo\n").unwrap();
@@ -327,19 +394,29 @@ mod tests {
         let want: Vec<String> = (0..6).map(|i| format!("line {i}")).collect();
         assert_eq!(got, want);
         assert!(path.with_extension("log.1").exists(), "rotated");
+        // Several rotations between two reads: the rest of the old file, then the newer
+        // pieces, in order.
+        for i in 6..20 {
+            log.write(Stream::Stdout, format!("line {i}\n").as_bytes())
+                .unwrap();
+        }
+        assert!(path.with_extension("log.3").exists(), "rotated three times");
+        let got = texts(f.read_new().unwrap());
+        let want: Vec<String> = (6..20).map(|i| format!("line {i}")).collect();
+        assert_eq!(got, want);
     }
 
     #[test]
     fn a_log_file_is_made_on_the_first_line_or_at_the_end() {
         let dir = tempfile::tempdir().unwrap();
         let (talks, silent) = (dir.path().join("a/0.log"), dir.path().join("b/0.log"));
-        let log = LogFile::new(&talks, MAX_LOG_BYTES);
+        let log = LogFile::new(&talks, Rotation::default());
         assert!(!dir.path().join("a").exists(), "made before any output");
         log.write(Stream::Stdout, b"partial").unwrap();
         assert!(!talks.exists(), "made before a whole line");
         log.write(Stream::Stdout, b" line\n").unwrap();
         assert_eq!(read(&talks).unwrap()[0].text, "partial line");
-        let quiet = LogFile::new(&silent, MAX_LOG_BYTES);
+        let quiet = LogFile::new(&silent, Rotation::default());
         quiet.finish().unwrap();
         assert!(silent.exists() && read(&silent).unwrap().is_empty());
     }
@@ -349,7 +426,7 @@ mod tests {
     fn a_killed_run_writes_nothing_more() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pod/c/0.log");
-        let log = LogFile::new(&path, MAX_LOG_BYTES);
+        let log = LogFile::new(&path, Rotation::default());
         log.finish_killed().unwrap();
         assert!(log.write(Stream::Stdout, b"late\n").is_err());
         log.finish().unwrap();
@@ -360,7 +437,7 @@ mod tests {
     fn lines_are_written_in_cri_format() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c/0.log");
-        let log = LogFile::new(&path, MAX_LOG_BYTES);
+        let log = LogFile::new(&path, Rotation::default());
         log.write(Stream::Stdout, b"hello\nwor").unwrap();
         log.write(Stream::Stderr, b"oops\n").unwrap();
         log.write(Stream::Stdout, b"ld\ntail").unwrap();
@@ -387,10 +464,14 @@ mod tests {
     }
 
     #[test]
-    fn logs_rotate_by_size_keeping_one_rotated_file() {
+    fn logs_rotate_by_size_keeping_max_files() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c/0.log");
-        let log = LogFile::new(&path, 1000);
+        let rotation = Rotation {
+            max_bytes: 1000,
+            max_files: 3,
+        };
+        let log = LogFile::new(&path, rotation);
         // Each CRI line is ~50 bytes: 100 lines rotate several times.
         for i in 0..100 {
             log.write(Stream::Stdout, format!("line {i:03}\n").as_bytes())
@@ -402,9 +483,10 @@ mod tests {
             .unwrap()
             .len();
         assert!(current <= 1000 && rotated <= 1000, "{current} {rotated}");
+        assert!(dir.path().join("c/0.log.2").exists());
         assert!(
-            !dir.path().join("c/0.log.2").exists(),
-            "only one rotated file is kept"
+            !dir.path().join("c/0.log.3").exists(),
+            "three files in all are kept"
         );
         let texts: Vec<String> = read(&path).unwrap().into_iter().map(|e| e.text).collect();
         // What is kept is the newest lines, in order, ending with the last one written.
@@ -414,7 +496,7 @@ mod tests {
         let expected: Vec<String> = (first..100).map(|i| format!("line {i:03}")).collect();
         assert_eq!(texts, expected);
         // A new run of the agent appends to the same file and keeps its size.
-        let again = LogFile::new(&path, 1000);
+        let again = LogFile::new(&path, rotation);
         again.write(Stream::Stderr, b"after restart\n").unwrap();
         assert_eq!(read(&path).unwrap().last().unwrap().text, "after restart");
     }

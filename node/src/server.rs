@@ -580,7 +580,7 @@ mod tests {
     fn host(dir: &FilePath) -> Arc<FakeHost> {
         let runs: Vec<PathBuf> = (0..2).map(|n| dir.join(format!("{n}.log"))).collect();
         for (n, path) in runs.iter().enumerate() {
-            let log = logs::LogFile::new(path, logs::MAX_LOG_BYTES);
+            let log = logs::LogFile::new(path, Default::default());
             log.write(logs::Stream::Stdout, format!("run {n}\n").as_bytes())
                 .unwrap();
             log.finish().unwrap();

@@ -55,6 +55,8 @@ pub struct AgentConfig {
     /// How image pulls go: plain-HTTP registries (`host:port`, besides loopback ones),
     /// size limits.
     pub pull: crate::registry::PullOptions,
+    /// When containers' logs rotate (`--container-log-max-size`, `--container-log-max-files`).
+    pub log_rotation: crate::logs::Rotation,
     /// How often the node's Lease is renewed.
     pub lease_renew_interval: Duration,
     /// How pods get their network.
@@ -246,6 +248,7 @@ pub(crate) struct Ctx {
     pub runtimes: Runtimes,
     pub events: events::Recorder,
     pub pull: crate::registry::PullOptions,
+    pub log_rotation: crate::logs::Rotation,
     /// The node's pod network (pods wait for it).
     pub networks: tokio::sync::watch::Receiver<Networks>,
     /// The cluster DNS this agent serves, if it could start it.
@@ -872,6 +875,7 @@ pub async fn run(
         resolvers: Default::default(),
         status_writes: Arc::new(tokio::sync::Semaphore::new(status::MAX_STATUS_WRITES)),
         pull: cfg.pull.clone(),
+        log_rotation: cfg.log_rotation,
     });
     let listen = std::net::SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), cfg.port);
     let hosts = vec![ip.clone(), cfg.node_name.clone()];

@@ -467,7 +467,7 @@ async fn create(pc: Arc<PodCtx>, which: Which, run: i32) -> Result<Made, Failed>
     let run_id = layout::run_id(&pc.uid, &c.name, run);
     let log_path: Arc<Path> = layout::run_log(&pc.dirs().logs, &c.name, run).into();
     layout::prune_runs(&pc.dirs().logs, &c.name, run);
-    let log = LogFile::new(&log_path, crate::logs::MAX_LOG_BYTES);
+    let log = LogFile::new(&log_path, pc.ctx.log_rotation);
     let parts = Resolved {
         run_id: run_id.clone(),
         env,

@@ -39,6 +39,8 @@ pub struct ShimArgs {
     pub log: PathBuf,
     #[arg(long)]
     pub max_log_bytes: u64,
+    #[arg(long, default_value_t = 5)]
+    pub max_log_files: u32,
     /// The container's cgroup (as in its spec), read for OOM kills.
     #[arg(long)]
     pub cgroup: String,
@@ -67,6 +69,7 @@ impl ShimArgs {
             .arg("--log")
             .arg(&self.log)
             .args(["--max-log-bytes", &self.max_log_bytes.to_string()])
+            .args(["--max-log-files", &self.max_log_files.to_string()])
             .args(["--cgroup", &self.cgroup]);
         for (on, flag) in [
             (self.stdin, "--stdin"),
@@ -358,7 +361,11 @@ fn copy(
 /// Waits for the container's init to end (reaping whatever else is reparented here),
 /// finishes its log, and removes the runc container.
 fn supervise(args: &ShimArgs, started: Started) -> ExitFile {
-    let log = LogFile::new(&args.log, args.max_log_bytes);
+    let rotation = crate::logs::Rotation {
+        max_bytes: args.max_log_bytes,
+        max_files: args.max_log_files,
+    };
+    let log = LogFile::new(&args.log, rotation);
     let Started { init, streams, hub } = started;
     let copiers = match streams {
         Streams::Pipes { out, err } => vec![

@@ -837,7 +837,7 @@ mod tests {
                 resolver: None,
                 log: LogFile::new(
                     &self.dir.path().join(format!("{name}.log")),
-                    crate::logs::MAX_LOG_BYTES,
+                    Default::default(),
                 ),
                 memory_limit: None,
                 cpu_limit_millis: None,
