@@ -1575,3 +1575,85 @@ fn seccomp_profiles_confine_runc_containers_as_asked() {
         "{message}"
     );
 }
+
+/// Local storage limits as the kubelet's eviction manager enforces them: an emptyDir
+/// past its sizeLimit and a container writing past its ephemeral-storage limit (within
+/// the pod's total, 11Mi) get their pods evicted, with the kubelet's reason, message,
+/// condition and Event.
+#[test]
+fn pods_past_their_local_storage_limits_are_evicted() {
+    let c = &*cluster();
+    namespace(c, "storage");
+    let pod = |name: &str, extra: &str, script: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: storage\nspec:\n  terminationGracePeriodSeconds: 30\n  volumes:\n  - name: scratch\n    emptyDir:\n      sizeLimit: 1Mi\n  containers:\n  - name: main\n    image: {}\n    command: [\"sh\", \"-c\", {script:?}]\n    volumeMounts:\n    - name: scratch\n      mountPath: /scratch\n{extra}",
+            c.busybox()
+        )
+    };
+    let fill =
+        |to: &str| format!("dd if=/dev/urandom of={to} bs=1024 count=2048 && exec sleep 3600");
+    c.server
+        .apply_stdin(&[], &pod("volume", "", &fill("/scratch/f")));
+    c.server.apply_stdin(
+        &[],
+        &pod(
+            "layer",
+            &format!(
+                "    resources:\n      limits:\n        ephemeral-storage: 1Mi\n  - name: idle\n    image: {}\n    command: [\"sleep\", \"3600\"]\n    resources:\n      limits:\n        ephemeral-storage: 10Mi\n",
+                c.busybox()
+            ),
+            &fill("/f"),
+        ),
+    );
+    c.server.apply_stdin(
+        &[],
+        &pod(
+            "within",
+            "",
+            "dd if=/dev/urandom of=/scratch/f bs=1024 count=256 && exec sleep 3600",
+        ),
+    );
+    for (name, message) in [
+        (
+            "volume",
+            "Usage of EmptyDir volume \"scratch\" exceeds the limit \"1Mi\". ",
+        ),
+        (
+            "layer",
+            "Container main exceeded its local ephemeral storage limit \"1Mi\". ",
+        ),
+    ] {
+        let status = finished(c, "storage", name);
+        assert_eq!(status["phase"], "Failed", "{status}");
+        assert_eq!(status["reason"], "Evicted", "{status}");
+        assert_eq!(status["message"], message, "{status}");
+        let disruption = status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "DisruptionTarget")
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(disruption["reason"], "TerminationByKubelet", "{status}");
+        let t = &status["containerStatuses"][0]["state"]["terminated"];
+        assert_eq!(t["exitCode"], 137, "{status}");
+        let events = c.server.ok(&[
+            "get",
+            "events",
+            "-n",
+            "storage",
+            "--field-selector",
+            &format!("involvedObject.name={name},reason=Evicted"),
+        ]);
+        assert!(events.contains("Warning"), "{events}");
+    }
+    // A pod within its limit runs on.
+    let p = c.server.json(&["get", "pod", "within", "-n", "storage"]);
+    assert_eq!(p["status"]["phase"], "Running", "{p}");
+    let describe = c.server.ok(&["describe", "pod", "volume", "-n", "storage"]);
+    assert!(
+        describe.contains("Reason:           Evicted")
+            && describe.contains("Usage of EmptyDir volume \"scratch\" exceeds the limit"),
+        "{describe}"
+    );
+}

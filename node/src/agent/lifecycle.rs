@@ -48,7 +48,8 @@ pub enum Event {
         ok: bool,
     },
     Deleting,
-    DeadlineExceeded,
+    /// The pod must end now, failed (its deadline passed, or it is evicted).
+    Fail,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -63,8 +64,8 @@ pub enum Action {
         which: Vec<Which>,
         graceful: bool,
     },
-    /// Report the pod Failed with reason DeadlineExceeded.
-    ReportDeadline,
+    /// Report the pod Failed, with the reason its worker knows.
+    ReportFailure,
     /// Remove the sandbox and delete the pod object for good.
     FinishDeletion,
 }
@@ -253,8 +254,8 @@ impl Lifecycle {
                     out.push(Action::FinishDeletion);
                 }
             }
-            (Stage::Done | Stage::Terminating, Event::DeadlineExceeded) => {}
-            (_, Event::DeadlineExceeded) => {
+            (Stage::Done | Stage::Terminating, Event::Fail) => {}
+            (_, Event::Fail) => {
                 self.stage = Stage::Done;
                 let all: Vec<Which> = self.live.iter().copied().collect();
                 self.stopping.extend(all.iter().copied());
@@ -264,7 +265,7 @@ impl Lifecycle {
                         graceful: false,
                     });
                 }
-                out.push(Action::ReportDeadline);
+                out.push(Action::ReportFailure);
             }
             (_, Event::SandboxReady | Event::SandboxFailed | Event::Started(_)) => {}
         }
@@ -423,16 +424,16 @@ mod tests {
         l.step(Event::SandboxReady);
         l.step(Event::Started(Init(0)));
         assert_eq!(
-            l.step(Event::DeadlineExceeded),
+            l.step(Event::Fail),
             [
                 Action::Stop {
                     which: vec![Init(0), Main(0), Main(1)],
                     graceful: false
                 },
-                Action::ReportDeadline
+                Action::ReportFailure
             ]
         );
-        assert_eq!(l.step(Event::DeadlineExceeded), []);
+        assert_eq!(l.step(Event::Fail), []);
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod pods;
 mod probes;
 mod spec;
 mod status;
+mod storage;
 mod supervisor;
 
 use std::collections::HashSet;

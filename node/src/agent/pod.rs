@@ -100,7 +100,7 @@ impl Worker {
 
 /// Where a pod keeps its files on the node: its sandbox (volumes) and its containers'
 /// logs. Both go when the pod object does.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct PodDirs {
     pub sandbox: PathBuf,
     pub logs: PathBuf,
@@ -391,6 +391,10 @@ struct PodRun {
     finished: bool,
     /// When `activeDeadlineSeconds` runs out.
     deadline: Option<tokio::time::Instant>,
+    /// The measuring of a pod with local storage limits (boxed: most pods have none).
+    storage: Option<Box<super::storage::Watch>>,
+    /// Why the pod is being failed, until it is reported (the deadline, an eviction).
+    failing: Option<Box<Failing>>,
     /// Each running supervisor, and the signal that tells its container to stop.
     supervisors: Vec<(
         Which,
@@ -402,6 +406,13 @@ struct PodRun {
     sandbox_job: Option<BoxFuture<'static, Result<Sandbox, (&'static str, String)>>>,
     sandbox_retry: Option<tokio::time::Instant>,
     sandbox_backoff: Duration,
+}
+
+/// Why a worker fails its pod: the pod's status reason and message, and the Event's type.
+struct Failing {
+    reason: &'static str,
+    message: String,
+    event_type: &'static str,
 }
 
 /// What a pod worker's wait ended with.
@@ -459,6 +470,9 @@ impl PodRun {
             reporter,
             life,
             deadline: None,
+            storage: super::storage::Limits::of(pod, pc.dirs().clone())
+                .map(|l| Box::new(super::storage::Watch::new(l))),
+            failing: None,
             supervisors: Vec::new(),
             updates: Default::default(),
             sandbox_job: None,
@@ -522,7 +536,7 @@ impl PodRun {
                     }
                 }
             }
-            Action::ReportDeadline => self.deadline_exceeded(),
+            Action::ReportFailure => self.fail(),
             Action::FinishDeletion => unreachable!("the worker ends the deletion itself"),
         }
     }
@@ -546,9 +560,12 @@ impl PodRun {
         self.supervisors.push((which, AbortOnDrop(task), stop));
     }
 
-    /// The pod ran past its deadline: its containers are being killed, and the status
-    /// says so at once (their supervisors' own final word follows).
-    fn deadline_exceeded(&mut self) {
+    /// The pod ran past its deadline, or is evicted: its containers are being killed, and
+    /// the status says so at once (their supervisors' own final word follows).
+    fn fail(&mut self) {
+        let Some(failing) = self.failing.take() else {
+            return;
+        };
         for st in self.init.iter_mut().chain(self.main.iter_mut()) {
             let Some(run) = st.state.as_ref().and_then(|x| x.running.clone()) else {
                 continue;
@@ -559,16 +576,14 @@ impl PodRun {
             st.ready = false;
             st.started = Some(false);
         }
-        let msg = "Pod was active on the node longer than the specified deadline";
-        self.reporter.failure = Some(("DeadlineExceeded", msg.to_string()));
+        let Failing {
+            reason,
+            message,
+            event_type,
+        } = *failing;
+        self.reporter.failure = Some((reason, message.clone()));
         let events = &self.pc.ctx.events;
-        events.pod(
-            self.pc.pod_ref(),
-            None,
-            "Normal",
-            "DeadlineExceeded",
-            msg.into(),
-        );
+        events.pod(self.pc.pod_ref(), None, event_type, reason, message);
     }
 
     /// Waits for the next thing that happens to the pod.
@@ -603,7 +618,23 @@ impl PodRun {
             }
             () = sleep_until(self.deadline), if live => {
                 self.deadline = None;
-                Next::Event(Event::DeadlineExceeded)
+                self.failing = Some(Box::new(Failing {
+                    reason: "DeadlineExceeded",
+                    message: "Pod was active on the node longer than the specified deadline".into(),
+                    event_type: "Normal",
+                }));
+                Next::Event(Event::Fail)
+            }
+            // Boxed: its timer would take room in every idle pod's task.
+            message = async { Box::pin(self.storage.as_mut().expect("guarded").exceeded()).await }, if live && self.storage.is_some() => {
+                self.storage = None;
+                tracing::info!(%message, "evicting the pod");
+                self.failing = Some(Box::new(Failing {
+                    reason: super::status::EVICTED,
+                    message,
+                    event_type: "Warning",
+                }));
+                Next::Event(Event::Fail)
             }
         }
     }

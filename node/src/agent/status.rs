@@ -92,6 +92,9 @@ fn condition(type_: &str, ok: bool, reason: Option<&str>, now: &Time) -> PodCond
     }
 }
 
+/// The reason of a pod the agent evicts (the kubelet's).
+pub const EVICTED: &str = "Evicted";
+
 /// Reports a pod's status: computes it from the containers' states and hands it to the
 /// pod's status writer.
 pub struct Reporter {
@@ -152,10 +155,25 @@ impl Reporter {
         let (init, main): (Vec<_>, Vec<_>) = (copies(init), copies(main));
         let (host_ip, start) = (to.host_ip, &self.start);
         let phase = phase(&init, &main, &self.sidecars, to.restart_policy, init_done);
-        let conditions = conditions(phase, &main, init_done, &self.conditions, &now());
+        let mut conditions = conditions(phase, &main, init_done, &self.conditions, &now());
+        let failure = self.failure.clone();
+        if let Some((EVICTED, message)) = &failure {
+            // The kubelet marks its evictions as disruptions.
+            conditions.push(PodCondition {
+                type_: "DisruptionTarget".into(),
+                status: "True".into(),
+                reason: Some("TerminationByKubelet".into()),
+                message: Some(message.clone()),
+                last_transition_time: Some(
+                    self.conditions
+                        .since("DisruptionTarget", true)
+                        .unwrap_or_else(now),
+                ),
+                ..Default::default()
+            });
+        }
         self.conditions = Transitions::of(&conditions);
         let pod_ip = self.pod_ip.clone();
-        let failure = self.failure.clone();
         let phase = if failure.is_some() { "Failed" } else { phase };
         let (reason, message) =
             failure.map_or((None, None), |(r, m)| (Some(r.to_string()), Some(m)));
@@ -239,18 +257,19 @@ pub fn phase(
 }
 
 /// The conditions a pod worker reports, in order.
-const CONDITIONS: [&str; 5] = [
+const CONDITIONS: [&str; 6] = [
     "PodReadyToStartContainers",
     "Initialized",
     "Ready",
     "ContainersReady",
     "PodScheduled",
+    "DisruptionTarget",
 ];
 
 /// Of each of the pod's conditions (in [`CONDITIONS`] order), whether it held when last
 /// reported and since when: all that carries over from one report to the next.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Transitions([Option<(bool, i64)>; 5]);
+pub struct Transitions([Option<(bool, i64)>; 6]);
 
 impl Transitions {
     /// (Times in whole seconds, as the API carries them.)
