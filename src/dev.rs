@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::path::PathBuf;
 
-use crate::flags::{AgentFlags, ApiFlags, ControlFlags, NetworkFlags, OciFlags};
+use crate::flags::{AgentFlags, ApiFlags, ControlFlags, ImageGcFlags, NetworkFlags, OciFlags};
 
 /// `skiff dev`'s flags: the server's and the agent's, less what the dev cluster decides.
 /// The API server flags keep the (terser) help `dev` has always shown.
@@ -29,6 +29,8 @@ pub struct DevFlags {
     network: NetworkFlags,
     #[command(flatten)]
     oci: OciFlags,
+    #[command(flatten)]
+    image_gc: ImageGcFlags,
 }
 
 impl DevFlags {
@@ -44,6 +46,7 @@ impl DevFlags {
             port: 0,
             pull: Default::default(),
             logs: Default::default(),
+            image_gc: self.image_gc,
             lease_renew_interval: skiff_node::agent::LEASE_RENEW_INTERVAL,
             cluster_cidr: self.control.cluster_cidr,
             network: self.network,
@@ -62,7 +65,7 @@ pub async fn run(flags: DevFlags, shutdown: impl Future<Output = ()>) -> anyhow:
     let server_config = flags.api.config(&flags.control);
     let server =
         skiff_control_plane::cluster::start(server_config, stopped(stop_rx.clone())).await?;
-    let agent_config = flags.agent(server.kubeconfig.clone()).config();
+    let agent_config = flags.agent(server.kubeconfig.clone()).config()?;
     let mut agent = tokio::spawn(skiff_node::agent::run(agent_config, stopped(stop_rx)));
     let early = tokio::select! {
         _ = shutdown => None,

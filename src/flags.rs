@@ -195,6 +195,8 @@ pub struct AgentFlags {
     pub pull: PullFlags,
     #[command(flatten)]
     pub logs: LogFlags,
+    #[command(flatten)]
+    pub image_gc: ImageGcFlags,
     /// How often the node's Lease is renewed (the heartbeat), e.g. 2s.
     #[arg(long, default_value = "2s", value_parser = skiff_api::duration::parse)]
     pub lease_renew_interval: std::time::Duration,
@@ -242,6 +244,45 @@ impl PullFlags {
     }
 }
 
+/// When unused images are deleted (the kubelet's flags of the same names).
+#[derive(clap::Args, Default)]
+pub struct ImageGcFlags {
+    /// Percent of the image disk used past which unused images are deleted (default 85;
+    /// 100 turns collection off).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+    image_gc_high_threshold: Option<u8>,
+    /// Percent of the image disk a collection brings usage down to (default 80).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+    image_gc_low_threshold: Option<u8>,
+    /// Images first seen more recently than this are never deleted (default 2m).
+    #[arg(long, value_parser = skiff_api::duration::parse)]
+    minimum_image_ttl_duration: Option<std::time::Duration>,
+    /// How often the image disk's usage is checked (default 5m; every 10s under
+    /// DiskPressure).
+    #[arg(long, value_parser = skiff_api::duration::parse)]
+    image_gc_period: Option<std::time::Duration>,
+}
+
+impl ImageGcFlags {
+    fn policy(self) -> anyhow::Result<skiff_node::agent::ImageGcPolicy> {
+        let d = skiff_node::agent::ImageGcPolicy::default();
+        let policy = skiff_node::agent::ImageGcPolicy {
+            high_percent: self.image_gc_high_threshold.unwrap_or(d.high_percent),
+            low_percent: self.image_gc_low_threshold.unwrap_or(d.low_percent),
+            min_age: self.minimum_image_ttl_duration.unwrap_or(d.min_age),
+            period: self.image_gc_period.unwrap_or(d.period),
+        };
+        // The kubelet's rule.
+        anyhow::ensure!(
+            policy.low_percent < policy.high_percent || policy.high_percent == 100,
+            "--image-gc-low-threshold ({}) must be less than --image-gc-high-threshold ({})",
+            policy.low_percent,
+            policy.high_percent
+        );
+        Ok(policy)
+    }
+}
+
 /// When containers' logs rotate (the kubelet's flags of the same names).
 #[derive(clap::Args, Default)]
 pub struct LogFlags {
@@ -271,9 +312,9 @@ fn bytes(s: &str) -> Result<u64, String> {
 }
 
 impl AgentFlags {
-    pub fn config(self) -> AgentConfig {
+    pub fn config(self) -> anyhow::Result<AgentConfig> {
         let network = self.network;
-        AgentConfig {
+        Ok(AgentConfig {
             kubeconfig: self.kubeconfig,
             node_name: self.node_name.unwrap_or_else(hostname),
             data_dir: self.data_dir,
@@ -290,7 +331,8 @@ impl AgentFlags {
             service_proxy: network.proxy_mode == ProxyMode::Nftables,
             cluster_cidr: self.cluster_cidr,
             oci: self.oci.config(),
-        }
+            image_gc: self.image_gc.policy()?,
+        })
     }
 }
 

@@ -98,7 +98,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Server(flags) => {
             skiff_control_plane::cluster::run(flags.config(), shutdown_signal()).await?
         }
-        Command::Agent(flags) => skiff_node::agent::run(flags.config(), shutdown_signal()).await?,
+        Command::Agent(flags) => skiff_node::agent::run(flags.config()?, shutdown_signal()).await?,
         Command::Dev(flags) => dev::run(flags, shutdown_signal()).await?,
         Command::Reset(args) => commands::reset(args).await?,
         Command::Push(args) => commands::push(args).await?,

@@ -91,6 +91,7 @@ impl Dev {
             &common::cluster_cidr(net),
             "--cni-bridge",
             &bridge,
+            common::NO_IMAGE_GC,
             "--data-dir",
         ])
         .arg(dir.path().join("data"))
@@ -843,7 +844,15 @@ fn agent_for(s: &common::Server, node: &common::Node) -> Child {
             .as_nanos()
     ));
     Command::new(env!("CARGO_BIN_EXE_skiff"))
-        .args(["agent", "--node-name", "n1", "--port", "0", "--kubeconfig"])
+        .args([
+            "agent",
+            "--node-name",
+            "n1",
+            "--port",
+            "0",
+            common::NO_IMAGE_GC,
+        ])
+        .arg("--kubeconfig")
         .arg(s.kubeconfig())
         .arg("--data-dir")
         .arg(data)

@@ -1657,3 +1657,85 @@ fn pods_past_their_local_storage_limits_are_evicted() {
         "{describe}"
     );
 }
+
+/// Image garbage collection as the kubelet's: past the high threshold (1% here, so this
+/// disk is always past it) the agent deletes images no pod on the node uses, files and
+/// all, keeps those in use, and says on the node that it could not free enough (the low
+/// threshold, 0%, cannot be reached).
+#[test]
+fn unused_images_are_collected_past_the_high_threshold() {
+    let c = &*cluster();
+    let server = Server::start();
+    let agent = Agent::start_in(
+        &server,
+        "gc1",
+        None,
+        &[
+            "--image-gc-high-threshold=1",
+            "--image-gc-low-threshold=0",
+            "--minimum-image-ttl-duration=0s",
+            "--image-gc-period=1s",
+        ],
+    );
+    eventually(60, "node gc1 ready for runc pods", || {
+        let n = server.try_json(&["get", "node", "gc1"])?;
+        (n["metadata"]["labels"]["runtime.skiff.dev/oci"] == "true"
+            && n["spec"]["podCIDR"].is_string())
+        .then_some(())
+    });
+    let pod = |name: &str, image: &str, extra: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  restartPolicy: Never\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: {image}\n{extra}")
+    };
+    server.apply_stdin(
+        &[],
+        &pod("kept", &c.busybox(), "    command: [\"sleep\", \"3600\"]\n"),
+    );
+    server.apply_stdin(&[], &pod("done", &c.wasm(), "    args: [\"write\"]\n"));
+    let node_images = || -> Vec<String> {
+        let n = server.json(&["get", "node", "gc1"]);
+        n["status"]["images"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|i| i["names"].as_array().cloned().unwrap_or_default())
+            .filter_map(|n| n.as_str().map(str::to_string))
+            .collect()
+    };
+    eventually(90, "both images on the node, in use", || {
+        let names = node_images();
+        let p = server.json(&["get", "pod", "done"]);
+        (names.contains(&c.busybox())
+            && names.contains(&c.wasm())
+            && matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")))
+        .then_some(())
+    });
+    let blobs = agent.data.join("images/blobs/sha256");
+    let count = || std::fs::read_dir(&blobs).unwrap().count();
+    let before = count();
+    // In use while its pod exists; unused once it is gone.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(node_images().contains(&c.wasm()), "collected while in use");
+    server.ok(&["delete", "pod", "done", "--wait=true"]);
+    eventually(60, "the unused image collected", || {
+        (!node_images().contains(&c.wasm())).then_some(())
+    });
+    assert!(count() < before, "its blob is gone too");
+    assert!(
+        node_images().contains(&c.busybox()),
+        "an image in use stays"
+    );
+    let p = server.json(&["get", "pod", "kept"]);
+    assert_eq!(p["status"]["phase"], "Running", "{p}");
+    let events = server.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.kind=Node,reason=ImageGCFailed",
+    ]);
+    assert!(
+        events.contains("Failed to garbage collect required amount of images. Attempted to free"),
+        "{events}"
+    );
+    server.ok(&["delete", "pod", "kept", "--wait=true"]);
+    drop(agent);
+}

@@ -318,6 +318,72 @@ impl ImageStore {
             .collect()
     }
 
+    /// Every stored image (each digest some reference names) and the bytes it takes.
+    pub fn stored(&self) -> Vec<(String, u64)> {
+        let digests: std::collections::BTreeSet<String> =
+            self.list().into_iter().map(|(_, d)| d).collect();
+        digests
+            .into_iter()
+            .filter_map(|d| {
+                let size = self.image(String::new(), d.clone())?.size;
+                Some((d, size))
+            })
+            .collect()
+    }
+
+    /// Deletes the image stored under `digest`: every reference to it, then its record,
+    /// its Wasm blob and its unpacked layers unless another image still has them.
+    /// Blocking. The caller makes sure no container uses it.
+    pub fn remove(&self, digest: &str) -> Result<(), ImageError> {
+        let mut refs = self.refs();
+        refs.0.retain(|_, d| d != digest);
+        self.save_refs(&refs.0)?;
+        refs.1 = std::fs::metadata(self.dir.join("refs.json"))
+            .and_then(|m| m.modified())
+            .ok();
+        // What the remaining images hold (read under the lock: no tag comes in between).
+        let mut kept_blobs = std::collections::HashSet::new();
+        let mut kept_layers = std::collections::HashSet::new();
+        for d in refs.0.values() {
+            match self.read_record(d) {
+                Some(r) => {
+                    kept_blobs.insert(r.wasm);
+                    kept_layers.extend(r.layers);
+                }
+                None => {
+                    kept_blobs.insert(d.clone());
+                }
+            }
+        }
+        let gone = |path: PathBuf, r: std::io::Result<()>| match r {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&path)(e)),
+            _ => Ok(()),
+        };
+        let (wasm, layers) = match self.read_record(digest) {
+            Some(r) => {
+                let path = self.record_path(digest);
+                gone(path.clone(), std::fs::remove_file(&path))?;
+                (r.wasm, r.layers)
+            }
+            None => (digest.to_string(), Vec::new()),
+        };
+        if !wasm.is_empty() && !kept_blobs.contains(&wasm) {
+            let path = self.blob_path(&wasm);
+            gone(path.clone(), std::fs::remove_file(&path))?;
+        }
+        for layer in layers.iter().filter(|l| !kept_layers.contains(*l)) {
+            if let Some(path) = self.layers.path(layer) {
+                gone(path.clone(), std::fs::remove_dir_all(&path))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn read_record(&self, digest: &str) -> Option<Record> {
+        let bytes = std::fs::read(self.record_path(digest)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
     pub fn list(&self) -> Vec<(String, String)> {
         self.refs()
             .0
@@ -369,5 +435,46 @@ mod tests {
             .is_some());
         assert!(again.resolve("example.com/other:1").is_none());
         assert_eq!(normalize("localhost:5000/app"), "localhost:5000/app:latest");
+    }
+
+    #[test]
+    fn removing_an_image_keeps_what_others_still_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(&dir.path().join("images")).unwrap();
+        let layer = |n: u8| format!("sha256:{}", format!("{n:02x}").repeat(32));
+        for n in 1..=3 {
+            std::fs::create_dir_all(store.layers.path(&layer(n)).unwrap().join("etc")).unwrap();
+        }
+        let run = RunConfig::default();
+        // Two images share layer 1.
+        let (a, b) = (layer(0xa), layer(0xb));
+        store
+            .put_rootfs_record(&a, vec![layer(1), layer(2)], 30, &run)
+            .unwrap();
+        store
+            .put_rootfs_record(&b, vec![layer(1), layer(3)], 40, &run)
+            .unwrap();
+        store.tag("example.com/a:1", &a).unwrap();
+        store.tag("example.com/a:latest", &a).unwrap();
+        store.tag("example.com/b:1", &b).unwrap();
+        let file = dir.path().join("m.wasm");
+        std::fs::write(&file, b"\0asm\x01\0\0\0").unwrap();
+        let wasm = store.import(&file, "example.com/w:1").unwrap();
+        let mut stored = store.stored();
+        stored.sort();
+        assert_eq!(stored.len(), 3);
+        assert!(stored.contains(&(a.clone(), 30)) && stored.contains(&(wasm.digest.clone(), 8)));
+
+        store.remove(&a).unwrap();
+        assert!(store.resolve("example.com/a:1").is_none());
+        assert!(store.resolve("example.com/a:latest").is_none());
+        assert!(store.layers.has(&layer(1)), "b still has layer 1");
+        assert!(!store.layers.has(&layer(2)));
+        assert!(store.resolve("example.com/b:1").is_some());
+
+        store.remove(&wasm.digest).unwrap();
+        assert!(store.resolve("example.com/w:1").is_none());
+        assert!(!store.blob_path(&wasm.digest).exists());
+        assert_eq!(store.stored(), vec![(b.clone(), 40)]);
     }
 }

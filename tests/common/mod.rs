@@ -540,6 +540,11 @@ pub const DOZER: &str = r#"(module
       (drop (call $fd_write (i32.const 1) (i32.const 100) (i32.const 1) (i32.const 120)))
       (br $l))))"#;
 
+/// Turns image garbage collection off: this machine's disk is used past the kubelet's
+/// thresholds, where agents would delete the images tests imported for later use. The
+/// collector's own test (oci.rs) sets the thresholds instead.
+pub const NO_IMAGE_GC: &str = "--image-gc-high-threshold=100";
+
 /// A `skiff agent` process (node `name`) of a server, with its own data directory and port.
 pub struct Agent {
     pub name: String,
@@ -599,6 +604,7 @@ impl Agent {
         .arg("--data-dir")
         .arg(&self.data)
         .args(["--cni-bridge", &self.bridge])
+        .args((!self.extra.iter().any(|f| f.starts_with("--image-gc"))).then_some(NO_IMAGE_GC))
         .args(&self.extra)
         .env("SKIFF_LOG", test_log_level())
         .stdout(Stdio::null())

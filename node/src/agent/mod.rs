@@ -5,6 +5,7 @@
 
 mod container;
 mod events;
+mod image_gc;
 mod latest;
 mod lifecycle;
 pub(crate) mod node_info;
@@ -13,6 +14,7 @@ mod pod_sandbox;
 mod pods;
 mod probes;
 mod spec;
+pub use image_gc::Policy as ImageGcPolicy;
 mod status;
 mod storage;
 mod supervisor;
@@ -58,6 +60,8 @@ pub struct AgentConfig {
     pub pull: crate::registry::PullOptions,
     /// When containers' logs rotate (`--container-log-max-size`, `--container-log-max-files`).
     pub log_rotation: crate::logs::Rotation,
+    /// When unused images are deleted (the kubelet's image GC thresholds).
+    pub image_gc: image_gc::Policy,
     /// How often the node's Lease is renewed.
     pub lease_renew_interval: Duration,
     /// How pods get their network.
@@ -898,6 +902,8 @@ pub async fn run(
         let routes = crate::routes::run(client.clone(), cfg.node_name.clone(), ip.clone());
         tasks.push(AbortOnDrop(tokio::spawn(routes)));
     }
+    let gc = image_gc::run(ctx.clone(), cfg.node_name.clone(), cfg.image_gc);
+    tasks.push(AbortOnDrop(tokio::spawn(gc)));
     tracing::info!(node = %cfg.node_name, "agent running");
     let workers = pods::run(ctx.clone(), &cfg.node_name, shutdown).await;
     drop(tasks);
