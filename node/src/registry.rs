@@ -66,7 +66,13 @@ pub struct PullOptions {
     pub insecure: Vec<String>,
     pub max_layer_bytes: u64,
     pub max_image_bytes: u64,
+    /// A pull that receives nothing for this long has stalled and fails (the kubelet's
+    /// image pull progress deadline), so a registry that stops sending holds no pull.
+    pub progress_deadline: std::time::Duration,
 }
+
+/// The default progress deadline of a pull.
+pub const DEFAULT_PROGRESS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Default for PullOptions {
     fn default() -> Self {
@@ -74,6 +80,7 @@ impl Default for PullOptions {
             insecure: Vec::new(),
             max_layer_bytes: DEFAULT_MAX_LAYER_BYTES,
             max_image_bytes: DEFAULT_MAX_IMAGE_BYTES,
+            progress_deadline: DEFAULT_PROGRESS_DEADLINE,
         }
     }
 }
@@ -187,7 +194,15 @@ fn is_loopback(registry: &str) -> bool {
     host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-fn client_for(registry: &str, insecure: &[String]) -> Client {
+/// A registry that does not accept a connection this soon is unreachable.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A client for `registry`; each read waits at most `progress_deadline`.
+fn client_for(
+    registry: &str,
+    insecure: &[String],
+    progress_deadline: std::time::Duration,
+) -> Client {
     let protocol = if is_loopback(registry) || insecure.iter().any(|r| r == registry) {
         ClientProtocol::Http
     } else {
@@ -195,6 +210,8 @@ fn client_for(registry: &str, insecure: &[String]) -> Client {
     };
     Client::new(ClientConfig {
         protocol,
+        connect_timeout: Some(CONNECT_TIMEOUT.min(progress_deadline)),
+        read_timeout: Some(progress_deadline),
         ..Default::default()
     })
 }
@@ -211,7 +228,7 @@ pub async fn pull(
     opts: &PullOptions,
 ) -> Result<Image, RegistryError> {
     let reference = parse(image)?;
-    let client = client_for(reference.registry(), &opts.insecure);
+    let client = client_for(reference.registry(), &opts.insecure, opts.progress_deadline);
     let (manifest, manifest_digest) = client
         .pull_image_manifest(&reference, auth)
         .await
@@ -597,7 +614,7 @@ pub async fn push(
     insecure: &[String],
 ) -> Result<String, RegistryError> {
     let reference = parse(image)?;
-    let client = client_for(reference.registry(), insecure);
+    let client = client_for(reference.registry(), insecure, DEFAULT_PROGRESS_DEADLINE);
     let digest = format!("sha256:{:x}", Sha256::digest(&wasm));
     let component = crate::runtime::wasm::is_component(&wasm);
     let config = serde_json::json!({
@@ -650,6 +667,44 @@ pub fn auth_from_dockerconfig(json: &[u8], registry: &str) -> Option<RegistryAut
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A registry that accepts and then sends nothing fails the pull at the progress
+    /// deadline, not never.
+    #[tokio::test]
+    async fn a_stalled_registry_fails_the_pull_at_the_deadline() {
+        // The binary's main installs the provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            loop {
+                let (conn, _) = listener.accept().await.unwrap();
+                open.push(conn);
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path()).unwrap();
+        let opts = PullOptions {
+            progress_deadline: std::time::Duration::from_millis(500),
+            ..Default::default()
+        };
+        let started = std::time::Instant::now();
+        let pulled = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            pull(
+                &store,
+                &format!("127.0.0.1:{port}/stuck:1"),
+                &RegistryAuth::Anonymous,
+                &opts,
+            ),
+        )
+        .await
+        .expect("the pull ends");
+        assert!(pulled.is_err());
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        held.abort();
+    }
 
     #[test]
     fn loopback_registries_use_plain_http() {
