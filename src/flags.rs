@@ -222,6 +222,9 @@ pub struct PullFlags {
     /// The most bytes an image's layers may have together, as downloaded.
     #[arg(long, default_value = "8Gi", value_parser = bytes)]
     pub max_image_size: u64,
+    /// The most bytes a Wasm module or component may have to be pulled and compiled.
+    #[arg(long, default_value = "256Mi", value_parser = bytes)]
+    pub max_wasm_size: u64,
     /// A pull receiving nothing for this long fails (the kubelet's flag), e.g. 1m.
     #[arg(long, default_value = "1m", value_parser = skiff_api::duration::parse)]
     pub image_pull_progress_deadline: std::time::Duration,
@@ -233,6 +236,7 @@ impl Default for PullFlags {
             insecure_registries: Vec::new(),
             max_layer_size: skiff_node::registry::DEFAULT_MAX_LAYER_BYTES,
             max_image_size: skiff_node::registry::DEFAULT_MAX_IMAGE_BYTES,
+            max_wasm_size: skiff_node::runtime::wasm::MAX_WASM_BYTES,
             image_pull_progress_deadline: skiff_node::registry::DEFAULT_PROGRESS_DEADLINE,
         }
     }
@@ -244,6 +248,7 @@ impl PullFlags {
             insecure: self.insecure_registries,
             max_layer_bytes: self.max_layer_size,
             max_image_bytes: self.max_image_size,
+            max_wasm_bytes: self.max_wasm_size,
             progress_deadline: self.image_pull_progress_deadline,
         }
     }

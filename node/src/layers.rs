@@ -5,9 +5,11 @@
 //! the layer directories with a writable layer of its own on top. The blob's digest is
 //! checked as it is read; a layer whose digest does not match is not kept.
 
+use std::cell::Cell;
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 
 use sha2::{Digest, Sha256};
 
@@ -63,23 +65,114 @@ pub struct LayerStore {
     dir: PathBuf,
 }
 
-/// Reads through to `inner`, failing once more than `left` bytes passed: a layer's
+/// How many bytes of tar may still be unpacked, and the flag that says so.
+#[derive(Clone, Copy, Debug)]
+pub struct Budget {
+    pub left: u64,
+    pub flag: &'static str,
+}
+
+impl Budget {
+    /// One layer's limit.
+    pub fn layer(left: u64) -> Budget {
+        Budget {
+            left,
+            flag: "--max-layer-size",
+        }
+    }
+}
+
+/// Reads through to `inner`, failing once more than the budget passed: a layer's
 /// decompressed size is the layer's claim, not a promise (a gzip or zstd bomb).
 pub struct Limited<R> {
     pub inner: R,
-    pub left: u64,
+    pub budget: Budget,
 }
 
 impl<R: Read> Read for Limited<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.left = self.left.checked_sub(n as u64).ok_or_else(|| {
+        self.budget.left = self.budget.left.checked_sub(n as u64).ok_or_else(|| {
             std::io::Error::new(
                 std::io::ErrorKind::FileTooLarge,
-                "unpacks to more than this node's limit (--max-layer-size)",
+                format!(
+                    "unpacks to more than this node's limit ({})",
+                    self.budget.flag
+                ),
             )
         })?;
         Ok(n)
+    }
+}
+
+/// The most bytes tar may read between two entries: their headers, with GNU long names
+/// and links, PAX records and sparse maps, which tar keeps in memory whole (a layer may
+/// declare a long name of gigabytes). Go's archive/tar, which containerd unpacks with,
+/// allows 1 MiB for each.
+pub const MAX_HEADER_BYTES: u64 = 4 << 20;
+
+/// Bounds what tar reads for an entry's headers: wrap the layer's reader with
+/// [`HeaderBound::wrap`] and take entries with [`HeaderBound::next`].
+#[derive(Default)]
+pub struct HeaderBound {
+    seen: Rc<Cell<u64>>,
+    bound: Rc<Cell<u64>>,
+    /// Where the last entry's data ends, padded to a block.
+    data_end: Cell<u64>,
+}
+
+/// A layer's reader counting what tar reads, which may not pass the bound.
+pub struct Counted<R> {
+    inner: R,
+    seen: Rc<Cell<u64>>,
+    bound: Rc<Cell<u64>>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.bound.get().saturating_sub(self.seen.get());
+        if left == 0 && !buf.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("an entry's headers (long names, PAX records) take more than {MAX_HEADER_BYTES} bytes"),
+            ));
+        }
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        self.seen.set(self.seen.get() + n as u64);
+        Ok(n)
+    }
+}
+
+impl HeaderBound {
+    pub fn wrap<R: Read>(&self, inner: R) -> Counted<R> {
+        self.bound.set(u64::MAX);
+        Counted {
+            inner,
+            seen: self.seen.clone(),
+            bound: self.bound.clone(),
+        }
+    }
+
+    /// The next entry, tar reading at most [`MAX_HEADER_BYTES`] past the last one's data
+    /// to find it. (Entries' data is bounded by the layer's limit.)
+    pub fn next<'a, R: Read>(
+        &self,
+        entries: &mut tar::Entries<'a, R>,
+    ) -> Option<std::io::Result<tar::Entry<'a, R>>> {
+        self.bound
+            .set(self.data_end.get().saturating_add(MAX_HEADER_BYTES));
+        let next = entries.next();
+        self.bound.set(u64::MAX);
+        if let Some(Ok(e)) = &next {
+            // A PAX size overrides the header's; a sparse entry's is its expanded size.
+            let size = e.size().max(e.header().entry_size().unwrap_or(0));
+            self.data_end.set(
+                e.raw_file_position()
+                    .saturating_add(size.div_ceil(512) * 512),
+            );
+        }
+        next
     }
 }
 
@@ -130,6 +223,18 @@ impl LayerStore {
         media_type: &str,
         limit: u64,
     ) -> Result<PathBuf, LayerError> {
+        self.unpack_within(blob, digest, media_type, &mut Budget::layer(limit))
+    }
+
+    /// [`Self::unpack`] taking what it reads from `budget` (an image's, shared by its
+    /// layers).
+    pub fn unpack_within(
+        &self,
+        blob: impl Read,
+        digest: &str,
+        media_type: &str,
+        budget: &mut Budget,
+    ) -> Result<PathBuf, LayerError> {
         let io = |source| LayerError::Io {
             digest: digest.into(),
             source,
@@ -165,11 +270,12 @@ impl LayerStore {
                     Box::new(zstd::stream::read::Decoder::new(&mut hashing).map_err(io)?)
                 }
             };
-            let limited = Limited {
+            let mut limited = Limited {
                 inner: decompressed,
-                left: limit,
+                budget: *budget,
             };
-            unpack_tar(limited, &root, digest)?;
+            unpack_tar(&mut limited, &root, digest)?;
+            *budget = limited.budget;
         }
         // Whatever the tar reader left unread still counts for the digest.
         std::io::copy(&mut hashing, &mut std::io::sink()).map_err(io)?;
@@ -206,23 +312,26 @@ const WHITEOUT: &str = ".wh.";
 const OPAQUE: &str = ".wh..wh..opq";
 
 fn unpack_tar(reader: impl Read, root: &Path, digest: &str) -> Result<(), LayerError> {
+    // A layer's names may be as long as its headers allow: the message (a pod's status)
+    // keeps the start of each.
     let entry_err = |path: &Path, reason: String| LayerError::Entry {
         digest: digest.into(),
-        path: path.display().to_string(),
-        reason,
+        path: clip(path.display().to_string(), 256),
+        reason: clip(reason, 1024),
     };
-    let mut archive = tar::Archive::new(reader);
+    let bound = HeaderBound::default();
+    let mut archive = tar::Archive::new(bound.wrap(reader));
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(true);
     archive.set_preserve_mtime(true);
     archive.set_unpack_xattrs(true);
     archive.set_overwrite(true);
-    let entries = archive
+    let mut entries = archive
         .entries()
         .map_err(|e| entry_err(Path::new(""), e.to_string()))?;
     let root_dir = cap_primitives::fs::open_ambient_dir(root, cap_primitives::ambient_authority())
         .map_err(|e| entry_err(Path::new(""), e.to_string()))?;
-    for entry in entries {
+    while let Some(entry) = bound.next(&mut entries) {
         let mut entry = entry.map_err(|e| entry_err(Path::new(""), e.to_string()))?;
         let path = entry
             .path()
@@ -250,6 +359,19 @@ fn unpack_tar(reader: impl Read, root: &Path, digest: &str) -> Result<(), LayerE
             .map_err(|e| entry_err(&path, with_causes(&e)))?;
     }
     Ok(())
+}
+
+/// `s` cut to at most `max` bytes (at a character boundary), saying so.
+fn clip(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push_str("...");
+    }
+    s
 }
 
 /// An error with its causes (tar's say only "failed to unpack" on top).
@@ -441,6 +563,64 @@ mod tests {
         assert!(err.to_string().contains("--max-layer-size"), "{err}");
         assert!(!store.has(&d));
         assert!(store.unpack(&blob[..], &d, GZIP, 1 << 20).is_ok());
+    }
+
+    /// tar keeps a long name or PAX records in memory whole: a layer declaring one of
+    /// gigabytes would take the agent's memory. Past the bound the layer is refused;
+    /// long names, PAX records and large files of real sizes unpack.
+    #[test]
+    fn an_entrys_headers_are_bounded_but_its_data_is_not() {
+        let _serial = crate::CPU_SERIAL.blocking_lock();
+        let dir = tempfile::tempdir().unwrap();
+        let store = LayerStore::open(dir.path()).unwrap();
+        let long = format!("{}file", "dir/".repeat(60));
+        let big = vec![7u8; 6 << 20];
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = owned_header();
+        h.set_size(3);
+        h.set_mode(0o644);
+        b.append_data(&mut h, &long, &b"hi\n"[..]).unwrap();
+        b.append_pax_extensions([("path", &b"pax/named"[..])])
+            .unwrap();
+        let mut h = owned_header();
+        h.set_size(big.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "ignored", &big[..]).unwrap();
+        let blob = gzip(&b.into_inner().unwrap());
+        let root = store
+            .unpack(&blob[..], &digest(&blob), GZIP, 1 << 30)
+            .unwrap();
+        assert_eq!(std::fs::read(root.join(&long)).unwrap(), b"hi\n");
+        let named = std::fs::metadata(root.join("pax/named")).unwrap();
+        assert_eq!(named.len(), big.len() as u64);
+
+        // A GNU long name of 16 MiB, then an entry it would name.
+        let name_len = 16u64 << 20;
+        let mut tar = Vec::new();
+        let mut h = tar::Header::new_gnu();
+        h.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+        h.set_entry_type(tar::EntryType::GNULongName);
+        h.set_size(name_len);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        tar.extend_from_slice(h.as_bytes());
+        tar.resize(tar.len() + name_len as usize, b'a');
+        let mut h = owned_header();
+        h.set_path("short").unwrap();
+        h.set_size(0);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.extend_from_slice(h.as_bytes());
+        tar.resize(tar.len() + 1024, 0);
+        let blob = gzip(&tar);
+        let d = digest(&blob);
+        let err = store.unpack(&blob[..], &d, GZIP, 1 << 30).unwrap_err();
+        let want = "headers (long names, PAX records) take more than 4194304 bytes";
+        assert!(err.to_string().contains(want), "{err}");
+        assert!(!store.has(&d));
     }
 
     #[test]

@@ -36,3 +36,7 @@ pub mod server;
 pub mod service_watch;
 pub mod spdy;
 pub mod streams;
+
+/// Tests that measure CPU time, and tests that burn much of it, run one at a time.
+#[cfg(test)]
+pub(crate) static CPU_SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -4,6 +4,8 @@
 //! Registries on loopback are spoken to over plain HTTP, as Docker does; others over
 //! HTTPS unless listed as insecure.
 
+mod manifest;
+
 use std::net::IpAddr;
 
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
@@ -15,7 +17,7 @@ use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 
 use crate::images::{Image, ImageError, ImageStore, RunConfig};
-use crate::layers::Compression;
+use crate::layers::{Budget, Compression};
 
 /// Registry credentials.
 pub use oci_client::secrets::RegistryAuth as Auth;
@@ -66,6 +68,8 @@ pub struct PullOptions {
     pub insecure: Vec<String>,
     pub max_layer_bytes: u64,
     pub max_image_bytes: u64,
+    /// The most bytes a Wasm binary may have (the node compiles no larger one).
+    pub max_wasm_bytes: u64,
     /// A pull that receives nothing for this long has stalled and fails (the kubelet's
     /// image pull progress deadline), so a registry that stops sending holds no pull.
     pub progress_deadline: std::time::Duration,
@@ -80,6 +84,7 @@ impl Default for PullOptions {
             insecure: Vec::new(),
             max_layer_bytes: DEFAULT_MAX_LAYER_BYTES,
             max_image_bytes: DEFAULT_MAX_IMAGE_BYTES,
+            max_wasm_bytes: crate::runtime::wasm::MAX_WASM_BYTES,
             progress_deadline: DEFAULT_PROGRESS_DEADLINE,
         }
     }
@@ -194,6 +199,11 @@ fn is_loopback(registry: &str) -> bool {
     host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Whether `registry` is spoken to over plain HTTP (loopback, or listed as insecure).
+fn plain_http(registry: &str, insecure: &[String]) -> bool {
+    is_loopback(registry) || insecure.iter().any(|r| r == registry)
+}
+
 /// A registry that does not accept a connection this soon is unreachable.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -203,7 +213,7 @@ fn client_for(
     insecure: &[String],
     progress_deadline: std::time::Duration,
 ) -> Client {
-    let protocol = if is_loopback(registry) || insecure.iter().any(|r| r == registry) {
+    let protocol = if plain_http(registry, insecure) {
         ClientProtocol::Http
     } else {
         ClientProtocol::Https
@@ -229,10 +239,16 @@ pub async fn pull(
 ) -> Result<Image, RegistryError> {
     let reference = parse(image)?;
     let client = client_for(reference.registry(), &opts.insecure, opts.progress_deadline);
-    let (manifest, manifest_digest) = client
-        .pull_image_manifest(&reference, auth)
-        .await
-        .map_err(registry_err)?;
+    let (manifest, manifest_digest) = manifest::Fetch {
+        client: &client,
+        reference: &reference,
+        image,
+        auth,
+        plain_http: plain_http(reference.registry(), &opts.insecure),
+        progress_deadline: opts.progress_deadline,
+    }
+    .manifest()
+    .await?;
     let config = fetch_config(&client, &reference, image, &manifest.config).await?;
     let wasm_layer = manifest
         .layers
@@ -258,6 +274,8 @@ pub async fn pull(
                 reference: &reference,
                 image,
                 max_layer_bytes: opts.max_layer_bytes,
+                max_image_bytes: opts.max_image_bytes,
+                max_wasm_bytes: opts.max_wasm_bytes,
             };
             return pull_filesystem_image(
                 store,
@@ -279,11 +297,22 @@ pub async fn pull(
         });
     };
     check_declared(store, image, &[layer], opts)?;
+    if u64::try_from(layer.size).is_ok_and(|n| n > opts.max_wasm_bytes) {
+        return Err(RegistryError::Size {
+            image: image.into(),
+            reason: format!(
+                "its Wasm layer declares {} bytes, more than this node's limit of {} (--max-wasm-size)",
+                layer.size, opts.max_wasm_bytes
+            ),
+        });
+    }
     let pulling = Pulling {
         client: &client,
         reference: &reference,
         image,
         max_layer_bytes: opts.max_layer_bytes,
+        max_image_bytes: opts.max_image_bytes,
+        max_wasm_bytes: opts.max_wasm_bytes,
     };
     let tmp =
         tempfile::tempdir_in(store.dir()).map_err(|e| RegistryError::Registry(e.to_string()))?;
@@ -311,6 +340,8 @@ struct Pulling<'a> {
     reference: &'a Reference,
     image: &'a str,
     max_layer_bytes: u64,
+    max_image_bytes: u64,
+    max_wasm_bytes: u64,
 }
 
 impl Pulling<'_> {
@@ -418,6 +449,7 @@ async fn pull_filesystem_image(
     // A root file system: every layer unpacked (once per node), its digest checked.
     let mut digests = Vec::with_capacity(layers.len());
     let mut size = 0u64;
+    let mut image_left = pulling.max_image_bytes;
     for (i, layer) in layers.iter().enumerate() {
         digests.push(layer.digest.clone());
         size += layer.size.max(0) as u64;
@@ -429,21 +461,37 @@ async fn pull_filesystem_image(
             None => pulling.fetch(layer, tmp.path(), i).await?,
         };
         tracing::info!(%image, layer = %layer.digest, size = layer.size, n = i + 1, of = layers.len(), "layer pulled; unpacking");
-        let (layer_store, digest, media_type, limit) = (
+        // The image's layers share one budget as they unpack, as each has its own.
+        let mut budget = if image_left < pulling.max_layer_bytes {
+            Budget {
+                left: image_left,
+                flag: "--max-image-size",
+            }
+        } else {
+            Budget::layer(pulling.max_layer_bytes)
+        };
+        let before = budget.left;
+        let (layer_store, digest, media_type) = (
             store.layers.clone(),
             layer.digest.clone(),
             layer.media_type.clone(),
-            pulling.max_layer_bytes,
         );
-        tokio::task::spawn_blocking(move || {
+        budget = tokio::task::spawn_blocking(move || {
             let blob = std::fs::File::open(&file)?;
             layer_store
-                .unpack(std::io::BufReader::new(blob), &digest, &media_type, limit)
-                .map_err(std::io::Error::other)
+                .unpack_within(
+                    std::io::BufReader::new(blob),
+                    &digest,
+                    &media_type,
+                    &mut budget,
+                )
+                .map_err(std::io::Error::other)?;
+            Ok::<_, std::io::Error>(budget)
         })
         .await
         .map_err(|e| pulling.fail(e.to_string()))?
         .map_err(|e| pulling.fail(e.to_string()))?;
+        image_left = image_left.saturating_sub(before - budget.left);
     }
     tracing::info!(%image, layers = layers.len(), bytes = size, "image unpacked");
     store.put_rootfs_record(manifest_digest, digests, size, &run)?;
@@ -463,7 +511,7 @@ async fn find_entrypoint(
     let workdir = run.working_dir.as_deref().unwrap_or("/");
     let mut target = clean_path(&format!("{workdir}/{program}"));
     let mut links = 0;
-    let limit = pulling.max_layer_bytes;
+    let (limit, wasm_cap) = (pulling.max_layer_bytes, pulling.max_wasm_bytes);
     let wasm = 'search: loop {
         for (i, layer) in layers.iter().enumerate().rev() {
             let file = match &fetched[i] {
@@ -477,7 +525,7 @@ async fn find_entrypoint(
             let compression = Compression::of(&layer.media_type).unwrap_or(Compression::None);
             let wanted = target.clone();
             let found = tokio::task::spawn_blocking(move || {
-                find_in_layer(&file, compression, &wanted, limit)
+                find_in_layer(&file, compression, &wanted, limit, wasm_cap)
             })
             .await
             .map_err(|e| pulling.fail(e.to_string()))?
@@ -532,12 +580,14 @@ fn parent(p: &str) -> &str {
     p.rsplit_once('/').map_or("", |(dir, _)| dir)
 }
 
-/// Looks for `target` in a layer blob, reading at most `limit` bytes of tar.
+/// Looks for `target` in a layer blob, reading at most `limit` bytes of tar, and of a
+/// Wasm file at most `wasm_cap`.
 fn find_in_layer(
     file: &std::path::Path,
     compression: Compression,
     target: &str,
     limit: u64,
+    wasm_cap: u64,
 ) -> std::io::Result<Found> {
     use std::io::Read;
     let f = std::io::BufReader::new(std::fs::File::open(file)?);
@@ -548,14 +598,16 @@ fn find_in_layer(
     };
     let reader = crate::layers::Limited {
         inner: reader,
-        left: limit,
+        budget: crate::layers::Budget::layer(limit),
     };
     let name = target.rsplit('/').next().unwrap_or(target);
     let dir = parent(target);
     let whiteout = clean_path(&format!("{dir}/.wh.{name}"));
     let mut opaque_dirs: Vec<String> = Vec::new();
-    let mut archive = tar::Archive::new(reader);
-    for entry in archive.entries()? {
+    let bound = crate::layers::HeaderBound::default();
+    let mut archive = tar::Archive::new(bound.wrap(reader));
+    let mut entries = archive.entries()?;
+    while let Some(entry) = bound.next(&mut entries) {
         let mut entry = entry?;
         let path = clean_path(&entry.path()?.to_string_lossy());
         if path == target {
@@ -580,11 +632,10 @@ fn find_in_layer(
             if bytes != b"\0asm" {
                 return Ok(Found::File(bytes));
             }
-            let cap = crate::runtime::wasm::MAX_WASM_BYTES;
-            (&mut entry).take(cap).read_to_end(&mut bytes)?;
+            (&mut entry).take(wasm_cap).read_to_end(&mut bytes)?;
             if entry.read(&mut [0u8; 1])? > 0 {
                 return Err(std::io::Error::other(format!(
-                    "the Wasm entrypoint has more than the {cap} bytes this node compiles"
+                    "the Wasm entrypoint has more than the {wasm_cap} bytes this node compiles (--max-wasm-size)"
                 )));
             }
             return Ok(Found::File(bytes));
@@ -667,6 +718,130 @@ pub fn auth_from_dockerconfig(json: &[u8], registry: &str) -> Option<RegistryAut
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A registry on loopback answering every request with `answer(path)`: a status line
+    /// and headers, and a body that may be endless.
+    pub(super) async fn serve(
+        answer: impl Fn(&str) -> (String, Option<Vec<u8>>) + Send + Sync + 'static,
+    ) -> (u16, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let answer = std::sync::Arc::new(answer);
+        let task = tokio::spawn(async move {
+            loop {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let mut req = vec![0u8; 4096];
+                    let n = conn.read(&mut req).await.unwrap_or(0);
+                    let text = String::from_utf8_lossy(&req[..n]).into_owned();
+                    let path = text.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    let (head, body) = answer(&path);
+                    let _ = conn.write_all(head.as_bytes()).await;
+                    match body {
+                        Some(b) => {
+                            let _ = conn.write_all(&b).await;
+                        }
+                        // Endless: as much as the client reads.
+                        None => {
+                            let chunk = vec![b' '; 64 * 1024];
+                            while conn.write_all(&chunk).await.is_ok() {}
+                        }
+                    }
+                });
+            }
+        });
+        (port, task)
+    }
+
+    pub(super) fn ok(body: &[u8], media_type: &str) -> (String, Option<Vec<u8>>) {
+        (
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: {media_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            ),
+            Some(body.to_vec()),
+        )
+    }
+
+    /// Layers share the image's budget as they unpack: two layers within
+    /// --max-layer-size each but past --max-image-size together are refused.
+    #[tokio::test]
+    async fn an_images_layers_unpack_within_the_image_limit() {
+        use sha2::Digest as _;
+        use std::io::Read as _;
+        let _serial = crate::CPU_SERIAL.lock().await;
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let gz = |name: &str| {
+            use std::io::Write;
+            let mut b = tar::Builder::new(Vec::new());
+            let mut h = tar::Header::new_gnu();
+            h.set_size(3 << 20);
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            b.append_data(&mut h, name, std::io::repeat(0).take(3 << 20))
+                .unwrap();
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(&b.into_inner().unwrap()).unwrap();
+            e.finish().unwrap()
+        };
+        let sha = |b: &[u8]| format!("sha256:{:x}", sha2::Sha256::digest(b));
+        let config = br#"{"config": {"Cmd": ["/bin/sh"]}}"#.to_vec();
+        let layers = [gz("a"), gz("b")];
+        let desc = |media: &str, b: &[u8]| serde_json::json!({"mediaType": media, "digest": sha(b), "size": b.len()});
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": desc("application/vnd.oci.image.config.v1+json", &config),
+            "layers": layers.iter().map(|l| desc("application/vnd.oci.image.layer.v1.tar+gzip", l)).collect::<Vec<_>>(),
+        })
+        .to_string();
+        let mut blobs: std::collections::HashMap<String, Vec<u8>> =
+            layers.iter().map(|l| (sha(l), l.clone())).collect();
+        blobs.insert(sha(&config), config.clone());
+        let (port, task) = serve(move |path| {
+            if path.contains("/manifests/") {
+                return ok(
+                    manifest.as_bytes(),
+                    "application/vnd.oci.image.manifest.v1+json",
+                );
+            }
+            let digest = path.rsplit('/').next().unwrap_or_default();
+            match blobs.get(digest) {
+                Some(b) => ok(b, "application/octet-stream"),
+                None => (
+                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".into(),
+                    Some(Vec::new()),
+                ),
+            }
+        })
+        .await;
+        let image = format!("127.0.0.1:{port}/two:1");
+        let opts = |image_mib: u64| PullOptions {
+            max_layer_bytes: 4 << 20,
+            max_image_bytes: image_mib << 20,
+            ..Default::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path()).unwrap();
+        let err = pull(&store, &image, &RegistryAuth::Anonymous, &opts(5))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("unpacks to more than this node's limit (--max-image-size)"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path()).unwrap();
+        pull(&store, &image, &RegistryAuth::Anonymous, &opts(8))
+            .await
+            .unwrap();
+        task.abort();
+    }
 
     /// A registry that accepts and then sends nothing fails the pull at the progress
     /// deadline, not never.
@@ -772,21 +947,21 @@ mod tests {
             ],
         );
         assert!(
-            matches!(find_in_layer(&l, Compression::Gzip, "app/prog.wasm", 1 << 20).unwrap(), Found::File(b) if b == b"\0asm")
+            matches!(find_in_layer(&l, Compression::Gzip, "app/prog.wasm", 1 << 20, 1 << 20).unwrap(), Found::File(b) if b == b"\0asm")
         );
         assert!(
-            matches!(find_in_layer(&l, Compression::Gzip, "app/run", 1 << 20).unwrap(), Found::Link(t) if t == "prog.wasm")
+            matches!(find_in_layer(&l, Compression::Gzip, "app/run", 1 << 20, 1 << 20).unwrap(), Found::Link(t) if t == "prog.wasm")
         );
         assert!(matches!(
-            find_in_layer(&l, Compression::Gzip, "app/gone", 1 << 20).unwrap(),
+            find_in_layer(&l, Compression::Gzip, "app/gone", 1 << 20, 1 << 20).unwrap(),
             Found::Deleted
         ));
         assert!(matches!(
-            find_in_layer(&l, Compression::Gzip, "data/x.wasm", 1 << 20).unwrap(),
+            find_in_layer(&l, Compression::Gzip, "data/x.wasm", 1 << 20, 1 << 20).unwrap(),
             Found::Deleted
         ));
         assert!(matches!(
-            find_in_layer(&l, Compression::Gzip, "bin/other", 1 << 20).unwrap(),
+            find_in_layer(&l, Compression::Gzip, "bin/other", 1 << 20, 1 << 20).unwrap(),
             Found::Absent
         ));
         assert_eq!(clean_path("/app/./x/../prog.wasm"), "app/prog.wasm");

@@ -177,6 +177,7 @@ async fn collect(
         for digest in chosen {
             match owner.images.remove(&digest) {
                 Ok(()) => {
+                    owner.runtimes.wasm.forget(&digest);
                     tracing::info!(%digest, "unused image removed");
                     removed += 1;
                 }

@@ -200,6 +200,8 @@ pub struct WasmRuntime {
     cache_dir: PathBuf,
     /// The bound of a container without a memory limit: the node's memory.
     node_memory: u64,
+    /// The largest Wasm binary compiled.
+    max_wasm_bytes: u64,
 }
 
 /// The largest Wasm binary compiled, in bytes: compiling takes time and memory that grow
@@ -288,6 +290,7 @@ impl WasmRuntime {
             prepared: Mutex::new(HashMap::new()),
             cache_dir: cache_dir.to_path_buf(),
             node_memory: u64::MAX,
+            max_wasm_bytes: MAX_WASM_BYTES,
         })
     }
 
@@ -295,6 +298,21 @@ impl WasmRuntime {
     pub fn with_node_memory(mut self, bytes: u64) -> WasmRuntime {
         self.node_memory = bytes;
         self
+    }
+
+    /// Compiles no Wasm binary larger than `bytes`.
+    pub fn with_max_wasm_bytes(mut self, bytes: u64) -> WasmRuntime {
+        self.max_wasm_bytes = bytes;
+        self
+    }
+
+    /// Forgets image `digest` (deleted from the node): its compiled code, in memory and
+    /// in the disk cache.
+    pub fn forget(&self, digest: &str) {
+        self.prepared.lock().expect("prepared").remove(digest);
+        for suffix in CACHE_SUFFIXES {
+            let _ = std::fs::remove_file(cached_path(&self.cache_dir, digest, suffix));
+        }
     }
 
     /// The image ready to instantiate: from memory, or prepared now (compiled on a
@@ -310,7 +328,7 @@ impl WasmRuntime {
             return Ok(p.clone());
         }
         let fail = start_error(&spec.id);
-        let bytes = image_bytes(spec)?;
+        let bytes = image_bytes(spec, self.max_wasm_bytes)?;
         let served = is_component(&bytes) && serves_http(&bytes);
         let (engine, suffix) = match (served, is_component(&bytes)) {
             (true, _) => (self.http.engine(), "cwasm-http"),
@@ -454,7 +472,7 @@ impl GuestConfig {
 }
 
 /// The Wasm bytes of a container's image.
-fn image_bytes(spec: &ContainerSpec) -> Result<Vec<u8>, RuntimeError> {
+fn image_bytes(spec: &ContainerSpec, cap: u64) -> Result<Vec<u8>, RuntimeError> {
     let invalid = |reason: String| RuntimeError::InvalidImage {
         image: spec.image_digest.clone(),
         reason,
@@ -465,12 +483,19 @@ fn image_bytes(spec: &ContainerSpec) -> Result<Vec<u8>, RuntimeError> {
     let size = std::fs::metadata(path)
         .map_err(|e| invalid(e.to_string()))?
         .len();
-    if size > MAX_WASM_BYTES {
+    if size > cap {
         return Err(invalid(format!(
-            "the Wasm binary has {size} bytes, more than the {MAX_WASM_BYTES} this node compiles"
+            "the Wasm binary has {size} bytes, more than the {cap} this node compiles (--max-wasm-size)"
         )));
     }
     std::fs::read(path).map_err(|e| invalid(e.to_string()))
+}
+
+/// The kinds of compiled code cached, by file suffix.
+const CACHE_SUFFIXES: [&str; 3] = ["cwasm-http", "cwasm-component", "cwasm"];
+
+fn cached_path(cache_dir: &Path, digest: &str, suffix: &str) -> PathBuf {
+    cache_dir.join(format!("{}.{suffix}", digest.replace(':', "-")))
 }
 
 /// `bytes` compiled for `engine`: from the disk cache (`<digest>.<suffix>`), or compiled
@@ -483,7 +508,7 @@ fn compile(
     bytes: &[u8],
 ) -> Result<Compiled, String> {
     let component = is_component(bytes);
-    let cached = cache_dir.join(format!("{}.{suffix}", digest.replace(':', "-")));
+    let cached = cached_path(cache_dir, digest, suffix);
     // Safety: the cache is written only by this agent with this engine's settings;
     // wasmtime checks the version and configuration and refuses anything else.
     let from_cache = if component {
@@ -790,9 +815,6 @@ mod tests {
         r#"(module (memory (export "memory") 1) (func (export "_start") (loop $l (br $l))))"#;
     const GROW: &str = r#"(module (memory (export "memory") 1) (func (export "_start") (drop (memory.grow (i32.const 64)))))"#;
 
-    /// These tests measure CPU use, so they run one at a time.
-    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
     struct Fixture {
         rt: WasmRuntime,
         dir: tempfile::TempDir,
@@ -801,7 +823,7 @@ mod tests {
 
     impl Fixture {
         async fn new() -> Fixture {
-            let serial = SERIAL.lock().await;
+            let serial = crate::CPU_SERIAL.lock().await;
             let dir = tempfile::tempdir().unwrap();
             Fixture {
                 rt: WasmRuntime::new(&dir.path().join("cache")).unwrap(),
@@ -906,7 +928,29 @@ mod tests {
             ["hello"]
         );
         // The compiled module is cached on disk for the next agent.
-        assert!(f.dir.path().join("cache/sha256-hello.cwasm").exists());
+        let cached = f.dir.path().join("cache/sha256-hello.cwasm");
+        assert!(cached.exists());
+        // Until the image is deleted from the node.
+        f.rt.forget("sha256:hello");
+        assert!(!cached.exists());
+        assert!(!f.rt.prepared.lock().unwrap().contains_key("sha256:hello"));
+    }
+
+    /// A binary over --max-wasm-size is not compiled: the container fails to start
+    /// saying so.
+    #[tokio::test]
+    async fn a_binary_past_the_size_cap_is_not_compiled() {
+        let mut f = Fixture::new().await;
+        f.rt = WasmRuntime::new(&f.dir.path().join("cache"))
+            .unwrap()
+            .with_max_wasm_bytes(16);
+        let err = f.rt.start(f.spec("hello", HELLO)).await.err().unwrap();
+        assert!(
+            err.to_string()
+                .contains("this node compiles (--max-wasm-size)"),
+            "{err}"
+        );
+        assert!(!f.dir.path().join("cache/sha256-hello.cwasm").exists());
     }
 
     /// A guest that prints its environment (one variable per line).
