@@ -116,6 +116,7 @@ fn busybox_runs_in_its_pod_as_its_security_context_and_limits_say() {
         cat /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/pids.max 2>/dev/null; \
         ip -4 -o addr show eth0; tail -1 /etc/hosts; \
         touch /rootfs-is-writable 2>/dev/null || echo read-only root; \
+        grep '^overlay / ' /proc/mounts; \
         echo to stderr >&2; exit 3";
     let pod = format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: bb\n  namespace: basics\nspec:\n  restartPolicy: Never\n  containers:\n  - name: main\n    image: {}\n    command: [\"sh\", \"-c\", {script:?}]\n    securityContext:\n      runAsUser: 1000\n      runAsGroup: 2000\n      readOnlyRootFilesystem: true\n      capabilities:\n        drop: [\"ALL\"]\n        add: [\"NET_BIND_SERVICE\"]\n    resources:\n      limits:\n        cpu: 250m\n        memory: 64Mi\n",
@@ -144,6 +145,23 @@ fn busybox_runs_in_its_pod_as_its_security_context_and_limits_say() {
     assert!(out.contains(&format!("inet {ip}/")), "{out}");
     assert!(out.contains(&format!("{ip}\tbb")), "/etc/hosts: {out}");
     assert!(out.contains("read-only root"), "{out}");
+    // Read-only, and still nosuid and nodev (runc's own remount would drop them).
+    let root = out
+        .lines()
+        .find(|l| l.starts_with("overlay / "))
+        .unwrap_or_default();
+    let flags: Vec<&str> = root
+        .split(' ')
+        .nth(3)
+        .unwrap_or_default()
+        .split(',')
+        .collect();
+    for flag in ["ro", "nosuid", "nodev"] {
+        assert!(
+            flags.contains(&flag),
+            "{flag} missing from the root mount: {root}"
+        );
+    }
     assert!(out.contains("to stderr"), "{out}");
 }
 

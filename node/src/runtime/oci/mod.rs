@@ -6,6 +6,7 @@
 
 mod attach;
 mod exec;
+mod readonly;
 pub mod seccomp;
 pub mod shim;
 pub mod spec;
@@ -656,7 +657,19 @@ impl Runtime for OciRuntime {
         let config = self
             .config(&spec, &bundle, &rootfs, &cgroup)
             .map_err(fail)?;
-        let oci = spec::build(&config).map_err(|e| fail(RuntimeError::Config(e.to_string())))?;
+        let mut oci =
+            spec::build(&config).map_err(|e| fail(RuntimeError::Config(e.to_string())))?;
+        if config.read_only_root {
+            // Read-only here, keeping nosuid and nodev (runc's remount would drop them).
+            match readonly::make_readonly(&rootfs, &oci, suid) {
+                Ok(()) => {
+                    let mut root = oci.root().clone().unwrap_or_default();
+                    root.set_readonly(Some(false));
+                    oci.set_root(Some(root));
+                }
+                Err(e) => tracing::debug!(id = %spec.id, error = %e, "read-only root left to runc"),
+            }
+        }
         oci.save(bundle.join("config.json"))
             .map_err(|e| fail(start_error(&spec.id, e)))?;
         let args = ShimArgs {
