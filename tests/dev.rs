@@ -843,7 +843,8 @@ fn agent_for(s: &common::Server, node: &common::Node) -> Child {
             .unwrap()
             .as_nanos()
     ));
-    Command::new(env!("CARGO_BIN_EXE_skiff"))
+    // Killed with the test's thread, also when the test fails before killing it.
+    common::die_with_parent(&mut Command::new(env!("CARGO_BIN_EXE_skiff")))
         .args([
             "agent",
             "--node-name",
@@ -861,6 +862,22 @@ fn agent_for(s: &common::Server, node: &common::Node) -> Child {
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .unwrap()
+}
+
+/// The CPU time process `pid` has used (user and system).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    // utime and stime, fields 14 and 15, in clock ticks.
+    // Safety: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 1000 / hz)
 }
 
 /// Imports `wat` into the agent store `data` as registry.example/NAME:1.
@@ -901,7 +918,15 @@ fn a_status_written_while_the_server_is_down_arrives_later() {
     });
     // The container ends (after 1.5 s) while the API server is away.
     s.kill9();
-    std::thread::sleep(Duration::from_secs(3));
+    // Meanwhile the agent waits: retrying with back-off, not in a loop (its watches once
+    // burnt half a core each while the server was away).
+    let before = cpu_time(agent.id());
+    std::thread::sleep(Duration::from_secs(4));
+    let used = cpu_time(agent.id()) - before;
+    assert!(
+        used < Duration::from_millis(800),
+        "the agent used {used:?} of CPU in 4 s without its server"
+    );
     s.restart();
     let phase = eventually(30, "the agent to report the pod's end", || {
         let p = s.json(&["get", "pod", "ticker"])["status"]["phase"].clone();

@@ -295,3 +295,44 @@ fn a_root_agent_without_cni_plugins_is_not_ready_and_its_pods_wait() {
     let p = server.json(&["get", "pod", "waits"]);
     assert_ne!(p["status"]["phase"], "Running", "{p}");
 }
+
+/// Two agents on one host (one network namespace) given the same bridge: the second used
+/// to be Ready while every pod of it failed FailedCreatePodSandBox, as the bridge held the
+/// first's range. Now it says its network is not ready, naming the bridge, so pods go to
+/// nodes that can network them; the first goes on.
+#[test]
+fn a_second_agent_on_a_bridge_another_holds_is_not_ready() {
+    let server = Server::start();
+    let first = Agent::start_in(&server, "first", None, &[]);
+    // Its warm pod networks make the bridge.
+    eventually(60, "the first agent's bridge", || {
+        let o = std::process::Command::new("ip")
+            .args(["-4", "addr", "show", "dev", &first.bridge])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&o.stdout)
+            .contains("inet ")
+            .then_some(())
+    });
+    let _second = Agent::start_with_bridge(&server, "second", None, &[], first.bridge.clone());
+    let ready = |node: &str| {
+        let n = server.try_json(&["get", "node", node])?;
+        n["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .cloned()
+    };
+    let second = eventually(60, "the second node not Ready", || {
+        ready("second").filter(|c| c["status"] == "False")
+    });
+    let msg = second["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("NetworkReady=false")
+            && msg.contains(&format!("bridge {} holds", first.bridge))
+            && msg.contains("another agent on this host uses it"),
+        "{second}"
+    );
+    let first_ready = ready("first").unwrap();
+    assert_eq!(first_ready["status"], "True", "{first_ready}");
+}

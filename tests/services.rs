@@ -382,7 +382,8 @@ fn no_endpoints_refuse_and_the_kubernetes_service_leads_to_the_api() {
 /// One Service cannot stop the proxy nor take another's traffic: an external IP the API
 /// refuses never gets in; one that is another Service's cluster IP (valid, but nft
 /// refuses the duplicate) leaves that Service alone out of the table, with an Event on
-/// it, while the owner and Services made later still answer.
+/// it, while the owner and Services made later still answer; once the owner is gone, the
+/// one left out gets the address.
 #[test]
 fn a_service_claiming_anothers_address_is_left_out_and_the_rest_still_works() {
     let c = &*cluster();
@@ -434,6 +435,18 @@ fn a_service_claiming_anothers_address_is_left_out_and_the_rest_still_works() {
         });
         assert!(out.starts_with("who-1 "), "{out}");
     }
+    // Once the owner is gone, the address is free: the one left out is applied.
+    c.server.ok(&["delete", "service", "owner", "-n", "claim"]);
+    let out = eventually(60, "the external IP answering for the one left out", || {
+        let out = wget(
+            c,
+            "claim",
+            "client",
+            &format!("http://{owner_ip}/cgi-bin/who"),
+        );
+        out.starts_with("who-1 ").then_some(out)
+    });
+    assert!(out.starts_with("who-1 "), "{out}");
 }
 
 /// `kubectl expose` makes a Service that works.

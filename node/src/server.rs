@@ -505,7 +505,7 @@ pub async fn start<H: Host>(
     let listener =
         skiff_api::conn::Listener::new(listener, skiff_api::conn::DEFAULT_MAX_CONNECTIONS);
     tokio::spawn(async move {
-        use skiff_api::conn::{HANDSHAKE_TIMEOUT, READ_HEADER_TIMEOUT};
+        use skiff_api::conn::{HANDSHAKE_TIMEOUT, IDLE_TIMEOUT};
         loop {
             let (tcp, _, permit) = listener.accept().await;
             let (acceptor, app) = (acceptor.clone(), app.clone());
@@ -515,17 +515,7 @@ pub async fn start<H: Host>(
                 let Ok(Ok(stream)) = handshake.await else {
                     return;
                 };
-                let svc = hyper_util::service::TowerToHyperService::new(app);
-                let mut builder = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                );
-                builder
-                    .http1()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(READ_HEADER_TIMEOUT);
-                let _ = builder
-                    .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
+                let _ = skiff_api::conn::serve_connection(stream, app, IDLE_TIMEOUT).await;
             });
         }
     });

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
 
 use skiff_api::SERVICE_NAME_LABEL;
@@ -63,6 +63,11 @@ impl Changes {
     /// Asks for everything to be looked at again (after a failed sync, say).
     pub fn mark_all(&self) {
         self.mark(|p| p.all = true);
+    }
+
+    /// Asks for these Services to be looked at again.
+    pub fn mark_keys(&self, keys: impl IntoIterator<Item = String>) {
+        self.mark(|p| p.keys.extend(keys));
     }
 
     /// Waits for changes once both watches have listed everything.
@@ -137,10 +142,13 @@ impl ServiceWatch {
         let services_task = tokio::spawn(
             kube::runtime::reflector(
                 services_writer,
+                // Backing off when the API server is away (an edge node's link down),
+                // not retrying in a loop that burns a core.
                 watcher(
                     Api::<Service>::all(client.clone()),
                     watcher::Config::default(),
-                ),
+                )
+                .default_backoff(),
             )
             .for_each(move |ev| {
                 if let Ok(ev) = &ev {
@@ -158,10 +166,13 @@ impl ServiceWatch {
         let slices_task = tokio::spawn(
             kube::runtime::reflector(
                 slices_writer,
+                // Backing off when the API server is away (an edge node's link down),
+                // not retrying in a loop that burns a core.
                 watcher(
                     Api::<EndpointSlice>::all(client.clone()),
                     watcher::Config::default(),
-                ),
+                )
+                .default_backoff(),
             )
             .for_each(move |ev| {
                 if let Ok(ev) = &ev {

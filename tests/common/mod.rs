@@ -567,10 +567,22 @@ impl Agent {
 
     /// An agent in network namespace `netns` (a test LAN's host), with extra flags.
     pub fn start_in(server: &Server, name: &str, netns: Option<&str>, extra: &[&str]) -> Agent {
+        let bridge = format!("skt{}", network_id() + 1000 * (std::process::id() % 100));
+        Agent::start_with_bridge(server, name, netns, extra, bridge)
+    }
+
+    /// An agent whose pods' bridge is `bridge` (another's, say).
+    pub fn start_with_bridge(
+        server: &Server,
+        name: &str,
+        netns: Option<&str>,
+        extra: &[&str],
+        bridge: String,
+    ) -> Agent {
         let mut a = Agent {
             name: name.to_string(),
             data: server.dir.path().join("agents").join(name),
-            bridge: format!("skt{}", network_id() + 1000 * (std::process::id() % 100)),
+            bridge,
             kubeconfig: server.kubeconfig(),
             logs: server.dir.path().join("agents"),
             child: None,

@@ -45,8 +45,6 @@ use request::{parse_path, ApiPath, Query};
 pub const KUBERNETES_VERSION: &str = "v1.33.0";
 /// The largest request body accepted, as Kubernetes'.
 const MAX_BODY: usize = 3 * 1024 * 1024;
-/// HTTP/2 streams one connection may have open at once.
-const MAX_STREAMS_PER_CONNECTION: u32 = 1000;
 /// Events kept for watches that resume from an older resourceVersion.
 pub const DEFAULT_HISTORY: u64 = 20_000;
 
@@ -237,7 +235,7 @@ async fn serve(
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    use skiff_api::conn::{HANDSHAKE_TIMEOUT, READ_HEADER_TIMEOUT};
+    use skiff_api::conn::{HANDSHAKE_TIMEOUT, IDLE_TIMEOUT};
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     tokio::pin!(shutdown);
     loop {
@@ -261,26 +259,9 @@ async fn serve(
                     return;
                 }
             };
-            let svc = hyper_util::service::TowerToHyperService::new(app);
-            let mut builder =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            builder
-                .http1()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(READ_HEADER_TIMEOUT);
-            // Informers multiplex many watches on one connection (Kubernetes allows 250);
-            // a peer that stops answering pings is let go.
-            builder
-                .http2()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .keep_alive_interval(std::time::Duration::from_secs(30))
-                .keep_alive_timeout(std::time::Duration::from_secs(20))
-                .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
-            if let Err(e) = builder
-                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), svc)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            let served = skiff_api::conn::serve_connection(tls, app, IDLE_TIMEOUT).await;
+            if let Err(error) = served {
+                tracing::debug!(%peer, %error, "connection ended with an error");
             }
         });
     }

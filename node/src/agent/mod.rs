@@ -163,6 +163,16 @@ async fn await_pod_cidr(
             }
         };
         if let Ok(cidr) = cidr.parse::<skiff_api::cidr::Cidr>() {
+            // Pods wait, and the node is not Ready, while the bridge is another's.
+            if let Some(reason) = crate::sandbox::network::bridge_taken(&cfg.cni_bridge, cidr) {
+                if !matches!(&*networks.borrow(), Networks::Unavailable { reason: r } if *r == reason)
+                {
+                    tracing::error!(%reason, "the node cannot give pods networks");
+                    networks.send_replace(Networks::Unavailable { reason });
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                continue;
+            }
             let made = crate::sandbox::network::Cni::new(
                 &cfg.cni_bin_dir,
                 &Layout::new(&cfg.data_dir).cni(),
@@ -247,7 +257,8 @@ pub(crate) struct Ctx {
     pub client: Client,
     /// Every Service, watched: their environment variables for containers.
     pub services: kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Service>,
-    pub node_ip: String,
+    /// The node's InternalIP (re-read as the host's addresses change).
+    node_ip: std::sync::RwLock<Arc<str>>,
     pub layout: Layout,
     pub images: ImageStore,
     pub runtimes: Runtimes,
@@ -267,6 +278,13 @@ pub(crate) struct Ctx {
     pub resolvers: crate::dns::lookup::SharedResolvers,
     /// Pod status writes in flight at once (status::MAX_STATUS_WRITES).
     pub status_writes: Arc<tokio::sync::Semaphore>,
+}
+
+impl Ctx {
+    /// The node's InternalIP as of now.
+    pub fn node_ip(&self) -> Arc<str> {
+        self.node_ip.read().expect("node ip").clone()
+    }
 }
 
 /// What the agent endpoint serves from: the API server's pods, the node's logs, its
@@ -588,7 +606,7 @@ const NODE_STATUS_CHECK: Duration = Duration::from_secs(10);
 /// reports its conditions and images when they changed (a pressure comes or goes, an image
 /// arrives, or the node was marked not Ready while the agent was unreachable), and at least
 /// every [`NODE_STATUS_REPORT`].
-async fn heartbeat(client: Client, cfg: AgentConfig, ctx: Arc<Ctx>) {
+async fn heartbeat(client: Client, cfg: AgentConfig, ctx: Arc<Ctx>, server: String) {
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     let nodes: Api<Node> = Api::all(client);
     // Registration has just reported the status.
@@ -620,7 +638,19 @@ async fn heartbeat(client: Client, cfg: AgentConfig, ctx: Arc<Ctx>) {
             checked = tokio::time::Instant::now();
             let due = reported.elapsed() >= NODE_STATUS_REPORT;
             let network = ctx.networks.borrow().problem().map(str::to_string);
-            match report_status(&nodes, &cfg, &ctx.images, network.as_deref(), due).await {
+            // The host's address may change (DHCP, a new link): the kubelet re-reads it
+            // at each status update.
+            if cfg.node_ip.is_none() {
+                let now = node_ip_towards(&server);
+                if *ctx.node_ip() != *now {
+                    tracing::info!(was = %ctx.node_ip(), now = %now, "the node's address changed");
+                    *ctx.node_ip.write().expect("node ip") = now.as_str().into();
+                }
+            }
+            let ip = ctx.node_ip();
+            let reported_status =
+                report_status(&nodes, &cfg, &ctx.images, &ip, network.as_deref(), due).await;
+            match reported_status {
                 Ok(true) => reported = tokio::time::Instant::now(),
                 Ok(false) => {}
                 Err(e) => tracing::warn!(error = %e, "reporting node status failed"),
@@ -636,6 +666,7 @@ async fn report_status(
     nodes: &Api<Node>,
     cfg: &AgentConfig,
     images: &ImageStore,
+    ip: &str,
     network: Option<&str>,
     due: bool,
 ) -> Result<bool, kube::Error> {
@@ -650,13 +681,16 @@ async fn report_status(
     let conditions = node_conditions(&now, &previous, pressure, network);
     // Pulled or imported images count for the scheduler's image locality.
     let now_images = node_images(images);
+    let addresses = node_info::addresses(&cfg.node_name, ip);
     if !due
         && !conditions_changed(&previous, &conditions)
         && status.images.unwrap_or_default() == now_images
+        && status.addresses.as_ref() == Some(&addresses)
     {
         return Ok(false);
     }
-    let patch = serde_json::json!({"status": {"conditions": conditions, "images": now_images}});
+    let patch = serde_json::json!({"status": {
+        "conditions": conditions, "images": now_images, "addresses": addresses}});
     nodes
         .patch_status(
             &cfg.node_name,
@@ -818,7 +852,9 @@ fn runtimes(cfg: &AgentConfig, layout: &Layout) -> Result<Runtimes, AgentError> 
             .ok()
     });
     Ok(Runtimes {
-        wasm: WasmRuntime::new(&layout.compiled())?.with_node_memory(node_info::memory_bytes()),
+        wasm: WasmRuntime::new(&layout.compiled())?
+            .with_node_memory(node_info::memory_bytes())
+            .with_max_wasm_bytes(cfg.pull.max_wasm_bytes),
         oci,
     })
 }
@@ -872,7 +908,7 @@ pub async fn run(
         networks,
         runtimes,
         client: client.clone(),
-        node_ip: ip.clone(),
+        node_ip: std::sync::RwLock::new(ip.as_str().into()),
         images: ImageStore::open(&layout.images())?,
         layout,
         events: events::Recorder::new(client.clone(), &cfg.node_name),
@@ -894,6 +930,7 @@ pub async fn run(
         client.clone(),
         cfg.clone(),
         ctx.clone(),
+        server,
     ))));
     if matches!(*ctx.networks.borrow(), Networks::Waiting) {
         let setup = await_pod_cidr(client.clone(), cfg.clone(), networks_tx);

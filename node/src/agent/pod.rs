@@ -277,7 +277,7 @@ impl PodCtx {
             client: &self.ctx.client,
             namespace: &self.ns,
             name: &self.name,
-            host_ip: &self.ctx.node_ip,
+            host_ip: self.ctx.node_ip(),
             restart_policy: self.restart_policy,
             writes: &self.ctx.status_writes,
         }

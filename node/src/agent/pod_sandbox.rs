@@ -13,7 +13,7 @@ pub(super) async fn prepare_sandbox(
     spec: &k8s_openapi::api::core::v1::PodSpec,
 ) -> Result<Sandbox, (&'static str, String)> {
     let host_network = spec.host_network == Some(true);
-    let node_ip = pc.ctx.node_ip.clone();
+    let node_ip = pc.ctx.node_ip().to_string();
     let network = if host_network {
         NetworkConfig::Node {
             ip: node_ip,
@@ -103,7 +103,7 @@ async fn pod_network<'a>(
                 .events
                 .pod(pc.pod_ref(), None, "Warning", "NodeNetwork", msg);
             Ok(NetworkConfig::Node {
-                ip: pc.ctx.node_ip.clone(),
+                ip: pc.ctx.node_ip().to_string(),
                 host: false,
             })
         }

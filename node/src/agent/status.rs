@@ -119,7 +119,7 @@ pub struct ReportTo<'a> {
     pub client: &'a kube::Client,
     pub namespace: &'a str,
     pub name: &'a str,
-    pub host_ip: &'a str,
+    pub host_ip: Arc<str>,
     pub restart_policy: &'a str,
     /// The agent's permits for status writes in flight.
     pub writes: &'a Arc<tokio::sync::Semaphore>,
@@ -153,7 +153,7 @@ impl Reporter {
     ) -> PodStatus {
         let copies = |l: &[Arc<ContainerStatus>]| l.iter().map(|s| (**s).clone()).collect();
         let (init, main): (Vec<_>, Vec<_>) = (copies(init), copies(main));
-        let (host_ip, start) = (to.host_ip, &self.start);
+        let (host_ip, start) = (&*to.host_ip, &self.start);
         let phase = phase(&init, &main, &self.sidecars, to.restart_policy, init_done);
         let mut conditions = conditions(phase, &main, init_done, &self.conditions, &now());
         let failure = self.failure.clone();

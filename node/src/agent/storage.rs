@@ -198,7 +198,7 @@ fn format_bytes(bytes: u64) -> String {
     let mut n = bytes;
     let mut unit = "";
     for u in UNITS {
-        if n == 0 || n % 1024 != 0 {
+        if n == 0 || !n.is_multiple_of(1024) {
             break;
         }
         n /= 1024;

@@ -298,7 +298,7 @@ impl Run {
             ip: pc
                 .sandbox
                 .get()
-                .map_or_else(|| pc.ctx.node_ip.clone(), |s| s.ip.clone()),
+                .map_or_else(|| pc.ctx.node_ip().to_string(), |s| s.ip.clone()),
             ports: ports.clone(),
             exec,
         })
@@ -745,7 +745,7 @@ impl PodCtx {
                             pod,
                             &f.field_path,
                             pod_ip.unwrap_or_default(),
-                            &self.ctx.node_ip,
+                            &self.ctx.node_ip(),
                         )
                     } else {
                         String::new()

@@ -181,8 +181,10 @@ impl Proxy {
                 continue;
             }
             let computed = started.elapsed();
+            let mut freed = false;
             match nft.apply(&tx.script(&table)).await {
                 Ok(()) => {
+                    freed = next.iter().any(|(k, f)| frees_claims(applied.get(k), f));
                     fresh = false;
                     for c in &due {
                         stale.remove(c);
@@ -206,7 +208,14 @@ impl Proxy {
                     // (nft applies a batch whole or not at all: the table is as before.)
                     tracing::warn!(error = %e, fresh, "nft refused a batch of the Service proxy's; applying it Service by Service");
                     match self
-                        .isolate(&mut nft, next, &mut applied, &mut refused, fresh)
+                        .isolate(
+                            &mut nft,
+                            next,
+                            &mut applied,
+                            &mut refused,
+                            fresh,
+                            &mut freed,
+                        )
                         .await
                     {
                         Some(dropped) => {
@@ -221,15 +230,26 @@ impl Proxy {
                     }
                 }
             }
+            // What a refused Service claimed may be free now (its rival gone or changed):
+            // it is tried again.
+            if freed && !refused.is_empty() {
+                self.changes.mark_keys(refused.drain().map(|(k, _)| k));
+            }
         }
     }
+}
+
+/// Whether replacing a Service's applied rules `old` with `new` gives up a map entry
+/// (an address and port) another Service may have been refused for.
+fn frees_claims(old: Option<&model::Fragment>, new: &model::Fragment) -> bool {
+    old.is_some_and(|old| old.elements.keys().any(|k| !new.elements.contains_key(k)))
 }
 
 impl Proxy {
     /// Applies each Service's change in a batch of its own (after the bare table, if
     /// `fresh`): those nft refuses go to `refused` (and are reported; a Service's old
-    /// rules stay), the others to `applied`. The chains the changes dropped, or `None`
-    /// if even the bare table was refused.
+    /// rules stay), the others to `applied` (`freed` set if one gave up a claim). The
+    /// chains the changes dropped, or `None` if even the bare table was refused.
     async fn isolate(
         &self,
         nft: &mut nft::Nft,
@@ -237,6 +257,7 @@ impl Proxy {
         applied: &mut HashMap<String, model::Fragment>,
         refused: &mut HashMap<String, model::Fragment>,
         fresh: bool,
+        freed: &mut bool,
     ) -> Option<Vec<String>> {
         let table = &self.cfg.table;
         if fresh {
@@ -269,6 +290,7 @@ impl Proxy {
             match nft.apply(&one.script(table)).await {
                 Ok(()) => {
                     dropped.append(&mut one.dropped_chains);
+                    *freed |= frees_claims(applied.get(&k), &f);
                     if f == empty {
                         applied.remove(&k);
                     } else {

@@ -498,6 +498,32 @@ pub fn remove_bridge(bridge: &str) -> Result<(), NetworkError> {
     Err(NetworkError::Bridge(err.trim().to_string()))
 }
 
+/// Why `bridge` cannot hold pod range `pod_cidr` here, if it cannot: it exists with an
+/// IPv4 address outside the range, as when another agent on this host (in this network
+/// namespace) took it for its own range, and every pod's network would fail.
+pub fn bridge_taken(bridge: &str, pod_cidr: Cidr) -> Option<String> {
+    let out = std::process::Command::new("ip")
+        .args(["-j", "-4", "addr", "show", "dev", bridge])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None; // No such bridge yet: the plugin makes it.
+    }
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let foreign = links
+        .as_array()?
+        .iter()
+        .flat_map(|l| l["addr_info"].as_array().into_iter().flatten())
+        .filter_map(|a| Some(format!("{}/{}", a["local"].as_str()?, a["prefixlen"])))
+        .find(|a| {
+            let ip = a.split('/').next().and_then(|ip| ip.parse().ok());
+            ip.is_some_and(|ip| !pod_cidr.contains(ip))
+        })?;
+    Some(format!(
+        "bridge {bridge} holds {foreign}, outside this node's pod range {pod_cidr}: another agent on this host uses it (give each its own --cni-bridge)"
+    ))
+}
+
 /// Where Debian's `containernetworking-plugins` puts the plugins.
 pub const DEFAULT_BIN_DIR: &str = "/usr/lib/cni";
 
