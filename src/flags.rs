@@ -219,7 +219,7 @@ pub struct PullFlags {
     /// The most bytes one image layer may have, as downloaded and as unpacked (e.g. 4Gi).
     #[arg(long, default_value = "4Gi", value_parser = bytes)]
     pub max_layer_size: u64,
-    /// The most bytes an image's layers may have together, as downloaded.
+    /// The most bytes an image's layers may have together, as downloaded and as unpacked.
     #[arg(long, default_value = "8Gi", value_parser = bytes)]
     pub max_image_size: u64,
     /// The most bytes a Wasm module or component may have to be pulled and compiled.

@@ -335,4 +335,13 @@ fn a_second_agent_on_a_bridge_another_holds_is_not_ready() {
     );
     let first_ready = ready("first").unwrap();
     assert_eq!(first_ready["status"], "True", "{first_ready}");
+    let n = server.json(&["get", "node", "second"]);
+    let unavailable = n["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "NetworkUnavailable")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(unavailable["status"], "True", "{n}");
 }

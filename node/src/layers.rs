@@ -165,8 +165,14 @@ impl HeaderBound {
         let next = entries.next();
         self.bound.set(u64::MAX);
         if let Some(Ok(e)) = &next {
-            // A PAX size overrides the header's; a sparse entry's is its expanded size.
-            let size = e.size().max(e.header().entry_size().unwrap_or(0));
+            // The bytes tar takes for its data: a PAX size overrides the header's (which
+            // may claim anything), but a sparse entry's size is its expanded one, and its
+            // data in the archive is the header's.
+            let size = if e.header().entry_type().is_gnu_sparse() {
+                e.header().entry_size().unwrap_or(0)
+            } else {
+                e.size()
+            };
             self.data_end.set(
                 e.raw_file_position()
                     .saturating_add(size.div_ceil(512) * 512),
@@ -596,7 +602,7 @@ mod tests {
 
         // A GNU long name of 16 MiB, then an entry it would name.
         let name_len = 16u64 << 20;
-        let mut tar = Vec::new();
+        let mut tar: Vec<u8> = Vec::new();
         let mut h = tar::Header::new_gnu();
         h.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
         h.set_entry_type(tar::EntryType::GNULongName);
@@ -615,12 +621,36 @@ mod tests {
         h.set_cksum();
         tar.extend_from_slice(h.as_bytes());
         tar.resize(tar.len() + 1024, 0);
+        let long_name = tar.clone();
         let blob = gzip(&tar);
         let d = digest(&blob);
         let err = store.unpack(&blob[..], &d, GZIP, 1 << 30).unwrap_err();
         let want = "headers (long names, PAX records) take more than 4194304 bytes";
-        assert!(err.to_string().contains(want), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains(want), "{}", &msg[..msg.len().min(300)]);
         assert!(!store.has(&d));
+
+        // The same after an entry whose header claims 8 GiB of data and whose PAX size
+        // says none (tar reads none): the claim widens nothing.
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([("size", &b"0"[..])]).unwrap();
+        let mut claims = Vec::new();
+        let mut h = owned_header();
+        h.set_path("claims").unwrap();
+        h.set_size(8 << 30);
+        h.set_mode(0o644);
+        h.set_cksum();
+        claims.extend_from_slice(h.as_bytes());
+        // (Not into_inner: that ends the archive.)
+        let mut tar = b.get_ref().clone();
+        tar.extend_from_slice(&claims);
+        tar.extend_from_slice(&long_name);
+        let blob = gzip(&tar);
+        let err = store
+            .unpack(&blob[..], &digest(&blob), GZIP, 1 << 30)
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains(want), "{}", &msg[..msg.len().min(300)]);
     }
 
     #[test]

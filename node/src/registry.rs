@@ -354,7 +354,7 @@ impl Pulling<'_> {
 
     /// Downloads `layer` into `dir` as file `layer-<i>`, streamed: the registry may send
     /// neither more nor fewer bytes than the descriptor declares (checked against the
-    /// limit beforehand), and the digest is checked at the end.
+    /// limit beforehand), and the digest is checked at the end (by oci-client's stream).
     async fn fetch(
         &self,
         layer: &OciDescriptor,
@@ -840,6 +840,69 @@ mod tests {
         pull(&store, &image, &RegistryAuth::Anonymous, &opts(8))
             .await
             .unwrap();
+        task.abort();
+    }
+
+    /// A layer's bytes must be what its digest names before anything is taken from them:
+    /// a Wasm entrypoint found in a layer the registry swapped is not stored. (oci-client's
+    /// blob stream checks the digest at its end; this keeps any other fetch honest.)
+    #[tokio::test]
+    async fn a_layer_that_is_not_its_digest_is_refused() {
+        use sha2::Digest as _;
+        use std::io::Write;
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let module = b"\0asm\x01\0\0\0";
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(module.len() as u64);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        b.append_data(&mut h, "app.wasm", &module[..]).unwrap();
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(&b.into_inner().unwrap()).unwrap();
+        let layer = e.finish().unwrap();
+        let sha = |b: &[u8]| format!("sha256:{:x}", sha2::Sha256::digest(b));
+        let config = br#"{"config": {"Cmd": ["/app.wasm"]}}"#.to_vec();
+        let claimed = sha(b"the layer the manifest names");
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha(&config), "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": claimed, "size": layer.len()}],
+        })
+        .to_string();
+        let blobs: std::collections::HashMap<String, Vec<u8>> =
+            [(claimed.clone(), layer), (sha(&config), config)].into();
+        let (port, task) = serve(move |path| {
+            if path.contains("/manifests/") {
+                return ok(
+                    manifest.as_bytes(),
+                    "application/vnd.oci.image.manifest.v1+json",
+                );
+            }
+            let digest = path.rsplit('/').next().unwrap_or_default();
+            ok(
+                blobs.get(digest).map_or(&b"{}"[..], |b| &b[..]),
+                "application/json",
+            )
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path()).unwrap();
+        let image = format!("127.0.0.1:{port}/swapped:1");
+        let err = pull(
+            &store,
+            &image,
+            &RegistryAuth::Anonymous,
+            &Default::default(),
+        )
+        .await
+        .unwrap_err();
+        let msg = err.to_string().to_lowercase();
+        assert!(msg.contains("digest") && msg.contains(&claimed), "{err}");
+        assert!(store.resolve(&image).is_none());
         task.abort();
     }
 

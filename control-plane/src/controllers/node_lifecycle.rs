@@ -155,7 +155,11 @@ async fn reconcile(ctx: Arc<Ctx>, key: String) -> Result<Action, ObjectError> {
     ))
 }
 
-/// The agent went silent: every condition becomes Unknown and its pods not ready.
+/// The conditions an agent posts, which its silence makes Unknown (kube's list: others,
+/// such as NetworkUnavailable, are a network plugin's).
+const AGENT_CONDITIONS: [&str; 4] = ["Ready", "MemoryPressure", "DiskPressure", "PIDPressure"];
+
+/// The agent went silent: its conditions become Unknown and its pods not ready.
 async fn mark_unknown(ctx: &Ctx, node: &Value) -> Result<(), ObjectError> {
     let name = str_at(node, "/metadata/name").to_string();
     let at = now_string();
@@ -172,7 +176,10 @@ async fn mark_unknown(ctx: &Ctx, node: &Value) -> Result<(), ObjectError> {
                     .pointer_mut("/status/conditions")
                     .and_then(Value::as_array_mut)
                 {
-                    for c in cs {
+                    let agents = cs
+                        .iter_mut()
+                        .filter(|c| AGENT_CONDITIONS.iter().any(|t| c["type"] == *t));
+                    for c in agents {
                         if c["status"] != "Unknown" {
                             c["status"] = json!("Unknown");
                             c["reason"] = json!("NodeStatusUnknown");

@@ -474,6 +474,14 @@ fn node_conditions(
                 ),
             ),
         ),
+        // As a network plugin reports it (the kubelet leaves it to the plugin).
+        match network {
+            Some(why) => cond("NetworkUnavailable", ("True", "NetworkPluginNotReady", why)),
+            None => cond(
+                "NetworkUnavailable",
+                ("False", "RouteCreated", "the agent set up the node's pod network"),
+            ),
+        },
         match network {
             // The kubelet's words for a network plugin that is not ready.
             Some(why) => cond(
@@ -996,5 +1004,13 @@ mod tests {
             .as_deref()
             .unwrap()
             .ends_with("Network plugin returns error: no CNI"));
+        let network = unnetworked
+            .iter()
+            .find(|c| c.type_ == "NetworkUnavailable")
+            .unwrap();
+        assert_eq!(
+            (network.status.as_str(), network.message.as_deref()),
+            ("True", Some("no CNI"))
+        );
     }
 }

@@ -181,10 +181,12 @@ impl Proxy {
                 continue;
             }
             let computed = started.elapsed();
-            let mut freed = false;
+            let mut freed = Freed::new();
             match nft.apply(&tx.script(&table)).await {
                 Ok(()) => {
-                    freed = next.iter().any(|(k, f)| frees_claims(applied.get(k), f));
+                    for (k, f) in &next {
+                        freed.extend(freed_claims(applied.get(k), f));
+                    }
                     fresh = false;
                     for c in &due {
                         stale.remove(c);
@@ -232,23 +234,41 @@ impl Proxy {
             }
             // What a refused Service claimed may be free now (its rival gone or changed):
             // it is tried again.
-            if freed && !refused.is_empty() {
-                self.changes.mark_keys(refused.drain().map(|(k, _)| k));
+            if !freed.is_empty() {
+                let retry: Vec<String> = refused
+                    .iter()
+                    .filter(|(_, f)| f.elements.keys().any(|e| freed.contains(e)))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in &retry {
+                    refused.remove(k);
+                }
+                self.changes.mark_keys(retry);
             }
         }
     }
 }
 
-/// Whether replacing a Service's applied rules `old` with `new` gives up a map entry
-/// (an address and port) another Service may have been refused for.
-fn frees_claims(old: Option<&model::Fragment>, new: &model::Fragment) -> bool {
-    old.is_some_and(|old| old.elements.keys().any(|k| !new.elements.contains_key(k)))
+/// The map entries (an address and port) replacing a Service's applied rules `old` with
+/// `new` gives up: another Service may have been refused for one.
+fn freed_claims<'a>(
+    old: Option<&'a model::Fragment>,
+    new: &'a model::Fragment,
+) -> impl Iterator<Item = (model::Map, String)> + 'a {
+    old.into_iter()
+        .flat_map(|old| old.elements.keys())
+        .filter(|k| !new.elements.contains_key(*k))
+        .cloned()
 }
+
+/// Map entries given up in a sync: only the refused Services that wanted one of them are
+/// tried again (not every refused one on every change).
+type Freed = HashSet<(model::Map, String)>;
 
 impl Proxy {
     /// Applies each Service's change in a batch of its own (after the bare table, if
     /// `fresh`): those nft refuses go to `refused` (and are reported; a Service's old
-    /// rules stay), the others to `applied` (`freed` set if one gave up a claim). The
+    /// rules stay), the others to `applied` (the entries they gave up to `freed`). The
     /// chains the changes dropped, or `None` if even the bare table was refused.
     async fn isolate(
         &self,
@@ -257,7 +277,7 @@ impl Proxy {
         applied: &mut HashMap<String, model::Fragment>,
         refused: &mut HashMap<String, model::Fragment>,
         fresh: bool,
-        freed: &mut bool,
+        freed: &mut Freed,
     ) -> Option<Vec<String>> {
         let table = &self.cfg.table;
         if fresh {
@@ -290,7 +310,7 @@ impl Proxy {
             match nft.apply(&one.script(table)).await {
                 Ok(()) => {
                     dropped.append(&mut one.dropped_chains);
-                    *freed |= frees_claims(applied.get(&k), &f);
+                    freed.extend(freed_claims(applied.get(&k), &f));
                     if f == empty {
                         applied.remove(&k);
                     } else {
