@@ -765,6 +765,28 @@ mod tests {
         )
     }
 
+    /// A registry on loopback serving one image: `manifest` under any tag, `blobs` by
+    /// digest (anything else answers `{}`).
+    async fn serve_image(
+        manifest: String,
+        blobs: std::collections::HashMap<String, Vec<u8>>,
+    ) -> (u16, tokio::task::JoinHandle<()>) {
+        serve(move |path| {
+            if path.contains("/manifests/") {
+                return ok(
+                    manifest.as_bytes(),
+                    "application/vnd.oci.image.manifest.v1+json",
+                );
+            }
+            let digest = path.rsplit('/').next().unwrap_or_default();
+            ok(
+                blobs.get(digest).map_or(&b"{}"[..], |b| &b[..]),
+                "application/json",
+            )
+        })
+        .await
+    }
+
     /// Layers share the image's budget as they unpack: two layers within
     /// --max-layer-size each but past --max-image-size together are refused.
     #[tokio::test]
@@ -802,23 +824,7 @@ mod tests {
         let mut blobs: std::collections::HashMap<String, Vec<u8>> =
             layers.iter().map(|l| (sha(l), l.clone())).collect();
         blobs.insert(sha(&config), config.clone());
-        let (port, task) = serve(move |path| {
-            if path.contains("/manifests/") {
-                return ok(
-                    manifest.as_bytes(),
-                    "application/vnd.oci.image.manifest.v1+json",
-                );
-            }
-            let digest = path.rsplit('/').next().unwrap_or_default();
-            match blobs.get(digest) {
-                Some(b) => ok(b, "application/octet-stream"),
-                None => (
-                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".into(),
-                    Some(Vec::new()),
-                ),
-            }
-        })
-        .await;
+        let (port, task) = serve_image(manifest, blobs).await;
         let image = format!("127.0.0.1:{port}/two:1");
         let opts = |image_mib: u64| PullOptions {
             max_layer_bytes: 4 << 20,
@@ -875,20 +881,7 @@ mod tests {
         .to_string();
         let blobs: std::collections::HashMap<String, Vec<u8>> =
             [(claimed.clone(), layer), (sha(&config), config)].into();
-        let (port, task) = serve(move |path| {
-            if path.contains("/manifests/") {
-                return ok(
-                    manifest.as_bytes(),
-                    "application/vnd.oci.image.manifest.v1+json",
-                );
-            }
-            let digest = path.rsplit('/').next().unwrap_or_default();
-            ok(
-                blobs.get(digest).map_or(&b"{}"[..], |b| &b[..]),
-                "application/json",
-            )
-        })
-        .await;
+        let (port, task) = serve_image(manifest, blobs).await;
         let dir = tempfile::tempdir().unwrap();
         let store = ImageStore::open(dir.path()).unwrap();
         let image = format!("127.0.0.1:{port}/swapped:1");
