@@ -864,6 +864,17 @@ fn agent_for(s: &common::Server, node: &common::Node) -> Child {
         .unwrap()
 }
 
+/// The body curl gets from `url` (3 s at most), if it gets one.
+fn curl(url: &str) -> Option<String> {
+    let o = Command::new("curl")
+        .args(["-s", "-m", "3", url])
+        .output()
+        .ok()?;
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
 /// The CPU time process `pid` has used (user and system).
 fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -1175,13 +1186,7 @@ fn the_http_hello_example_answers_at_the_pods_ip() {
             .then(|| pod["status"]["podIP"].as_str().unwrap().to_string())
     });
     let body = eventually(30, "an answer from http-hello", || {
-        let o = std::process::Command::new("curl")
-            .args(["-s", "-m", "3", &format!("http://{ip}:8080/from/the/node")])
-            .output()
-            .ok()?;
-        o.status
-            .success()
-            .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+        curl(&format!("http://{ip}:8080/from/the/node"))
     });
     assert_eq!(
         body,
@@ -1361,18 +1366,7 @@ fn a_node_port_answers_at_the_nodes_internal_ip() {
     assert!(!parsed.is_loopback(), "{wide}");
     assert!(wide.contains(&ip), "{wide}");
     let body = eventually(30, "an answer at the node port", || {
-        let o = std::process::Command::new("curl")
-            .args([
-                "-s",
-                "-m",
-                "3",
-                &format!("http://{ip}:{port}/via/node-port"),
-            ])
-            .output()
-            .ok()?;
-        o.status
-            .success()
-            .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+        curl(&format!("http://{ip}:{port}/via/node-port"))
     });
     assert_eq!(
         body,

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::{
     Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
     LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, LinuxSeccomp, Mount, MountBuilder,
-    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    LinuxNamespaceType, LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder, LinuxSeccomp,
+    Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 /// containerd's default capability set (what a Kubernetes container gets unless its
@@ -269,6 +269,52 @@ pub fn build(c: &Config) -> Result<Spec, SpecError> {
         .readonly(c.read_only_root)
         .build()
         .map_err(build_err)?;
+    let mounts = mounts(c)?;
+    let mut namespaces = vec![
+        namespace(LinuxNamespaceType::Pid, c.pidns.as_deref())?,
+        namespace(LinuxNamespaceType::Ipc, None)?,
+        namespace(LinuxNamespaceType::Uts, None)?,
+        namespace(LinuxNamespaceType::Mount, None)?,
+    ];
+    if let Some(netns) = &c.netns {
+        namespaces.push(namespace(LinuxNamespaceType::Network, Some(netns))?);
+    }
+    let mut linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .resources(resources(c)?)
+        .cgroups_path(PathBuf::from(&c.cgroups_path));
+    if let Some(filter) = &c.seccomp {
+        linux = linux.seccomp(filter.clone());
+    }
+    if !c.privileged {
+        linux = linux
+            .masked_paths(
+                MASKED_PATHS
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .readonly_paths(
+                READONLY_PATHS
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>(),
+            );
+    }
+    SpecBuilder::default()
+        .version("1.0.2")
+        .root(root)
+        .hostname(c.hostname.clone())
+        .process(process)
+        .mounts(mounts)
+        .linux(linux.build().map_err(build_err)?)
+        .build()
+        .map_err(build_err)
+}
+
+/// The container's mounts: the kernel file systems runc's default spec has, then the
+/// pod's binds.
+fn mounts(c: &Config) -> Result<Vec<Mount>, SpecError> {
     let sys_mode = if c.privileged { "rw" } else { "ro" };
     let mut mounts = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
@@ -328,15 +374,11 @@ pub fn build(c: &Config) -> Result<Spec, SpecError> {
             &options,
         )?);
     }
-    let mut namespaces = vec![
-        namespace(LinuxNamespaceType::Pid, c.pidns.as_deref())?,
-        namespace(LinuxNamespaceType::Ipc, None)?,
-        namespace(LinuxNamespaceType::Uts, None)?,
-        namespace(LinuxNamespaceType::Mount, None)?,
-    ];
-    if let Some(netns) = &c.netns {
-        namespaces.push(namespace(LinuxNamespaceType::Network, Some(netns))?);
-    }
+    Ok(mounts)
+}
+
+/// The container's cgroup: devices denied but the usual ones, memory, CPU and pids.
+fn resources(c: &Config) -> Result<LinuxResources, SpecError> {
     // Deny every device first; runc then allows the usual ones (null, zero, tty, ...).
     let deny_all = LinuxDeviceCgroupBuilder::default()
         .allow(c.privileged)
@@ -360,37 +402,7 @@ pub fn build(c: &Config) -> Result<Spec, SpecError> {
         let pids = LinuxPidsBuilder::default().limit(pids).build();
         resources = resources.pids(pids.map_err(build_err)?);
     }
-    let mut linux = LinuxBuilder::default()
-        .namespaces(namespaces)
-        .resources(resources.build().map_err(build_err)?)
-        .cgroups_path(PathBuf::from(&c.cgroups_path));
-    if let Some(filter) = &c.seccomp {
-        linux = linux.seccomp(filter.clone());
-    }
-    if !c.privileged {
-        linux = linux
-            .masked_paths(
-                MASKED_PATHS
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>(),
-            )
-            .readonly_paths(
-                READONLY_PATHS
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>(),
-            );
-    }
-    SpecBuilder::default()
-        .version("1.0.2")
-        .root(root)
-        .hostname(c.hostname.clone())
-        .process(process)
-        .mounts(mounts)
-        .linux(linux.build().map_err(build_err)?)
-        .build()
-        .map_err(build_err)
+    resources.build().map_err(build_err)
 }
 
 #[cfg(test)]
